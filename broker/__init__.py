@@ -1,0 +1,1 @@
+"""referral-broker: the library (models, codec, routing, router, tracing, ledger)."""

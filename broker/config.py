@@ -1,0 +1,147 @@
+"""Settings: one pydantic-settings model, built by the CLI.
+
+Precedence is CLI flags > ``REFERRAL_*`` environment variables > the network
+file's ``[broker]`` table > defaults. The library never reads the environment
+on its own: the CLI calls :func:`load_settings` and passes the result down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from broker.errors import ConfigError
+
+__all__ = ["SecurityProtocol", "Settings", "load_settings"]
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+TraceExporter = Literal["none", "console", "otlp", "jsonl"]
+
+
+class Settings(BaseSettings):
+    """Effective settings of one process (frozen; secrets are ``SecretStr``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REFERRAL_", frozen=True, extra="ignore", env_ignore_empty=True
+    )
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="Comma-separated host:port list; unset = the detached embedded broker.",
+    )
+    client_id: str = Field(default="referral-broker", description="Kafka client id prefix.")
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    network_file: Path = Field(
+        default=Path("examples/network.toml"), description="The network file (TOML)."
+    )
+    state_dir: Path = Field(
+        default=Path(".referral"),
+        description="Where the embedded broker, outboxes, inboxes and the ledger keep state.",
+    )
+    max_record_bytes: int = Field(default=1024 * 1024, ge=1024, description="Codec size limit.")
+    schema_registry_url: str | None = Field(
+        default=None, description="Confluent-compatible Schema Registry; unset = embedded."
+    )
+    schema_registry_password: SecretStr | None = None
+    schema_registry_username: str | None = None
+    trace_exporter: TraceExporter = "none"
+    trace_file: Path | None = None
+    otlp_endpoint: str | None = None
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _strip_servers(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        for part in parts:
+            host, sep, port = part.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"bootstrap server {part!r} is not host:port")
+        return ",".join(parts) or None
+
+    def kafka_security_kwargs(self) -> dict[str, Any]:
+        """The security part of every kafka-python client's arguments."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+            if self.sasl_mechanism is None or self.sasl_username is None:
+                raise ConfigError(
+                    f"security protocol {self.security_protocol} needs sasl_mechanism "
+                    "and sasl_username"
+                )
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else ""
+            )
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                path = getattr(self, name)
+                if path is not None:
+                    if not Path(path).is_file():
+                        raise ConfigError(f"{name}: file not found: {path}")
+                    kwargs[name] = str(path)
+            if self.ssl_password is not None:
+                kwargs["ssl_password"] = self.ssl_password.get_secret_value()
+            kwargs["ssl_check_hostname"] = self.ssl_check_hostname
+        return kwargs
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict with every secret masked."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                out[name] = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from CLI overrides (None = not given) over the environment.
+
+    Values the network file's ``[broker]`` table names fill in what neither the
+    CLI nor the environment set.
+    """
+    from pydantic import ValidationError
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = Settings(**given)
+        section = _network_broker_section(settings.network_file)
+        # The network file fills in only what neither the CLI nor the environment set.
+        extra = {k: v for k, v in section.items() if k not in settings.model_fields_set}
+        if extra:
+            settings = Settings(**{**extra, **given})
+    except ValidationError as exc:
+        raise ConfigError(_settings_problems(exc)) from exc
+    return settings
+
+
+def _network_broker_section(path: Path) -> dict[str, Any]:
+    from broker.network import broker_section
+
+    return broker_section(path)
+
+
+def _settings_problems(exc: Any) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "settings"
+        lines.append(f"setting {loc}: {err['msg']}")
+    return "; ".join(lines)

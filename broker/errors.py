@@ -1,0 +1,167 @@
+"""The project's exception tree.
+
+Every error the library raises derives from :class:`ReferralError`. Kafka and
+fastavro errors are translated at the boundary (``raise ... from exc``), and no
+message ever quotes payload content (URLs, hashes, narratives): only ids,
+organisations, jurisdictions, topics, sizes and positions.
+
+::
+
+    ReferralError
+    ├── ConfigError                  bad settings or connector configuration
+    │   └── NetworkFileError         the network file has problems (all listed)
+    ├── BrokerError                  talking to Kafka failed
+    │   ├── BrokerUnavailable        no broker answered in time
+    │   └── EmbeddedBrokerError      the embedded Tansu could not start or stop
+    ├── SchemaError                  schemas, registry and compatibility
+    │   ├── UnknownSchema            no schema with that name or id
+    │   ├── RegistryError            the schema registry failed or refused
+    │   └── IncompatibleSchema       a change breaks the compatibility rule
+    ├── CodecError                   a message could not be encoded or decoded
+    │   ├── NotFramed                no Confluent magic byte / frame too short
+    │   ├── UnknownSchemaId          the frame names a schema id we do not know
+    │   ├── CorruptDatum             truncated or corrupt Avro datum
+    │   ├── RecordTooLarge           over the configured size limit
+    │   └── SchemaMismatch           decodes, but not as the expected record
+    ├── ValidationFailed             a referral or status fails semantic checks
+    ├── RoutingError                 no destination can be derived
+    ├── DeliveryError                a sink could not deliver to its organisation
+    └── SecurityError                keys, signatures, sealing, handling rules
+        ├── SignatureInvalid         bad, missing or revoked signature
+        └── SealError                a sealed body cannot be opened for us
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "BrokerUnavailable",
+    "CodecError",
+    "ConfigError",
+    "CorruptDatum",
+    "DeliveryError",
+    "EmbeddedBrokerError",
+    "IncompatibleSchema",
+    "NetworkFileError",
+    "NotFramed",
+    "RecordTooLarge",
+    "ReferralError",
+    "RegistryError",
+    "RoutingError",
+    "SchemaError",
+    "SchemaMismatch",
+    "SealError",
+    "SecurityError",
+    "SignatureInvalid",
+    "UnknownSchema",
+    "UnknownSchemaId",
+    "ValidationFailed",
+]
+
+
+class ReferralError(Exception):
+    """Root of every error raised by referral-broker.
+
+    ``exit_code`` is what the CLI exits with when this error reaches it.
+    """
+
+    exit_code: int = 1
+
+
+class ConfigError(ReferralError):
+    """Settings or connector configuration are invalid."""
+
+    exit_code = 2
+
+
+class NetworkFileError(ConfigError):
+    """The network file has one or more problems; ``problems`` lists them all."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        super().__init__(f"{path}: {len(self.problems)} problem(s)\n" + "\n".join(self.problems))
+
+
+class BrokerError(ReferralError):
+    """A Kafka operation failed."""
+
+
+class BrokerUnavailable(BrokerError):
+    """No broker answered at the configured bootstrap servers in time."""
+
+
+class EmbeddedBrokerError(BrokerError):
+    """The embedded Tansu broker could not be started, found or stopped."""
+
+
+class SchemaError(ReferralError):
+    """A schema problem: unknown, unregistered or incompatible."""
+
+
+class UnknownSchema(SchemaError):
+    """No schema with that name, version or id is known."""
+
+
+class RegistryError(SchemaError):
+    """The schema registry failed or refused a request."""
+
+
+class IncompatibleSchema(SchemaError):
+    """A schema change breaks the configured compatibility rule."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = list(problems or [])
+        super().__init__(message)
+
+
+class CodecError(ReferralError):
+    """A message could not be encoded or decoded. Never quotes payload content."""
+
+
+class NotFramed(CodecError):
+    """The bytes do not start with the Confluent frame (magic byte 0 + schema id)."""
+
+
+class UnknownSchemaId(CodecError):
+    """The frame names a schema id the registry does not know."""
+
+
+class CorruptDatum(CodecError):
+    """The Avro datum is truncated or corrupt."""
+
+
+class RecordTooLarge(CodecError):
+    """The record exceeds the configured size limit."""
+
+
+class SchemaMismatch(CodecError):
+    """The datum is not of the record type the caller expected."""
+
+
+class ValidationFailed(ReferralError):
+    """A referral or status update fails semantic validation."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = list(problems or [])
+        super().__init__(message)
+
+
+class RoutingError(ReferralError):
+    """No destination can be derived for a referral (or a code is unknown)."""
+
+
+class DeliveryError(ReferralError):
+    """A sink could not deliver a referral to its organisation's system."""
+
+
+class SecurityError(ReferralError):
+    """Keys, signatures, sealing or handling rules refused an operation."""
+
+
+class SignatureInvalid(SecurityError):
+    """A signature is bad, missing, or made with a revoked or unknown key."""
+
+
+class SealError(SecurityError):
+    """A sealed case body cannot be opened by this organisation."""

@@ -1,0 +1,1 @@
+"""The ``referral`` command line: a thin typer app over the library."""

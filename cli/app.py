@@ -1,0 +1,104 @@
+"""Shared CLI plumbing: error mapping, settings from the context, output helpers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from broker.config import Settings, load_settings
+from broker.errors import ReferralError
+from broker.network import Network, load_network
+
+__all__ = [
+    "NETWORK_OPTION",
+    "App",
+    "CliState",
+    "console",
+    "err_console",
+    "print_json",
+    "state",
+]
+
+#: ``--network FILE`` on a subcommand (same meaning as the global option).
+NETWORK_OPTION: Any = typer.Option(
+    None, "--network", "-n", help="Network file (TOML); overrides the global setting."
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _fail(exc: ReferralError) -> typer.Exit:
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        err_console.print(f"error: {line}", markup=False, soft_wrap=True)
+    return typer.Exit(exc.exit_code)
+
+
+class App(typer.Typer):
+    """A Typer whose commands map library errors to one-line messages and exit codes."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("no_args_is_help", True)
+        kwargs.setdefault("pretty_exceptions_show_locals", False)
+        super().__init__(**kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:  # type: ignore[override]
+        register = super().command(*args, **kwargs)
+
+        def decorator(func: F) -> F:
+            @functools.wraps(func)
+            def wrapper(*a: Any, **kw: Any) -> Any:
+                try:
+                    return func(*a, **kw)
+                except ReferralError as exc:
+                    raise _fail(exc) from None
+
+            register(wrapper)
+            return func
+
+        return decorator
+
+
+@dataclass
+class CliState:
+    """Global options given on the command line (None = not given)."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """Effective settings: flags over environment over the network file."""
+        if self._settings is None:
+            self._settings = load_settings(**self.overrides)
+        return self._settings
+
+    def network(self, path: Path | None = None) -> Network:
+        """The validated network file: ``path`` if given, else the configured one."""
+        if path is not None:
+            self.overrides["network_file"] = path
+            self._settings = None
+        return load_network(self.settings.network_file)
+
+
+def state(ctx: typer.Context) -> CliState:
+    """The CliState of the root command (created empty if absent)."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliState):
+        root.obj = CliState()
+    return root.obj
+
+
+def print_json(data: Any) -> None:
+    """Print ``data`` as JSON on stdout (for machines)."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

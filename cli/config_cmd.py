@@ -1,0 +1,46 @@
+"""``referral config show`` and ``referral network check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from broker.network import load_network
+from cli.app import App, console, print_json, state
+
+app = App(help="Show the effective configuration.")
+network_app = App(help="Validate the network file.")
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Print the effective settings (secrets masked)."""
+    masked = state(ctx).settings.masked()
+    if as_json:
+        print_json(masked)
+        return
+    table = Table(title="effective settings")
+    table.add_column("setting")
+    table.add_column("value")
+    for key, value in sorted(masked.items()):
+        table.add_row(key, "" if value is None else str(value))
+    console.print(table)
+
+
+@network_app.command("check")
+def check(
+    ctx: typer.Context,
+    path: Path | None = typer.Argument(None, help="Network file (default: the configured one)."),
+) -> None:
+    """Validate a network file: one line per problem, exit 2 if there are any."""
+    target = path if path is not None else state(ctx).settings.network_file
+    network = load_network(target)
+    console.print(
+        f"{target}: ok — {len(network.organisations)} organisations, "
+        f"{len(network.served())} served jurisdictions, fallback {network.routing.fallback}"
+    )

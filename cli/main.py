@@ -1,0 +1,55 @@
+"""The ``referral`` command: global options and the command groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli import broker_cmd, config_cmd, demo_cmd, topics_cmd
+from cli.app import App, CliState
+
+__all__ = ["app", "main"]
+
+app = App(help="referral-broker: cross-border case referrals over Kafka, traced end to end.")
+app.add_typer(broker_cmd.app, name="broker")
+app.add_typer(topics_cmd.app, name="topics")
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(config_cmd.network_app, name="network")
+app.command("demo")(demo_cmd.demo)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    bootstrap_servers: str | None = typer.Option(
+        None,
+        "--bootstrap-servers",
+        "-b",
+        envvar="REFERRAL_BOOTSTRAP_SERVERS",
+        help="Kafka bootstrap servers (host:port,...). Default: the detached embedded broker.",
+    ),
+    network_file: Path | None = typer.Option(
+        None,
+        "--network",
+        "-n",
+        envvar="REFERRAL_NETWORK_FILE",
+        help="Network file (TOML). Default: examples/network.toml.",
+    ),
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", envvar="REFERRAL_STATE_DIR", help="State directory. Default: .referral"
+    ),
+) -> None:
+    """Global options; every command reads its settings from here."""
+    ctx.obj = CliState(
+        overrides={
+            "bootstrap_servers": bootstrap_servers,
+            "network_file": network_file,
+            "state_dir": state_dir,
+        }
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="referral")
