@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker.errors import ConfigError
+from broker.topics import TopicNames
 
 __all__ = ["SecurityProtocol", "Settings", "load_settings"]
 
@@ -44,6 +45,9 @@ class Settings(BaseSettings):
     ssl_password: SecretStr | None = None
     ssl_check_hostname: bool = True
 
+    topic_prefix: str = Field(
+        default="", description="Namespace prepended to every topic name (shared clusters)."
+    )
     network_file: Path = Field(
         default=Path("examples/network.toml"), description="The network file (TOML)."
     )
@@ -98,6 +102,10 @@ class Settings(BaseSettings):
                 kwargs["ssl_password"] = self.ssl_password.get_secret_value()
             kwargs["ssl_check_hostname"] = self.ssl_check_hostname
         return kwargs
+
+    def topic_names(self) -> TopicNames:
+        """The topic names under this deployment's prefix."""
+        return TopicNames(self.topic_prefix)
 
     def masked(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict with every secret masked."""

@@ -120,7 +120,7 @@ def read_state(state_dir: Path) -> BrokerState | None:
     return state
 
 
-def _terminate(proc_pid: int, timeout: float, wait: object = None) -> None:
+def _terminate(proc_pid: int, timeout: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(proc_pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout

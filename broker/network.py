@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from broker import topics
 from broker.countries import is_country
 from broker.errors import NetworkFileError
+from broker.topics import TopicNames
 
 __all__ = [
     "Network",
@@ -140,21 +141,23 @@ class Network(_Frozen):
         """Organisation ids that receive referrals for ``country`` (may be empty)."""
         return list(self.routing.jurisdictions.get(country, []))
 
-    def subscriptions(self, org_id: str) -> list[str]:
+    def subscriptions(self, org_id: str, names: TopicNames | None = None) -> list[str]:
         """The referral topics an organisation's sink consumes."""
+        names = names or TopicNames()
         subs = [
             t
             for cc, orgs in sorted(self.routing.jurisdictions.items())
             if org_id in orgs
-            for t in (topics.jurisdiction_topic(cc), topics.urgent_topic(cc))
+            for t in (names.jurisdiction(cc), names.urgent(cc))
         ]
         if org_id == self.routing.fallback:
-            subs.append(topics.UNASSIGNED)
+            subs.append(names.unassigned)
         return subs
 
-    def required_topics(self) -> dict[str, int]:
+    def required_topics(self, names: TopicNames | None = None) -> dict[str, int]:
         """Every topic the network needs, with its partition count."""
-        names = [
+        names = names or TopicNames()
+        bare = [
             topics.INTAKE,
             topics.UNASSIGNED,
             topics.DEADLETTER,
@@ -162,9 +165,9 @@ class Network(_Frozen):
             topics.LEDGER,
         ]
         for cc in self.served():
-            names += [topics.jurisdiction_topic(cc), topics.urgent_topic(cc)]
-        names += [topics.status_topic(org.id) for org in self.organisations]
-        return {name: self.topics.partitions_for(name) for name in names}
+            bare += [topics.jurisdiction_topic(cc), topics.urgent_topic(cc)]
+        bare += [topics.status_topic(org.id) for org in self.organisations]
+        return {names.prefix + name: self.topics.partitions_for(name) for name in bare}
 
 
 def broker_section(path: Path) -> dict[str, Any]:
@@ -237,7 +240,6 @@ def _problems(data: dict[str, Any]) -> list[str]:
     out: list[str] = []
     orgs = data.get("organisations")
     org_ids: dict[str, int] = {}
-    roles: dict[str, str] = {}
     if not isinstance(orgs, list) or not orgs:
         out.append("organisations: the network has no organisations")
         orgs = []
@@ -254,7 +256,6 @@ def _problems(data: dict[str, Any]) -> list[str]:
                 )
             else:
                 org_ids[org_id] = i
-                roles[org_id] = str(org.get("role"))
         country = org.get("country")
         if isinstance(country, str) and not is_country(country):
             out.append(f"{label}.country: unknown ISO 3166-1 alpha-2 country code {country!r}")
@@ -278,8 +279,6 @@ def _problems(data: dict[str, Any]) -> list[str]:
             for receiver in receivers:
                 if isinstance(receiver, str) and receiver not in org_ids:
                     out.append(f"{where}: unknown organisation {receiver!r}")
-                elif isinstance(receiver, str) and roles.get(receiver) == "hotline":
-                    pass  # hotlines may receive referrals hosted in their country
             if isinstance(receivers, list) and len(set(map(str, receivers))) != len(receivers):
                 out.append(f"{where}: an organisation is listed twice")
     layout = data.get("topics", {})

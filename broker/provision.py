@@ -10,6 +10,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from broker.errors import BrokerError
 from broker.network import Network
+from broker.topics import TopicNames
 
 __all__ = ["ProvisionReport", "describe_topics", "provision"]
 
@@ -46,10 +47,12 @@ def describe_topics(admin: KafkaAdminClient, names: list[str] | None = None) -> 
     return dict(sorted(out.items()))
 
 
-def provision(admin: KafkaAdminClient, network: Network) -> ProvisionReport:
-    """Create every topic ``network`` needs that does not exist yet."""
+def provision(
+    admin: KafkaAdminClient, network: Network, names: TopicNames | None = None
+) -> ProvisionReport:
+    """Create every topic ``network`` needs (under ``names``) that does not exist yet."""
     report = ProvisionReport()
-    required = network.required_topics()
+    required = network.required_topics(names)
     try:
         present = set(admin.list_topics())
     except KafkaError as exc:

@@ -7,6 +7,7 @@ changing this file only.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 __all__ = [
     "DEADLETTER",
@@ -16,6 +17,7 @@ __all__ = [
     "STATUS_INTAKE",
     "UNASSIGNED",
     "Headers",
+    "TopicNames",
     "is_jurisdiction_topic",
     "jurisdiction_of",
     "jurisdiction_topic",
@@ -38,6 +40,7 @@ _PREFIX_TO = "referrals.to."
 _SUFFIX_URGENT = ".urgent"
 _PREFIX_STATUS = "status.to."
 _ORG_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _JURISDICTION_TOPIC = re.compile(r"^referrals\.to\.([A-Z]{2})(\.urgent)?$")
 
 
@@ -73,6 +76,72 @@ def jurisdiction_of(topic: str) -> str | None:
     """The country code of a jurisdiction topic, or None for any other topic."""
     m = _JURISDICTION_TOPIC.match(topic)
     return m.group(1) if m else None
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Topic names under an optional prefix (a namespace on a shared cluster).
+
+    ``TopicNames()`` gives the plain contract names above; ``TopicNames("acme.")``
+    gives ``acme.referrals.intake`` and so on. Tests use a unique prefix each.
+    """
+
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.prefix and not _PREFIX.match(self.prefix):
+            raise ValueError(f"topic prefix must match {_PREFIX.pattern}: {self.prefix!r}")
+
+    @property
+    def intake(self) -> str:
+        """Where hotlines publish new referrals."""
+        return self.prefix + INTAKE
+
+    @property
+    def unassigned(self) -> str:
+        """Referrals for unserved jurisdictions (the fallback recipient's)."""
+        return self.prefix + UNASSIGNED
+
+    @property
+    def deadletter(self) -> str:
+        """Undecodable, invalid or unroutable records with their original bytes."""
+        return self.prefix + DEADLETTER
+
+    @property
+    def status_intake(self) -> str:
+        """Receipts and status updates from every organisation."""
+        return self.prefix + STATUS_INTAKE
+
+    @property
+    def ledger(self) -> str:
+        """Handover events of every hop."""
+        return self.prefix + LEDGER
+
+    def jurisdiction(self, country: str) -> str:
+        """A jurisdiction's ordinary lane."""
+        return self.prefix + jurisdiction_topic(country)
+
+    def urgent(self, country: str) -> str:
+        """A jurisdiction's urgent lane."""
+        return self.prefix + urgent_topic(country)
+
+    def status(self, org_id: str) -> str:
+        """An organisation's status topic."""
+        return self.prefix + status_topic(org_id)
+
+    def strip(self, topic: str) -> str | None:
+        """``topic`` without this prefix, or None if it is not under the prefix."""
+        return topic[len(self.prefix) :] if topic.startswith(self.prefix) else None
+
+    def jurisdiction_of(self, topic: str) -> str | None:
+        """The country code of one of this namespace's jurisdiction topics."""
+        bare = self.strip(topic)
+        return jurisdiction_of(bare) if bare is not None else None
+
+    def is_urgent(self, topic: str) -> bool:
+        """True for an urgent-lane topic of this namespace."""
+        bare = self.strip(topic)
+        return bare is not None and is_jurisdiction_topic(bare) and bare.endswith(_SUFFIX_URGENT)
 
 
 class Headers:

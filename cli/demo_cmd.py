@@ -24,7 +24,7 @@ def demo(ctx: typer.Context, network_file: Path | None = NETWORK_OPTION) -> None
         settings = Settings(**{**st.settings.model_dump(), "bootstrap_servers": broker.bootstrap})
         admin = admin_client(settings)
         try:
-            report = provision(admin, network)
+            report = provision(admin, network, st.settings.topic_names())
         finally:
             admin.close()
         table = Table(title=f"{network.network.name}: provisioned topics")

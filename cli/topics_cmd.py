@@ -25,7 +25,7 @@ def provision_cmd(
     network = st.network(network_file)
     admin = admin_client(st.settings)
     try:
-        report = provision(admin, network)
+        report = provision(admin, network, st.settings.topic_names())
     finally:
         admin.close()
     if as_json:
