@@ -1,0 +1,589 @@
+"""Pydantic models mirroring the Avro schemas, with the semantic checks Avro cannot express.
+
+The ``.avsc`` files are the contract; these models are the Python view of it
+(``tests/test_models.py`` checks that every schema field has a model field and
+vice versa). Models convert with :meth:`to_avro` / :meth:`from_avro`; the
+``parse_*`` helpers turn pydantic errors into
+:class:`~broker.errors.ValidationFailed` whose ``problems`` are
+``field.path: message`` lines that never quote URLs, hashes or free text.
+
+Hash values are lower-case hex: MD5 32, SHA1 40, SHA256 64, PDQ 64 and PHOTODNA
+288 hex digits (the 144-byte PhotoDNA hash). Upper-case input is normalised.
+Timestamps are tz-aware UTC with millisecond precision (what Avro
+``timestamp-millis`` carries) and may not lie in the future beyond
+:data:`CLOCK_SKEW` (except ``next_update_due``, which is a deadline).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Self, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from broker.countries import is_country
+from broker.errors import ValidationFailed
+from broker.registry import HANDOVER_EVENT, REFERRAL, STATUS_UPDATE, full_name
+
+__all__ = [
+    "CLOCK_SKEW",
+    "HASH_HEX_LENGTHS",
+    "MODEL_BY_RECORD",
+    "Annotation",
+    "CaseBody",
+    "Classification",
+    "ExternalReference",
+    "ExternalSystem",
+    "Handling",
+    "HandlingCode",
+    "HandoverEvent",
+    "HandoverEventType",
+    "Hash",
+    "HashAlgorithm",
+    "HostingEvidence",
+    "IncidentType",
+    "Jurisdiction",
+    "JurisdictionBasis",
+    "LegalStatus",
+    "MediaType",
+    "PriorActions",
+    "Priority",
+    "Referral",
+    "ReferralEnvelope",
+    "ReferralStatus",
+    "ReportedItem",
+    "StatusUpdate",
+    "Timeline",
+    "Tlp",
+    "VictimAgeGroup",
+    "model_from_avro",
+    "parse_handover_event",
+    "parse_model",
+    "parse_referral",
+    "parse_status_update",
+    "problems_of",
+]
+
+#: How far in the future a timestamp may lie (clock skew between organisations).
+CLOCK_SKEW = timedelta(minutes=5)
+
+# -- enums (symbols = the Avro enum symbols) -------------------------------------------------
+
+
+class JurisdictionBasis(StrEnum):
+    """The link between a referral and a country."""
+
+    HOSTING = "HOSTING"
+    UPLOADER_LOCATION = "UPLOADER_LOCATION"
+    VICTIM_LOCATION = "VICTIM_LOCATION"
+    OFFENDER_LOCATION = "OFFENDER_LOCATION"
+    SERVICE_PROVIDER = "SERVICE_PROVIDER"
+
+
+class Priority(StrEnum):
+    """Handling priority; URGENT uses the urgent lane."""
+
+    URGENT = "URGENT"
+    HIGH = "HIGH"
+    NORMAL = "NORMAL"
+
+
+class Tlp(StrEnum):
+    """Traffic Light Protocol 2.0 labels."""
+
+    CLEAR = "CLEAR"
+    GREEN = "GREEN"
+    AMBER = "AMBER"
+    AMBER_STRICT = "AMBER_STRICT"
+    RED = "RED"
+
+
+class HandlingCode(StrEnum):
+    """SIENA handling codes H0-H3."""
+
+    H0 = "H0"
+    H1 = "H1"
+    H2 = "H2"
+    H3 = "H3"
+
+
+class ExternalSystem(StrEnum):
+    """Systems a case is cross-referenced with."""
+
+    ICCAM = "ICCAM"
+    NCMEC = "NCMEC"
+    SIENA = "SIENA"
+    ICSE = "ICSE"
+    OTHER = "OTHER"
+
+
+class MediaType(StrEnum):
+    """Kind of reported content."""
+
+    IMAGE = "IMAGE"
+    VIDEO = "VIDEO"
+    WEBPAGE = "WEBPAGE"
+    ARCHIVE = "ARCHIVE"
+    STREAM = "STREAM"
+    TEXT = "TEXT"
+    OTHER = "OTHER"
+
+
+class HashAlgorithm(StrEnum):
+    """Exact (MD5, SHA1, SHA256) and perceptual (PHOTODNA, PDQ) hashes."""
+
+    MD5 = "MD5"
+    SHA1 = "SHA1"
+    SHA256 = "SHA256"
+    PHOTODNA = "PHOTODNA"
+    PDQ = "PDQ"
+
+
+class LegalStatus(StrEnum):
+    """Legal assessment used across hotlines."""
+
+    BASELINE = "BASELINE"
+    NATIONAL = "NATIONAL"
+    NOT_ILLEGAL = "NOT_ILLEGAL"
+    UNASSESSED = "UNASSESSED"
+
+
+class IncidentType(StrEnum):
+    """Incident types."""
+
+    CSAM_IMAGERY = "CSAM_IMAGERY"
+    CSAM_VIDEO = "CSAM_VIDEO"
+    GROOMING = "GROOMING"
+    SEXTORTION = "SEXTORTION"
+    LIVE_STREAMING = "LIVE_STREAMING"
+    OTHER = "OTHER"
+
+
+class Annotation(StrEnum):
+    """Content annotations."""
+
+    GENERATIVE_AI = "GENERATIVE_AI"
+    LIVE_STREAMING = "LIVE_STREAMING"
+    SELF_GENERATED = "SELF_GENERATED"
+    VIRTUAL_OR_DRAWN = "VIRTUAL_OR_DRAWN"
+    OTHER = "OTHER"
+
+
+class VictimAgeGroup(StrEnum):
+    """Victim age groups."""
+
+    INFANT_TODDLER = "INFANT_TODDLER"
+    PREPUBESCENT = "PREPUBESCENT"
+    PUBESCENT = "PUBESCENT"
+    UNKNOWN = "UNKNOWN"
+
+
+class ReferralStatus(StrEnum):
+    """Life cycle of a referral at its destination."""
+
+    RECEIVED = "RECEIVED"
+    ACCEPTED = "ACCEPTED"
+    REJECTED = "REJECTED"
+    REROUTED = "REROUTED"
+    ASSESSED = "ASSESSED"
+    NTD_SENT = "NTD_SENT"
+    REMOVED = "REMOVED"
+    STILL_ONLINE = "STILL_ONLINE"
+    REFERRED_TO_LE = "REFERRED_TO_LE"
+    DELAYED = "DELAYED"
+    CLOSED = "CLOSED"
+
+
+class HandoverEventType(StrEnum):
+    """Kinds of handover events in the ledger."""
+
+    PUBLISHED = "PUBLISHED"
+    ROUTED = "ROUTED"
+    DEAD_LETTERED = "DEAD_LETTERED"
+    DELIVERED = "DELIVERED"
+    DUPLICATE_SKIPPED = "DUPLICATE_SKIPPED"
+    STATUS_SENT = "STATUS_SENT"
+    STATUS_ROUTED = "STATUS_ROUTED"
+    REPUBLISHED = "REPUBLISHED"
+    REJECTED = "REJECTED"
+    ACCESSED = "ACCESSED"
+
+
+# -- constrained scalar types ----------------------------------------------------------------
+
+#: Hex digits per hash algorithm (PHOTODNA: 144 bytes).
+HASH_HEX_LENGTHS: dict[HashAlgorithm, int] = {
+    HashAlgorithm.MD5: 32,
+    HashAlgorithm.SHA1: 40,
+    HashAlgorithm.SHA256: 64,
+    HashAlgorithm.PDQ: 64,
+    HashAlgorithm.PHOTODNA: 288,
+}
+_HEX = re.compile(r"^[0-9a-f]+$")
+_ORG_ID = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+_TRACE_ID = r"^[0-9a-f]{32}$"
+_SPAN_ID = r"^[0-9a-f]{16}$"
+_VISIBLE = r"^[\x21-\x7e]+$"  # printable ASCII, no spaces
+
+
+def _country(value: str) -> str:
+    if not is_country(value):
+        raise ValueError("not an assigned upper-case ISO 3166-1 alpha-2 country code")
+    return value
+
+
+def _uuid(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        raise ValueError("not a UUID") from None
+
+
+def _utc_ms(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamp must be timezone-aware")
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _past(value: datetime) -> datetime:
+    value = _utc_ms(value)
+    if value > datetime.now(UTC) + CLOCK_SKEW:
+        raise ValueError(f"timestamp lies in the future (more than {CLOCK_SKEW} ahead)")
+    return value
+
+
+def _url(value: str) -> str:
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("URL contains whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("URL scheme must be http or https")
+    if not host:
+        raise ValueError("URL has no host")
+    return value
+
+
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("not an IPv4 or IPv6 address") from None
+
+
+OrgId = Annotated[str, Field(pattern=_ORG_ID)]
+Country = Annotated[str, AfterValidator(_country)]
+UuidStr = Annotated[str, AfterValidator(_uuid)]
+PastTimestamp = Annotated[datetime, AfterValidator(_past)]
+Timestamp = Annotated[datetime, AfterValidator(_utc_ms)]
+Url = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_url)]
+Ip = Annotated[str, AfterValidator(_ip)]
+CaseId = Annotated[str, Field(min_length=1, max_length=128, pattern=_VISIBLE)]
+ShortText = Annotated[str, Field(min_length=1, max_length=500)]
+LongText = Annotated[str, Field(min_length=1, max_length=8000)]
+Code = Annotated[str, Field(min_length=1, max_length=64, pattern=_VISIBLE)]
+
+
+# -- base ------------------------------------------------------------------------------------
+
+
+def _to_avro_value(value: Any) -> Any:
+    if isinstance(value, _AvroModel):
+        return value.to_avro()
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, (tuple, list)):
+        return [_to_avro_value(v) for v in value]
+    return value
+
+
+M = TypeVar("M", bound="_AvroModel")
+
+
+class _AvroModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_avro(self) -> dict[str, Any]:
+        """The Avro datum (a dict fastavro can write with this record's schema)."""
+        return {name: _to_avro_value(getattr(self, name)) for name in type(self).model_fields}
+
+    @classmethod
+    def from_avro(cls, datum: Mapping[str, Any]) -> Self:
+        """Build and validate from a decoded Avro datum (ValidationFailed on problems)."""
+        return parse_model(cls, datum)
+
+
+def problems_of(exc: ValidationError) -> list[str]:
+    """``field.path: message`` lines for a pydantic error, never quoting input values."""
+    out = []
+    for err in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(record)"
+        msg = str(err["msg"])
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        elif msg.startswith("Assertion failed, "):
+            msg = msg[len("Assertion failed, ") :]
+        out.append(f"{where}: {msg}")
+    return list(dict.fromkeys(out))
+
+
+def parse_model(cls: type[M], data: Mapping[str, Any]) -> M:
+    """Validate ``data`` as ``cls``; raise ValidationFailed listing every problem."""
+    try:
+        return cls.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = problems_of(exc)
+        raise ValidationFailed(
+            f"invalid {cls.__name__}: {len(problems)} problem(s)\n" + "\n".join(problems), problems
+        ) from None
+
+
+# -- envelope --------------------------------------------------------------------------------
+
+
+class Jurisdiction(_AvroModel):
+    """One country a referral concerns, and why."""
+
+    country: Country
+    basis: JurisdictionBasis
+    derived: bool = False
+
+
+class Handling(_AvroModel):
+    """TLP 2.0 label, named recipients and SIENA handling code."""
+
+    tlp: Tlp
+    recipients: tuple[OrgId, ...] = ()
+    handling_code: HandlingCode
+
+    @model_validator(mode="after")
+    def _red_needs_recipients(self) -> Self:
+        if self.tlp is Tlp.RED and not self.recipients:
+            raise ValueError("TLP:RED needs at least one named recipient")
+        if len(set(self.recipients)) != len(self.recipients):
+            raise ValueError("a recipient is listed twice")
+        return self
+
+
+class ExternalReference(_AvroModel):
+    """An id of the same case in another system."""
+
+    system: ExternalSystem
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ReferralEnvelope(_AvroModel):
+    """The routing envelope: everything the router may read."""
+
+    referral_id: UuidStr
+    case_id: CaseId
+    origin_org: OrgId
+    origin_country: Country
+    jurisdictions: tuple[Jurisdiction, ...]
+    priority: Priority
+    urgency_reason: ShortText | None = None
+    handling: Handling
+    created_at: PastTimestamp
+    external_refs: tuple[ExternalReference, ...] = ()
+
+    @model_validator(mode="after")
+    def _distinct_jurisdictions(self) -> Self:
+        pairs = [(j.country, j.basis) for j in self.jurisdictions]
+        if len(set(pairs)) != len(pairs):
+            raise ValueError("a jurisdiction (country, basis) is listed twice")
+        return self
+
+
+# -- body ------------------------------------------------------------------------------------
+
+
+class Hash(_AvroModel):
+    """A content hash as lower-case hex of the algorithm's length."""
+
+    algorithm: HashAlgorithm
+    value: Annotated[str, Field(min_length=1, max_length=512)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lower(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and isinstance(data.get("value"), str):
+            return {**data, "value": data["value"].lower()}
+        return data
+
+    @model_validator(mode="after")
+    def _shape(self) -> Self:
+        want = HASH_HEX_LENGTHS[self.algorithm]
+        if len(self.value) != want or not _HEX.match(self.value):
+            raise ValueError(f"{self.algorithm.value} hash must be {want} hex digits")
+        return self
+
+
+class HostingEvidence(_AvroModel):
+    """Where a reported item was hosted when assessed."""
+
+    ip: Ip | None = None
+    asn: Annotated[int, Field(ge=0, le=4_294_967_295)] | None = None
+    provider: ShortText | None = None
+    country: Country | None = None
+
+
+class ReportedItem(_AvroModel):
+    """One reported URL with its hashes and hosting trace."""
+
+    url: Url
+    media_type: MediaType
+    hashes: tuple[Hash, ...] = ()
+    hosting: HostingEvidence | None = None
+
+
+class Classification(_AvroModel):
+    """The analyst's assessment."""
+
+    legal_status: LegalStatus
+    assessed_under: Country | None = None
+    incident_type: IncidentType
+    annotations: tuple[Annotation, ...] = ()
+    victim_age_group: VictimAgeGroup
+
+    @model_validator(mode="after")
+    def _national_needs_country(self) -> Self:
+        if self.legal_status is LegalStatus.NATIONAL and self.assessed_under is None:
+            raise ValueError("legal_status NATIONAL needs assessed_under (whose law)")
+        return self
+
+
+class Timeline(_AvroModel):
+    """Incident, receipt and assessment times."""
+
+    incident_at: PastTimestamp | None = None
+    received_at: PastTimestamp
+    assessed_at: PastTimestamp | None = None
+
+
+class PriorActions(_AvroModel):
+    """What the origin already did."""
+
+    ntd_sent_at: PastTimestamp | None = None
+    reported_to_le_at: PastTimestamp | None = None
+
+
+class CaseBody(_AvroModel):
+    """The case content (the router never reads it)."""
+
+    items: Annotated[tuple[ReportedItem, ...], Field(min_length=1)]
+    classification: Classification
+    timeline: Timeline
+    prior_actions: PriorActions
+    duplicate_of: UuidStr | None = None
+    summary: LongText | None = None
+
+
+class Referral(_AvroModel):
+    """A whole referral: envelope first, body last (the wire layout depends on it)."""
+
+    envelope: ReferralEnvelope
+    body: CaseBody
+
+    @model_validator(mode="after")
+    def _routable(self) -> Self:
+        traced = any(
+            i.hosting is not None and (i.hosting.country or i.hosting.ip) for i in self.body.items
+        )
+        if not self.envelope.jurisdictions and not traced:
+            raise ValueError(
+                "needs at least one jurisdiction or one item with hosting evidence (ip or country)"
+            )
+        return self
+
+    @property
+    def referral_id(self) -> str:
+        """Shortcut to ``envelope.referral_id``."""
+        return self.envelope.referral_id
+
+
+# -- status and ledger -----------------------------------------------------------------------
+
+
+class StatusUpdate(_AvroModel):
+    """A receipt or status update about one referral, routed back to its origin."""
+
+    referral_id: UuidStr
+    case_id: CaseId
+    emitted_by: OrgId
+    emitted_at: PastTimestamp
+    status: ReferralStatus
+    reason_code: Code | None = None
+    note: LongText | None = None
+    next_update_due: Timestamp | None = None
+    destination_org: OrgId | None = None
+    origin_org: OrgId
+
+    @model_validator(mode="after")
+    def _status_rules(self) -> Self:
+        if self.status is ReferralStatus.REROUTED and self.destination_org is None:
+            raise ValueError("REROUTED needs destination_org")
+        if self.status is ReferralStatus.DELAYED and self.reason_code is None:
+            raise ValueError("DELAYED needs a reason_code (a delay must be announced with reasons)")
+        return self
+
+
+class HandoverEvent(_AvroModel):
+    """One hop on record; never carries payload content."""
+
+    event_id: UuidStr
+    referral_id: UuidStr
+    case_id: CaseId
+    event: HandoverEventType
+    actor: OrgId
+    from_party: OrgId | None = None
+    to_party: OrgId | None = None
+    topic: Annotated[str, Field(min_length=1, max_length=249)] | None = None
+    partition: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
+    offset: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    reason: ShortText | None = None
+    trace_id: Annotated[str, Field(pattern=_TRACE_ID)] | None = None
+    span_id: Annotated[str, Field(pattern=_SPAN_ID)] | None = None
+    at: PastTimestamp
+
+
+#: Record full name → model class.
+MODEL_BY_RECORD: dict[str, type[_AvroModel]] = {
+    REFERRAL: Referral,
+    STATUS_UPDATE: StatusUpdate,
+    HANDOVER_EVENT: HandoverEvent,
+}
+
+
+def model_from_avro(record_name: str, datum: Mapping[str, Any]) -> _AvroModel:
+    """The model of a decoded datum, by record name (a ``Codec.deserializer`` hook)."""
+    try:
+        cls = MODEL_BY_RECORD[full_name(record_name)]
+    except KeyError:
+        raise ValidationFailed(f"no model for record {record_name}") from None
+    return cls.from_avro(datum)
+
+
+def parse_referral(data: Mapping[str, Any]) -> Referral:
+    """Validate a referral dict (ValidationFailed with one line per problem)."""
+    return parse_model(Referral, data)
+
+
+def parse_status_update(data: Mapping[str, Any]) -> StatusUpdate:
+    """Validate a status update dict."""
+    return parse_model(StatusUpdate, data)
+
+
+def parse_handover_event(data: Mapping[str, Any]) -> HandoverEvent:
+    """Validate a handover event dict."""
+    return parse_model(HandoverEvent, data)
