@@ -33,7 +33,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger_ms": 5,
     "batch_size": 256 * 1024,
     "max_request_size": 4 * 1024 * 1024,
-    "retries": 2_147_483_647,
+    "delivery_timeout_ms": 120_000,
     "request_timeout_ms": 30_000,
     "max_in_flight_requests_per_connection": 5,
 }
@@ -98,8 +98,13 @@ def producer(settings: Settings, role: str = "producer", **overrides: Any) -> Ka
 def consumer(
     settings: Settings, *topics: str, group_id: str | None, role: str = "consumer", **overrides: Any
 ) -> KafkaConsumer:
-    """A consumer with manual commits (at-least-once), subscribed to ``topics``."""
-    args = {**_common(settings, role), **CONSUMER_DEFAULTS, "group_id": group_id}
+    """A consumer with manual commits (at-least-once), subscribed to ``topics``.
+
+    ``group_id`` is namespaced with the settings' topic prefix, so deployments
+    sharing a cluster (and tests sharing a broker) never share a group.
+    """
+    group = settings.topic_prefix + group_id if group_id else None
+    args = {**_common(settings, role), **CONSUMER_DEFAULTS, "group_id": group}
     args.update(overrides)
     try:
         return KafkaConsumer(*topics, **args)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli import broker_cmd, config_cmd, demo_cmd, topics_cmd
+from cli import broker_cmd, config_cmd, demo_cmd, router_cmd, schema_cmd, topics_cmd
 from cli.app import App, CliState
 
 __all__ = ["app", "main"]
@@ -14,9 +14,12 @@ __all__ = ["app", "main"]
 app = App(help="referral-broker: cross-border case referrals over Kafka, traced end to end.")
 app.add_typer(broker_cmd.app, name="broker")
 app.add_typer(topics_cmd.app, name="topics")
+app.add_typer(schema_cmd.app, name="schema")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(config_cmd.network_app, name="network")
 app.command("demo")(demo_cmd.demo)
+app.command("route")(router_cmd.route)
+app.add_typer(router_cmd.dlq_app, name="dlq")
 
 
 @app.callback()

@@ -1,0 +1,339 @@
+"""Router benchmark: throughput against a raw kafka-python baseline, latency, peak RSS.
+
+``make bench`` (or ``python -m bench.route [--n 100000]``):
+
+1. starts a fresh embedded broker and preloads N synthetic referrals into the intake;
+2. (a) baseline: a raw kafka-python consume → produce of the same bytes to a topic
+   picked by a header field, with the same client tuning and the same
+   commit-after-ack batching as the router;
+3. (b) the router (``broker.router.Router``, ledger events on, as deployed);
+4. latency: the router as a ``referral route`` process while referrals are published
+   at a steady rate (default 1,000/s); end-to-end p50/p99 from publish to arrival;
+5. prints referrals/s for both, the ratio router/baseline, latency and peak RSS
+   of each worker process, as a table and as JSON (``--json``).
+
+Each side runs in its own process, so peak RSS is that side's alone and the
+numbers are comparable within one run. No test asserts on these figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from broker import clients
+from broker.codec import Codec
+from broker.config import Settings
+from broker.embedded import EmbeddedBroker
+from broker.network import load_network
+from broker.provision import provision
+from broker.registry import EmbeddedRegistry
+from broker.router import Router
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NETWORK = os.path.join(ROOT, "examples", "network.toml")
+REFERRAL = "org.referralbroker.v1.Referral"
+COUNTRIES = ["DE", "FR", "NL", "SE", "US"]
+CC_HEADER = "bench.cc"
+SENT_HEADER = "bench.sent_ns"
+MAX_POLL = 2000
+
+
+def _settings(bootstrap: str, prefix: str) -> Settings:
+    return Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, network_file=NETWORK)  # type: ignore[arg-type]
+
+
+def _synthetic(codec: Codec, n: int, seed: int = 0) -> list[tuple[bytes, bytes, str]]:
+    """``n`` encoded referrals (~1 KB each) spread over five jurisdictions."""
+    sys.path.insert(0, ROOT)
+    from tests.factories import make_referral
+
+    template = make_referral().to_avro()
+    out = []
+    for i in range(n):
+        cc = COUNTRIES[(i + seed) % len(COUNTRIES)]
+        env = {
+            **template["envelope"],
+            "referral_id": str(uuid.uuid4()),
+            "priority": "NORMAL",
+            "handling": {**template["envelope"]["handling"], "tlp": "GREEN", "recipients": []},
+            "jurisdictions": [{"country": cc, "basis": "HOSTING", "derived": False}],
+        }
+        value = codec.encode(REFERRAL, {**template, "envelope": env})
+        out.append((env["referral_id"].encode(), value, cc))
+    return out
+
+
+def _preload(settings: Settings, records: list[tuple[bytes, bytes, str]]) -> None:
+    producer = clients.producer(settings, role="bench-preload")
+    topic = settings.topic_names().intake
+    for key, value, cc in records:
+        producer.send(topic, key=key, value=value, headers=[(CC_HEADER, cc.encode())])
+    producer.flush()
+    producer.close()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# -- workers (run in their own process) ----------------------------------------------------
+def worker_baseline(bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
+    """Raw consume → produce of the same bytes, topic picked by a header field."""
+    settings = _settings(bootstrap, prefix)
+    names = settings.topic_names()
+    consumer: KafkaConsumer = clients.consumer(
+        settings, names.intake, group_id="bench-baseline", max_poll_records=MAX_POLL
+    )
+    producer = clients.producer(settings, role="bench-baseline")
+    done, first = 0, None
+    while done < n:
+        batch = consumer.poll(timeout_ms=200)
+        if not batch:
+            continue
+        first = first or time.monotonic()
+        offsets = {}
+        futures = []
+        for tp, records in batch.items():
+            for r in records:
+                cc = next(v for k, v in r.headers if k == CC_HEADER).decode()
+                futures.append(
+                    producer.send(
+                        prefix + "bench.to." + cc, key=r.key, value=r.value, headers=r.headers
+                    )
+                )
+            offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+            done += len(records)
+        producer.flush()
+        assert not any(f.failed() for f in futures)
+        consumer.commit(offsets)
+    seconds = time.monotonic() - (first or time.monotonic())
+    consumer.close()
+    producer.close()
+    return {"count": done, "seconds": seconds, "rss_mb": _peak_rss_mb()}
+
+
+def worker_router(bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
+    """The real router until it has routed ``n`` referrals."""
+    settings = _settings(bootstrap, prefix)
+    router = Router(
+        settings, load_network(NETWORK), Codec(EmbeddedRegistry()), max_records=MAX_POLL
+    )
+    stop = threading.Event()
+
+    def watch() -> None:
+        while router.stats.referrals < n or router.stats.last_batch_at is None:
+            time.sleep(0.05)
+        stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    stats = router.run(stop)
+    assert stats.first_batch_at is not None
+    assert stats.last_batch_at is not None
+    return {
+        "count": stats.referrals,
+        "seconds": stats.last_batch_at - stats.first_batch_at,
+        "rss_mb": _peak_rss_mb(),
+        "dead_lettered": stats.dead_lettered,
+    }
+
+
+def _run_worker(kind: str, bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.route",
+            "--worker",
+            kind,
+            "--bootstrap",
+            bootstrap,
+            "--prefix",
+            prefix,
+            "--n",
+            str(n),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _latency(settings: Settings, rate: int, seconds: float) -> dict[str, Any]:
+    """Publish at ``rate``/s for ``seconds`` through a ``referral route`` process."""
+    names = settings.topic_names()
+    codec = Codec(EmbeddedRegistry())
+    records = _synthetic(codec, int(rate * seconds), seed=1)
+    env = dict(os.environ)
+    env.update(
+        {
+            "REFERRAL_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
+            "REFERRAL_TOPIC_PREFIX": settings.topic_prefix,
+            "REFERRAL_NETWORK_FILE": NETWORK,
+        }
+    )
+    router = subprocess.Popen(
+        [sys.executable, "-m", "cli", "route"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    latencies: list[float] = []
+    consumer: KafkaConsumer = clients.consumer(settings, group_id=None, role="bench-latency")
+    tps = [
+        TopicPartition(names.jurisdiction(cc) if cc != "US" else names.unassigned, p)
+        for cc in COUNTRIES
+        for p in range(3)
+    ]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set() or len(latencies) < len(records):
+            for recs in consumer.poll(timeout_ms=100).values():
+                now = time.time_ns()
+                for r in recs:
+                    sent = next((v for k, v in r.headers if k == SENT_HEADER), None)
+                    if sent is not None:
+                        latencies.append((now - int(sent)) / 1e6)
+            if stop.is_set() and time.monotonic() > drain_deadline:
+                break
+
+    # Let the router join its group before the clock starts.
+    time.sleep(5)
+    drain_deadline = float("inf")
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    producer = clients.producer(settings, role="bench-latency", linger_ms=0)
+    start = time.monotonic()
+    for i, (key, value, _cc) in enumerate(records):
+        target = start + i / rate
+        delay = target - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        producer.send(
+            names.intake,
+            key=key,
+            value=value,
+            headers=[(SENT_HEADER, str(time.time_ns()).encode())],
+        )
+    producer.flush()
+    drain_deadline = time.monotonic() + 30
+    stop.set()
+    reader.join(40)
+    router.send_signal(signal.SIGTERM)
+    router.wait(30)
+    consumer.close()
+    producer.close()
+    latencies.sort()
+    q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
+    return {
+        "rate": rate,
+        "received": len(latencies),
+        "sent": len(records),
+        "p50_ms": q[49],
+        "p99_ms": q[98],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (or one worker, with ``--worker``)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100_000, help="referrals to preload")
+    ap.add_argument("--rate", type=int, default=1000, help="steady rate for the latency run")
+    ap.add_argument("--latency-seconds", type=float, default=10.0)
+    ap.add_argument("--json", action="store_true", help="print only JSON")
+    ap.add_argument("--worker", choices=["baseline", "router"], help=argparse.SUPPRESS)
+    ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    ap.add_argument("--prefix", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        fn = worker_baseline if args.worker == "baseline" else worker_router
+        print(json.dumps(fn(args.bootstrap, args.prefix, args.n)))
+        return
+
+    network = load_network(NETWORK)
+    with EmbeddedBroker() as broker:
+        prefix = "bench."
+        settings = _settings(broker.bootstrap, prefix)
+        admin = clients.admin_client(settings)
+        provision(admin, network, settings.topic_names())
+        from kafka.admin import NewTopic
+
+        admin.create_topics([NewTopic(prefix + "bench.to." + cc, 3, 1) for cc in COUNTRIES])
+        admin.close()
+        codec = Codec(EmbeddedRegistry())
+        t = time.monotonic()
+        records = _synthetic(codec, args.n)
+        encode_s = time.monotonic() - t
+        t = time.monotonic()
+        _preload(settings, records)
+        preload_s = time.monotonic() - t
+        size = sum(len(v) for _, v, _ in records) / len(records)
+        del records
+        baseline = _run_worker("baseline", broker.bootstrap, prefix, args.n)
+        router = _run_worker("router", broker.bootstrap, prefix, args.n)
+        lat: dict[str, Any] = {}
+        if args.latency_seconds > 0:
+            lat_settings = _settings(broker.bootstrap, "lat.")
+            admin = clients.admin_client(lat_settings)
+            provision(admin, network, lat_settings.topic_names())
+            admin.close()
+            lat = _latency(lat_settings, args.rate, args.latency_seconds)
+
+    b_rate = baseline["count"] / baseline["seconds"]
+    r_rate = router["count"] / router["seconds"]
+    result = {
+        "machine": (
+            f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
+        "n": args.n,
+        "avg_record_bytes": round(size),
+        "encode_s": round(encode_s, 2),
+        "preload_s": round(preload_s, 2),
+        "baseline_per_s": round(b_rate),
+        "router_per_s": round(r_rate),
+        "ratio": round(r_rate / b_rate, 3),
+        "baseline_rss_mb": round(baseline["rss_mb"], 1),
+        "router_rss_mb": round(router["rss_mb"], 1),
+        "latency": lat,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"machine: {result['machine']}")
+    print(f"referrals: {args.n} (avg {result['avg_record_bytes']} bytes), preload {preload_s:.1f}s")
+    for label, rate, side in (("baseline", b_rate, baseline), ("router", r_rate, router)):
+        print(f"{label:9s} {rate:>10,.0f} referrals/s   peak RSS {side['rss_mb']:.0f} MB")
+    print(f"ratio router/baseline: {r_rate / b_rate:.2f}")
+    if lat:
+        print(
+            f"latency at {lat['rate']}/s: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms "
+            f"({lat['received']}/{lat['sent']} received)"
+        )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Dead letters: the original record, intact, plus Kafka Connect-style error headers.
+
+A dead letter keeps the original key, value and headers byte for byte; the
+``__connect.errors.*`` headers say where it came from (topic, partition,
+offset), at which stage it failed, the error class and a message that never
+quotes payload content. ``referral dlq list`` reads them back;
+``referral dlq replay`` sends chosen ones to their original topic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.producer.future import FutureRecordMetadata
+
+from broker.topics import HEADER_DLQ_PREFIX, Headers
+
+__all__ = [
+    "DeadLetter",
+    "dead_letter_headers",
+    "read_dead_letters",
+    "send_dead_letter",
+    "strip_error_headers",
+]
+
+H_TOPIC = HEADER_DLQ_PREFIX + "topic"
+H_PARTITION = HEADER_DLQ_PREFIX + "partition"
+H_OFFSET = HEADER_DLQ_PREFIX + "offset"
+H_STAGE = HEADER_DLQ_PREFIX + "stage"
+H_CLASS = HEADER_DLQ_PREFIX + "exception.class.name"
+H_MESSAGE = HEADER_DLQ_PREFIX + "exception.message"
+H_CONNECTOR = HEADER_DLQ_PREFIX + "connector.name"
+H_AT = HEADER_DLQ_PREFIX + "timestamp"
+
+HeaderList = list[tuple[str, bytes]]
+
+
+def dead_letter_headers(record: Any, stage: str, exc: BaseException, actor: str) -> HeaderList:
+    """Error headers for ``record`` (a kafka ConsumerRecord) that failed at ``stage``."""
+    cls = type(exc)
+    message = str(exc).splitlines()[0] if str(exc) else cls.__name__
+    return [
+        (H_TOPIC, str(record.topic).encode()),
+        (H_PARTITION, str(record.partition).encode()),
+        (H_OFFSET, str(record.offset).encode()),
+        (H_STAGE, stage.encode()),
+        (H_CLASS, f"{cls.__module__}.{cls.__qualname__}".encode()),
+        (H_MESSAGE, message[:500].encode("utf-8", "replace")),
+        (H_CONNECTOR, actor.encode()),
+        (H_AT, str(int(time.time() * 1000)).encode()),
+    ]
+
+
+def strip_error_headers(headers: Sequence[tuple[str, bytes]]) -> HeaderList:
+    """``headers`` without the dead-letter error headers (for a replay)."""
+    return [(k, v) for k, v in headers if not k.startswith(HEADER_DLQ_PREFIX)]
+
+
+def send_dead_letter(
+    producer: KafkaProducer,
+    topic: str,
+    record: Any,
+    stage: str,
+    exc: BaseException,
+    actor: str,
+) -> FutureRecordMetadata:
+    """Publish ``record`` unchanged to the dead-letter ``topic`` with error headers."""
+    headers = strip_error_headers(record.headers or []) + dead_letter_headers(
+        record, stage, exc, actor
+    )
+    return producer.send(topic, key=record.key, value=record.value, headers=headers)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead letter as read back from the topic; ``id`` is ``partition:offset``."""
+
+    id: str
+    original_topic: str
+    original_partition: int
+    original_offset: int
+    stage: str
+    error_class: str
+    message: str
+    actor: str
+    referral_id: str | None
+    at_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready summary (no payload bytes)."""
+        return {
+            "id": self.id,
+            "original_topic": self.original_topic,
+            "original_partition": self.original_partition,
+            "original_offset": self.original_offset,
+            "stage": self.stage,
+            "error_class": self.error_class,
+            "message": self.message,
+            "actor": self.actor,
+            "referral_id": self.referral_id,
+            "at_ms": self.at_ms,
+            "size": len(self.value or b""),
+        }
+
+
+def _header(headers: Sequence[tuple[str, bytes]], name: str) -> str:
+    for k, v in headers:
+        if k == name:
+            return v.decode("utf-8", "replace")
+    return ""
+
+
+def _int(text: str, default: int = -1) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return default
+
+
+def read_dead_letters(
+    consumer: KafkaConsumer, topic: str, timeout: float = 10.0
+) -> Iterator[DeadLetter]:
+    """Every dead letter on ``topic`` from the beginning (``consumer`` has no group)."""
+    parts = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    if not tps:
+        return
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    end = consumer.end_offsets(tps)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = consumer.poll(timeout_ms=300)
+        for _tp, records in batch.items():
+            for rec in records:
+                headers = tuple(rec.headers or ())
+                yield DeadLetter(
+                    id=f"{rec.partition}:{rec.offset}",
+                    original_topic=_header(headers, H_TOPIC),
+                    original_partition=_int(_header(headers, H_PARTITION)),
+                    original_offset=_int(_header(headers, H_OFFSET)),
+                    stage=_header(headers, H_STAGE),
+                    error_class=_header(headers, H_CLASS),
+                    message=_header(headers, H_MESSAGE),
+                    actor=_header(headers, H_CONNECTOR),
+                    referral_id=_header(headers, Headers.REFERRAL_ID) or None,
+                    at_ms=_int(_header(headers, H_AT), 0),
+                    key=rec.key,
+                    value=rec.value,
+                    headers=headers,
+                )
+        # Tansu's ListOffsets(latest) may leave out the last batch: stop only on an
+        # idle poll once every partition has reached the reported end.
+        if not batch and all(consumer.position(tp) >= end.get(tp, 0) for tp in tps):
+            break

@@ -1,0 +1,346 @@
+"""The router service: intake → jurisdiction topics, status intake → origin status topics.
+
+For each intake record it decodes only the envelope, decides the destinations
+(:func:`broker.routing.decide`) and publishes the **original value bytes**
+unchanged to each, keyed by referral id, with the original headers (trace
+context, origin) plus the routing reason and the organisations meant to receive
+it. Status updates are forwarded unchanged to the status topic of the
+referral's origin. What cannot be decoded or routed goes to the dead-letter
+topic with its original bytes; the partition keeps flowing.
+
+Offsets are committed only after every publish of a batch is acknowledged
+(at-least-once). A failed batch is not committed: the consumer seeks back and
+the batch is tried again; downstream consumers are idempotent, so repeats are
+harmless. ``stop`` (SIGTERM in ``referral route``) finishes the batch in hand,
+commits what was published and returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import OffsetAndMetadata
+
+from broker import clients
+from broker.codec import Codec
+from broker.config import Settings
+from broker.deadletter import send_dead_letter
+from broker.errors import BrokerError, CodecError, ReferralError
+from broker.ledger import LedgerEmitter, handover_event
+from broker.network import Network
+from broker.routing import decide, status_destination
+from broker.topics import Headers
+
+__all__ = ["STATUS_UPDATE", "Router", "RouterStats"]
+
+log = logging.getLogger("referral.router")
+
+#: Record name of status updates.
+STATUS_UPDATE = "org.referralbroker.v1.StatusUpdate"
+ACTOR = "router"
+_ROUTE_HEADERS = frozenset({Headers.ROUTE_REASON, Headers.DESTINATION_ORGS})
+
+
+@dataclass
+class RouterStats:
+    """Counters of one router's run."""
+
+    referrals: int = 0
+    published: int = 0
+    statuses: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    retried_batches: int = 0
+    #: monotonic time the first batch arrived / the last batch was committed
+    first_batch_at: float | None = None
+    last_batch_at: float | None = None
+
+
+class _BatchFailed(BrokerError):
+    """Some publish of the batch was not acknowledged; the batch is not committed."""
+
+
+def _kept_headers(headers: Sequence[tuple[str, bytes]] | None) -> list[tuple[str, bytes]]:
+    return [(k, v) for k, v in headers or () if k not in _ROUTE_HEADERS]
+
+
+class Router:
+    """A member of the router consumer group (run several for scale-out)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        network: Network,
+        codec: Codec,
+        *,
+        group_id: str = "router",
+        consumer_factory: Callable[..., KafkaConsumer] | None = None,
+        producer: KafkaProducer | None = None,
+        poll_timeout_ms: int = 200,
+        max_records: int = 2000,
+        emit_ledger: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.network = network
+        self.codec = codec
+        self.names = settings.topic_names()
+        self.group_id = group_id
+        self.poll_timeout_ms = poll_timeout_ms
+        self.max_records = max_records
+        self.stats = RouterStats()
+        self._consumer_factory = consumer_factory or clients.consumer
+        self._producer = producer or clients.producer(settings, role="router")
+        self._own_producer = producer is None
+        self._ledger = (
+            LedgerEmitter(self._producer, codec, self.names.ledger) if emit_ledger else None
+        )
+        self._consumer: KafkaConsumer | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def open(self) -> None:
+        """Join the router group on the intake and status-intake topics."""
+        self._consumer = self._consumer_factory(
+            self.settings, group_id=self.group_id, role="router", max_poll_records=self.max_records
+        )
+        self._consumer.subscribe(
+            [self.names.intake, self.names.status_intake], listener=_AssignmentLog()
+        )
+
+    def close(self) -> None:
+        """Leave the group and flush (nothing uncommitted is committed here)."""
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except KafkaError as exc:
+                log.warning("router consumer close failed: %s", type(exc).__name__)
+            self._consumer = None
+        if self._own_producer:
+            try:
+                self._producer.flush(10)
+                self._producer.close(10)
+            except KafkaError as exc:
+                log.warning("router producer close failed: %s", type(exc).__name__)
+
+    def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> RouterStats:
+        """Route until ``stop`` is set (or, with ``idle_exit_s``, after that long idle)."""
+        if self._consumer is None:
+            self.open()
+        assert self._consumer is not None
+        last_work = time.monotonic()
+        backoff = 0.2
+        try:
+            while not stop.is_set():
+                batch = self._consumer.poll(timeout_ms=self.poll_timeout_ms)
+                if not batch:
+                    if idle_exit_s is not None and time.monotonic() - last_work > idle_exit_s:
+                        break
+                    continue
+                last_work = time.monotonic()
+                try:
+                    self.process_batch(batch)
+                    backoff = 0.2
+                except _BatchFailed as exc:
+                    self.stats.retried_batches += 1
+                    log.warning("router batch not acknowledged, retrying: %s", exc)
+                    self._rewind(batch)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            self.close()
+        return self.stats
+
+    # -- one batch -------------------------------------------------------------------
+    def process_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Route every record of ``batch``, wait for every ack, then commit its offsets."""
+        assert self._consumer is not None
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = time.monotonic()
+        futures: list[FutureRecordMetadata] = []
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        intake, status_intake = self.names.intake, self.names.status_intake
+        for tp, records in batch.items():
+            for record in records:
+                if tp.topic == intake:
+                    self._route_referral(record, futures)
+                elif tp.topic == status_intake:
+                    self._route_status(record, futures)
+            offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+        self._producer.flush()
+        failed = [f for f in futures if f.failed()]
+        if failed:
+            raise _BatchFailed(
+                f"{len(failed)} of {len(futures)} publishes failed "
+                f"({type(failed[0].exception).__name__})"
+            )
+        self.stats.batches += 1
+        try:
+            self._consumer.commit(offsets)
+        except KafkaError as exc:
+            # Published but not committed: the next owner repeats them; consumers are idempotent.
+            log.warning(
+                "router commit failed (records will be redelivered): %s", type(exc).__name__
+            )
+        self.stats.last_batch_at = time.monotonic()
+
+    def _rewind(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        assert self._consumer is not None
+        for tp, records in batch.items():
+            # A partition revoked meanwhile: its new owner resumes from the commit.
+            with contextlib.suppress(KafkaError, AssertionError, ValueError):
+                self._consumer.seek(tp, records[0].offset)
+
+    def _dead_letter(
+        self,
+        record: Any,
+        stage: str,
+        exc: ReferralError,
+        futures: list[FutureRecordMetadata],
+        referral_id: str | None = None,
+    ) -> None:
+        self.stats.dead_lettered += 1
+        log.info(
+            "dead-lettered %s[%d]@%d at %s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            stage,
+            type(exc).__name__,
+        )
+        futures.append(
+            send_dead_letter(self._producer, self.names.deadletter, record, stage, exc, ACTOR)
+        )
+        if self._ledger is not None:
+            rid = referral_id or _key_text(record.key)
+            futures.append(
+                self._ledger.emit(
+                    handover_event(
+                        "DEAD_LETTERED",
+                        referral_id=rid,
+                        case_id="",
+                        actor=ACTOR,
+                        topic=self.names.deadletter,
+                        partition=record.partition,
+                        offset=record.offset,
+                        reason=f"{stage}: {type(exc).__name__}",
+                    )
+                )
+            )
+
+    def _route_referral(self, record: Any, futures: list[FutureRecordMetadata]) -> None:
+        self.stats.referrals += 1
+        try:
+            envelope = self.codec.decode_envelope(record.value or b"")
+        except CodecError as exc:
+            self._dead_letter(record, "ROUTE_DECODE", exc, futures)
+            return
+        referral_id = str(envelope.get("referral_id", ""))
+        try:
+            decision = decide(envelope, self.network, self.names)
+        except ReferralError as exc:
+            self._dead_letter(record, "ROUTE_DECIDE", exc, futures, referral_id)
+            return
+        key = referral_id.encode()
+        base = _kept_headers(record.headers)
+        origin = str(envelope.get("origin_org", ""))
+        case_id = str(envelope.get("case_id", ""))
+        for dest in decision.destinations:
+            headers = [
+                *base,
+                (Headers.ROUTE_REASON, dest.basis.encode()),
+                (Headers.DESTINATION_ORGS, ",".join(dest.orgs).encode()),
+            ]
+            futures.append(
+                self._producer.send(dest.topic, key=key, value=record.value, headers=headers)
+            )
+            self.stats.published += 1
+            if self._ledger is not None:
+                futures.append(
+                    self._ledger.emit(
+                        handover_event(
+                            "ROUTED",
+                            referral_id=referral_id,
+                            case_id=case_id,
+                            actor=ACTOR,
+                            from_party=origin,
+                            to_party=",".join(dest.orgs),
+                            topic=dest.topic,
+                            partition=record.partition,
+                            offset=record.offset,
+                            reason=dest.basis,
+                            trace_id=_trace_id(record.headers),
+                        )
+                    )
+                )
+
+    def _route_status(self, record: Any, futures: list[FutureRecordMetadata]) -> None:
+        self.stats.statuses += 1
+        try:
+            _, status = self.codec.decode(record.value or b"", expected=STATUS_UPDATE)
+            topic = status_destination(status, self.network, self.names)
+        except ReferralError as exc:
+            self._dead_letter(record, "STATUS_ROUTE", exc, futures)
+            return
+        referral_id = str(status.get("referral_id", ""))
+        futures.append(
+            self._producer.send(
+                topic,
+                key=referral_id.encode(),
+                value=record.value,
+                headers=_kept_headers(record.headers),
+            )
+        )
+        self.stats.published += 1
+        if self._ledger is not None:
+            futures.append(
+                self._ledger.emit(
+                    handover_event(
+                        "STATUS_ROUTED",
+                        referral_id=referral_id,
+                        case_id=str(status.get("case_id", "")),
+                        actor=ACTOR,
+                        from_party=str(status.get("emitted_by", "")),
+                        to_party=str(status.get("origin_org", "")),
+                        topic=topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        reason=str(status.get("status", "")),
+                        trace_id=_trace_id(record.headers),
+                    )
+                )
+            )
+
+
+class _AssignmentLog(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Logs each (re)assignment: which partitions this router owns now."""
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        log.info("router partitions revoked: %d", len(revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        parts = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
+        log.info("router partitions assigned: %d %s", len(parts), " ".join(parts))
+
+
+def _key_text(key: bytes | None) -> str:
+    if not key:
+        return ""
+    text = key.decode("utf-8", "replace")
+    return text if len(text) <= 64 and text.isprintable() else ""
+
+
+def _trace_id(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
+    for k, v in headers or ():
+        if k == Headers.TRACEPARENT:
+            parts = v.decode("ascii", "replace").split("-")
+            return parts[1] if len(parts) == 4 else None
+    return None

@@ -1,0 +1,123 @@
+"""``referral route`` and ``referral dlq list|replay``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import typer
+from rich.table import Table
+
+from broker import clients
+from broker.codec import Codec
+from broker.deadletter import read_dead_letters, strip_error_headers
+from broker.errors import ConfigError
+from broker.registry import registry_from_settings
+from broker.router import Router
+from cli.app import NETWORK_OPTION, App, console, print_json, state
+
+dlq_app = App(help="Inspect and replay dead letters.")
+
+
+def route(
+    ctx: typer.Context,
+    network_file: Path | None = NETWORK_OPTION,
+    group: str = typer.Option("router", "--group", help="Consumer group of the routers."),
+    idle_exit: float | None = typer.Option(
+        None, "--idle-exit", help="Exit after this many seconds without records."
+    ),
+) -> None:
+    """Run a router (join the group; SIGTERM or Ctrl-C finishes the batch and exits 0)."""
+    st = state(ctx)
+    network = st.network(network_file)
+    settings = st.settings
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    codec = Codec(registry_from_settings(settings), max_record_bytes=settings.max_record_bytes)
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    router = Router(settings, network, codec, group_id=group)
+    console.print(
+        f"router joined group {settings.topic_prefix}{group} on "
+        f"{clients.resolve_bootstrap(settings)}"
+    )
+    stats = router.run(stop, idle_exit_s=idle_exit)
+    console.print(
+        f"router stopped: {stats.referrals} referrals, {stats.statuses} statuses, "
+        f"{stats.published} published, {stats.dead_lettered} dead-lettered"
+    )
+
+
+@dlq_app.command("list")
+def dlq_list(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show every dead letter with where it came from and why."""
+    settings = state(ctx).settings
+    consumer = clients.consumer(settings, group_id=None, role="dlq")
+    try:
+        letters = list(read_dead_letters(consumer, settings.topic_names().deadletter))
+    finally:
+        consumer.close()
+    if as_json:
+        print_json([d.to_json() for d in letters])
+        return
+    table = Table(title=f"dead letters ({len(letters)})")
+    for col in ("id", "from", "stage", "error", "reason", "referral"):
+        table.add_column(col)
+    for d in letters:
+        table.add_row(
+            d.id,
+            f"{d.original_topic}[{d.original_partition}]@{d.original_offset}",
+            d.stage,
+            d.error_class.rsplit(".", 1)[-1],
+            d.message,
+            d.referral_id or "",
+        )
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ctx: typer.Context,
+    ids: list[str] = typer.Option([], "--id", help="Dead letter id (partition:offset); repeat."),
+    all_: bool = typer.Option(False, "--all", help="Replay every dead letter."),
+) -> None:
+    """Send chosen dead letters back to their original topic, headers cleaned."""
+    if not ids and not all_:
+        raise ConfigError("name dead letters with --id PARTITION:OFFSET, or pass --all")
+    settings = state(ctx).settings
+    names = settings.topic_names()
+    allowed = {names.intake, names.status_intake}
+    consumer = clients.consumer(settings, group_id=None, role="dlq")
+    producer = clients.producer(settings, role="dlq")
+    try:
+        letters = [
+            d for d in read_dead_letters(consumer, names.deadletter) if all_ or d.id in set(ids)
+        ]
+        missing = set(ids) - {d.id for d in letters}
+        if missing:
+            raise ConfigError(f"no dead letter with id {', '.join(sorted(missing))}")
+        sent = 0
+        for d in letters:
+            target = d.original_topic if d.original_topic in allowed else None
+            if target is None:
+                console.print(
+                    f"skipped {d.id}: original topic {d.original_topic} is not replayable"
+                )
+                continue
+            producer.send(target, key=d.key, value=d.value, headers=strip_error_headers(d.headers))
+            sent += 1
+        producer.flush()
+    finally:
+        consumer.close()
+        producer.close()
+    console.print(f"replayed {sent} dead letter(s)")
