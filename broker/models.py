@@ -481,12 +481,18 @@ class PriorActions(_AvroModel):
 class CaseBody(_AvroModel):
     """The case content (the router never reads it)."""
 
-    items: Annotated[tuple[ReportedItem, ...], Field(min_length=1)]
+    items: tuple[ReportedItem, ...]
     classification: Classification
     timeline: Timeline
     prior_actions: PriorActions
     duplicate_of: UuidStr | None = None
     summary: LongText | None = None
+
+    @model_validator(mode="after")
+    def _has_items(self) -> Self:
+        if not self.items:
+            raise ValueError("needs at least one reported item")
+        return self
 
 
 class Referral(_AvroModel):
