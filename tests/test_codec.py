@@ -266,7 +266,7 @@ def test_older_writer_versions_resolve_to_the_current_schema(tmp_path: Path) -> 
     registry.register(REFERRAL)  # the working schema becomes version 2
     new_codec = Codec(EmbeddedRegistry(path=tmp_path / "registry.json", schema_dir=tmp_path))
     assert new_codec.schema_id_of(old_bytes) == 1
-    name, decoded = new_codec.decode(old_bytes)
+    _name, decoded = new_codec.decode(old_bytes)
     assert decoded["body"]["summary"] is None
     assert decoded["envelope"]["external_refs"] == []
     m.Referral.from_avro(decoded)
@@ -308,7 +308,8 @@ def _only_codec_errors(data: bytes) -> None:
             call(data)
         except CodecError as exc:
             text = str(exc)
-            assert "example.org" not in text and "hotline-nl" not in text
+            assert "example.org" not in text
+            assert "hotline-nl" not in text
         # anything else propagates and fails the test
 
 

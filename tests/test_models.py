@@ -69,7 +69,8 @@ def _compare(schema: dict[str, Any], model: type[BaseModel], named: dict[str, An
         assert len(stypes) == len(mtypes), f"{model.__name__}.{name}"
         for st, mt in zip(stypes, mtypes, strict=True):
             if st["type"] == "enum":
-                assert issubclass(mt, StrEnum) and mt.__name__ == st["name"]
+                assert issubclass(mt, StrEnum)
+                assert mt.__name__ == st["name"]
                 assert [e.value for e in mt] == st["symbols"], f"{mt.__name__} symbols differ"
             else:
                 _compare(st, mt, named)

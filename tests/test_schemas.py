@@ -82,7 +82,8 @@ def test_every_field_documented_and_every_optional_field_defaulted(name: str) ->
         ftype = field["type"]
         if isinstance(ftype, list) and "null" in ftype:
             assert ftype[0] == "null", f"{path}: null must be the first union branch"
-            assert "default" in field and field["default"] is None, f"{path}: no default null"
+            assert "default" in field, f"{path}: no default"
+            assert field["default"] is None, f"{path}: default must be null"
 
 
 @pytest.mark.parametrize("name", RECORD_NAMES)
