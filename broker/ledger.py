@@ -18,6 +18,8 @@ from broker.codec import Codec
 
 __all__ = ["HANDOVER_EVENT", "LedgerEmitter", "handover_event"]
 
+_EVENT_NS = uuid.UUID("6f0b7a52-3c1e-5d7a-9a51-0d4c0f2b7e11")
+
 #: Record name of the ledger's schema.
 HANDOVER_EVENT = "org.referralbroker.v1.HandoverEvent"
 
@@ -38,9 +40,19 @@ def handover_event(
     span_id: str | None = None,
     at_ms: int | None = None,
 ) -> dict[str, Any]:
-    """A HandoverEvent datum in Avro form."""
+    """A HandoverEvent datum in Avro form.
+
+    The event id is derived from what the event says (referral, event, actor,
+    parties, position, reason), so a redelivered hop yields the same id and the
+    materialised ledger can recognise the repeat.
+    """
+    identity = "|".join(
+        map(
+            str, (referral_id, event, actor, from_party, to_party, topic, partition, offset, reason)
+        )
+    )
     return {
-        "event_id": str(uuid.uuid4()),
+        "event_id": str(uuid.uuid5(_EVENT_NS, identity)),
         "referral_id": referral_id,
         "case_id": case_id,
         "event": event,
@@ -65,7 +77,8 @@ class LedgerEmitter:
         self._codec = codec
         self.topic = topic
 
-    def emit(self, event: dict[str, Any]) -> FutureRecordMetadata:
+    def emit(self, event: dict[str, Any], partition: int | None = None) -> FutureRecordMetadata:
         """Publish one event (asynchronously; flush the producer to wait)."""
         value = self._codec.encode(HANDOVER_EVENT, event)
-        return self._producer.send(self.topic, key=str(event["referral_id"]).encode(), value=value)
+        key = str(event["referral_id"]).encode()
+        return self._producer.send(self.topic, key=key, value=value, partition=partition)

@@ -28,6 +28,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
@@ -105,6 +106,7 @@ class Router:
             LedgerEmitter(self._producer, codec, self.names.ledger) if emit_ledger else None
         )
         self._consumer: KafkaConsumer | None = None
+        self._partitions: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------
     def open(self) -> None:
@@ -199,6 +201,16 @@ class Router:
             with contextlib.suppress(KafkaError, AssertionError, ValueError):
                 self._consumer.seek(tp, records[0].offset)
 
+    def _partition(self, topic: str, key_hash: int) -> int | None:
+        """The default partitioner's choice for a key hash, without hashing again."""
+        count = self._partitions.get(topic)
+        if count is None:
+            parts = self._producer.partitions_for(topic)
+            if not parts:
+                return None
+            count = self._partitions[topic] = len(parts)
+        return key_hash % count
+
     def _dead_letter(
         self,
         record: Any,
@@ -250,6 +262,8 @@ class Router:
             self._dead_letter(record, "ROUTE_DECIDE", exc, futures, referral_id)
             return
         key = referral_id.encode()
+        # Hash the key once for every destination (same choice as the default partitioner).
+        key_hash = murmur2(key) & 0x7FFFFFFF
         base = _kept_headers(record.headers)
         origin = str(envelope.get("origin_org", ""))
         case_id = str(envelope.get("case_id", ""))
@@ -259,8 +273,11 @@ class Router:
                 (Headers.ROUTE_REASON, dest.basis.encode()),
                 (Headers.DESTINATION_ORGS, ",".join(dest.orgs).encode()),
             ]
+            partition = self._partition(dest.topic, key_hash)
             futures.append(
-                self._producer.send(dest.topic, key=key, value=record.value, headers=headers)
+                self._producer.send(
+                    dest.topic, key=key, value=record.value, headers=headers, partition=partition
+                )
             )
             self.stats.published += 1
             if self._ledger is not None:
@@ -278,7 +295,8 @@ class Router:
                             offset=record.offset,
                             reason=dest.basis,
                             trace_id=_trace_id(record.headers),
-                        )
+                        ),
+                        self._partition(self.names.ledger, key_hash),
                     )
                 )
 
