@@ -127,11 +127,16 @@ def worker_baseline(bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
     return {"count": done, "seconds": seconds, "rss_mb": _peak_rss_mb()}
 
 
-def worker_router(bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
-    """The real router until it has routed ``n`` referrals."""
+def worker_router(bootstrap: str, prefix: str, n: int, *, ledger: bool = True) -> dict[str, Any]:
+    """The real router until it has routed ``n`` referrals (``ledger=False``: no events)."""
     settings = _settings(bootstrap, prefix)
     router = Router(
-        settings, load_network(NETWORK), Codec(EmbeddedRegistry()), max_records=MAX_POLL
+        settings,
+        load_network(NETWORK),
+        Codec(EmbeddedRegistry()),
+        max_records=MAX_POLL,
+        emit_ledger=ledger,
+        group_id="router" if ledger else "router-noledger",
     )
     stop = threading.Event()
 
@@ -264,13 +269,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rate", type=int, default=1000, help="steady rate for the latency run")
     ap.add_argument("--latency-seconds", type=float, default=10.0)
     ap.add_argument("--json", action="store_true", help="print only JSON")
-    ap.add_argument("--worker", choices=["baseline", "router"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--worker", choices=["baseline", "router", "router-noledger"], help=argparse.SUPPRESS
+    )
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--prefix", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        fn = worker_baseline if args.worker == "baseline" else worker_router
-        print(json.dumps(fn(args.bootstrap, args.prefix, args.n)))
+        if args.worker == "baseline":
+            out = worker_baseline(args.bootstrap, args.prefix, args.n)
+        else:
+            out = worker_router(args.bootstrap, args.prefix, args.n, ledger=args.worker == "router")
+        print(json.dumps(out))
         return
 
     network = load_network(NETWORK)
@@ -294,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         del records
         baseline = _run_worker("baseline", broker.bootstrap, prefix, args.n)
         router = _run_worker("router", broker.bootstrap, prefix, args.n)
+        bare = _run_worker("router-noledger", broker.bootstrap, prefix, args.n)
         lat: dict[str, Any] = {}
         if args.latency_seconds > 0:
             lat_settings = _settings(broker.bootstrap, "lat.")
@@ -304,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
 
     b_rate = baseline["count"] / baseline["seconds"]
     r_rate = router["count"] / router["seconds"]
+    bare_rate = bare["count"] / bare["seconds"]
     result = {
         "machine": (
             f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -315,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         "baseline_per_s": round(b_rate),
         "router_per_s": round(r_rate),
         "ratio": round(r_rate / b_rate, 3),
+        "router_without_ledger_per_s": round(bare_rate),
         "baseline_rss_mb": round(baseline["rss_mb"], 1),
         "router_rss_mb": round(router["rss_mb"], 1),
         "latency": lat,
@@ -324,8 +337,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(f"machine: {result['machine']}")
     print(f"referrals: {args.n} (avg {result['avg_record_bytes']} bytes), preload {preload_s:.1f}s")
-    for label, rate, side in (("baseline", b_rate, baseline), ("router", r_rate, router)):
-        print(f"{label:9s} {rate:>10,.0f} referrals/s   peak RSS {side['rss_mb']:.0f} MB")
+    rows = (
+        ("baseline", b_rate, baseline),
+        ("router", r_rate, router),
+        ("router without ledger events", bare_rate, bare),
+    )
+    for label, rate, side in rows:
+        print(f"{label:29s} {rate:>10,.0f} referrals/s   peak RSS {side['rss_mb']:.0f} MB")
     print(f"ratio router/baseline: {r_rate / b_rate:.2f}")
     if lat:
         print(
