@@ -1,0 +1,33 @@
+"""The public surface: every name in ``__all__`` exists and says what it is."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+
+import broker
+
+MODULES = sorted(
+    m.name for m in pkgutil.iter_modules(broker.__path__, "broker.") if not m.name.startswith("_")
+)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_public_members_exist_and_have_docstrings(name: str) -> None:
+    module = importlib.import_module(name)
+    assert module.__doc__, f"{name} has no module docstring"
+    exported = getattr(module, "__all__", None)
+    assert exported is not None, f"{name} defines no __all__"
+    missing_doc = []
+    for member in exported:
+        obj = getattr(module, member)  # AttributeError if __all__ lies
+        if (inspect.isclass(obj) or inspect.isfunction(obj)) and not inspect.getdoc(obj):
+            missing_doc.append(member)
+    assert missing_doc == [], f"{name}: undocumented public members {missing_doc}"
+
+
+def test_every_library_module_is_covered() -> None:
+    assert {"broker.router", "broker.routing", "broker.codec", "broker.network"} <= set(MODULES)
