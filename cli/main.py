@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+import cli.connector_cmd as connector_cmd
 from cli import broker_cmd, config_cmd, demo_cmd, router_cmd, schema_cmd, topics_cmd
 from cli.app import App, CliState
 
@@ -20,6 +21,10 @@ app.add_typer(config_cmd.network_app, name="network")
 app.command("demo")(demo_cmd.demo)
 app.command("route")(router_cmd.route)
 app.add_typer(router_cmd.dlq_app, name="dlq")
+app.add_typer(connector_cmd.app, name="connector")
+app.command("publish")(connector_cmd.publish)
+app.command("outbox")(connector_cmd.outbox)
+app.command("status")(connector_cmd.status)
 
 
 @app.callback()

@@ -1,0 +1,268 @@
+"""``referral connector run``, ``referral publish``, ``referral outbox``, ``referral status``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import typer
+from kafka.errors import KafkaError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from broker import clients
+from broker.codec import Codec
+from broker.config import Settings
+from broker.errors import BrokerError, ConfigError, ValidationFailed
+from broker.ledger import LedgerEmitter, handover_event
+from broker.models import ReferralStatus, StatusUpdate, problems_of
+from broker.registry import registry_from_settings
+from cli.app import NETWORK_OPTION, App, console, err_console, print_json, state
+from connectors.delivery import StatusSender
+from connectors.drop_folder import read_referral_file
+from connectors.inbox import Inbox
+from connectors.outbox import Outbox
+from connectors.publisher import BatchResult, Publisher
+from connectors.runtime import ConnectorRuntime
+
+__all__ = ["app", "outbox", "publish", "status"]
+
+app = App(help="Run an organisation's connectors.")
+
+#: Rows per produce batch in ``referral publish`` (the progress bar advances per batch).
+PUBLISH_CHUNK = 200
+
+
+def _codec(settings: Settings) -> Codec:
+    return Codec(registry_from_settings(settings), max_record_bytes=settings.max_record_bytes)
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    org: str = typer.Argument(..., help="Organisation id from the network file."),
+    network_file: Path | None = NETWORK_OPTION,
+    republish_after: float | None = typer.Option(
+        None, "--republish-after", help="Seconds before a pending referral is sent again."
+    ),
+) -> None:
+    """Run every connector configured for ORG until SIGTERM or Ctrl-C."""
+    st = state(ctx)
+    network = st.network(network_file)
+    settings = st.settings
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    runtime = ConnectorRuntime(
+        settings, network, org, _codec(settings), republish_after=republish_after
+    )
+    runtime.start()
+    kinds = ", ".join(network.organisation(org).connectors) or "none configured"
+    console.print(f"connectors of {org} running ({kinds})")
+    if runtime.http_port is not None:
+        console.print(f"http intake listening on port {runtime.http_port}")
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        runtime.stop()
+    console.print(f"connectors of {org} stopped")
+
+
+def publish(
+    ctx: typer.Context,
+    files: list[Path] = typer.Argument(..., help="Referral files (.json, .jsonl, .csv)."),
+    as_org: str = typer.Option(..., "--as", help="The publishing organisation's id."),
+    network_file: Path | None = NETWORK_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Validate and publish referral files once (same checks and outbox as the sources)."""
+    st = state(ctx)
+    network = st.network(network_file)
+    settings = st.settings
+    if not network.has_organisation(as_org):
+        raise ConfigError(f"organisation {as_org!r} is not in the network file")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError("\n".join(f"{m}: no such file" for m in missing))
+    producer = clients.producer(settings, role=f"publish-{as_org}")
+    outbox = Outbox.for_org(settings, as_org)
+    results: dict[str, BatchResult] = {}
+    try:
+        publisher = Publisher(settings, network, as_org, _codec(settings), producer, outbox)
+        rows_by_file = {f: read_referral_file(f) for f in files}
+        total = sum(len(r) for r in rows_by_file.values())
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            disable=as_json or total < PUBLISH_CHUNK,
+        ) as progress:
+            task = progress.add_task("publishing", total=total)
+            for path, rows in rows_by_file.items():
+                result = BatchResult()
+                for i in range(0, len(rows), PUBLISH_CHUNK):
+                    chunk = rows[i : i + PUBLISH_CHUNK]
+                    result.extend(publisher.publish(chunk))
+                    progress.advance(task, len(chunk))
+                results[str(path)] = result
+    finally:
+        try:
+            producer.close(10)
+        finally:
+            outbox.close()
+    _report_publish(results, as_json)
+
+
+def _report_publish(results: dict[str, BatchResult], as_json: bool) -> None:
+    rejected = sum(len(r.rejected) for r in results.values())
+    if as_json:
+        print_json(
+            {
+                name: {
+                    "published": [
+                        {
+                            "row": p.label,
+                            "referral_id": p.referral_id,
+                            "sent": p.sent,
+                            "repeat": p.repeat,
+                        }
+                        for p in r.published
+                    ],
+                    "rejected": [
+                        {"row": x.label, "problems": list(x.problems)} for x in r.rejected
+                    ],
+                }
+                for name, r in results.items()
+            }
+        )
+    else:
+        for name, r in results.items():
+            unsent = sum(1 for p in r.published if not p.sent)
+            line = f"{name}: {len(r.published)} published, {len(r.rejected)} rejected"
+            if unsent:
+                line += f" ({unsent} not acknowledged yet; held in the outbox)"
+            console.print(line, markup=False)
+            for rej in r.rejected:
+                for problem in rej.problems:
+                    err_console.print(f"{name} {rej.label}: {problem}", markup=False)
+    if rejected:
+        raise typer.Exit(ValidationFailed.exit_code)
+
+
+def outbox(
+    ctx: typer.Context,
+    org: str = typer.Argument(..., help="Organisation id."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List ORG's referrals still waiting for a RECEIVED, for whom and for how long."""
+    settings = state(ctx).settings
+    box = Outbox.for_org(settings, org)
+    try:
+        pending = box.pending()
+    finally:
+        box.close()
+    now = time.time()
+    if as_json:
+        print_json([p.to_json(now) for p in pending])
+        return
+    table = Table(title=f"outbox of {org}: {len(pending)} pending")
+    for col in ("referral", "case", "waiting for", "received by", "age", "sent"):
+        table.add_column(col)
+    for p in pending:
+        table.add_row(
+            p.referral_id,
+            p.case_id,
+            ", ".join(p.waiting_for),
+            ", ".join(p.received_by) or "-",
+            _age(p.age(now)),
+            f"{p.attempts}x",
+        )
+    console.print(table)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def status(
+    ctx: typer.Context,
+    org: str = typer.Argument(..., help="The organisation reporting the status."),
+    referral_id: str = typer.Argument(..., help="The referral the status is about."),
+    new_status: ReferralStatus = typer.Argument(..., help="ACCEPTED, NTD_SENT, REMOVED, CLOSED, …"),
+    note: str | None = typer.Option(None, "--note", help="Free-text note (no personal data)."),
+    reason_code: str | None = typer.Option(None, "--reason", help="Machine-readable reason code."),
+    destination: str | None = typer.Option(
+        None, "--destination", help="For REROUTED: the organisation it was passed to."
+    ),
+) -> None:
+    """Send a status update about a referral ORG received, back to its origin."""
+    settings = state(ctx).settings
+    inbox = Inbox.for_org(settings, org)
+    try:
+        record = inbox.lookup(referral_id)
+    finally:
+        inbox.close()
+    if record is None:
+        raise ConfigError(f"{org} has not received referral {referral_id} (not in its inbox)")
+    now = datetime.now(UTC)
+    try:
+        update = StatusUpdate(
+            referral_id=referral_id,
+            case_id=record.case_id,
+            emitted_by=org,
+            emitted_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
+            status=new_status,
+            reason_code=reason_code,
+            note=note,
+            destination_org=destination,
+            origin_org=record.origin_org,
+        )
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            problems = problems_of(exc)
+            raise ValidationFailed("\n".join(problems), problems) from None
+        raise
+    codec = _codec(settings)
+    names = settings.topic_names()
+    producer = clients.producer(settings, role=f"status-{org}")
+    try:
+        meta = StatusSender(producer, codec, names).send(update).get(timeout=30)
+        LedgerEmitter(producer, codec, names.ledger).emit(
+            handover_event(
+                "STATUS_SENT",
+                referral_id=referral_id,
+                case_id=record.case_id,
+                actor=org,
+                from_party=org,
+                to_party=record.origin_org,
+                topic=names.status_intake,
+                partition=meta.partition,
+                offset=meta.offset,
+                reason=new_status.value,
+            )
+        )
+        producer.flush(30)
+    except KafkaError as exc:
+        raise BrokerError(f"status not sent: {type(exc).__name__}") from exc
+    finally:
+        producer.close(10)
+    console.print(f"{new_status.value} for {referral_id} sent to {record.origin_org}")

@@ -1,0 +1,492 @@
+"""The drivers that feed sinks from Kafka, the same way for every kind.
+
+:class:`SinkDriver` (the receiving side) consumes the organisation's referral
+topics. For each record addressed to the organisation (its id is in the
+``DESTINATION_ORGS`` header) it decodes the referral, hands it to every sink
+that has not delivered it yet (the :class:`~connectors.inbox.Inbox` remembers),
+then sends a RECEIVED status to status intake and a DELIVERED handover event.
+A repeat is counted and answered with DUPLICATE_SKIPPED and another RECEIVED
+(the first may have been lost; the origin's outbox ignores repeats). What
+cannot be decoded goes to the dead-letter topic (stage ``SINK_DECODE``); what
+the organisation's system finally refuses goes there too (stage ``DELIVER``)
+and is not recorded as delivered. Offsets are committed only after the batch
+is delivered and its receipts acknowledged (at-least-once).
+
+:class:`StatusDriver` (the origin side) consumes ``status.to.<org>``: each
+RECEIVED clears a destination in the outbox, and every status is handed to the
+organisation's status sinks once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import OffsetAndMetadata
+
+from broker import clients
+from broker.codec import Codec
+from broker.config import Settings
+from broker.deadletter import send_dead_letter
+from broker.errors import CodecError, DeliveryError, ReferralError
+from broker.ledger import LedgerEmitter, handover_event
+from broker.models import StatusUpdate
+from broker.registry import REFERRAL, STATUS_UPDATE
+from broker.topics import Headers, TopicNames
+from connectors.base import Delivery, Sink, StatusDelivery, StatusSink, jsonable
+from connectors.inbox import Inbox
+from connectors.outbox import Outbox
+
+__all__ = [
+    "DriverStats",
+    "SinkDriver",
+    "StatusDriver",
+    "StatusSender",
+    "header_value",
+    "status_key",
+]
+
+log = logging.getLogger("referral.connectors")
+
+ConsumerFactory = Callable[..., KafkaConsumer]
+
+
+def header_value(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> str | None:
+    """A record header as text, or None if absent."""
+    for key, value in headers or ():
+        if key == name:
+            return (value or b"").decode("utf-8", "replace")
+    return None
+
+
+def _now_ms() -> datetime:
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def status_key(status: Mapping[str, Any]) -> str:
+    """Identity of a status update for de-duplication at the origin.
+
+    A RECEIVED is the same receipt whenever it is repeated; any other status is
+    one event, identified by who emitted it and when.
+    """
+    head = f"{status.get('referral_id')}|{status.get('emitted_by')}|{status.get('status')}"
+    if status.get("status") == "RECEIVED":
+        return head
+    at = status.get("emitted_at")
+    stamp = int(at.timestamp() * 1000) if isinstance(at, datetime) else at
+    return f"{head}|{stamp}"
+
+
+@dataclass
+class DriverStats:
+    """Counters of one driver's run."""
+
+    records: int = 0
+    delivered: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    statuses: int = 0
+    batches: int = 0
+
+
+class StatusSender:
+    """Encodes status updates and publishes them to status intake, keyed by referral id."""
+
+    def __init__(self, producer: KafkaProducer, codec: Codec, names: TopicNames) -> None:
+        self.producer = producer
+        self.codec = codec
+        self.names = names
+
+    def send(self, update: StatusUpdate) -> FutureRecordMetadata:
+        """Publish one (validated) status update asynchronously."""
+        value = self.codec.encode(STATUS_UPDATE, update.to_avro())
+        return self.producer.send(
+            self.names.status_intake,
+            key=update.referral_id.encode(),
+            value=value,
+            headers=[
+                (Headers.REFERRAL_ID, update.referral_id.encode()),
+                (Headers.CASE_ID, update.case_id.encode()),
+                (Headers.ORIGIN, update.origin_org.encode()),
+            ],
+        )
+
+    def received(
+        self, org_id: str, referral_id: str, case_id: str, origin: str
+    ) -> FutureRecordMetadata:
+        """Publish a RECEIVED receipt from ``org_id`` for one referral."""
+        update = StatusUpdate(
+            referral_id=referral_id,
+            case_id=case_id,
+            emitted_by=org_id,
+            emitted_at=_now_ms(),
+            status="RECEIVED",  # type: ignore[arg-type]
+            origin_org=origin,
+        )
+        return self.send(update)
+
+
+class _Driver:
+    """Shared consumer plumbing: poll, process, flush, commit; stop on an Event."""
+
+    name = "driver"
+
+    def __init__(
+        self,
+        settings: Settings,
+        org_id: str,
+        codec: Codec,
+        topics: Sequence[str],
+        group_id: str,
+        *,
+        producer: KafkaProducer | None = None,
+        consumer_factory: ConsumerFactory | None = None,
+        poll_timeout_ms: int = 200,
+    ) -> None:
+        self.settings = settings
+        self.org_id = org_id
+        self.codec = codec
+        self.names = settings.topic_names()
+        self.topics = list(topics)
+        self.group_id = group_id
+        self.poll_timeout_ms = poll_timeout_ms
+        self.stats = DriverStats()
+        self._consumer_factory = consumer_factory or clients.consumer
+        self._own_producer = producer is None
+        self.producer = producer or clients.producer(settings, role=f"{self.name}-{org_id}")
+        self.ledger = LedgerEmitter(self.producer, codec, self.names.ledger)
+        self._consumer: KafkaConsumer | None = None
+
+    def open(self) -> None:
+        """Join the consumer group."""
+        self._consumer = self._consumer_factory(
+            self.settings, *self.topics, group_id=self.group_id, role=f"{self.name}-{self.org_id}"
+        )
+
+    def close(self) -> None:
+        """Leave the group and flush what is in flight."""
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except KafkaError as exc:
+                log.warning("%s consumer close failed: %s", self.name, type(exc).__name__)
+            self._consumer = None
+        if self._own_producer:
+            try:
+                self.producer.flush(10)
+                self.producer.close(10)
+            except KafkaError as exc:
+                log.warning("%s producer close failed: %s", self.name, type(exc).__name__)
+
+    def run(self, stop: threading.Event) -> DriverStats:
+        """Consume until ``stop`` is set; each batch is committed after it is handled."""
+        if self._consumer is None:
+            self.open()
+        try:
+            while not stop.is_set():
+                self.poll_once()
+        finally:
+            self.close()
+        return self.stats
+
+    def poll_once(self) -> int:
+        """One poll → handle → flush → commit cycle; returns the number of records."""
+        assert self._consumer is not None
+        batch = self._consumer.poll(timeout_ms=self.poll_timeout_ms)
+        if not batch:
+            return 0
+        futures: list[FutureRecordMetadata] = []
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        count = 0
+        for tp, records in batch.items():
+            for record in records:
+                count += 1
+                self.stats.records += 1
+                self.handle(record, futures)
+            offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+        self.after_batch()
+        try:
+            self.producer.flush(30)
+        except KafkaError as exc:
+            log.warning("%s flush failed: %s", self.name, type(exc).__name__)
+        failed = sum(1 for f in futures if f.failed())
+        if failed:
+            # Delivered but the receipts were not acknowledged: the outbox of the
+            # origin republishes, and the repeat is answered with another RECEIVED.
+            log.warning("%s: %d of %d sends failed", self.name, failed, len(futures))
+        try:
+            self._consumer.commit(offsets)
+        except KafkaError as exc:
+            log.warning("%s commit failed (will be redelivered): %s", self.name, type(exc).__name__)
+        self.stats.batches += 1
+        return count
+
+    def handle(self, record: Any, futures: list[FutureRecordMetadata]) -> None:
+        """Handle one consumed record (subclasses)."""
+        raise NotImplementedError
+
+    def after_batch(self) -> None:
+        """Flush the sinks before the commit (subclasses)."""
+
+    def dead_letter(
+        self, record: Any, stage: str, exc: BaseException, futures: list[FutureRecordMetadata]
+    ) -> None:
+        """Send ``record`` intact to the dead-letter topic with the reason."""
+        self.stats.dead_lettered += 1
+        log.info(
+            "%s dead-lettered %s[%d]@%d at %s: %s",
+            self.org_id,
+            record.topic,
+            record.partition,
+            record.offset,
+            stage,
+            type(exc).__name__,
+        )
+        futures.append(
+            send_dead_letter(self.producer, self.names.deadletter, record, stage, exc, self.org_id)
+        )
+        referral_id = header_value(record.headers, Headers.REFERRAL_ID)
+        if referral_id:
+            self.event(
+                "DEAD_LETTERED",
+                referral_id,
+                header_value(record.headers, Headers.CASE_ID) or "-",
+                record,
+                futures,
+                reason=f"{stage}: {type(exc).__name__}",
+            )
+
+    def event(
+        self,
+        kind: str,
+        referral_id: str,
+        case_id: str,
+        record: Any,
+        futures: list[FutureRecordMetadata],
+        *,
+        from_party: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Emit one handover event about ``record``."""
+        try:
+            futures.append(
+                self.ledger.emit(
+                    handover_event(
+                        kind,
+                        referral_id=referral_id,
+                        case_id=case_id or "-",
+                        actor=self.org_id,
+                        from_party=from_party,
+                        to_party=self.org_id,
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        reason=reason,
+                    )
+                )
+            )
+        except (CodecError, KafkaError) as exc:
+            log.warning("ledger event not sent: %s", type(exc).__name__)
+
+
+class SinkDriver(_Driver):
+    """Feeds an organisation's sinks from its referral topics (group ``sink-<org>``)."""
+
+    name = "sink"
+
+    def __init__(
+        self,
+        settings: Settings,
+        org_id: str,
+        codec: Codec,
+        topics: Sequence[str],
+        sinks: Sequence[Sink],
+        inbox: Inbox,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("group_id", f"sink-{org_id}")
+        group_id = kwargs.pop("group_id")
+        super().__init__(settings, org_id, codec, topics, group_id, **kwargs)
+        self.sinks = list(sinks)
+        self.inbox = inbox
+        self.status = StatusSender(self.producer, codec, self.names)
+
+    def open(self) -> None:
+        """Open every sink, then join the group."""
+        for sink in self.sinks:
+            sink.open()
+        super().open()
+
+    def close(self) -> None:
+        """Leave the group, then flush and close every sink."""
+        try:
+            super().close()
+        finally:
+            for sink in self.sinks:
+                try:
+                    sink.flush()
+                finally:
+                    sink.close()
+
+    def after_batch(self) -> None:
+        """Make every sink durable before the offsets are committed."""
+        for sink in self.sinks:
+            sink.flush()
+
+    def handle(self, record: Any, futures: list[FutureRecordMetadata]) -> None:
+        """Deliver one record addressed to this organisation (idempotently)."""
+        orgs = header_value(record.headers, Headers.DESTINATION_ORGS)
+        if orgs is None or self.org_id not in orgs.split(","):
+            self.stats.skipped += 1
+            return
+        try:
+            _, datum = self.codec.decode(record.value or b"", expected=REFERRAL)
+            envelope = datum["envelope"]
+            referral_id = str(envelope["referral_id"])
+            case_id = str(envelope["case_id"])
+            origin = str(envelope["origin_org"])
+        except (CodecError, KeyError, TypeError) as exc:
+            self.dead_letter(record, "SINK_DECODE", exc, futures)
+            return
+        delivery = Delivery(
+            referral_id=referral_id,
+            case_id=case_id,
+            origin_org=origin,
+            value=bytes(record.value),
+            document=jsonable(datum),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            route_reason=header_value(record.headers, Headers.ROUTE_REASON) or "",
+        )
+        pending = [s for s in self.sinks if not self.inbox.has(referral_id, s.kind)]
+        if not pending:
+            self.stats.duplicates += 1
+            self.inbox.count_duplicate(referral_id, self.sinks[0].kind if self.sinks else "")
+            self.event(
+                "DUPLICATE_SKIPPED", referral_id, case_id, record, futures, from_party=origin
+            )
+            self._receipt(referral_id, case_id, origin, futures)
+            return
+        delivered = []
+        for sink in pending:
+            try:
+                sink.deliver(delivery)
+            except DeliveryError as exc:
+                self.dead_letter(record, "DELIVER", exc, futures)
+                continue
+            self.inbox.record(delivery, sink.kind)
+            delivered.append(sink.kind)
+        if delivered:
+            self.stats.delivered += 1
+            self.event(
+                "DELIVERED",
+                referral_id,
+                case_id,
+                record,
+                futures,
+                from_party=origin,
+                reason=",".join(delivered),
+            )
+            self._receipt(referral_id, case_id, origin, futures)
+
+    def _receipt(
+        self, referral_id: str, case_id: str, origin: str, futures: list[FutureRecordMetadata]
+    ) -> None:
+        try:
+            futures.append(self.status.received(self.org_id, referral_id, case_id, origin))
+        except (ReferralError, KafkaError, ValueError) as exc:
+            log.warning("RECEIVED for %s not sent: %s", referral_id, type(exc).__name__)
+
+
+class StatusDriver(_Driver):
+    """Feeds an origin's outbox and status sinks from ``status.to.<org>``"""
+
+    name = "status"
+
+    def __init__(
+        self,
+        settings: Settings,
+        org_id: str,
+        codec: Codec,
+        sinks: Sequence[StatusSink],
+        outbox: Outbox,
+        inbox: Inbox,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("group_id", f"status-{org_id}")
+        group_id = kwargs.pop("group_id")
+        names = settings.topic_names()
+        super().__init__(settings, org_id, codec, [names.status(org_id)], group_id, **kwargs)
+        self.sinks = list(sinks)
+        self.outbox = outbox
+        self.inbox = inbox
+
+    def open(self) -> None:
+        """Open every status sink, then join the group."""
+        for sink in self.sinks:
+            sink.open()
+        super().open()
+
+    def close(self) -> None:
+        """Leave the group, then flush and close every status sink."""
+        try:
+            super().close()
+        finally:
+            for sink in self.sinks:
+                try:
+                    sink.flush()
+                finally:
+                    sink.close()
+
+    def after_batch(self) -> None:
+        """Make every status sink durable before the commit."""
+        for sink in self.sinks:
+            sink.flush()
+
+    def handle(self, record: Any, futures: list[FutureRecordMetadata]) -> None:
+        """Clear the outbox on RECEIVED and hand the status to the status sinks once."""
+        try:
+            _, datum = self.codec.decode(record.value or b"", expected=STATUS_UPDATE)
+            referral_id = str(datum["referral_id"])
+            status = str(datum["status"])
+            emitted_by = str(datum["emitted_by"])
+        except (CodecError, KeyError, TypeError) as exc:
+            self.dead_letter(record, "SINK_DECODE", exc, futures)
+            return
+        self.stats.statuses += 1
+        if status == "RECEIVED":
+            self.outbox.mark_received(referral_id, emitted_by)
+        key = status_key(datum)
+        if self.inbox.has_status(key):
+            self.stats.duplicates += 1
+            self.inbox.count_status_duplicate()
+            return
+        delivery = StatusDelivery(
+            referral_id=referral_id,
+            status=status,
+            emitted_by=emitted_by,
+            document=jsonable(datum),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        failed = False
+        for sink in self.sinks:
+            try:
+                sink.deliver_status(delivery)
+            except DeliveryError as exc:
+                failed = True
+                self.dead_letter(record, "DELIVER", exc, futures)
+        if not failed:
+            self.inbox.record_status(key, referral_id)
+            self.stats.delivered += 1

@@ -1,0 +1,81 @@
+"""Inbox folder sink: one JSON file per referral, named by referral id.
+
+Settings (``[organisations.connectors.inbox_folder]``)::
+
+    path = "orgs/police-nl/inbox"   # relative to the state directory; created if missing
+
+Each referral becomes ``<path>/<referral_id>.json``::
+
+    {"referral": {"envelope": {...}, "body": {...}}, "delivery": {topic, partition, ...}}
+
+The file is written to a hidden temporary name in the same directory, synced,
+then renamed: a reader never sees half a file. The inbox database makes sure a
+referral is written once, however often it arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from broker.config import Settings
+from broker.errors import DeliveryError
+from connectors.base import ConnectorConfig, Delivery, Sink, ensure_dir, resolve_path
+
+__all__ = ["InboxFolderConfig", "InboxFolderSink", "write_atomic"]
+
+
+class InboxFolderConfig(ConnectorConfig):
+    """Settings of an inbox folder."""
+
+    path: str = Field(min_length=1)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a synced temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def delivery_document(delivery: Delivery) -> dict[str, Any]:
+    """What a sink hands over: the referral plus where and when it arrived."""
+    meta = delivery.metadata()
+    meta["delivered_at"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return {"referral": delivery.document, "delivery": meta}
+
+
+class InboxFolderSink(Sink):
+    """Writes each referral as ``<referral_id>.json`` into a folder."""
+
+    kind = "inbox_folder"
+
+    def __init__(self, config: InboxFolderConfig, settings: Settings) -> None:
+        self.config = config
+        self.path = resolve_path(settings, config.path)
+
+    def open(self) -> None:
+        """Create the folder if it is missing."""
+        ensure_dir(self.path, f"{self.kind}.path")
+
+    def file_for(self, referral_id: str) -> Path:
+        """Where a referral's file goes."""
+        return self.path / f"{referral_id}.json"
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Write the referral's file atomically."""
+        data = json.dumps(delivery_document(delivery), indent=2, sort_keys=True).encode()
+        try:
+            write_atomic(self.file_for(delivery.referral_id), data)
+        except OSError as exc:
+            raise DeliveryError(
+                f"inbox folder: cannot write referral {delivery.referral_id}: {exc.strerror}"
+            ) from exc

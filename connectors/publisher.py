@@ -1,0 +1,352 @@
+"""The one publishing path every source shares (drop folder, HTTP intake, ``referral publish``).
+
+validate (pydantic) → add HOSTING jurisdictions from the items → check it can be
+routed → encode (Avro, Confluent frame) → store in the outbox → produce to the
+intake topic (keyed by referral id, with id/case/origin headers) → PUBLISHED
+handover event in the ledger.
+
+Input is the referral's JSON form (``{"envelope": {...}, "body": {...}}``, the
+shape of :class:`broker.models.Referral`). The source fills in what only it
+knows: ``origin_org`` and ``origin_country`` (the publishing organisation),
+a fresh ``referral_id`` and ``created_at`` when absent. A referral naming
+another organisation as its origin is refused.
+
+Problems are reported as ``field.path: message`` lines that never quote URLs,
+hashes or free text. A referral id already in the outbox is not stored twice:
+its *stored* bytes are sent again (same id, same bytes), which is harmless
+because every sink is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from kafka.producer.future import FutureRecordMetadata
+
+from broker.codec import Codec
+from broker.config import Settings
+from broker.errors import CodecError, ConfigError, RoutingError, ValidationFailed
+from broker.ledger import LedgerEmitter, handover_event
+from broker.models import Referral, problems_of
+from broker.network import Network, Organisation
+from broker.registry import REFERRAL
+from broker.routing import add_hosting_jurisdictions, decide
+from broker.topics import Headers
+from connectors.outbox import Outbox, OutboxEntry
+
+__all__ = [
+    "BatchResult",
+    "Prepared",
+    "Published",
+    "Publisher",
+    "Rejected",
+]
+
+log = logging.getLogger("referral.connectors.publisher")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated, routable, encoded referral ready to publish."""
+
+    referral_id: str
+    case_id: str
+    value: bytes
+    expected: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Published:
+    """One referral handed to the broker (or, if ``sent`` is False, held in the outbox)."""
+
+    label: str
+    referral_id: str
+    case_id: str
+    expected: tuple[str, ...]
+    #: True if the broker acknowledged it; False = stored, the outbox will retry.
+    sent: bool
+    #: True if the referral id was already in the outbox (its stored bytes were resent).
+    repeat: bool = False
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One input (a row, line or list element) that was not published, and why."""
+
+    label: str
+    problems: tuple[str, ...]
+
+
+@dataclass
+class BatchResult:
+    """What happened to each input of a batch, in input order."""
+
+    published: list[Published] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True if nothing was rejected."""
+        return not self.rejected
+
+    def extend(self, other: BatchResult) -> None:
+        """Append another batch's results."""
+        self.published.extend(other.published)
+        self.rejected.extend(other.rejected)
+
+
+def _now_ms() -> datetime:
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class Publisher:
+    """Publishes referrals of one origin organisation (thread-safe: the producer is)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        network: Network,
+        org_id: str,
+        codec: Codec,
+        producer: KafkaProducer,
+        outbox: Outbox,
+        *,
+        ack_timeout: float = 30.0,
+    ) -> None:
+        try:
+            self.org: Organisation = network.organisation(org_id)
+        except KeyError:
+            raise ConfigError(f"organisation {org_id!r} is not in the network file") from None
+        self.settings = settings
+        self.network = network
+        self.codec = codec
+        self.names = settings.topic_names()
+        self.producer = producer
+        self.outbox = outbox
+        self.ack_timeout = ack_timeout
+        self.ledger = LedgerEmitter(producer, codec, self.names.ledger)
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def _complete(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """``raw`` with what only the source knows filled in."""
+        if not isinstance(raw, Mapping):
+            raise ValidationFailed(
+                "not a referral object", ["(record): must be a JSON object with envelope and body"]
+            )
+        data = dict(raw)
+        envelope = data.get("envelope")
+        if not isinstance(envelope, Mapping):
+            return data  # pydantic names the missing/invalid envelope
+        env = dict(envelope)
+        origin = env.get("origin_org")
+        if origin is not None and origin != self.org.id:
+            raise ValidationFailed(
+                "origin mismatch",
+                [f"envelope.origin_org: must be the publishing organisation {self.org.id}"],
+            )
+        env["origin_org"] = self.org.id
+        env.setdefault("origin_country", self.org.country)
+        if not env.get("referral_id"):
+            env["referral_id"] = str(uuid.uuid4())
+        if not env.get("created_at"):
+            env["created_at"] = _now_ms()
+        env.setdefault("jurisdictions", [])
+        data["envelope"] = env
+        return data
+
+    def prepare(self, raw: Mapping[str, Any]) -> Prepared:
+        """Validate, add hosting jurisdictions, check routing, encode; ValidationFailed if not."""
+        from pydantic import ValidationError
+
+        data = self._complete(raw)
+        try:
+            model = Referral.model_validate(data)
+        except ValidationError as exc:
+            problems = problems_of(exc)
+            raise ValidationFailed(
+                f"invalid referral: {len(problems)} problem(s)", problems
+            ) from None
+        datum = model.to_avro()
+        envelope = datum["envelope"]
+        envelope["jurisdictions"] = add_hosting_jurisdictions(
+            envelope["jurisdictions"], datum["body"]["items"]
+        )
+        try:
+            decision = decide(envelope, self.network, self.names)
+        except RoutingError as exc:
+            raise ValidationFailed(
+                "not routable", [f"envelope.jurisdictions: {str(exc).splitlines()[0]}"]
+            ) from None
+        try:
+            value = self.codec.encode(REFERRAL, datum)
+        except CodecError as exc:
+            raise ValidationFailed(
+                "cannot encode", [f"(record): {str(exc).splitlines()[0]}"]
+            ) from None
+        return Prepared(
+            referral_id=model.envelope.referral_id,
+            case_id=model.envelope.case_id,
+            value=value,
+            expected=decision.orgs,
+        )
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def headers(self, referral_id: str, case_id: str) -> list[tuple[str, bytes]]:
+        """The headers every published referral carries."""
+        return [
+            (Headers.REFERRAL_ID, referral_id.encode()),
+            (Headers.CASE_ID, case_id.encode()),
+            (Headers.ORIGIN, self.org.id.encode()),
+        ]
+
+    def publish(
+        self, rows: Iterable[tuple[str, Mapping[str, Any] | ValidationFailed]]
+    ) -> BatchResult:
+        """Validate and publish ``(label, referral dict)`` rows; a row may be a parse error.
+
+        Every valid row is stored in the outbox, then sent; the call returns once the
+        broker acknowledged (or failed) every send. Invalid rows are reported, never sent.
+        """
+        rejected: list[Rejected] = []
+        ready: list[tuple[str, Prepared]] = []
+        for label, row in rows:
+            if isinstance(row, ValidationFailed):
+                rejected.append(Rejected(label, tuple(row.problems or [str(row)])))
+                continue
+            try:
+                ready.append((label, self.prepare(row)))
+            except ValidationFailed as exc:
+                rejected.append(Rejected(label, tuple(exc.problems or [str(exc)])))
+        result = self.publish_prepared(ready)
+        result.rejected = rejected
+        return result
+
+    def publish_prepared(self, ready: Iterable[tuple[str, Prepared]]) -> BatchResult:
+        """Store and send referrals already prepared by :meth:`prepare`."""
+        result = BatchResult()
+        sends = [self._store_and_send(label, prepared) for label, prepared in ready]
+        self._await(sends, result)
+        return result
+
+    def _store_and_send(
+        self, label: str, prepared: Prepared
+    ) -> tuple[Published, FutureRecordMetadata | None]:
+        headers = self.headers(prepared.referral_id, prepared.case_id)
+        added = self.outbox.add(
+            prepared.referral_id,
+            prepared.case_id,
+            self.names.intake,
+            prepared.value,
+            headers,
+            prepared.expected,
+        )
+        value, expected = prepared.value, prepared.expected
+        if not added:
+            stored = self.outbox.get(prepared.referral_id)
+            if stored is not None:
+                value, headers = stored.value, stored.headers
+        pub = Published(
+            label, prepared.referral_id, prepared.case_id, expected, sent=False, repeat=not added
+        )
+        return pub, self._send(prepared.referral_id, value, headers)
+
+    def _send(
+        self, referral_id: str, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> FutureRecordMetadata | None:
+        try:
+            return self.producer.send(
+                self.names.intake, key=referral_id.encode(), value=value, headers=headers
+            )
+        except KafkaError as exc:
+            log.warning(
+                "send of %s failed, the outbox will retry: %s", referral_id, type(exc).__name__
+            )
+            return None
+
+    def _await(
+        self, sends: list[tuple[Published, FutureRecordMetadata | None]], result: BatchResult
+    ) -> None:
+        if not sends:
+            return
+        try:
+            self.producer.flush(self.ack_timeout)
+        except KafkaError as exc:
+            log.warning("flush failed, the outbox will retry: %s", type(exc).__name__)
+        for pub, future in sends:
+            meta = None
+            if future is not None and future.is_done and future.succeeded():
+                meta = future.value
+            sent = meta is not None
+            result.published.append(
+                Published(pub.label, pub.referral_id, pub.case_id, pub.expected, sent, pub.repeat)
+            )
+            if meta is not None:
+                self._emit(
+                    "REPUBLISHED" if pub.repeat else "PUBLISHED",
+                    pub.referral_id,
+                    pub.case_id,
+                    meta.partition,
+                    meta.offset,
+                    ",".join(pub.expected),
+                )
+        try:
+            self.producer.flush(self.ack_timeout)
+        except KafkaError as exc:
+            log.warning("ledger flush failed: %s", type(exc).__name__)
+
+    def _emit(
+        self, event: str, referral_id: str, case_id: str, partition: int, offset: int, to: str
+    ) -> None:
+        try:
+            self.ledger.emit(
+                handover_event(
+                    event,
+                    referral_id=referral_id,
+                    case_id=case_id,
+                    actor=self.org.id,
+                    from_party=self.org.id,
+                    to_party=to or None,
+                    topic=self.names.intake,
+                    partition=partition,
+                    offset=offset,
+                )
+            )
+        except (KafkaError, CodecError) as exc:
+            log.warning("ledger event for %s not sent: %s", referral_id, type(exc).__name__)
+
+    # -- the outbox's retries --------------------------------------------------------------------
+
+    def republish_due(self, republish_after: float) -> list[str]:
+        """Send again every outbox entry pending for ``republish_after`` seconds; their ids."""
+        due = self.outbox.due(republish_after)
+        if not due:
+            return []
+        futures: list[tuple[OutboxEntry, FutureRecordMetadata | None]] = [
+            (entry, self._send(entry.referral_id, entry.value, entry.headers)) for entry in due
+        ]
+        try:
+            self.producer.flush(self.ack_timeout)
+        except KafkaError as exc:
+            log.warning("republish flush failed: %s", type(exc).__name__)
+        done = []
+        now = time.time()
+        for entry, future in futures:
+            if future is not None and future.is_done and future.succeeded():
+                meta = future.value
+                self.outbox.mark_sent(entry.referral_id, now)
+                self._emit(
+                    "REPUBLISHED", entry.referral_id, entry.case_id, meta.partition, meta.offset, ""
+                )
+                done.append(entry.referral_id)
+        return done

@@ -1,0 +1,367 @@
+"""The connector runtime: runs every connector one organisation has configured.
+
+``referral connector run ORG`` builds a :class:`ConnectorRuntime` from the
+organisation's ``[organisations.connectors.<kind>]`` tables and runs, each in a
+thread, until stopped:
+
+* every **source** (``drop_folder``, ``http_intake``) polling on its interval,
+  publishing through one shared :class:`~connectors.publisher.Publisher`;
+* one **sink driver** feeding every referral sink (``inbox_folder``,
+  ``webhook``, ``sqlite``) from the organisation's referral topics;
+* one **status driver** feeding the status sinks (``status_folder``,
+  ``status_webhook``) and clearing the outbox on RECEIVED;
+* the **outbox republisher**, sending again whatever waits longer than
+  ``republish_after`` seconds.
+
+The reserved ``[organisations.connectors.outbox]`` table tunes the outbox
+(``republish_after``, default 300 s; ``check_interval``, default 1 s).
+Settings are validated before anything starts; every problem is one line of a
+single :class:`~broker.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from pydantic import BaseModel, Field, ValidationError
+
+from broker import clients
+from broker.codec import Codec
+from broker.config import Settings
+from broker.errors import ConfigError, ReferralError
+from broker.network import Network, Organisation
+from connectors.base import (
+    ConnectorConfig,
+    Sink,
+    Source,
+    StatusSink,
+    ensure_dir,
+    resolve_path,
+    secret_from_env,
+)
+from connectors.delivery import SinkDriver, StatusDriver
+from connectors.drop_folder import DropFolderConfig, DropFolderSource
+from connectors.http_intake import HttpIntakeConfig, HttpIntakeSource
+from connectors.inbox import Inbox
+from connectors.inbox_folder import InboxFolderConfig, InboxFolderSink
+from connectors.outbox import Outbox
+from connectors.publisher import Publisher
+from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
+from connectors.status_sink import StatusFolderConfig, StatusFolderSink, StatusWebhookSink
+from connectors.webhook import WebhookConfig, WebhookSink
+
+__all__ = [
+    "KINDS",
+    "ConnectorRuntime",
+    "OutboxConfig",
+    "parse_connector_settings",
+]
+
+log = logging.getLogger("referral.connectors.runtime")
+
+
+class OutboxConfig(ConnectorConfig):
+    """The reserved ``outbox`` table: when pending referrals are sent again."""
+
+    republish_after: float = Field(default=300.0, gt=0)
+    check_interval: float = Field(default=1.0, gt=0, le=3600)
+
+
+#: Connector kind → (role, settings model).
+KINDS: dict[str, tuple[str, type[ConnectorConfig]]] = {
+    "drop_folder": ("source", DropFolderConfig),
+    "http_intake": ("source", HttpIntakeConfig),
+    "inbox_folder": ("sink", InboxFolderConfig),
+    "webhook": ("sink", WebhookConfig),
+    "sqlite": ("sink", SqliteCaseConfig),
+    "status_folder": ("status", StatusFolderConfig),
+    "status_webhook": ("status", WebhookConfig),
+    "outbox": ("outbox", OutboxConfig),
+}
+
+
+def _pydantic_lines(prefix: str, exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in err["loc"])
+        msg = "unknown setting" if err["type"] == "extra_forbidden" else str(err["msg"])
+        out.append(f"{prefix}.{where}: {msg}" if where else f"{prefix}: {msg}")
+    return out
+
+
+def parse_connector_settings(org: Organisation) -> tuple[dict[str, BaseModel], list[str]]:
+    """Each configured kind's validated settings, and one line per problem."""
+    parsed: dict[str, BaseModel] = {}
+    problems: list[str] = []
+    for kind, raw in org.connectors.items():
+        prefix = f"{org.id}: connectors.{kind}"
+        if kind not in KINDS:
+            problems.append(f"{prefix}: unknown connector kind (known: {', '.join(sorted(KINDS))})")
+            continue
+        try:
+            parsed[kind] = KINDS[kind][1].model_validate(raw)
+        except ValidationError as exc:
+            problems.extend(_pydantic_lines(prefix, exc))
+    return parsed, problems
+
+
+@dataclass
+class _Built:
+    sources: list[Source] = field(default_factory=list)
+    sinks: list[Sink] = field(default_factory=list)
+    status_sinks: list[StatusSink] = field(default_factory=list)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+
+
+class ConnectorRuntime:
+    """Every connector of one organisation, run in threads until :meth:`stop`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        network: Network,
+        org_id: str,
+        codec: Codec,
+        *,
+        env: Mapping[str, str] | None = None,
+        producer: KafkaProducer | None = None,
+        republish_after: float | None = None,
+    ) -> None:
+        try:
+            self.org = network.organisation(org_id)
+        except KeyError:
+            raise ConfigError(f"organisation {org_id!r} is not in the network file") from None
+        self.settings = settings
+        self.network = network
+        self.codec = codec
+        self.names = settings.topic_names()
+        self.env: Mapping[str, str] = dict(os.environ) if env is None else env
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._started = False
+        parsed, problems = parse_connector_settings(self.org)
+        self.topics = network.subscriptions(self.org.id, self.names)
+        sink_kinds = [k for k in parsed if KINDS[k][0] == "sink"]
+        if sink_kinds and not self.topics:
+            problems.append(
+                f"{self.org.id}: connectors.{sink_kinds[0]}: the organisation receives no "
+                "jurisdiction in [routing], so its sinks would never deliver"
+            )
+        if problems:
+            raise ConfigError("\n".join(problems))
+        self.built = self._build(parsed)
+        self._own_producer = producer is None
+        self.producer = producer or clients.producer(settings, role=f"connectors-{org_id}")
+        self.outbox = Outbox.for_org(settings, org_id)
+        self.inbox = Inbox.for_org(settings, org_id)
+        self.publisher = Publisher(settings, network, org_id, codec, self.producer, self.outbox)
+        for kind, config in parsed.items():
+            if KINDS[kind][0] == "source":
+                self.built.sources.append(self._source(kind, config))
+        if republish_after is not None:
+            self.built.outbox = OutboxConfig(
+                republish_after=republish_after, check_interval=self.built.outbox.check_interval
+            )
+        self.sink_driver: SinkDriver | None = None
+        self.status_driver: StatusDriver | None = None
+        self.republished: list[str] = []
+        self.errors: list[str] = []
+
+    def _build(self, parsed: dict[str, BaseModel]) -> _Built:
+        built = _Built()
+        problems: list[str] = []
+        for kind, config in parsed.items():
+            try:
+                self._add(built, kind, config)
+            except ConfigError as exc:
+                problems.extend(
+                    f"{self.org.id}: connectors.{line}" for line in str(exc).splitlines()
+                )
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return built
+
+    def _add(self, built: _Built, kind: str, config: Any) -> None:
+        """Build a sink (or check a source's settings; sources are built later)."""
+        s = self.settings
+        if isinstance(config, DropFolderConfig | InboxFolderConfig | StatusFolderConfig):
+            ensure_dir(resolve_path(s, config.path), f"{kind}.path")
+        if kind == "http_intake":
+            secret_from_env(self.env, config.token_env, "http_intake.token_env")
+        elif kind == "inbox_folder":
+            built.sinks.append(InboxFolderSink(config, s))
+        elif kind == "webhook":
+            built.sinks.append(WebhookSink(config, s, self.env))
+        elif kind == "sqlite":
+            ensure_dir(resolve_path(s, config.path).parent, "sqlite.path")
+            built.sinks.append(SqliteCaseSink(config, s))
+        elif kind == "status_folder":
+            built.status_sinks.append(StatusFolderSink(config, s))
+        elif kind == "status_webhook":
+            built.status_sinks.append(StatusWebhookSink(config, s, self.env))
+        elif kind == "outbox":
+            built.outbox = config
+
+    def _source(self, kind: str, config: Any) -> Source:
+        if kind == "drop_folder":
+            return DropFolderSource(config, self.settings, self.publisher)
+        return HttpIntakeSource(config, self.publisher, self.env)
+
+    # -- accessors -------------------------------------------------------------------------------
+
+    @property
+    def sources(self) -> list[Source]:
+        """The configured sources."""
+        return self.built.sources
+
+    def source(self, kind: str) -> Source:
+        """The configured source of ``kind`` (KeyError if none)."""
+        for src in self.built.sources:
+            if src.kind == kind:
+                return src
+        raise KeyError(kind)
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound port of the HTTP intake, once started."""
+        try:
+            src = self.source("http_intake")
+        except KeyError:
+            return None
+        return src.port if isinstance(src, HttpIntakeSource) else None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> ConnectorRuntime:
+        """Open every connector and start its thread; returns once all are running."""
+        if self._started:
+            return self
+        self._started = True
+        try:
+            for src in self.built.sources:
+                src.open()
+            if self.built.sinks:
+                self.sink_driver = SinkDriver(
+                    self.settings,
+                    self.org.id,
+                    self.codec,
+                    self.topics,
+                    self.built.sinks,
+                    self.inbox,
+                    producer=self.producer,
+                )
+                self.sink_driver.open()
+            self.status_driver = StatusDriver(
+                self.settings,
+                self.org.id,
+                self.codec,
+                self.built.status_sinks,
+                self.outbox,
+                self.inbox,
+                producer=self.producer,
+            )
+            self.status_driver.open()
+        except BaseException:
+            self.stop()
+            raise
+        for src in self.built.sources:
+            self._spawn(f"source-{src.kind}", self._source_loop(src))
+        if self.sink_driver is not None:
+            self._spawn("sink-driver", self._driver_loop(self.sink_driver.poll_once))
+        self._spawn("status-driver", self._driver_loop(self.status_driver.poll_once))
+        self._spawn("republisher", self._republish_loop)
+        log.info(
+            "%s: %d source(s), %d sink(s), %d status sink(s) running",
+            self.org.id,
+            len(self.built.sources),
+            len(self.built.sinks),
+            len(self.built.status_sinks),
+        )
+        return self
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=f"{self.org.id}-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _guarded(self, what: str, step: Callable[[], Any]) -> bool:
+        """Run one step; log and remember a failure instead of killing the thread."""
+        try:
+            step()
+            return True
+        except (ReferralError, KafkaError, OSError) as exc:
+            line = f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.warning("%s %s", self.org.id, line)
+            self.errors.append(line)
+            return False
+
+    def _source_loop(self, src: Source) -> Callable[[], None]:
+        def loop() -> None:
+            while not self._stop.is_set():
+                self._guarded(f"source {src.kind}", src.poll)
+                self._stop.wait(src.poll_interval)
+
+        return loop
+
+    def _driver_loop(self, poll_once: Callable[[], int]) -> Callable[[], None]:
+        def loop() -> None:
+            while not self._stop.is_set():
+                if not self._guarded("driver", poll_once):
+                    self._stop.wait(1.0)
+
+        return loop
+
+    def _republish_loop(self) -> None:
+        cfg = self.built.outbox
+        while not self._stop.wait(cfg.check_interval):
+
+            def step() -> None:
+                self.republished.extend(self.publisher.republish_due(cfg.republish_after))
+
+            self._guarded("outbox republish", step)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every thread, then close connectors, drivers and stores (idempotent)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+        for src in self.built.sources if hasattr(self, "built") else []:
+            try:
+                src.flush()
+            finally:
+                src.close()
+        for driver in (self.sink_driver, self.status_driver):
+            if driver is not None:
+                driver.close()
+        self.sink_driver = self.status_driver = None
+        if self._own_producer:
+            try:
+                self.producer.flush(10)
+                self.producer.close(10)
+            except KafkaError as exc:
+                log.warning("producer close failed: %s", type(exc).__name__)
+        self.outbox.close()
+        self.inbox.close()
+
+    def run(self, stop: threading.Event) -> None:
+        """Start, wait for ``stop`` (SIGTERM/Ctrl-C in the CLI), then shut down cleanly."""
+        self.start()
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.stop()
+
+    def __enter__(self) -> ConnectorRuntime:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,104 @@
+"""SQLite case-table sink: one row per referral, upserted by referral id.
+
+Settings (``[organisations.connectors.sqlite]``)::
+
+    path = "orgs/police-de/cases.sqlite3"   # relative to the state directory
+    table = "cases"                          # created if missing
+
+Columns: ``referral_id`` (primary key), ``case_id``, ``origin_org``,
+``priority``, ``tlp``, ``jurisdictions`` (JSON), ``referral`` (the whole
+referral as JSON), ``topic``, ``received_at``, ``updated_at``. A repeat of the
+same referral updates its row; it never adds a second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from pydantic import Field
+
+from broker.config import Settings
+from broker.errors import DeliveryError
+from connectors._sqlite import Database
+from connectors.base import ConnectorConfig, Delivery, Sink, resolve_path
+
+__all__ = ["SqliteCaseConfig", "SqliteCaseSink"]
+
+
+class SqliteCaseConfig(ConnectorConfig):
+    """Settings of the SQLite case table."""
+
+    path: str = Field(min_length=1)
+    table: str = Field(default="cases", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class SqliteCaseSink(Sink):
+    """Upserts each referral into a case table."""
+
+    kind = "sqlite"
+
+    def __init__(self, config: SqliteCaseConfig, settings: Settings) -> None:
+        self.config = config
+        self.path = resolve_path(settings, config.path)
+        self.table = config.table
+        self._db: Database | None = None
+
+    def open(self) -> None:
+        """Open the database and create the table if missing."""
+        self._db = Database(
+            self.path,
+            f"""CREATE TABLE IF NOT EXISTS {self.table} (
+                referral_id   TEXT PRIMARY KEY,
+                case_id       TEXT NOT NULL,
+                origin_org    TEXT NOT NULL,
+                priority      TEXT NOT NULL,
+                tlp           TEXT NOT NULL,
+                jurisdictions TEXT NOT NULL,
+                referral      TEXT NOT NULL,
+                topic         TEXT NOT NULL,
+                received_at   REAL NOT NULL,
+                updated_at    REAL NOT NULL
+            );""",
+        )
+
+    def close(self) -> None:
+        """Close the database."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Insert the referral's row, or update it if the referral id is already there."""
+        assert self._db is not None, "open() first"
+        env = delivery.document.get("envelope", {})
+        now = time.time()
+        row = (
+            delivery.referral_id,
+            delivery.case_id,
+            delivery.origin_org,
+            str(env.get("priority", "")),
+            str((env.get("handling") or {}).get("tlp", "")),
+            json.dumps(env.get("jurisdictions", []), sort_keys=True),
+            json.dumps(delivery.document, sort_keys=True),
+            delivery.topic,
+            now,
+            now,
+        )
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(
+                    f"INSERT INTO {self.table} (referral_id, case_id, origin_org, priority, tlp,"
+                    " jurisdictions, referral, topic, received_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(referral_id) DO UPDATE SET case_id = excluded.case_id,"
+                    " origin_org = excluded.origin_org, priority = excluded.priority,"
+                    " tlp = excluded.tlp, jurisdictions = excluded.jurisdictions,"
+                    " referral = excluded.referral, topic = excluded.topic,"
+                    " updated_at = excluded.updated_at",
+                    row,
+                )
+        except Exception as exc:  # sqlite3.Error and OS errors alike
+            raise DeliveryError(
+                f"case table: cannot store referral {delivery.referral_id}: {type(exc).__name__}"
+            ) from exc

@@ -1,0 +1,99 @@
+"""Status sinks (the origin side): where a hotline hears back about its referrals.
+
+``status_folder`` (``path`` relative to the state directory) appends one JSON
+line per status update to ``<path>/<referral_id>.jsonl``. ``status_webhook``
+POSTs each status update, signed exactly like the referral webhook (same
+settings: ``url``, ``secret_env``, ``timeout``, ``max_attempts``, backoff).
+
+The status driver hands each update over once (a repeated RECEIVED from the
+same organisation is recognised and skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import httpx
+from pydantic import Field
+
+from broker.config import Settings
+from broker.errors import DeliveryError
+from connectors.base import (
+    ConnectorConfig,
+    StatusDelivery,
+    StatusSink,
+    ensure_dir,
+    resolve_path,
+    secret_from_env,
+)
+from connectors.webhook import SignedPoster, WebhookConfig
+
+__all__ = ["StatusFolderConfig", "StatusFolderSink", "StatusWebhookSink"]
+
+
+class StatusFolderConfig(ConnectorConfig):
+    """Settings of a status folder."""
+
+    path: str = Field(min_length=1)
+
+
+class StatusFolderSink(StatusSink):
+    """Appends each status update as one JSON line to ``<referral_id>.jsonl``."""
+
+    kind = "status_folder"
+
+    def __init__(self, config: StatusFolderConfig, settings: Settings) -> None:
+        self.config = config
+        self.path = resolve_path(settings, config.path)
+
+    def open(self) -> None:
+        """Create the folder if it is missing."""
+        ensure_dir(self.path, f"{self.kind}.path")
+
+    def deliver_status(self, status: StatusDelivery) -> None:
+        """Append the update's line (synced before returning)."""
+        line = json.dumps(status.document, sort_keys=True, separators=(",", ":")) + "\n"
+        try:
+            with open(self.path / f"{status.referral_id}.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise DeliveryError(
+                f"status folder: cannot append for referral {status.referral_id}: {exc.strerror}"
+            ) from exc
+
+
+class StatusWebhookSink(StatusSink):
+    """POSTs each status update, signed, to the origin's system."""
+
+    kind = "status_webhook"
+
+    def __init__(
+        self,
+        config: WebhookConfig,
+        settings: Settings,
+        env: Mapping[str, str],
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.config = config
+        self.poster = SignedPoster(
+            config,
+            secret_from_env(env, config.secret_env, "status_webhook.secret_env"),
+            transport=transport,
+        )
+
+    def open(self) -> None:
+        """Create the HTTP client."""
+        self.poster.open()
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self.poster.close()
+
+    def deliver_status(self, status: StatusDelivery) -> None:
+        """POST the status update; DeliveryError once it finally fails."""
+        self.poster.post(status.document, status.referral_id, "status webhook")
