@@ -2,11 +2,14 @@
 
 Components emit events to the ledger topic with :class:`LedgerEmitter`; the
 events name ids, organisations, topics, positions and reasons — never payload
-content.
+content. A ledger record is either one ``HandoverEvent`` or a ``HandoverBatch``
+(several events of one actor, which the router writes once per consumed batch
+to keep the ledger off its hot path); :func:`decode_events` reads both.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from typing import Any
@@ -15,13 +18,18 @@ from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
 from broker.codec import Codec
+from broker.errors import SchemaMismatch
+from broker.registry import HANDOVER_BATCH, HANDOVER_EVENT
 
-__all__ = ["HANDOVER_EVENT", "LedgerEmitter", "handover_event"]
+__all__ = ["HANDOVER_BATCH", "HANDOVER_EVENT", "LedgerEmitter", "decode_events", "handover_event"]
 
-_EVENT_NS = uuid.UUID("6f0b7a52-3c1e-5d7a-9a51-0d4c0f2b7e11")
+#: The referral id recorded when a record's own id could not be read.
+UNKNOWN_REFERRAL = "00000000-0000-0000-0000-000000000000"
 
-#: Record name of the ledger's schema.
-HANDOVER_EVENT = "org.referralbroker.v1.HandoverEvent"
+
+def _event_id(*parts: object) -> str:
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=16).digest()
+    return str(uuid.UUID(bytes=digest, version=5))
 
 
 def handover_event(
@@ -46,19 +54,16 @@ def handover_event(
     parties, position, reason), so a redelivered hop yields the same id and the
     materialised ledger can recognise the repeat.
     """
-    identity = "|".join(
-        map(
-            str, (referral_id, event, actor, from_party, to_party, topic, partition, offset, reason)
-        )
-    )
     return {
-        "event_id": str(uuid.uuid5(_EVENT_NS, identity)),
-        "referral_id": referral_id,
-        "case_id": case_id,
+        "event_id": _event_id(
+            referral_id, event, actor, from_party, to_party, topic, partition, offset, reason
+        ),
+        "referral_id": referral_id or UNKNOWN_REFERRAL,
+        "case_id": case_id or "unknown",
         "event": event,
         "actor": actor,
-        "from_party": from_party,
-        "to_party": to_party,
+        "from_party": from_party or None,
+        "to_party": to_party or None,
         "topic": topic,
         "partition": partition,
         "offset": offset,
@@ -70,15 +75,56 @@ def handover_event(
 
 
 class LedgerEmitter:
-    """Encodes handover events and publishes them to the ledger topic, keyed by referral id."""
+    """Publishes handover events to the ledger topic.
 
-    def __init__(self, producer: KafkaProducer, codec: Codec, topic: str) -> None:
+    With ``batch=False`` (default) each :meth:`emit` sends one ``HandoverEvent``
+    keyed by referral id. With ``batch=True`` events are held until
+    :meth:`flush_batch`, which sends them as one ``HandoverBatch`` keyed by the actor.
+    """
+
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        codec: Codec,
+        topic: str,
+        *,
+        batch: bool = False,
+        actor: str = "",
+    ) -> None:
         self._producer = producer
         self._codec = codec
         self.topic = topic
+        self.batch = batch
+        self.actor = actor
+        self._pending: list[dict[str, Any]] = []
 
-    def emit(self, event: dict[str, Any], partition: int | None = None) -> FutureRecordMetadata:
+    def emit(self, event: dict[str, Any]) -> FutureRecordMetadata | None:
         """Publish one event (asynchronously; flush the producer to wait)."""
+        if self.batch:
+            self._pending.append(event)
+            return None
         value = self._codec.encode(HANDOVER_EVENT, event)
         key = str(event["referral_id"]).encode()
-        return self._producer.send(self.topic, key=key, value=value, partition=partition)
+        return self._producer.send(self.topic, key=key, value=value)
+
+    def flush_batch(self) -> FutureRecordMetadata | None:
+        """Send the held events as one HandoverBatch (None if there were none)."""
+        if not self._pending:
+            return None
+        events, self._pending = self._pending, []
+        value = self._codec.encode(HANDOVER_BATCH, {"actor": self.actor, "events": events})
+        return self._producer.send(self.topic, key=self.actor.encode(), value=value)
+
+    def discard_batch(self) -> None:
+        """Drop held events (their batch was not published and will be redone)."""
+        self._pending.clear()
+
+
+def decode_events(codec: Codec, value: bytes) -> list[dict[str, Any]]:
+    """The handover events in one ledger record (a single event or a batch)."""
+    name, datum = codec.decode(value)
+    if name == HANDOVER_EVENT:
+        return [datum]
+    if name == HANDOVER_BATCH:
+        return list(datum["events"])
+    raise SchemaMismatch(f"ledger record is a {name}, not a handover event")

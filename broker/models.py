@@ -29,7 +29,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from broker.countries import is_country
 from broker.errors import ValidationFailed
-from broker.registry import HANDOVER_EVENT, REFERRAL, STATUS_UPDATE, full_name
+from broker.registry import HANDOVER_BATCH, HANDOVER_EVENT, REFERRAL, STATUS_UPDATE, full_name
 
 __all__ = [
     "CLOCK_SKEW",
@@ -42,6 +42,7 @@ __all__ = [
     "ExternalSystem",
     "Handling",
     "HandlingCode",
+    "HandoverBatch",
     "HandoverEvent",
     "HandoverEventType",
     "Hash",
@@ -283,6 +284,10 @@ def _ip(value: str) -> str:
 
 
 OrgId = Annotated[str, Field(pattern=_ORG_ID)]
+#: One or more organisation ids, comma-separated (a destination with several receivers).
+OrgIdList = Annotated[
+    str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}(,[a-z0-9][a-z0-9._-]{0,62})*$")
+]
 Country = Annotated[str, AfterValidator(_country)]
 UuidStr = Annotated[str, AfterValidator(_uuid)]
 PastTimestamp = Annotated[datetime, AfterValidator(_past)]
@@ -553,7 +558,7 @@ class HandoverEvent(_AvroModel):
     event: HandoverEventType
     actor: OrgId
     from_party: OrgId | None = None
-    to_party: OrgId | None = None
+    to_party: OrgIdList | None = None
     topic: Annotated[str, Field(min_length=1, max_length=249)] | None = None
     partition: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
     offset: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
@@ -563,11 +568,19 @@ class HandoverEvent(_AvroModel):
     at: PastTimestamp
 
 
+class HandoverBatch(_AvroModel):
+    """Several handover events of one actor in one ledger record."""
+
+    actor: OrgId
+    events: tuple[HandoverEvent, ...]
+
+
 #: Record full name → model class.
 MODEL_BY_RECORD: dict[str, type[_AvroModel]] = {
     REFERRAL: Referral,
     STATUS_UPDATE: StatusUpdate,
     HANDOVER_EVENT: HandoverEvent,
+    HANDOVER_BATCH: HandoverBatch,
 }
 
 

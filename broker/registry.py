@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HANDOVER_EVENT",
     "NAMESPACE",
+    "HANDOVER_BATCH",
     "RECORD_NAMES",
     "REFERRAL",
     "STATUS_UPDATE",
@@ -61,8 +62,9 @@ NAMESPACE = "org.referralbroker.v1"
 REFERRAL = f"{NAMESPACE}.Referral"
 STATUS_UPDATE = f"{NAMESPACE}.StatusUpdate"
 HANDOVER_EVENT = f"{NAMESPACE}.HandoverEvent"
+HANDOVER_BATCH = f"{NAMESPACE}.HandoverBatch"
 #: The top-level records that are registered and put on the wire.
-RECORD_NAMES: tuple[str, ...] = (REFERRAL, STATUS_UPDATE, HANDOVER_EVENT)
+RECORD_NAMES: tuple[str, ...] = (REFERRAL, STATUS_UPDATE, HANDOVER_EVENT, HANDOVER_BATCH)
 
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAMED = frozenset({"record", "error", "enum", "fixed"})

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,7 @@ from broker.deadletter import send_dead_letter
 from broker.errors import BrokerError, CodecError, ReferralError
 from broker.ledger import LedgerEmitter, handover_event
 from broker.network import Network
-from broker.routing import decide, status_destination
+from broker.routing import DecisionCache, status_destination
 from broker.topics import Headers
 
 __all__ = ["STATUS_UPDATE", "Router", "RouterStats"]
@@ -103,10 +104,13 @@ class Router:
         self._producer = producer or clients.producer(settings, role="router")
         self._own_producer = producer is None
         self._ledger = (
-            LedgerEmitter(self._producer, codec, self.names.ledger) if emit_ledger else None
+            LedgerEmitter(self._producer, codec, self.names.ledger, batch=True, actor=ACTOR)
+            if emit_ledger
+            else None
         )
         self._consumer: KafkaConsumer | None = None
         self._partitions: dict[str, int] = {}
+        self._decisions = DecisionCache(network, self.names)
 
     # -- lifecycle -------------------------------------------------------------------
     def open(self) -> None:
@@ -177,6 +181,10 @@ class Router:
                 elif tp.topic == status_intake:
                     self._route_status(record, futures)
             offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+        if self._ledger is not None:
+            ledger_future = self._ledger.flush_batch()
+            if ledger_future is not None:
+                futures.append(ledger_future)
         self._producer.flush()
         failed = [f for f in futures if f.failed()]
         if failed:
@@ -233,18 +241,16 @@ class Router:
         )
         if self._ledger is not None:
             rid = referral_id or _key_text(record.key)
-            futures.append(
-                self._ledger.emit(
-                    handover_event(
-                        "DEAD_LETTERED",
-                        referral_id=rid,
-                        case_id="",
-                        actor=ACTOR,
-                        topic=self.names.deadletter,
-                        partition=record.partition,
-                        offset=record.offset,
-                        reason=f"{stage}: {type(exc).__name__}",
-                    )
+            self._ledger.emit(
+                handover_event(
+                    "DEAD_LETTERED",
+                    referral_id=rid,
+                    case_id="",
+                    actor=ACTOR,
+                    topic=self.names.deadletter,
+                    partition=record.partition,
+                    offset=record.offset,
+                    reason=f"{stage}: {type(exc).__name__}",
                 )
             )
 
@@ -257,7 +263,7 @@ class Router:
             return
         referral_id = str(envelope.get("referral_id", ""))
         try:
-            decision = decide(envelope, self.network, self.names)
+            decision = self._decisions.decide(envelope)
         except ReferralError as exc:
             self._dead_letter(record, "ROUTE_DECIDE", exc, futures, referral_id)
             return
@@ -281,22 +287,19 @@ class Router:
             )
             self.stats.published += 1
             if self._ledger is not None:
-                futures.append(
-                    self._ledger.emit(
-                        handover_event(
-                            "ROUTED",
-                            referral_id=referral_id,
-                            case_id=case_id,
-                            actor=ACTOR,
-                            from_party=origin,
-                            to_party=",".join(dest.orgs),
-                            topic=dest.topic,
-                            partition=record.partition,
-                            offset=record.offset,
-                            reason=dest.basis,
-                            trace_id=_trace_id(record.headers),
-                        ),
-                        self._partition(self.names.ledger, key_hash),
+                self._ledger.emit(
+                    handover_event(
+                        "ROUTED",
+                        referral_id=referral_id,
+                        case_id=case_id,
+                        actor=ACTOR,
+                        from_party=origin,
+                        to_party=",".join(dest.orgs),
+                        topic=dest.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        reason=dest.basis,
+                        trace_id=_trace_id(record.headers),
                     )
                 )
 
@@ -319,21 +322,19 @@ class Router:
         )
         self.stats.published += 1
         if self._ledger is not None:
-            futures.append(
-                self._ledger.emit(
-                    handover_event(
-                        "STATUS_ROUTED",
-                        referral_id=referral_id,
-                        case_id=str(status.get("case_id", "")),
-                        actor=ACTOR,
-                        from_party=str(status.get("emitted_by", "")),
-                        to_party=str(status.get("origin_org", "")),
-                        topic=topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                        reason=str(status.get("status", "")),
-                        trace_id=_trace_id(record.headers),
-                    )
+            self._ledger.emit(
+                handover_event(
+                    "STATUS_ROUTED",
+                    referral_id=referral_id,
+                    case_id=str(status.get("case_id", "")),
+                    actor=ACTOR,
+                    from_party=str(status.get("emitted_by", "")),
+                    to_party=str(status.get("origin_org", "")),
+                    topic=topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    reason=str(status.get("status", "")),
+                    trace_id=_trace_id(record.headers),
                 )
             )
 
@@ -350,10 +351,11 @@ class _AssignmentLog(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def _key_text(key: bytes | None) -> str:
-    if not key:
+    """The record key as a referral id if it is one, else ``""``."""
+    try:
+        return str(uuid.UUID(key.decode("ascii"))) if key else ""
+    except (UnicodeDecodeError, ValueError):
         return ""
-    text = key.decode("utf-8", "replace")
-    return text if len(text) <= 64 and text.isprintable() else ""
 
 
 def _trace_id(headers: Sequence[tuple[str, bytes]] | None) -> str | None:

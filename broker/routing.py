@@ -35,6 +35,7 @@ from broker.network import Network
 from broker.topics import TopicNames
 
 __all__ = [
+    "DecisionCache",
     "Destination",
     "RoutingDecision",
     "add_hosting_jurisdictions",
@@ -63,7 +64,6 @@ class Destination:
 class RoutingDecision:
     """Where a referral goes; ``reason`` is the header/ledger summary."""
 
-    referral_id: str
     destinations: tuple[Destination, ...]
     dropped_for_red: tuple[str, ...] = field(default=())
 
@@ -117,7 +117,6 @@ def decide(
 ) -> RoutingDecision:
     """Decide the destinations of a referral from its envelope alone."""
     names = names or TopicNames()
-    referral_id = str(envelope.get("referral_id", ""))
     by_country: dict[str, list[tuple[str, bool]]] = {}
     for i, j in enumerate(envelope.get("jurisdictions") or ()):
         code = _normalise(j.get("country"), i)
@@ -170,7 +169,41 @@ def decide(
         raise RoutingError(
             "TLP RED: none of the named recipients serves the referral's jurisdictions"
         )
-    return RoutingDecision(referral_id, tuple(destinations), tuple(dropped))
+    return RoutingDecision(tuple(destinations), tuple(dropped))
+
+
+class DecisionCache:
+    """Memoises :func:`decide` by what it reads of an envelope (bounded).
+
+    Referrals repeat a small set of jurisdiction/priority/handling shapes, so the
+    router decides each shape once. Errors are not cached.
+    """
+
+    def __init__(self, network: Network, names: TopicNames, max_size: int = 4096) -> None:
+        self.network = network
+        self.names = names
+        self.max_size = max_size
+        self._cache: dict[tuple[Any, ...], RoutingDecision] = {}
+
+    def decide(self, envelope: Mapping[str, Any]) -> RoutingDecision:
+        """The decision for ``envelope`` (computed once per shape)."""
+        handling = envelope.get("handling") or {}
+        key = (
+            tuple(
+                (j.get("country"), j.get("basis"), j.get("derived"))
+                for j in envelope.get("jurisdictions") or ()
+            ),
+            envelope.get("priority"),
+            handling.get("tlp"),
+            tuple(handling.get("recipients") or ()),
+        )
+        found = self._cache.get(key)
+        if found is None:
+            found = decide(envelope, self.network, self.names)
+            if len(self._cache) >= self.max_size:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
 
 
 def status_destination(status: Mapping[str, Any], network: Network, names: TopicNames) -> str:
