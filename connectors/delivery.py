@@ -37,7 +37,7 @@ from broker.config import Settings
 from broker.deadletter import send_dead_letter
 from broker.errors import CodecError, DeliveryError, ReferralError
 from broker.ledger import LedgerEmitter, handover_event
-from broker.models import StatusUpdate
+from broker.models import ReferralStatus, StatusUpdate
 from broker.registry import REFERRAL, STATUS_UPDATE
 from broker.topics import Headers, TopicNames
 from connectors.base import Delivery, Sink, StatusDelivery, StatusSink, jsonable
@@ -129,7 +129,7 @@ class StatusSender:
             case_id=case_id,
             emitted_by=org_id,
             emitted_at=_now_ms(),
-            status="RECEIVED",  # type: ignore[arg-type]
+            status=ReferralStatus.RECEIVED,
             origin_org=origin,
         )
         return self.send(update)

@@ -291,7 +291,7 @@ def test_sink_delivers_once_despite_redelivery_and_offset_reset(
             try:
                 _drain(
                     driver,
-                    lambda d=dups, drv=driver: (  # type: ignore[misc]
+                    lambda d=dups, drv=driver: (
                         inbox.duplicates >= d and drv.stats.dead_lettered >= 2
                     ),
                 )

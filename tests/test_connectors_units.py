@@ -263,7 +263,7 @@ def test_runtime_refuses_missing_secret_and_bad_url_before_starting(tmp_path: Pa
             "police-fr",
             codec=None,  # type: ignore[arg-type]
             env={"TEST_WEBHOOK_SECRET": "s"},
-            producer=object(),  # type: ignore[arg-type]
+            producer=object(),
         )
     assert str(info.value) == (
         "police-fr: connectors.webhook.url: URL must be absolute http(s)://host/..."
@@ -280,7 +280,7 @@ def test_runtime_refuses_missing_token_env(tmp_path: Path) -> None:
             "hl-b",
             codec=None,  # type: ignore[arg-type]
             env={},
-            producer=object(),  # type: ignore[arg-type]
+            producer=object(),
         )
 
 
