@@ -107,13 +107,17 @@ class LedgerEmitter:
         key = str(event["referral_id"]).encode()
         return self._producer.send(self.topic, key=key, value=value)
 
-    def flush_batch(self) -> FutureRecordMetadata | None:
+    def flush_batch(
+        self, headers: list[tuple[str, bytes]] | None = None
+    ) -> FutureRecordMetadata | None:
         """Send the held events as one HandoverBatch (None if there were none)."""
         if not self._pending:
             return None
         events, self._pending = self._pending, []
         value = self._codec.encode(HANDOVER_BATCH, {"actor": self.actor, "events": events})
-        return self._producer.send(self.topic, key=self.actor.encode(), value=value)
+        return self._producer.send(
+            self.topic, key=self.actor.encode(), value=value, headers=headers or []
+        )
 
     def discard_batch(self) -> None:
         """Drop held events (their batch was not published and will be redone)."""

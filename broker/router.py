@@ -32,6 +32,8 @@ from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, get_current_span
 
 from broker import clients
 from broker.codec import Codec
@@ -42,6 +44,7 @@ from broker.ledger import LedgerEmitter, handover_event
 from broker.network import Network
 from broker.routing import DecisionCache, status_destination
 from broker.topics import Headers
+from broker.tracing import Tracing, trace_id_of
 
 __all__ = ["STATUS_UPDATE", "Router", "RouterStats"]
 
@@ -51,6 +54,7 @@ log = logging.getLogger("referral.router")
 STATUS_UPDATE = "org.referralbroker.v1.StatusUpdate"
 ACTOR = "router"
 _ROUTE_HEADERS = frozenset({Headers.ROUTE_REASON, Headers.DESTINATION_ORGS})
+_TRACE_HEADERS = frozenset({Headers.TRACEPARENT, Headers.TRACESTATE})
 
 
 @dataclass
@@ -91,6 +95,7 @@ class Router:
         poll_timeout_ms: int = 200,
         max_records: int = 2000,
         emit_ledger: bool = True,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.network = network
@@ -100,6 +105,7 @@ class Router:
         self.poll_timeout_ms = poll_timeout_ms
         self.max_records = max_records
         self.stats = RouterStats()
+        self.tracing = tracing or Tracing(None, ACTOR)
         self._consumer_factory = consumer_factory or clients.consumer
         self._producer = producer or clients.producer(settings, role="router")
         self._own_producer = producer is None
@@ -174,15 +180,23 @@ class Router:
         futures: list[FutureRecordMetadata] = []
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         intake, status_intake = self.names.intake, self.names.status_intake
+        links: list[Link] = []
         for tp, records in batch.items():
+            handler = self._route_referral if tp.topic == intake else self._route_status
+            if tp.topic not in (intake, status_intake):
+                continue
             for record in records:
-                if tp.topic == intake:
-                    self._route_referral(record, futures)
-                elif tp.topic == status_intake:
-                    self._route_status(record, futures)
+                if self.tracing.enabled:
+                    with self.tracing.process(record, self.group_id) as ctx:
+                        links.append(Link(get_current_span().get_span_context()))
+                        handler(record, futures, ctx)
+                else:
+                    handler(record, futures, None)
             offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
         if self._ledger is not None:
-            ledger_future = self._ledger.flush_batch()
+            ledger_headers: list[tuple[str, bytes]] = []
+            with self.tracing.send(self.names.ledger, ledger_headers, links=links[:128]):
+                ledger_future = self._ledger.flush_batch(ledger_headers)
             if ledger_future is not None:
                 futures.append(ledger_future)
         self._producer.flush()
@@ -254,7 +268,30 @@ class Router:
                 )
             )
 
-    def _route_referral(self, record: Any, futures: list[FutureRecordMetadata]) -> None:
+    def _send(
+        self,
+        topic: str,
+        key: bytes,
+        record: Any,
+        headers: list[tuple[str, bytes]],
+        ctx: Context | None,
+        partition: int | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> FutureRecordMetadata:
+        """Forward ``record``'s value; with tracing on, under a ``send <topic>`` span."""
+        if ctx is None:
+            return self._producer.send(
+                topic, key=key, value=record.value, headers=headers, partition=partition
+            )
+        headers = [(k, v) for k, v in headers if k not in _TRACE_HEADERS]
+        with self.tracing.send(topic, headers, parent=ctx, **(attrs or {})):
+            return self._producer.send(
+                topic, key=key, value=record.value, headers=headers, partition=partition
+            )
+
+    def _route_referral(
+        self, record: Any, futures: list[FutureRecordMetadata], ctx: Context | None
+    ) -> None:
         self.stats.referrals += 1
         try:
             envelope = self.codec.decode_envelope(record.value or b"")
@@ -279,10 +316,20 @@ class Router:
                 (Headers.ROUTE_REASON, dest.basis.encode()),
                 (Headers.DESTINATION_ORGS, ",".join(dest.orgs).encode()),
             ]
-            partition = self._partition(dest.topic, key_hash)
             futures.append(
-                self._producer.send(
-                    dest.topic, key=key, value=record.value, headers=headers, partition=partition
+                self._send(
+                    dest.topic,
+                    key,
+                    record,
+                    headers,
+                    ctx,
+                    self._partition(dest.topic, key_hash),
+                    {
+                        "referral.id": referral_id,
+                        "referral.origin": origin,
+                        "referral.route.reason": dest.basis,
+                        "referral.route.orgs": ",".join(dest.orgs),
+                    },
                 )
             )
             self.stats.published += 1
@@ -299,11 +346,13 @@ class Router:
                         partition=record.partition,
                         offset=record.offset,
                         reason=dest.basis,
-                        trace_id=_trace_id(record.headers),
+                        trace_id=trace_id_of(record.headers),
                     )
                 )
 
-    def _route_status(self, record: Any, futures: list[FutureRecordMetadata]) -> None:
+    def _route_status(
+        self, record: Any, futures: list[FutureRecordMetadata], ctx: Context | None
+    ) -> None:
         self.stats.statuses += 1
         try:
             _, status = self.codec.decode(record.value or b"", expected=STATUS_UPDATE)
@@ -313,11 +362,16 @@ class Router:
             return
         referral_id = str(status.get("referral_id", ""))
         futures.append(
-            self._producer.send(
+            self._send(
                 topic,
-                key=referral_id.encode(),
-                value=record.value,
-                headers=_kept_headers(record.headers),
+                referral_id.encode(),
+                record,
+                _kept_headers(record.headers),
+                ctx,
+                attrs={
+                    "referral.id": referral_id,
+                    "referral.status": str(status.get("status", "")),
+                },
             )
         )
         self.stats.published += 1
@@ -334,7 +388,7 @@ class Router:
                     partition=record.partition,
                     offset=record.offset,
                     reason=str(status.get("status", "")),
-                    trace_id=_trace_id(record.headers),
+                    trace_id=trace_id_of(record.headers),
                 )
             )
 
@@ -356,11 +410,3 @@ def _key_text(key: bytes | None) -> str:
         return str(uuid.UUID(key.decode("ascii"))) if key else ""
     except (UnicodeDecodeError, ValueError):
         return ""
-
-
-def _trace_id(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
-    for k, v in headers or ():
-        if k == Headers.TRACEPARENT:
-            parts = v.decode("ascii", "replace").split("-")
-            return parts[1] if len(parts) == 4 else None
-    return None

@@ -1,0 +1,293 @@
+"""OpenTelemetry tracing: one trace per referral across every hop.
+
+Spans follow the messaging semantic conventions: ``send <topic>`` PRODUCER
+spans and ``process <topic>`` CONSUMER spans with ``messaging.system=kafka``,
+``messaging.destination.name``, partition, offset and consumer group. The W3C
+``traceparent`` travels in Kafka headers (source → router → sink → status back
+to the origin), so every hop of one referral joins one trace.
+
+Attributes carry ids, organisations, jurisdictions and topics only — never
+URLs, hashes, summaries or personal data: :func:`safe_attributes` drops any
+attribute not on an allow-list.
+
+Exporters are chosen by settings: ``none`` (the default: no SDK, near-zero
+cost; incoming trace context is still passed on unchanged), ``console``,
+``otlp`` (OTLP over HTTP to any collector) and ``jsonl`` (one JSON object per
+finished span in a local file).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.trace import Link, Span, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from broker.config import Settings
+from broker.errors import ConfigError
+from broker.topics import Headers
+
+__all__ = [
+    "ALLOWED_ATTRIBUTES",
+    "JsonLinesSpanExporter",
+    "Tracing",
+    "extract",
+    "inject",
+    "safe_attributes",
+    "setup_tracing",
+    "trace_id_of",
+]
+
+HeaderList = list[tuple[str, bytes]]
+
+#: The only span attributes ever recorded: ids, organisations, jurisdictions, topics, positions.
+ALLOWED_ATTRIBUTES = frozenset(
+    {
+        "messaging.system",
+        "messaging.operation.type",
+        "messaging.operation.name",
+        "messaging.destination.name",
+        "messaging.destination.partition.id",
+        "messaging.kafka.offset",
+        "messaging.kafka.message.key",
+        "messaging.consumer.group.name",
+        "messaging.batch.message_count",
+        "referral.id",
+        "referral.case_id",
+        "referral.origin",
+        "referral.org",
+        "referral.jurisdictions",
+        "referral.route.reason",
+        "referral.route.orgs",
+        "referral.status",
+        "referral.outcome",
+        "error.type",
+    }
+)
+
+_propagator = TraceContextTextMapPropagator()
+
+
+class _HeaderGetter(Getter[Sequence[tuple[str, bytes]]]):
+    def get(self, carrier: Sequence[tuple[str, bytes]], key: str) -> list[str] | None:
+        for k, v in carrier:
+            if k == key:
+                return [v.decode("ascii", "replace")]
+        return None
+
+    def keys(self, carrier: Sequence[tuple[str, bytes]]) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+class _HeaderSetter(Setter[HeaderList]):
+    def set(self, carrier: HeaderList, key: str, value: str) -> None:
+        carrier[:] = [(k, v) for k, v in carrier if k != key]
+        carrier.append((key, value.encode("ascii")))
+
+
+_getter = _HeaderGetter()
+_setter = _HeaderSetter()
+
+
+def extract(headers: Sequence[tuple[str, bytes]] | None) -> otel_context.Context:
+    """The trace context carried in Kafka ``headers`` (empty context if none)."""
+    return _propagator.extract(list(headers or ()), getter=_getter)
+
+
+def inject(headers: HeaderList, ctx: otel_context.Context | None = None) -> HeaderList:
+    """Write the current (or ``ctx``'s) span as ``traceparent`` into ``headers``."""
+    _propagator.inject(headers, context=ctx, setter=_setter)
+    return headers
+
+
+def safe_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Only the allow-listed, non-empty attributes (never payload content)."""
+    return {k: v for k, v in attrs.items() if k in ALLOWED_ATTRIBUTES and v not in (None, "")}
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends each finished span as one JSON object per line to a local file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Write the spans; never raises."""
+        lines = []
+        for span in spans:
+            ctx = span.get_span_context()
+            parent = span.parent
+            lines.append(
+                json.dumps(
+                    {
+                        "name": span.name,
+                        "kind": span.kind.name,
+                        "trace_id": f"{ctx.trace_id:032x}" if ctx else None,
+                        "span_id": f"{ctx.span_id:016x}" if ctx else None,
+                        "parent_span_id": f"{parent.span_id:016x}" if parent else None,
+                        "links": [
+                            {
+                                "trace_id": f"{link.context.trace_id:032x}",
+                                "span_id": f"{link.context.span_id:016x}",
+                            }
+                            for link in span.links
+                        ],
+                        "start_ns": span.start_time,
+                        "end_ns": span.end_time,
+                        "status": span.status.status_code.name,
+                        "attributes": dict(span.attributes or {}),
+                        "service": (span.resource.attributes or {}).get("service.name"),
+                    },
+                    sort_keys=True,
+                    default=str,
+                )
+            )
+        try:
+            with self._lock, self.path.open("a", encoding="utf-8") as out:
+                out.write("".join(line + "\n" for line in lines))
+        except OSError:
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing to release."""
+
+
+class Tracing:
+    """Spans for one component (``service``), recording only when an exporter is set."""
+
+    def __init__(self, provider: TracerProvider | None, service: str) -> None:
+        self.provider = provider
+        self.service = service
+        self.enabled = provider is not None
+        self._tracer = (provider or trace.NoOpTracerProvider()).get_tracer("referral-broker")
+
+    @contextmanager
+    def send(
+        self,
+        topic: str,
+        headers: HeaderList,
+        parent: otel_context.Context | None = None,
+        links: Sequence[Link] = (),
+        **attrs: Any,
+    ) -> Iterator[Span | None]:
+        """A ``send <topic>`` PRODUCER span whose context is injected into ``headers``.
+
+        Disabled: the parent's context (if any) is injected unchanged, so the trace
+        still continues through components that do not record.
+        """
+        if not self.enabled:
+            if parent is not None:
+                inject(headers, parent)
+            yield None
+            return
+        with self._tracer.start_as_current_span(
+            f"send {topic}",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            links=list(links),
+            attributes=safe_attributes(
+                {
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "send",
+                    "messaging.operation.name": "send",
+                    "messaging.destination.name": topic,
+                    **attrs,
+                }
+            ),
+        ) as span:
+            inject(headers)
+            yield span
+
+    @contextmanager
+    def process(
+        self, record: Any, group: str | None, **attrs: Any
+    ) -> Iterator[otel_context.Context]:
+        """A ``process <topic>`` CONSUMER span, child of the record's trace context.
+
+        Yields the context to parent further spans on (the incoming one when disabled).
+        """
+        incoming = extract(record.headers)
+        if not self.enabled:
+            yield incoming
+            return
+        with self._tracer.start_as_current_span(
+            f"process {record.topic}",
+            context=incoming,
+            kind=SpanKind.CONSUMER,
+            attributes=safe_attributes(
+                {
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "process",
+                    "messaging.operation.name": "process",
+                    "messaging.destination.name": record.topic,
+                    "messaging.destination.partition.id": str(record.partition),
+                    "messaging.kafka.offset": record.offset,
+                    "messaging.consumer.group.name": group,
+                    **attrs,
+                }
+            ),
+        ):
+            yield otel_context.get_current()
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporter."""
+        if self.provider is not None:
+            self.provider.force_flush()
+            self.provider.shutdown()
+
+
+def setup_tracing(settings: Settings, service: str) -> Tracing:
+    """Tracing for ``service`` with the exporter the settings name."""
+    kind = settings.trace_exporter
+    if kind == "none":
+        return Tracing(None, service)
+    exporter: SpanExporter
+    if kind == "console":
+        exporter = ConsoleSpanExporter()
+    elif kind == "jsonl":
+        path = settings.trace_file or settings.state_dir / "traces.jsonl"
+        exporter = JsonLinesSpanExporter(path)
+    elif kind == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError as exc:  # optional extra
+            raise ConfigError(
+                "trace_exporter=otlp needs opentelemetry-exporter-otlp-proto-http"
+            ) from exc
+        endpoint = settings.otlp_endpoint or "http://127.0.0.1:4318/v1/traces"
+        exporter = OTLPSpanExporter(endpoint=endpoint)
+    else:  # pragma: no cover - Settings restricts the values
+        raise ConfigError(f"unknown trace exporter {kind!r}")
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    processor = SimpleSpanProcessor(exporter) if kind == "jsonl" else BatchSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    return Tracing(provider, service)
+
+
+def trace_id_of(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
+    """The trace id in a ``traceparent`` header, if any (for ledger events)."""
+    for k, v in headers or ():
+        if k == Headers.TRACEPARENT:
+            parts = v.decode("ascii", "replace").split("-")
+            return parts[1] if len(parts) == 4 else None
+    return None
