@@ -1,0 +1,218 @@
+"""The operator's view on hand-built handover records: timeline, awaited, overdue, flows."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from itertools import count
+
+import pytest
+
+from broker.network import Deadlines
+from broker.operator_view import (
+    UNKNOWN_REFERRAL,
+    HandoverRecord,
+    UnknownReferral,
+    flows,
+    percentile,
+    trace,
+)
+from broker.topics import TopicNames
+
+NAMES = TopicNames("acme.")
+DEADLINES = Deadlines(receipt_hours=72, urgent_receipt_hours=8)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+_ids = count()
+
+
+def rec(rid: str, event: str, minutes: float, actor: str, **kw: str | None) -> HandoverRecord:
+    n = next(_ids)
+    return HandoverRecord(
+        event_id=f"e{n}",
+        referral_id=rid,
+        case_id="case-7",
+        event=event,
+        actor=actor,
+        at=T0 + timedelta(minutes=minutes),
+        index=n,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def published(rid: str, m: float, origin: str = "hl-nl") -> HandoverRecord:
+    return rec(rid, "PUBLISHED", m, origin, from_party=origin, topic=NAMES.intake)
+
+
+def routed(rid: str, m: float, topic: str, orgs: str, origin: str = "hl-nl") -> HandoverRecord:
+    return rec(
+        rid, "ROUTED", m, "router", from_party=origin, to_party=orgs, topic=topic, reason="X"
+    )
+
+
+def delivered(rid: str, m: float, topic: str, org: str) -> HandoverRecord:
+    return rec(rid, "DELIVERED", m, org, from_party="hl-nl", to_party=org, topic=topic)
+
+
+def status(rid: str, m: float, org: str, what: str = "RECEIVED") -> HandoverRecord:
+    return rec(
+        rid, "STATUS_ROUTED", m, "router", from_party=org, to_party="hl-nl",
+        topic=NAMES.status("hl-nl"), reason=what,
+    )  # fmt: skip
+
+
+def test_trace_orders_hops_and_measures_the_gaps() -> None:
+    rid = str(uuid.uuid4())
+    events = [
+        status(rid, 30, "police-de", "ACCEPTED"),
+        published(rid, 0),
+        routed(rid, 1, NAMES.jurisdiction("DE"), "police-de"),
+        delivered(rid, 5, NAMES.jurisdiction("DE"), "police-de"),
+        status(rid, 6, "police-de"),
+        published(str(uuid.uuid4()), 2),  # another referral: not in this trace
+    ]
+    t = trace(events, rid, DEADLINES, NAMES, now=T0 + timedelta(hours=1))
+    assert [h.record.event for h in t.hops] == [
+        "PUBLISHED", "ROUTED", "DELIVERED", "STATUS_ROUTED", "STATUS_ROUTED",
+    ]  # fmt: skip
+    assert [h.since_previous for h in t.hops] == [
+        None, timedelta(minutes=1), timedelta(minutes=4), timedelta(minutes=1),
+        timedelta(minutes=24),
+    ]  # fmt: skip
+    assert [h.jurisdiction for h in t.hops][:3] == [None, "DE", "DE"]
+    assert t.origin == "hl-nl"
+    assert t.case_id == "case-7"
+    assert (t.status, t.status_by) == ("ACCEPTED", "police-de")
+    assert t.route_reasons == {NAMES.jurisdiction("DE"): "X"}
+    assert t.received == {"police-de": T0 + timedelta(minutes=6)}
+    assert t.awaited == ()
+    assert t.to_json()["hops"][1]["since_previous_s"] == 60.0
+
+
+def test_awaited_destinations_and_their_deadlines() -> None:
+    rid = str(uuid.uuid4())
+    events = [
+        published(rid, 0),
+        routed(rid, 1, NAMES.urgent("DE"), "police-de"),
+        routed(rid, 1, NAMES.jurisdiction("FR"), "police-fr,police-fr2"),
+        routed(rid, 1, NAMES.unassigned, "secretariat"),
+        # RECEIVED from police-fr2 only; a RECEIVED from someone else clears nobody else.
+        status(rid, 2, "police-fr2"),
+        status(rid, 3, "police-de", "ACCEPTED"),
+    ]
+    # Nine hours on: past the urgent 8 h, well within 72 h.
+    t = trace(events, rid, DEADLINES, NAMES, now=T0 + timedelta(hours=9))
+    by_org = {a.org: a for a in t.awaited}
+    assert set(by_org) == {"police-de", "police-fr", "secretariat"}
+    de = by_org["police-de"]
+    assert (de.urgent, de.jurisdiction, de.overdue) == (True, "DE", True)
+    assert de.due == T0 + timedelta(minutes=1, hours=8)
+    assert de.late_by(T0 + timedelta(hours=9)) == timedelta(minutes=59)
+    fr = by_org["police-fr"]
+    assert (fr.urgent, fr.jurisdiction, fr.overdue) == (False, "FR", False)
+    assert fr.due == T0 + timedelta(minutes=1, hours=72)
+    assert by_org["secretariat"].jurisdiction is None
+    assert [a.org for a in t.overdue] == ["police-de"]
+    assert t.status == "ACCEPTED"
+    # Just before the urgent deadline nothing is overdue.
+    early = trace(events, rid, DEADLINES, NAMES, now=T0 + timedelta(hours=8))
+    assert early.overdue == ()
+
+
+def test_unknown_referral_is_an_error_naming_the_id() -> None:
+    rid = str(uuid.uuid4())
+    with pytest.raises(UnknownReferral, match=rid):
+        trace([published(str(uuid.uuid4()), 0)], rid, DEADLINES, NAMES, now=T0)
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 95) == pytest.approx(95.05)
+    assert percentile([3.0], 95) == 3.0
+    assert percentile([10.0, 0.0], 50) == 5.0
+    assert percentile([], 50) is None
+    with pytest.raises(ValueError, match="percentile"):
+        percentile([1.0], 101)
+
+
+def test_flows_matrix_times_overdue_dead_letters_and_totals() -> None:
+    de, fr, urgent_de = NAMES.jurisdiction("DE"), NAMES.jurisdiction("FR"), NAMES.urgent("DE")
+    events: list[HandoverRecord] = []
+    # hl-nl → DE, delivered and received, three times with growing handover times.
+    for i in range(3):
+        rid = str(uuid.uuid4())
+        events += [
+            published(rid, 0),
+            routed(rid, 1, de, "police-de"),
+            delivered(rid, 1 + (i + 1) * 2, de, "police-de"),  # 3, 5, 7 minutes after publish
+            status(rid, 1 + (i + 1) * 2 + 1, "police-de"),  # 1 minute after delivery
+        ]
+    # hl-se → DE urgent lane, delivered, no RECEIVED for 9 hours: overdue (8 h urgent).
+    late = str(uuid.uuid4())
+    events += [
+        published(late, 0, "hl-se"),
+        routed(late, 1, urgent_de, "police-de", "hl-se"),
+        delivered(late, 2, urgent_de, "police-de"),
+    ]
+    # hl-nl → unassigned (fallback delivers it; still counted as unassigned).
+    fallback = str(uuid.uuid4())
+    events += [
+        published(fallback, 0),
+        routed(fallback, 1, NAMES.unassigned, "secretariat"),
+        delivered(fallback, 2, NAMES.unassigned, "secretariat"),
+    ]
+    # hl-nl → FR, the FR sink dead-letters it.
+    dead = str(uuid.uuid4())
+    events += [
+        published(dead, 0),
+        routed(dead, 1, fr, "police-fr"),
+        rec(dead, "DEAD_LETTERED", 2, "police-fr", topic=fr, reason="DELIVER: DeliveryError"),
+    ]
+    # hl-nl → FR, routed, not yet delivered (pending, not yet overdue).
+    pending = str(uuid.uuid4())
+    events += [published(pending, 0), routed(pending, 1, fr, "police-fr")]
+    # Two undecodable intake records: no referral id, each one counts.
+    for _ in range(2):
+        events.append(
+            rec(
+                UNKNOWN_REFERRAL,
+                "DEAD_LETTERED",
+                1,
+                "router",
+                topic=NAMES.deadletter,
+                reason="ROUTE_DECODE: NotFramed",
+            )
+        )
+    # An old referral before --since: left out entirely.
+    old = str(uuid.uuid4())
+    events += [
+        rec(old, "PUBLISHED", -600, "hl-nl", from_party="hl-nl", topic=NAMES.intake),
+        routed(old, -599, de, "police-de"),
+    ]
+
+    now = T0 + timedelta(hours=9)
+    f = flows(events, DEADLINES, NAMES, now=now, since=T0 - timedelta(hours=1))
+
+    assert f.matrix == {"hl-nl": {"DE": 3, "FR": 2, "unassigned": 1}, "hl-se": {"DE": 1}}
+    assert f.columns == ["DE", "FR", "unassigned"]
+    routes = {(r.origin, r.destination): r for r in f.routes}
+    nl_de = routes[("hl-nl", "DE")]
+    assert nl_de.referrals == 3
+    assert sorted(nl_de.publish_to_deliver) == [180.0, 300.0, 420.0]
+    assert nl_de.to_json()["published_to_delivered"] == {"n": 3, "p50_s": 300.0, "p95_s": 408.0}
+    assert nl_de.to_json()["delivered_to_received"]["p95_s"] == 60.0
+    assert routes[("hl-se", "DE")].deliver_to_receive == ()
+    assert [(a.referral_id, a.org, a.urgent) for a in f.overdue] == [(late, "police-de", True)]
+    assert f.dead_letters == {"DELIVER: DeliveryError": 1, "ROUTE_DECODE: NotFramed": 2}
+    t = f.totals
+    assert (t.published, t.delivered, t.dead_lettered, t.unassigned, t.pending) == (9, 4, 3, 1, 1)
+    assert t.delivered + t.dead_lettered + t.unassigned + t.pending == t.published
+
+    everything = flows(events, DEADLINES, NAMES, now=now)
+    assert everything.totals.published == 10
+    assert everything.matrix["hl-nl"]["DE"] == 4
+    # The old referral (routed 10 h before T0, no RECEIVED) is overdue at 72 h only later.
+    assert [a.referral_id for a in everything.overdue] == [late]
+    later = flows(events, DEADLINES, NAMES, now=T0 + timedelta(hours=63))
+    assert old in {a.referral_id for a in later.overdue}
+    assert later.to_json()["totals"]["published"] == 10
