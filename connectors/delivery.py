@@ -278,24 +278,25 @@ class _Driver:
     ) -> None:
         """Emit one handover event about ``record``."""
         try:
-            futures.append(
-                self.ledger.emit(
-                    handover_event(
-                        kind,
-                        referral_id=referral_id,
-                        case_id=case_id or "-",
-                        actor=self.org_id,
-                        from_party=from_party,
-                        to_party=self.org_id,
-                        topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                        reason=reason,
-                    )
+            future = self.ledger.emit(
+                handover_event(
+                    kind,
+                    referral_id=referral_id,
+                    case_id=case_id or "-",
+                    actor=self.org_id,
+                    from_party=from_party,
+                    to_party=self.org_id,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    reason=reason,
                 )
             )
         except (CodecError, KafkaError) as exc:
             log.warning("ledger event not sent: %s", type(exc).__name__)
+            return
+        if future is not None:  # None: held for a batched ledger emitter
+            futures.append(future)
 
 
 class SinkDriver(_Driver):
