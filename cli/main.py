@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 import cli.connector_cmd as connector_cmd
+import cli.operator_cmd as operator_cmd
 from cli import broker_cmd, config_cmd, demo_cmd, router_cmd, schema_cmd, topics_cmd
 from cli.app import App, CliState
 
@@ -25,6 +26,10 @@ app.add_typer(connector_cmd.app, name="connector")
 app.command("publish")(connector_cmd.publish)
 app.command("outbox")(connector_cmd.outbox)
 app.command("status")(connector_cmd.status)
+app.add_typer(operator_cmd.ledger_app, name="ledger")
+app.command("trace")(operator_cmd.trace_cmd)
+app.command("flows")(operator_cmd.flows_cmd)
+app.command("tail")(operator_cmd.tail)
 
 
 @app.callback()

@@ -1,0 +1,505 @@
+"""The operator's commands: ``referral ledger sync|verify|show``, ``trace``, ``flows``, ``tail``.
+
+Thin: the ledger store (:mod:`broker.ledgerstore`) and the pure views
+(:mod:`broker.operator_view`) do the work. Output names ids, organisations,
+jurisdictions and topics; a referral body is printed only by ``tail --body``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import typer
+from kafka import TopicPartition
+from kafka.errors import KafkaError
+from rich.table import Table
+
+from broker import clients
+from broker.codec import Codec
+from broker.config import Settings
+from broker.errors import BrokerError, CodecError, ConfigError
+from broker.ledger import decode_events
+from broker.ledgerstore import LedgerStore, SyncReport
+from broker.operator_view import Flows, HandoverRecord, Trace, flows, trace
+from broker.registry import (
+    HANDOVER_BATCH,
+    HANDOVER_EVENT,
+    REFERRAL,
+    STATUS_UPDATE,
+    registry_from_settings,
+)
+from broker.topics import HEADER_DLQ_PREFIX, Headers
+from cli.app import App, console, print_json, state
+
+__all__ = ["flows_cmd", "ledger_app", "tail", "trace_cmd"]
+
+ledger_app = App(help="The materialised, hash-chained handover ledger.")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+#: Headers ``tail`` shows (ids, organisations, routing and dead-letter positions only).
+_SHOWN_HEADERS = (
+    Headers.REFERRAL_ID,
+    Headers.CASE_ID,
+    Headers.ORIGIN,
+    Headers.ROUTE_REASON,
+    Headers.DESTINATION_ORGS,
+    Headers.RECORD_KIND,
+    HEADER_DLQ_PREFIX + "topic",
+    HEADER_DLQ_PREFIX + "partition",
+    HEADER_DLQ_PREFIX + "offset",
+    HEADER_DLQ_PREFIX + "stage",
+    HEADER_DLQ_PREFIX + "exception.class.name",
+)
+
+
+def _codec(settings: Settings) -> Codec:
+    return Codec(registry_from_settings(settings), max_record_bytes=settings.max_record_bytes)
+
+
+def _sync(settings: Settings, store: LedgerStore) -> SyncReport:
+    return store.sync(settings, _codec(settings))
+
+
+def _when(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def _span(delta: timedelta | None) -> str:
+    if delta is None:
+        return ""
+    seconds = delta.total_seconds()
+    sign = "-" if seconds < 0 else "+"
+    seconds = abs(seconds)
+    if seconds < 1:
+        return f"{sign}{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{sign}{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{sign}{seconds / 60:.1f}m"
+    if seconds < 172800:
+        return f"{sign}{seconds / 3600:.1f}h"
+    return f"{sign}{seconds / 86400:.1f}d"
+
+
+def _parties(r: HandoverRecord) -> str:
+    if r.from_party or r.to_party:
+        return f"{r.from_party or '?'} → {r.to_party or '?'}"
+    return ""
+
+
+# -- ledger -----------------------------------------------------------------------------------
+
+
+@ledger_app.command("sync")
+def ledger_sync(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Copy new ledger records into the local hash-chained store (idempotent)."""
+    settings = state(ctx).settings
+    with LedgerStore.for_settings(settings) as store:
+        report = _sync(settings, store)
+        total = len(store)
+    if as_json:
+        print_json({**report.__dict__, "entries": total})
+        return
+    console.print(
+        f"synced {report.topic}: {report.records} record(s) read, {report.added} entr(ies) "
+        f"added, {report.repeated} repeat(s) skipped, {report.undecodable} undecodable; "
+        f"{total} entries, next offset {report.next_offset}"
+    )
+
+
+@ledger_app.command("verify")
+def ledger_verify(ctx: typer.Context) -> None:
+    """Recompute the hash chain; exit 1 naming the first altered, missing or reordered entry."""
+    settings = state(ctx).settings
+    with LedgerStore.for_settings(settings) as store:
+        result = store.verify()
+    console.print(str(result))
+    if not result.intact:
+        raise typer.Exit(1)
+
+
+@ledger_app.command("show")
+def ledger_show(
+    ctx: typer.Context,
+    referral: str | None = typer.Option(None, "--referral", help="Only this referral id."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show the stored ledger entries (run ``ledger sync`` first for the newest)."""
+    settings = state(ctx).settings
+    with LedgerStore.for_settings(settings) as store:
+        entries = store.entries(referral)
+    if as_json:
+        print_json([{**e.record.to_json(), "ledger_offset": e.ledger_offset} for e in entries])
+        return
+    title = f"ledger entries ({len(entries)})" + (f" of referral {referral}" if referral else "")
+    table = Table(title=title)
+    for col in ("#", "time", "event", "actor", "from → to", "topic", "reason", "referral"):
+        table.add_column(col)
+    for e in entries:
+        r = e.record
+        table.add_row(
+            str(e.index),
+            _when(r.at),
+            r.event,
+            r.actor,
+            _parties(r),
+            r.topic or "",
+            r.reason or "",
+            r.referral_id,
+        )
+    console.print(table)
+
+
+# -- trace ------------------------------------------------------------------------------------
+
+
+def trace_cmd(
+    ctx: typer.Context,
+    referral_id: str = typer.Argument(..., help="The referral id."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    sync: bool = typer.Option(True, "--sync/--no-sync", help="Sync the ledger store first."),
+) -> None:
+    """A referral's timeline across organisations and what is still awaited."""
+    st = state(ctx)
+    settings = st.settings
+    network = st.network()
+    with LedgerStore.for_settings(settings) as store:
+        if sync:
+            _sync(settings, store)
+        records = store.records(referral_id)
+    now = datetime.now(UTC)
+    t = trace(records, referral_id, network.deadlines, settings.topic_names(), now)
+    if as_json:
+        print_json(t.to_json())
+        return
+    _print_trace(t, now)
+
+
+def _print_trace(t: Trace, now: datetime) -> None:
+    console.print(
+        f"referral {t.referral_id}  case {t.case_id}  origin {t.origin or 'unknown'}",
+        markup=False,
+    )
+    table = Table(title=f"{len(t.hops)} hop(s)")
+    for col in ("#", "time", "since prev", "event", "actor", "from → to", "topic", "reason"):
+        table.add_column(col)
+    for hop in t.hops:
+        r = hop.record
+        topic = r.topic or ""
+        if hop.jurisdiction:
+            topic += f" ({hop.jurisdiction})"
+        table.add_row(
+            str(r.index if r.index is not None else ""),
+            _when(r.at),
+            _span(hop.since_previous),
+            r.event,
+            r.actor,
+            _parties(r),
+            topic,
+            r.reason or "",
+        )
+    console.print(table)
+    for topic, reason in sorted(t.route_reasons.items()):
+        console.print(f"routed to {topic}: {reason}", markup=False)
+    if t.status is not None and t.status_at is not None:
+        console.print(
+            f"status: {t.status} from {t.status_by or '?'} at {_when(t.status_at)}", markup=False
+        )
+    else:
+        console.print("status: none yet")
+    for org, at in sorted(t.received.items()):
+        console.print(f"received by {org} at {_when(at)}", markup=False)
+    if not t.awaited:
+        console.print("awaited: nothing")
+    for a in t.awaited:
+        where = f"{a.topic} ({a.jurisdiction})" if a.jurisdiction else a.topic
+        lane = "urgent " if a.urgent else ""
+        if a.overdue:
+            console.print(
+                f"[red]OVERDUE[/]: RECEIVED from {a.org} on {where}, {lane}deadline "
+                f"{_when(a.due)}, late by {_span(a.late_by(now))[1:]}"
+            )
+        else:
+            console.print(
+                f"awaited: RECEIVED from {a.org} on {where}, {lane}deadline {_when(a.due)}",
+                markup=False,
+            )
+
+
+# -- flows ------------------------------------------------------------------------------------
+
+
+def parse_since(text: str, now: datetime) -> datetime | None:
+    """``24h``, ``30m``, ``7d``, ``90s`` → that long before ``now``; ``all`` → None."""
+    if text.strip().lower() == "all":
+        return None
+    m = _DURATION.match(text)
+    if not m:
+        raise ConfigError(f"--since: expected a duration like 24h, 30m, 7d or 'all', not {text!r}")
+    return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+
+
+def flows_cmd(
+    ctx: typer.Context,
+    since: str = typer.Option(
+        "24h", "--since", help="Referrals first seen this long ago (or 'all')."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    sync: bool = typer.Option(True, "--sync/--no-sync", help="Sync the ledger store first."),
+) -> None:
+    """The network at a glance: who sends where, how fast, what is overdue or dead-lettered."""
+    st = state(ctx)
+    settings = st.settings
+    network = st.network()
+    now = datetime.now(UTC)
+    start = parse_since(since, now)
+    with LedgerStore.for_settings(settings) as store:
+        if sync:
+            _sync(settings, store)
+        records = store.records()
+    f = flows(records, network.deadlines, settings.topic_names(), now, since=start)
+    if as_json:
+        print_json(f.to_json())
+        return
+    _print_flows(f, now, since)
+
+
+def _seconds(value: float | None) -> str:
+    return _span(timedelta(seconds=value))[1:] if value is not None else "-"
+
+
+def _print_flows(f: Flows, now: datetime, since: str) -> None:
+    columns = f.columns
+    matrix = Table(title=f"referrals by origin × destination jurisdiction (since {since})")
+    matrix.add_column("origin")
+    for c in columns:
+        matrix.add_column(c, justify="right")
+    for origin, row in sorted(f.matrix.items()):
+        matrix.add_row(origin, *(str(row.get(c, 0)) for c in columns))
+    console.print(matrix)
+    times = Table(title="handover times per route (p50 / p95)")
+    for col in (
+        "origin",
+        "destination",
+        "referrals",
+        "published → delivered",
+        "delivered → received",
+    ):
+        times.add_column(col)
+    for r in f.routes:
+        p2d, d2r = r.to_json()["published_to_delivered"], r.to_json()["delivered_to_received"]
+        times.add_row(
+            r.origin,
+            r.destination,
+            str(r.referrals),
+            f"{_seconds(p2d['p50_s'])} / {_seconds(p2d['p95_s'])} (n={p2d['n']})",
+            f"{_seconds(d2r['p50_s'])} / {_seconds(d2r['p95_s'])} (n={d2r['n']})",
+        )
+    console.print(times)
+    if f.overdue:
+        over = Table(title=f"overdue receipts ({len(f.overdue)})")
+        for col in ("referral", "awaiting", "topic", "lane", "deadline", "late by"):
+            over.add_column(col)
+        for a in f.overdue:
+            over.add_row(
+                a.referral_id,
+                a.org,
+                a.topic,
+                "urgent" if a.urgent else "normal",
+                _when(a.due),
+                _span(a.late_by(now))[1:],
+            )
+        console.print(over)
+    else:
+        console.print("overdue receipts: none")
+    if f.dead_letters:
+        dead = Table(title="dead letters by reason")
+        dead.add_column("reason")
+        dead.add_column("count", justify="right")
+        for reason, n in sorted(f.dead_letters.items()):
+            dead.add_row(reason, str(n))
+        console.print(dead)
+    else:
+        console.print("dead letters: none")
+    t = f.totals
+    console.print(
+        f"totals: published {t.published} = delivered {t.delivered} + dead-lettered "
+        f"{t.dead_lettered} + unassigned {t.unassigned} + pending {t.pending}"
+    )
+
+
+# -- tail -------------------------------------------------------------------------------------
+
+
+def _safe_key(key: bytes | None) -> str | None:
+    if key is None:
+        return None
+    try:
+        text = key.decode("ascii")
+    except UnicodeDecodeError:
+        return f"({len(key)} bytes)"
+    return text if text.isprintable() and len(text) <= 100 else f"({len(key)} bytes)"
+
+
+def _event_fields(e: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        k: e.get(k)
+        for k in (
+            "event_id", "referral_id", "case_id", "event", "actor", "from_party", "to_party",
+            "topic", "partition", "offset", "reason", "trace_id",
+        )
+    }  # fmt: skip
+    at = e.get("at")
+    out["at"] = at.isoformat() if isinstance(at, datetime) else at
+    return out
+
+
+def decoded(codec: Codec, value: bytes | None, *, body: bool = False) -> dict[str, Any]:
+    """What ``tail --decode`` shows of one record value; never raises on bad bytes."""
+    data = value or b""
+    try:
+        name, datum = codec.decode(data)
+    except CodecError as exc:
+        return {"undecodable": type(exc).__name__, "size": len(data)}
+    out: dict[str, Any] = {"record": name.rsplit(".", 1)[-1]}
+    try:
+        if name == REFERRAL:
+            env = datum["envelope"]
+            handling = env.get("handling") or {}
+            out.update(
+                referral_id=env["referral_id"],
+                case_id=env["case_id"],
+                origin_org=env["origin_org"],
+                origin_country=env["origin_country"],
+                jurisdictions=[j["country"] for j in env.get("jurisdictions") or ()],
+                priority=env["priority"],
+                tlp=handling.get("tlp"),
+                handling_code=handling.get("handling_code"),
+            )
+            if body:
+                out["body"] = json.loads(json.dumps(datum["body"], default=str))
+        elif name == STATUS_UPDATE:
+            keys = ("referral_id", "case_id", "emitted_by", "status", "reason_code")
+            out.update({k: datum.get(k) for k in keys})
+            out.update(destination_org=datum.get("destination_org"), origin_org=datum["origin_org"])
+            if body:
+                out["note"] = datum.get("note")
+        elif name in (HANDOVER_EVENT, HANDOVER_BATCH):
+            out["events"] = [_event_fields(e) for e in decode_events(codec, data)]
+    except (KeyError, TypeError, CodecError) as exc:
+        return {"undecodable": type(exc).__name__, "size": len(data)}
+    return out
+
+
+def _line(record: Any, info: dict[str, Any] | None) -> dict[str, Any]:
+    headers = {
+        k: v.decode("utf-8", "replace") for k, v in record.headers or () if k in _SHOWN_HEADERS
+    }
+    out: dict[str, Any] = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat(),
+        "key": _safe_key(record.key),
+        "size": len(record.value or b""),
+        "headers": headers,
+    }
+    if info is not None:
+        out["value"] = info
+    return out
+
+
+def _human(line: dict[str, Any]) -> str:
+    head = (
+        f"{line['topic']}[{line['partition']}]@{line['offset']} key={line['key']} {line['size']}B"
+    )
+    info = line.get("value")
+    if info is None:
+        extra = " ".join(f"{k}={v}" for k, v in line["headers"].items())
+        return f"{head} {extra}".rstrip()
+    if "undecodable" in info:
+        return f"{head} undecodable ({info['size']} bytes): {info['undecodable']}"
+    if "events" in info:
+        parts = [
+            f"{e['event']} {e['referral_id']} by {e['actor']} on {e['topic'] or '-'}"
+            for e in info["events"]
+        ]
+        return f"{head} {info['record']}: " + "; ".join(parts)
+    rest = " ".join(f"{k}={v}" for k, v in info.items() if k not in ("record", "body", "note"))
+    text = f"{head} {info['record']} {rest}"
+    if "body" in info:
+        text += " body=" + json.dumps(info["body"], sort_keys=True)
+    if info.get("note"):
+        text += " note=" + json.dumps(info["note"])
+    return text
+
+
+def tail(
+    ctx: typer.Context,
+    topic: str = typer.Argument(..., help="Topic (the deployment's prefix is added if missing)."),
+    decode: bool = typer.Option(False, "--decode", help="Decode values through the registry."),
+    body: bool = typer.Option(False, "--body", help="With --decode: include referral bodies."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest."),
+    max_records: int | None = typer.Option(None, "--max", min=1, help="Stop after N records."),
+    idle_exit: float | None = typer.Option(
+        None, "--idle-exit", help="Stop after this many seconds without records."
+    ),
+) -> None:
+    """Follow a topic; undecodable records are shown with their size, never fatal."""
+    settings = state(ctx).settings
+    prefix = settings.topic_prefix
+    name = topic if not prefix or topic.startswith(prefix) else prefix + topic
+    codec = _codec(settings) if decode or body else None
+    consumer = clients.consumer(settings, group_id=None, role="tail")
+    seen = 0
+    started_ms = int(time.time() * 1000)
+    try:
+        parts = consumer.partitions_for_topic(name)
+        if not parts:
+            raise ConfigError(f"no topic {name} on {clients.resolve_bootstrap(settings)}")
+        tps = [TopicPartition(name, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        if from_beginning:
+            consumer.seek_to_beginning(*tps)
+        else:
+            consumer.seek_to_end(*tps)
+        last = time.monotonic()
+        while max_records is None or seen < max_records:
+            batch = consumer.poll(timeout_ms=200)
+            records = sorted(
+                (r for rs in batch.values() for r in rs), key=lambda r: (r.timestamp, r.partition)
+            )
+            if records:
+                last = time.monotonic()
+            elif idle_exit is not None and time.monotonic() - last >= idle_exit:
+                break
+            for record in records:
+                # The embedded broker's end offset may lie inside the last batch: skip older ones.
+                if not from_beginning and record.timestamp < started_ms:
+                    continue
+                info = decoded(codec, record.value, body=body) if codec is not None else None
+                line = _line(record, info)
+                if as_json:
+                    sys.stdout.write(json.dumps(line, sort_keys=True, default=str) + "\n")
+                else:
+                    console.print(_human(line), markup=False, soft_wrap=True)
+                sys.stdout.flush()
+                seen += 1
+                if max_records is not None and seen >= max_records:
+                    break
+    except KafkaError as exc:
+        raise BrokerError(f"cannot read {name}: {type(exc).__name__}") from exc
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
