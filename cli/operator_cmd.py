@@ -89,7 +89,7 @@ def _span(delta: timedelta | None) -> str:
 
 def _parties(r: HandoverRecord) -> str:
     if r.from_party or r.to_party:
-        return f"{r.from_party or '?'} → {r.to_party or '?'}"
+        return f"{r.from_party or '-'} → {r.to_party or '-'}"
     return ""
 
 
@@ -279,8 +279,8 @@ def _seconds(value: float | None) -> str:
 
 def _print_flows(f: Flows, now: datetime, since: str) -> None:
     columns = f.columns
-    matrix = Table(title=f"referrals by origin × destination jurisdiction (since {since})")
-    matrix.add_column("origin")
+    matrix = Table(title=f"referrals since {since}")
+    matrix.add_column("origin → jurisdiction")
     for c in columns:
         matrix.add_column(c, justify="right")
     for origin, row in sorted(f.matrix.items()):
