@@ -152,9 +152,12 @@ class EmbeddedBroker:
         *,
         log_path: Path | None = None,
         start_timeout: float = 20.0,
+        advertised: str | None = None,
     ) -> None:
         self.host = host
         self.port = port if port is not None else free_port(host)
+        #: ``host:port`` advertised to clients (e.g. a proxy in front); default the listener.
+        self.advertised = advertised
         self.log_path = log_path
         self.start_timeout = start_timeout
         self._proc: subprocess.Popen[bytes] | None = None
@@ -182,7 +185,7 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.advertised}" if self.advertised else url,
             "--storage-engine",
             "memory://tansu/",
         ]
@@ -216,6 +219,15 @@ class EmbeddedBroker:
                 raise EmbeddedBrokerError(
                     f"embedded broker exited with code {code} while starting on {self.bootstrap}"
                 )
+            if self.advertised:
+                # Clients would follow the advertised address, which may not be up yet.
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection((self.host, self.port), timeout=0.5),
+                ):
+                    return
+                time.sleep(0.1)
+                continue
             try:
                 wait_for_broker(self.bootstrap, timeout=1.0)
                 return

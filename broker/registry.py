@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     from broker.config import Settings
 
 __all__ = [
+    "HANDOVER_BATCH",
     "HANDOVER_EVENT",
     "NAMESPACE",
-    "HANDOVER_BATCH",
     "RECORD_NAMES",
     "REFERRAL",
     "STATUS_UPDATE",

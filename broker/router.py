@@ -152,7 +152,14 @@ class Router:
         backoff = 0.2
         try:
             while not stop.is_set():
-                batch = self._consumer.poll(timeout_ms=self.poll_timeout_ms)
+                try:
+                    batch = self._consumer.poll(timeout_ms=self.poll_timeout_ms)
+                except KafkaError as exc:
+                    # Broker unreachable or group coordinator moving: wait and poll again.
+                    log.warning("router poll failed, retrying: %s", type(exc).__name__)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
                 if not batch:
                     if idle_exit_s is not None and time.monotonic() - last_work > idle_exit_s:
                         break
@@ -161,9 +168,11 @@ class Router:
                 try:
                     self.process_batch(batch)
                     backoff = 0.2
-                except _BatchFailed as exc:
+                except (_BatchFailed, KafkaError) as exc:
                     self.stats.retried_batches += 1
-                    log.warning("router batch not acknowledged, retrying: %s", exc)
+                    log.warning("router batch not acknowledged, retrying: %s", type(exc).__name__)
+                    if self._ledger is not None:
+                        self._ledger.discard_batch()
                     self._rewind(batch)
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)

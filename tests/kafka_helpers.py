@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,10 +95,15 @@ class RouterThread:
     stop_event: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     stats: RouterStats | None = None
+    error: str | None = None
 
     def start(self) -> RouterThread:
         def run() -> None:
-            self.stats = self.router.run(self.stop_event)
+            try:
+                self.stats = self.router.run(self.stop_event)
+            except BaseException:
+                self.error = traceback.format_exc()
+                raise
 
         self.thread = threading.Thread(target=run, name="router", daemon=True)
         self.thread.start()
@@ -108,6 +114,7 @@ class RouterThread:
         assert self.thread is not None
         self.thread.join(30)
         assert not self.thread.is_alive(), "router did not stop"
+        assert self.error is None, self.error
         assert self.stats is not None
         return self.stats
 
