@@ -293,7 +293,7 @@ class Router:
                 topic, key=key, value=record.value, headers=headers, partition=partition
             )
         headers = [(k, v) for k, v in headers if k not in _TRACE_HEADERS]
-        with self.tracing.send(topic, headers, parent=ctx, **(attrs or {})):
+        with self.tracing.send(topic, headers, parent=ctx, attributes=attrs):
             return self._producer.send(
                 topic, key=key, value=record.value, headers=headers, partition=partition
             )

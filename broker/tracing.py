@@ -19,6 +19,7 @@ finished span in a local file).
 from __future__ import annotations
 
 import json
+import random
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import Link, Span, SpanKind
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from broker.config import Settings
@@ -172,6 +173,17 @@ class JsonLinesSpanExporter(SpanExporter):
         """Nothing to release."""
 
 
+def _fresh_context() -> otel_context.Context:
+    """A new, non-recording root context: components that do record join its trace."""
+    span_context = SpanContext(
+        trace_id=random.getrandbits(128) or 1,
+        span_id=random.getrandbits(64) or 1,
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(span_context))
+
+
 class Tracing:
     """Spans for one component (``service``), recording only when an exporter is set."""
 
@@ -188,16 +200,16 @@ class Tracing:
         headers: HeaderList,
         parent: otel_context.Context | None = None,
         links: Sequence[Link] = (),
-        **attrs: Any,
+        attributes: Mapping[str, Any] | None = None,
     ) -> Iterator[Span | None]:
         """A ``send <topic>`` PRODUCER span whose context is injected into ``headers``.
 
-        Disabled: the parent's context (if any) is injected unchanged, so the trace
-        still continues through components that do not record.
+        Disabled: the parent's context is injected unchanged (or, with no parent, a
+        fresh trace id), so one referral stays one trace through components that do
+        not record.
         """
         if not self.enabled:
-            if parent is not None:
-                inject(headers, parent)
+            inject(headers, parent if parent is not None else _fresh_context())
             yield None
             return
         with self._tracer.start_as_current_span(
@@ -211,7 +223,7 @@ class Tracing:
                     "messaging.operation.type": "send",
                     "messaging.operation.name": "send",
                     "messaging.destination.name": topic,
-                    **attrs,
+                    **(attributes or {}),
                 }
             ),
         ) as span:
@@ -220,7 +232,7 @@ class Tracing:
 
     @contextmanager
     def process(
-        self, record: Any, group: str | None, **attrs: Any
+        self, record: Any, group: str | None, attributes: Mapping[str, Any] | None = None
     ) -> Iterator[otel_context.Context]:
         """A ``process <topic>`` CONSUMER span, child of the record's trace context.
 
@@ -243,7 +255,7 @@ class Tracing:
                     "messaging.destination.partition.id": str(record.partition),
                     "messaging.kafka.offset": record.offset,
                     "messaging.consumer.group.name": group,
-                    **attrs,
+                    **(attributes or {}),
                 }
             ),
         ):

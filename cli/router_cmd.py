@@ -17,6 +17,7 @@ from broker.deadletter import read_dead_letters, strip_error_headers
 from broker.errors import ConfigError
 from broker.registry import registry_from_settings
 from broker.router import Router
+from broker.tracing import setup_tracing
 from cli.app import NETWORK_OPTION, App, console, print_json, state
 
 dlq_app = App(help="Inspect and replay dead letters.")
@@ -43,12 +44,16 @@ def route(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    router = Router(settings, network, codec, group_id=group)
+    tracing = setup_tracing(settings, "router")
+    router = Router(settings, network, codec, group_id=group, tracing=tracing)
     console.print(
         f"router joined group {settings.topic_prefix}{group} on "
         f"{clients.resolve_bootstrap(settings)}"
     )
-    stats = router.run(stop, idle_exit_s=idle_exit)
+    try:
+        stats = router.run(stop, idle_exit_s=idle_exit)
+    finally:
+        tracing.shutdown()
     console.print(
         f"router stopped: {stats.referrals} referrals, {stats.statuses} statuses, "
         f"{stats.published} published, {stats.dead_lettered} dead-lettered"

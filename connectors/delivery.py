@@ -30,6 +30,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
+from opentelemetry.context import Context
 
 from broker import clients
 from broker.codec import Codec
@@ -40,6 +41,7 @@ from broker.ledger import LedgerEmitter, handover_event
 from broker.models import ReferralStatus, StatusUpdate
 from broker.registry import REFERRAL, STATUS_UPDATE
 from broker.topics import Headers, TopicNames
+from broker.tracing import Tracing
 from connectors.base import Delivery, Sink, StatusDelivery, StatusSink, jsonable
 from connectors.inbox import Inbox
 from connectors.outbox import Outbox
@@ -101,27 +103,50 @@ class DriverStats:
 class StatusSender:
     """Encodes status updates and publishes them to status intake, keyed by referral id."""
 
-    def __init__(self, producer: KafkaProducer, codec: Codec, names: TopicNames) -> None:
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        codec: Codec,
+        names: TopicNames,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.producer = producer
         self.codec = codec
         self.names = names
+        self.tracing = tracing or Tracing(None, "status")
 
-    def send(self, update: StatusUpdate) -> FutureRecordMetadata:
-        """Publish one (validated) status update asynchronously."""
+    def send(self, update: StatusUpdate, parent: Context | None = None) -> FutureRecordMetadata:
+        """Publish one (validated) status update asynchronously, in the referral's trace."""
         value = self.codec.encode(STATUS_UPDATE, update.to_avro())
-        return self.producer.send(
+        headers = [
+            (Headers.REFERRAL_ID, update.referral_id.encode()),
+            (Headers.CASE_ID, update.case_id.encode()),
+            (Headers.ORIGIN, update.origin_org.encode()),
+        ]
+        with self.tracing.send(
             self.names.status_intake,
-            key=update.referral_id.encode(),
-            value=value,
-            headers=[
-                (Headers.REFERRAL_ID, update.referral_id.encode()),
-                (Headers.CASE_ID, update.case_id.encode()),
-                (Headers.ORIGIN, update.origin_org.encode()),
-            ],
-        )
+            headers,
+            parent=parent,
+            attributes={
+                "referral.id": update.referral_id,
+                "referral.org": update.emitted_by,
+                "referral.status": str(update.status),
+            },
+        ):
+            return self.producer.send(
+                self.names.status_intake,
+                key=update.referral_id.encode(),
+                value=value,
+                headers=headers,
+            )
 
     def received(
-        self, org_id: str, referral_id: str, case_id: str, origin: str
+        self,
+        org_id: str,
+        referral_id: str,
+        case_id: str,
+        origin: str,
+        parent: Context | None = None,
     ) -> FutureRecordMetadata:
         """Publish a RECEIVED receipt from ``org_id`` for one referral."""
         update = StatusUpdate(
@@ -132,7 +157,7 @@ class StatusSender:
             status=ReferralStatus.RECEIVED,
             origin_org=origin,
         )
-        return self.send(update)
+        return self.send(update, parent)
 
 
 class _Driver:
@@ -151,8 +176,12 @@ class _Driver:
         producer: KafkaProducer | None = None,
         consumer_factory: ConsumerFactory | None = None,
         poll_timeout_ms: int = 200,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing or Tracing(None, org_id)
+        #: The trace context of the record being handled (parent of what it causes).
+        self.current_context: Context | None = None
         self.org_id = org_id
         self.codec = codec
         self.names = settings.topic_names()
@@ -211,7 +240,14 @@ class _Driver:
             for record in records:
                 count += 1
                 self.stats.records += 1
-                self.handle(record, futures)
+                with self.tracing.process(
+                    record,
+                    self.settings.topic_prefix + self.group_id,
+                    attributes={"referral.org": self.org_id},
+                ) as ctx:
+                    self.current_context = ctx
+                    self.handle(record, futures)
+                self.current_context = None
             offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
         self.after_batch()
         try:
@@ -319,7 +355,7 @@ class SinkDriver(_Driver):
         super().__init__(settings, org_id, codec, topics, group_id, **kwargs)
         self.sinks = list(sinks)
         self.inbox = inbox
-        self.status = StatusSender(self.producer, codec, self.names)
+        self.status = StatusSender(self.producer, codec, self.names, self.tracing)
 
     def open(self) -> None:
         """Open every sink, then join the group."""
@@ -404,7 +440,11 @@ class SinkDriver(_Driver):
         self, referral_id: str, case_id: str, origin: str, futures: list[FutureRecordMetadata]
     ) -> None:
         try:
-            futures.append(self.status.received(self.org_id, referral_id, case_id, origin))
+            futures.append(
+                self.status.received(
+                    self.org_id, referral_id, case_id, origin, self.current_context
+                )
+            )
         except (ReferralError, KafkaError, ValueError) as exc:
             log.warning("RECEIVED for %s not sent: %s", referral_id, type(exc).__name__)
 

@@ -40,6 +40,7 @@ from broker.network import Network, Organisation
 from broker.registry import REFERRAL
 from broker.routing import add_hosting_jurisdictions, decide
 from broker.topics import Headers
+from broker.tracing import Tracing
 from connectors.outbox import Outbox, OutboxEntry
 
 __all__ = [
@@ -121,6 +122,7 @@ class Publisher:
         outbox: Outbox,
         *,
         ack_timeout: float = 30.0,
+        tracing: Tracing | None = None,
     ) -> None:
         try:
             self.org: Organisation = network.organisation(org_id)
@@ -134,6 +136,7 @@ class Publisher:
         self.outbox = outbox
         self.ack_timeout = ack_timeout
         self.ledger = LedgerEmitter(producer, codec, self.names.ledger)
+        self.tracing = tracing or Tracing(None, org_id)
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -243,6 +246,18 @@ class Publisher:
         self, label: str, prepared: Prepared
     ) -> tuple[Published, FutureRecordMetadata | None]:
         headers = self.headers(prepared.referral_id, prepared.case_id)
+        # The root span of the referral's trace; its context is stored with the
+        # outbox entry, so a republish continues the same trace.
+        with self.tracing.send(
+            self.names.intake,
+            headers,
+            attributes={
+                "referral.id": prepared.referral_id,
+                "referral.case_id": prepared.case_id,
+                "referral.origin": self.org.id,
+            },
+        ):
+            pass
         added = self.outbox.add(
             prepared.referral_id,
             prepared.case_id,

@@ -37,6 +37,7 @@ from broker.codec import Codec
 from broker.config import Settings
 from broker.errors import ConfigError, ReferralError
 from broker.network import Network, Organisation
+from broker.tracing import Tracing, setup_tracing
 from connectors.base import (
     ConnectorConfig,
     Sink,
@@ -133,6 +134,7 @@ class ConnectorRuntime:
         env: Mapping[str, str] | None = None,
         producer: KafkaProducer | None = None,
         republish_after: float | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         try:
             self.org = network.organisation(org_id)
@@ -161,7 +163,12 @@ class ConnectorRuntime:
         self.producer = producer or clients.producer(settings, role=f"connectors-{org_id}")
         self.outbox = Outbox.for_org(settings, org_id)
         self.inbox = Inbox.for_org(settings, org_id)
-        self.publisher = Publisher(settings, network, org_id, codec, self.producer, self.outbox)
+        #: Spans of this organisation's connectors (exporter from the settings by default).
+        self._own_tracing = tracing is None
+        self.tracing = tracing or setup_tracing(settings, f"connectors-{org_id}")
+        self.publisher = Publisher(
+            settings, network, org_id, codec, self.producer, self.outbox, tracing=self.tracing
+        )
         for kind, config in parsed.items():
             if KINDS[kind][0] == "source":
                 self.built.sources.append(self._source(kind, config))
@@ -256,6 +263,7 @@ class ConnectorRuntime:
                     self.built.sinks,
                     self.inbox,
                     producer=self.producer,
+                    tracing=self.tracing,
                 )
                 self.sink_driver.open()
             self.status_driver = StatusDriver(
@@ -266,6 +274,7 @@ class ConnectorRuntime:
                 self.outbox,
                 self.inbox,
                 producer=self.producer,
+                tracing=self.tracing,
             )
             self.status_driver.open()
         except BaseException:
@@ -350,6 +359,9 @@ class ConnectorRuntime:
                 log.warning("producer close failed: %s", type(exc).__name__)
         self.outbox.close()
         self.inbox.close()
+        if self._own_tracing:
+            self.tracing.shutdown()
+            self._own_tracing = False
 
     def run(self, stop: threading.Event) -> None:
         """Start, wait for ``stop`` (SIGTERM/Ctrl-C in the CLI), then shut down cleanly."""

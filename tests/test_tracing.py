@@ -95,7 +95,7 @@ def test_router_spans_continue_the_publishers_trace(
         {"country": "FR", "basis": "HOSTING", "derived": False},
     ]
     headers: list[tuple[str, bytes]] = []
-    with source.send(names.intake, headers, **{"referral.id": rid}):
+    with source.send(names.intake, headers, attributes={"referral.id": rid}):
         pass
     publish(provisioned, names.intake, [(rid.encode(), codec.encode(REFERRAL, datum))], headers)
     tracing, spans = memory_tracing("router")
