@@ -25,7 +25,16 @@ from enum import StrEnum
 from typing import Annotated, Any, Self, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from broker.countries import is_country
 from broker.errors import ValidationFailed
@@ -59,6 +68,8 @@ __all__ = [
     "ReferralEnvelope",
     "ReferralStatus",
     "ReportedItem",
+    "SealedBody",
+    "SealedRecipient",
     "StatusUpdate",
     "Timeline",
     "Tlp",
@@ -329,11 +340,15 @@ class _AvroModel(BaseModel):
         return parse_model(cls, datum)
 
 
+#: Union tags left out of problem locations (``body.items.0.url``, not ``body.CaseBody...``).
+_UNION_TAGS = frozenset({"CaseBody", "SealedBody"})
+
+
 def problems_of(exc: ValidationError) -> list[str]:
     """``field.path: message`` lines for a pydantic error, never quoting input values."""
     out = []
     for err in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "(record)"
+        where = ".".join(str(p) for p in err["loc"] if p not in _UNION_TAGS) or "(record)"
         msg = str(err["msg"])
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
@@ -500,17 +515,62 @@ class CaseBody(_AvroModel):
         return self
 
 
+def _body_kind(value: Any) -> str:
+    """Which branch of the body union ``value`` is: sealed bodies carry a ciphertext."""
+    if isinstance(value, SealedBody) or (isinstance(value, Mapping) and "ciphertext" in value):
+        return "SealedBody"
+    return "CaseBody"
+
+
+class SealedRecipient(_AvroModel):
+    """The content key of a sealed body, wrapped for one organisation's encryption key."""
+
+    org: OrgId
+    key_id: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    wrapped_key: Annotated[bytes, Field(min_length=1, max_length=1024)]
+
+
+class SealedBody(_AvroModel):
+    """A case body encrypted for its recipients (see :mod:`broker.sealing`)."""
+
+    suite: Annotated[str, Field(min_length=1, max_length=100)]
+    recipients: tuple[SealedRecipient, ...]
+    nonce: Annotated[bytes, Field(min_length=12, max_length=12)]
+    ciphertext: Annotated[bytes, Field(min_length=16)]
+
+    @model_validator(mode="after")
+    def _has_recipients(self) -> Self:
+        if not self.recipients:
+            raise ValueError("a sealed body needs at least one recipient")
+        orgs = [r.org for r in self.recipients]
+        if len(set(orgs)) != len(orgs):
+            raise ValueError("a recipient organisation is listed twice")
+        return self
+
+
 class Referral(_AvroModel):
-    """A whole referral: envelope first, body last (the wire layout depends on it)."""
+    """A whole referral: envelope first, body last (the wire layout depends on it).
+
+    The body is plain (:class:`CaseBody`) or sealed for its recipients
+    (:class:`SealedBody`); a sealed referral must name its jurisdictions in the
+    envelope, since nobody on the way can read the items' hosting evidence.
+    """
 
     envelope: ReferralEnvelope
-    body: CaseBody
+    body: Annotated[
+        Annotated[CaseBody, Tag("CaseBody")] | Annotated[SealedBody, Tag("SealedBody")],
+        Discriminator(_body_kind),
+    ]
+
+    @property
+    def sealed(self) -> bool:
+        """True if the body is sealed."""
+        return isinstance(self.body, SealedBody)
 
     @model_validator(mode="after")
     def _routable(self) -> Self:
-        traced = any(
-            i.hosting is not None and (i.hosting.country or i.hosting.ip) for i in self.body.items
-        )
+        items = self.body.items if isinstance(self.body, CaseBody) else ()
+        traced = any(i.hosting is not None and (i.hosting.country or i.hosting.ip) for i in items)
         if not self.envelope.jurisdictions and not traced:
             raise ValueError(
                 "needs at least one jurisdiction or one item with hosting evidence (ip or country)"

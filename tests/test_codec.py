@@ -45,8 +45,19 @@ from tests.factories import (
 
 FIXED_TS = datetime(2024, 3, 1, 12, 30, 15, 123000, tzinfo=UTC)
 
-#: The wire bytes of fixed_referral() with schema id 1. A change here is a wire change.
+#: The wire bytes of fixed_referral() with schema id 5 (Referral version 2, whose body is the
+#: union CaseBody | SealedBody: one more byte, the union branch 0, before the body). A change
+#: here is a wire change.
 FIXED_REFERRAL_HEX = (
+    "00000000054830303030303030302d303030302d343030302d383030302d30303030303030303030303112"
+    "636173652d3030303114686f746c696e652d6e6c044e4c0204444500010000021273796e74686574696308"
+    "0212706f6c6963652d64650004a691f39fbf6302000478310000023868747470733a2f2f686f73742d312e"
+    "6578616d706c652e6f72672f61040200403030303030303030303030303030303030303030303030303030"
+    "303030303030000202123139322e302e322e3102e8ef070002044445000000000200000600a691f39fbf63"
+    "000002a691f39fbf630002186e65757472616c2074657874"
+)
+#: The same referral as written by Referral version 1 (schema id 1, body a plain CaseBody).
+FIXED_REFERRAL_V1_HEX = (
     "00000000014830303030303030302d303030302d343030302d383030302d30303030303030303030303112"
     "636173652d3030303114686f746c696e652d6e6c044e4c0204444500010000021273796e74686574696308"
     "0212706f6c6963652d64650004a691f39fbf63020004783100023868747470733a2f2f686f73742d312e65"
@@ -113,6 +124,16 @@ def test_fixed_referral_encodes_to_the_checked_in_bytes() -> None:
     name, datum = CODEC.decode(bytes.fromhex(FIXED_REFERRAL_HEX))
     assert name == REFERRAL
     assert m.Referral.from_avro(datum) == fixed_referral()
+
+
+def test_version_1_bytes_still_decode_to_the_same_referral() -> None:
+    """What version 1 writers sent (a plain body, no union branch) reads as before."""
+    v1 = bytes.fromhex(FIXED_REFERRAL_V1_HEX)
+    assert CODEC.schema_id_of(v1) == 1
+    name, datum = CODEC.decode(v1)
+    assert name == REFERRAL
+    assert m.Referral.from_avro(datum) == fixed_referral()
+    assert CODEC.decode_envelope(v1) == CODEC.decode_envelope(bytes.fromhex(FIXED_REFERRAL_HEX))
 
 
 def test_frame_is_magic_byte_and_big_endian_schema_id() -> None:
@@ -246,7 +267,7 @@ def test_serializer_contract() -> None:
 def _old_referral_schema() -> dict[str, Any]:
     """The working Referral without two optional fields: an 'older version'."""
     old = copy.deepcopy(load_working_schemas()[REFERRAL])
-    env, body = old["fields"][0]["type"], old["fields"][1]["type"]
+    env, body = old["fields"][0]["type"], old["fields"][1]["type"][0]  # the CaseBody branch
     env["fields"] = [f for f in env["fields"] if f["name"] != "external_refs"]
     body["fields"] = [f for f in body["fields"] if f["name"] != "summary"]
     return old
