@@ -1,36 +1,355 @@
-"""``referral demo``: start the embedded broker, provision the demo network, show it."""
+"""``referral demo``: the whole network on one machine, end to end, in under two minutes.
+
+1. start the embedded broker and provision the demo network (``examples/network.toml``);
+2. run the router and every organisation's connectors (threads in this process);
+3. publish a synthetic batch through every kind of source — hl-nl's drop folder,
+   hl-de's HTTP intake, hl-se's publisher (as ``referral publish`` does) — with
+   urgent, multi-jurisdiction, unassigned, derived-hosting, TLP RED and
+   deliberately invalid referrals, plus a few broken records written straight to
+   the intake by a "legacy client" (they end as dead letters);
+4. wait until every valid referral has its RECEIVED from every destination;
+5. print the flows view and the trace of one multi-jurisdiction referral, check
+   that every published referral is accounted for, stop everything, exit 0.
+
+``--keep`` leaves the broker, router and connectors running (Ctrl-C stops them) so
+the other commands can be tried against ``--state-dir`` of the run.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
+import threading
+import time
+from collections import Counter
+from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import httpx
 import typer
-from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from broker.clients import admin_client
+from broker import clients
+from broker.codec import Codec
 from broker.config import Settings
 from broker.embedded import EmbeddedBroker
+from broker.errors import ReferralError
+from broker.ledgerstore import LedgerStore
+from broker.network import Network
+from broker.operator_view import flows, trace
 from broker.provision import provision
+from broker.registry import REFERRAL, registry_from_settings
+from broker.router import Router
+from broker.synthetic import synthetic_batch
+from broker.tracing import setup_tracing
 from cli.app import NETWORK_OPTION, console, state
+from cli.operator_cmd import _print_flows, _print_trace
+from connectors.runtime import ConnectorRuntime
+
+__all__ = ["demo"]
+
+TOKEN_ENV = "REFERRAL_TOKEN_HL_DE"
+UNSERVED = ["US", "JP", "BR", "CA", "AU"]
 
 
-def demo(ctx: typer.Context, network_file: Path | None = NETWORK_OPTION) -> None:
-    """Run the demo on a fresh embedded broker, then stop it."""
+class DemoFailed(ReferralError):
+    """The demo could not account for every referral in time."""
+
+
+def demo(
+    ctx: typer.Context,
+    network_file: Path | None = NETWORK_OPTION,
+    count: int = typer.Option(1000, "--count", "-c", min=10, help="Referrals to publish."),
+    keep: bool = typer.Option(False, "--keep", help="Leave everything running (Ctrl-C stops)."),
+    seed: int = typer.Option(7, "--seed", help="Seed of the synthetic batch."),
+    timeout: float = typer.Option(100.0, "--timeout", help="Seconds to wait for every receipt."),
+) -> None:
+    """Run the whole referral network on a fresh embedded broker, end to end."""
     st = state(ctx)
     network = st.network(network_file)
-    st.settings.state_dir.mkdir(parents=True, exist_ok=True)
-    with EmbeddedBroker(log_path=st.settings.state_dir / "demo-broker.log") as broker:
-        console.print(f"embedded broker started at {broker.bootstrap}")
-        settings = Settings(**{**st.settings.model_dump(), "bootstrap_servers": broker.bootstrap})
-        admin = admin_client(settings)
+    base = st.settings
+    started = time.monotonic()
+    run_dir = Path(base.state_dir) / f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        broker = EmbeddedBroker(log_path=run_dir / "broker.log").start(detach=keep)
+        stack.callback(broker.stop)
+        settings = Settings(
+            **{
+                **base.model_dump(),
+                "bootstrap_servers": broker.bootstrap,
+                "state_dir": run_dir,
+                "network_file": base.network_file,
+                "trace_exporter": "jsonl",
+                "trace_file": run_dir / "traces.jsonl",
+            }
+        )
+        console.print(f"embedded broker at {broker.bootstrap}; state in {run_dir}")
+        admin = clients.admin_client(settings)
         try:
-            report = provision(admin, network, st.settings.topic_names())
+            report = provision(admin, network, settings.topic_names())
         finally:
             admin.close()
-        table = Table(title=f"{network.network.name}: provisioned topics")
-        table.add_column("topic")
-        table.add_column("partitions", justify="right")
-        for name, parts in sorted({**report.created, **report.existing}.items()):
-            table.add_row(name, str(parts))
-        console.print(table)
-    console.print("embedded broker stopped")
+        console.print(f"provisioned {len(report.created)} topics for {network.network.name}")
+        codec = Codec(registry_from_settings(settings), max_record_bytes=settings.max_record_bytes)
+        env = {**os.environ, TOKEN_ENV: os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(24)}
+        runtimes = _start_everything(settings, network, codec, env, stack)
+        batch = synthetic_batch(
+            count,
+            [o.id for o in network.organisations if o.role == "hotline"],
+            network.served(),
+            [c for c in UNSERVED if c not in network.served()],
+            seed=seed,
+            red_recipient=_red_recipient(network),
+        )
+        sent = _publish(settings, codec, runtimes, batch, env[TOKEN_ENV])
+        _await_receipts(runtimes, network, sent, timeout)
+        _report(settings, network, codec, batch, sent)
+        console.print(f"demo finished in {time.monotonic() - started:.0f}s")
+        if keep:
+            broker.write_state(run_dir)
+            console.print(
+                f"still running: try `referral --state-dir {run_dir} flows` or "
+                f"`referral --state-dir {run_dir} trace ID`; Ctrl-C stops everything"
+            )
+            _wait_for_interrupt()
+
+
+def _red_recipient(network: Network) -> tuple[str, str] | None:
+    for org in network.organisations:
+        if org.role == "police" and org.country in network.served():
+            return org.id, org.country
+    return None
+
+
+def _start_everything(
+    settings: Settings, network: Network, codec: Codec, env: dict[str, str], stack: ExitStack
+) -> dict[str, ConnectorRuntime]:
+    tracing = setup_tracing(settings, "router")
+    stack.callback(tracing.shutdown)
+    router = Router(settings, network, codec, tracing=tracing)
+    stop = threading.Event()
+    thread = threading.Thread(target=router.run, args=(stop,), name="router", daemon=True)
+    thread.start()
+    stack.callback(thread.join, 30)
+    stack.callback(stop.set)
+    runtimes = {}
+    for org in network.organisations:
+        if not org.connectors:
+            continue
+        runtime = ConnectorRuntime(settings, network, org.id, codec, env=env)
+        stack.callback(runtime.stop)
+        runtimes[org.id] = runtime.start()
+    console.print(f"router and {len(runtimes)} organisations' connectors running")
+    return runtimes
+
+
+def _publish(
+    settings: Settings,
+    codec: Codec,
+    runtimes: dict[str, ConnectorRuntime],
+    batch: list[tuple[str, dict[str, Any], str]],
+    token: str,
+) -> dict[str, Any]:
+    """Send the batch through each hotline's kind of source; what went where."""
+    by_origin: dict[str, list[tuple[str, dict[str, Any], str]]] = {}
+    for origin, ref, kind in batch:
+        by_origin.setdefault(origin, []).append((origin, ref, kind))
+    published: dict[str, str] = {}  # referral id -> kind
+    rejected = 0
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("publishing", total=len(batch))
+        for origin, rows in by_origin.items():
+            runtime = runtimes[origin]
+            kinds = {s.kind for s in runtime.sources}
+            if "drop_folder" in kinds:
+                rejected += _via_drop_folder(runtime, rows, published)
+            elif "http_intake" in kinds:
+                rejected += _via_http(runtime, rows, published, token)
+            else:
+                rejected += _via_publisher(runtime, rows, published)
+            progress.advance(task, len(rows))
+    legacy = _legacy_client(settings, codec, batch)
+    console.print(
+        f"published {len(published)} referrals, {rejected} rejected at their source, "
+        f"{legacy} broken records sent by a legacy client"
+    )
+    return {"published": published, "rejected": rejected, "legacy": legacy}
+
+
+def _via_publisher(
+    runtime: ConnectorRuntime, rows: list[tuple[str, dict[str, Any], str]], out: dict[str, str]
+) -> int:
+    result = runtime.publisher.publish(
+        [(f"row {i + 1}", ref) for i, (_, ref, _) in enumerate(rows)]
+    )
+    kinds = {ref["envelope"]["referral_id"]: kind for _, ref, kind in rows}
+    for p in result.published:
+        out[p.referral_id] = kinds.get(p.referral_id, "normal")
+    return len(result.rejected)
+
+
+def _via_http(
+    runtime: ConnectorRuntime,
+    rows: list[tuple[str, dict[str, Any], str]],
+    out: dict[str, str],
+    token: str,
+) -> int:
+    url = f"http://127.0.0.1:{runtime.http_port}/referrals"
+    auth = {"Authorization": f"Bearer {token}"}
+    valid = [(ref, kind) for _, ref, kind in rows if kind != "invalid"]
+    invalid = [ref for _, ref, kind in rows if kind == "invalid"]
+    with httpx.Client(timeout=30) as client:
+        for i in range(0, len(valid), 100):
+            chunk = valid[i : i + 100]
+            answer = client.post(url, json=[ref for ref, _ in chunk], headers=auth)
+            if answer.status_code != 202:
+                raise DemoFailed(f"HTTP intake answered {answer.status_code} to a valid batch")
+            for ref, kind in chunk:
+                out[ref["envelope"]["referral_id"]] = kind
+        refused = sum(
+            client.post(url, json=ref, headers=auth).status_code == 422 for ref in invalid
+        )
+    return refused
+
+
+def _via_drop_folder(
+    runtime: ConnectorRuntime, rows: list[tuple[str, dict[str, Any], str]], out: dict[str, str]
+) -> int:
+    import json
+
+    source = runtime.source("drop_folder")
+    folder = Path(source.path)  # type: ignore[attr-defined]
+    tmp = folder.parent / "export.jsonl.part"
+    tmp.write_text("".join(json.dumps(ref) + "\n" for _, ref, _ in rows), encoding="utf-8")
+    tmp.replace(folder / "export.jsonl")
+    deadline = time.monotonic() + 60
+    while (folder / "export.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for _, ref, kind in rows:
+        if kind != "invalid":
+            out[ref["envelope"]["referral_id"]] = kind
+    return sum(kind == "invalid" for _, _, kind in rows)
+
+
+def _legacy_client(
+    settings: Settings, codec: Codec, batch: list[tuple[str, dict[str, Any], str]]
+) -> int:
+    """A misbehaving client writes straight to the intake: these become dead letters."""
+    from broker.models import Referral
+
+    names = settings.topic_names()
+    _, ref, _ = next(b for b in batch if b[2] == "normal")
+    datum = Referral.model_validate(
+        {**ref, "envelope": {**ref["envelope"], "origin_country": "NL"}}
+    ).to_avro()
+    bad_code = dict(datum["envelope"])
+    bad_code["jurisdictions"] = [{"country": "XX", "basis": "HOSTING", "derived": False}]
+    bad_code["referral_id"] = "5f1d1c5e-0000-4000-8000-00000000dead"
+    records = [
+        (b"legacy-1", b"not avro, not framed"),
+        (b"legacy-2", b"\x00\x00\x00\x03\xe7" + b"\x01" * 40),  # unknown schema id
+        (bad_code["referral_id"].encode(), codec.encode(REFERRAL, {**datum, "envelope": bad_code})),
+    ]
+    producer = clients.producer(settings, role="legacy-client")
+    try:
+        for key, value in records:
+            producer.send(names.intake, key=key, value=value)
+        producer.flush(30)
+    finally:
+        producer.close()
+    return len(records)
+
+
+def _await_receipts(
+    runtimes: dict[str, ConnectorRuntime], network: Network, sent: dict[str, Any], timeout: float
+) -> None:
+    hotlines = [o.id for o in network.organisations if o.role == "hotline" and o.id in runtimes]
+    total = len(sent["published"])
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("receipts from every destination", total=total)
+        while True:
+            waiting = 0
+            for org in hotlines:
+                waiting += len(runtimes[org].outbox.pending())
+            progress.update(task, completed=total - waiting)
+            if waiting == 0:
+                return
+            if time.monotonic() > deadline:
+                raise DemoFailed(
+                    f"{waiting} referral(s) still wait for a RECEIVED after {timeout:.0f}s"
+                )
+            time.sleep(0.5)
+
+
+def _report(
+    settings: Settings,
+    network: Network,
+    codec: Codec,
+    batch: list[tuple[str, dict[str, Any], str]],
+    sent: dict[str, Any],
+) -> None:
+    now = datetime.now(UTC)
+    names = settings.topic_names()
+    deadline = time.monotonic() + 30
+    with LedgerStore.for_settings(settings) as store:
+        while True:
+            store.sync(settings, codec)
+            f = flows(store.records(), network.deadlines, names, now=datetime.now(UTC))
+            if f.totals.pending == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        multi = [rid for rid, kind in sent["published"].items() if kind == "multi"]
+        t = (
+            trace(store.records(multi[0]), multi[0], network.deadlines, names, now)
+            if multi
+            else None
+        )
+        verdict = store.verify()
+    _print_flows(f, now, "the demo")
+    totals = f.totals
+    kinds = Counter(sent["published"].values())
+    console.print(
+        "published by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
+        markup=False,
+    )
+    console.print(
+        f"accounted: {totals.delivered} delivered + {totals.dead_lettered} dead-lettered + "
+        f"{totals.unassigned} unassigned = {totals.published} published "
+        f"({totals.pending} pending); {sent['rejected']} more refused at their source",
+        markup=False,
+    )
+    if t is not None:
+        console.print(f"\ntrace of multi-jurisdiction referral {t.referral_id}:", markup=False)
+        _print_trace(t, now)
+    console.print(str(verdict), markup=False)
+    expected = len(sent["published"]) + sent["legacy"]
+    balanced = totals.delivered + totals.dead_lettered + totals.unassigned == totals.published
+    if not balanced or totals.pending or totals.published != expected:
+        raise DemoFailed(
+            f"the flows do not account for every referral: {totals.to_json()}, "
+            f"expected {expected} published"
+        )
+
+
+def _wait_for_interrupt() -> None:
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopping")
