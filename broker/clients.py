@@ -7,6 +7,7 @@ Kafka errors are translated here into the project's own tree; callers see
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,20 @@ from kafka.errors import KafkaError
 
 from broker.config import Settings
 from broker.errors import BrokerUnavailable, ConfigError
+
+#: kafka-python logs whole records (key, value, headers) at DEBUG. Referral values
+#: are case content, so its loggers are capped at INFO whatever the root level is;
+#: an operator who lowers ``kafka`` to DEBUG on purpose accepts that payloads are logged.
+_KAFKA_LOG_FLOOR = logging.INFO
+
+
+def _cap_kafka_logging() -> None:
+    kafka_logger = logging.getLogger("kafka")
+    if kafka_logger.level == logging.NOTSET or kafka_logger.level < _KAFKA_LOG_FLOOR:
+        kafka_logger.setLevel(_KAFKA_LOG_FLOOR)
+
+
+_cap_kafka_logging()
 
 __all__ = [
     "CONSUMER_DEFAULTS",
