@@ -117,6 +117,16 @@ def demo(
             _wait_for_interrupt()
 
 
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
 def _red_recipient(network: Network) -> tuple[str, str] | None:
     for org in network.organisations:
         if org.role == "police" and org.country in network.served():
@@ -159,13 +169,7 @@ def _publish(
         by_origin.setdefault(origin, []).append((origin, ref, kind))
     published: dict[str, str] = {}  # referral id -> kind
     rejected = 0
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with _progress() as progress:
         task = progress.add_task("publishing", total=len(batch))
         for origin, rows in by_origin.items():
             runtime = runtimes[origin]
@@ -275,13 +279,7 @@ def _await_receipts(
     hotlines = [o.id for o in network.organisations if o.role == "hotline" and o.id in runtimes]
     total = len(sent["published"])
     deadline = time.monotonic() + timeout
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with _progress() as progress:
         task = progress.add_task("receipts from every destination", total=total)
         while True:
             waiting = 0
