@@ -4,6 +4,8 @@ A network file is TOML::
 
     [network]
     name = "Demo network"
+    allow_plain = false       # every referral must be sealed and signed
+    trust_file = "trust.toml" # public keys (broker.keys), relative to this file
 
     [topics]
     partitions = 3            # per topic unless overridden below
@@ -105,6 +107,8 @@ class NetworkInfo(_Frozen):
 
     name: str = "referral network"
     allow_plain: bool = True
+    #: Public keys of the organisations (see :mod:`broker.keys`), relative to the network file.
+    trust_file: str | None = None
 
 
 class Network(_Frozen):

@@ -1,0 +1,122 @@
+"""Sealed case bodies: encrypted for exactly the organisations a referral is sent to.
+
+The plaintext is the CaseBody's Avro binary datum, written with the CaseBody
+branch of the Referral schema the frame names (so a receiver decodes it with
+that writer schema, like any Avro datum). Sealing (suite :data:`SUITE`):
+
+1. a random 32-byte content key ``K`` and a random 12-byte ``nonce``;
+2. ``ciphertext = AES-256-GCM(K, nonce, plaintext, aad=context)``;
+3. for each recipient organisation ``org`` with encryption key ``kid``:
+   ``wrapped_key = HPKE.SingleShotSeal(pk, info=context || lp(org) || lp(kid), pt=K)``
+   with HPKE base mode, KEM DHKEM(X25519, HKDF-SHA256), KDF HKDF-SHA256, AEAD
+   AES-256-GCM (RFC 9180) — the 32-byte encapsulated key followed by the
+   48-byte ciphertext of ``K``.
+
+``context = b"referral-broker/v1/seal\\n" || lp(referral_id) || lp(origin) ||
+lp(comma-joined sorted recipient org ids)``, ``lp(x) = uint32_be(len(x)) || x``.
+Binding the recipient set means the list in clear cannot be altered without
+every recipient noticing. Recipient org ids and key ids are in clear: the
+router and an operator see who may read a referral, never what it says.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
+
+from broker.errors import SealError
+
+__all__ = ["SUITE", "is_sealed", "open_sealed", "seal", "seal_context", "sealed_for"]
+
+SUITE = "HPKE-X25519-SHA256-AES256GCM/AES256GCM/v1"
+_HPKE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
+_DOMAIN = b"referral-broker/v1/seal\n"
+
+
+def _lp(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return struct.pack(">I", len(data)) + data
+
+
+def seal_context(referral_id: str, origin: str, recipients: Iterable[str]) -> bytes:
+    """The associated data of a sealed body (and the prefix of each HPKE ``info``)."""
+    return _DOMAIN + _lp(referral_id) + _lp(origin) + _lp(",".join(sorted(set(recipients))))
+
+
+def _info(context: bytes, org: str, kid: str) -> bytes:
+    return context + _lp(org) + _lp(kid)
+
+
+def is_sealed(body: Any) -> bool:
+    """True if a decoded body is a SealedBody (sealed bodies carry a ciphertext)."""
+    return isinstance(body, Mapping) and "ciphertext" in body
+
+
+def sealed_for(body: Mapping[str, Any]) -> list[str]:
+    """The recipient organisations of a sealed body, as listed in clear."""
+    return [str(r.get("org")) for r in body.get("recipients") or ()]
+
+
+def seal(
+    plaintext: bytes,
+    *,
+    referral_id: str,
+    origin: str,
+    recipients: Mapping[str, tuple[str, X25519PublicKey]],
+) -> dict[str, Any]:
+    """A SealedBody datum for ``recipients`` (org id → (key id, public key))."""
+    if not recipients:
+        raise SealError("a sealed body needs at least one recipient")
+    context = seal_context(referral_id, origin, recipients)
+    key = AESGCM.generate_key(bit_length=256)
+    nonce = os.urandom(12)
+    ciphertext = AESGCM(key).encrypt(nonce, plaintext, context)
+    wrapped = [
+        {
+            "org": org,
+            "key_id": kid,
+            "wrapped_key": _HPKE.encrypt(key, public, info=_info(context, org, kid)),
+        }
+        for org, (kid, public) in sorted(recipients.items())
+    ]
+    return {"suite": SUITE, "recipients": wrapped, "nonce": nonce, "ciphertext": ciphertext}
+
+
+def open_sealed(
+    body: Mapping[str, Any],
+    *,
+    referral_id: str,
+    origin: str,
+    org_id: str,
+    private_keys: Mapping[str, X25519PrivateKey],
+) -> bytes:
+    """The plaintext of a sealed body for ``org_id``; SealError saying why it cannot be opened."""
+    if body.get("suite") != SUITE:
+        raise SealError("sealed with an unknown suite")
+    orgs = sealed_for(body)
+    mine = [r for r in body.get("recipients") or () if r.get("org") == org_id]
+    if not mine:
+        raise SealError(
+            f"not sealed for {org_id}: sealed for {len(orgs)} organisation(s) "
+            f"({', '.join(orgs)}); {org_id} cannot decrypt it"
+        )
+    entry = mine[0]
+    kid = str(entry.get("key_id"))
+    private = private_keys.get(kid)
+    if private is None:
+        raise SealError(f"sealed for key {kid} of {org_id}, which {org_id} does not hold")
+    context = seal_context(referral_id, origin, orgs)
+    try:
+        key = _HPKE.decrypt(bytes(entry["wrapped_key"]), private, info=_info(context, org_id, kid))
+        return AESGCM(key).decrypt(bytes(body["nonce"]), bytes(body["ciphertext"]), context)
+    except (InvalidTag, ValueError, KeyError, TypeError) as exc:
+        raise SealError(
+            f"sealed body does not open for {org_id} (key {kid}): altered or not for this key"
+        ) from exc

@@ -1,0 +1,347 @@
+"""The security rules at both ends: the origin seals and signs, the receiver verifies and opens.
+
+:class:`OriginSecurity` (used by the publisher) refuses what the handling rules
+forbid, seals the case body for exactly the organisations the routing decision
+names (when the origin has keys) and signs the encoded bytes. Without keys the
+referral goes plain and unsigned, but only where the network allows plain
+referrals (``[network] allow_plain``).
+
+:class:`ReceiverSecurity` (used by the sink driver) checks a consumed record
+before anything is delivered, in this order, raising an error whose class names
+the dead-letter stage (:func:`stage_of`):
+
+1. the signature over the raw bytes (before decoding them) → ``VERIFY``;
+2. the decoded envelope against the signed context, the topic's jurisdiction
+   against the signed jurisdictions → ``VERIFY``;
+3. a signature is required for sealed bodies, for origins with keys on record
+   and wherever plain referrals are not allowed → ``VERIFY``;
+4. the sealed body opens for this organisation (a plain body is refused where
+   the network requires sealing) → ``UNSEAL``; a plain body must be addressed
+   to this organisation in the signed context → ``VERIFY``;
+5. TLP:RED must name this organisation → ``HANDLING``.
+
+What a receiver accepted is remembered in its :class:`HandlingLog`, so the
+publisher of that organisation can refuse to forward a TLP:AMBER+STRICT, RED
+or H2 case in a re-referral.
+"""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import fastavro
+
+from broker.codec import Codec
+from broker.config import Settings
+from broker.errors import SealError, SecurityError, SignatureInvalid
+from broker.keys import OrgKeys, TrustStore, key_dir, load_trust
+from broker.network import Network
+from broker.registry import REFERRAL, Registry
+from broker.sealing import is_sealed, open_sealed, seal, sealed_for
+from broker.signing import SignedContext, check_envelope, has_signature, sign, verify
+from broker.topics import TopicNames
+
+__all__ = [
+    "BodyCodec",
+    "HandlingLog",
+    "OriginSecurity",
+    "ReceiverSecurity",
+    "stage_of",
+]
+
+#: Handling labels whose cases may not leave the receiving organisation again.
+_NO_ONWARD_TLP = frozenset({"AMBER_STRICT", "RED"})
+_NO_ONWARD_CODES = frozenset({"H2"})
+
+
+def stage_of(exc: SecurityError) -> str:
+    """The dead-letter stage of a security refusal."""
+    if isinstance(exc, SignatureInvalid):
+        return "VERIFY"
+    if isinstance(exc, SealError):
+        return "UNSEAL"
+    return "HANDLING"
+
+
+class BodyCodec:
+    """The CaseBody datum alone, with the CaseBody branch of a Referral schema version."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._parsed: dict[int, Any] = {}
+
+    def _schema(self, schema_id: int) -> Any:
+        parsed = self._parsed.get(schema_id)
+        if parsed is None:
+            schema = self.registry.by_id(schema_id).schema
+            envelope_type, body_type = schema["fields"][0]["type"], schema["fields"][-1]["type"]
+            branches = body_type if isinstance(body_type, list) else [body_type]
+            case_body = next(b for b in branches if isinstance(b, dict) and b["name"] == "CaseBody")
+            named: dict[str, Any] = {}
+            fastavro.parse_schema(envelope_type, named_schemas=named)
+            parsed = fastavro.parse_schema(case_body, named_schemas=named)
+            self._parsed[schema_id] = parsed
+        return parsed
+
+    def current_id(self) -> int:
+        """The schema id referrals are written with now."""
+        return self.registry.latest(REFERRAL).id
+
+    def encode(self, schema_id: int, body: Mapping[str, Any]) -> bytes:
+        """The Avro binary datum of ``body``."""
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self._schema(schema_id), dict(body))
+        return buf.getvalue()
+
+    def decode(self, schema_id: int, data: bytes) -> dict[str, Any]:
+        """A CaseBody datum written with ``schema_id``, in the current schema's shape."""
+        current = self.current_id()
+        reader = None if current == schema_id else self._schema(current)
+        fo = io.BytesIO(data)
+        try:
+            datum = fastavro.schemaless_reader(fo, self._schema(schema_id), reader)
+        except Exception as exc:  # corrupt plaintext despite an intact tag: refuse, never crash
+            raise SealError(f"opened body does not decode: {type(exc).__name__}") from exc
+        if fo.tell() != len(data) or not isinstance(datum, dict):
+            raise SealError("opened body is not one CaseBody datum")
+        return datum
+
+
+class HandlingLog:
+    """What an organisation received under restrictive handling, by case id (SQLite)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+        with self._lock, self._db:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS received (referral_id TEXT PRIMARY KEY,"
+                " case_id TEXT NOT NULL, origin TEXT NOT NULL, tlp TEXT NOT NULL,"
+                " handling_code TEXT NOT NULL, at REAL NOT NULL)"
+            )
+
+    @classmethod
+    def for_org(cls, settings: Settings, org_id: str) -> HandlingLog:
+        """``<state_dir>/orgs/<org>/handling.sqlite3``."""
+        return cls(Path(settings.state_dir) / "orgs" / org_id / "handling.sqlite3")
+
+    def record(self, envelope: Mapping[str, Any]) -> None:
+        """Remember the handling of a received referral."""
+        handling = envelope.get("handling") or {}
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR IGNORE INTO received VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    str(envelope.get("referral_id")),
+                    str(envelope.get("case_id")),
+                    str(envelope.get("origin_org")),
+                    str(handling.get("tlp")),
+                    str(handling.get("handling_code")),
+                    time.time(),
+                ),
+            )
+
+    def restrictions(self, case_id: str) -> list[tuple[str, str, str]]:
+        """(origin, tlp, handling code) of each received referral of ``case_id``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT origin, tlp, handling_code FROM received WHERE case_id = ?", (case_id,)
+            ).fetchall()
+        return [(str(o), str(t), str(h)) for o, t, h in rows]
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+
+def _describe(tlp: str, code: str) -> str:
+    label = {"AMBER_STRICT": "TLP:AMBER+STRICT", "RED": "TLP:RED"}.get(tlp)
+    return label if label is not None and tlp in _NO_ONWARD_TLP else f"handling code {code}"
+
+
+class OriginSecurity:
+    """What the publishing organisation does to each referral before it leaves."""
+
+    def __init__(
+        self,
+        network: Network,
+        org_id: str,
+        keys: OrgKeys | None,
+        trust: TrustStore,
+        handling: HandlingLog | None = None,
+    ) -> None:
+        self.network = network
+        self.org_id = org_id
+        self.keys = keys
+        self.trust = trust
+        self.handling = handling
+        self._bodies: BodyCodec | None = None
+
+    @classmethod
+    def load(cls, settings: Settings, network: Network, org_id: str) -> OriginSecurity:
+        """The origin's keys from its key directory, the network's trust store and its log."""
+        return cls(
+            network,
+            org_id,
+            OrgKeys.load(key_dir(settings, org_id), org_id),
+            load_trust(network, settings.network_file),
+            HandlingLog.for_org(settings, org_id),
+        )
+
+    def check_onward(self, envelope: Mapping[str, Any]) -> None:
+        """SecurityError if this referral forwards a case received under no-onward handling."""
+        if self.handling is None:
+            return
+        for origin, tlp, code in self.handling.restrictions(str(envelope.get("case_id"))):
+            if tlp in _NO_ONWARD_TLP or code in _NO_ONWARD_CODES:
+                raise SecurityError(
+                    f"re-referral refused: {self.org_id} received this case from {origin} "
+                    f"under {_describe(tlp, code)}, which may not be forwarded beyond {self.org_id}"
+                )
+
+    def encode(
+        self, codec: Codec, datum: dict[str, Any], recipients: Iterable[str]
+    ) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """The value bytes and signature headers: sealed and signed, or plain where allowed."""
+        envelope = datum["envelope"]
+        if self.keys is None:
+            if not self.network.network.allow_plain:
+                raise SecurityError(
+                    f"plain referrals are not allowed in this network and {self.org_id} has no "
+                    f"keys to seal and sign (run `referral keys init {self.org_id}`)"
+                )
+            return codec.encode(REFERRAL, datum), []
+        if self._bodies is None:
+            self._bodies = BodyCodec(codec.registry)
+        schema_id = self._bodies.current_id()
+        to = sorted(set(recipients))
+        sealed_keys = {org: self.trust.encryption_key(org) for org in to}
+        plaintext = self._bodies.encode(schema_id, datum["body"])
+        body = seal(
+            plaintext,
+            referral_id=str(envelope["referral_id"]),
+            origin=self.org_id,
+            recipients=sealed_keys,
+        )
+        value = codec.encode(REFERRAL, {**datum, "body": body})
+        context = SignedContext.of(envelope, schema_id, to)
+        return value, sign(self.keys.signing, self.keys.signing_id, context, value)
+
+    def close(self) -> None:
+        """Close the handling log."""
+        if self.handling is not None:
+            self.handling.close()
+
+
+class ReceiverSecurity:
+    """The checks a receiving organisation makes before a referral reaches its system."""
+
+    def __init__(
+        self,
+        network: Network,
+        org_id: str,
+        names: TopicNames,
+        keys: OrgKeys | None,
+        trust: TrustStore,
+        handling: HandlingLog | None = None,
+    ) -> None:
+        self.network = network
+        self.org_id = org_id
+        self.names = names
+        self.keys = keys
+        self.trust = trust
+        self.handling = handling
+        self._bodies: BodyCodec | None = None
+
+    @classmethod
+    def load(cls, settings: Settings, network: Network, org_id: str) -> ReceiverSecurity:
+        """The receiver's keys, the network's trust store and the receiver's handling log."""
+        return cls(
+            network,
+            org_id,
+            settings.topic_names(),
+            OrgKeys.load(key_dir(settings, org_id), org_id),
+            load_trust(network, settings.network_file),
+            HandlingLog.for_org(settings, org_id),
+        )
+
+    def receive(self, codec: Codec, topic: str, value: bytes, headers: Any) -> dict[str, Any]:
+        """The referral datum with its body opened; SecurityError (see :func:`stage_of`) if not.
+
+        Codec errors of the value pass through (the record is not a referral at all).
+        """
+        context = verify(headers, value, self.trust) if has_signature(headers) else None
+        _, datum = codec.decode(value, expected=REFERRAL)
+        envelope, body = datum["envelope"], datum["body"]
+        schema_id = codec.schema_id_of(value)
+        origin = str(envelope["origin_org"])
+        if context is not None:
+            check_envelope(context, envelope, schema_id)
+            lane = self.names.jurisdiction_of(topic)
+            if lane is not None and lane not in context.jurisdictions:
+                raise SignatureInvalid(
+                    f"re-addressed: topic jurisdiction {lane} is not among the signed "
+                    f"jurisdictions ({','.join(context.jurisdictions)})"
+                )
+        elif (
+            is_sealed(body)
+            or not self.network.network.allow_plain
+            or self.trust.has_signing_keys(origin)
+        ):
+            raise SignatureInvalid(f"missing signature on a referral from {origin}")
+        if is_sealed(body):
+            if self._bodies is None:
+                self._bodies = BodyCodec(codec.registry)
+            plaintext = self._open(body, envelope, context)
+            datum["body"] = self._bodies.decode(schema_id, plaintext)
+        else:
+            if not self.network.network.allow_plain:
+                raise SealError("plain body refused: this network requires sealed referrals")
+            if context is not None and self.org_id not in context.recipients:
+                raise SignatureInvalid(
+                    f"not addressed to {self.org_id}: signed recipients are "
+                    f"{','.join(context.recipients)}"
+                )
+        handling = envelope.get("handling") or {}
+        if handling.get("tlp") == "RED" and self.org_id not in (handling.get("recipients") or ()):
+            raise SecurityError(
+                f"TLP:RED referral for named recipients only; {self.org_id} is not one of them"
+            )
+        if self.handling is not None:
+            self.handling.record(envelope)
+        return datum
+
+    def _open(
+        self,
+        body: Mapping[str, Any],
+        envelope: Mapping[str, Any],
+        context: SignedContext | None,
+    ) -> bytes:
+        if self.keys is None:
+            raise SealError(
+                f"sealed body, but {self.org_id} has no private keys "
+                f"(run `referral keys init {self.org_id}`)"
+            )
+        plaintext = open_sealed(
+            body,
+            referral_id=str(envelope["referral_id"]),
+            origin=str(envelope["origin_org"]),
+            org_id=self.org_id,
+            private_keys=self.keys.encryption,
+        )
+        if context is not None and tuple(sorted(sealed_for(body))) != context.recipients:
+            raise SignatureInvalid("the sealed recipients differ from the signed recipients")
+        return plaintext
+
+    def close(self) -> None:
+        """Close the handling log."""
+        if self.handling is not None:
+            self.handling.close()
