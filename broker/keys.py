@@ -226,6 +226,10 @@ class TrustStore:
         """The organisation's public keys that are not revoked, in listed order."""
         return [k for k in self._keys.get(org_id, []) if k.id not in self.revoked]
 
+    def revoked_keys(self, org_id: str) -> list[PublicKey]:
+        """The organisation's public keys on record that are revoked."""
+        return [k for k in self._keys.get(org_id, []) if k.id in self.revoked]
+
     def has_signing_keys(self, org_id: str) -> bool:
         """True if the organisation has (or had: revoked counts) a signing key on record."""
         return any(k.use == "sign" for k in self._keys.get(org_id, []))

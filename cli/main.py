@@ -8,7 +8,15 @@ import typer
 
 import cli.connector_cmd as connector_cmd
 import cli.operator_cmd as operator_cmd
-from cli import broker_cmd, config_cmd, demo_cmd, router_cmd, schema_cmd, topics_cmd
+from cli import (
+    broker_cmd,
+    config_cmd,
+    demo_cmd,
+    keys_cmd,
+    router_cmd,
+    schema_cmd,
+    topics_cmd,
+)
 from cli.app import App, CliState
 
 __all__ = ["app", "main"]
@@ -17,6 +25,7 @@ app = App(help="referral-broker: cross-border case referrals over Kafka, traced 
 app.add_typer(broker_cmd.app, name="broker")
 app.add_typer(topics_cmd.app, name="topics")
 app.add_typer(schema_cmd.app, name="schema")
+app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(config_cmd.network_app, name="network")
 app.command("demo")(demo_cmd.demo)

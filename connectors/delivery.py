@@ -36,10 +36,11 @@ from broker import clients
 from broker.codec import Codec
 from broker.config import Settings
 from broker.deadletter import send_dead_letter
-from broker.errors import CodecError, DeliveryError, ReferralError
+from broker.errors import CodecError, DeliveryError, ReferralError, SecurityError
 from broker.ledger import LedgerEmitter, handover_event
 from broker.models import ReferralStatus, StatusUpdate
 from broker.registry import REFERRAL, STATUS_UPDATE
+from broker.security import ReceiverSecurity, stage_of
 from broker.topics import Headers, TopicNames
 from broker.tracing import Tracing
 from connectors.base import Delivery, Sink, StatusDelivery, StatusSink, jsonable
@@ -352,6 +353,8 @@ class SinkDriver(_Driver):
     ) -> None:
         kwargs.setdefault("group_id", f"sink-{org_id}")
         group_id = kwargs.pop("group_id")
+        #: Verifies, opens and checks handling before delivery (None: no checks at all).
+        self.security: ReceiverSecurity | None = kwargs.pop("security", None)
         super().__init__(settings, org_id, codec, topics, group_id, **kwargs)
         self.sinks = list(sinks)
         self.inbox = inbox
@@ -373,6 +376,8 @@ class SinkDriver(_Driver):
                     sink.flush()
                 finally:
                     sink.close()
+            if self.security is not None:
+                self.security.close()
 
     def after_batch(self) -> None:
         """Make every sink durable before the offsets are committed."""
@@ -386,11 +391,20 @@ class SinkDriver(_Driver):
             self.stats.skipped += 1
             return
         try:
-            _, datum = self.codec.decode(record.value or b"", expected=REFERRAL)
+            if self.security is not None:
+                # Signature before decoding, then the sealed body and the handling rules.
+                datum = self.security.receive(
+                    self.codec, record.topic, record.value or b"", record.headers
+                )
+            else:
+                _, datum = self.codec.decode(record.value or b"", expected=REFERRAL)
             envelope = datum["envelope"]
             referral_id = str(envelope["referral_id"])
             case_id = str(envelope["case_id"])
             origin = str(envelope["origin_org"])
+        except SecurityError as exc:
+            self.dead_letter(record, stage_of(exc), exc, futures)
+            return
         except (CodecError, KeyError, TypeError) as exc:
             self.dead_letter(record, "SINK_DECODE", exc, futures)
             return

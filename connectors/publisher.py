@@ -33,12 +33,12 @@ from kafka.producer.future import FutureRecordMetadata
 
 from broker.codec import Codec
 from broker.config import Settings
-from broker.errors import CodecError, ConfigError, RoutingError, ValidationFailed
+from broker.errors import CodecError, ConfigError, RoutingError, SecurityError, ValidationFailed
 from broker.ledger import LedgerEmitter, handover_event
 from broker.models import Referral, problems_of
 from broker.network import Network, Organisation
-from broker.registry import REFERRAL
 from broker.routing import add_hosting_jurisdictions, decide
+from broker.security import OriginSecurity
 from broker.topics import Headers
 from broker.tracing import Tracing
 from connectors.outbox import Outbox, OutboxEntry
@@ -62,6 +62,8 @@ class Prepared:
     case_id: str
     value: bytes
     expected: tuple[str, ...]
+    #: Signature headers (``referral.sig*``) of a signed referral; empty for a plain one.
+    security_headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class Publisher:
         *,
         ack_timeout: float = 30.0,
         tracing: Tracing | None = None,
+        security: OriginSecurity | None = None,
     ) -> None:
         try:
             self.org: Organisation = network.organisation(org_id)
@@ -137,6 +140,8 @@ class Publisher:
         self.ack_timeout = ack_timeout
         self.ledger = LedgerEmitter(producer, codec, self.names.ledger)
         self.tracing = tracing or Tracing(None, org_id)
+        #: Seals and signs (with the origin's keys), enforces plain-referral and handling rules.
+        self.security = security or OriginSecurity.load(settings, network, self.org.id)
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -191,7 +196,12 @@ class Publisher:
                 "not routable", [f"envelope.jurisdictions: {str(exc).splitlines()[0]}"]
             ) from None
         try:
-            value = self.codec.encode(REFERRAL, datum)
+            self.security.check_onward(envelope)
+            value, signed = self.security.encode(self.codec, datum, decision.orgs)
+        except SecurityError as exc:
+            raise ValidationFailed(
+                "refused by the security rules", [f"(record): {str(exc).splitlines()[0]}"]
+            ) from None
         except CodecError as exc:
             raise ValidationFailed(
                 "cannot encode", [f"(record): {str(exc).splitlines()[0]}"]
@@ -201,6 +211,7 @@ class Publisher:
             case_id=model.envelope.case_id,
             value=value,
             expected=decision.orgs,
+            security_headers=tuple(signed),
         )
 
     # -- publishing ----------------------------------------------------------------------------
@@ -245,7 +256,10 @@ class Publisher:
     def _store_and_send(
         self, label: str, prepared: Prepared
     ) -> tuple[Published, FutureRecordMetadata | None]:
-        headers = self.headers(prepared.referral_id, prepared.case_id)
+        headers = [
+            *self.headers(prepared.referral_id, prepared.case_id),
+            *prepared.security_headers,
+        ]
         # The root span of the referral's trace; its context is stored with the
         # outbox entry, so a republish continues the same trace.
         with self.tracing.send(

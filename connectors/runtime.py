@@ -37,6 +37,7 @@ from broker.codec import Codec
 from broker.config import Settings
 from broker.errors import ConfigError, ReferralError
 from broker.network import Network, Organisation
+from broker.security import ReceiverSecurity
 from broker.tracing import Tracing, setup_tracing
 from connectors.base import (
     ConnectorConfig,
@@ -264,6 +265,7 @@ class ConnectorRuntime:
                     self.inbox,
                     producer=self.producer,
                     tracing=self.tracing,
+                    security=ReceiverSecurity.load(self.settings, self.network, self.org.id),
                 )
                 self.sink_driver.open()
             self.status_driver = StatusDriver(
