@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ __all__ = [
     "CONSUMER_DEFAULTS",
     "PRODUCER_DEFAULTS",
     "admin_client",
+    "check_tls",
     "consumer",
     "producer",
     "resolve_bootstrap",
@@ -88,11 +91,55 @@ def resolve_bootstrap(settings: Settings) -> str:
 
 
 def _common(settings: Settings, role: str) -> dict[str, Any]:
-    return {
-        "bootstrap_servers": resolve_bootstrap(settings).split(","),
-        "client_id": f"{settings.client_id}-{role}",
-        **settings.kafka_security_kwargs(),
-    }
+    security = settings.kafka_security_kwargs()
+    bootstrap = resolve_bootstrap(settings).split(",")
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        check_tls(bootstrap, security)
+    return {"bootstrap_servers": bootstrap, "client_id": f"{settings.client_id}-{role}", **security}
+
+
+def _tls_context(security: dict[str, Any]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=security.get("ssl_cafile"))
+    ctx.check_hostname = bool(security.get("ssl_check_hostname", True))
+    if security.get("ssl_certfile"):
+        ctx.load_cert_chain(
+            security["ssl_certfile"], security.get("ssl_keyfile"), security.get("ssl_password")
+        )
+    return ctx
+
+
+def check_tls(bootstrap: list[str], security: dict[str, Any], timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when a bootstrap server's TLS certificate is not trusted.
+
+    kafka-python retries a failing handshake until its request timeout and then
+    reports only a timeout; one direct handshake (bounded by ``timeout``) names
+    the real cause. Unreachable servers are left to the client's own retries.
+    """
+    try:
+        ctx = _tls_context(security)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"TLS: cannot load the CA or client certificate: {exc}") from exc
+    for server in bootstrap:
+        host, _, port = server.rpartition(":")
+        try:
+            with (
+                socket.create_connection((host, int(port)), timeout=timeout) as raw,
+                ctx.wrap_socket(raw, server_hostname=host),
+            ):
+                return
+        except ssl.SSLCertVerificationError as exc:
+            reason = exc.verify_message or exc.reason or "certificate verify failed"
+            raise ConfigError(
+                f"TLS: the broker certificate at {server} is not trusted ({reason}); "
+                "set ssl_cafile to the CA that signed it"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"TLS handshake with {server} failed ({exc.reason or type(exc).__name__}); "
+                "is the listener TLS, and are the client certificate and key right?"
+            ) from exc
+        except (OSError, ValueError):
+            continue  # not reachable now: the client retries and reports it
 
 
 def _translate(exc: Exception, bootstrap: Any) -> BrokerUnavailable:

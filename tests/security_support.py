@@ -61,7 +61,7 @@ class FakeRecord:
 
 
 @dataclass(frozen=True)
-class TestPki:
+class Pki:
     """Paths of a test CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
 
     ca: Path
@@ -86,7 +86,7 @@ def _write_key(path: Path, key: Any) -> None:
     path.chmod(0o600)
 
 
-def make_pki(directory: Path) -> TestPki:
+def make_pki(directory: Path) -> Pki:
     """A CA, a server certificate (SAN 127.0.0.1, localhost) and a client certificate."""
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
@@ -158,7 +158,7 @@ def make_pki(directory: Path) -> TestPki:
 
     server_cert, server_key = leaf("127.0.0.1", True)
     client_cert, client_key = leaf("referral-test-client", False)
-    pki = TestPki(
+    pki = Pki(
         ca=directory / "ca.pem",
         server_cert=directory / "server.pem",
         server_key=directory / "server.key",
