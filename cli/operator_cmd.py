@@ -2,11 +2,14 @@
 
 Thin: the ledger store (:mod:`broker.ledgerstore`) and the pure views
 (:mod:`broker.operator_view`) do the work. Output names ids, organisations,
-jurisdictions and topics; a referral body is printed only by ``tail --body``.
+jurisdictions and topics; a referral body is printed only by ``tail --body`` (a sealed
+body as its recipients; TLP RED / AMBER_STRICT only with ``--reveal --reason``, and that
+access is recorded as an ACCESSED handover event).
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 import sys
@@ -23,7 +26,7 @@ from broker import clients
 from broker.codec import Codec
 from broker.config import Settings
 from broker.errors import BrokerError, CodecError, ConfigError
-from broker.ledger import decode_events
+from broker.ledger import LedgerEmitter, decode_events, handover_event
 from broker.ledgerstore import LedgerStore, SyncReport
 from broker.operator_view import Flows, HandoverRecord, Trace, flows, trace
 from broker.registry import (
@@ -33,6 +36,7 @@ from broker.registry import (
     STATUS_UPDATE,
     registry_from_settings,
 )
+from broker.sealing import is_sealed, sealed_for
 from broker.topics import HEADER_DLQ_PREFIX, Headers
 from cli.app import App, console, print_json, state
 
@@ -363,8 +367,27 @@ def _event_fields(e: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def decoded(codec: Codec, value: bytes | None, *, body: bool = False) -> dict[str, Any]:
-    """What ``tail --decode`` shows of one record value; never raises on bad bytes."""
+#: TLP labels whose bodies ``tail`` shows only with ``--reveal --reason``.
+RESTRICTED_TLP = frozenset({"RED", "AMBER_STRICT"})
+
+
+def _body_view(datum_body: Any, tlp: Any, reveal: bool) -> tuple[Any, bool]:
+    """What ``tail --body`` shows of a referral body, and whether a restricted one was revealed."""
+    if is_sealed(datum_body):
+        return {"sealed_for": sealed_for(datum_body)}, False
+    if tlp in RESTRICTED_TLP and not reveal:
+        return f'(redacted: TLP {tlp}; --reveal --reason "..." shows it, on record)', False
+    return json.loads(json.dumps(datum_body, default=str)), tlp in RESTRICTED_TLP
+
+
+def decoded(
+    codec: Codec, value: bytes | None, *, body: bool = False, reveal: bool = False
+) -> dict[str, Any]:
+    """What ``tail --decode`` shows of one record value; never raises on bad bytes.
+
+    A body marked TLP RED or AMBER_STRICT is redacted unless ``reveal``; a
+    revealed one is flagged ``revealed`` (the caller records the access).
+    """
     data = value or b""
     try:
         name, datum = codec.decode(data)
@@ -386,7 +409,9 @@ def decoded(codec: Codec, value: bytes | None, *, body: bool = False) -> dict[st
                 handling_code=handling.get("handling_code"),
             )
             if body:
-                out["body"] = json.loads(json.dumps(datum["body"], default=str))
+                out["body"], revealed = _body_view(datum["body"], handling.get("tlp"), reveal)
+                if revealed:
+                    out["revealed"] = True
         elif name == STATUS_UPDATE:
             keys = ("referral_id", "case_id", "emitted_by", "status", "reason_code")
             out.update({k: datum.get(k) for k in keys})
@@ -434,7 +459,8 @@ def _human(line: dict[str, Any]) -> str:
             for e in info["events"]
         ]
         return f"{head} {info['record']}: " + "; ".join(parts)
-    rest = " ".join(f"{k}={v}" for k, v in info.items() if k not in ("record", "body", "note"))
+    hidden = ("record", "body", "note", "revealed")
+    rest = " ".join(f"{k}={v}" for k, v in info.items() if k not in hidden)
     text = f"{head} {info['record']} {rest}"
     if "body" in info:
         text += " body=" + json.dumps(info["body"], sort_keys=True)
@@ -448,6 +474,12 @@ def tail(
     topic: str = typer.Argument(..., help="Topic (the deployment's prefix is added if missing)."),
     decode: bool = typer.Option(False, "--decode", help="Decode values through the registry."),
     body: bool = typer.Option(False, "--body", help="With --decode: include referral bodies."),
+    reveal: bool = typer.Option(
+        False, "--reveal", help="With --body: show TLP RED / AMBER_STRICT bodies (needs --reason)."
+    ),
+    reason: str | None = typer.Option(
+        None, "--reason", help="Why the restricted bodies are shown; recorded in the ledger."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest."),
     max_records: int | None = typer.Option(None, "--max", min=1, help="Stop after N records."),
@@ -457,8 +489,11 @@ def tail(
 ) -> None:
     """Follow a topic; undecodable records are shown with their size, never fatal."""
     settings = state(ctx).settings
+    if reveal and not (reason and reason.strip()):
+        raise ConfigError('--reveal needs --reason "..." (every revealed body is recorded)')
     prefix = settings.topic_prefix
     name = topic if not prefix or topic.startswith(prefix) else prefix + topic
+    access = _AccessLog(settings, reason or "") if reveal else None
     codec = _codec(settings) if decode or body else None
     consumer = clients.consumer(settings, group_id=None, role="tail")
     seen = 0
@@ -487,7 +522,13 @@ def tail(
                 # The embedded broker's end offset may lie inside the last batch: skip older ones.
                 if not from_beginning and record.timestamp < started_ms:
                     continue
-                info = decoded(codec, record.value, body=body) if codec is not None else None
+                info = (
+                    decoded(codec, record.value, body=body, reveal=reveal)
+                    if codec is not None
+                    else None
+                )
+                if access is not None and info is not None and info.get("revealed"):
+                    access.accessed(codec, info, record)
                 line = _line(record, info)
                 if as_json:
                     sys.stdout.write(json.dumps(line, sort_keys=True, default=str) + "\n")
@@ -503,3 +544,44 @@ def tail(
         pass
     finally:
         consumer.close()
+        if access is not None:
+            access.close()
+
+
+class _AccessLog:
+    """Records each revealed restricted body as an ACCESSED handover event in the ledger."""
+
+    def __init__(self, settings: Settings, reason: str) -> None:
+        self.settings = settings
+        self.reason = " ".join(reason.split())
+        self.user = getpass.getuser()
+        self._producer: Any = None
+        self._ledger: LedgerEmitter | None = None
+
+    def accessed(self, codec: Codec | None, info: dict[str, Any], record: Any) -> None:
+        """Emit ACCESSED for the referral ``info`` describes (sent before ``close`` returns)."""
+        assert codec is not None
+        if self._ledger is None:
+            self._producer = clients.producer(self.settings, role="tail-access")
+            self._ledger = LedgerEmitter(self._producer, codec, self.settings.topic_names().ledger)
+        self._ledger.emit(
+            handover_event(
+                "ACCESSED",
+                referral_id=str(info["referral_id"]),
+                case_id=str(info["case_id"]),
+                actor="operator",
+                to_party="operator",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                reason=f"tail --reveal by {self.user}: {self.reason}"[:500],
+            )
+        )
+
+    def close(self) -> None:
+        """Wait until every ACCESSED event is acknowledged."""
+        if self._producer is not None:
+            try:
+                self._producer.flush(30)
+            finally:
+                self._producer.close(10)
