@@ -36,8 +36,9 @@ from broker.codec import Codec
 from broker.config import Settings
 from broker.embedded import EmbeddedBroker
 from broker.errors import ReferralError
+from broker.keys import add_to_trust_file, init_keys
 from broker.ledgerstore import LedgerStore
-from broker.network import Network
+from broker.network import Network, load_network
 from broker.operator_view import flows, trace
 from broker.provision import provision
 from broker.registry import REFERRAL, registry_from_settings
@@ -63,6 +64,9 @@ def demo(
     network_file: Path | None = NETWORK_OPTION,
     count: int = typer.Option(1000, "--count", "-c", min=10, help="Referrals to publish."),
     keep: bool = typer.Option(False, "--keep", help="Leave everything running (Ctrl-C stops)."),
+    plain: bool = typer.Option(
+        False, "--plain", help="Do not seal and sign (only where the network allows it)."
+    ),
     seed: int = typer.Option(7, "--seed", help="Seed of the synthetic batch."),
     timeout: float = typer.Option(100.0, "--timeout", help="Seconds to wait for every receipt."),
 ) -> None:
@@ -73,6 +77,10 @@ def demo(
     started = time.monotonic()
     run_dir = Path(base.state_dir) / f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    network_path = Path(base.network_file)
+    if not plain:
+        network_path = _sealed_network(run_dir, network_path, network)
+        network = load_network(network_path)
     with ExitStack() as stack:
         broker = EmbeddedBroker(log_path=run_dir / "broker.log").start(detach=keep)
         stack.callback(broker.stop)
@@ -81,7 +89,7 @@ def demo(
                 **base.model_dump(),
                 "bootstrap_servers": broker.bootstrap,
                 "state_dir": run_dir,
-                "network_file": base.network_file,
+                "network_file": network_path,
                 "trace_exporter": "jsonl",
                 "trace_file": run_dir / "traces.jsonl",
             }
@@ -107,6 +115,8 @@ def demo(
         sent = _publish(settings, codec, runtimes, batch, env[TOKEN_ENV])
         _await_receipts(runtimes, network, sent, timeout)
         _report(settings, network, codec, batch, sent)
+        if not plain:
+            _check_raw_topics(settings, network, batch)
         console.print(f"demo finished in {time.monotonic() - started:.0f}s")
         if keep:
             broker.write_state(run_dir)
@@ -115,6 +125,71 @@ def demo(
                 f"`referral --state-dir {run_dir} trace ID`; Ctrl-C stops everything"
             )
             _wait_for_interrupt()
+
+
+def _sealed_network(run_dir: Path, source: Path, network: Network) -> Path:
+    """A copy of the network for this run: plain referrals refused, keys for everyone."""
+    text = source.read_text(encoding="utf-8")
+    settings_line = 'allow_plain = false\ntrust_file = "trust.toml"\n'
+    if "[network]\n" in text:
+        lines = [ln for ln in text.splitlines() if not ln.startswith(("allow_plain", "trust_file"))]
+        text = "\n".join(lines).replace("[network]", "[network]\n" + settings_line.rstrip(), 1)
+    else:
+        text = "[network]\n" + settings_line + "\n" + text
+    target = run_dir / "network.toml"
+    target.write_text(text + "\n", encoding="utf-8")
+    trust = run_dir / "trust.toml"
+    for org in network.organisations:
+        directory = run_dir / "orgs" / org.id / "keys"
+        add_to_trust_file(trust, init_keys(directory, org.id))
+    console.print(
+        f"keys made for {len(network.organisations)} organisations; bodies sealed for their "
+        "recipients and signed by their origin"
+    )
+    return target
+
+
+def _check_raw_topics(
+    settings: Settings, network: Network, batch: list[tuple[str, dict[str, Any], str]]
+) -> None:
+    """What the cluster operator sees: no URL or hash of any referral in the topics' bytes."""
+    secrets_in_batch = [
+        needle
+        for _, ref, kind in batch
+        if kind != "invalid"
+        for item in ref["body"]["items"]
+        for needle in (item["url"].encode(), *(h["value"].encode() for h in item["hashes"]))
+    ]
+    names = settings.topic_names()
+    consumer = clients.consumer(settings, group_id=None, role="demo-auditor")
+    seen = 0
+    try:
+        from kafka import TopicPartition
+
+        tps = [
+            TopicPartition(topic, p)
+            for cc in network.served()
+            for topic in (names.jurisdiction(cc), names.urgent(cc))
+            for p in range(network.topics.partitions_for(topic))
+        ]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            batch_read = consumer.poll(timeout_ms=500)
+            if not batch_read:
+                break
+            for records in batch_read.values():
+                for r in records:
+                    seen += 1
+                    if any(n in (r.value or b"") for n in secrets_in_batch):
+                        raise DemoFailed(f"case content readable in {r.topic}")
+    finally:
+        consumer.close()
+    console.print(
+        f"raw topic bytes: none of {len(secrets_in_batch)} URLs and hashes readable "
+        f"in {seen} routed records"
+    )
 
 
 def _progress() -> Progress:

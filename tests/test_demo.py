@@ -42,6 +42,7 @@ def test_demo_accounts_for_every_published_referral(tmp_path: Path) -> None:
     assert refused > 0
     assert published + refused == 200 + 3
     assert "ledger intact" in out
+    assert re.search(r"raw topic bytes: none of \d+ URLs and hashes readable", out)
     assert "trace of multi-jurisdiction referral" in out
     # The run's own state: spans were exported, the broker is gone.
     run = next(tmp_path.glob("demo-*"))
