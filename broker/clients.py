@@ -39,6 +39,8 @@ __all__ = [
     "PRODUCER_DEFAULTS",
     "admin_client",
     "check_tls",
+    "close_consumer",
+    "close_producer",
     "consumer",
     "producer",
     "resolve_bootstrap",
@@ -181,6 +183,23 @@ def admin_client(settings: Settings, **overrides: Any) -> KafkaAdminClient:
         return KafkaAdminClient(**args)
     except KafkaError as exc:
         raise _translate(exc, args["bootstrap_servers"]) from exc
+
+
+def close_consumer(consumer: KafkaConsumer, what: str, logger: logging.Logger) -> None:
+    """Leave the group without committing; a Kafka error is logged on ``logger``, not raised."""
+    try:
+        consumer.close(autocommit=False)
+    except KafkaError as exc:
+        logger.warning("%s consumer close failed: %s", what, type(exc).__name__)
+
+
+def close_producer(producer: KafkaProducer, what: str, logger: logging.Logger) -> None:
+    """Flush and close (10 s each); a Kafka error is logged on ``logger``, not raised."""
+    try:
+        producer.flush(10)
+        producer.close(10)
+    except KafkaError as exc:
+        logger.warning("%s producer close failed: %s", what, type(exc).__name__)
 
 
 def wait_for_broker(bootstrap: str, timeout: float = 20.0, **security: Any) -> None:

@@ -131,17 +131,10 @@ class Router:
     def close(self) -> None:
         """Leave the group and flush (nothing uncommitted is committed here)."""
         if self._consumer is not None:
-            try:
-                self._consumer.close(autocommit=False)
-            except KafkaError as exc:
-                log.warning("router consumer close failed: %s", type(exc).__name__)
+            clients.close_consumer(self._consumer, ACTOR, log)
             self._consumer = None
         if self._own_producer:
-            try:
-                self._producer.flush(10)
-                self._producer.close(10)
-            except KafkaError as exc:
-                log.warning("router producer close failed: %s", type(exc).__name__)
+            clients.close_producer(self._producer, ACTOR, log)
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> RouterStats:
         """Route until ``stop`` is set (or, with ``idle_exit_s``, after that long idle)."""

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
@@ -59,6 +59,9 @@ __all__ = [
 log = logging.getLogger("referral.connectors")
 
 ConsumerFactory = Callable[..., KafkaConsumer]
+
+#: The kind of sink a driver feeds (referral sinks or status sinks).
+SinkT = TypeVar("SinkT", Sink, StatusSink)
 
 
 def header_value(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> str | None:
@@ -161,8 +164,12 @@ class StatusSender:
         return self.send(update, parent)
 
 
-class _Driver:
-    """Shared consumer plumbing: poll, process, flush, commit; stop on an Event."""
+class _Driver(Generic[SinkT]):
+    """Shared consumer plumbing: poll, process, flush, commit; stop on an Event.
+
+    The driver owns its sinks' lifecycle: they are opened before the group is
+    joined, flushed before each commit and flushed and closed after leaving.
+    """
 
     name = "driver"
 
@@ -173,6 +180,7 @@ class _Driver:
         codec: Codec,
         topics: Sequence[str],
         group_id: str,
+        sinks: Sequence[SinkT],
         *,
         producer: KafkaProducer | None = None,
         consumer_factory: ConsumerFactory | None = None,
@@ -188,6 +196,7 @@ class _Driver:
         self.names = settings.topic_names()
         self.topics = list(topics)
         self.group_id = group_id
+        self.sinks: list[SinkT] = list(sinks)
         self.poll_timeout_ms = poll_timeout_ms
         self.stats = DriverStats()
         self._consumer_factory = consumer_factory or clients.consumer
@@ -197,25 +206,27 @@ class _Driver:
         self._consumer: KafkaConsumer | None = None
 
     def open(self) -> None:
-        """Join the consumer group."""
+        """Open every sink, then join the consumer group."""
+        for sink in self.sinks:
+            sink.open()
         self._consumer = self._consumer_factory(
             self.settings, *self.topics, group_id=self.group_id, role=f"{self.name}-{self.org_id}"
         )
 
     def close(self) -> None:
-        """Leave the group and flush what is in flight."""
-        if self._consumer is not None:
-            try:
-                self._consumer.close(autocommit=False)
-            except KafkaError as exc:
-                log.warning("%s consumer close failed: %s", self.name, type(exc).__name__)
-            self._consumer = None
-        if self._own_producer:
-            try:
-                self.producer.flush(10)
-                self.producer.close(10)
-            except KafkaError as exc:
-                log.warning("%s producer close failed: %s", self.name, type(exc).__name__)
+        """Leave the group and flush what is in flight, then flush and close every sink."""
+        try:
+            if self._consumer is not None:
+                clients.close_consumer(self._consumer, self.name, log)
+                self._consumer = None
+            if self._own_producer:
+                clients.close_producer(self.producer, self.name, log)
+        finally:
+            for sink in self.sinks:
+                try:
+                    sink.flush()
+                finally:
+                    sink.close()
 
     def run(self, stop: threading.Event) -> DriverStats:
         """Consume until ``stop`` is set; each batch is committed after it is handled."""
@@ -272,7 +283,9 @@ class _Driver:
         raise NotImplementedError
 
     def after_batch(self) -> None:
-        """Flush the sinks before the commit (subclasses)."""
+        """Make every sink durable before the offsets are committed."""
+        for sink in self.sinks:
+            sink.flush()
 
     def dead_letter(
         self, record: Any, stage: str, exc: BaseException, futures: list[FutureRecordMetadata]
@@ -336,7 +349,7 @@ class _Driver:
             futures.append(future)
 
 
-class SinkDriver(_Driver):
+class SinkDriver(_Driver[Sink]):
     """Feeds an organisation's sinks from its referral topics (group ``sink-<org>``)."""
 
     name = "sink"
@@ -355,34 +368,17 @@ class SinkDriver(_Driver):
         group_id = kwargs.pop("group_id")
         #: Verifies, opens and checks handling before delivery (None: no checks at all).
         self.security: ReceiverSecurity | None = kwargs.pop("security", None)
-        super().__init__(settings, org_id, codec, topics, group_id, **kwargs)
-        self.sinks = list(sinks)
+        super().__init__(settings, org_id, codec, topics, group_id, sinks, **kwargs)
         self.inbox = inbox
         self.status = StatusSender(self.producer, codec, self.names, self.tracing)
 
-    def open(self) -> None:
-        """Open every sink, then join the group."""
-        for sink in self.sinks:
-            sink.open()
-        super().open()
-
     def close(self) -> None:
-        """Leave the group, then flush and close every sink."""
+        """Leave the group, flush and close every sink, then close the security checks."""
         try:
             super().close()
         finally:
-            for sink in self.sinks:
-                try:
-                    sink.flush()
-                finally:
-                    sink.close()
             if self.security is not None:
                 self.security.close()
-
-    def after_batch(self) -> None:
-        """Make every sink durable before the offsets are committed."""
-        for sink in self.sinks:
-            sink.flush()
 
     def handle(self, record: Any, futures: list[FutureRecordMetadata]) -> None:
         """Deliver one record addressed to this organisation (idempotently)."""
@@ -463,7 +459,7 @@ class SinkDriver(_Driver):
             log.warning("RECEIVED for %s not sent: %s", referral_id, type(exc).__name__)
 
 
-class StatusDriver(_Driver):
+class StatusDriver(_Driver[StatusSink]):
     """Feeds an origin's outbox and status sinks from ``status.to.<org>``"""
 
     name = "status"
@@ -481,32 +477,9 @@ class StatusDriver(_Driver):
         kwargs.setdefault("group_id", f"status-{org_id}")
         group_id = kwargs.pop("group_id")
         names = settings.topic_names()
-        super().__init__(settings, org_id, codec, [names.status(org_id)], group_id, **kwargs)
-        self.sinks = list(sinks)
+        super().__init__(settings, org_id, codec, [names.status(org_id)], group_id, sinks, **kwargs)
         self.outbox = outbox
         self.inbox = inbox
-
-    def open(self) -> None:
-        """Open every status sink, then join the group."""
-        for sink in self.sinks:
-            sink.open()
-        super().open()
-
-    def close(self) -> None:
-        """Leave the group, then flush and close every status sink."""
-        try:
-            super().close()
-        finally:
-            for sink in self.sinks:
-                try:
-                    sink.flush()
-                finally:
-                    sink.close()
-
-    def after_batch(self) -> None:
-        """Make every status sink durable before the commit."""
-        for sink in self.sinks:
-            sink.flush()
 
     def handle(self, record: Any, futures: list[FutureRecordMetadata]) -> None:
         """Clear the outbox on RECEIVED and hand the status to the status sinks once."""

@@ -354,11 +354,7 @@ class ConnectorRuntime:
                 driver.close()
         self.sink_driver = self.status_driver = None
         if self._own_producer:
-            try:
-                self.producer.flush(10)
-                self.producer.close(10)
-            except KafkaError as exc:
-                log.warning("producer close failed: %s", type(exc).__name__)
+            clients.close_producer(self.producer, self.org.id, log)
         self.outbox.close()
         self.inbox.close()
         if self._own_tracing:
