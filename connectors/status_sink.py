@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 
-import httpx
 from pydantic import Field
 
 from broker.config import Settings
@@ -26,9 +24,8 @@ from connectors.base import (
     StatusSink,
     ensure_dir,
     resolve_path,
-    secret_from_env,
 )
-from connectors.webhook import SignedPoster, WebhookConfig
+from connectors.webhook import PostingSink
 
 __all__ = ["StatusFolderConfig", "StatusFolderSink", "StatusWebhookSink"]
 
@@ -66,33 +63,10 @@ class StatusFolderSink(StatusSink):
             ) from exc
 
 
-class StatusWebhookSink(StatusSink):
+class StatusWebhookSink(PostingSink, StatusSink):
     """POSTs each status update, signed, to the origin's system."""
 
     kind = "status_webhook"
-
-    def __init__(
-        self,
-        config: WebhookConfig,
-        settings: Settings,
-        env: Mapping[str, str],
-        *,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.config = config
-        self.poster = SignedPoster(
-            config,
-            secret_from_env(env, config.secret_env, "status_webhook.secret_env"),
-            transport=transport,
-        )
-
-    def open(self) -> None:
-        """Create the HTTP client."""
-        self.poster.open()
-
-    def close(self) -> None:
-        """Close the HTTP client."""
-        self.poster.close()
 
     def deliver_status(self, status: StatusDelivery) -> None:
         """POST the status update; DeliveryError once it finally fails."""

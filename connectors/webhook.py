@@ -27,7 +27,7 @@ import json
 import random
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field, SecretStr
@@ -39,6 +39,7 @@ from connectors.inbox_folder import delivery_document
 
 __all__ = [
     "SIGNATURE_HEADER",
+    "PostingSink",
     "SignedPoster",
     "WebhookConfig",
     "WebhookSink",
@@ -141,10 +142,15 @@ class SignedPoster:
         raise DeliveryError(f"{what}: gave up after {self.config.max_attempts} attempt(s): {last}")
 
 
-class WebhookSink(Sink):
-    """POSTs each referral to the organisation's case system."""
+class PostingSink:
+    """Lifecycle of a sink that POSTs through one :class:`SignedPoster` (mixin).
 
-    kind = "webhook"
+    Shared by the referral webhook and the status webhook; the secret is read
+    from ``config.secret_env`` and reported as ``<kind>.secret_env`` if missing.
+    ``settings`` is unused: every sink kind is built from ``(config, settings, ...)``.
+    """
+
+    kind: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -157,7 +163,7 @@ class WebhookSink(Sink):
         self.config = config
         self.poster = SignedPoster(
             config,
-            secret_from_env(env, config.secret_env, "webhook.secret_env"),
+            secret_from_env(env, config.secret_env, f"{self.kind}.secret_env"),
             transport=transport,
         )
 
@@ -168,6 +174,12 @@ class WebhookSink(Sink):
     def close(self) -> None:
         """Close the HTTP client."""
         self.poster.close()
+
+
+class WebhookSink(PostingSink, Sink):
+    """POSTs each referral to the organisation's case system."""
+
+    kind = "webhook"
 
     def deliver(self, delivery: Delivery) -> None:
         """POST the referral; DeliveryError once it finally fails."""
