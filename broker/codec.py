@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastavro
 from fastavro.validation import ValidationError as _FastavroValidationError
@@ -29,7 +29,10 @@ from broker.errors import (
     UnknownSchema,
     UnknownSchemaId,
 )
-from broker.registry import REFERRAL, Registry, full_name
+from broker.registry import REFERRAL, Registry, full_name, registry_from_settings
+
+if TYPE_CHECKING:
+    from broker.config import Settings
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
@@ -107,6 +110,11 @@ class Codec:
         self._current: dict[str, _Current] = {}
         self._readers: dict[tuple[int, str], Any] = {}
         self._envelopes: dict[int, _Envelope] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Codec:
+        """A codec on the registry the settings name, bounded by their ``max_record_bytes``."""
+        return cls(registry_from_settings(settings), max_record_bytes=settings.max_record_bytes)
 
     # -- schema caches -------------------------------------------------------------------------
 

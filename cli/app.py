@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import typer
@@ -24,6 +28,7 @@ __all__ = [
     "console",
     "err_console",
     "print_json",
+    "service_stop_event",
     "state",
 ]
 
@@ -102,3 +107,16 @@ def state(ctx: typer.Context) -> CliState:
 def print_json(data: Any) -> None:
     """Print ``data`` as JSON on stdout (for machines)."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def service_stop_event() -> threading.Event:
+    """Set up a long-running command: INFO logging, and an Event set by SIGTERM or Ctrl-C."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return stop

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
 import typer
 from kafka.errors import KafkaError
@@ -17,12 +13,18 @@ from rich.table import Table
 
 from broker import clients
 from broker.codec import Codec
-from broker.config import Settings
 from broker.errors import BrokerError, ConfigError, ValidationFailed
 from broker.ledger import LedgerEmitter, handover_event
 from broker.models import ReferralStatus, StatusUpdate, problems_of
-from broker.registry import registry_from_settings
-from cli.app import NETWORK_OPTION, App, console, err_console, print_json, state
+from cli.app import (
+    NETWORK_OPTION,
+    App,
+    console,
+    err_console,
+    print_json,
+    service_stop_event,
+    state,
+)
 from connectors.delivery import StatusSender
 from connectors.drop_folder import read_referral_file
 from connectors.inbox import Inbox
@@ -38,10 +40,6 @@ app = App(help="Run an organisation's connectors.")
 PUBLISH_CHUNK = 200
 
 
-def _codec(settings: Settings) -> Codec:
-    return Codec(registry_from_settings(settings), max_record_bytes=settings.max_record_bytes)
-
-
 @app.command("run")
 def run(
     ctx: typer.Context,
@@ -55,16 +53,9 @@ def run(
     st = state(ctx)
     network = st.network(network_file)
     settings = st.settings
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = service_stop_event()
     runtime = ConnectorRuntime(
-        settings, network, org, _codec(settings), republish_after=republish_after
+        settings, network, org, Codec.from_settings(settings), republish_after=republish_after
     )
     runtime.start()
     kinds = ", ".join(network.organisation(org).connectors) or "none configured"
@@ -99,7 +90,9 @@ def publish(
     outbox = Outbox.for_org(settings, as_org)
     results: dict[str, BatchResult] = {}
     try:
-        publisher = Publisher(settings, network, as_org, _codec(settings), producer, outbox)
+        publisher = Publisher(
+            settings, network, as_org, Codec.from_settings(settings), producer, outbox
+        )
         rows_by_file = {f: read_referral_file(f) for f in files}
         total = sum(len(r) for r in rows_by_file.values())
         with Progress(
@@ -241,7 +234,7 @@ def status(
             problems = problems_of(exc)
             raise ValidationFailed("\n".join(problems), problems) from None
         raise
-    codec = _codec(settings)
+    codec = Codec.from_settings(settings)
     names = settings.topic_names()
     producer = clients.producer(settings, role=f"status-{org}")
     try:

@@ -34,7 +34,6 @@ from broker.registry import (
     HANDOVER_EVENT,
     REFERRAL,
     STATUS_UPDATE,
-    registry_from_settings,
 )
 from broker.sealing import is_sealed, sealed_for
 from broker.topics import HEADER_DLQ_PREFIX, Headers
@@ -62,12 +61,8 @@ _SHOWN_HEADERS = (
 )
 
 
-def _codec(settings: Settings) -> Codec:
-    return Codec(registry_from_settings(settings), max_record_bytes=settings.max_record_bytes)
-
-
 def _sync(settings: Settings, store: LedgerStore) -> SyncReport:
-    return store.sync(settings, _codec(settings))
+    return store.sync(settings, Codec.from_settings(settings))
 
 
 def _when(at: datetime) -> str:
@@ -494,7 +489,7 @@ def tail(
     prefix = settings.topic_prefix
     name = topic if not prefix or topic.startswith(prefix) else prefix + topic
     access = _AccessLog(settings, reason or "") if reveal else None
-    codec = _codec(settings) if decode or body else None
+    codec = Codec.from_settings(settings) if decode or body else None
     consumer = clients.consumer(settings, group_id=None, role="tail")
     seen = 0
     started_ms = int(time.time() * 1000)

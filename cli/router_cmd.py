@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 
 import typer
 from rich.table import Table
@@ -15,10 +11,9 @@ from broker import clients
 from broker.codec import Codec
 from broker.deadletter import read_dead_letters, strip_error_headers
 from broker.errors import ConfigError
-from broker.registry import registry_from_settings
 from broker.router import Router
 from broker.tracing import setup_tracing
-from cli.app import NETWORK_OPTION, App, console, print_json, state
+from cli.app import NETWORK_OPTION, App, console, print_json, service_stop_event, state
 
 dlq_app = App(help="Inspect and replay dead letters.")
 
@@ -35,15 +30,8 @@ def route(
     st = state(ctx)
     network = st.network(network_file)
     settings = st.settings
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    codec = Codec(registry_from_settings(settings), max_record_bytes=settings.max_record_bytes)
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = service_stop_event()
+    codec = Codec.from_settings(settings)
     tracing = setup_tracing(settings, "router")
     router = Router(settings, network, codec, group_id=group, tracing=tracing)
     console.print(

@@ -23,7 +23,6 @@ from broker.codec import Codec
 from broker.config import Settings
 from broker.network import Network, parse_network
 from broker.provision import provision
-from broker.registry import registry_from_settings
 from tests.factories import make_referral
 
 WEBHOOK_SECRET = "synthetic-webhook-secret"
@@ -136,7 +135,7 @@ def provision_network(settings: Settings, network: Network) -> None:
 
 def codec_for(settings: Settings) -> Codec:
     """The codec on the embedded registry."""
-    return Codec(registry_from_settings(settings), max_record_bytes=settings.max_record_bytes)
+    return Codec.from_settings(settings)
 
 
 def referral_json(org: str, country: str = "NL", **overrides: Any) -> dict[str, Any]:
