@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from broker.clients import admin_client, wait_for_broker
+from broker.clients import wait_for_broker
 from broker.config import Settings
 from broker.embedded import EmbeddedBroker
 from broker.network import Network, load_network
-from broker.provision import provision
 from broker.topics import TopicNames
+from tests.kafka_helpers import provision_network
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_NETWORK = ROOT / "examples" / "network.toml"
@@ -87,9 +87,5 @@ def settings(bootstrap: str, tmp_path: Path, topic_names: TopicNames) -> Setting
 @pytest.fixture
 def provisioned(settings: Settings, network: Network) -> Settings:
     """``settings`` with every topic of the demo network created in this test's namespace."""
-    admin = admin_client(settings)
-    try:
-        provision(admin, network, settings.topic_names())
-    finally:
-        admin.close()
+    provision_network(settings, network)
     return settings

@@ -19,9 +19,19 @@ from broker import clients
 from broker.codec import Codec
 from broker.config import Settings
 from broker.network import Network
+from broker.provision import provision
 from broker.router import Router, RouterStats
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def provision_network(settings: Settings, network: Network) -> None:
+    """Create every topic of ``network`` in the settings' namespace."""
+    admin = clients.admin_client(settings)
+    try:
+        provision(admin, network, settings.topic_names())
+    finally:
+        admin.close()
 
 
 def publish(

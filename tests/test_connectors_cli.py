@@ -10,11 +10,10 @@ from typer.testing import CliRunner
 
 from broker.config import Settings
 from cli.main import app
-from tests.kafka_helpers import spawn_cli
+from tests.kafka_helpers import provision_network, spawn_cli
 from tests.test_connectors_support import (
     NETWORK_TOML,
     make_network,
-    provision_network,
     referral_json,
     wait_for,
 )

@@ -33,14 +33,13 @@ from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
 from connectors.status_sink import StatusFolderConfig, StatusFolderSink
 from connectors.webhook import WebhookConfig, WebhookSink
 from tests.factories import make_status_update
-from tests.kafka_helpers import header, read_topic
+from tests.kafka_helpers import header, provision_network, read_topic
 from tests.test_connectors_support import (
     ENV,
     TOKEN,
     codec_for,
     hook_server,
     make_network,
-    provision_network,
     referral_json,
     wait_for,
 )

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.clients import admin_client
 from broker.codec import Codec
 from broker.config import Settings
 from broker.network import Network, parse_network
-from broker.provision import provision
 from tests.factories import make_referral
 
 WEBHOOK_SECRET = "synthetic-webhook-secret"
@@ -122,15 +120,6 @@ def make_network(
         "{republish_after}", str(republish_after)
     )
     return parse_network(text, "test-network.toml")
-
-
-def provision_network(settings: Settings, network: Network) -> None:
-    """Create every topic of ``network`` in the settings' namespace."""
-    admin = admin_client(settings)
-    try:
-        provision(admin, network, settings.topic_names())
-    finally:
-        admin.close()
 
 
 def codec_for(settings: Settings) -> Codec:

@@ -23,7 +23,7 @@ from broker.config import Settings
 from broker.embedded import EmbeddedBroker
 from broker.network import Network
 from connectors.runtime import ConnectorRuntime
-from tests.kafka_helpers import start_router
+from tests.kafka_helpers import provision_network, start_router
 from tests.test_connectors_support import (
     ENV,
     TOKEN,
@@ -32,7 +32,6 @@ from tests.test_connectors_support import (
     hook_server,
     inbox_files,
     make_network,
-    provision_network,
     referral_json,
     wait_for,
 )

@@ -9,16 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from broker.clients import admin_client
 from broker.codec import Codec
 from broker.config import Settings
 from broker.embedded import EmbeddedBroker, free_port
 from broker.network import Network
-from broker.provision import provision
 from broker.registry import REFERRAL, EmbeddedRegistry
 from tests.conftest import EXAMPLE_NETWORK
 from tests.factories import make_referral
-from tests.kafka_helpers import publish, read_topic, start_router
+from tests.kafka_helpers import provision_network, publish, read_topic, start_router
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -66,9 +64,7 @@ def test_router_survives_a_cut_connection(
     proxied: tuple[Settings, TcpProxy], network: Network
 ) -> None:
     settings, proxy = proxied
-    admin = admin_client(settings)
-    provision(admin, network, settings.topic_names())
-    admin.close()
+    provision_network(settings, network)
     codec = Codec(EmbeddedRegistry())
     names = settings.topic_names()
     first, first_ids = referrals(codec, 400)

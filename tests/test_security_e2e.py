@@ -30,13 +30,12 @@ from connectors.inbox import Inbox
 from connectors.outbox import Outbox
 from connectors.publisher import Publisher
 from connectors.runtime import ConnectorRuntime
-from tests.kafka_helpers import header, publish, read_topic, start_router
+from tests.kafka_helpers import header, provision_network, publish, read_topic, start_router
 from tests.security_support import give_keys, keyed_network
 from tests.test_connectors_support import (
     ENV,
     codec_for,
     inbox_files,
-    provision_network,
     referral_json,
     wait_for,
 )

@@ -21,14 +21,13 @@ from broker.registry import REFERRAL, EmbeddedRegistry
 from cli.main import app
 from connectors.runtime import ConnectorRuntime
 from tests.factories import make_referral
-from tests.kafka_helpers import cli_env, publish, read_topic, start_router
+from tests.kafka_helpers import cli_env, provision_network, publish, read_topic, start_router
 from tests.security_support import give_keys, keyed_network
 from tests.test_connectors_support import (
     ENV,
     TOKEN,
     codec_for,
     inbox_files,
-    provision_network,
     referral_json,
     wait_for,
 )

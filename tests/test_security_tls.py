@@ -22,12 +22,11 @@ from broker.config import Settings
 from broker.embedded import EmbeddedBroker, free_port
 from broker.errors import ConfigError
 from broker.network import Network
-from broker.provision import provision
 from broker.registry import REFERRAL, EmbeddedRegistry
 from cli.main import app
 from tests.conftest import EXAMPLE_NETWORK
 from tests.factories import make_referral
-from tests.kafka_helpers import publish, read_topic
+from tests.kafka_helpers import provision_network, publish, read_topic
 from tests.security_support import Pki, make_pki
 from tests.tls_proxy import TlsProxy, server_context
 
@@ -70,11 +69,7 @@ def test_referral_produced_and_consumed_over_tls(
 ) -> None:
     proxy, pki = tls_broker
     settings = _settings(proxy, pki, tmp_path)
-    admin = clients.admin_client(settings)
-    try:
-        provision(admin, network, settings.topic_names())
-    finally:
-        admin.close()
+    provision_network(settings, network)
     codec = Codec(EmbeddedRegistry())
     referral = make_referral()
     value = codec.encode(REFERRAL, referral.to_avro())
