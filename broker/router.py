@@ -42,6 +42,7 @@ from broker.deadletter import send_dead_letter
 from broker.errors import BrokerError, CodecError, ReferralError
 from broker.ledger import LedgerEmitter, handover_event
 from broker.network import Network
+from broker.registry import STATUS_UPDATE
 from broker.routing import DecisionCache, status_destination
 from broker.topics import Headers
 from broker.tracing import Tracing, trace_id_of
@@ -50,8 +51,6 @@ __all__ = ["STATUS_UPDATE", "Router", "RouterStats"]
 
 log = logging.getLogger("referral.router")
 
-#: Record name of status updates.
-STATUS_UPDATE = "org.referralbroker.v1.StatusUpdate"
 ACTOR = "router"
 _ROUTE_HEADERS = frozenset({Headers.ROUTE_REASON, Headers.DESTINATION_ORGS})
 _TRACE_HEADERS = frozenset({Headers.TRACEPARENT, Headers.TRACESTATE})
