@@ -344,7 +344,7 @@ class ConnectorRuntime:
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
-        for src in self.built.sources if hasattr(self, "built") else []:
+        for src in self.built.sources:
             try:
                 src.flush()
             finally:
