@@ -19,6 +19,7 @@ finished span in a local file).
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -55,6 +56,8 @@ __all__ = [
     "setup_tracing",
     "trace_id_of",
 ]
+
+log = logging.getLogger("referral.tracing")
 
 HeaderList = list[tuple[str, bytes]]
 
@@ -165,7 +168,11 @@ class JsonLinesSpanExporter(SpanExporter):
         try:
             with self._lock, self.path.open("a", encoding="utf-8") as out:
                 out.write("".join(line + "\n" for line in lines))
-        except OSError:
+        except OSError as exc:
+            # The SDK's span processors drop a FAILURE silently: say it once per batch.
+            log.warning(
+                "span export to %s failed: %s", self.path, exc.strerror or type(exc).__name__
+            )
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
