@@ -80,6 +80,7 @@ __all__ = [
     "parse_referral",
     "parse_status_update",
     "problems_of",
+    "utc_now_ms",
 ]
 
 #: How far in the future a timestamp may lie (clock skew between organisations).
@@ -262,6 +263,11 @@ def _utc_ms(value: datetime) -> datetime:
         raise ValueError("timestamp must be timezone-aware")
     value = value.astimezone(UTC)
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def utc_now_ms() -> datetime:
+    """The current UTC time, truncated to the milliseconds Avro ``timestamp-millis`` keeps."""
+    return _utc_ms(datetime.now(UTC))
 
 
 def _past(value: datetime) -> datetime:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -15,7 +14,7 @@ from broker import clients
 from broker.codec import Codec
 from broker.errors import BrokerError, ConfigError, ValidationFailed
 from broker.ledger import LedgerEmitter, handover_event
-from broker.models import ReferralStatus, StatusUpdate, problems_of
+from broker.models import ReferralStatus, StatusUpdate, problems_of, utc_now_ms
 from cli.app import (
     NETWORK_OPTION,
     App,
@@ -214,13 +213,12 @@ def status(
         inbox.close()
     if record is None:
         raise ConfigError(f"{org} has not received referral {referral_id} (not in its inbox)")
-    now = datetime.now(UTC)
     try:
         update = StatusUpdate(
             referral_id=referral_id,
             case_id=record.case_id,
             emitted_by=org,
-            emitted_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
+            emitted_at=utc_now_ms(),
             status=new_status,
             reason_code=reason_code,
             note=note,

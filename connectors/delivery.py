@@ -23,7 +23,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -38,7 +38,7 @@ from broker.config import Settings
 from broker.deadletter import send_dead_letter
 from broker.errors import CodecError, DeliveryError, ReferralError, SecurityError
 from broker.ledger import LedgerEmitter, handover_event
-from broker.models import ReferralStatus, StatusUpdate
+from broker.models import ReferralStatus, StatusUpdate, utc_now_ms
 from broker.registry import REFERRAL, STATUS_UPDATE
 from broker.security import ReceiverSecurity, stage_of
 from broker.topics import Headers, TopicNames
@@ -70,11 +70,6 @@ def header_value(headers: Sequence[tuple[str, bytes | None]] | None, name: str) 
         if key == name:
             return (value or b"").decode("utf-8", "replace")
     return None
-
-
-def _now_ms() -> datetime:
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def status_key(status: Mapping[str, Any]) -> str:
@@ -157,7 +152,7 @@ class StatusSender:
             referral_id=referral_id,
             case_id=case_id,
             emitted_by=org_id,
-            emitted_at=_now_ms(),
+            emitted_at=utc_now_ms(),
             status=ReferralStatus.RECEIVED,
             origin_org=origin,
         )

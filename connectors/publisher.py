@@ -24,7 +24,6 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaProducer
@@ -35,7 +34,7 @@ from broker.codec import Codec
 from broker.config import Settings
 from broker.errors import CodecError, ConfigError, RoutingError, SecurityError, ValidationFailed
 from broker.ledger import LedgerEmitter, handover_event
-from broker.models import Referral, problems_of
+from broker.models import Referral, problems_of, utc_now_ms
 from broker.network import Network, Organisation
 from broker.routing import add_hosting_jurisdictions, decide
 from broker.security import OriginSecurity
@@ -106,11 +105,6 @@ class BatchResult:
         self.rejected.extend(other.rejected)
 
 
-def _now_ms() -> datetime:
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
 class Publisher:
     """Publishes referrals of one origin organisation (thread-safe: the producer is)."""
 
@@ -167,7 +161,7 @@ class Publisher:
         if not env.get("referral_id"):
             env["referral_id"] = str(uuid.uuid4())
         if not env.get("created_at"):
-            env["created_at"] = _now_ms()
+            env["created_at"] = utc_now_ms()
         env.setdefault("jurisdictions", [])
         data["envelope"] = env
         return data
