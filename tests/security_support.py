@@ -71,6 +71,16 @@ class Pki:
     client_key: Path
 
 
+def case_content(data: dict[str, Any]) -> list[bytes]:
+    """The case content of a referral's JSON form (summary, URLs, hash values) as bytes."""
+    body = data["body"]
+    out = [body["summary"].encode()]
+    for item in body["items"]:
+        out.append(item["url"].encode())
+        out += [h["value"].encode() for h in item["hashes"]]
+    return out
+
+
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 

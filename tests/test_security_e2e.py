@@ -31,7 +31,7 @@ from connectors.outbox import Outbox
 from connectors.publisher import Publisher
 from connectors.runtime import ConnectorRuntime
 from tests.kafka_helpers import header, provision_network, publish, read_topic, start_router
-from tests.security_support import give_keys, keyed_network
+from tests.security_support import case_content, give_keys, keyed_network
 from tests.test_connectors_support import (
     ENV,
     codec_for,
@@ -113,15 +113,6 @@ def _received(settings: Settings) -> set[tuple[str, str]]:
     return out
 
 
-def _secrets_of(data: dict[str, Any]) -> list[bytes]:
-    body = data["body"]
-    out = [body["summary"].encode()]
-    for item in body["items"]:
-        out.append(item["url"].encode())
-        out += [h["value"].encode() for h in item["hashes"]]
-    return out
-
-
 def test_sealed_referral_reaches_its_two_recipients_and_nobody_else_can_read_it(
     keyed: tuple[Settings, Network],
 ) -> None:
@@ -137,7 +128,7 @@ def test_sealed_referral_reaches_its_two_recipients_and_nobody_else_can_read_it(
         ],
     )
     rid = data["envelope"]["referral_id"]
-    secrets = _secrets_of(data)
+    secrets = case_content(data)
     with ExitStack() as stack:
         stack.callback(start_router(settings, network, codec).stop)
         runtimes = {}

@@ -22,7 +22,7 @@ from cli.main import app
 from connectors.runtime import ConnectorRuntime
 from tests.factories import make_referral
 from tests.kafka_helpers import cli_env, provision_network, publish, read_topic, start_router
-from tests.security_support import give_keys, keyed_network
+from tests.security_support import case_content, give_keys, keyed_network
 from tests.test_connectors_support import (
     ENV,
     TOKEN,
@@ -147,7 +147,7 @@ def test_no_secret_and_no_case_content_in_logs_spans_or_error_headers(
     assert "VERIFY" in errors
     haystacks = {"logs": logs, "spans": spans, "dead-letter headers": errors}
     planted = [TOKEN, sasl_password, *_private_key_forms(settings, orgs)]
-    content = [s.decode() for r in [*sent, with_red] for s in _content_of(r)]
+    content = [s.decode() for r in [*sent, with_red] for s in case_content(r)]
     for where, text in haystacks.items():
         for secret in planted:
             assert secret not in text, f"a planted secret is in the {where}"
@@ -174,15 +174,6 @@ def _delivered_de(settings: Settings) -> bool:
         return False
     with sqlite3.connect(path) as db:
         return bool(db.execute("SELECT count(*) FROM cases").fetchone()[0])
-
-
-def _content_of(data: dict[str, Any]) -> list[bytes]:
-    body = data["body"]
-    out = [body["summary"].encode()]
-    for item in body["items"]:
-        out.append(item["url"].encode())
-        out += [h["value"].encode() for h in item["hashes"]]
-    return out
 
 
 def _private_key_forms(settings: Settings, orgs: tuple[str, ...]) -> list[str]:
