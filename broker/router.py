@@ -311,11 +311,13 @@ class Router:
         base = _kept_headers(record.headers)
         origin = str(envelope.get("origin_org", ""))
         case_id = str(envelope.get("case_id", ""))
+        trace_id = trace_id_of(record.headers) if self._ledger is not None else None
         for dest in decision.destinations:
+            orgs = ",".join(dest.orgs)
             headers = [
                 *base,
                 (Headers.ROUTE_REASON, dest.basis.encode()),
-                (Headers.DESTINATION_ORGS, ",".join(dest.orgs).encode()),
+                (Headers.DESTINATION_ORGS, orgs.encode()),
             ]
             futures.append(
                 self._send(
@@ -329,7 +331,7 @@ class Router:
                         "referral.id": referral_id,
                         "referral.origin": origin,
                         "referral.route.reason": dest.basis,
-                        "referral.route.orgs": ",".join(dest.orgs),
+                        "referral.route.orgs": orgs,
                     },
                 )
             )
@@ -342,12 +344,12 @@ class Router:
                         case_id=case_id,
                         actor=ACTOR,
                         from_party=origin,
-                        to_party=",".join(dest.orgs),
+                        to_party=orgs,
                         topic=dest.topic,
                         partition=record.partition,
                         offset=record.offset,
                         reason=dest.basis,
-                        trace_id=trace_id_of(record.headers),
+                        trace_id=trace_id,
                     )
                 )
 
