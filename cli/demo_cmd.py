@@ -41,7 +41,7 @@ from broker.ledgerstore import LedgerStore
 from broker.network import Network, load_network
 from broker.operator_view import flows, trace
 from broker.provision import provision
-from broker.registry import REFERRAL, registry_from_settings
+from broker.registry import REFERRAL
 from broker.router import Router
 from broker.synthetic import synthetic_batch
 from broker.tracing import setup_tracing
@@ -101,7 +101,7 @@ def demo(
         finally:
             admin.close()
         console.print(f"provisioned {len(report.created)} topics for {network.network.name}")
-        codec = Codec(registry_from_settings(settings), max_record_bytes=settings.max_record_bytes)
+        codec = Codec.from_settings(settings)
         env = {**os.environ, TOKEN_ENV: os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(24)}
         runtimes = _start_everything(settings, network, codec, env, stack)
         batch = synthetic_batch(
