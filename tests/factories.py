@@ -30,6 +30,11 @@ def _now_ms() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def _host(n: int, domain: str = "example.org") -> str:
+    """A synthetic host name under a reserved domain."""
+    return f"host-{n}.{domain}"
+
+
 def _hex(algorithm: m.HashAlgorithm) -> str:
     return secrets.token_hex(m.HASH_HEX_LENGTHS[algorithm] // 2)
 
@@ -58,7 +63,7 @@ def make_referral(**overrides: Any) -> m.Referral:
     body: dict[str, Any] = {
         "items": [
             {
-                "url": f"https://host-{n}.example.org/item/{n}",
+                "url": f"https://{_host(n)}/item/{n}",
                 "media_type": "IMAGE",
                 "hashes": [
                     {"algorithm": "SHA256", "value": _hex(m.HashAlgorithm.SHA256)},
@@ -177,7 +182,7 @@ hosting = st.builds(
 items = st.builds(
     m.ReportedItem,
     url=st.builds(
-        lambda n, path, tld: f"https://host-{n}.{tld}/{path}",
+        lambda n, path, tld: f"https://{_host(n, tld)}/{path}",
         st.integers(0, 10**6),
         st.from_regex(r"[a-z0-9/_.-]{0,30}", fullmatch=True),
         st.sampled_from(["example.org", "invalid"]),

@@ -36,7 +36,8 @@ def canary(org: str, country: str) -> tuple[dict[str, object], list[str]]:
     tag = secrets.token_hex(6)
     data = referral_json(org, country)
     item = data["body"]["items"][0]  # type: ignore[index]
-    item["url"] = f"https://canary-{tag}.example.org/canary-path-{tag}"
+    host = f"canary-{tag}.example.org"
+    item["url"] = f"https://{host}/canary-path-{tag}"
     sha = secrets.token_hex(32)
     item["hashes"] = [{"algorithm": "SHA256", "value": sha}]
     item["hosting"]["provider"] = f"Canary Provider {tag}"
@@ -60,7 +61,7 @@ def test_canary_content_never_leaks(
     names = settings.topic_names()
     good, markers = canary("hl-nl", "DE")
     bad_url, bad_markers = canary("hl-nl", "FR")
-    bad_url["body"]["items"][0]["url"] = "https://canary bad url " + bad_markers[-1]  # type: ignore[index]
+    bad_url["body"]["items"][0]["url"] = "https:// canary bad url " + bad_markers[-1]  # type: ignore[index]
     # A canary whose jurisdiction is unknown, written by a client that skips validation.
     legacy, legacy_markers = canary("hl-nl", "DE")
     datum = Referral.model_validate(

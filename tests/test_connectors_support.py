@@ -130,12 +130,13 @@ def codec_for(settings: Settings) -> Codec:
 def referral_json(org: str, country: str = "NL", **overrides: Any) -> dict[str, Any]:
     """A valid synthetic referral of ``org`` concerning (and hosted in) ``country``, as JSON."""
     n = secrets.randbelow(10**6)
+    host = f"host-{n}.example.org"
     fields: dict[str, Any] = {
         "origin_org": org,
         "jurisdictions": [{"country": country, "basis": "HOSTING", "derived": False}],
         "items": [
             {
-                "url": f"https://host-{n}.example.org/item/{n}",
+                "url": f"https://{host}/item/{n}",
                 "media_type": "IMAGE",
                 "hashes": [{"algorithm": "SHA256", "value": secrets.token_hex(32)}],
                 "hosting": {"country": country, "provider": "Example Hosting"},
