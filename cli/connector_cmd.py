@@ -88,6 +88,7 @@ def publish(
     producer = clients.producer(settings, role=f"publish-{as_org}")
     outbox = Outbox.for_org(settings, as_org)
     results: dict[str, BatchResult] = {}
+    publisher: Publisher | None = None
     try:
         publisher = Publisher(
             settings, network, as_org, Codec.from_settings(settings), producer, outbox
@@ -114,6 +115,8 @@ def publish(
         try:
             producer.close(10)
         finally:
+            if publisher is not None:
+                publisher.close()
             outbox.close()
     _report_publish(results, as_json)
 

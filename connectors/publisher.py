@@ -135,7 +135,14 @@ class Publisher:
         self.ledger = LedgerEmitter(producer, codec, self.names.ledger)
         self.tracing = tracing or Tracing(None, org_id)
         #: Seals and signs (with the origin's keys), enforces plain-referral and handling rules.
+        self._own_security = security is None
         self.security = security or OriginSecurity.load(settings, network, self.org.id)
+
+    def close(self) -> None:
+        """Release what the publisher opened itself (its handling log); idempotent."""
+        if self._own_security:
+            self.security.close()
+            self._own_security = False
 
     # -- validation ----------------------------------------------------------------------------
 

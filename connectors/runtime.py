@@ -355,6 +355,7 @@ class ConnectorRuntime:
         self.sink_driver = self.status_driver = None
         if self._own_producer:
             clients.close_producer(self.producer, self.org.id, log)
+        self.publisher.close()
         self.outbox.close()
         self.inbox.close()
         if self._own_tracing:
