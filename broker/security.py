@@ -167,8 +167,8 @@ def _describe(tlp: str, code: str) -> str:
     return label if label is not None and tlp in _NO_ONWARD_TLP else f"handling code {code}"
 
 
-class OriginSecurity:
-    """What the publishing organisation does to each referral before it leaves."""
+class _OrgSecurity:
+    """What both sides hold: the network, the organisation's keys, the trust store, its log."""
 
     def __init__(
         self,
@@ -184,6 +184,21 @@ class OriginSecurity:
         self.trust = trust
         self.handling = handling
         self._bodies: BodyCodec | None = None
+
+    def _body_codec(self, codec: Codec) -> BodyCodec:
+        """The case-body codec on ``codec``'s registry (built once)."""
+        if self._bodies is None:
+            self._bodies = BodyCodec(codec.registry)
+        return self._bodies
+
+    def close(self) -> None:
+        """Close the handling log."""
+        if self.handling is not None:
+            self.handling.close()
+
+
+class OriginSecurity(_OrgSecurity):
+    """What the publishing organisation does to each referral before it leaves."""
 
     @classmethod
     def load(cls, settings: Settings, network: Network, org_id: str) -> OriginSecurity:
@@ -219,12 +234,11 @@ class OriginSecurity:
                     f"keys to seal and sign (run `referral keys init {self.org_id}`)"
                 )
             return codec.encode(REFERRAL, datum), []
-        if self._bodies is None:
-            self._bodies = BodyCodec(codec.registry)
-        schema_id = self._bodies.current_id()
+        bodies = self._body_codec(codec)
+        schema_id = bodies.current_id()
         to = sorted(set(recipients))
         sealed_keys = {org: self.trust.encryption_key(org) for org in to}
-        plaintext = self._bodies.encode(schema_id, datum["body"])
+        plaintext = bodies.encode(schema_id, datum["body"])
         body = seal(
             plaintext,
             referral_id=str(envelope["referral_id"]),
@@ -235,13 +249,8 @@ class OriginSecurity:
         context = SignedContext.of(envelope, schema_id, to)
         return value, sign(self.keys.signing, self.keys.signing_id, context, value)
 
-    def close(self) -> None:
-        """Close the handling log."""
-        if self.handling is not None:
-            self.handling.close()
 
-
-class ReceiverSecurity:
+class ReceiverSecurity(_OrgSecurity):
     """The checks a receiving organisation makes before a referral reaches its system."""
 
     def __init__(
@@ -253,13 +262,8 @@ class ReceiverSecurity:
         trust: TrustStore,
         handling: HandlingLog | None = None,
     ) -> None:
-        self.network = network
-        self.org_id = org_id
+        super().__init__(network, org_id, keys, trust, handling)
         self.names = names
-        self.keys = keys
-        self.trust = trust
-        self.handling = handling
-        self._bodies: BodyCodec | None = None
 
     @classmethod
     def load(cls, settings: Settings, network: Network, org_id: str) -> ReceiverSecurity:
@@ -298,10 +302,8 @@ class ReceiverSecurity:
         ):
             raise SignatureInvalid(f"missing signature on a referral from {origin}")
         if is_sealed(body):
-            if self._bodies is None:
-                self._bodies = BodyCodec(codec.registry)
             plaintext = self._open(body, envelope, context)
-            datum["body"] = self._bodies.decode(schema_id, plaintext)
+            datum["body"] = self._body_codec(codec).decode(schema_id, plaintext)
         else:
             if not self.network.network.allow_plain:
                 raise SealError("plain body refused: this network requires sealed referrals")
@@ -340,8 +342,3 @@ class ReceiverSecurity:
         if context is not None and tuple(sorted(sealed_for(body))) != context.recipients:
             raise SignatureInvalid("the sealed recipients differ from the signed recipients")
         return plaintext
-
-    def close(self) -> None:
-        """Close the handling log."""
-        if self.handling is not None:
-            self.handling.close()
