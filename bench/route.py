@@ -6,7 +6,7 @@
 2. (a) baseline: a raw kafka-python consume → produce of the same bytes to a topic
    picked by a header field, with the same client tuning and the same
    commit-after-ack batching as the router;
-3. (b) the router (``broker.router.Router``, ledger events on, as deployed);
+3. (b) the router (``broker.routing.router.Router``, ledger events on, as deployed);
 4. latency: the router as a ``referral route`` process while referrals are published
    at a steady rate (default 1,000/s); end-to-end p50/p99 from publish to arrival;
 5. prints referrals/s for both, the ratio router/baseline, latency and peak RSS
@@ -36,14 +36,14 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from broker import clients
-from broker.codec import Codec
 from broker.config import Settings
-from broker.embedded import EmbeddedBroker
+from broker.kafka import clients
+from broker.kafka.embedded import EmbeddedBroker
+from broker.kafka.provision import provision
 from broker.network import load_network
-from broker.provision import provision
-from broker.registry import EmbeddedRegistry
-from broker.router import Router
+from broker.routing.router import Router
+from broker.wire.codec import Codec
+from broker.wire.registry import EmbeddedRegistry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETWORK = os.path.join(ROOT, "examples", "network.toml")

@@ -1,1 +1,1 @@
-"""referral-broker: the library (models, codec, routing, router, tracing, ledger)."""
+"""referral-broker: the library, in folders by job (wire, routing, security, ledger, kafka)."""

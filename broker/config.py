@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker.errors import ConfigError
-from broker.topics import TopicNames
+from broker.wire.topics import TopicNames
 
 __all__ = ["SecurityProtocol", "Settings", "load_settings"]
 

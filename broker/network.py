@@ -5,7 +5,7 @@ A network file is TOML::
     [network]
     name = "Demo network"
     allow_plain = false       # every referral must be sealed and signed
-    trust_file = "trust.toml" # public keys (broker.keys), relative to this file
+    trust_file = "trust.toml" # public keys (broker.security.keys), relative to this file
 
     [topics]
     partitions = 3            # per topic unless overridden below
@@ -38,10 +38,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from broker import topics
-from broker.countries import is_country
 from broker.errors import NetworkFileError
-from broker.topics import TopicNames
+from broker.wire import topics
+from broker.wire.countries import is_country
+from broker.wire.topics import TopicNames
 
 __all__ = [
     "Network",
@@ -107,7 +107,7 @@ class NetworkInfo(_Frozen):
 
     name: str = "referral network"
     allow_plain: bool = True
-    #: Public keys of the organisations (see :mod:`broker.keys`), relative to the network file.
+    #: Public keys of the organisations (:mod:`broker.security.keys`), relative to the file.
     trust_file: str | None = None
 
 

@@ -44,7 +44,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from broker.config import Settings
 from broker.errors import ConfigError
-from broker.topics import Headers
+from broker.wire.topics import Headers
 
 __all__ = [
     "ALLOWED_ATTRIBUTES",

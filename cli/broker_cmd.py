@@ -8,8 +8,8 @@ from types import FrameType
 
 import typer
 
-from broker.embedded import EmbeddedBroker, read_state, stop_detached
 from broker.errors import EmbeddedBrokerError
+from broker.kafka.embedded import EmbeddedBroker, read_state, stop_detached
 from cli.app import App, console, print_json, state
 
 app = App(help="Run the embedded (memory-only) Tansu broker.")

@@ -10,11 +10,11 @@ from kafka.errors import KafkaError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from broker import clients
-from broker.codec import Codec
 from broker.errors import BrokerError, ConfigError, ValidationFailed
-from broker.ledger import LedgerEmitter, handover_event
-from broker.models import ReferralStatus, StatusUpdate, problems_of, utc_now_ms
+from broker.kafka import clients
+from broker.ledger.events import LedgerEmitter, handover_event
+from broker.wire.codec import Codec
+from broker.wire.models import ReferralStatus, StatusUpdate, problems_of, utc_now_ms
 from cli.app import (
     NETWORK_OPTION,
     App,

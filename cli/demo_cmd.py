@@ -31,20 +31,20 @@ import httpx
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from broker import clients
-from broker.codec import Codec
 from broker.config import Settings
-from broker.embedded import EmbeddedBroker
 from broker.errors import ReferralError
-from broker.keys import add_to_trust_file, init_keys
-from broker.ledgerstore import LedgerStore
+from broker.kafka import clients
+from broker.kafka.embedded import EmbeddedBroker
+from broker.kafka.provision import provision
+from broker.ledger.store import LedgerStore
+from broker.ledger.views import flows, trace
 from broker.network import Network, load_network
-from broker.operator_view import flows, trace
-from broker.provision import provision
-from broker.registry import REFERRAL
-from broker.router import Router
+from broker.routing.router import Router
+from broker.security.keys import add_to_trust_file, init_keys
 from broker.synthetic import synthetic_batch
 from broker.tracing import setup_tracing
+from broker.wire.codec import Codec
+from broker.wire.registry import REFERRAL
 from cli.app import NETWORK_OPTION, console, state
 from cli.operator_cmd import _print_flows, _print_trace
 from connectors.runtime import ConnectorRuntime
@@ -323,7 +323,7 @@ def _legacy_client(
     settings: Settings, codec: Codec, batch: list[tuple[str, dict[str, Any], str]]
 ) -> int:
     """A misbehaving client writes straight to the intake: these become dead letters."""
-    from broker.models import Referral
+    from broker.wire.models import Referral
 
     names = settings.topic_names()
     _, ref, _ = next(b for b in batch if b[2] == "normal")

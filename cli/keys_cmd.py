@@ -13,7 +13,8 @@ import typer
 from rich.table import Table
 
 from broker.errors import ConfigError
-from broker.keys import (
+from broker.network import Network
+from broker.security.keys import (
     OrgKeys,
     PublicKey,
     add_to_trust_file,
@@ -23,7 +24,6 @@ from broker.keys import (
     revoke_in_trust_file,
     trust_file_path,
 )
-from broker.network import Network
 from cli.app import NETWORK_OPTION, App, console, print_json, state
 
 __all__ = ["app"]

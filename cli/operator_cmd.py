@@ -1,7 +1,7 @@
 """The operator's commands: ``referral ledger sync|verify|show``, ``trace``, ``flows``, ``tail``.
 
-Thin: the ledger store (:mod:`broker.ledgerstore`) and the pure views
-(:mod:`broker.operator_view`) do the work. Output names ids, organisations,
+Thin: the ledger store (:mod:`broker.ledger.store`) and the pure views
+(:mod:`broker.ledger.views`) do the work. Output names ids, organisations,
 jurisdictions and topics; a referral body is printed only by ``tail --body`` (a sealed
 body as its recipients; TLP RED / AMBER_STRICT only with ``--reveal --reason``, and that
 access is recorded as an ACCESSED handover event).
@@ -22,21 +22,21 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError
 from rich.table import Table
 
-from broker import clients
-from broker.codec import Codec
 from broker.config import Settings
 from broker.errors import BrokerError, CodecError, ConfigError
-from broker.ledger import LedgerEmitter, decode_events, handover_event
-from broker.ledgerstore import LedgerStore, SyncReport
-from broker.operator_view import Flows, HandoverRecord, Trace, flows, trace
-from broker.registry import (
+from broker.kafka import clients
+from broker.ledger.events import LedgerEmitter, decode_events, handover_event
+from broker.ledger.store import LedgerStore, SyncReport
+from broker.ledger.views import Flows, HandoverRecord, Trace, flows, trace
+from broker.security.sealing import is_sealed, sealed_for
+from broker.wire.codec import Codec
+from broker.wire.registry import (
     HANDOVER_BATCH,
     HANDOVER_EVENT,
     REFERRAL,
     STATUS_UPDATE,
 )
-from broker.sealing import is_sealed, sealed_for
-from broker.topics import HEADER_DLQ_PREFIX, Headers
+from broker.wire.topics import HEADER_DLQ_PREFIX, Headers
 from cli.app import App, console, print_json, state
 
 __all__ = ["flows_cmd", "ledger_app", "tail", "trace_cmd"]

@@ -7,12 +7,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from broker import clients
-from broker.codec import Codec
-from broker.deadletter import read_dead_letters, strip_error_headers
 from broker.errors import ConfigError
-from broker.router import Router
+from broker.kafka import clients
+from broker.kafka.deadletter import read_dead_letters, strip_error_headers
+from broker.routing.router import Router
 from broker.tracing import setup_tracing
+from broker.wire.codec import Codec
 from cli.app import NETWORK_OPTION, App, console, print_json, service_stop_event, state
 
 dlq_app = App(help="Inspect and replay dead letters.")

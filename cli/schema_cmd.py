@@ -9,9 +9,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from broker.compat import CompatibilityMode, check_compatibility
 from broker.errors import IncompatibleSchema, UnknownSchema
-from broker.registry import (
+from broker.wire.compat import CompatibilityMode, check_compatibility
+from broker.wire.registry import (
     RECORD_NAMES,
     EmbeddedRegistry,
     Registry,

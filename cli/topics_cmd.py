@@ -12,11 +12,11 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from rich.table import Table
 
-from broker import clients
-from broker.clients import admin_client, resolve_bootstrap
 from broker.config import Settings
 from broker.errors import BrokerError
-from broker.provision import describe_topics, provision
+from broker.kafka import clients
+from broker.kafka.clients import admin_client, resolve_bootstrap
+from broker.kafka.provision import describe_topics, provision
 from cli.app import NETWORK_OPTION, App, console, print_json, state
 
 app = App(help="Provision and list the network's topics.")

@@ -32,17 +32,17 @@ from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 from opentelemetry.context import Context
 
-from broker import clients
-from broker.codec import Codec
 from broker.config import Settings
-from broker.deadletter import send_dead_letter
 from broker.errors import CodecError, DeliveryError, ReferralError, SecurityError
-from broker.ledger import LedgerEmitter, handover_event
-from broker.models import ReferralStatus, StatusUpdate, utc_now_ms
-from broker.registry import REFERRAL, STATUS_UPDATE
-from broker.security import ReceiverSecurity, stage_of
-from broker.topics import Headers, TopicNames
+from broker.kafka import clients
+from broker.kafka.deadletter import send_dead_letter
+from broker.ledger.events import LedgerEmitter, handover_event
+from broker.security.rules import ReceiverSecurity, stage_of
 from broker.tracing import Tracing
+from broker.wire.codec import Codec
+from broker.wire.models import ReferralStatus, StatusUpdate, utc_now_ms
+from broker.wire.registry import REFERRAL, STATUS_UPDATE
+from broker.wire.topics import Headers, TopicNames
 from connectors.base import Delivery, Sink, StatusDelivery, StatusSink, jsonable
 from connectors.inbox import Inbox
 from connectors.outbox import Outbox

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.config import Settings
-from connectors._sqlite import Database
+from broker.sqlite import Database
 from connectors.base import Delivery, org_state_dir
 
 __all__ = ["DUPLICATES", "Inbox", "InboxRecord"]

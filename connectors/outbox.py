@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.config import Settings
-from connectors._sqlite import Database
+from broker.sqlite import Database
 from connectors.base import org_state_dir
 
 __all__ = ["Outbox", "OutboxEntry", "PendingReferral"]

@@ -6,7 +6,7 @@ intake topic (keyed by referral id, with id/case/origin headers) → PUBLISHED
 handover event in the ledger.
 
 Input is the referral's JSON form (``{"envelope": {...}, "body": {...}}``, the
-shape of :class:`broker.models.Referral`). The source fills in what only it
+shape of :class:`broker.wire.models.Referral`). The source fills in what only it
 knows: ``origin_org`` and ``origin_country`` (the publishing organisation),
 a fresh ``referral_id`` and ``created_at`` when absent. A referral naming
 another organisation as its origin is refused.
@@ -30,16 +30,16 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 
-from broker.codec import Codec
 from broker.config import Settings
 from broker.errors import CodecError, ConfigError, RoutingError, SecurityError, ValidationFailed
-from broker.ledger import LedgerEmitter, handover_event
-from broker.models import Referral, problems_of, utc_now_ms
+from broker.ledger.events import LedgerEmitter, handover_event
 from broker.network import Network, Organisation
-from broker.routing import add_hosting_jurisdictions, decide
-from broker.security import OriginSecurity
-from broker.topics import Headers
+from broker.routing.decide import add_hosting_jurisdictions, decide
+from broker.security.rules import OriginSecurity
 from broker.tracing import Tracing
+from broker.wire.codec import Codec
+from broker.wire.models import Referral, problems_of, utc_now_ms
+from broker.wire.topics import Headers
 from connectors.outbox import Outbox, OutboxEntry
 
 __all__ = [

@@ -32,13 +32,13 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from pydantic import BaseModel, Field, ValidationError
 
-from broker import clients
-from broker.codec import Codec
 from broker.config import Settings
 from broker.errors import ConfigError, ReferralError
+from broker.kafka import clients
 from broker.network import Network, Organisation
-from broker.security import ReceiverSecurity
+from broker.security.rules import ReceiverSecurity
 from broker.tracing import Tracing, setup_tracing
+from broker.wire.codec import Codec
 from connectors.base import (
     ConnectorConfig,
     Sink,

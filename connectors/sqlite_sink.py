@@ -20,7 +20,7 @@ from pydantic import Field
 
 from broker.config import Settings
 from broker.errors import DeliveryError
-from connectors._sqlite import Database
+from broker.sqlite import Database
 from connectors.base import ConnectorConfig, Delivery, Sink, resolve_path
 
 __all__ = ["SqliteCaseConfig", "SqliteCaseSink"]

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from broker.clients import wait_for_broker
 from broker.config import Settings
-from broker.embedded import EmbeddedBroker
+from broker.kafka.clients import wait_for_broker
+from broker.kafka.embedded import EmbeddedBroker
 from broker.network import Network, load_network
-from broker.topics import TopicNames
+from broker.wire.topics import TopicNames
 from tests.kafka_helpers import provision_network
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from broker import models as m
+from broker.wire import models as m
 
 __all__ = [
     "handover_events",
@@ -42,8 +42,8 @@ def _hex(algorithm: m.HashAlgorithm) -> str:
 def make_referral(**overrides: Any) -> m.Referral:
     """A valid synthetic Referral; keyword overrides replace envelope or body fields.
 
-    Keys of :class:`~broker.models.ReferralEnvelope` go to the envelope, keys of
-    :class:`~broker.models.CaseBody` to the body; ``envelope=``/``body=`` replace
+    Keys of :class:`~broker.wire.models.ReferralEnvelope` go to the envelope, keys of
+    :class:`~broker.wire.models.CaseBody` to the body; ``envelope=``/``body=`` replace
     them whole.
     """
     now = _now_ms()

@@ -15,12 +15,12 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from broker import clients
-from broker.codec import Codec
 from broker.config import Settings
+from broker.kafka import clients
+from broker.kafka.provision import provision
 from broker.network import Network
-from broker.provision import provision
-from broker.router import Router, RouterStats
+from broker.routing.router import Router, RouterStats
+from broker.wire.codec import Codec
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from broker.config import Settings
-from broker.keys import add_to_trust_file, init_keys, key_dir
 from broker.network import Network, parse_network
+from broker.security.keys import add_to_trust_file, init_keys, key_dir
 from tests.test_connectors_support import NETWORK_TOML
 
 

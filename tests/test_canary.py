@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from broker.codec import Codec
 from broker.config import Settings
-from broker.deadletter import HEADER_DLQ_PREFIX
-from broker.models import Referral
+from broker.kafka.deadletter import HEADER_DLQ_PREFIX
 from broker.network import Network
-from broker.registry import REFERRAL, EmbeddedRegistry
 from broker.tracing import setup_tracing
+from broker.wire.codec import Codec
+from broker.wire.models import Referral
+from broker.wire.registry import REFERRAL, EmbeddedRegistry
 from cli.main import app
 from connectors.runtime import ConnectorRuntime
 from tests.kafka_helpers import publish, read_topic, start_router

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from broker.registry import RECORD_NAMES, STATUS_UPDATE, default_schema_dir
+from broker.wire.registry import RECORD_NAMES, STATUS_UPDATE, default_schema_dir
 from cli.main import app
 
 runner = CliRunner()

@@ -17,8 +17,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker import models as m
-from broker.codec import Codec, SerializationContext
 from broker.errors import (
     CodecError,
     CorruptDatum,
@@ -27,7 +25,9 @@ from broker.errors import (
     SchemaMismatch,
     UnknownSchemaId,
 )
-from broker.registry import (
+from broker.wire import models as m
+from broker.wire.codec import Codec, SerializationContext
+from broker.wire.registry import (
     HANDOVER_EVENT,
     REFERRAL,
     STATUS_UPDATE,

@@ -13,14 +13,14 @@ import pytest
 from kafka import KafkaProducer
 from typer.testing import CliRunner
 
-from broker import clients
-from broker.codec import Codec
 from broker.config import Settings
-from broker.deadletter import H_STAGE
-from broker.ledger import HANDOVER_EVENT
+from broker.kafka import clients
+from broker.kafka.deadletter import H_STAGE
+from broker.ledger.events import HANDOVER_EVENT
 from broker.network import Network
-from broker.registry import REFERRAL, STATUS_UPDATE
-from broker.topics import Headers
+from broker.wire.codec import Codec
+from broker.wire.registry import REFERRAL, STATUS_UPDATE
+from broker.wire.topics import Headers
 from cli.main import app
 from connectors.delivery import SinkDriver, StatusDriver
 from connectors.drop_folder import DropFolderConfig, DropFolderSource

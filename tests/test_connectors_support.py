@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.codec import Codec
 from broker.config import Settings
 from broker.network import Network, parse_network
+from broker.wire.codec import Codec
 from tests.factories import make_referral
 
 WEBHOOK_SECRET = "synthetic-webhook-secret"

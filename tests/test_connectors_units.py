@@ -345,7 +345,7 @@ def test_webhook_gives_up_after_max_attempts_without_quoting_the_url() -> None:
 
 
 def test_webhook_connection_failure_is_retried_then_reported() -> None:
-    from broker.embedded import free_port
+    from broker.kafka.embedded import free_port
 
     poster = _poster(f"http://127.0.0.1:{free_port()}/hook", attempts=2)
     started = time.monotonic()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from broker.codec import Codec
 from broker.config import Settings
 from broker.network import Network, load_network
-from broker.registry import REFERRAL, EmbeddedRegistry
-from broker.topics import Headers
+from broker.wire.codec import Codec
+from broker.wire.registry import REFERRAL, EmbeddedRegistry
+from broker.wire.topics import Headers
 from cli.main import app
 from tests.conftest import EXAMPLE_NETWORK
 from tests.factories import make_referral

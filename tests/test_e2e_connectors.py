@@ -1,7 +1,7 @@
 """End to end: hotlines publish through their sources, the router routes, police sinks deliver.
 
 Every organisation of the test network runs its own :class:`ConnectorRuntime`
-(threads), a real :class:`~broker.router.Router` runs beside them, all on the
+(threads), a real :class:`~broker.routing.router.Router` runs beside them, all on the
 embedded broker. The broker-loss test runs its own broker, kills it after
 publishing, and starts an empty one on the same port: the origin's outbox must
 republish, and every referral must still arrive exactly once.
@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.codec import Codec
 from broker.config import Settings
-from broker.embedded import EmbeddedBroker
+from broker.kafka.embedded import EmbeddedBroker
 from broker.network import Network
+from broker.wire.codec import Codec
 from connectors.runtime import ConnectorRuntime
 from tests.kafka_helpers import provision_network, start_router
 from tests.test_connectors_support import (

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from broker.clients import admin_client
 from broker.config import Settings
-from broker.embedded import EmbeddedBroker, read_state
 from broker.errors import EmbeddedBrokerError
+from broker.kafka.clients import admin_client
+from broker.kafka.embedded import EmbeddedBroker, read_state
+from broker.kafka.provision import describe_topics, provision
 from broker.network import Network
-from broker.provision import describe_topics, provision
 from cli.main import app
 from tests.conftest import EXAMPLE_NETWORK
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from broker import clients
-from broker.codec import Codec
 from broker.config import Settings
-from broker.ledger import LedgerEmitter, handover_event
-from broker.ledgerstore import GENESIS, LedgerStore, entry_hash
-from broker.registry import EmbeddedRegistry
+from broker.kafka import clients
+from broker.ledger.events import LedgerEmitter, handover_event
+from broker.ledger.store import GENESIS, LedgerStore, entry_hash
+from broker.wire.codec import Codec
+from broker.wire.registry import EmbeddedRegistry
 from tests.kafka_helpers import publish
 
 ORIGIN = "hl-nl"

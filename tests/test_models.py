@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from pydantic import BaseModel
 
-from broker import models as m
 from broker.errors import ValidationFailed
-from broker.registry import HANDOVER_EVENT, REFERRAL, STATUS_UPDATE, load_working_schemas
+from broker.wire import models as m
+from broker.wire.registry import HANDOVER_EVENT, REFERRAL, STATUS_UPDATE, load_working_schemas
 from tests.factories import (
     handover_events,
     make_handover_event,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker import topics
 from broker.errors import NetworkFileError
 from broker.network import Network, parse_network
+from broker.wire import topics
 from tests.conftest import EXAMPLE_NETWORK
 
 GOOD = """

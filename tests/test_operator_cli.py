@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from broker import clients
-from broker.codec import Codec
 from broker.config import Settings
-from broker.ledger import LedgerEmitter, decode_events, handover_event
+from broker.kafka import clients
+from broker.ledger.events import LedgerEmitter, decode_events, handover_event
 from broker.network import Network
-from broker.registry import EmbeddedRegistry
-from broker.router import STATUS_UPDATE
+from broker.routing.router import STATUS_UPDATE
+from broker.wire.codec import Codec
+from broker.wire.registry import EmbeddedRegistry
 from cli.main import app
 from tests.conftest import EXAMPLE_NETWORK
 from tests.factories import make_referral, make_status_update

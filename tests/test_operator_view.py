@@ -8,8 +8,7 @@ from itertools import count
 
 import pytest
 
-from broker.network import Deadlines
-from broker.operator_view import (
+from broker.ledger.views import (
     UNKNOWN_REFERRAL,
     HandoverRecord,
     UnknownReferral,
@@ -17,7 +16,8 @@ from broker.operator_view import (
     percentile,
     trace,
 )
-from broker.topics import TopicNames
+from broker.network import Deadlines
+from broker.wire.topics import TopicNames
 
 NAMES = TopicNames("acme.")
 DEADLINES = Deadlines(receipt_hours=72, urgent_receipt_hours=8)

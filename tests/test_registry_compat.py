@@ -16,11 +16,11 @@ from urllib.parse import unquote
 import pytest
 from pydantic import SecretStr
 
-from broker.codec import Codec
-from broker.compat import CompatibilityMode, check_compatibility
 from broker.config import Settings
 from broker.errors import IncompatibleSchema, RegistryError, UnknownSchema
-from broker.registry import (
+from broker.wire.codec import Codec
+from broker.wire.compat import CompatibilityMode, check_compatibility
+from broker.wire.registry import (
     RECORD_NAMES,
     REFERRAL,
     STATUS_UPDATE,

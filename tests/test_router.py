@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from broker.codec import Codec
 from broker.config import Settings
-from broker.deadletter import H_CLASS, H_OFFSET, H_STAGE, H_TOPIC
-from broker.ledger import decode_events
+from broker.kafka.deadletter import H_CLASS, H_OFFSET, H_STAGE, H_TOPIC
+from broker.ledger.events import decode_events
 from broker.network import Network
-from broker.registry import EmbeddedRegistry
-from broker.router import STATUS_UPDATE
-from broker.routing import add_hosting_jurisdictions
-from broker.topics import Headers
+from broker.routing.decide import add_hosting_jurisdictions
+from broker.routing.router import STATUS_UPDATE
+from broker.wire.codec import Codec
+from broker.wire.registry import EmbeddedRegistry
+from broker.wire.topics import Headers
 from tests.factories import make_referral
 from tests.kafka_helpers import header, publish, read_topic, start_router
 

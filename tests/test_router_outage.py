@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from broker.codec import Codec
 from broker.config import Settings
-from broker.embedded import EmbeddedBroker, free_port
+from broker.kafka.embedded import EmbeddedBroker, free_port
 from broker.network import Network
-from broker.registry import REFERRAL, EmbeddedRegistry
+from broker.wire.codec import Codec
+from broker.wire.registry import REFERRAL, EmbeddedRegistry
 from tests.conftest import EXAMPLE_NETWORK
 from tests.factories import make_referral
 from tests.kafka_helpers import provision_network, publish, read_topic, start_router

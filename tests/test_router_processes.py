@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.codec import Codec
 from broker.config import Settings
-from broker.registry import EmbeddedRegistry
+from broker.wire.codec import Codec
+from broker.wire.registry import EmbeddedRegistry
 from tests.factories import make_referral
 from tests.kafka_helpers import publish, read_topic, spawn_cli
 

@@ -8,8 +8,8 @@ import pytest
 
 from broker.errors import RoutingError
 from broker.network import Network, parse_network
-from broker.routing import add_hosting_jurisdictions, country_of_ip, decide
-from broker.topics import TopicNames
+from broker.routing.decide import add_hosting_jurisdictions, country_of_ip, decide
+from broker.wire.topics import TopicNames
 
 NET = parse_network(
     """

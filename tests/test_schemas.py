@@ -11,7 +11,7 @@ import fastavro
 import pytest
 from fastavro.schema import load_schema, to_parsing_canonical_form
 
-from broker.registry import (
+from broker.wire.registry import (
     RECORD_NAMES,
     REFERRAL,
     EmbeddedRegistry,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from broker.keys import OrgKeys, load_trust
 from broker.network import load_network
+from broker.security.keys import OrgKeys, load_trust
 from cli.main import app
 from tests.test_connectors_support import NETWORK_TOML
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from broker.codec import Codec
 from broker.config import Settings
-from broker.deadletter import H_CONNECTOR, H_MESSAGE, H_STAGE
+from broker.kafka.deadletter import H_CONNECTOR, H_MESSAGE, H_STAGE
 from broker.network import Network
-from broker.registry import REFERRAL
-from broker.security import ReceiverSecurity
-from broker.signing import SIGNATURE_HEADER
-from broker.topics import Headers
+from broker.security.rules import ReceiverSecurity
+from broker.security.signing import SIGNATURE_HEADER
+from broker.wire.codec import Codec
+from broker.wire.registry import REFERRAL
+from broker.wire.topics import Headers
 from connectors.base import Delivery, Sink
 from connectors.delivery import SinkDriver
 from connectors.inbox import Inbox
@@ -210,7 +210,7 @@ def test_one_altered_byte_is_rejected_with_the_signature_reason(
     names = settings.topic_names()
     codec = codec_for(settings)
     outbox = Outbox.for_org(settings, "hl-a")
-    from broker.clients import producer as make_producer
+    from broker.kafka.clients import producer as make_producer
 
     producer = make_producer(settings, role="test-publisher")
     try:
@@ -256,7 +256,7 @@ def test_plain_referral_refused_at_publish_and_dead_lettered_at_the_sink(
         topic_prefix=settings.topic_prefix,
     )
     outbox = Outbox.for_org(keyless, "hl-b")
-    from broker.clients import producer as make_producer
+    from broker.kafka.clients import producer as make_producer
 
     producer = make_producer(keyless, role="test-publisher")
     try:

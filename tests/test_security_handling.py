@@ -13,11 +13,11 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from broker.codec import Codec
 from broker.config import Settings
-from broker.deadletter import HEADER_DLQ_PREFIX
-from broker.ledger import decode_events
-from broker.registry import REFERRAL, EmbeddedRegistry
+from broker.kafka.deadletter import HEADER_DLQ_PREFIX
+from broker.ledger.events import decode_events
+from broker.wire.codec import Codec
+from broker.wire.registry import REFERRAL, EmbeddedRegistry
 from cli.main import app
 from connectors.runtime import ConnectorRuntime
 from tests.factories import make_referral

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from broker import clients
-from broker.codec import Codec
 from broker.config import Settings
-from broker.embedded import EmbeddedBroker, free_port
 from broker.errors import ConfigError
+from broker.kafka import clients
+from broker.kafka.embedded import EmbeddedBroker, free_port
 from broker.network import Network
-from broker.registry import REFERRAL, EmbeddedRegistry
+from broker.wire.codec import Codec
+from broker.wire.registry import REFERRAL, EmbeddedRegistry
 from cli.main import app
 from tests.conftest import EXAMPLE_NETWORK
 from tests.factories import make_referral

@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 
-from broker import models as m
-from broker.codec import Codec
 from broker.config import Settings
 from broker.errors import ConfigError, SealError, SecurityError, SignatureInvalid
-from broker.keys import (
+from broker.routing.decide import decide
+from broker.security.keys import (
     OrgKeys,
     add_to_trust_file,
     init_keys,
@@ -23,11 +22,9 @@ from broker.keys import (
     load_trust,
     revoke_in_trust_file,
 )
-from broker.registry import REFERRAL, EmbeddedRegistry
-from broker.routing import decide
-from broker.sealing import SUITE, open_sealed, seal, sealed_for
-from broker.security import HandlingLog, OriginSecurity, ReceiverSecurity, stage_of
-from broker.signing import (
+from broker.security.rules import HandlingLog, OriginSecurity, ReceiverSecurity, stage_of
+from broker.security.sealing import SUITE, open_sealed, seal, sealed_for
+from broker.security.signing import (
     CONTEXT_HEADER,
     SIGNATURE_HEADER,
     SignedContext,
@@ -35,6 +32,9 @@ from broker.signing import (
     sign,
     verify,
 )
+from broker.wire import models as m
+from broker.wire.codec import Codec
+from broker.wire.registry import REFERRAL, EmbeddedRegistry
 from tests.factories import make_referral
 from tests.security_support import give_keys, keyed_network
 

@@ -13,11 +13,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from broker.codec import Codec
 from broker.config import Settings
 from broker.network import Network
-from broker.registry import EmbeddedRegistry
 from broker.tracing import Tracing
+from broker.wire.codec import Codec
+from broker.wire.registry import EmbeddedRegistry
 from connectors.runtime import ConnectorRuntime
 from tests.kafka_helpers import start_router
 from tests.test_connectors_support import referral_json, wait_for

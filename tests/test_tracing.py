@@ -12,12 +12,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from broker.codec import Codec
 from broker.config import Settings
 from broker.network import Network
-from broker.registry import REFERRAL, EmbeddedRegistry
-from broker.topics import Headers
 from broker.tracing import Tracing, extract, inject, safe_attributes, setup_tracing
+from broker.wire.codec import Codec
+from broker.wire.registry import REFERRAL, EmbeddedRegistry
+from broker.wire.topics import Headers
 from tests.factories import make_referral
 from tests.kafka_helpers import header, publish, read_topic, start_router
 

@@ -10,7 +10,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from broker.errors import BrokerError
 from broker.network import Network
-from broker.topics import TopicNames
+from broker.wire.topics import TopicNames
 
 __all__ = ["ProvisionReport", "describe_topics", "provision"]
 

@@ -1,7 +1,7 @@
 """The router service: intake → jurisdiction topics, status intake → origin status topics.
 
 For each intake record it decodes only the envelope, decides the destinations
-(:func:`broker.routing.decide`) and publishes the **original value bytes**
+(:func:`broker.routing.decide.decide`) and publishes the **original value bytes**
 unchanged to each, keyed by referral id, with the original headers (trace
 context, origin) plus the routing reason and the organisations meant to receive
 it. Status updates are forwarded unchanged to the status topic of the
@@ -35,17 +35,17 @@ from kafka.structs import OffsetAndMetadata
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, get_current_span
 
-from broker import clients
-from broker.codec import Codec
 from broker.config import Settings
-from broker.deadletter import send_dead_letter
 from broker.errors import BrokerError, CodecError, ReferralError
-from broker.ledger import LedgerEmitter, handover_event
+from broker.kafka import clients
+from broker.kafka.deadletter import send_dead_letter
+from broker.ledger.events import LedgerEmitter, handover_event
 from broker.network import Network
-from broker.registry import STATUS_UPDATE
-from broker.routing import DecisionCache, status_destination
-from broker.topics import Headers
+from broker.routing.decide import DecisionCache, status_destination
 from broker.tracing import Tracing, trace_id_of
+from broker.wire.codec import Codec
+from broker.wire.registry import STATUS_UPDATE
+from broker.wire.topics import Headers
 
 __all__ = ["STATUS_UPDATE", "Router", "RouterStats"]
 

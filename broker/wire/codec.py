@@ -29,7 +29,7 @@ from broker.errors import (
     UnknownSchema,
     UnknownSchemaId,
 )
-from broker.registry import REFERRAL, Registry, full_name, registry_from_settings
+from broker.wire.registry import REFERRAL, Registry, full_name, registry_from_settings
 
 if TYPE_CHECKING:
     from broker.config import Settings
@@ -307,7 +307,7 @@ class Codec:
         """A ``(bytes, ctx) -> obj`` deserializer for consumers.
 
         Returns ``from_dict(record_name, datum)`` if given (e.g.
-        :func:`broker.models.model_from_avro`), else the datum dict.
+        :func:`broker.wire.models.model_from_avro`), else the datum dict.
         """
 
         def deserialize(data: bytes, ctx: SerializationContext) -> Any:

@@ -33,12 +33,12 @@ from typing import Any, Literal
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from broker import clients
-from broker.codec import Codec
 from broker.config import Settings
 from broker.errors import BrokerError, CodecError, ReferralError
-from broker.ledger import decode_events
-from broker.operator_view import HandoverRecord
+from broker.kafka import clients
+from broker.ledger.events import decode_events
+from broker.ledger.views import HandoverRecord
+from broker.wire.codec import Codec
 
 __all__ = [
     "DEFAULT_FILE",

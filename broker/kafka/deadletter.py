@@ -17,7 +17,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.producer.future import FutureRecordMetadata
 
-from broker.topics import HEADER_DLQ_PREFIX, Headers
+from broker.wire.topics import HEADER_DLQ_PREFIX, Headers
 
 __all__ = [
     "DeadLetter",

@@ -29,10 +29,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.countries import is_country
 from broker.errors import RoutingError
 from broker.network import Network
-from broker.topics import TopicNames
+from broker.wire.countries import is_country
+from broker.wire.topics import TopicNames
 
 __all__ = [
     "DecisionCache",

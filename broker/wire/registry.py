@@ -293,7 +293,7 @@ class EmbeddedRegistry:
 
     def register(self, name: str, schema: dict[str, Any] | None = None) -> Registration:
         """Add ``schema`` (default: the working schema) as a new version if it changed."""
-        from broker.compat import CompatibilityMode, check_compatibility
+        from broker.wire.compat import CompatibilityMode, check_compatibility
 
         name = full_name(name)
         if schema is None:

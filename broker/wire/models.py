@@ -36,9 +36,9 @@ from pydantic import (
     model_validator,
 )
 
-from broker.countries import is_country
 from broker.errors import ValidationFailed
-from broker.registry import HANDOVER_BATCH, HANDOVER_EVENT, REFERRAL, STATUS_UPDATE, full_name
+from broker.wire.countries import is_country
+from broker.wire.registry import HANDOVER_BATCH, HANDOVER_EVENT, REFERRAL, STATUS_UPDATE, full_name
 
 __all__ = [
     "CLOCK_SKEW",
@@ -537,7 +537,7 @@ class SealedRecipient(_AvroModel):
 
 
 class SealedBody(_AvroModel):
-    """A case body encrypted for its recipients (see :mod:`broker.sealing`)."""
+    """A case body encrypted for its recipients (see :mod:`broker.security.sealing`)."""
 
     suite: Annotated[str, Field(min_length=1, max_length=100)]
     recipients: tuple[SealedRecipient, ...]

@@ -17,9 +17,9 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
-from broker.codec import Codec
 from broker.errors import SchemaMismatch
-from broker.registry import HANDOVER_BATCH, HANDOVER_EVENT
+from broker.wire.codec import Codec
+from broker.wire.registry import HANDOVER_BATCH, HANDOVER_EVENT
 
 __all__ = ["HANDOVER_BATCH", "HANDOVER_EVENT", "LedgerEmitter", "decode_events", "handover_event"]
 

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
-from broker.clients import wait_for_broker
 from broker.errors import BrokerUnavailable, EmbeddedBrokerError
+from broker.kafka.clients import wait_for_broker
 
 __all__ = [
     "BrokerState",

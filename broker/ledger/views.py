@@ -30,7 +30,7 @@ from typing import Any
 
 from broker.errors import ReferralError
 from broker.network import Deadlines
-from broker.topics import TopicNames
+from broker.wire.topics import TopicNames
 
 __all__ = [
     "UNASSIGNED_COLUMN",

@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.errors import SignatureInvalid
-from broker.keys import TrustStore
+from broker.security.keys import TrustStore
 
 __all__ = [
     "CONTEXT_HEADER",

@@ -37,15 +37,15 @@ from typing import Any
 
 import fastavro
 
-from broker.codec import Codec
 from broker.config import Settings
 from broker.errors import SealError, SecurityError, SignatureInvalid
-from broker.keys import OrgKeys, TrustStore, key_dir, load_trust
 from broker.network import Network
-from broker.registry import REFERRAL, Registry
-from broker.sealing import is_sealed, open_sealed, seal, sealed_for
-from broker.signing import SignedContext, check_envelope, has_signature, sign, verify
-from broker.topics import TopicNames
+from broker.security.keys import OrgKeys, TrustStore, key_dir, load_trust
+from broker.security.sealing import is_sealed, open_sealed, seal, sealed_for
+from broker.security.signing import SignedContext, check_envelope, has_signature, sign, verify
+from broker.wire.codec import Codec
+from broker.wire.registry import REFERRAL, Registry
+from broker.wire.topics import TopicNames
 
 __all__ = [
     "BodyCodec",

@@ -1,0 +1,1 @@
+"""Kafka plumbing: clients, the consume loop, dead letters, provisioning, embedded broker."""

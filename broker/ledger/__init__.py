@@ -1,0 +1,1 @@
+"""The handover ledger: events and their emitter, the hash-chained store, the operator views."""

@@ -1,0 +1,1 @@
+"""Routing: the pure routing decision and the router service that applies it."""

@@ -1,0 +1,1 @@
+"""Security: organisation keys, signatures, sealed bodies and the rules at both ends."""

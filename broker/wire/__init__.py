@@ -1,0 +1,1 @@
+"""The wire: Avro models, the Confluent codec, the registry, compatibility, topic names."""
