@@ -101,6 +101,12 @@ def dlq_replay(
             raise ConfigError(f"no dead letter with id {', '.join(sorted(missing))}")
         sent = 0
         for d in letters:
+            if d.by_reference:
+                console.print(
+                    f"skipped {d.id}: too large to carry, only its reference is here "
+                    f"(fetch {d.original_topic}[{d.original_partition}]@{d.original_offset})"
+                )
+                continue
             target = d.original_topic if d.original_topic in allowed else None
             if target is None:
                 console.print(

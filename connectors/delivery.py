@@ -9,8 +9,11 @@ A repeat is counted and answered with DUPLICATE_SKIPPED and another RECEIVED
 (the first may have been lost; the origin's outbox ignores repeats). What
 cannot be decoded goes to the dead-letter topic (stage ``SINK_DECODE``); what
 the organisation's system finally refuses goes there too (stage ``DELIVER``)
-and is not recorded as delivered. Offsets are committed only after the batch
-is delivered and its receipts acknowledged (at-least-once).
+and is not recorded as delivered.
+
+Both drivers are handlers in the one consume loop (:mod:`broker.kafka.loop`):
+sinks are flushed before any commit, and a record is committed only once its
+receipt, its handover events or its dead letter are acknowledged.
 
 :class:`StatusDriver` (the origin side) consumes ``status.to.<org>``: each
 RECEIVED clears a destination in the outbox, and every status is handed to the
@@ -22,25 +25,23 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
-from kafka.structs import OffsetAndMetadata
 from opentelemetry.context import Context
 
 from broker.config import Settings
 from broker.errors import CodecError, DeliveryError, ReferralError, SecurityError
 from broker.kafka import clients
-from broker.kafka.deadletter import send_dead_letter
-from broker.ledger.events import LedgerEmitter, handover_event
+from broker.kafka.deadletter import DeadLetterStage
+from broker.kafka.loop import BatchContext, ConsumeLoop, LoopStats, RecordContext
+from broker.ledger.events import LedgerEmitter
 from broker.security.rules import ReceiverSecurity, stage_of
 from broker.tracing import Tracing
 from broker.wire.codec import Codec
-from broker.wire.models import ReferralStatus, StatusUpdate, utc_now_ms
+from broker.wire.models import HandoverEventType, ReferralStatus, StatusUpdate, utc_now_ms
 from broker.wire.registry import REFERRAL, STATUS_UPDATE
 from broker.wire.topics import Headers, TopicNames
 from connectors.base import Delivery, Sink, StatusDelivery, StatusSink, jsonable
@@ -48,7 +49,6 @@ from connectors.inbox import Inbox
 from connectors.outbox import Outbox
 
 __all__ = [
-    "DriverStats",
     "SinkDriver",
     "StatusDriver",
     "StatusSender",
@@ -84,19 +84,6 @@ def status_key(status: Mapping[str, Any]) -> str:
     at = status.get("emitted_at")
     stamp = int(at.timestamp() * 1000) if isinstance(at, datetime) else at
     return f"{head}|{stamp}"
-
-
-@dataclass
-class DriverStats:
-    """Counters of one driver's run."""
-
-    records: int = 0
-    delivered: int = 0
-    duplicates: int = 0
-    skipped: int = 0
-    dead_lettered: int = 0
-    statuses: int = 0
-    batches: int = 0
 
 
 class StatusSender:
@@ -160,10 +147,11 @@ class StatusSender:
 
 
 class _Driver(Generic[SinkT]):
-    """Shared consumer plumbing: poll, process, flush, commit; stop on an Event.
+    """Shared plumbing: a consume loop over ``topics`` feeding sinks; stop on an Event.
 
     The driver owns its sinks' lifecycle: they are opened before the group is
-    joined, flushed before each commit and flushed and closed after leaving.
+    joined, flushed before each commit (the loop's ``before_commit``) and
+    flushed and closed after leaving.
     """
 
     name = "driver"
@@ -184,36 +172,43 @@ class _Driver(Generic[SinkT]):
     ) -> None:
         self.settings = settings
         self.tracing = tracing or Tracing(None, org_id)
-        #: The trace context of the record being handled (parent of what it causes).
-        self.current_context: Context | None = None
         self.org_id = org_id
         self.codec = codec
         self.names = settings.topic_names()
         self.topics = list(topics)
         self.group_id = group_id
         self.sinks: list[SinkT] = list(sinks)
-        self.poll_timeout_ms = poll_timeout_ms
-        self.stats = DriverStats()
         self._consumer_factory = consumer_factory or clients.consumer
         self._own_producer = producer is None
         self.producer = producer or clients.producer(settings, role=f"{self.name}-{org_id}")
-        self.ledger = LedgerEmitter(self.producer, codec, self.names.ledger)
-        self._consumer: KafkaConsumer | None = None
+        self.loop = ConsumeLoop(
+            self,
+            consumer=self._subscribe,
+            producer=self.producer,
+            deadletter_topic=self.names.deadletter,
+            actor=org_id,
+            group=settings.topic_prefix + group_id,
+            ledger=LedgerEmitter(self.producer, codec, self.names.ledger),
+            tracing=self.tracing,
+            poll_timeout_ms=poll_timeout_ms,
+        )
+        self.stats: LoopStats = self.loop.stats
+
+    def _subscribe(self) -> KafkaConsumer:
+        return self._consumer_factory(
+            self.settings, *self.topics, group_id=self.group_id, role=f"{self.name}-{self.org_id}"
+        )
 
     def open(self) -> None:
         """Open every sink, then join the consumer group."""
         for sink in self.sinks:
             sink.open()
-        self._consumer = self._consumer_factory(
-            self.settings, *self.topics, group_id=self.group_id, role=f"{self.name}-{self.org_id}"
-        )
+        self.loop.open()
 
     def close(self) -> None:
         """Leave the group and flush what is in flight, then flush and close every sink."""
         try:
-            if self._consumer is not None:
-                clients.close_consumer(self._consumer, self.name, log)
-                self._consumer = None
+            self.loop.close()
             if self._own_producer:
                 clients.close_producer(self.producer, self.name, log)
         finally:
@@ -223,125 +218,31 @@ class _Driver(Generic[SinkT]):
                 finally:
                     sink.close()
 
-    def run(self, stop: threading.Event) -> DriverStats:
-        """Consume until ``stop`` is set; each batch is committed after it is handled."""
-        if self._consumer is None:
+    def run(self, stop: threading.Event) -> LoopStats:
+        """Consume until ``stop`` is set; each batch is committed once its fate is acked."""
+        if self.loop.consumer is None:
             self.open()
         try:
-            while not stop.is_set():
-                self.poll_once()
+            return self.loop.run(stop)
         finally:
             self.close()
-        return self.stats
 
     def poll_once(self) -> int:
         """One poll → handle → flush → commit cycle; returns the number of records."""
-        assert self._consumer is not None
-        batch = self._consumer.poll(timeout_ms=self.poll_timeout_ms)
-        if not batch:
-            return 0
-        futures: list[FutureRecordMetadata] = []
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        count = 0
-        for tp, records in batch.items():
-            for record in records:
-                count += 1
-                self.stats.records += 1
-                with self.tracing.process(
-                    record,
-                    self.settings.topic_prefix + self.group_id,
-                    attributes={"referral.org": self.org_id},
-                ) as ctx:
-                    self.current_context = ctx
-                    self.handle(record, futures)
-                self.current_context = None
-            offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
-        self.after_batch()
-        try:
-            self.producer.flush(30)
-        except KafkaError as exc:
-            log.warning("%s flush failed: %s", self.name, type(exc).__name__)
-        failed = sum(1 for f in futures if f.failed())
-        if failed:
-            # Delivered but the receipts were not acknowledged: the outbox of the
-            # origin republishes, and the repeat is answered with another RECEIVED.
-            log.warning("%s: %d of %d sends failed", self.name, failed, len(futures))
-        try:
-            self._consumer.commit(offsets)
-        except KafkaError as exc:
-            log.warning("%s commit failed (will be redelivered): %s", self.name, type(exc).__name__)
-        self.stats.batches += 1
-        return count
+        return self.loop.poll_once()
 
-    def handle(self, record: Any, futures: list[FutureRecordMetadata]) -> None:
+    def step(self, stop: threading.Event) -> int:
+        """One cycle after the loop's current backoff (interrupted by ``stop``)."""
+        return self.loop.step(stop)
+
+    def handle(self, record: Any, ctx: RecordContext) -> None:
         """Handle one consumed record (subclasses)."""
         raise NotImplementedError
 
-    def after_batch(self) -> None:
+    def before_commit(self, batch: BatchContext) -> None:
         """Make every sink durable before the offsets are committed."""
         for sink in self.sinks:
             sink.flush()
-
-    def dead_letter(
-        self, record: Any, stage: str, exc: BaseException, futures: list[FutureRecordMetadata]
-    ) -> None:
-        """Send ``record`` intact to the dead-letter topic with the reason."""
-        self.stats.dead_lettered += 1
-        log.info(
-            "%s dead-lettered %s[%d]@%d at %s: %s",
-            self.org_id,
-            record.topic,
-            record.partition,
-            record.offset,
-            stage,
-            type(exc).__name__,
-        )
-        futures.append(
-            send_dead_letter(self.producer, self.names.deadletter, record, stage, exc, self.org_id)
-        )
-        referral_id = header_value(record.headers, Headers.REFERRAL_ID)
-        if referral_id:
-            self.event(
-                "DEAD_LETTERED",
-                referral_id,
-                header_value(record.headers, Headers.CASE_ID) or "-",
-                record,
-                futures,
-                reason=f"{stage}: {type(exc).__name__}",
-            )
-
-    def event(
-        self,
-        kind: str,
-        referral_id: str,
-        case_id: str,
-        record: Any,
-        futures: list[FutureRecordMetadata],
-        *,
-        from_party: str | None = None,
-        reason: str | None = None,
-    ) -> None:
-        """Emit one handover event about ``record``."""
-        try:
-            future = self.ledger.emit(
-                handover_event(
-                    kind,
-                    referral_id=referral_id,
-                    case_id=case_id or "-",
-                    actor=self.org_id,
-                    from_party=from_party,
-                    to_party=self.org_id,
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    reason=reason,
-                )
-            )
-        except (CodecError, KafkaError) as exc:
-            log.warning("ledger event not sent: %s", type(exc).__name__)
-            return
-        if future is not None:  # None: held for a batched ledger emitter
-            futures.append(future)
 
 
 class SinkDriver(_Driver[Sink]):
@@ -375,7 +276,7 @@ class SinkDriver(_Driver[Sink]):
             if self.security is not None:
                 self.security.close()
 
-    def handle(self, record: Any, futures: list[FutureRecordMetadata]) -> None:
+    def handle(self, record: Any, ctx: RecordContext) -> None:
         """Deliver one record addressed to this organisation (idempotently)."""
         orgs = header_value(record.headers, Headers.DESTINATION_ORGS)
         if orgs is None or self.org_id not in orgs.split(","):
@@ -394,10 +295,10 @@ class SinkDriver(_Driver[Sink]):
             case_id = str(envelope["case_id"])
             origin = str(envelope["origin_org"])
         except SecurityError as exc:
-            self.dead_letter(record, stage_of(exc), exc, futures)
+            ctx.dead_letter(stage_of(exc), exc)
             return
         except (CodecError, KeyError, TypeError) as exc:
-            self.dead_letter(record, "SINK_DECODE", exc, futures)
+            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
             return
         delivery = Delivery(
             referral_id=referral_id,
@@ -414,43 +315,42 @@ class SinkDriver(_Driver[Sink]):
         if not pending:
             self.stats.duplicates += 1
             self.inbox.count_duplicate(referral_id, self.sinks[0].kind if self.sinks else "")
-            self.event(
-                "DUPLICATE_SKIPPED", referral_id, case_id, record, futures, from_party=origin
+            ctx.event(
+                HandoverEventType.DUPLICATE_SKIPPED,
+                referral_id,
+                case_id,
+                from_party=origin,
+                to_party=self.org_id,
             )
-            self._receipt(referral_id, case_id, origin, futures)
+            self._receipt(ctx, referral_id, case_id, origin)
             return
         delivered = []
         for sink in pending:
             try:
                 sink.deliver(delivery)
             except DeliveryError as exc:
-                self.dead_letter(record, "DELIVER", exc, futures)
+                ctx.dead_letter(DeadLetterStage.DELIVER, exc, referral_id)
                 continue
             self.inbox.record(delivery, sink.kind)
             delivered.append(sink.kind)
         if delivered:
             self.stats.delivered += 1
-            self.event(
-                "DELIVERED",
+            ctx.event(
+                HandoverEventType.DELIVERED,
                 referral_id,
                 case_id,
-                record,
-                futures,
                 from_party=origin,
+                to_party=self.org_id,
                 reason=",".join(delivered),
             )
-            self._receipt(referral_id, case_id, origin, futures)
+            self._receipt(ctx, referral_id, case_id, origin)
 
-    def _receipt(
-        self, referral_id: str, case_id: str, origin: str, futures: list[FutureRecordMetadata]
-    ) -> None:
+    def _receipt(self, ctx: RecordContext, referral_id: str, case_id: str, origin: str) -> None:
         try:
-            futures.append(
-                self.status.received(
-                    self.org_id, referral_id, case_id, origin, self.current_context
-                )
+            ctx.track(
+                lambda: self.status.received(self.org_id, referral_id, case_id, origin, ctx.trace)
             )
-        except (ReferralError, KafkaError, ValueError) as exc:
+        except (ReferralError, ValueError) as exc:
             log.warning("RECEIVED for %s not sent: %s", referral_id, type(exc).__name__)
 
 
@@ -476,7 +376,7 @@ class StatusDriver(_Driver[StatusSink]):
         self.outbox = outbox
         self.inbox = inbox
 
-    def handle(self, record: Any, futures: list[FutureRecordMetadata]) -> None:
+    def handle(self, record: Any, ctx: RecordContext) -> None:
         """Clear the outbox on RECEIVED and hand the status to the status sinks once."""
         try:
             _, datum = self.codec.decode(record.value or b"", expected=STATUS_UPDATE)
@@ -484,7 +384,7 @@ class StatusDriver(_Driver[StatusSink]):
             status = str(datum["status"])
             emitted_by = str(datum["emitted_by"])
         except (CodecError, KeyError, TypeError) as exc:
-            self.dead_letter(record, "SINK_DECODE", exc, futures)
+            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
             return
         self.stats.statuses += 1
         if status == "RECEIVED":
@@ -509,7 +409,7 @@ class StatusDriver(_Driver[StatusSink]):
                 sink.deliver_status(delivery)
             except DeliveryError as exc:
                 failed = True
-                self.dead_letter(record, "DELIVER", exc, futures)
+                ctx.dead_letter(DeadLetterStage.DELIVER, exc, referral_id)
         if not failed:
             self.inbox.record_status(key, referral_id)
             self.stats.delivered += 1

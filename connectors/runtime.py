@@ -285,8 +285,8 @@ class ConnectorRuntime:
         for src in self.built.sources:
             self._spawn(f"source-{src.kind}", self._source_loop(src))
         if self.sink_driver is not None:
-            self._spawn("sink-driver", self._driver_loop(self.sink_driver.poll_once))
-        self._spawn("status-driver", self._driver_loop(self.status_driver.poll_once))
+            self._spawn("sink-driver", self._driver_loop(self.sink_driver.step))
+        self._spawn("status-driver", self._driver_loop(self.status_driver.step))
         self._spawn("republisher", self._republish_loop)
         log.info(
             "%s: %d source(s), %d sink(s), %d status sink(s) running",
@@ -321,10 +321,10 @@ class ConnectorRuntime:
 
         return loop
 
-    def _driver_loop(self, poll_once: Callable[[], int]) -> Callable[[], None]:
+    def _driver_loop(self, step: Callable[[threading.Event], int]) -> Callable[[], None]:
         def loop() -> None:
             while not self._stop.is_set():
-                if not self._guarded("driver", poll_once):
+                if not self._guarded("driver", lambda: step(self._stop)):
                     self._stop.wait(1.0)
 
         return loop

@@ -17,9 +17,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 from broker.config import Settings
 from broker.kafka import clients
+from broker.kafka.loop import LoopStats
 from broker.kafka.provision import provision
 from broker.network import Network
-from broker.routing.router import Router, RouterStats
+from broker.routing.router import Router
 from broker.wire.codec import Codec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +105,7 @@ class RouterThread:
     router: Router
     stop_event: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
-    stats: RouterStats | None = None
+    stats: LoopStats | None = None
     error: str | None = None
 
     def start(self) -> RouterThread:
@@ -119,7 +120,7 @@ class RouterThread:
         self.thread.start()
         return self
 
-    def stop(self) -> RouterStats:
+    def stop(self) -> LoopStats:
         self.stop_event.set()
         assert self.thread is not None
         self.thread.join(30)

@@ -114,7 +114,9 @@ def test_router_spans_continue_the_publishers_trace(
     assert process.context.trace_id == trace_id
     assert process.parent is not None
     assert process.parent.span_id == root.context.span_id
-    assert process.attributes["messaging.consumer.group.name"] == "router"
+    assert process.attributes["messaging.consumer.group.name"] == (
+        provisioned.topic_prefix + "router"
+    )
     for topic, records in ((names.jurisdiction("DE"), de), (names.jurisdiction("FR"), fr)):
         send = by_name[f"send {topic}"]
         assert send.kind == SpanKind.PRODUCER

@@ -5,13 +5,21 @@ A dead letter keeps the original key, value and headers byte for byte; the
 offset), at which stage it failed, the error class and a message that never
 quotes payload content. ``referral dlq list`` reads them back;
 ``referral dlq replay`` sends chosen ones to their original topic.
+
+A record that cannot be carried as it is (larger than the producer or the
+broker accepts) is dead-lettered **by reference** instead
+(:func:`send_dead_letter_reference`): its position, key, sizes and SHA-256,
+and only its first bytes as the value, so the operator can find and fetch it
+from the original topic; such a dead letter cannot be replayed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -20,7 +28,9 @@ from kafka.producer.future import FutureRecordMetadata
 from broker.wire.topics import HEADER_DLQ_PREFIX, Headers
 
 __all__ = [
+    "REFERENCE_PREFIX_BYTES",
     "DeadLetter",
+    "DeadLetterStage",
     "dead_letter_headers",
     "read_dead_letters",
     "send_dead_letter",
@@ -35,6 +45,42 @@ H_CLASS = HEADER_DLQ_PREFIX + "exception.class.name"
 H_MESSAGE = HEADER_DLQ_PREFIX + "exception.message"
 H_CONNECTOR = HEADER_DLQ_PREFIX + "connector.name"
 H_AT = HEADER_DLQ_PREFIX + "timestamp"
+H_REFERENCE = HEADER_DLQ_PREFIX + "by.reference"
+H_KEY_SIZE = HEADER_DLQ_PREFIX + "original.key.size"
+H_VALUE_SIZE = HEADER_DLQ_PREFIX + "original.value.size"
+H_HEADERS_SIZE = HEADER_DLQ_PREFIX + "original.headers.size"
+H_VALUE_SHA256 = HEADER_DLQ_PREFIX + "original.value.sha256"
+
+#: How much of a too-large value a by-reference dead letter keeps.
+REFERENCE_PREFIX_BYTES = 1024
+
+
+class DeadLetterStage(StrEnum):
+    """Where a record failed: the ``__connect.errors.stage`` header of its dead letter."""
+
+    #: the router could not decode the referral envelope
+    ROUTE_DECODE = "ROUTE_DECODE"
+    #: the router could not decide the destinations (e.g. a bad country code)
+    ROUTE_DECIDE = "ROUTE_DECIDE"
+    #: the router could not decode or address a status update
+    STATUS_ROUTE = "STATUS_ROUTE"
+    #: a sink or status feed could not decode the record
+    SINK_DECODE = "SINK_DECODE"
+    #: the organisation's system refused the delivery
+    DELIVER = "DELIVER"
+    #: the signature did not verify
+    VERIFY = "VERIFY"
+    #: the sealed body could not be opened
+    UNSEAL = "UNSEAL"
+    #: the handling rules (TLP, handling codes) forbid delivery
+    HANDLING = "HANDLING"
+    #: the handler failed unexpectedly (a bug); the record is kept intact
+    HANDLER = "HANDLER"
+    #: the record's sends kept failing while the broker took others: dead-lettered whole
+    SEND = "SEND"
+    #: the record could not be sent on as it is (too large): dead-lettered by reference
+    UNSENDABLE = "UNSENDABLE"
+
 
 HeaderList = list[tuple[str, bytes]]
 
@@ -75,6 +121,36 @@ def send_dead_letter(
     return producer.send(topic, key=record.key, value=record.value, headers=headers)
 
 
+def send_dead_letter_reference(
+    producer: KafkaProducer,
+    topic: str,
+    record: Any,
+    exc: BaseException,
+    actor: str,
+) -> FutureRecordMetadata:
+    """Dead-letter ``record`` by reference: where it is, how big, its digest, its first bytes.
+
+    For a record that cannot be sent on as it is (neither forwarded nor
+    dead-lettered whole): the value carried is only the first
+    :data:`REFERENCE_PREFIX_BYTES`; the original headers are left out (they may
+    be what made it too large) but for the referral id.
+    """
+    value = record.value or b""
+    original_headers = list(record.headers or [])
+    kept = [(k, v) for k, v in original_headers if k == Headers.REFERRAL_ID][:1]
+    headers = [
+        *kept,
+        *dead_letter_headers(record, DeadLetterStage.UNSENDABLE, exc, actor),
+        (H_REFERENCE, b"1"),
+        (H_KEY_SIZE, str(len(record.key or b"")).encode()),
+        (H_VALUE_SIZE, str(len(value)).encode()),
+        (H_HEADERS_SIZE, str(sum(len(k) + len(v or b"") for k, v in original_headers)).encode()),
+        (H_VALUE_SHA256, hashlib.sha256(value).hexdigest().encode()),
+    ]
+    key = record.key if record.key is None or len(record.key) <= 256 else record.key[:256]
+    return producer.send(topic, key=key, value=value[:REFERENCE_PREFIX_BYTES], headers=headers)
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """A dead letter as read back from the topic; ``id`` is ``partition:offset``."""
@@ -92,6 +168,8 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
+    #: True for a record too large to carry: only its reference and first bytes are here
+    by_reference: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready summary (no payload bytes)."""
@@ -107,6 +185,7 @@ class DeadLetter:
             "referral_id": self.referral_id,
             "at_ms": self.at_ms,
             "size": len(self.value or b""),
+            "by_reference": self.by_reference,
         }
 
 
@@ -155,6 +234,7 @@ def read_dead_letters(
                     key=rec.key,
                     value=rec.value,
                     headers=headers,
+                    by_reference=_header(headers, H_REFERENCE) == "1",
                 )
         # Tansu's ListOffsets(latest) may leave out the last batch: stop only on an
         # idle poll once every partition has reached the reported end.

@@ -1,0 +1,638 @@
+"""The one consume loop: poll → handle → make durable → wait for every ack → commit.
+
+The router, every sink driver and every origin's status feed run in this loop;
+only their :class:`Handler` differs. A record's **fate** is whatever its handler
+sent because of it — destination publishes, receipts, handover events, or a
+dead letter — and the loop alone decides what happens next:
+
+==========================================  ===============================================
+outcome                                     policy
+==========================================  ===============================================
+every send of the record acknowledged       the record counts as done; its offset may be
+                                            committed
+handler raised (a bug, not bad input)       the record is dead-lettered intact, stage
+                                            ``HANDLER``; the partition flows on
+a send refused for good by the client or    the record is dead-lettered **by reference**
+broker (too large, invalid record)          (position, key, sizes, SHA-256, first bytes);
+                                            the partition flows on
+a send not acknowledged (timeout, broker    the record is **not** committed: the offsets
+away) — including a dead letter's send      before it are, its partition is rewound to it
+                                            and it is handled again after a backoff
+the same record still failing after         if others in the batch got through (the fault
+``max_attempts`` handlings                  is the record's, not the broker's): dead-letter
+                                            it whole (stage ``SEND``, replayable) and move
+                                            on; otherwise keep retrying — nothing is
+                                            committed unacknowledged
+a batch-level send not acknowledged (the    nothing of the batch is committed; every
+router's ledger batch) or a sink that       partition is rewound and the batch handled
+cannot be made durable                      again (consumers downstream are idempotent)
+commit failed (rebalance, broker away)      logged and counted; the records were acked, so
+                                            the next owner repeats them at worst
+partitions revoked mid-batch                nothing to do: the batch is committed before
+                                            the next poll, where kafka-python rebalances;
+                                            a failed commit is the case above
+==========================================  ===============================================
+
+Handlers never open consumer spans: tracing is middleware around ``handle``
+(:func:`tracing_middleware`), and the record's trace context reaches the
+handler as ``ctx.trace``. Every counter lives in one :class:`LoopStats`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeAlias
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import (
+    InvalidRecordError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
+from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import OffsetAndMetadata
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, get_current_span
+
+from broker.kafka.deadletter import DeadLetterStage, send_dead_letter, send_dead_letter_reference
+from broker.ledger.events import LedgerEmitter, handover_event
+from broker.tracing import Tracing, trace_id_of
+from broker.wire.models import HandoverEventType
+from broker.wire.topics import Headers
+
+__all__ = [
+    "BatchContext",
+    "ConsumeLoop",
+    "Handler",
+    "LoopStats",
+    "Middleware",
+    "RecordContext",
+    "tracing_middleware",
+]
+
+log = logging.getLogger("referral.loop")
+
+#: Errors after which resending the same record can never succeed.
+_UNSENDABLE: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    InvalidRecordError,
+)
+
+
+@dataclass
+class LoopStats:
+    """Counters of one consumer's run (router, sink driver or status feed alike)."""
+
+    records: int = 0
+    referrals: int = 0
+    statuses: int = 0
+    published: int = 0
+    delivered: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    dead_lettered_by_reference: int = 0
+    batches: int = 0
+    retried_batches: int = 0
+    redelivered_records: int = 0
+    commit_failures: int = 0
+    #: monotonic time the first batch arrived / the last batch was committed
+    first_batch_at: float | None = None
+    last_batch_at: float | None = None
+
+
+class _NotAcknowledged(Exception):
+    """A send still unanswered when the loop stopped waiting."""
+
+
+class _Failed:
+    """A send that raised before it was queued: an already-failed future."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exception = exc
+
+    is_done = True
+
+    def failed(self) -> bool:
+        return True
+
+    def succeeded(self) -> bool:
+        return False
+
+
+_Future: TypeAlias = FutureRecordMetadata | _Failed
+
+
+def _unsendable(exc: BaseException | None) -> bool:
+    return isinstance(exc, _UNSENDABLE)
+
+
+class RecordContext:
+    """What a handler may do about one record: send, dead-letter, and see its trace.
+
+    Everything sent through the context becomes part of the record's fate: the
+    record's offset is committed only when all of it is acknowledged.
+    """
+
+    def __init__(self, loop: ConsumeLoop, batch: BatchContext, record: Any) -> None:
+        self.loop = loop
+        self.batch = batch
+        self.record = record
+        #: The record's trace context (parent of what the handler causes); set by middleware.
+        self.trace: Context | None = None
+        self.futures: list[_Future] = []
+        #: Handover events held for a batched ledger (sent once the record's fate is settled).
+        self.events: list[dict[str, Any]] = []
+        self.dead_lettered = False
+        #: Given up on after the first acks (its events are only its dead letter's).
+        self.settled_late = False
+
+    @property
+    def producer(self) -> KafkaProducer:
+        """The loop's producer (for senders that build their own records)."""
+        return self.loop.producer
+
+    def track(self, send: Callable[[], FutureRecordMetadata | None]) -> None:
+        """Run one producer call; its acknowledgement becomes part of the record's fate."""
+        try:
+            future = send()
+        except Exception as exc:  # the client refused it before queueing: a failed send
+            self.futures.append(_Failed(exc))
+            return
+        if future is not None:  # None: held for a batched send (see BatchContext)
+            self.futures.append(future)
+
+    def send(
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Publish one record because of this one."""
+        self.track(
+            lambda: self.loop.producer.send(
+                topic, key=key, value=value, headers=headers or [], partition=partition
+            )
+        )
+
+    def event(
+        self,
+        kind: HandoverEventType,
+        referral_id: str,
+        case_id: str | None,
+        *,
+        from_party: str | None = None,
+        to_party: str | None = None,
+        topic: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Record one handover event about this record in the ledger (part of its fate).
+
+        The position is the consumed record's; ``topic`` defaults to its topic.
+        """
+        ledger = self.loop.ledger
+        if ledger is None:
+            return
+        record = self.record
+        datum = handover_event(
+            kind,
+            referral_id=referral_id,
+            case_id=case_id or "-",
+            actor=self.loop.actor,
+            from_party=from_party,
+            to_party=to_party,
+            topic=topic or record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason,
+            trace_id=trace_id_of(record.headers),
+        )
+        if ledger.batch:
+            self.events.append(datum)
+        else:
+            self.track(lambda: ledger.emit(datum))
+
+    def dead_letter(self, stage: str, exc: BaseException, referral_id: str | None = None) -> None:
+        """Send the record intact to the dead-letter topic with the reason, and say so.
+
+        The ledger records ``DEAD_LETTERED`` under ``referral_id`` (else the
+        record's referral-id header, else its key if that is a referral id).
+        """
+        record = self.record
+        self.dead_lettered = True
+        self.loop.stats.dead_lettered += 1
+        log.info(
+            "%s dead-lettered %s[%d]@%d at %s: %s",
+            self.loop.actor,
+            record.topic,
+            record.partition,
+            record.offset,
+            stage,
+            type(exc).__name__,
+        )
+        self.track(
+            lambda: send_dead_letter(
+                self.loop.producer,
+                self.loop.deadletter_topic,
+                record,
+                stage,
+                exc,
+                self.loop.actor,
+            )
+        )
+        self._dead_letter_event(stage, exc, referral_id)
+
+    def _dead_letter_event(
+        self, stage: str, exc: BaseException, referral_id: str | None = None
+    ) -> None:
+        headers = self.record.headers
+        self.event(
+            HandoverEventType.DEAD_LETTERED,
+            referral_id or _header(headers, Headers.REFERRAL_ID) or _key_id(self.record.key),
+            _header(headers, Headers.CASE_ID),
+            reason=f"{stage}: {type(exc).__name__}",
+        )
+
+    def failure(self) -> BaseException | None:
+        """The first send that was not acknowledged (None: every send was)."""
+        for future in self.futures:
+            if not future.is_done or future.failed():
+                exc: BaseException = future.exception or _NotAcknowledged()
+                return exc
+        return None
+
+
+@dataclass
+class BatchContext:
+    """One polled batch: its records' contexts, sends that belong to the whole batch, links."""
+
+    loop: ConsumeLoop
+    records: list[RecordContext] = field(default_factory=list)
+    futures: list[_Future] = field(default_factory=list)
+    #: Links to each record's process span (a batch-level send may carry them).
+    links: list[Link] = field(default_factory=list)
+    #: Records of the batch given up on (dead-lettered by reference or whole) after the acks.
+    given_up: int = 0
+
+    def track(self, send: Callable[[], FutureRecordMetadata | None]) -> None:
+        """Run one producer call that belongs to the whole batch (e.g. a ledger batch)."""
+        try:
+            future = send()
+        except Exception as exc:
+            self.futures.append(_Failed(exc))
+            return
+        if future is not None:
+            self.futures.append(future)
+
+
+class Handler(Protocol):
+    """What a consumer does with each record; the loop decides the record's fate."""
+
+    def handle(self, record: Any, ctx: RecordContext) -> None:
+        """Handle one record; send what it causes through ``ctx``. Must not block long."""
+
+    def before_commit(self, batch: BatchContext) -> None:
+        """Make the batch durable (flush sinks, send batch-level records) before any commit."""
+
+
+#: A middleware wraps ``handle``: ``middleware(record, ctx, call_next)``.
+Middleware = Callable[[Any, RecordContext, Callable[[Any, RecordContext], None]], None]
+
+
+def tracing_middleware(
+    tracing: Tracing, group: str, attributes: dict[str, Any] | None = None
+) -> Middleware:
+    """A ``process <topic>`` CONSUMER span around each ``handle``, linked from the batch."""
+
+    def middleware(
+        record: Any, ctx: RecordContext, call_next: Callable[[Any, RecordContext], None]
+    ) -> None:
+        with tracing.process(record, group, attributes=attributes) as trace_ctx:
+            ctx.trace = trace_ctx
+            if tracing.enabled:
+                ctx.batch.links.append(Link(get_current_span().get_span_context()))
+            call_next(record, ctx)
+
+    return middleware
+
+
+class ConsumeLoop:
+    """Polls a consumer group and runs every record through one handler, at least once.
+
+    ``consumer`` is a factory called once on :meth:`open` (inject a real client
+    pointed at a test broker); ``producer`` is shared by everything the handler
+    sends. The loop owns neither the handler's resources nor the producer.
+    With ``tracing``, every ``handle`` runs inside a ``process <topic>`` span
+    (its context is ``ctx.trace``); with ``ledger``, handlers record handover
+    events through ``ctx.event`` and a batched ledger is sent once per batch,
+    linked to every record's span, after the handler's ``before_commit``.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        consumer: Callable[[], KafkaConsumer],
+        producer: KafkaProducer,
+        deadletter_topic: str,
+        actor: str,
+        group: str = "",
+        ledger: LedgerEmitter | None = None,
+        tracing: Tracing | None = None,
+        stats: LoopStats | None = None,
+        middlewares: Sequence[Middleware] = (),
+        poll_timeout_ms: int = 200,
+        flush_timeout_s: float = 30.0,
+        max_attempts: int = 5,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.handler = handler
+        self.producer = producer
+        self.deadletter_topic = deadletter_topic
+        self.actor = actor
+        self.group = group
+        self.ledger = ledger
+        self.tracing = tracing
+        self.stats = stats or LoopStats()
+        self.poll_timeout_ms = poll_timeout_ms
+        self.flush_timeout_s = flush_timeout_s
+        self.max_attempts = max_attempts
+        self.max_backoff_s = max_backoff_s
+        self._consumer_factory = consumer
+        self.consumer: KafkaConsumer | None = None
+        chain = list(middlewares)
+        if tracing is not None:
+            chain.insert(0, tracing_middleware(tracing, group))
+        self._call = self._chain(chain)
+        #: (topic, partition, offset) → handlings that did not get acknowledged
+        self._attempts: dict[tuple[str, int, int], int] = {}
+        self._backoff = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def open(self) -> None:
+        """Create the consumer (it joins its group on the first poll)."""
+        if self.consumer is None:
+            self.consumer = self._consumer_factory()
+
+    def close(self) -> None:
+        """Leave the group; nothing unacknowledged is committed here."""
+        if self.consumer is not None:
+            from broker.kafka.clients import close_consumer
+
+            close_consumer(self.consumer, self.actor, log)
+            self.consumer = None
+
+    def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> LoopStats:
+        """Consume until ``stop`` is set (or, with ``idle_exit_s``, after that long idle)."""
+        self.open()
+        last_work = time.monotonic()
+        try:
+            while not stop.is_set():
+                count = self.step(stop)
+                if count:
+                    last_work = time.monotonic()
+                elif idle_exit_s is not None and time.monotonic() - last_work > idle_exit_s:
+                    break
+        finally:
+            self.close()
+        return self.stats
+
+    def step(self, stop: threading.Event) -> int:
+        """Wait out the current backoff (interrupted by ``stop``), then :meth:`poll_once`."""
+        if self._backoff and stop.wait(self._backoff):
+            return 0
+        return self.poll_once()
+
+    # -- one batch ---------------------------------------------------------------------
+    def poll_once(self) -> int:
+        """One poll → handle → durable → acks → commit cycle; returns the records polled."""
+        self.open()
+        assert self.consumer is not None
+        try:
+            polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
+        except KafkaError as exc:
+            # Broker unreachable or coordinator moving: poll again after a backoff.
+            log.warning("%s poll failed, retrying: %s", self.actor, type(exc).__name__)
+            self._grow_backoff()
+            return 0
+        if not polled:
+            return 0
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = time.monotonic()
+        batch = BatchContext(self)
+        for records in polled.values():
+            for record in records:
+                self.stats.records += 1
+                ctx = RecordContext(self, batch, record)
+                try:
+                    self._call(record, ctx)
+                except Exception as exc:
+                    # A handler bug must not stop the partition or lose the record.
+                    log.exception("%s handler failed on %s", self.actor, _where(record))
+                    ctx.dead_letter(DeadLetterStage.HANDLER, exc)
+                batch.records.append(ctx)
+        durable = self._make_durable(batch)
+        self._flush()
+        if durable:
+            self._settle_unsendable(batch)
+            if self._send_ledger_batch(batch) or batch.given_up:
+                self._flush()
+        if not durable or any(not f.is_done or f.failed() for f in batch.futures):
+            self._rewind_all(polled)
+        else:
+            self._commit(polled, batch)
+        return sum(len(r) for r in polled.values())
+
+    def _make_durable(self, batch: BatchContext) -> bool:
+        try:
+            self.handler.before_commit(batch)
+        except Exception as exc:
+            log.warning("%s could not make the batch durable: %s", self.actor, type(exc).__name__)
+            return False
+        return True
+
+    def _flush(self) -> None:
+        try:
+            self.producer.flush(self.flush_timeout_s)
+        except KafkaError as exc:
+            # Unacknowledged sends show as failed or pending futures below.
+            log.warning("%s flush failed: %s", self.actor, type(exc).__name__)
+
+    def _send_ledger_batch(self, batch: BatchContext) -> bool:
+        """A batched ledger gets the events of the records whose fate is settled, once."""
+        ledger = self.ledger
+        if ledger is None or not ledger.batch:
+            return False
+        for ctx in batch.records:
+            if ctx.settled_late or ctx.failure() is None:
+                for datum in ctx.events:
+                    ledger.emit(datum)
+        headers: list[tuple[str, bytes]] = []
+        if self.tracing is not None and self.tracing.enabled:
+            with self.tracing.send(ledger.topic, headers, links=batch.links[:128]):
+                batch.track(lambda: ledger.flush_batch(headers))
+        else:
+            batch.track(lambda: ledger.flush_batch(headers))
+        return True
+
+    def _settle_unsendable(self, batch: BatchContext) -> None:
+        """Give up on records that can never be sent, or that keep failing alone.
+
+        Too large (or otherwise refused for good): dead-lettered by reference.
+        Not acknowledged ``max_attempts`` times while the broker answered other
+        sends of the batch: dead-lettered whole (stage ``SEND``), replayable.
+        """
+        broker_answers = any(f.succeeded() for c in batch.records for f in c.futures) or any(
+            f.succeeded() for f in batch.futures
+        )
+        for ctx in batch.records:
+            exc = ctx.failure()
+            if exc is None:
+                continue
+            key = (ctx.record.topic, ctx.record.partition, ctx.record.offset)
+            attempts = self._attempts.get(key, 0) + 1
+            if _unsendable(exc):
+                self._dead_letter_by_reference(batch, ctx, exc)
+            elif broker_answers and attempts >= self.max_attempts:
+                log.warning(
+                    "%s gave up sending %s after %d attempts: %s",
+                    self.actor,
+                    _where(ctx.record),
+                    attempts,
+                    type(exc).__name__,
+                )
+                ctx.futures, ctx.events = [], []
+                ctx.settled_late = True
+                ctx.dead_letter(DeadLetterStage.SEND, exc)
+                batch.given_up += 1  # one more send to wait for
+
+    def _dead_letter_by_reference(
+        self, batch: BatchContext, ctx: RecordContext, exc: BaseException
+    ) -> None:
+        self.stats.dead_lettered_by_reference += 1
+        log.warning(
+            "%s dead-lettered %s by reference: %s",
+            self.actor,
+            _where(ctx.record),
+            type(exc).__name__,
+        )
+        ctx.futures, ctx.events = [], []
+        ctx.settled_late = True
+        batch.given_up += 1
+        ctx.track(
+            functools.partial(
+                send_dead_letter_reference,
+                self.producer,
+                self.deadletter_topic,
+                ctx.record,
+                exc,
+                self.actor,
+            )
+        )
+        ctx._dead_letter_event(DeadLetterStage.UNSENDABLE, exc)
+
+    def _commit(self, polled: dict[TopicPartition, list[Any]], batch: BatchContext) -> None:
+        """Commit each partition up to its first unacknowledged record; rewind to that one."""
+        assert self.consumer is not None
+        failed = {
+            (c.record.topic, c.record.partition, c.record.offset)
+            for c in batch.records
+            if c.failure() is not None
+        }
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        rewind: dict[TopicPartition, int] = {}
+        for tp, records in polled.items():
+            next_offset = records[-1].offset + 1
+            for record in records:
+                key = (record.topic, record.partition, record.offset)
+                if key in failed:
+                    next_offset = record.offset
+                    self._attempts[key] = self._attempts.get(key, 0) + 1
+                    rewind[tp] = record.offset
+                    break
+                self._attempts.pop(key, None)
+            if next_offset > records[0].offset:
+                offsets[tp] = OffsetAndMetadata(next_offset, "", -1)
+        self.stats.batches += 1
+        if offsets:
+            try:
+                self.consumer.commit(offsets)
+            except KafkaError as exc:
+                # Acknowledged but not committed: the next owner repeats them (idempotent).
+                self.stats.commit_failures += 1
+                log.warning(
+                    "%s commit failed (records will be redelivered): %s",
+                    self.actor,
+                    type(exc).__name__,
+                )
+        if rewind:
+            self.stats.redelivered_records += len(rewind)
+            log.warning("%s: %d record(s) not acknowledged, retrying", self.actor, len(rewind))
+            for tp, offset in rewind.items():
+                self._seek(tp, offset)
+            self._grow_backoff()
+        else:
+            self._backoff = 0.0
+            self.stats.last_batch_at = time.monotonic()
+
+    def _rewind_all(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        self.stats.retried_batches += 1
+        log.warning("%s batch not acknowledged, retrying it", self.actor)
+        for tp, records in polled.items():
+            self._seek(tp, records[0].offset)
+        self._grow_backoff()
+
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        assert self.consumer is not None
+        # A partition revoked meanwhile: its new owner resumes from the commit.
+        with contextlib.suppress(KafkaError, AssertionError, ValueError, KeyError):
+            self.consumer.seek(tp, offset)
+
+    def _grow_backoff(self) -> None:
+        self._backoff = min(max(self._backoff * 2, 0.2), self.max_backoff_s)
+
+    def _chain(self, middlewares: list[Middleware]) -> Callable[[Any, RecordContext], None]:
+        call: Callable[[Any, RecordContext], None] = self.handler.handle
+        for middleware in reversed(middlewares):
+            call = _bind(middleware, call)
+        return call
+
+
+def _bind(
+    middleware: Middleware, call_next: Callable[[Any, RecordContext], None]
+) -> Callable[[Any, RecordContext], None]:
+    def call(record: Any, ctx: RecordContext) -> None:
+        middleware(record, ctx, call_next)
+
+    return call
+
+
+def _header(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> str | None:
+    for key, value in headers or ():
+        if key == name:
+            return (value or b"").decode("utf-8", "replace")
+    return None
+
+
+def _key_id(key: bytes | None) -> str:
+    """The record key as a referral id if it is one, else ``""``."""
+    try:
+        return str(uuid.UUID(key.decode("ascii"))) if key else ""
+    except (UnicodeDecodeError, ValueError):
+        return ""
+
+
+def _where(record: Any) -> str:
+    return f"{record.topic}[{record.partition}]@{record.offset}"
