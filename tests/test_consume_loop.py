@@ -59,6 +59,17 @@ def _referral(codec: Codec, country: str = "FR") -> tuple[str, bytes]:
     return rid, codec.encode(REFERRAL, datum)
 
 
+def _step_until(driver: SinkDriver, done: Any, timeout: float = 60) -> None:
+    stop = threading.Event()
+    deadline = time.monotonic() + timeout
+    driver.open()
+    try:
+        while not done() and time.monotonic() < deadline:
+            driver.step(stop)
+    finally:
+        driver.close()
+
+
 def _committed(settings: Settings, group: str, tp: TopicPartition) -> int | None:
     consumer = clients.consumer(settings, group_id=group, role="probe")
     try:
@@ -95,14 +106,7 @@ def test_unacknowledged_dead_letter_is_not_committed(
         Inbox.for_org(provisioned, "police-fr"),
     )
     driver.loop.deadletter_topic = "not a topic name!"
-    driver.open()
-    stop = threading.Event()
-    deadline = time.monotonic() + 60
-    try:
-        while driver.stats.redelivered_records < 2 and time.monotonic() < deadline:
-            driver.step(stop)
-    finally:
-        driver.close()
+    _step_until(driver, lambda: driver.stats.redelivered_records >= 2)
     assert driver.stats.redelivered_records >= 2, "the record was never handled twice"
     assert driver.stats.records >= 2
     group = "sink-police-fr"  # namespaced by the settings prefix
@@ -117,13 +121,7 @@ def test_unacknowledged_dead_letter_is_not_committed(
         [RefusingSink()],
         Inbox.for_org(provisioned, "police-fr"),
     )
-    again.open()
-    deadline = time.monotonic() + 60
-    try:
-        while again.stats.dead_lettered < 1 and time.monotonic() < deadline:
-            again.step(stop)
-    finally:
-        again.close()
+    _step_until(again, lambda: again.stats.dead_lettered >= 1)
     dead = read_topic(provisioned, names.deadletter, at_least=1)
     assert [r.value for r in dead] == [value]
     assert header(dead[0], H_STAGE) == "DELIVER"
