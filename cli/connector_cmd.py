@@ -25,7 +25,7 @@ from cli.app import (
     state,
 )
 from connectors.delivery import StatusSender
-from connectors.drop_folder import read_referral_file
+from connectors.formats import name_fields, read_referral_file
 from connectors.inbox import Inbox
 from connectors.outbox import Outbox
 from connectors.publisher import BatchResult, Publisher
@@ -110,7 +110,7 @@ def publish(
                     chunk = rows[i : i + PUBLISH_CHUNK]
                     result.extend(publisher.publish(chunk))
                     progress.advance(task, len(chunk))
-                results[str(path)] = result
+                results[str(path)] = name_fields(result, path.suffix)
     finally:
         try:
             producer.close(10)

@@ -28,7 +28,6 @@ The server is uvicorn in a background thread; ``open()`` returns once it listens
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import threading
 import time
@@ -45,6 +44,7 @@ from starlette.routing import Route
 
 from broker.errors import ConfigError, ValidationFailed
 from connectors.base import ConnectorConfig, Source, secret_from_env
+from connectors.formats import load_json, split_problem
 from connectors.publisher import Prepared, Publisher
 
 __all__ = ["HttpIntakeConfig", "HttpIntakeSource", "build_app"]
@@ -80,17 +80,10 @@ def _problem(
 
 
 def _field_problems(index: int, problems: list[str]) -> list[dict[str, Any]]:
-    out = []
-    for p in problems:
-        where, sep, message = p.partition(": ")
-        out.append(
-            {
-                "index": index,
-                "field": where if sep else "(record)",
-                "message": message if sep else p,
-            }
-        )
-    return out
+    return [
+        {"index": index, "field": where, "message": message}
+        for where, message in map(split_problem, problems)
+    ]
 
 
 def _prepare_all(
@@ -128,14 +121,9 @@ def build_app(publisher: Publisher, token: SecretStr, config: HttpIntakeConfig) 
                     413, "Payload Too Large", f"body exceeds {config.max_body_bytes} bytes"
                 )
         try:
-            data = json.loads(bytes(body))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            where = (
-                f" at line {exc.lineno} column {exc.colno}"
-                if isinstance(exc, json.JSONDecodeError)
-                else ""
-            )
-            return _problem(400, "Bad Request", f"body is not valid JSON{where}")
+            data = load_json(bytes(body))
+        except ValidationFailed as exc:
+            return _problem(400, "Bad Request", f"body is {exc}")
         items = data if isinstance(data, list) else [data]
         if not all(isinstance(i, dict) for i in items) or not items:
             return _problem(

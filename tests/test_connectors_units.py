@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from broker.config import Settings
 from broker.errors import ConfigError, DeliveryError, ValidationFailed
 from connectors.base import Delivery, jsonable
-from connectors.drop_folder import (
+from connectors.formats import (
     CSV_COLUMNS,
     csv_column_of,
     csv_row_to_referral,

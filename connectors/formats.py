@@ -1,0 +1,382 @@
+"""Input formats of every source: JSON, JSON Lines and CSV referral files and bodies.
+
+The drop folder, ``referral publish`` and the HTTP intake read referrals through
+this module alone, so one file or body gets the same problems, reported with the
+same row labels and field names, whichever way it comes in.
+
+Formats (by file suffix; the HTTP intake takes the JSON form):
+
+``*.json``
+    One referral object, or a list of them (rows are labelled ``[0]``, ``[1]``, …).
+``*.jsonl``
+    One referral object per line (labelled ``line N``; blank lines are skipped).
+``*.csv``
+    A header row, then **one referral per row with one reported item**
+    (labelled ``row N``, the header being row 1). Columns, all optional except
+    ``case_id`` and ``url``; empty cells mean "not given":
+
+    =================  ==========================================================
+    column             meaning (default)
+    =================  ==========================================================
+    referral_id        UUID (derived from the file content and row if empty)
+    case_id            the case id
+    priority           URGENT / HIGH / NORMAL (NORMAL)
+    urgency_reason     why it is urgent
+    tlp                CLEAR / GREEN / AMBER / AMBER_STRICT / RED (AMBER)
+    recipients         named recipient org ids, ``;``-separated (needed for RED)
+    handling_code      H0-H3 (H0)
+    jurisdictions      ``CC:BASIS;CC:BASIS``, e.g. ``DE:HOSTING;FR:VICTIM_LOCATION``
+    created_at         ISO 8601 with time zone (now)
+    external_refs      ``SYSTEM:id;...``, e.g. ``ICCAM:12345``
+    url                the reported http(s) URL
+    media_type         IMAGE / VIDEO / WEBPAGE / ARCHIVE / STREAM / TEXT / OTHER (OTHER)
+    hashes             ``ALGORITHM:hex;...``, e.g. ``SHA256:…;MD5:…``
+    hosting_ip         hosting IP address (its country is derived offline)
+    hosting_asn        hosting AS number
+    hosting_provider   hosting provider name
+    hosting_country    hosting country (ISO alpha-2)
+    legal_status       BASELINE / NATIONAL / NOT_ILLEGAL / UNASSESSED (UNASSESSED)
+    assessed_under     country whose law was applied (needed for NATIONAL)
+    incident_type      CSAM_IMAGERY / CSAM_VIDEO / GROOMING / … (OTHER)
+    annotations        ``;``-separated, e.g. ``GENERATIVE_AI;SELF_GENERATED``
+    victim_age_group   INFANT_TODDLER / PREPUBESCENT / PUBESCENT / UNKNOWN (UNKNOWN)
+    received_at        when the hotline received the report (now)
+    incident_at        when the incident happened
+    assessed_at        when it was assessed
+    ntd_sent_at        when a notice and takedown was sent
+    reported_to_le_at  when law enforcement was informed
+    duplicate_of       referral id this one duplicates
+    summary            free-text summary
+    =================  ==========================================================
+
+Problems are ``field: message`` lines (CSV: the column instead of the field
+path) that never quote URLs, hashes or free text.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from broker.errors import ValidationFailed
+from connectors.publisher import BatchResult, Rejected
+
+__all__ = [
+    "CSV_COLUMNS",
+    "SUFFIXES",
+    "Row",
+    "csv_column_of",
+    "csv_row_to_referral",
+    "json_problem",
+    "json_rows",
+    "load_json",
+    "name_fields",
+    "read_referral_file",
+    "split_problem",
+]
+
+#: One input of a file: its label (``row 2``, ``line 3``, ``[0]``) and the referral or its problem.
+Row = tuple[str, Mapping[str, Any] | ValidationFailed]
+
+#: The file suffixes read as referral files.
+SUFFIXES = (".json", ".jsonl", ".csv")
+_ID_NAMESPACE = uuid.UUID("6f1c1f0e-2d55-4f57-9a43-3a0c7e1b5d21")
+
+#: The CSV columns, in the documented order.
+CSV_COLUMNS: tuple[str, ...] = (
+    "referral_id",
+    "case_id",
+    "priority",
+    "urgency_reason",
+    "tlp",
+    "recipients",
+    "handling_code",
+    "jurisdictions",
+    "created_at",
+    "external_refs",
+    "url",
+    "media_type",
+    "hashes",
+    "hosting_ip",
+    "hosting_asn",
+    "hosting_provider",
+    "hosting_country",
+    "legal_status",
+    "assessed_under",
+    "incident_type",
+    "annotations",
+    "victim_age_group",
+    "received_at",
+    "incident_at",
+    "assessed_at",
+    "ntd_sent_at",
+    "reported_to_le_at",
+    "duplicate_of",
+    "summary",
+)
+
+
+def _fail(*problems: str) -> ValidationFailed:
+    return ValidationFailed(problems[0], list(problems))
+
+
+def _split(cell: str) -> list[str]:
+    return [p.strip() for p in cell.split(";") if p.strip()]
+
+
+def _pairs(cell: str, column: str, left: str, right: str) -> list[tuple[str, str]]:
+    out = []
+    for i, part in enumerate(_split(cell), start=1):
+        a, sep, b = part.partition(":")
+        if not sep or not a.strip() or not b.strip():
+            raise _fail(f"{column}: entry {i} is not {left}:{right}")
+        out.append((a.strip(), b.strip()))
+    return out
+
+
+def csv_row_to_referral(row: Mapping[str, str]) -> dict[str, Any]:
+    """One CSV row (column → cell) as a referral dict; ValidationFailed on a malformed cell."""
+    cell = {k: (v or "").strip() for k, v in row.items() if k}
+    problems: list[str] = []
+
+    def get(name: str, default: Any = None) -> Any:
+        return cell.get(name) or default
+
+    def pairs(name: str, left: str, right: str) -> list[tuple[str, str]]:
+        try:
+            return _pairs(cell.get(name, ""), name, left, right)
+        except ValidationFailed as exc:
+            problems.extend(exc.problems)
+            return []
+
+    now = datetime.now(UTC).isoformat()
+    hosting: dict[str, Any] = {}
+    for key in ("ip", "provider", "country"):
+        if get(f"hosting_{key}"):
+            hosting[key] = get(f"hosting_{key}")
+    if get("hosting_asn"):
+        try:
+            hosting["asn"] = int(cell["hosting_asn"])
+        except ValueError:
+            problems.append("hosting_asn: not a whole number")
+    envelope: dict[str, Any] = {
+        "case_id": get("case_id"),
+        "priority": get("priority", "NORMAL"),
+        "urgency_reason": get("urgency_reason"),
+        "handling": {
+            "tlp": get("tlp", "AMBER"),
+            "recipients": _split(cell.get("recipients", "")),
+            "handling_code": get("handling_code", "H0"),
+        },
+        "jurisdictions": [
+            {"country": c.upper(), "basis": b.upper()}
+            for c, b in pairs("jurisdictions", "COUNTRY", "BASIS")
+        ],
+        "external_refs": [
+            {"system": s.upper(), "id": i} for s, i in pairs("external_refs", "SYSTEM", "ID")
+        ],
+    }
+    if get("referral_id"):
+        envelope["referral_id"] = get("referral_id")
+    if get("created_at"):
+        envelope["created_at"] = get("created_at")
+    item: dict[str, Any] = {
+        "url": get("url"),
+        "media_type": get("media_type", "OTHER"),
+        "hashes": [
+            {"algorithm": a.upper(), "value": v} for a, v in pairs("hashes", "ALGORITHM", "HEX")
+        ],
+        "hosting": hosting or None,
+    }
+    body: dict[str, Any] = {
+        "items": [item],
+        "classification": {
+            "legal_status": get("legal_status", "UNASSESSED"),
+            "assessed_under": get("assessed_under"),
+            "incident_type": get("incident_type", "OTHER"),
+            "annotations": _split(cell.get("annotations", "")),
+            "victim_age_group": get("victim_age_group", "UNKNOWN"),
+        },
+        "timeline": {
+            "incident_at": get("incident_at"),
+            "received_at": get("received_at", now),
+            "assessed_at": get("assessed_at"),
+        },
+        "prior_actions": {
+            "ntd_sent_at": get("ntd_sent_at"),
+            "reported_to_le_at": get("reported_to_le_at"),
+        },
+        "duplicate_of": get("duplicate_of"),
+        "summary": get("summary"),
+    }
+    if problems:
+        raise _fail(*problems)
+    return {"envelope": envelope, "body": body}
+
+
+_CSV_GROUPS = ("handling", "classification", "timeline", "prior_actions")
+
+
+def csv_column_of(path: str) -> str:
+    """The CSV column a referral field path comes from (``body.items.0.url`` → ``url``)."""
+    parts = path.split(".")
+    if parts and parts[0] in ("envelope", "body"):
+        parts = parts[1:]
+    if parts[:1] == ["items"]:
+        parts = parts[2:] if len(parts) > 2 else ["url"]
+    if parts[:1] == ["hosting"] and len(parts) > 1:
+        return f"hosting_{parts[1]}"
+    if parts[:1] == ["handling"] and len(parts) == 1:
+        return "recipients"
+    if parts[:1] == ["classification"] and len(parts) == 1:
+        return "assessed_under"
+    if parts and parts[0] in _CSV_GROUPS and len(parts) > 1:
+        parts = parts[1:]
+    return parts[0] if parts and parts[0] else path
+
+
+def _csv_problem(problem: str) -> str:
+    where, sep, message = problem.partition(": ")
+    if not sep or where.startswith("("):
+        return problem
+    return f"{csv_column_of(where)}: {message}"
+
+
+def name_fields(result: BatchResult, suffix: str) -> BatchResult:
+    """``result`` with every problem's field named as the format names it (CSV: its column)."""
+    if suffix.lower() == ".csv":
+        result.rejected = [
+            Rejected(rej.label, tuple(_csv_problem(p) for p in rej.problems))
+            for rej in result.rejected
+        ]
+    return result
+
+
+def split_problem(problem: str) -> tuple[str, str]:
+    """``(field, message)`` of a ``field: message`` problem (``(record)`` if it names none)."""
+    where, sep, message = problem.partition(": ")
+    return (where, message) if sep else ("(record)", problem)
+
+
+def _default_id(digest: str, label: str) -> str:
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{digest}:{label}"))
+
+
+def _with_id(data: Any, referral_id: str) -> Any:
+    if not isinstance(data, Mapping):
+        return data
+    envelope = data.get("envelope")
+    if not isinstance(envelope, Mapping) or envelope.get("referral_id"):
+        return data
+    return {**data, "envelope": {**envelope, "referral_id": referral_id}}
+
+
+def read_referral_file(path: Path) -> list[Row]:
+    """The referrals in a ``.json``/``.jsonl``/``.csv`` file as ``(label, dict or problem)``.
+
+    A problem with the whole file (unreadable, not JSON, unknown CSV column) is one
+    row labelled ``file``. Rows without a referral id get one derived from the
+    file's bytes and the row label.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return [("file", _fail(f"(file): cannot read: {exc.strerror}"))]
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return [("file", _fail("(file): not UTF-8 text"))]
+    suffix = path.suffix.lower()
+    rows: list[Row]
+    if suffix == ".json":
+        rows = _read_json(text)
+    elif suffix == ".jsonl":
+        rows = _read_jsonl(text)
+    elif suffix == ".csv":
+        rows = _read_csv(text)
+    else:
+        return [("file", _fail(f"(file): unsupported file type {suffix or '(none)'}"))]
+    return [
+        (
+            label,
+            data
+            if isinstance(data, ValidationFailed)
+            else _with_id(data, _default_id(digest, label)),
+        )
+        for label, data in rows
+    ]
+
+
+def json_problem(exc: json.JSONDecodeError | UnicodeDecodeError) -> str:
+    """What is wrong with a JSON text, by position only (the text is never quoted)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "not valid JSON (not UTF-8 text)"
+    return f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+
+
+def load_json(text: str | bytes) -> Any:
+    """The JSON value of ``text``; ValidationFailed naming the position of the first error."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _fail(json_problem(exc)) from None
+
+
+def json_rows(data: Any) -> list[Row]:
+    """The rows of a parsed JSON document: a list is ``[0]``, ``[1]``, …; an object is one."""
+    if isinstance(data, list):
+        return [(f"[{i}]", item) for i, item in enumerate(data)]
+    return [("record", data)]
+
+
+def _read_json(text: str) -> list[Row]:
+    try:
+        data = load_json(text)
+    except ValidationFailed as exc:
+        return [("file", _fail(f"(file): {exc}"))]
+    return json_rows(data)
+
+
+def _read_jsonl(text: str) -> list[Row]:
+    rows: list[Row] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"line {n}", load_json(line)))
+        except ValidationFailed as exc:
+            rows.append((f"line {n}", _fail(f"(line): {exc}")))
+    return rows
+
+
+def _read_csv(text: str) -> list[Row]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in reader.fieldnames or []]
+    if not header:
+        return [("file", _fail("(file): empty CSV, no header row"))]
+    reader.fieldnames = header
+    unknown = [h for h in header if h not in CSV_COLUMNS]
+    if unknown:
+        return [("header", _fail(*(f"{h}: unknown column" for h in unknown)))]
+    rows: list[Row] = []
+    try:
+        for record in reader:
+            label = f"row {reader.line_num}"
+            if None in record:
+                rows.append((label, _fail("(row): more cells than header columns")))
+                continue
+            try:
+                rows.append((label, csv_row_to_referral(record)))
+            except ValidationFailed as exc:
+                rows.append((label, exc))
+    except csv.Error as exc:
+        rows.append((f"row {reader.line_num}", _fail(f"(row): malformed CSV ({exc})")))
+    return rows
