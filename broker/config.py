@@ -7,13 +7,15 @@ on its own: the CLI calls :func:`load_settings` and passes the result down.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker.errors import ConfigError
+from broker.validation import validation_problems
 from broker.wire.topics import TopicNames
 
 __all__ = ["SecurityProtocol", "Settings", "load_settings"]
@@ -21,6 +23,8 @@ __all__ = ["SecurityProtocol", "Settings", "load_settings"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 TraceExporter = Literal["none", "console", "otlp", "jsonl"]
+#: What an organisation id looks like (as in the network file); no path separators.
+_ORG_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
 class Settings(BaseSettings):
@@ -103,6 +107,12 @@ class Settings(BaseSettings):
             kwargs["ssl_check_hostname"] = self.ssl_check_hostname
         return kwargs
 
+    def org_dir(self, org_id: str) -> Path:
+        """``<state_dir>/orgs/<org>``: an organisation's outbox, inbox, keys and handling log."""
+        if not _ORG_ID.match(org_id):
+            raise ConfigError(f"not an organisation id: {org_id[:64]!r}")
+        return Path(self.state_dir) / "orgs" / org_id
+
     def topic_names(self) -> TopicNames:
         """The topic names under this deployment's prefix."""
         return TopicNames(self.topic_prefix)
@@ -126,8 +136,6 @@ def load_settings(**overrides: Any) -> Settings:
     Values the network file's ``[broker]`` table names fill in what neither the
     CLI nor the environment set.
     """
-    from pydantic import ValidationError
-
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         settings = Settings(**given)
@@ -147,9 +155,7 @@ def _network_broker_section(path: Path) -> dict[str, Any]:
     return broker_section(path)
 
 
-def _settings_problems(exc: Any) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "settings"
-        lines.append(f"setting {loc}: {err['msg']}")
-    return "; ".join(lines)
+def _settings_problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"setting {where or 'settings'}: {msg}" for where, msg in validation_problems(exc)
+    )

@@ -26,9 +26,12 @@ organisations, jurisdictions, topics, sizes and positions.
     ├── ValidationFailed             a referral or status fails semantic checks
     ├── RoutingError                 no destination can be derived
     ├── DeliveryError                a sink could not deliver to its organisation
-    └── SecurityError                keys, signatures, sealing, handling rules
-        ├── SignatureInvalid         bad, missing or revoked signature
-        └── SealError                a sealed body cannot be opened for us
+    ├── SecurityError                keys, signatures, sealing, handling rules
+    │   ├── SignatureInvalid         bad, missing or revoked signature
+    │   └── SealError                a sealed body cannot be opened for us
+    └── LedgerError                  the handover ledger as the operator reads it
+        ├── LedgerStoreError         the materialised ledger cannot be opened, synced or read
+        └── UnknownReferral          the ledger holds no event about a referral id
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ __all__ = [
     "DeliveryError",
     "EmbeddedBrokerError",
     "IncompatibleSchema",
+    "LedgerError",
+    "LedgerStoreError",
     "NetworkFileError",
     "NotFramed",
     "RecordTooLarge",
@@ -53,6 +58,7 @@ __all__ = [
     "SealError",
     "SecurityError",
     "SignatureInvalid",
+    "UnknownReferral",
     "UnknownSchema",
     "UnknownSchemaId",
     "ValidationFailed",
@@ -165,3 +171,15 @@ class SignatureInvalid(SecurityError):
 
 class SealError(SecurityError):
     """A sealed case body cannot be opened by this organisation."""
+
+
+class LedgerError(ReferralError):
+    """The handover ledger, as materialised and viewed by the operator, cannot answer."""
+
+
+class LedgerStoreError(LedgerError):
+    """The materialised ledger cannot be opened, synced or read."""
+
+
+class UnknownReferral(LedgerError):
+    """The ledger holds no event about this referral id."""

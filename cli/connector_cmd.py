@@ -7,12 +7,13 @@ from pathlib import Path
 
 import typer
 from kafka.errors import KafkaError
+from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from broker.errors import BrokerError, ConfigError, ValidationFailed
 from broker.kafka import clients
-from broker.ledger.events import LedgerEmitter, handover_event
+from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.wire.codec import Codec
 from broker.wire.models import ReferralStatus, StatusUpdate, problems_of, utc_now_ms
 from cli.app import (
@@ -228,13 +229,9 @@ def status(
             destination_org=destination,
             origin_org=record.origin_org,
         )
-    except Exception as exc:
-        from pydantic import ValidationError
-
-        if isinstance(exc, ValidationError):
-            problems = problems_of(exc)
-            raise ValidationFailed("\n".join(problems), problems) from None
-        raise
+    except ValidationError as exc:
+        problems = problems_of(exc)
+        raise ValidationFailed("\n".join(problems), problems) from None
     codec = Codec.from_settings(settings)
     names = settings.topic_names()
     producer = clients.producer(settings, role=f"status-{org}")
@@ -242,7 +239,7 @@ def status(
         meta = StatusSender(producer, codec, names).send(update).get(timeout=30)
         LedgerEmitter(producer, codec, names.ledger).emit(
             handover_event(
-                "STATUS_SENT",
+                HandoverEventType.STATUS_SENT,
                 referral_id=referral_id,
                 case_id=record.case_id,
                 actor=org,

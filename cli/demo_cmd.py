@@ -40,13 +40,13 @@ from broker.ledger.store import LedgerStore
 from broker.ledger.views import flows, trace
 from broker.network import Network, load_network
 from broker.routing.router import Router
-from broker.security.keys import add_to_trust_file, init_keys
+from broker.security.keys import add_to_trust_file, init_keys, key_dir
 from broker.synthetic import synthetic_batch
 from broker.tracing import setup_tracing
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL
 from cli.app import NETWORK_OPTION, console, state
-from cli.operator_cmd import _print_flows, _print_trace
+from cli.operator_cmd import print_flows, print_trace
 from connectors.runtime import ConnectorRuntime
 
 __all__ = ["demo"]
@@ -79,7 +79,8 @@ def demo(
     run_dir.mkdir(parents=True, exist_ok=True)
     network_path = Path(base.network_file)
     if not plain:
-        network_path = _sealed_network(run_dir, network_path, network)
+        run = base.model_copy(update={"state_dir": run_dir})
+        network_path = _sealed_network(run, network_path, network)
         network = load_network(network_path)
     with ExitStack() as stack:
         broker = EmbeddedBroker(log_path=run_dir / "broker.log").start(detach=keep)
@@ -127,8 +128,9 @@ def demo(
             _wait_for_interrupt()
 
 
-def _sealed_network(run_dir: Path, source: Path, network: Network) -> Path:
+def _sealed_network(run: Settings, source: Path, network: Network) -> Path:
     """A copy of the network for this run: plain referrals refused, keys for everyone."""
+    run_dir = Path(run.state_dir)
     text = source.read_text(encoding="utf-8")
     settings_line = 'allow_plain = false\ntrust_file = "trust.toml"\n'
     if "[network]\n" in text:
@@ -140,8 +142,7 @@ def _sealed_network(run_dir: Path, source: Path, network: Network) -> Path:
     target.write_text(text + "\n", encoding="utf-8")
     trust = run_dir / "trust.toml"
     for org in network.organisations:
-        directory = run_dir / "orgs" / org.id / "keys"
-        add_to_trust_file(trust, init_keys(directory, org.id))
+        add_to_trust_file(trust, init_keys(key_dir(run, org.id), org.id))
     console.print(
         f"keys made for {len(network.organisations)} organisations; bodies sealed for their "
         "recipients and signed by their origin"
@@ -394,7 +395,7 @@ def _report(
             else None
         )
         verdict = store.verify()
-    _print_flows(f, now, "the demo")
+    print_flows(f, now, "the demo")
     totals = f.totals
     kinds = Counter(sent["published"].values())
     console.print(
@@ -409,7 +410,7 @@ def _report(
     )
     if t is not None:
         console.print(f"\ntrace of multi-jurisdiction referral {t.referral_id}:", markup=False)
-        _print_trace(t, now)
+        print_trace(t, now)
     console.print(str(verdict), markup=False)
     expected = len(sent["published"]) + sent["legacy"]
     balanced = totals.delivered + totals.dead_lettered + totals.unassigned == totals.published

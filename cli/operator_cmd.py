@@ -25,7 +25,12 @@ from rich.table import Table
 from broker.config import Settings
 from broker.errors import BrokerError, CodecError, ConfigError
 from broker.kafka import clients
-from broker.ledger.events import LedgerEmitter, decode_events, handover_event
+from broker.ledger.events import (
+    HandoverEventType,
+    LedgerEmitter,
+    decode_events,
+    handover_event,
+)
 from broker.ledger.store import LedgerStore, SyncReport
 from broker.ledger.views import Flows, HandoverRecord, Trace, flows, trace
 from broker.security.sealing import is_sealed, sealed_for
@@ -39,7 +44,7 @@ from broker.wire.registry import (
 from broker.wire.topics import HEADER_DLQ_PREFIX, Headers
 from cli.app import App, console, print_json, state
 
-__all__ = ["flows_cmd", "ledger_app", "tail", "trace_cmd"]
+__all__ = ["flows_cmd", "ledger_app", "print_flows", "print_trace", "tail", "trace_cmd"]
 
 ledger_app = App(help="The materialised, hash-chained handover ledger.")
 
@@ -180,10 +185,11 @@ def trace_cmd(
     if as_json:
         print_json(t.to_json())
         return
-    _print_trace(t, now)
+    print_trace(t, now)
 
 
-def _print_trace(t: Trace, now: datetime) -> None:
+def print_trace(t: Trace, now: datetime) -> None:
+    """Print a referral's trace for people: its hops, route reasons, status and what is awaited."""
     console.print(
         f"referral {t.referral_id}  case {t.case_id}  origin {t.origin or 'unknown'}",
         markup=False,
@@ -269,14 +275,15 @@ def flows_cmd(
     if as_json:
         print_json(f.to_json())
         return
-    _print_flows(f, now, since)
+    print_flows(f, now, since)
 
 
 def _seconds(value: float | None) -> str:
     return _span(timedelta(seconds=value))[1:] if value is not None else "-"
 
 
-def _print_flows(f: Flows, now: datetime, since: str) -> None:
+def print_flows(f: Flows, now: datetime, since: str) -> None:
+    """Print the flows view for people: the matrix, handover times, overdue and dead letters."""
     columns = f.columns
     matrix = Table(title=f"referrals since {since}")
     matrix.add_column("origin → jurisdiction")
@@ -561,7 +568,7 @@ class _AccessLog:
             self._ledger = LedgerEmitter(self._producer, codec, self.settings.topic_names().ledger)
         self._ledger.emit(
             handover_event(
-                "ACCESSED",
+                HandoverEventType.ACCESSED,
                 referral_id=str(info["referral_id"]),
                 case_id=str(info["case_id"]),
                 actor="operator",

@@ -43,7 +43,6 @@ __all__ = [
     "check_http_url",
     "ensure_dir",
     "jsonable",
-    "org_state_dir",
     "resolve_path",
     "secret_from_env",
 ]
@@ -59,11 +58,6 @@ def resolve_path(settings: Settings, raw: str | Path) -> Path:
     """``raw`` as an absolute path; relative paths are under ``settings.state_dir``."""
     path = Path(raw).expanduser()
     return path if path.is_absolute() else Path(settings.state_dir) / path
-
-
-def org_state_dir(settings: Settings, org_id: str) -> Path:
-    """``<state_dir>/orgs/<org>``: where an organisation's outbox and inbox live."""
-    return Path(settings.state_dir) / "orgs" / org_id
 
 
 def ensure_dir(path: Path, what: str) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from broker.config import Settings
 from broker.sqlite import Database
-from connectors.base import Delivery, org_state_dir
+from connectors.base import Delivery
 
 __all__ = ["DUPLICATES", "Inbox", "InboxRecord"]
 
@@ -75,7 +75,7 @@ class Inbox:
     @classmethod
     def for_org(cls, settings: Settings, org_id: str) -> Inbox:
         """The inbox at ``<state_dir>/orgs/<org>/inbox.sqlite3``."""
-        return cls(org_state_dir(settings, org_id) / "inbox.sqlite3")
+        return cls(settings.org_dir(org_id) / "inbox.sqlite3")
 
     def has(self, referral_id: str, sink: str) -> bool:
         """True if ``sink`` has already delivered ``referral_id``."""

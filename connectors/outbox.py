@@ -22,7 +22,6 @@ from typing import Any
 
 from broker.config import Settings
 from broker.sqlite import Database
-from connectors.base import org_state_dir
 
 __all__ = ["Outbox", "OutboxEntry", "PendingReferral"]
 
@@ -112,7 +111,7 @@ class Outbox:
     @classmethod
     def for_org(cls, settings: Settings, org_id: str) -> Outbox:
         """The outbox at ``<state_dir>/orgs/<org>/outbox.sqlite3``."""
-        return cls(org_state_dir(settings, org_id) / "outbox.sqlite3")
+        return cls(settings.org_dir(org_id) / "outbox.sqlite3")
 
     def add(
         self,

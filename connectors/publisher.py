@@ -32,7 +32,7 @@ from kafka.producer.future import FutureRecordMetadata
 
 from broker.config import Settings
 from broker.errors import CodecError, ConfigError, RoutingError, SecurityError, ValidationFailed
-from broker.ledger.events import LedgerEmitter, handover_event
+from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.network import Network, Organisation
 from broker.routing.decide import add_hosting_jurisdictions, decide
 from broker.security.rules import OriginSecurity
@@ -323,7 +323,7 @@ class Publisher:
             )
             if meta is not None:
                 self._emit(
-                    "REPUBLISHED" if pub.repeat else "PUBLISHED",
+                    HandoverEventType.REPUBLISHED if pub.repeat else HandoverEventType.PUBLISHED,
                     pub.referral_id,
                     pub.case_id,
                     meta.partition,
@@ -336,7 +336,13 @@ class Publisher:
             log.warning("ledger flush failed: %s", type(exc).__name__)
 
     def _emit(
-        self, event: str, referral_id: str, case_id: str, partition: int, offset: int, to: str
+        self,
+        event: HandoverEventType,
+        referral_id: str,
+        case_id: str,
+        partition: int,
+        offset: int,
+        to: str,
     ) -> None:
         try:
             self.ledger.emit(
@@ -376,7 +382,12 @@ class Publisher:
                 meta = future.value
                 self.outbox.mark_sent(entry.referral_id, now)
                 self._emit(
-                    "REPUBLISHED", entry.referral_id, entry.case_id, meta.partition, meta.offset, ""
+                    HandoverEventType.REPUBLISHED,
+                    entry.referral_id,
+                    entry.case_id,
+                    meta.partition,
+                    meta.offset,
+                    "",
                 )
                 done.append(entry.referral_id)
         return done

@@ -38,6 +38,7 @@ from broker.kafka import clients
 from broker.network import Network, Organisation
 from broker.security.rules import ReceiverSecurity
 from broker.tracing import Tracing, setup_tracing
+from broker.validation import validation_problems
 from broker.wire.codec import Codec
 from connectors.base import (
     ConnectorConfig,
@@ -90,12 +91,10 @@ KINDS: dict[str, tuple[str, type[ConnectorConfig]]] = {
 
 
 def _pydantic_lines(prefix: str, exc: ValidationError) -> list[str]:
-    out = []
-    for err in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in err["loc"])
-        msg = "unknown setting" if err["type"] == "extra_forbidden" else str(err["msg"])
-        out.append(f"{prefix}.{where}: {msg}" if where else f"{prefix}: {msg}")
-    return out
+    return [
+        f"{prefix}.{where}: {msg}" if where else f"{prefix}: {msg}"
+        for where, msg in validation_problems(exc, unknown_key="unknown setting")
+    ]
 
 
 def parse_connector_settings(org: Organisation) -> tuple[dict[str, BaseModel], list[str]]:

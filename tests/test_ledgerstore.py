@@ -65,7 +65,6 @@ def filled_store(path: Path, n: int = 6) -> LedgerStore:
     rid = str(uuid.uuid4())
     for i in range(n):
         store.append([hop(rid, "ROUTED", i, topic="referrals.to.DE")], ledger_offset=i)
-    store._db.commit()
     return store
 
 

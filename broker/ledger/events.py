@@ -5,6 +5,9 @@ events name ids, organisations, topics, positions and reasons — never payload
 content. A ledger record is either one ``HandoverEvent`` or a ``HandoverBatch``
 (several events of one actor, which the router writes once per consumed batch
 to keep the ledger off its hot path); :func:`decode_events` reads both.
+
+Event kinds are :class:`HandoverEventType`, the enum of the HandoverEvent Avro
+contract (defined with the wire models, exported here for every emitter).
 """
 
 from __future__ import annotations
@@ -19,9 +22,17 @@ from kafka.producer.future import FutureRecordMetadata
 
 from broker.errors import SchemaMismatch
 from broker.wire.codec import Codec
+from broker.wire.models import HandoverEventType
 from broker.wire.registry import HANDOVER_BATCH, HANDOVER_EVENT
 
-__all__ = ["HANDOVER_BATCH", "HANDOVER_EVENT", "LedgerEmitter", "decode_events", "handover_event"]
+__all__ = [
+    "HANDOVER_BATCH",
+    "HANDOVER_EVENT",
+    "HandoverEventType",
+    "LedgerEmitter",
+    "decode_events",
+    "handover_event",
+]
 
 #: The referral id recorded when a record's own id could not be read.
 UNKNOWN_REFERRAL = "00000000-0000-0000-0000-000000000000"
@@ -48,19 +59,20 @@ def handover_event(
     span_id: str | None = None,
     at_ms: int | None = None,
 ) -> dict[str, Any]:
-    """A HandoverEvent datum in Avro form.
+    """A HandoverEvent datum in Avro form; ``event`` is a :class:`HandoverEventType`.
 
     The event id is derived from what the event says (referral, event, actor,
     parties, position, reason), so a redelivered hop yields the same id and the
     materialised ledger can recognise the repeat.
     """
+    kind = HandoverEventType(event).value  # ValueError on a kind the schema does not have
     return {
         "event_id": _event_id(
-            referral_id, event, actor, from_party, to_party, topic, partition, offset, reason
+            referral_id, kind, actor, from_party, to_party, topic, partition, offset, reason
         ),
         "referral_id": referral_id or UNKNOWN_REFERRAL,
         "case_id": case_id or "unknown",
-        "event": event,
+        "event": kind,
         "actor": actor,
         "from_party": from_party or None,
         "to_party": to_party or None,

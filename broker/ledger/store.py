@@ -24,7 +24,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,10 +34,11 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from broker.config import Settings
-from broker.errors import BrokerError, CodecError, ReferralError
+from broker.errors import BrokerError, CodecError, ConfigError, LedgerStoreError
 from broker.kafka import clients
 from broker.ledger.events import decode_events
 from broker.ledger.views import HandoverRecord
+from broker.sqlite import Database
 from broker.wire.codec import Codec
 
 __all__ = [
@@ -101,10 +102,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _COLUMNS = ", ".join(f'"{c}"' for c in (*_FIELDS, "ledger_offset", "prev_hash", "entry_hash"))
-
-
-class LedgerStoreError(ReferralError):
-    """The materialised ledger cannot be opened, synced or read."""
 
 
 def _canonical(fields: dict[str, Any]) -> bytes:
@@ -211,12 +208,9 @@ class LedgerStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path)
-            self._db.row_factory = sqlite3.Row
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise LedgerStoreError(f"cannot open the ledger store {self.path}: {exc}") from exc
+            self._db = Database(self.path, _SCHEMA)
+        except ConfigError as exc:
+            raise LedgerStoreError(f"the ledger store: {exc}") from exc
 
     @classmethod
     def for_settings(cls, settings: Settings) -> LedgerStore:
@@ -235,11 +229,12 @@ class LedgerStore:
 
     # -- meta ----------------------------------------------------------------------------------
     def _meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return str(row[0]) if row else None
+        rows = self._db.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
 
-    def _set_meta(self, key: str, value: object) -> None:
-        self._db.execute(
+    @staticmethod
+    def _set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
+        conn.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, str(value)),
@@ -251,7 +246,7 @@ class LedgerStore:
         return int(self._meta("next_offset") or 0)
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+        return int(self._db.query("SELECT COUNT(*) FROM entries")[0][0])
 
     # -- writing -------------------------------------------------------------------------------
     def _head(self) -> tuple[int, str]:
@@ -259,14 +254,17 @@ class LedgerStore:
         return count, self._meta("head_hash") or GENESIS
 
     def append(self, events: Iterable[dict[str, Any]], ledger_offset: int) -> tuple[int, int]:
-        """Chain the events of one ledger record; (added, repeated) — repeats are skipped.
+        """Chain the events of one ledger record; (added, repeated) — repeats are skipped."""
+        with self._db.transaction() as conn:
+            return self._append(conn, events, ledger_offset)
 
-        Does not commit; :meth:`sync` commits with the offset it advanced to.
-        """
+    def _append(
+        self, conn: sqlite3.Connection, events: Iterable[dict[str, Any]], ledger_offset: int
+    ) -> tuple[int, int]:
         count, prev = self._head()
         added = repeated = 0
         for event in events:
-            exists = self._db.execute(
+            exists = conn.execute(
                 "SELECT 1 FROM entries WHERE event_id = ?", (event["event_id"],)
             ).fetchone()
             if exists:
@@ -275,14 +273,14 @@ class LedgerStore:
             fields = _fields_of(event, ledger_offset)
             digest = entry_hash(prev, fields)
             values = [fields[name] for name in _FIELDS]
-            self._db.execute(
+            conn.execute(
                 f"INSERT INTO entries (idx, {_COLUMNS}) VALUES ({', '.join('?' * 18)})",
                 (count, *values, ledger_offset, prev, digest),
             )
             count, prev = count + 1, digest
             added += 1
-        self._set_meta("head_count", count)
-        self._set_meta("head_hash", prev)
+        self._set_meta(conn, "head_count", count)
+        self._set_meta(conn, "head_hash", prev)
         return added, repeated
 
     def sync(
@@ -340,39 +338,40 @@ class LedgerStore:
         while time.monotonic() < deadline:
             batch = reader.poll(timeout_ms=100, max_records=2000)
             got = batch.get(tp, [])
+            if not got:
+                if next_offset >= listed_end and time.monotonic() - last_new >= idle:
+                    break
+                continue
             bad = 0
-            for rec in got:
-                records += 1
-                try:
-                    events = decode_events(codec, rec.value or b"")
-                except CodecError:
-                    bad += 1
-                    events = []
-                a, r = self.append(events, rec.offset)
-                added, repeated = added + a, repeated + r
-                next_offset = rec.offset + 1
-            if got:
+            # One transaction per batch: the entries and the offset they advance to.
+            with self._db.transaction() as conn:
+                for rec in got:
+                    records += 1
+                    try:
+                        events = decode_events(codec, rec.value or b"")
+                    except CodecError:
+                        bad += 1
+                        events = []
+                    a, r = self._append(conn, events, rec.offset)
+                    added, repeated = added + a, repeated + r
+                    next_offset = rec.offset + 1
                 undecodable += bad
-                self._set_meta("topic", topic)
-                self._set_meta("next_offset", next_offset)
-                self._set_meta("undecodable", int(self._meta("undecodable") or 0) + bad)
-                self._db.commit()
-                last_new = time.monotonic()
-            elif next_offset >= listed_end and time.monotonic() - last_new >= idle:
-                break
+                self._set_meta(conn, "topic", topic)
+                self._set_meta(conn, "next_offset", next_offset)
+                self._set_meta(conn, "undecodable", int(self._meta("undecodable") or 0) + bad)
+            last_new = time.monotonic()
         if records == 0:
-            self._set_meta("topic", topic)
-            self._db.commit()
+            with self._db.transaction() as conn:
+                self._set_meta(conn, "topic", topic)
         return SyncReport(topic, records, added, repeated, undecodable, next_offset)
 
     # -- reading -------------------------------------------------------------------------------
-    def _rows(self, referral_id: str | None = None) -> Iterator[sqlite3.Row]:
+    def _rows(self, referral_id: str | None = None) -> list[sqlite3.Row]:
         if referral_id is None:
-            yield from self._db.execute("SELECT * FROM entries ORDER BY idx")
-        else:
-            yield from self._db.execute(
-                "SELECT * FROM entries WHERE referral_id = ? ORDER BY idx", (referral_id,)
-            )
+            return self._db.query("SELECT * FROM entries ORDER BY idx")
+        return self._db.query(
+            "SELECT * FROM entries WHERE referral_id = ? ORDER BY idx", (referral_id,)
+        )
 
     def entries(self, referral_id: str | None = None) -> list[LedgerEntry]:
         """Every entry (of one referral, if given), in chain order."""

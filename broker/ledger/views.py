@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.errors import ReferralError
+from broker.errors import UnknownReferral
+from broker.ledger.events import HandoverEventType
 from broker.network import Deadlines
+from broker.wire.models import ReferralStatus
 from broker.wire.topics import TopicNames
 
 __all__ = [
@@ -54,11 +56,7 @@ UNKNOWN_REFERRAL = "00000000-0000-0000-0000-000000000000"
 #: The flows matrix column of referrals routed to the unassigned (fallback) topic.
 UNASSIGNED_COLUMN = "unassigned"
 
-_PUBLISHED = frozenset({"PUBLISHED", "REPUBLISHED"})
-
-
-class UnknownReferral(ReferralError):
-    """The ledger holds no event about this referral id."""
+_PUBLISHED = frozenset({HandoverEventType.PUBLISHED, HandoverEventType.REPUBLISHED})
 
 
 @dataclass(frozen=True)
@@ -113,7 +111,11 @@ def _order(records: Iterable[HandoverRecord]) -> list[HandoverRecord]:
 
 
 def _is_received(r: HandoverRecord, org: str) -> bool:
-    return r.event == "STATUS_ROUTED" and r.reason == "RECEIVED" and r.from_party == org
+    return (
+        r.event == HandoverEventType.STATUS_ROUTED
+        and r.reason == ReferralStatus.RECEIVED
+        and r.from_party == org
+    )
 
 
 # -- one referral ------------------------------------------------------------------------------
@@ -211,7 +213,7 @@ class Trace:
 
 def _origin(records: Sequence[HandoverRecord]) -> str | None:
     for r in records:
-        if (r.event in _PUBLISHED or r.event == "ROUTED") and r.from_party:
+        if (r.event in _PUBLISHED or r.event == HandoverEventType.ROUTED) and r.from_party:
             return r.from_party
     return None
 
@@ -230,7 +232,7 @@ def awaited(
     ordered = _order(records)
     first_routed: dict[str, HandoverRecord] = {}
     for r in ordered:
-        if r.event == "ROUTED" and r.topic:
+        if r.event == HandoverEventType.ROUTED and r.topic:
             for org in r.to_orgs:
                 first_routed.setdefault(org, r)
     out = []
@@ -278,12 +280,16 @@ def trace(
             )
         )
         previous = r.at
-    reasons = {r.topic: r.reason for r in mine if r.event == "ROUTED" and r.topic and r.reason}
-    statuses = [r for r in mine if r.event == "STATUS_ROUTED"]
+    reasons = {
+        r.topic: r.reason
+        for r in mine
+        if r.event == HandoverEventType.ROUTED and r.topic and r.reason
+    }
+    statuses = [r for r in mine if r.event == HandoverEventType.STATUS_ROUTED]
     latest = statuses[-1] if statuses else None
     received: dict[str, datetime] = {}
     for r in statuses:
-        if r.reason == "RECEIVED" and r.from_party:
+        if r.reason == ReferralStatus.RECEIVED and r.from_party:
             received.setdefault(r.from_party, r.at)
     case_id = next((r.case_id for r in mine if r.case_id not in ("", "-", "unknown")), "")
     return Trace(
@@ -407,13 +413,14 @@ def _column(topic: str, names: TopicNames) -> str:
 
 def _outcome(records: Sequence[HandoverRecord], names: TopicNames) -> str:
     delivered = any(
-        r.event == "DELIVERED" and r.topic and names.jurisdiction_of(r.topic) for r in records
+        r.event == HandoverEventType.DELIVERED and r.topic and names.jurisdiction_of(r.topic)
+        for r in records
     )
     if delivered:
         return "delivered"
-    if any(r.event == "DEAD_LETTERED" for r in records):
+    if any(r.event == HandoverEventType.DEAD_LETTERED for r in records):
         return "dead_lettered"
-    if any(r.event == "ROUTED" and r.topic == names.unassigned for r in records):
+    if any(r.event == HandoverEventType.ROUTED and r.topic == names.unassigned for r in records):
         return "unassigned"
     return "pending"
 
@@ -430,7 +437,7 @@ def flows(
     anonymous: list[HandoverRecord] = []
     for r in records:
         if r.referral_id == UNKNOWN_REFERRAL:
-            if r.event == "DEAD_LETTERED" and (since is None or r.at >= since):
+            if r.event == HandoverEventType.DEAD_LETTERED and (since is None or r.at >= since):
                 anonymous.append(r)
             continue
         by_referral.setdefault(r.referral_id, []).append(r)
@@ -446,19 +453,19 @@ def flows(
         if since is not None and ordered[0].at < since:
             continue
         outcomes[_outcome(ordered, names)] += 1
-        dead.update(_dead_reason(r) for r in ordered if r.event == "DEAD_LETTERED")
+        dead.update(_dead_reason(r) for r in ordered if r.event == HandoverEventType.DEAD_LETTERED)
         origin = _origin(ordered) or "unknown"
         published = next((r.at for r in ordered if r.event in _PUBLISHED), None)
         columns_seen = set()
         for r in ordered:
-            if r.event == "ROUTED" and r.topic:
+            if r.event == HandoverEventType.ROUTED and r.topic:
                 column = _column(r.topic, names)
                 if column not in columns_seen:
                     columns_seen.add(column)
                     matrix.setdefault(origin, Counter())[column] += 1
                     times.setdefault((origin, column), (set(), [], []))[0].add(rid)
         for r in ordered:
-            if r.event != "DELIVERED" or not r.topic:
+            if r.event != HandoverEventType.DELIVERED or not r.topic:
                 continue
             key = (origin, _column(r.topic, names))
             entry = times.setdefault(key, (set(), [], []))

@@ -94,7 +94,7 @@ class PublicKey:
 
 def key_dir(settings: Settings, org_id: str) -> Path:
     """``<state_dir>/orgs/<org>/keys``: where an organisation's private keys live."""
-    return Path(settings.state_dir) / "orgs" / org_id / "keys"
+    return settings.org_dir(org_id) / "keys"
 
 
 # -- private keys ------------------------------------------------------------------------------

@@ -28,8 +28,6 @@ or H2 case in a re-referral.
 from __future__ import annotations
 
 import io
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -39,10 +37,12 @@ import fastavro
 
 from broker.config import Settings
 from broker.errors import SealError, SecurityError, SignatureInvalid
+from broker.kafka.deadletter import DeadLetterStage
 from broker.network import Network
 from broker.security.keys import OrgKeys, TrustStore, key_dir, load_trust
 from broker.security.sealing import is_sealed, open_sealed, seal, sealed_for
 from broker.security.signing import SignedContext, check_envelope, has_signature, sign, verify
+from broker.sqlite import Database
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL, Registry
 from broker.wire.topics import TopicNames
@@ -60,13 +60,13 @@ _NO_ONWARD_TLP = frozenset({"AMBER_STRICT", "RED"})
 _NO_ONWARD_CODES = frozenset({"H2"})
 
 
-def stage_of(exc: SecurityError) -> str:
+def stage_of(exc: SecurityError) -> DeadLetterStage:
     """The dead-letter stage of a security refusal."""
     if isinstance(exc, SignatureInvalid):
-        return "VERIFY"
+        return DeadLetterStage.VERIFY
     if isinstance(exc, SealError):
-        return "UNSEAL"
-    return "HANDLING"
+        return DeadLetterStage.UNSEAL
+    return DeadLetterStage.HANDLING
 
 
 class BodyCodec:
@@ -117,26 +117,23 @@ class HandlingLog:
     """What an organisation received under restrictive handling, by case id (SQLite)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
-        with self._lock, self._db:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS received (referral_id TEXT PRIMARY KEY,"
-                " case_id TEXT NOT NULL, origin TEXT NOT NULL, tlp TEXT NOT NULL,"
-                " handling_code TEXT NOT NULL, at REAL NOT NULL)"
-            )
+        self._db = Database(
+            path,
+            "CREATE TABLE IF NOT EXISTS received (referral_id TEXT PRIMARY KEY,"
+            " case_id TEXT NOT NULL, origin TEXT NOT NULL, tlp TEXT NOT NULL,"
+            " handling_code TEXT NOT NULL, at REAL NOT NULL);",
+        )
 
     @classmethod
     def for_org(cls, settings: Settings, org_id: str) -> HandlingLog:
         """``<state_dir>/orgs/<org>/handling.sqlite3``."""
-        return cls(Path(settings.state_dir) / "orgs" / org_id / "handling.sqlite3")
+        return cls(settings.org_dir(org_id) / "handling.sqlite3")
 
     def record(self, envelope: Mapping[str, Any]) -> None:
         """Remember the handling of a received referral."""
         handling = envelope.get("handling") or {}
-        with self._lock, self._db:
-            self._db.execute(
+        with self._db.transaction() as conn:
+            conn.execute(
                 "INSERT OR IGNORE INTO received VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     str(envelope.get("referral_id")),
@@ -150,16 +147,14 @@ class HandlingLog:
 
     def restrictions(self, case_id: str) -> list[tuple[str, str, str]]:
         """(origin, tlp, handling code) of each received referral of ``case_id``."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT origin, tlp, handling_code FROM received WHERE case_id = ?", (case_id,)
-            ).fetchall()
+        rows = self._db.query(
+            "SELECT origin, tlp, handling_code FROM received WHERE case_id = ?", (case_id,)
+        )
         return [(str(o), str(t), str(h)) for o, t, h in rows]
 
     def close(self) -> None:
         """Close the database."""
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
 
 def _describe(tlp: str, code: str) -> str:

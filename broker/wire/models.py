@@ -37,6 +37,7 @@ from pydantic import (
 )
 
 from broker.errors import ValidationFailed
+from broker.validation import validation_problems
 from broker.wire.countries import is_country
 from broker.wire.registry import HANDOVER_BATCH, HANDOVER_EVENT, REFERRAL, STATUS_UPDATE, full_name
 
@@ -352,16 +353,8 @@ _UNION_TAGS = frozenset({"CaseBody", "SealedBody"})
 
 def problems_of(exc: ValidationError) -> list[str]:
     """``field.path: message`` lines for a pydantic error, never quoting input values."""
-    out = []
-    for err in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in err["loc"] if p not in _UNION_TAGS) or "(record)"
-        msg = str(err["msg"])
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        elif msg.startswith("Assertion failed, "):
-            msg = msg[len("Assertion failed, ") :]
-        out.append(f"{where}: {msg}")
-    return list(dict.fromkeys(out))
+    problems = validation_problems(exc, skip=_UNION_TAGS)
+    return list(dict.fromkeys(f"{where or '(record)'}: {msg}" for where, msg in problems))
 
 
 def parse_model(cls: type[M], data: Mapping[str, Any]) -> M:

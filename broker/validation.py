@@ -1,0 +1,48 @@
+"""The one formatter of pydantic validation errors: ``where: message`` lines, never quoting input.
+
+Settings, connector settings and referrals all report their problems through
+:func:`validation_problems`; each caller only decides how a location is
+prefixed. Input values are never included, and a location part that did not
+come from the model (an unknown key someone sent) is named only if it looks
+like a field name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from pydantic import ValidationError
+
+__all__ = ["validation_problems"]
+
+_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def _message(text: str) -> str:
+    for prefix in _PREFIXES:
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    return text
+
+
+def validation_problems(
+    exc: ValidationError,
+    *,
+    skip: Collection[str] = (),
+    unknown_key: str | None = None,
+) -> list[tuple[str, str]]:
+    """``(location, message)`` of every error of ``exc``, in order, without repeats.
+
+    ``skip`` names location parts left out (union tags); ``unknown_key`` replaces
+    pydantic's message for a key the model does not have. The location is
+    ``""`` for an error of the whole object.
+    """
+    out: list[tuple[str, str]] = []
+    for err in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in err["loc"] if p not in skip)
+        if unknown_key is not None and err["type"] == "extra_forbidden":
+            message = unknown_key
+        else:
+            message = _message(str(err["msg"]))
+        out.append((where, message))
+    return list(dict.fromkeys(out))
