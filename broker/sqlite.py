@@ -1,4 +1,8 @@
-"""A small, thread-safe SQLite wrapper shared by the outbox, the inbox and the case table."""
+"""A small, thread-safe SQLite wrapper: the outbox, inbox, case table, handling log and ledger.
+
+Every database file is private (``0600`` in a ``0700`` directory, see
+:mod:`broker.private`); SQLite gives its ``-wal`` and ``-shm`` files the same mode.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from broker.errors import ConfigError
+from broker.private import private_file
 
 __all__ = ["Database"]
 
@@ -24,7 +29,7 @@ class Database:
     def __init__(self, path: Path, schema: str) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path)
             self._conn = sqlite3.connect(
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=False
             )

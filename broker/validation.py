@@ -9,6 +9,7 @@ like a field name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 
 from pydantic import ValidationError
@@ -16,6 +17,19 @@ from pydantic import ValidationError
 __all__ = ["validation_problems"]
 
 _PREFIXES = ("Value error, ", "Assertion failed, ")
+#: A location part named as it is: field names and indices. Anything else came from input.
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+#: How much of a (field-like) location part is shown.
+_NAME_LENGTH = 32
+
+
+def _part(part: object) -> str:
+    if isinstance(part, int):
+        return str(part)
+    text = str(part)
+    if not _NAME.match(text):
+        return "(key)"
+    return text if len(text) <= _NAME_LENGTH else text[:_NAME_LENGTH] + "..."
 
 
 def _message(text: str) -> str:
@@ -35,11 +49,12 @@ def validation_problems(
 
     ``skip`` names location parts left out (union tags); ``unknown_key`` replaces
     pydantic's message for a key the model does not have. The location is
-    ``""`` for an error of the whole object.
+    ``""`` for an error of the whole object; a part that does not look like a
+    field name (a key someone sent) is shown as ``(key)``, a long one cut short.
     """
     out: list[tuple[str, str]] = []
     for err in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in err["loc"] if p not in skip)
+        where = ".".join(_part(p) for p in err["loc"] if p not in skip)
         if unknown_key is not None and err["type"] == "extra_forbidden":
             message = unknown_key
         else:

@@ -1,4 +1,11 @@
-"""Shared CLI plumbing: error mapping, settings from the context, output helpers."""
+"""Shared CLI plumbing: error mapping, settings from the context, output helpers.
+
+Everything a command prints for people goes through :func:`escape` (control
+characters in ids, headers, reasons and file names become visible escapes);
+table cells through :func:`cell` (escaped, and never read as rich markup); log
+lines through :func:`configure_logging`'s escaping formatter. ``--json``
+output is escaped by the JSON encoder itself.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +23,22 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from broker.config import Settings, load_settings
 from broker.errors import ReferralError
 from broker.network import Network, load_network
+from broker.terminal import EscapingFormatter, escape
 
 __all__ = [
     "NETWORK_OPTION",
     "App",
     "CliState",
+    "cell",
+    "configure_logging",
     "console",
     "err_console",
+    "escape",
     "print_json",
     "service_stop_event",
     "state",
@@ -43,9 +55,14 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+def cell(value: object) -> Text:
+    """A table cell showing ``value`` escaped (never interpreted as rich markup)."""
+    return Text(escape("" if value is None else value))
+
+
 def _fail(exc: ReferralError) -> typer.Exit:
     for line in str(exc).splitlines() or [type(exc).__name__]:
-        err_console.print(f"error: {line}", markup=False, soft_wrap=True)
+        err_console.print(f"error: {escape(line)}", markup=False, soft_wrap=True)
     return typer.Exit(exc.exit_code)
 
 
@@ -109,9 +126,36 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (as logging's last resort)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        """The current standard error."""
+        return sys.stderr
+
+
+_HANDLER = _StderrHandler()
+
+
+def configure_logging(
+    level: int = logging.WARNING, fmt: str = "%(levelname)s %(name)s: %(message)s"
+) -> None:
+    """Log to stderr at ``level`` through the escaping formatter (idempotent)."""
+    _HANDLER.setFormatter(EscapingFormatter(fmt))
+    _HANDLER.setLevel(level)  # records of chattier loggers (kafka: INFO) reach it too
+    root = logging.getLogger()
+    if _HANDLER not in root.handlers:
+        root.addHandler(_HANDLER)
+    root.setLevel(level)
+
+
 def service_stop_event() -> threading.Event:
     """Set up a long-running command: INFO logging, and an Event set by SIGTERM or Ctrl-C."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(logging.INFO, "%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:

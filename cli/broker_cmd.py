@@ -10,6 +10,7 @@ import typer
 
 from broker.errors import EmbeddedBrokerError
 from broker.kafka.embedded import EmbeddedBroker, read_state, stop_detached
+from broker.private import private_dir
 from cli.app import App, console, print_json, state
 
 app = App(help="Run the embedded (memory-only) Tansu broker.")
@@ -29,7 +30,7 @@ def up(
         raise EmbeddedBrokerError(
             f"an embedded broker is already running at {running.bootstrap} (pid {running.pid})"
         )
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.state_dir, "state directory")
     broker = EmbeddedBroker(port or None, host, log_path=settings.state_dir / "broker.log")
     broker.start(detach=detach)
     if detach:

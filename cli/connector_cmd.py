@@ -19,8 +19,10 @@ from broker.wire.models import ReferralStatus, StatusUpdate, problems_of, utc_no
 from cli.app import (
     NETWORK_OPTION,
     App,
+    cell,
     console,
     err_console,
+    escape,
     print_json,
     service_stop_event,
     state,
@@ -138,7 +140,8 @@ def _report_publish(results: dict[str, BatchResult], as_json: bool) -> None:
                         for p in r.published
                     ],
                     "rejected": [
-                        {"row": x.label, "problems": list(x.problems)} for x in r.rejected
+                        {"row": x.label, "problems": list(x.problems), "kind": x.kind}
+                        for x in r.rejected
                     ],
                 }
                 for name, r in results.items()
@@ -146,14 +149,27 @@ def _report_publish(results: dict[str, BatchResult], as_json: bool) -> None:
         )
     else:
         for name, r in results.items():
-            unsent = sum(1 for p in r.published if not p.sent)
-            line = f"{name}: {len(r.published)} published, {len(r.rejected)} rejected"
+            repeats = sum(1 for p in r.published if p.repeat)
+            unsent = sum(1 for p in r.published if not p.sent and not p.repeat)
+            line = (
+                f"{name}: {len(r.published) - repeats} published, {repeats} repeat(s), "
+                f"{len(r.rejected)} rejected"
+            )
             if unsent:
                 line += f" ({unsent} not acknowledged yet; held in the outbox)"
-            console.print(line, markup=False)
+            console.print(escape(line), markup=False)
+            for p in r.published:
+                if p.repeat:
+                    console.print(
+                        escape(
+                            f"{name} {p.label}: repeat of referral {p.referral_id} "
+                            "(already published, not sent again)"
+                        ),
+                        markup=False,
+                    )
             for rej in r.rejected:
                 for problem in rej.problems:
-                    err_console.print(f"{name} {rej.label}: {problem}", markup=False)
+                    err_console.print(escape(f"{name} {rej.label}: {problem}"), markup=False)
     if rejected:
         raise typer.Exit(ValidationFailed.exit_code)
 
@@ -174,15 +190,15 @@ def outbox(
     if as_json:
         print_json([p.to_json(now) for p in pending])
         return
-    table = Table(title=f"outbox of {org}: {len(pending)} pending")
+    table = Table(title=cell(f"outbox of {org}: {len(pending)} pending"))
     for col in ("referral", "case", "waiting for", "received by", "age", "sent"):
         table.add_column(col)
     for p in pending:
         table.add_row(
-            p.referral_id,
-            p.case_id,
-            ", ".join(p.waiting_for),
-            ", ".join(p.received_by) or "-",
+            cell(p.referral_id),
+            cell(p.case_id),
+            cell(", ".join(p.waiting_for)),
+            cell(", ".join(p.received_by) or "-"),
             _age(p.age(now)),
             f"{p.attempts}x",
         )
@@ -256,4 +272,6 @@ def status(
         raise BrokerError(f"status not sent: {type(exc).__name__}") from exc
     finally:
         producer.close(10)
-    console.print(f"{new_status.value} for {referral_id} sent to {record.origin_org}")
+    console.print(
+        escape(f"{new_status.value} for {referral_id} sent to {record.origin_org}"), markup=False
+    )

@@ -39,13 +39,14 @@ from broker.kafka.provision import provision
 from broker.ledger.store import LedgerStore
 from broker.ledger.views import flows, trace
 from broker.network import Network, load_network
+from broker.private import exposure, private_dir
 from broker.routing.router import Router
 from broker.security.keys import add_to_trust_file, init_keys, key_dir
 from broker.synthetic import synthetic_batch
 from broker.tracing import setup_tracing
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL
-from cli.app import NETWORK_OPTION, console, state
+from cli.app import NETWORK_OPTION, console, err_console, escape, state
 from cli.operator_cmd import print_flows, print_trace
 from connectors.runtime import ConnectorRuntime
 
@@ -76,7 +77,10 @@ def demo(
     base = st.settings
     started = time.monotonic()
     run_dir = Path(base.state_dir) / f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(run_dir, "state directory")
+    exposed = exposure(run_dir)
+    if exposed is not None:
+        err_console.print(f"warning: state directory {escape(exposed)}", markup=False)
     network_path = Path(base.network_file)
     if not plain:
         run = base.model_copy(update={"state_dir": run_dir})

@@ -17,7 +17,7 @@ from cli import (
     schema_cmd,
     topics_cmd,
 )
-from cli.app import App, CliState
+from cli.app import App, CliState, configure_logging
 
 __all__ = ["app", "main"]
 
@@ -63,6 +63,7 @@ def root(
     ),
 ) -> None:
     """Global options; every command reads its settings from here."""
+    configure_logging()
     ctx.obj = CliState(
         overrides={
             "bootstrap_servers": bootstrap_servers,

@@ -20,6 +20,7 @@ from typing import Any
 import typer
 from kafka import TopicPartition
 from kafka.errors import KafkaError
+from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from broker.config import Settings
@@ -42,7 +43,7 @@ from broker.wire.registry import (
     STATUS_UPDATE,
 )
 from broker.wire.topics import HEADER_DLQ_PREFIX, Headers
-from cli.app import App, console, print_json, state
+from cli.app import App, cell, console, escape, print_json, state
 
 __all__ = ["flows_cmd", "ledger_app", "print_flows", "print_trace", "tail", "trace_cmd"]
 
@@ -145,7 +146,7 @@ def ledger_show(
         print_json([{**e.record.to_json(), "ledger_offset": e.ledger_offset} for e in entries])
         return
     title = f"ledger entries ({len(entries)})" + (f" of referral {referral}" if referral else "")
-    table = Table(title=title)
+    table = Table(title=cell(title))
     for col in ("#", "time", "event", "actor", "from → to", "topic", "reason", "referral"):
         table.add_column(col)
     for e in entries:
@@ -153,12 +154,12 @@ def ledger_show(
         table.add_row(
             str(e.index),
             _when(r.at),
-            r.event,
-            r.actor,
-            _parties(r),
-            r.topic or "",
-            r.reason or "",
-            r.referral_id,
+            cell(r.event),
+            cell(r.actor),
+            cell(_parties(r)),
+            cell(r.topic),
+            cell(r.reason),
+            cell(r.referral_id),
         )
     console.print(table)
 
@@ -191,7 +192,7 @@ def trace_cmd(
 def print_trace(t: Trace, now: datetime) -> None:
     """Print a referral's trace for people: its hops, route reasons, status and what is awaited."""
     console.print(
-        f"referral {t.referral_id}  case {t.case_id}  origin {t.origin or 'unknown'}",
+        escape(f"referral {t.referral_id}  case {t.case_id}  origin {t.origin or 'unknown'}"),
         markup=False,
     )
     table = Table(title=f"{len(t.hops)} hop(s)")
@@ -206,23 +207,24 @@ def print_trace(t: Trace, now: datetime) -> None:
             str(r.index if r.index is not None else ""),
             _when(r.at),
             _span(hop.since_previous),
-            r.event,
-            r.actor,
-            _parties(r),
-            topic,
-            r.reason or "",
+            cell(r.event),
+            cell(r.actor),
+            cell(_parties(r)),
+            cell(topic),
+            cell(r.reason),
         )
     console.print(table)
     for topic, reason in sorted(t.route_reasons.items()):
-        console.print(f"routed to {topic}: {reason}", markup=False)
+        console.print(escape(f"routed to {topic}: {reason}"), markup=False)
     if t.status is not None and t.status_at is not None:
         console.print(
-            f"status: {t.status} from {t.status_by or '?'} at {_when(t.status_at)}", markup=False
+            escape(f"status: {t.status} from {t.status_by or '?'} at {_when(t.status_at)}"),
+            markup=False,
         )
     else:
         console.print("status: none yet")
     for org, at in sorted(t.received.items()):
-        console.print(f"received by {org} at {_when(at)}", markup=False)
+        console.print(escape(f"received by {org} at {_when(at)}"), markup=False)
     if not t.awaited:
         console.print("awaited: nothing")
     for a in t.awaited:
@@ -230,12 +232,17 @@ def print_trace(t: Trace, now: datetime) -> None:
         lane = "urgent " if a.urgent else ""
         if a.overdue:
             console.print(
-                f"[red]OVERDUE[/]: RECEIVED from {a.org} on {where}, {lane}deadline "
-                f"{_when(a.due)}, late by {_span(a.late_by(now))[1:]}"
+                "[red]OVERDUE[/]: "
+                + rich_escape(
+                    escape(
+                        f"RECEIVED from {a.org} on {where}, {lane}deadline "
+                        f"{_when(a.due)}, late by {_span(a.late_by(now))[1:]}"
+                    )
+                )
             )
         else:
             console.print(
-                f"awaited: RECEIVED from {a.org} on {where}, {lane}deadline {_when(a.due)}",
+                escape(f"awaited: RECEIVED from {a.org} on {where}, {lane}deadline {_when(a.due)}"),
                 markup=False,
             )
 
@@ -288,9 +295,9 @@ def print_flows(f: Flows, now: datetime, since: str) -> None:
     matrix = Table(title=f"referrals since {since}")
     matrix.add_column("origin → jurisdiction")
     for c in columns:
-        matrix.add_column(c, justify="right")
+        matrix.add_column(cell(c), justify="right")
     for origin, row in sorted(f.matrix.items()):
-        matrix.add_row(origin, *(str(row.get(c, 0)) for c in columns))
+        matrix.add_row(cell(origin), *(str(row.get(c, 0)) for c in columns))
     console.print(matrix)
     times = Table(title="handover times per route (p50 / p95)")
     for col in (
@@ -304,8 +311,8 @@ def print_flows(f: Flows, now: datetime, since: str) -> None:
     for r in f.routes:
         p2d, d2r = r.to_json()["published_to_delivered"], r.to_json()["delivered_to_received"]
         times.add_row(
-            r.origin,
-            r.destination,
+            cell(r.origin),
+            cell(r.destination),
             str(r.referrals),
             f"{_seconds(p2d['p50_s'])} / {_seconds(p2d['p95_s'])} (n={p2d['n']})",
             f"{_seconds(d2r['p50_s'])} / {_seconds(d2r['p95_s'])} (n={d2r['n']})",
@@ -317,9 +324,9 @@ def print_flows(f: Flows, now: datetime, since: str) -> None:
             over.add_column(col)
         for a in f.overdue:
             over.add_row(
-                a.referral_id,
-                a.org,
-                a.topic,
+                cell(a.referral_id),
+                cell(a.org),
+                cell(a.topic),
                 "urgent" if a.urgent else "normal",
                 _when(a.due),
                 _span(a.late_by(now))[1:],
@@ -332,7 +339,7 @@ def print_flows(f: Flows, now: datetime, since: str) -> None:
         dead.add_column("reason")
         dead.add_column("count", justify="right")
         for reason, n in sorted(f.dead_letters.items()):
-            dead.add_row(reason, str(n))
+            dead.add_row(cell(reason), str(n))
         console.print(dead)
     else:
         console.print("dead letters: none")
@@ -535,7 +542,7 @@ def tail(
                 if as_json:
                     sys.stdout.write(json.dumps(line, sort_keys=True, default=str) + "\n")
                 else:
-                    console.print(_human(line), markup=False, soft_wrap=True)
+                    console.print(escape(_human(line)), markup=False, soft_wrap=True)
                 sys.stdout.flush()
                 seen += 1
                 if max_records is not None and seen >= max_records:

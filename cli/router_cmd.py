@@ -13,7 +13,16 @@ from broker.kafka.deadletter import read_dead_letters, strip_error_headers
 from broker.routing.router import Router
 from broker.tracing import setup_tracing
 from broker.wire.codec import Codec
-from cli.app import NETWORK_OPTION, App, console, print_json, service_stop_event, state
+from cli.app import (
+    NETWORK_OPTION,
+    App,
+    cell,
+    console,
+    escape,
+    print_json,
+    service_stop_event,
+    state,
+)
 
 dlq_app = App(help="Inspect and replay dead letters.")
 
@@ -68,12 +77,12 @@ def dlq_list(
         table.add_column(col)
     for d in letters:
         table.add_row(
-            d.id,
-            f"{d.original_topic}[{d.original_partition}]@{d.original_offset}",
-            d.stage,
-            d.error_class.rsplit(".", 1)[-1],
-            d.message,
-            d.referral_id or "",
+            cell(d.id),
+            cell(f"{d.original_topic}[{d.original_partition}]@{d.original_offset}"),
+            cell(d.stage),
+            cell(d.error_class.rsplit(".", 1)[-1]),
+            cell(d.message),
+            cell(d.referral_id),
         )
     console.print(table)
 
@@ -103,14 +112,18 @@ def dlq_replay(
         for d in letters:
             if d.by_reference:
                 console.print(
-                    f"skipped {d.id}: too large to carry, only its reference is here "
-                    f"(fetch {d.original_topic}[{d.original_partition}]@{d.original_offset})"
+                    escape(
+                        f"skipped {d.id}: too large to carry, only its reference is here "
+                        f"(fetch {d.original_topic}[{d.original_partition}]@{d.original_offset})"
+                    ),
+                    markup=False,
                 )
                 continue
             target = d.original_topic if d.original_topic in allowed else None
             if target is None:
                 console.print(
-                    f"skipped {d.id}: original topic {d.original_topic} is not replayable"
+                    escape(f"skipped {d.id}: original topic {d.original_topic} is not replayable"),
+                    markup=False,
                 )
                 continue
             producer.send(target, key=d.key, value=d.value, headers=strip_error_headers(d.headers))

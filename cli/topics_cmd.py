@@ -17,7 +17,7 @@ from broker.errors import BrokerError
 from broker.kafka import clients
 from broker.kafka.clients import admin_client, resolve_bootstrap
 from broker.kafka.provision import describe_topics, provision
-from cli.app import NETWORK_OPTION, App, console, print_json, state
+from cli.app import NETWORK_OPTION, App, cell, console, print_json, state
 
 app = App(help="Provision and list the network's topics.")
 
@@ -99,14 +99,14 @@ def list_cmd(
     table.add_column("partitions", justify="right")
     if stats is None:
         for name, parts in found.items():
-            table.add_row(name, str(parts))
+            table.add_row(cell(name), str(parts))
         console.print(table)
         return
     for col in ("messages", "counted by", "group lag"):
         table.add_column(col, justify="right" if col == "messages" else "left")
     for name, s in stats.items():
         lag = ", ".join(f"{g}: {n}" for g, n in sorted(s.lag.items())) or "-"
-        table.add_row(name, str(s.partitions), str(s.messages), s.source_label, lag)
+        table.add_row(cell(name), str(s.partitions), str(s.messages), s.source_label, cell(lag))
     console.print(table)
     console.print(
         f"counts from {where}: 'read' = records a consumer read from the start; "

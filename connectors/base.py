@@ -41,7 +41,6 @@ __all__ = [
     "StatusDelivery",
     "StatusSink",
     "check_http_url",
-    "ensure_dir",
     "jsonable",
     "resolve_path",
     "secret_from_env",
@@ -58,17 +57,6 @@ def resolve_path(settings: Settings, raw: str | Path) -> Path:
     """``raw`` as an absolute path; relative paths are under ``settings.state_dir``."""
     path = Path(raw).expanduser()
     return path if path.is_absolute() else Path(settings.state_dir) / path
-
-
-def ensure_dir(path: Path, what: str) -> Path:
-    """Create directory ``path`` if missing; ConfigError naming ``what`` if impossible."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{what}: cannot create directory {path}: {exc.strerror}") from exc
-    if not path.is_dir():
-        raise ConfigError(f"{what}: {path} is not a directory")
-    return path
 
 
 def secret_from_env(env: Mapping[str, str], name: str, what: str) -> SecretStr:

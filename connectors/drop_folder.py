@@ -2,39 +2,67 @@
 
 Settings (``[organisations.connectors.drop_folder]``)::
 
-    path = "orgs/hl-nl/drop"   # relative to the state directory; created if missing
+    path = "orgs/hl-nl/drop"   # relative to the state directory; created 0700 if missing
     poll_interval = 1.0        # seconds between scans
-    settle_seconds = 1.0       # a file must be unchanged this long before it is read
+    settle_seconds = 1.0       # a file must stay unchanged this long before it is read
+    settle_limit = 60.0        # an unchanged file still incomplete after this long is rejected
 
 Accepted files (others, and hidden files, are left alone): ``*.json``,
 ``*.jsonl`` and ``*.csv`` as :mod:`connectors.formats` describes them (the CSV
 columns are listed there).
 
-A file whose every referral was published moves to ``done/``. A file with any
-problem moves to ``rejected/`` with ``<name>.errors.txt`` beside it, naming the
-row and field of every problem and listing which rows *were* published (valid
-rows are never held back by invalid ones). Input files are never deleted; a
-name already taken in ``done/`` or ``rejected/`` gets a numeric suffix. Error
-texts never quote URLs, hashes or free text.
+**When a file is taken.** Only when it is whole: its size and modification time
+stayed the same for ``settle_seconds`` *and* it is complete (a ``.json`` parses;
+a ``.jsonl`` or ``.csv`` ends with a line break and leaves no quoted cell open;
+it is not empty). An unchanged file that is still incomplete waits; once it has
+been unchanged for ``settle_limit`` it is rejected whole with the reason, and
+nothing of it is published. The atomic way to drop a file is to write it under
+a dot-name (or any other suffix, e.g. ``export.jsonl.part``) in the same folder
+and rename it when it is complete: the folder never shows half a file. A writer
+that appends in place and pauses longer than ``settle_seconds`` exactly at the
+end of a line cannot be told from a finished file — use the rename.
 
-A referral without an id gets one derived from the file's content and the row,
-so a file that is processed twice (say, after a crash before the move)
-republishes the same referral ids instead of creating new referrals.
+**Only regular files inside the folder.** Every entry is looked at without
+following links (``lstat``) and opened with ``O_NOFOLLOW | O_NONBLOCK``, then
+checked with ``fstat`` to be the same regular file. Symbolic links (wherever
+they point), FIFOs, sockets, devices, directories and files with other hard
+links are refused without being read: moved to ``rejected/`` with
+``<name>.errors.txt`` giving the reason, and one log line per refusal.
+
+A file whose every referral was published (or was a repeat) moves to ``done/``.
+A file with any problem moves to ``rejected/`` with ``<name>.errors.txt`` beside
+it, naming the row and field of every problem and listing which rows *were*
+published (valid rows are never held back by invalid ones). Input files are
+never deleted; a name already taken in ``done/`` or ``rejected/`` gets a numeric
+suffix. Error files never quote input (no URLs, hashes, free text or lines of
+the file) and show file names with control characters escaped; they are
+``0600`` in ``0700`` folders.
+
+Referral ids do not depend on the file: a referral without an id gets the one
+derived from its origin and case id (:mod:`connectors.publisher`), so a
+corrected file dropped again after a rejection, or the same case arriving via
+another source, is a *repeat*, not a new referral.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from broker.config import Settings
-from connectors.base import ConnectorConfig, Source, ensure_dir, resolve_path
-from connectors.formats import SUFFIXES, name_fields, read_referral_file
+from broker.errors import ConfigError
+from broker.private import private_dir, write_private
+from broker.terminal import escape
+from connectors.base import ConnectorConfig, Source, resolve_path
+from connectors.formats import SUFFIXES, incomplete, name_fields, parse_referrals
 from connectors.publisher import BatchResult, Publisher
 
 __all__ = ["DropFolderConfig", "DropFolderSource", "FileReport"]
@@ -48,6 +76,13 @@ class DropFolderConfig(ConnectorConfig):
     path: str = Field(min_length=1)
     poll_interval: float = Field(default=1.0, gt=0, le=3600)
     settle_seconds: float = Field(default=1.0, ge=0, le=3600)
+    settle_limit: float = Field(default=60.0, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _limit_after_settle(self) -> DropFolderConfig:
+        if self.settle_limit < self.settle_seconds:
+            raise ValueError("settle_limit must not be shorter than settle_seconds")
+        return self
 
 
 # -- the source --------------------------------------------------------------------------------
@@ -55,12 +90,14 @@ class DropFolderConfig(ConnectorConfig):
 
 @dataclass
 class FileReport:
-    """What happened to one dropped file."""
+    """What happened to one dropped file (or other entry) the folder took or refused."""
 
     source: Path
     moved_to: Path
     result: BatchResult = field(default_factory=BatchResult)
     errors_file: Path | None = None
+    #: Why the whole file was refused or rejected unread (None: it was read row by row).
+    refused: str | None = None
 
     @property
     def rejected(self) -> bool:
@@ -71,7 +108,7 @@ class FileReport:
 def _free_name(directory: Path, name: str) -> Path:
     target = directory / name
     n = 1
-    while target.exists():
+    while os.path.lexists(target):
         stem, dot, ext = name.partition(".")
         target = directory / f"{stem}.{n}{dot}{ext}"
         n += 1
@@ -92,10 +129,51 @@ def error_report(name: str, result: BatchResult) -> str:
     lines.append("")
     if result.published:
         lines.append("Published anyway (valid rows are not held back):")
-        lines.extend(f"  {p.label}: referral {p.referral_id}" for p in result.published)
+        lines.extend(
+            f"  {p.label}: referral {p.referral_id}"
+            + (" (a repeat: already published, not sent again)" if p.repeat else "")
+            for p in result.published
+        )
     else:
         lines.append("Nothing from this file was published.")
-    return "\n".join(lines) + "\n"
+    return "\n".join(escape(line) for line in lines) + "\n"
+
+
+def refusal_report(name: str, reason: str) -> str:
+    """The text of ``<name>.errors.txt`` for a file refused or rejected whole."""
+    return f"{name}: refused, nothing of it was published\n\nReason: {escape(reason)}\n"
+
+
+def _kind_of(mode: int) -> str | None:
+    """Why an entry of this mode is not read (None for a regular file)."""
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    )
+    for test, kind in kinds:
+        if test(mode):
+            return f"{kind}: only regular files inside the drop folder are read"
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+class _Refused(Exception):
+    """An entry is not read; the message says why (never its content)."""
+
+
+@dataclass
+class _Watch:
+    """How long an entry has looked the same (device, inode, size, modification time)."""
+
+    key: tuple[int, int, int, int]
+    since: float
+
+
+def _key(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class DropFolderSource(Source):
@@ -109,7 +187,7 @@ class DropFolderSource(Source):
         settings: Settings,
         publisher: Publisher,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.path = resolve_path(settings, config.path)
@@ -118,54 +196,173 @@ class DropFolderSource(Source):
         self.publisher = publisher
         self.poll_interval = config.poll_interval
         self._clock = clock
+        self._watch: dict[str, _Watch] = {}
+        #: Entries refused but not movable (logged once, then left alone).
+        self._stuck: set[tuple[str, str]] = set()
+        self._dir_fd: int | None = None
         self.reports: list[FileReport] = []
 
     def open(self) -> None:
-        """Create the folder and its ``done/`` and ``rejected/`` subfolders."""
+        """Create the folder and its ``done/`` and ``rejected/`` subfolders (``0700``)."""
         for d in (self.path, self.done, self.rejected):
-            ensure_dir(d, f"{self.kind}.path")
+            private_dir(d, f"{self.kind}.path")
+        try:
+            self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ConfigError(f"{self.kind}.path: cannot open {self.path}: {exc.strerror}") from exc
 
-    def candidates(self) -> list[Path]:
-        """Files ready to read: accepted suffix, not hidden, unchanged for ``settle_seconds``."""
-        now = self._clock()
+    def close(self) -> None:
+        """Release the folder."""
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    # -- scanning ------------------------------------------------------------------------------
+
+    def _entries(self) -> list[tuple[str, os.stat_result]]:
+        """Accepted, visible entries with their ``lstat`` (links are not followed)."""
         out = []
-        for p in sorted(self.path.iterdir()):
-            if p.name.startswith(".") or p.suffix.lower() not in SUFFIXES or not p.is_file():
-                continue
-            try:
-                if now - p.stat().st_mtime < self.config.settle_seconds:
+        with os.scandir(self.path) as it:
+            for entry in it:
+                name = entry.name
+                if name.startswith(".") or os.path.splitext(name)[1].lower() not in SUFFIXES:
                     continue
-            except OSError:
-                continue
-            out.append(p)
-        return out
+                try:
+                    out.append((name, entry.stat(follow_symlinks=False)))
+                except OSError:
+                    continue  # gone meanwhile
+        return sorted(out)
 
     def poll(self) -> int:
-        """Process every ready file; return how many referrals were published."""
+        """Take every complete file, refuse what is not a regular file; how many were published."""
+        if self._dir_fd is None:
+            self.open()
+        now = self._clock()
         count = 0
-        for path in self.candidates():
-            report = self.process_file(path)
-            count += len(report.result.published)
+        present = set()
+        for name, st in self._entries():
+            present.add(name)
+            why = _kind_of(st.st_mode) or (
+                "it has other hard links (it may be a file from outside the folder)"
+                if st.st_nlink != 1
+                else None
+            )
+            if why is not None:
+                self._refuse(name, why)
+                continue
+            watch = self._watch.get(name)
+            if watch is None or watch.key != _key(st):
+                watch = self._watch[name] = _Watch(_key(st), now)
+            unchanged = now - watch.since
+            if unchanged >= self.config.settle_seconds:
+                report = self._take(name, watch, unchanged)
+                if report is not None:
+                    count += sum(1 for p in report.result.published if not p.repeat)
+        for gone in set(self._watch) - present:
+            del self._watch[gone]
         return count
 
-    def process_file(self, path: Path) -> FileReport:
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read(self, name: str, key: tuple[int, int, int, int]) -> bytes | None:
+        """The bytes of ``name`` if it is still the regular file seen (None if it changed)."""
+        try:
+            fd = os.open(
+                name,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                dir_fd=self._dir_fd,
+            )
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            if exc.errno == errno.ELOOP:
+                raise _Refused(_kind_of(stat.S_IFLNK) or "a symbolic link") from None
+            code = errno.errorcode.get(exc.errno or 0, "error")
+            raise _Refused(f"cannot be opened ({code})") from None
+        try:
+            before = os.fstat(fd)
+            why = _kind_of(before.st_mode)
+            if why is not None:
+                raise _Refused(why)
+            if _key(before) != key:
+                return None  # replaced or changed since it was seen: watch it again
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            if _key(os.fstat(fd)) != key:
+                return None  # written to while being read
+        finally:
+            os.close(fd)
+        return b"".join(chunks)
+
+    def _take(self, name: str, watch: _Watch, unchanged: float) -> FileReport | None:
+        """Publish a settled file, or refuse it; None while it must wait."""
+        try:
+            raw = self._read(name, watch.key)
+        except _Refused as exc:
+            self._refuse(name, str(exc))
+            return None
+        if raw is None:
+            self._watch.pop(name, None)
+            return None
+        suffix = os.path.splitext(name)[1]
+        unfinished = incomplete(raw, suffix)
+        if unfinished is not None:
+            if unchanged < self.config.settle_limit:
+                return None
+            return self._refuse(
+                name,
+                f"incomplete after {unchanged:.0f}s unchanged: {unfinished} "
+                "(write the file under a dot-name and rename it when it is complete)",
+            )
+        self._watch.pop(name, None)
+        return self._publish(name, raw, suffix)
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def _publish(self, name: str, raw: bytes, suffix: str) -> FileReport:
         """Publish a file's valid referrals, then move it to done/ or rejected/."""
-        result = name_fields(self.publisher.publish(read_referral_file(path)), path.suffix)
+        path = self.path / name
+        result = name_fields(self.publisher.publish(parse_referrals(raw, suffix)), suffix)
         if result.rejected:
-            target = _free_name(self.rejected, path.name)
+            target = _free_name(self.rejected, name)
             path.rename(target)
             errors = target.with_name(target.name + ".errors.txt")
-            errors.write_text(error_report(path.name, result), encoding="utf-8")
+            write_private(errors, error_report(escape(name), result).encode())
             report = FileReport(path, target, result, errors)
             log.warning(
                 "%s: %d rejected, %d published",
-                path.name,
+                name,
                 len(result.rejected),
                 len(result.published),
             )
         else:
-            target = _free_name(self.done, path.name)
+            target = _free_name(self.done, name)
             path.rename(target)
             report = FileReport(path, target, result)
+        repeats = sum(1 for p in result.published if p.repeat)
+        if repeats:
+            log.info(
+                "%s: %d repeat(s) of referrals already published, not sent again", name, repeats
+            )
+        self.reports.append(report)
+        return report
+
+    def _refuse(self, name: str, reason: str) -> FileReport | None:
+        """Move an entry to rejected/ unread, with the reason beside it; one log line."""
+        self._watch.pop(name, None)
+        path = self.path / name
+        target = _free_name(self.rejected, name)
+        try:
+            path.rename(target)
+        except OSError as exc:
+            if (name, reason) not in self._stuck:
+                self._stuck.add((name, reason))
+                log.warning("%s: refused (%s) but not moved: %s", name, reason, exc.strerror)
+            return None
+        errors = target.with_name(target.name + ".errors.txt")
+        write_private(errors, refusal_report(escape(name), reason).encode())
+        log.warning("%s: refused: %s", name, reason)
+        report = FileReport(path, target, BatchResult(), errors, refused=reason)
         self.reports.append(report)
         return report

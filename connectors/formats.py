@@ -18,7 +18,7 @@ Formats (by file suffix; the HTTP intake takes the JSON form):
     =================  ==========================================================
     column             meaning (default)
     =================  ==========================================================
-    referral_id        UUID (derived from the file content and row if empty)
+    referral_id        UUID (derived from the origin and ``case_id`` if empty)
     case_id            the case id
     priority           URGENT / HIGH / NORMAL (NORMAL)
     urgency_reason     why it is urgent
@@ -56,12 +56,11 @@ path) that never quote URLs, hashes or free text.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-import uuid
+import re
+import string
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +69,17 @@ from connectors.publisher import BatchResult, Rejected
 
 __all__ = [
     "CSV_COLUMNS",
+    "MAX_JSON_DEPTH",
     "SUFFIXES",
     "Row",
     "csv_column_of",
     "csv_row_to_referral",
+    "incomplete",
     "json_problem",
     "json_rows",
     "load_json",
     "name_fields",
+    "parse_referrals",
     "read_referral_file",
     "split_problem",
 ]
@@ -87,7 +89,6 @@ Row = tuple[str, Mapping[str, Any] | ValidationFailed]
 
 #: The file suffixes read as referral files.
 SUFFIXES = (".json", ".jsonl", ".csv")
-_ID_NAMESPACE = uuid.UUID("6f1c1f0e-2d55-4f57-9a43-3a0c7e1b5d21")
 
 #: The CSV columns, in the documented order.
 CSV_COLUMNS: tuple[str, ...] = (
@@ -156,7 +157,6 @@ def csv_row_to_referral(row: Mapping[str, str]) -> dict[str, Any]:
             problems.extend(exc.problems)
             return []
 
-    now = datetime.now(UTC).isoformat()
     hosting: dict[str, Any] = {}
     for key in ("ip", "provider", "country"):
         if get(f"hosting_{key}"):
@@ -206,7 +206,7 @@ def csv_row_to_referral(row: Mapping[str, str]) -> dict[str, Any]:
         },
         "timeline": {
             "incident_at": get("incident_at"),
-            "received_at": get("received_at", now),
+            "received_at": get("received_at"),
             "assessed_at": get("assessed_at"),
         },
         "prior_actions": {
@@ -265,54 +265,60 @@ def split_problem(problem: str) -> tuple[str, str]:
     return (where, message) if sep else ("(record)", problem)
 
 
-def _default_id(digest: str, label: str) -> str:
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{digest}:{label}"))
+def parse_referrals(raw: bytes, suffix: str) -> list[Row]:
+    """The referrals in the bytes of a ``.json``/``.jsonl``/``.csv`` file, by row label.
 
-
-def _with_id(data: Any, referral_id: str) -> Any:
-    if not isinstance(data, Mapping):
-        return data
-    envelope = data.get("envelope")
-    if not isinstance(envelope, Mapping) or envelope.get("referral_id"):
-        return data
-    return {**data, "envelope": {**envelope, "referral_id": referral_id}}
-
-
-def read_referral_file(path: Path) -> list[Row]:
-    """The referrals in a ``.json``/``.jsonl``/``.csv`` file as ``(label, dict or problem)``.
-
-    A problem with the whole file (unreadable, not JSON, unknown CSV column) is one
-    row labelled ``file``. Rows without a referral id get one derived from the
-    file's bytes and the row label.
+    A problem with the whole file (not UTF-8, not JSON, an unknown CSV column) is
+    one row labelled ``file`` or ``header``.
     """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        return [("file", _fail(f"(file): cannot read: {exc.strerror}"))]
-    digest = hashlib.sha256(raw).hexdigest()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         return [("file", _fail("(file): not UTF-8 text"))]
-    suffix = path.suffix.lower()
-    rows: list[Row]
+    suffix = suffix.lower()
     if suffix == ".json":
-        rows = _read_json(text)
-    elif suffix == ".jsonl":
-        rows = _read_jsonl(text)
-    elif suffix == ".csv":
-        rows = _read_csv(text)
-    else:
-        return [("file", _fail(f"(file): unsupported file type {suffix or '(none)'}"))]
-    return [
-        (
-            label,
-            data
-            if isinstance(data, ValidationFailed)
-            else _with_id(data, _default_id(digest, label)),
-        )
-        for label, data in rows
-    ]
+        return _read_json(text)
+    if suffix == ".jsonl":
+        return _read_jsonl(text)
+    if suffix == ".csv":
+        return _read_csv(text)
+    return [("file", _fail("(file): unsupported file type (not .json, .jsonl or .csv)"))]
+
+
+def read_referral_file(path: Path) -> list[Row]:
+    """The referrals in a ``.json``/``.jsonl``/``.csv`` file as ``(label, dict or problem)``."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return [("file", _fail(f"(file): cannot read: {exc.strerror}"))]
+    return parse_referrals(raw, path.suffix)
+
+
+def incomplete(raw: bytes, suffix: str) -> str | None:
+    """Why the bytes of a file look unfinished (still being written), or None if complete.
+
+    Empty, or not UTF-8; a ``.jsonl`` or ``.csv`` whose last line has no line
+    break; a ``.csv`` with a quoted cell left open; a ``.json`` that does not
+    parse. The reason names positions only, never content.
+    """
+    if not raw.strip():
+        return "the file is empty"
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return "not UTF-8 text (a character may be cut off)"
+    suffix = suffix.lower()
+    if suffix == ".json":
+        try:
+            load_json(text)
+        except ValidationFailed as exc:
+            return str(exc)
+        return None
+    if not text.endswith("\n"):
+        return "the last line has no line break"
+    if suffix == ".csv" and text.count('"') % 2:
+        return "a quoted CSV cell is not closed"
+    return None
 
 
 def json_problem(exc: json.JSONDecodeError | UnicodeDecodeError) -> str:
@@ -322,12 +328,46 @@ def json_problem(exc: json.JSONDecodeError | UnicodeDecodeError) -> str:
     return f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
 
 
-def load_json(text: str | bytes) -> Any:
-    """The JSON value of ``text``; ValidationFailed naming the position of the first error."""
+#: How deeply JSON arrays and objects may nest (a referral needs 6).
+MAX_JSON_DEPTH = 32
+#: A JSON string literal (possessive: no backtracking on long strings).
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+#: Outside strings: drop what valid JSON has besides brackets, brackets become ( and ).
+_SCALARS = str.maketrans("[{]}", "(())", string.digits + string.ascii_letters + ",:.+-\x20\t\r\n")
+_NOT_BRACKET = re.compile(r"[^()]+")
+
+
+def _too_deep(text: str, max_depth: int) -> bool:
+    """True if the arrays and objects of a JSON text nest deeper than ``max_depth``.
+
+    Strings are taken out, then the innermost bracket pairs are removed
+    ``max_depth`` times: a pair left over means deeper nesting (no parsing, no recursion).
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text).translate(_SCALARS))
+    for _ in range(max_depth):
+        fewer = brackets.replace("()", "")
+        if fewer == brackets:
+            return False
+        brackets = fewer
+    return "()" in brackets
+
+
+def load_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON value of ``text``; ValidationFailed naming the position of the first error.
+
+    Nesting deeper than ``max_depth`` is refused before parsing (a deeply nested
+    document would otherwise exhaust the parser's recursion).
+    """
     try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        if _too_deep(text, max_depth):
+            raise _fail(f"JSON nested deeper than {max_depth} levels")
         return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _fail(json_problem(exc)) from None
+    except RecursionError:
+        raise _fail(f"JSON nested deeper than {max_depth} levels") from None
 
 
 def json_rows(data: Any) -> list[Row]:
@@ -347,7 +387,8 @@ def _read_json(text: str) -> list[Row]:
 
 def _read_jsonl(text: str) -> list[Row]:
     rows: list[Row] = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: JSON strings may hold other line separators (U+2028, ...).
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -357,15 +398,25 @@ def _read_jsonl(text: str) -> list[Row]:
     return rows
 
 
+#: What an unknown header cell must look like to be named in a problem (else only its position).
+_COLUMN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+
+
+def _unknown_column(position: int, name: str) -> str:
+    if _COLUMN_NAME.match(name):
+        return f"{name}: unknown column"
+    return f"(column {position}): unknown column (its name is not shown: not a column name)"
+
+
 def _read_csv(text: str) -> list[Row]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [h.strip() for h in reader.fieldnames or []]
     if not header:
         return [("file", _fail("(file): empty CSV, no header row"))]
     reader.fieldnames = header
-    unknown = [h for h in header if h not in CSV_COLUMNS]
+    unknown = [(i, h) for i, h in enumerate(header, start=1) if h not in CSV_COLUMNS]
     if unknown:
-        return [("header", _fail(*(f"{h}: unknown column" for h in unknown)))]
+        return [("header", _fail(*(_unknown_column(i, h) for i, h in unknown)))]
     rows: list[Row] = []
     try:
         for record in reader:

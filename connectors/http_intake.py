@@ -7,49 +7,71 @@ Settings (``[organisations.connectors.http_intake]``)::
     token_env = "REFERRAL_TOKEN_HL_DE"   # env var holding the bearer token
     max_body_bytes = 1048576
     max_batch = 1000
+    header_timeout = 10.0         # request line and headers must arrive within this
+    body_timeout = 30.0           # the whole body must arrive within this
+    max_connections = 64          # more at once are answered 503
+    idempotency_ttl = 86400       # how long Idempotency-Key answers are remembered
 
 Endpoints:
 
 ``POST /referrals``
-    ``Authorization: Bearer <token>``; body: one referral object or a list.
-    All-or-nothing: **202** ``{"accepted": [{"referral_id", "sent"}...]}`` when
-    every referral is valid (each is in the outbox; ``sent`` says the broker
-    acknowledged it), else nothing is published and the answer is a JSON problem
-    (RFC 9457 style: ``type``, ``title``, ``status``, ``detail``, ``problems``):
-    **400** not JSON / not an object or list, **401** missing or wrong token,
-    **413** body or batch too large, **422** invalid referrals, each problem as
-    ``{"index", "field", "message"}``. Problems never quote the submitted values.
+    ``Authorization: Bearer <token>``, ``Content-Type: application/json``; body:
+    one referral object or a list. All-or-nothing: **202**
+    ``{"accepted": [{"referral_id", "sent", "repeat"}...]}`` when every referral
+    is valid (each is in the outbox; ``sent`` says the broker acknowledged it
+    now; ``repeat`` that the origin had already published it with the same
+    content, so it was not sent again), else nothing is published and the answer
+    is a JSON problem (RFC 9457: ``type``, ``title``, ``status``, ``detail``,
+    ``problems``): **400** not JSON, nested deeper than 32 levels, not an object
+    or list, or a bad ``Idempotency-Key``; **401** missing or wrong token;
+    **408** body not received in time; **409** an amendment (a referral already
+    published with other content) or an ``Idempotency-Key`` reused with another
+    body; **413** body or batch too large; **415** not ``application/json``;
+    **422** invalid referrals, each problem as ``{"index", "field", "message"}``.
+    Problems never quote the submitted values. With an ``Idempotency-Key``, a
+    repeated request gets the first answer (see :mod:`connectors.idempotency`).
 ``GET /health``
     ``{"status": "ok", "org": ...}`` (no authentication).
 
-The server is uvicorn in a background thread; ``open()`` returns once it listens.
+Hostile clients: headers and body each have a deadline, connections are
+limited (:mod:`connectors.http_guard`), JSON nesting is bounded before parsing,
+and an unexpected failure is a ``500`` problem without details, never a
+traceback. The server is uvicorn in a background thread; ``open()`` returns
+once it listens.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import uvicorn
 from pydantic import Field, SecretStr
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from broker.errors import ConfigError, ValidationFailed
 from connectors.base import ConnectorConfig, Source, secret_from_env
-from connectors.formats import load_json, split_problem
-from connectors.publisher import Prepared, Publisher
+from connectors.formats import json_rows, load_json, split_problem
+from connectors.http_guard import guarded_h11
+from connectors.idempotency import IdempotencyKeys, valid_key
+from connectors.publisher import BatchResult, Prepared, Publisher, Rejected
 
 __all__ = ["HttpIntakeConfig", "HttpIntakeSource", "build_app"]
 
 log = logging.getLogger("referral.connectors.http_intake")
+
+#: The answers an Idempotency-Key replays (they depend on the body alone).
+_REPLAYED = frozenset({202, 409, 422})
 
 
 class HttpIntakeConfig(ConnectorConfig):
@@ -60,6 +82,10 @@ class HttpIntakeConfig(ConnectorConfig):
     token_env: str = Field(min_length=1)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_batch: int = Field(default=1000, ge=1)
+    header_timeout: float = Field(default=10.0, gt=0, le=600)
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    max_connections: int = Field(default=64, ge=1, le=10000)
+    idempotency_ttl: float = Field(default=86400.0, gt=0)
 
 
 def _problem(
@@ -79,51 +105,97 @@ def _problem(
     )
 
 
-def _field_problems(index: int, problems: list[str]) -> list[dict[str, Any]]:
+def _field_problems(index: int, problems: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
     return [
         {"index": index, "field": where, "message": message}
         for where, message in map(split_problem, problems)
     ]
 
 
+def _index(label: str) -> int:
+    """The list position of a row label (``[3]`` → 3; a single object is 0)."""
+    return int(label[1:-1]) if label.startswith("[") else 0
+
+
 def _prepare_all(
-    publisher: Publisher, items: list[Any]
+    publisher: Publisher, rows: list[tuple[str, Any]]
 ) -> tuple[list[tuple[str, Prepared]], list[dict[str, Any]]]:
     prepared: list[tuple[str, Prepared]] = []
     problems: list[dict[str, Any]] = []
-    for i, item in enumerate(items):
+    for label, item in rows:
         try:
-            prepared.append((f"[{i}]", publisher.prepare(item)))
+            prepared.append((label, publisher.prepare(item)))
         except ValidationFailed as exc:
-            problems.extend(_field_problems(i, exc.problems or [str(exc)]))
+            problems.extend(_field_problems(_index(label), exc.problems or [str(exc)]))
     return prepared, problems
 
 
-def build_app(publisher: Publisher, token: SecretStr, config: HttpIntakeConfig) -> Starlette:
+def _conflict(rejected: list[Rejected], result: BatchResult | None = None) -> JSONResponse:
+    problems = [p for r in rejected for p in _field_problems(_index(r.label), r.problems)]
+    response = _problem(
+        409,
+        "Conflict",
+        f"{len(rejected)} referral(s) already published with other content (amendments)",
+        problems,
+    )
+    if result is not None and result.published:  # a concurrent publisher got in between
+        response = _problem(
+            409,
+            "Conflict",
+            f"{len(rejected)} referral(s) already published with other content (amendments); "
+            f"{len(result.published)} other(s) accepted",
+            problems,
+        )
+    return response
+
+
+def _accepted(result: BatchResult) -> JSONResponse:
+    return JSONResponse(
+        {
+            "accepted": [
+                {"referral_id": p.referral_id, "sent": p.sent, "repeat": p.repeat}
+                for p in result.published
+            ]
+        },
+        status_code=202,
+    )
+
+
+def build_app(
+    publisher: Publisher,
+    token: SecretStr,
+    config: HttpIntakeConfig,
+    keys: IdempotencyKeys | None = None,
+) -> Starlette:
     """The Starlette app of the intake (separate from the server for tests)."""
     expected = f"Bearer {token.get_secret_value()}".encode()
+    too_large = f"body exceeds {config.max_body_bytes} bytes"
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "org": publisher.org.id})
 
-    async def referrals(request: Request) -> JSONResponse:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            return _problem(401, "Unauthorized", "a valid bearer token is required")
+    async def read_body(request: Request) -> bytes | JSONResponse:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
-            return _problem(413, "Payload Too Large", f"body exceeds {config.max_body_bytes} bytes")
+            return _problem(413, "Payload Too Large", too_large)
         body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > config.max_body_bytes:
-                return _problem(
-                    413, "Payload Too Large", f"body exceeds {config.max_body_bytes} bytes"
-                )
         try:
-            data = load_json(bytes(body))
+            async with asyncio.timeout(config.body_timeout):
+                async for chunk in request.stream():
+                    body.extend(chunk)
+                    if len(body) > config.max_body_bytes:
+                        return _problem(413, "Payload Too Large", too_large)
+        except TimeoutError:
+            return _problem(
+                408, "Request Timeout", f"body not received in {config.body_timeout:g}s"
+            )
+        return bytes(body)
+
+    async def process(body: bytes) -> JSONResponse:
+        try:
+            data = load_json(body)
         except ValidationFailed as exc:
-            return _problem(400, "Bad Request", f"body is {exc}")
+            return _problem(400, "Bad Request", f"body: {exc}")
         items = data if isinstance(data, list) else [data]
         if not all(isinstance(i, dict) for i in items) or not items:
             return _problem(
@@ -131,7 +203,8 @@ def build_app(publisher: Publisher, token: SecretStr, config: HttpIntakeConfig) 
             )
         if len(items) > config.max_batch:
             return _problem(413, "Payload Too Large", f"batch exceeds {config.max_batch} referrals")
-        prepared, problems = await run_in_threadpool(_prepare_all, publisher, items)
+        rows = json_rows(data) if isinstance(data, list) else [("[0]", data)]
+        prepared, problems = await run_in_threadpool(_prepare_all, publisher, rows)
         if problems:
             return _problem(
                 422,
@@ -140,16 +213,73 @@ def build_app(publisher: Publisher, token: SecretStr, config: HttpIntakeConfig) 
                 "nothing was published",
                 problems,
             )
+        amendments = await run_in_threadpool(publisher.conflicts, prepared)
+        if amendments:
+            return _conflict(amendments)
         result = await run_in_threadpool(publisher.publish_prepared, prepared)
-        return JSONResponse(
-            {
-                "accepted": [
-                    {"referral_id": p.referral_id, "sent": p.sent, "repeat": p.repeat}
-                    for p in result.published
-                ]
-            },
-            status_code=202,
-        )
+        if result.rejected:
+            return _conflict(result.rejected, result)
+        return _accepted(result)
+
+    async def once(
+        key: str, body: bytes, handle: Callable[[bytes], Awaitable[JSONResponse]]
+    ) -> Response:
+        assert keys is not None
+        claim = await run_in_threadpool(keys.claim, key, hashlib.sha256(body).hexdigest())
+        if claim.state == "replay":
+            return Response(
+                claim.answer,
+                status_code=claim.status,
+                media_type=claim.content_type,
+                headers={"Idempotent-Replayed": "true"},
+            )
+        if claim.state == "mismatch":
+            return _problem(409, "Conflict", "this Idempotency-Key was used with another body")
+        if claim.state == "busy":
+            return _problem(
+                409, "Conflict", "a request with this Idempotency-Key is still being processed"
+            )
+        response: JSONResponse | None = None
+        try:
+            response = await handle(body)
+        finally:
+            if response is not None and response.status_code in _REPLAYED:
+                await run_in_threadpool(
+                    keys.answer,
+                    key,
+                    response.status_code,
+                    response.media_type or "application/json",
+                    bytes(response.body),
+                )
+            else:
+                await run_in_threadpool(keys.release, key)
+        return response
+
+    async def referrals(request: Request) -> Response:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return _problem(401, "Unauthorized", "a valid bearer token is required")
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            return _problem(415, "Unsupported Media Type", "the body must be application/json")
+        key = request.headers.get("idempotency-key")
+        if key is not None and (keys is None or not valid_key(key)):
+            return _problem(
+                400, "Bad Request", "Idempotency-Key must be 1 to 255 visible ASCII characters"
+            )
+        try:
+            body = await read_body(request)
+        except ClientDisconnect:
+            return _problem(400, "Bad Request", "the client went away")
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            if key is not None:
+                return await once(key, body, process)
+            return await process(body)
+        except Exception:  # never a traceback to the client
+            log.exception("http intake: unexpected failure")
+            return _problem(500, "Internal Server Error", "the referral was not processed")
 
     return Starlette(
         routes=[
@@ -176,7 +306,11 @@ class HttpIntakeSource(Source):
         self.config = config
         self.publisher = publisher
         self._token = secret_from_env(env, config.token_env, "http_intake.token_env")
-        self.app = build_app(publisher, self._token, config)
+        self.keys = IdempotencyKeys(
+            publisher.settings.org_dir(publisher.org.id) / "http_intake.sqlite3",
+            ttl=config.idempotency_ttl,
+        )
+        self.app = build_app(publisher, self._token, config, self.keys)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
@@ -197,6 +331,8 @@ class HttpIntakeSource(Source):
             log_level="warning",
             access_log=False,
             lifespan="off",
+            http=guarded_h11(self.config.header_timeout, self.config.max_connections),
+            timeout_keep_alive=5,
         )
         self._server = _Server(cfg)
         self._thread = threading.Thread(target=self._server.run, name="http-intake", daemon=True)
@@ -224,3 +360,4 @@ class HttpIntakeSource(Source):
             self._thread.join(10)
         self._server = None
         self._thread = None
+        self.keys.close()

@@ -9,14 +9,14 @@ Each referral becomes ``<path>/<referral_id>.json``::
     {"referral": {"envelope": {...}, "body": {...}}, "delivery": {topic, partition, ...}}
 
 The file is written to a hidden temporary name in the same directory, synced,
-then renamed: a reader never sees half a file. The inbox database makes sure a
+then renamed: a reader never sees half a file. Files are ``0600`` in a ``0700``
+folder (the referral is decrypted content). The inbox database makes sure a
 referral is written once, however often it arrives.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,25 +25,16 @@ from pydantic import Field
 
 from broker.config import Settings
 from broker.errors import DeliveryError
-from connectors.base import ConnectorConfig, Delivery, Sink, ensure_dir, resolve_path
+from broker.private import private_dir, write_private
+from connectors.base import ConnectorConfig, Delivery, Sink, resolve_path
 
-__all__ = ["InboxFolderConfig", "InboxFolderSink", "write_atomic"]
+__all__ = ["InboxFolderConfig", "InboxFolderSink"]
 
 
 class InboxFolderConfig(ConnectorConfig):
     """Settings of an inbox folder."""
 
     path: str = Field(min_length=1)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a synced temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def delivery_document(delivery: Delivery) -> dict[str, Any]:
@@ -64,7 +55,7 @@ class InboxFolderSink(Sink):
 
     def open(self) -> None:
         """Create the folder if it is missing."""
-        ensure_dir(self.path, f"{self.kind}.path")
+        private_dir(self.path, f"{self.kind}.path")
 
     def file_for(self, referral_id: str) -> Path:
         """Where a referral's file goes."""
@@ -74,7 +65,7 @@ class InboxFolderSink(Sink):
         """Write the referral's file atomically."""
         data = json.dumps(delivery_document(delivery), indent=2, sort_keys=True).encode()
         try:
-            write_atomic(self.file_for(delivery.referral_id), data)
+            write_private(self.file_for(delivery.referral_id), data)
         except OSError as exc:
             raise DeliveryError(
                 f"inbox folder: cannot write referral {delivery.referral_id}: {exc.strerror}"

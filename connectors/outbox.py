@@ -8,12 +8,18 @@ that organisation; when all are cleared the referral is complete. Anything
 still pending after ``republish_after`` seconds is sent again, same referral
 id, same bytes (sinks are idempotent, so a repeat is harmless).
 
+Entries are never removed, so the outbox also knows every referral the origin
+ever published, with the fingerprint of its content: the publisher asks it to
+tell a repeat (same id, same content: not sent again) from an amendment (same
+id, other content: refused for now). The file is private (``0600``).
+
 File: ``<state_dir>/orgs/<org>/outbox.sqlite3``.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,7 +41,8 @@ CREATE TABLE IF NOT EXISTS referrals (
     published_at REAL NOT NULL,
     last_sent_at REAL NOT NULL,
     attempts     INTEGER NOT NULL DEFAULT 1,
-    completed_at REAL
+    completed_at REAL,
+    content_sha256 TEXT
 );
 CREATE TABLE IF NOT EXISTS expected (
     referral_id TEXT NOT NULL REFERENCES referrals(referral_id),
@@ -69,6 +76,8 @@ class OutboxEntry:
     published_at: float
     last_sent_at: float
     attempts: int
+    #: Fingerprint of the referral's content (None for entries stored before it was kept).
+    content_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,17 @@ class Outbox:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._db = Database(self.path, _SCHEMA)
+        self._add_column("content_sha256", "TEXT")
+
+    def _add_column(self, name: str, kind: str) -> None:
+        """Add a column an older outbox file does not have yet."""
+        if any(row["name"] == name for row in self._db.query("PRAGMA table_info(referrals)")):
+            return
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(f"ALTER TABLE referrals ADD COLUMN {name} {kind}")
+        except sqlite3.OperationalError:  # another process added it meanwhile
+            pass
 
     @classmethod
     def for_org(cls, settings: Settings, org_id: str) -> Outbox:
@@ -122,6 +142,8 @@ class Outbox:
         headers: Sequence[tuple[str, bytes]],
         expected: Iterable[str],
         now: float | None = None,
+        *,
+        content_sha256: str | None = None,
     ) -> bool:
         """Store a referral before its first publication; False if already stored."""
         now = time.time() if now is None else now
@@ -129,8 +151,8 @@ class Outbox:
         with self._db.transaction() as conn:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO referrals (referral_id, case_id, topic, value, headers,"
-                " published_at, last_sent_at, attempts, completed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                " published_at, last_sent_at, attempts, completed_at, content_sha256)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
                 (
                     referral_id,
                     case_id,
@@ -140,6 +162,7 @@ class Outbox:
                     now,
                     now,
                     None if orgs else now,
+                    content_sha256,
                 ),
             )
             if cur.rowcount == 0:
@@ -166,6 +189,7 @@ class Outbox:
             published_at=row["published_at"],
             last_sent_at=row["last_sent_at"],
             attempts=row["attempts"],
+            content_sha256=row["content_sha256"],
         )
 
     def mark_received(self, referral_id: str, org_id: str, now: float | None = None) -> bool:

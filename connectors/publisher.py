@@ -7,24 +7,43 @@ handover event in the ledger.
 
 Input is the referral's JSON form (``{"envelope": {...}, "body": {...}}``, the
 shape of :class:`broker.wire.models.Referral`). The source fills in what only it
-knows: ``origin_org`` and ``origin_country`` (the publishing organisation),
-a fresh ``referral_id`` and ``created_at`` when absent. A referral naming
-another organisation as its origin is refused.
+knows: ``origin_org`` and ``origin_country`` (the publishing organisation), and
+when absent ``created_at`` and ``body.timeline.received_at`` (now) and the
+``referral_id``. A referral naming another organisation as its origin is refused.
+
+**One case, one referral.** A referral's identity never depends on the bytes
+of the file or request it came in. It is the ``referral_id`` the source gives
+(an explicit field or CSV column the source keeps stable), or else
+:func:`referral_id_for` — a UUIDv5 over the origin organisation and the
+origin's ``case_id``. So a corrected file dropped again, a retried POST, or the
+same case through two sources (drop folder, HTTP intake, ``referral publish``)
+gets the same id, and the outbox — which keeps every referral the origin
+published — recognises it:
+
+* same id, same content → a **repeat**: answered ``repeat`` and not sent again
+  (the outbox keeps republishing the first until every destination confirms);
+* same id, other content → an **amendment**: refused with a clear problem and
+  not published. The content compared is :func:`content_fingerprint`: the
+  referral without its id, origin and creation time, and without a
+  ``received_at`` the source filled in. Full amendments (a new version of the
+  same referral) are being built separately; :meth:`Publisher.conflicts` and
+  the ``amendment`` kind of :class:`Rejected` are where they plug in.
 
 Problems are reported as ``field.path: message`` lines that never quote URLs,
-hashes or free text. A referral id already in the outbox is not stored twice:
-its *stored* bytes are sent again (same id, same bytes), which is harmless
-because every sink is idempotent.
+hashes or free text.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -43,14 +62,56 @@ from broker.wire.topics import Headers
 from connectors.outbox import Outbox, OutboxEntry
 
 __all__ = [
+    "AMENDMENTS_HINT",
+    "REFERRAL_ID_NAMESPACE",
     "BatchResult",
     "Prepared",
     "Published",
     "Publisher",
     "Rejected",
+    "content_fingerprint",
+    "referral_id_for",
 ]
 
 log = logging.getLogger("referral.connectors.publisher")
+
+#: Namespace of the referral ids derived from (origin organisation, case id).
+REFERRAL_ID_NAMESPACE = uuid.UUID("0b9d6c84-5e4a-5c1f-9f3e-2a7d1c6e8b40")
+#: Where a refused amendment points the sender.
+AMENDMENTS_HINT = (
+    "amendments of published referrals are not supported yet: see 'One case, one referral' "
+    "in connectors/README.md"
+)
+
+
+def referral_id_for(origin_org: str, case_id: str) -> str:
+    """The referral id of the origin's case when the source gives none: UUIDv5(origin, case)."""
+    return str(uuid.uuid5(REFERRAL_ID_NAMESPACE, f"{origin_org}\n{case_id}"))
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(type(value).__name__)
+
+
+def content_fingerprint(model: Referral, *, received_at_filled: bool = False) -> str:
+    """SHA-256 of what the referral says about the case (for telling repeats from amendments).
+
+    Left out: the referral id, the origin (fixed by the source) and ``created_at``
+    (when this copy was made), and ``received_at`` if the source filled it in.
+    """
+    datum = model.to_avro()
+    envelope = datum["envelope"]
+    for name in ("referral_id", "origin_org", "origin_country", "created_at"):
+        envelope.pop(name, None)
+    timeline = datum["body"].get("timeline") if isinstance(datum["body"], dict) else None
+    if received_at_filled and isinstance(timeline, dict):
+        timeline.pop("received_at", None)
+    text = json.dumps(datum, sort_keys=True, separators=(",", ":"), default=_canonical)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -63,6 +124,8 @@ class Prepared:
     expected: tuple[str, ...]
     #: Signature headers (``referral.sig*``) of a signed referral; empty for a plain one.
     security_headers: tuple[tuple[str, bytes], ...] = ()
+    #: :func:`content_fingerprint` of the referral (tells a repeat from an amendment).
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,9 +136,10 @@ class Published:
     referral_id: str
     case_id: str
     expected: tuple[str, ...]
-    #: True if the broker acknowledged it; False = stored, the outbox will retry.
+    #: True if the broker acknowledged it now; False = held in the outbox (or a repeat).
     sent: bool
-    #: True if the referral id was already in the outbox (its stored bytes were resent).
+    #: True if the origin had already published this referral with the same content:
+    #: nothing was sent now (the outbox holds the first until every destination has it).
     repeat: bool = False
 
 
@@ -85,6 +149,9 @@ class Rejected:
 
     label: str
     problems: tuple[str, ...]
+    #: ``invalid`` (the input's problems), or ``amendment`` (its referral was already
+    #: published with other content).
+    kind: Literal["invalid", "amendment"] = "invalid"
 
 
 @dataclass
@@ -146,16 +213,17 @@ class Publisher:
 
     # -- validation ----------------------------------------------------------------------------
 
-    def _complete(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        """``raw`` with what only the source knows filled in."""
+    def _complete(self, raw: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """``raw`` with what only the source knows filled in; and whether received_at was."""
         if not isinstance(raw, Mapping):
             raise ValidationFailed(
                 "not a referral object", ["(record): must be a JSON object with envelope and body"]
             )
         data = dict(raw)
+        received_filled = self._fill_received_at(data)
         envelope = data.get("envelope")
         if not isinstance(envelope, Mapping):
-            return data  # pydantic names the missing/invalid envelope
+            return data, received_filled  # pydantic names the missing/invalid envelope
         env = dict(envelope)
         origin = env.get("origin_org")
         if origin is not None and origin != self.org.id:
@@ -166,18 +234,35 @@ class Publisher:
         env["origin_org"] = self.org.id
         env.setdefault("origin_country", self.org.country)
         if not env.get("referral_id"):
-            env["referral_id"] = str(uuid.uuid4())
+            case_id = env.get("case_id")
+            env["referral_id"] = (
+                referral_id_for(self.org.id, case_id)
+                if isinstance(case_id, str) and case_id
+                else str(uuid.uuid4())  # no case id: refused by validation anyway
+            )
         if not env.get("created_at"):
             env["created_at"] = utc_now_ms()
         env.setdefault("jurisdictions", [])
         data["envelope"] = env
-        return data
+        return data, received_filled
+
+    @staticmethod
+    def _fill_received_at(data: dict[str, Any]) -> bool:
+        """Fill in ``body.timeline.received_at`` (now) if the input left it out."""
+        body = data.get("body")
+        if not isinstance(body, Mapping):
+            return False
+        timeline = body.get("timeline")
+        if not isinstance(timeline, Mapping) or timeline.get("received_at"):
+            return False
+        data["body"] = {**body, "timeline": {**timeline, "received_at": utc_now_ms()}}
+        return True
 
     def prepare(self, raw: Mapping[str, Any]) -> Prepared:
         """Validate, add hosting jurisdictions, check routing, encode; ValidationFailed if not."""
         from pydantic import ValidationError
 
-        data = self._complete(raw)
+        data, received_filled = self._complete(raw)
         try:
             model = Referral.model_validate(data)
         except ValidationError as exc:
@@ -213,6 +298,7 @@ class Publisher:
             value=value,
             expected=decision.orgs,
             security_headers=tuple(signed),
+            fingerprint=content_fingerprint(model, received_at_filled=received_filled),
         )
 
     # -- publishing ----------------------------------------------------------------------------
@@ -230,8 +316,9 @@ class Publisher:
     ) -> BatchResult:
         """Validate and publish ``(label, referral dict)`` rows; a row may be a parse error.
 
-        Every valid row is stored in the outbox, then sent; the call returns once the
-        broker acknowledged (or failed) every send. Invalid rows are reported, never sent.
+        Every valid new row is stored in the outbox, then sent; the call returns once
+        the broker acknowledged (or failed) every send. Invalid rows and amendments
+        are reported, never sent; repeats are reported as repeats, not sent again.
         """
         rejected: list[Rejected] = []
         ready: list[tuple[str, Prepared]] = []
@@ -244,19 +331,71 @@ class Publisher:
             except ValidationFailed as exc:
                 rejected.append(Rejected(label, tuple(exc.problems or [str(exc)])))
         result = self.publish_prepared(ready)
-        result.rejected = rejected
+        result.rejected[:0] = rejected
         return result
 
+    def conflicts(self, ready: Sequence[tuple[str, Prepared]]) -> list[Rejected]:
+        """The amendments among ``ready``: ids already published (or earlier in ``ready``)
+        with other content. Lets a source refuse a batch as a whole before anything is sent.
+        """
+        first: dict[str, str] = {}
+        out = []
+        for label, prepared in ready:
+            known = first.setdefault(prepared.referral_id, prepared.fingerprint)
+            stored = self.outbox.get(prepared.referral_id)
+            if stored is not None and stored.content_sha256 is not None:
+                known = stored.content_sha256
+            if known != prepared.fingerprint:
+                out.append(self._amendment(label, prepared))
+        return out
+
+    @staticmethod
+    def _amendment(label: str, prepared: Prepared) -> Rejected:
+        return Rejected(
+            label,
+            (
+                f"(record): referral {prepared.referral_id} (case {prepared.case_id}) was "
+                f"already published with other content; not published: {AMENDMENTS_HINT}",
+            ),
+            kind="amendment",
+        )
+
     def publish_prepared(self, ready: Iterable[tuple[str, Prepared]]) -> BatchResult:
-        """Store and send referrals already prepared by :meth:`prepare`."""
+        """Store and send referrals already prepared by :meth:`prepare`.
+
+        A referral the origin already published is not sent again: a repeat if its
+        content is the same, a refused amendment (in ``rejected``) if not.
+        """
         result = BatchResult()
-        sends = [self._store_and_send(label, prepared) for label, prepared in ready]
+        sends: list[tuple[Published, FutureRecordMetadata | None]] = []
+        for label, prepared in ready:
+            outcome = self._store_and_send(label, prepared)
+            if isinstance(outcome, Rejected):
+                result.rejected.append(outcome)
+            else:
+                sends.append(outcome)
         self._await(sends, result)
         return result
 
+    def _known(self, label: str, prepared: Prepared) -> Published | Rejected | None:
+        """A repeat or an amendment if the outbox holds the referral id; None if it is new."""
+        stored = self.outbox.get(prepared.referral_id)
+        if stored is None:
+            return None
+        if stored.content_sha256 not in (None, prepared.fingerprint):
+            return self._amendment(label, prepared)
+        return Published(
+            label, prepared.referral_id, prepared.case_id, prepared.expected, False, True
+        )
+
     def _store_and_send(
         self, label: str, prepared: Prepared
-    ) -> tuple[Published, FutureRecordMetadata | None]:
+    ) -> tuple[Published, FutureRecordMetadata | None] | Rejected:
+        known = self._known(label, prepared)
+        if isinstance(known, Rejected):
+            return known
+        if known is not None:
+            return known, None
         headers = [
             *self.headers(prepared.referral_id, prepared.case_id),
             *prepared.security_headers,
@@ -280,16 +419,20 @@ class Publisher:
             prepared.value,
             headers,
             prepared.expected,
+            content_sha256=prepared.fingerprint or None,
         )
-        value, expected = prepared.value, prepared.expected
-        if not added:
-            stored = self.outbox.get(prepared.referral_id)
-            if stored is not None:
-                value, headers = stored.value, stored.headers
-        pub = Published(
-            label, prepared.referral_id, prepared.case_id, expected, sent=False, repeat=not added
-        )
-        return pub, self._send(prepared.referral_id, value, headers)
+        if not added:  # another process stored it meanwhile
+            known = self._known(label, prepared)
+            if isinstance(known, Rejected):
+                return known
+            return (
+                known
+                or Published(
+                    label, prepared.referral_id, prepared.case_id, prepared.expected, False, True
+                )
+            ), None
+        pub = Published(label, prepared.referral_id, prepared.case_id, prepared.expected, False)
+        return pub, self._send(prepared.referral_id, prepared.value, headers)
 
     def _send(
         self, referral_id: str, value: bytes, headers: list[tuple[str, bytes]]
@@ -307,7 +450,8 @@ class Publisher:
     def _await(
         self, sends: list[tuple[Published, FutureRecordMetadata | None]], result: BatchResult
     ) -> None:
-        if not sends:
+        if not any(future is not None for _, future in sends):  # nothing sent (repeats)
+            result.published.extend(pub for pub, _ in sends)
             return
         try:
             self.producer.flush(self.ack_timeout)
@@ -323,7 +467,7 @@ class Publisher:
             )
             if meta is not None:
                 self._emit(
-                    HandoverEventType.REPUBLISHED if pub.repeat else HandoverEventType.PUBLISHED,
+                    HandoverEventType.PUBLISHED,
                     pub.referral_id,
                     pub.case_id,
                     meta.partition,

@@ -36,6 +36,7 @@ from broker.config import Settings
 from broker.errors import ConfigError, ReferralError
 from broker.kafka import clients
 from broker.network import Network, Organisation
+from broker.private import exposure, private_dir
 from broker.security.rules import ReceiverSecurity
 from broker.tracing import Tracing, setup_tracing
 from broker.validation import validation_problems
@@ -45,7 +46,6 @@ from connectors.base import (
     Sink,
     Source,
     StatusSink,
-    ensure_dir,
     resolve_path,
     secret_from_env,
 )
@@ -199,7 +199,7 @@ class ConnectorRuntime:
         """Build a sink (or check a source's settings; sources are built later)."""
         s = self.settings
         if isinstance(config, DropFolderConfig | InboxFolderConfig | StatusFolderConfig):
-            ensure_dir(resolve_path(s, config.path), f"{kind}.path")
+            private_dir(resolve_path(s, config.path), f"{kind}.path")
         if kind == "http_intake":
             secret_from_env(self.env, config.token_env, "http_intake.token_env")
         elif kind == "inbox_folder":
@@ -207,7 +207,7 @@ class ConnectorRuntime:
         elif kind == "webhook":
             built.sinks.append(WebhookSink(config, s, self.env))
         elif kind == "sqlite":
-            ensure_dir(resolve_path(s, config.path).parent, "sqlite.path")
+            private_dir(resolve_path(s, config.path).parent, "sqlite.path")
             built.sinks.append(SqliteCaseSink(config, s))
         elif kind == "status_folder":
             built.status_sinks.append(StatusFolderSink(config, s))
@@ -251,6 +251,9 @@ class ConnectorRuntime:
         if self._started:
             return self
         self._started = True
+        exposed = exposure(self.settings.state_dir)
+        if exposed is not None:
+            log.warning("%s: state directory %s", self.org.id, exposed)
         try:
             for src in self.built.sources:
                 src.open()

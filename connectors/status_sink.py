@@ -1,7 +1,8 @@
 """Status sinks (the origin side): where a hotline hears back about its referrals.
 
 ``status_folder`` (``path`` relative to the state directory) appends one JSON
-line per status update to ``<path>/<referral_id>.jsonl``. ``status_webhook``
+line per status update to ``<path>/<referral_id>.jsonl`` (``0600`` files in a
+``0700`` folder). ``status_webhook``
 POSTs each status update, signed exactly like the referral webhook (same
 settings: ``url``, ``secret_env``, ``timeout``, ``max_attempts``, backoff).
 
@@ -12,19 +13,13 @@ same organisation is recognised and skipped).
 from __future__ import annotations
 
 import json
-import os
 
 from pydantic import Field
 
 from broker.config import Settings
 from broker.errors import DeliveryError
-from connectors.base import (
-    ConnectorConfig,
-    StatusDelivery,
-    StatusSink,
-    ensure_dir,
-    resolve_path,
-)
+from broker.private import append_private, private_dir
+from connectors.base import ConnectorConfig, StatusDelivery, StatusSink, resolve_path
 from connectors.webhook import PostingSink
 
 __all__ = ["StatusFolderConfig", "StatusFolderSink", "StatusWebhookSink"]
@@ -47,16 +42,13 @@ class StatusFolderSink(StatusSink):
 
     def open(self) -> None:
         """Create the folder if it is missing."""
-        ensure_dir(self.path, f"{self.kind}.path")
+        private_dir(self.path, f"{self.kind}.path")
 
     def deliver_status(self, status: StatusDelivery) -> None:
         """Append the update's line (synced before returning)."""
         line = json.dumps(status.document, sort_keys=True, separators=(",", ":")) + "\n"
         try:
-            with open(self.path / f"{status.referral_id}.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
+            append_private(self.path / f"{status.referral_id}.jsonl", line.encode())
         except OSError as exc:
             raise DeliveryError(
                 f"status folder: cannot append for referral {status.referral_id}: {exc.strerror}"

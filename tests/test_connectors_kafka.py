@@ -182,10 +182,13 @@ def test_http_intake_over_loopback(
             assert r.json()["title"] == "Unauthorized"
             r = client.post("/referrals", json=one, headers={"Authorization": "Bearer nope"})
             assert r.status_code == 401
-            r = client.post("/referrals", content=b"{oops", headers=auth)
+            as_json = {**auth, "Content-Type": "application/json"}
+            r = client.post("/referrals", content=b"{oops", headers=as_json)
             assert r.status_code == 400
             assert r.headers["content-type"].startswith("application/problem+json")
-            r = client.post("/referrals", content=b"[" + b" " * 5000 + b"]", headers=auth)
+            r = client.post("/referrals", content=b"{oops", headers=auth)
+            assert r.status_code == 415, "a body that is not application/json"
+            r = client.post("/referrals", content=b"[" + b" " * 5000 + b"]", headers=as_json)
             assert r.status_code == 413
             r = client.post("/referrals", json=[one] * 4, headers=auth)
             assert r.status_code == 413

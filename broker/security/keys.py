@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from broker.errors import ConfigError, SealError, SignatureInvalid
+from broker.private import open_private, private_dir
 
 if TYPE_CHECKING:
     from broker.config import Settings
@@ -171,7 +172,7 @@ def _write_private(path: Path, key: Ed25519PrivateKey | X25519PrivateKey) -> Non
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     with os.fdopen(fd, "wb") as out:
         out.write(pem)
 
@@ -190,7 +191,7 @@ def init_keys(directory: Path, org_id: str, *, rotate: bool = False) -> list[Pub
                 f"{org_id} already has keys in {directory}; use --rotate to add new ones"
             )
         existing = json.loads(manifest.read_text(encoding="utf-8"))
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory, "keys")
     os.chmod(directory, 0o700)
     signing = Ed25519PrivateKey.generate()
     encryption = X25519PrivateKey.generate()
