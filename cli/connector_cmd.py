@@ -157,7 +157,7 @@ def _report_publish(results: dict[str, BatchResult], as_json: bool) -> None:
             )
             if unsent:
                 line += f" ({unsent} not acknowledged yet; held in the outbox)"
-            console.print(escape(line), markup=False)
+            console.print(escape(line), markup=False, soft_wrap=True)
             for p in r.published:
                 if p.repeat:
                     console.print(
@@ -166,10 +166,13 @@ def _report_publish(results: dict[str, BatchResult], as_json: bool) -> None:
                             "(already published, not sent again)"
                         ),
                         markup=False,
+                        soft_wrap=True,
                     )
             for rej in r.rejected:
                 for problem in rej.problems:
-                    err_console.print(escape(f"{name} {rej.label}: {problem}"), markup=False)
+                    err_console.print(
+                        escape(f"{name} {rej.label}: {problem}"), markup=False, soft_wrap=True
+                    )
     if rejected:
         raise typer.Exit(ValidationFailed.exit_code)
 

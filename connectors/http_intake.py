@@ -89,7 +89,12 @@ class HttpIntakeConfig(ConnectorConfig):
 
 
 def _problem(
-    status: int, title: str, detail: str, problems: list[dict[str, Any]] | None = None
+    status: int,
+    title: str,
+    detail: str,
+    problems: list[dict[str, Any]] | None = None,
+    *,
+    close: bool = False,
 ) -> JSONResponse:
     body: dict[str, Any] = {
         "type": "about:blank",
@@ -99,7 +104,9 @@ def _problem(
     }
     if problems is not None:
         body["problems"] = problems
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if close:  # the client may still be sending: do not wait for the rest of its body
+        headers["Connection"] = "close"
     return JSONResponse(
         body, status_code=status, media_type="application/problem+json", headers=headers
     )
@@ -177,17 +184,20 @@ def build_app(
     async def read_body(request: Request) -> bytes | JSONResponse:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
-            return _problem(413, "Payload Too Large", too_large)
+            return _problem(413, "Payload Too Large", too_large, close=True)
         body = bytearray()
         try:
             async with asyncio.timeout(config.body_timeout):
                 async for chunk in request.stream():
                     body.extend(chunk)
                     if len(body) > config.max_body_bytes:
-                        return _problem(413, "Payload Too Large", too_large)
+                        return _problem(413, "Payload Too Large", too_large, close=True)
         except TimeoutError:
             return _problem(
-                408, "Request Timeout", f"body not received in {config.body_timeout:g}s"
+                408,
+                "Request Timeout",
+                f"body not received in {config.body_timeout:g}s",
+                close=True,
             )
         return bytes(body)
 
