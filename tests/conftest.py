@@ -15,11 +15,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kafka import KafkaProducer
 
 from broker.config import Settings
+from broker.kafka import clients
 from broker.kafka.clients import wait_for_broker
 from broker.kafka.embedded import EmbeddedBroker
 from broker.network import Network, load_network
+from broker.wire.codec import Codec
 from broker.wire.topics import TopicNames
 from tests.kafka_helpers import provision_network
 
@@ -89,3 +92,42 @@ def provisioned(settings: Settings, network: Network) -> Settings:
     """``settings`` with every topic of the demo network created in this test's namespace."""
     provision_network(settings, network)
     return settings
+
+
+@pytest.fixture
+def net() -> Network:
+    """The small connector test network (tests/test_connectors_support.py)."""
+    from tests.test_connectors_support import make_network
+
+    return make_network()
+
+
+@pytest.fixture
+def ready(settings: Settings, net: Network) -> Settings:
+    """Settings with the connector test network's topics provisioned."""
+    provision_network(settings, net)
+    return settings
+
+
+@pytest.fixture
+def codec(ready: Settings) -> Codec:
+    """The codec on the embedded registry of ``ready``."""
+    return Codec.from_settings(ready)
+
+
+@pytest.fixture
+def producer(ready: Settings) -> Iterator[KafkaProducer]:
+    """A producer on the session broker (closed after the test)."""
+    p = clients.producer(ready, role="test")
+    yield p
+    p.close(5)
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """Run the test under umask 022 (the usual default), whatever the runner's."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ from kafka import KafkaProducer
 from typer.testing import CliRunner
 
 from broker.config import Settings
-from broker.kafka import clients
 from broker.kafka.deadletter import H_STAGE
 from broker.ledger.events import HANDOVER_EVENT
 from broker.network import Network
@@ -33,42 +31,17 @@ from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
 from connectors.status_sink import StatusFolderConfig, StatusFolderSink
 from connectors.webhook import WebhookConfig, WebhookSink
 from tests.factories import make_status_update
-from tests.kafka_helpers import header, provision_network, read_topic
+from tests.kafka_helpers import header, read_topic
 from tests.test_connectors_support import (
     ENV,
     TOKEN,
-    codec_for,
+    cli_env_for,
     hook_server,
-    make_network,
     referral_json,
     wait_for,
 )
 
 MARKER = "secret-marker-host"
-
-
-@pytest.fixture
-def net() -> Network:
-    return make_network()
-
-
-@pytest.fixture
-def ready(settings: Settings, net: Network) -> Settings:
-    """Settings with the test network's topics provisioned."""
-    provision_network(settings, net)
-    return settings
-
-
-@pytest.fixture
-def codec(ready: Settings) -> Codec:
-    return codec_for(ready)
-
-
-@pytest.fixture
-def producer(ready: Settings) -> Iterator[KafkaProducer]:
-    p = clients.producer(ready, role="test")
-    yield p
-    p.close(5)
 
 
 def _publisher(
@@ -425,27 +398,10 @@ def test_status_driver_clears_outbox_and_writes_each_status_once(
     assert driver.stats.duplicates == 1
 
 
-def _cli_env(settings: Settings, network_file: Path) -> dict[str, str]:
-    return {
-        "REFERRAL_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
-        "REFERRAL_TOPIC_PREFIX": settings.topic_prefix,
-        "REFERRAL_NETWORK_FILE": str(network_file),
-        "REFERRAL_STATE_DIR": str(settings.state_dir),
-    }
-
-
 def test_cli_publish_outbox_and_status(
     ready: Settings, net: Network, codec: Codec, producer: KafkaProducer, tmp_path: Path
 ) -> None:
-    from tests.test_connectors_support import NETWORK_TOML
-
-    network_file = tmp_path / "network.toml"
-    network_file.write_text(
-        NETWORK_TOML.replace("{webhook_url}", "http://127.0.0.1:9/hook").replace(
-            "{republish_after}", "300"
-        )
-    )
-    env = _cli_env(ready, network_file)
+    env = cli_env_for(ready, tmp_path)
     runner = CliRunner()
     good = referral_json("hl-a", "NL")
     bad = referral_json("hl-a", "NL")

@@ -112,14 +112,31 @@ FR = ["police-fr"]
 ENV = {"TEST_TOKEN_HL_B": TOKEN, "TEST_WEBHOOK_SECRET": WEBHOOK_SECRET}
 
 
+def network_text(webhook_url: str = "http://127.0.0.1:9/hook", republish_after: float = 300) -> str:
+    """The test network's TOML with the webhook pointing at ``webhook_url``."""
+    return NETWORK_TOML.replace("{webhook_url}", webhook_url).replace(
+        "{republish_after}", str(republish_after)
+    )
+
+
 def make_network(
     webhook_url: str = "http://127.0.0.1:9/hook", republish_after: float = 300
 ) -> Network:
     """The test network with the webhook pointing at ``webhook_url``."""
-    text = NETWORK_TOML.replace("{webhook_url}", webhook_url).replace(
-        "{republish_after}", str(republish_after)
-    )
-    return parse_network(text, "test-network.toml")
+    return parse_network(network_text(webhook_url, republish_after), "test-network.toml")
+
+
+def cli_env_for(settings: Settings, directory: Path) -> dict[str, str]:
+    """Environment for ``referral`` under CliRunner: the test network (written to
+    ``directory/network.toml``), the session broker, this test's namespace and state."""
+    network_file = directory / "network.toml"
+    network_file.write_text(network_text())
+    return {
+        "REFERRAL_BOOTSTRAP_SERVERS": str(settings.bootstrap_servers),
+        "REFERRAL_TOPIC_PREFIX": settings.topic_prefix,
+        "REFERRAL_NETWORK_FILE": str(network_file),
+        "REFERRAL_STATE_DIR": str(settings.state_dir),
+    }
 
 
 def codec_for(settings: Settings) -> Codec:

@@ -29,7 +29,6 @@ from kafka import KafkaProducer
 from typer.testing import CliRunner
 
 from broker.config import Settings
-from broker.kafka import clients
 from broker.kafka.deadletter import DeadLetterStage, send_dead_letter
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.network import Network
@@ -46,14 +45,12 @@ from connectors.inbox import Inbox
 from connectors.outbox import Outbox
 from connectors.publisher import Publisher, referral_id_for
 from connectors.runtime import ConnectorRuntime
-from tests.kafka_helpers import provision_network, read_topic, start_router
+from tests.kafka_helpers import read_topic, start_router
 from tests.test_connectors_support import (
     ENV,
-    NETWORK_TOML,
     TOKEN,
-    codec_for,
+    cli_env_for,
     inbox_files,
-    make_network,
     referral_json,
     wait_for,
 )
@@ -62,38 +59,6 @@ from tests.test_connectors_support import (
 NASTY = "\x1b[31m\x1b]0;pwned\x07\r"
 #: How they must look when printed.
 NASTY_ESCAPED = "\\x1b[31m\\x1b]0;pwned\\x07\\x0d"
-
-
-@pytest.fixture
-def net() -> Network:
-    return make_network()
-
-
-@pytest.fixture
-def ready(settings: Settings, net: Network) -> Settings:
-    provision_network(settings, net)
-    return settings
-
-
-@pytest.fixture
-def codec(ready: Settings) -> Codec:
-    return codec_for(ready)
-
-
-@pytest.fixture
-def producer(ready: Settings) -> Iterator[KafkaProducer]:
-    p = clients.producer(ready, role="test")
-    yield p
-    p.close(5)
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _publisher(
@@ -254,18 +219,7 @@ def test_same_case_through_drop_folder_and_referral_publish_is_one_referral(
     publisher = _publisher(ready, net, "hl-a", codec, producer)
     source = DropFolderSource(DropFolderConfig(path="drop", settle_seconds=0), ready, publisher)
     source.open()
-    network_file = tmp_path / "network.toml"
-    network_file.write_text(
-        NETWORK_TOML.replace("{webhook_url}", "http://127.0.0.1:9/hook").replace(
-            "{republish_after}", "300"
-        )
-    )
-    env = {
-        "REFERRAL_BOOTSTRAP_SERVERS": str(ready.bootstrap_servers),
-        "REFERRAL_TOPIC_PREFIX": ready.topic_prefix,
-        "REFERRAL_NETWORK_FILE": str(network_file),
-        "REFERRAL_STATE_DIR": str(ready.state_dir),
-    }
+    env = cli_env_for(ready, tmp_path)
     export = tmp_path / "export.csv"
     export.write_text(_csv([row]))
     with recipient(ready, net, codec):
@@ -435,19 +389,7 @@ def test_control_characters_are_escaped_in_tail_trace_dlq_and_logs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     names = ready.topic_names()
-    network_file = tmp_path / "network.toml"
-    network_file.write_text(
-        NETWORK_TOML.replace("{webhook_url}", "http://127.0.0.1:9/hook").replace(
-            "{republish_after}", "300"
-        )
-    )
-    env = {
-        "REFERRAL_BOOTSTRAP_SERVERS": str(ready.bootstrap_servers),
-        "REFERRAL_TOPIC_PREFIX": ready.topic_prefix,
-        "REFERRAL_NETWORK_FILE": str(network_file),
-        "REFERRAL_STATE_DIR": str(ready.state_dir),
-        "COLUMNS": "400",
-    }
+    env = {**cli_env_for(ready, tmp_path), "COLUMNS": "400"}
     # a hostile producer writes straight to the intake: no validation on the way
     datum = Referral.model_validate(referral_json("hl-a", "NL")).to_avro()
     rid = datum["envelope"]["referral_id"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import stat
 import time
 from collections.abc import Iterator
@@ -249,15 +248,6 @@ def test_escaping_formatter_escapes_messages_and_tracebacks() -> None:
 
 
 # -- private files --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _mode(path: Path) -> int:
