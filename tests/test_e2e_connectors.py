@@ -116,7 +116,7 @@ def test_two_hotlines_three_police_sinks_end_to_end(settings: Settings, hook: Ho
         stack.callback(start_router(settings, network, codec).stop)
         rt = _start(settings, network, codec, stack, *ORGS)
         drop = Path(settings.state_dir) / "orgs" / "hl-a" / "drop"
-        (drop / ".export.jsonl.tmp").write_text("\n".join(json.dumps(r) for r in a_refs))
+        (drop / ".export.jsonl.tmp").write_text("".join(json.dumps(r) + "\n" for r in a_refs))
         (drop / ".export.jsonl.tmp").rename(drop / "export.jsonl")
         port = rt["hl-b"].http_port
         with httpx.Client(timeout=30) as client:
