@@ -400,8 +400,9 @@ class Publisher:
             *self.headers(prepared.referral_id, prepared.case_id),
             *prepared.security_headers,
         ]
-        # The root span of the referral's trace; its context is stored with the
-        # outbox entry, so a republish continues the same trace.
+        # The root span of the referral's trace (the PRODUCER span of its first send);
+        # its context is stored with the outbox entry, so a republish continues the trace.
+        future: FutureRecordMetadata | None = None
         with self.tracing.send(
             self.names.intake,
             headers,
@@ -411,16 +412,17 @@ class Publisher:
                 "referral.origin": self.org.id,
             },
         ):
-            pass
-        added = self.outbox.add(
-            prepared.referral_id,
-            prepared.case_id,
-            self.names.intake,
-            prepared.value,
-            headers,
-            prepared.expected,
-            content_sha256=prepared.fingerprint or None,
-        )
+            added = self.outbox.add(
+                prepared.referral_id,
+                prepared.case_id,
+                self.names.intake,
+                prepared.value,
+                headers,
+                prepared.expected,
+                content_sha256=prepared.fingerprint or None,
+            )
+            if added:
+                future = self._send(prepared.referral_id, prepared.value, headers)
         if not added:  # another process stored it meanwhile
             known = self._known(label, prepared)
             if isinstance(known, Rejected):
@@ -432,7 +434,7 @@ class Publisher:
                 )
             ), None
         pub = Published(label, prepared.referral_id, prepared.case_id, prepared.expected, False)
-        return pub, self._send(prepared.referral_id, prepared.value, headers)
+        return pub, future
 
     def _send(
         self, referral_id: str, value: bytes, headers: list[tuple[str, bytes]]
