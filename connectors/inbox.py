@@ -12,6 +12,7 @@ File: ``<state_dir>/orgs/<org>/inbox.sqlite3``.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,10 +116,7 @@ class Inbox:
             return self._bump(conn, DUPLICATES)
 
     @staticmethod
-    def _bump(conn: object, name: str) -> int:
-        import sqlite3
-
-        assert isinstance(conn, sqlite3.Connection)
+    def _bump(conn: sqlite3.Connection, name: str) -> int:
         conn.execute(
             "INSERT INTO counters (name, value) VALUES (?, 1)"
             " ON CONFLICT(name) DO UPDATE SET value = value + 1",
