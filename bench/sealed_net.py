@@ -26,16 +26,21 @@ from typing import Any
 from pydantic import SecretStr
 
 from broker.config import Settings
+from broker.network import Network
+from broker.routing.decide import add_hosting_jurisdictions
 from broker.security.keys import add_to_trust_file, init_keys, key_dir
 from broker.synthetic import synthetic_referral
+from broker.wire.models import Referral
 from connectors.webhook import SIGNATURE_HEADER, verify
 
 __all__ = [
     "HOTLINES",
+    "PAIRS",
     "SINKS",
     "WEBHOOK_SECRET_ENV",
     "BenchReferral",
     "WebhookReceiver",
+    "avro_datum",
     "bench_env",
     "bench_settings",
     "make_referrals",
@@ -144,6 +149,18 @@ def make_referrals(
         ref = synthetic_referral(rng, origin, [(first, "HOSTING"), (second, "VICTIM_LOCATION")])
         out.append((origin, ref, tuple(sorted({receivers[first], receivers[second]}))))
     return out
+
+
+def avro_datum(network: Network, raw: dict[str, Any]) -> dict[str, Any]:
+    """The Avro datum a publisher encodes for ``raw`` (completed, validated, hosting added)."""
+    envelope = raw["envelope"]
+    country = network.organisation(envelope["origin_org"]).country
+    datum = Referral.model_validate(
+        {**raw, "envelope": {**envelope, "origin_country": country}}
+    ).to_avro()
+    env = datum["envelope"]
+    env["jurisdictions"] = add_hosting_jurisdictions(env["jurisdictions"], datum["body"]["items"])
+    return datum
 
 
 class _Handler(BaseHTTPRequestHandler):

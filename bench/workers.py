@@ -36,10 +36,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.sealed_net import avro_datum
 from broker.config import Settings
 from broker.kafka.loop import ConsumeLoop
 from broker.network import Network, load_network
-from broker.routing.decide import add_hosting_jurisdictions
 from broker.routing.router import Router
 from broker.security.keys import OrgKeys, key_dir, load_trust
 from broker.security.rules import BodyCodec, OriginSecurity, ReceiverSecurity
@@ -47,7 +47,6 @@ from broker.security.sealing import open_sealed, seal
 from broker.security.signing import SignedContext, sign, verify
 from broker.tracing import setup_tracing
 from broker.wire.codec import Codec
-from broker.wire.models import Referral
 from broker.wire.registry import REFERRAL
 from connectors.delivery import SinkDriver
 from connectors.runtime import ConnectorRuntime
@@ -252,18 +251,6 @@ def run_sink(args: argparse.Namespace, settings: Settings, network: Network) -> 
 
 
 # -- floor -------------------------------------------------------------------------------------
-def _datum(network: Network, raw: dict[str, Any]) -> dict[str, Any]:
-    """The Avro datum the publisher would encode (completed, validated, hosting added)."""
-    envelope = raw["envelope"]
-    country = network.organisation(envelope["origin_org"]).country
-    datum = Referral.model_validate(
-        {**raw, "envelope": {**envelope, "origin_country": country}}
-    ).to_avro()
-    env = datum["envelope"]
-    env["jurisdictions"] = add_hosting_jurisdictions(env["jurisdictions"], datum["body"]["items"])
-    return datum
-
-
 class _Clock:
     """Accumulates thread CPU time per named step."""
 
@@ -303,7 +290,7 @@ def run_floor(args: argparse.Namespace, settings: Settings, network: Network) ->
         for org in recipients
     }
     lane = {org: names.jurisdiction(network.organisation(org).country) for org in receivers}
-    work = [(origin, _datum(network, ref), tuple(recipients)) for origin, ref, recipients in rows]
+    work = [(origin, avro_datum(network, ref), tuple(to)) for origin, ref, to in rows]
 
     # Warm-up, then the floor exactly as the publisher, router and sink call it.
     for origin, datum, recipients in work[:20]:
