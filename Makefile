@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench install clean
+.PHONY: demo test lint typecheck unit bench bench-memory install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.route
+	$(BIN)/python -m bench.network
+
+bench-memory: $(STAMP)
+	$(BIN)/python -m bench.memory --router 1000000 --sink 200000
 
 clean:
 	rm -rf $(VENV) .referral .pytest_cache .mypy_cache .ruff_cache build *.egg-info

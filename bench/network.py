@@ -252,7 +252,7 @@ def profile_top(path: Path, lines: int = 8) -> list[str]:
     total = sum(v[2] for v in table.values()) or 1.0
     top = sorted(table.items(), key=lambda kv: kv[1][2], reverse=True)[:lines]
     return [
-        f"{v[2] / total:6.1%} own {v[3]:7.2f}s cum  {func} ({Path(file).name}:{line})"
+        f"{v[2] / total:6.1%} {v[2]:6.2f}s own {v[3]:7.2f}s cum  {func} ({Path(file).name}:{line})"
         for (file, line, func), v in top
     ]
 
@@ -266,17 +266,18 @@ def _feed(path: Path, rows: Iterable[Any]) -> str:
 
 
 def _wait_complete(
-    sources: list[Worker], run_dir: Path, origins: list[str], phase: str, timeout: float
+    sources: list[Worker], run_dir: Path, origins: list[str], phases: str, timeout: float
 ) -> int:
-    """Block until every referral the sources published so far has every RECEIVED."""
+    """Block until every referral of ``phases`` (e.g. "AB") has every RECEIVED; how many."""
     deadline = time.monotonic() + timeout
     published = 0
     for w in sources:
-        published += int(w.wait("published", timeout, phase=phase)["published"])
+        for phase in phases:
+            published += int(w.wait("published", timeout, phase=phase)["published"])
     stored, pending = outbox_counts(run_dir, origins)
     while stored < published or pending > 0:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"phase {phase}: {pending} referral(s) still wait for a RECEIVED")
+            raise RuntimeError(f"phase {phases[-1]}: {pending} referral(s) still wait for RECEIVED")
         time.sleep(0.2)
         stored, pending = outbox_counts(run_dir, origins)
     return published
@@ -385,7 +386,7 @@ def _network(
     published_a = _wait_complete(sources, run_dir, origins, "A", args.timeout)
     snap_a1 = sampler.snapshot()
     (run_dir / "go-B").touch()
-    _wait_complete(sources, run_dir, origins, "B", args.timeout)
+    _wait_complete(sources, run_dir, origins, "AB", args.timeout)
     peak = {w.name: status_mb(w.proc.pid, "VmHWM") for w in workers}
     sampler.stop()
     for w in workers:
@@ -480,7 +481,15 @@ def _figures(
         times.completed[rid] - times.published[rid] for rid in ids_b if rid in times.completed
     ]
     all_delivered = [x for v in delivered_lat.values() for x in v]
+    slowest = min((r["per_s"] or 0.0) for r in rows if r["stage"].startswith("delivered"))
+    offered = args.rate * 2 / len(SINKS)  # every referral goes to two of the sinks
     latency = {
+        "warning": (
+            f"phase B offers each sink {offered:.0f} deliveries/s; the slowest managed "
+            f"{slowest:.0f}/s in phase A, so these latencies include queueing"
+            if offered > 0.8 * slowest
+            else None
+        ),
         "rate": args.rate,
         "achieved_per_s": _r(rate(pub_b)),
         "referrals": len(pub_b),
@@ -510,6 +519,12 @@ def _figures(
         ),
         "n": len(phase_a),
         "hotlines": len(origins),
+        "settings": {
+            "rate": args.rate,
+            "latency_seconds": args.latency_seconds,
+            "chunk": args.chunk,
+            "floor_n": args.floor_n,
+        },
         "profiled": bool(args.profile),
         "floor": {
             "referrals": floor["referrals"],
@@ -558,7 +573,7 @@ def print_report(result: dict[str, Any]) -> None:
     for row in result["stages"]:
         print(
             f"{row['stage']:46s} {_fmt(row['per_s']):>8s} {_fmt(row['floor_per_s']):>8s} "
-            f"{_fmt(row['ratio_to_floor'], '.2f'):>6s} {_fmt(row['cpu_us_per_referral']):>10s} "
+            f"{_fmt(row['ratio_to_floor'], '.3f'):>6s} {_fmt(row['cpu_us_per_referral']):>10s} "
             f"{_fmt(row['busy'], '.0%'):>5s}"
         )
         if row.get("publishing_thread_cpu_us") is not None:
@@ -569,6 +584,9 @@ def print_report(result: dict[str, Any]) -> None:
         f"\nphase B: latency at {lat['rate']:.0f} referrals/s "
         f"(achieved {_fmt(lat['achieved_per_s'])}/s, {lat['referrals']} referrals)"
     )
+
+    if lat["warning"]:
+        print(f"  NOTE: {lat['warning']}")
 
     def line(label: str, q: dict[str, Any]) -> None:
         print(
