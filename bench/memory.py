@@ -38,7 +38,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from bench.procstat import Sample, Sampler, status_mb
+from bench.procstat import Sample, Sampler, rss_mb, status_mb
 from bench.sealed_net import (
     HOTLINES,
     PAIRS,
@@ -176,66 +176,67 @@ def _watch(
 
 def run_router(a: argparse.Namespace, n: int) -> dict[str, Any]:
     """Preload ``n`` referrals, then route them with ``referral route``; RSS sampled."""
-    with _fresh(a) as (settings, network, run_dir, _):
+    with Fresh(a.keep) as run:
         t = time.monotonic()
-        preload_templates(settings, network, n)
+        preload_templates(run.settings, run.network, n)
         preload_s = time.monotonic() - t
-        env = {**os.environ, **bench_env(settings)}
-        router = _cli(["route"], env, run_dir / "router.log")
-        group = settings.topic_prefix + "router"
-        samples, peak = _watch("router", router, lambda: committed(settings, group), n, a)
-        return summarise("router", n, samples, peak, a.warmup, preload_s)
+        router = _cli(["route"], run.env, run.run_dir / "router.log")
+        group = run.settings.topic_prefix + "router"
+        samples, peak = _watch("router", router, lambda: committed(run.settings, group), n, a)
+        return summarise("router", n, samples, peak, a.warmup, preload_s, run.broker_rss_mb())
 
 
 def run_sink(a: argparse.Namespace, n: int) -> dict[str, Any]:
     """Seal ``n`` referrals for one sink, route them, then deliver with ``connector run``."""
     org = SINKS[a.sink_kind][0]
-    with _fresh(a) as (settings, network, run_dir, _):
-        env = {**os.environ, **bench_env(settings)}
-        router = _cli(["route"], env, run_dir / "router.log")
+    role = f"sink-{a.sink_kind}"
+    with Fresh(a.keep) as run:
+        router = _cli(["route"], run.env, run.run_dir / "router.log")
         try:
             t = time.monotonic()
-            preload_sealed(settings, network, n, org)
-            prefix = settings.topic_prefix
+            preload_sealed(run.settings, run.network, n, org)
+            group = run.settings.topic_prefix + "router"
             deadline = time.monotonic() + a.timeout
-            while committed(settings, prefix + "router") < n and time.monotonic() < deadline:
+            while committed(run.settings, group) < n and time.monotonic() < deadline:
                 time.sleep(1)
             preload_s = time.monotonic() - t
-            sink = _cli(["connector", "run", org], env, run_dir / "sink.log")
-            samples, peak = _watch(
-                f"sink-{a.sink_kind}", sink, lambda: inbox_rows(settings, org), n, a
-            )
+            sink = _cli(["connector", "run", org], run.env, run.run_dir / "sink.log")
+            samples, peak = _watch(role, sink, lambda: inbox_rows(run.settings, org), n, a)
         finally:
             router.terminate()
             router.wait(60)
-        return summarise(f"sink-{a.sink_kind}", n, samples, peak, a.warmup, preload_s)
+        return summarise(role, n, samples, peak, a.warmup, preload_s, run.broker_rss_mb())
 
 
-class _fresh:
+class Fresh:
     """A run directory with the benchmark network, a loopback webhook and a fresh broker."""
 
-    def __init__(self, a: argparse.Namespace) -> None:
-        self.keep = a.keep
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
         self.run_dir = Path(tempfile.mkdtemp(prefix="membench-"))
         self.receiver = WebhookReceiver()
-        self.broker: EmbeddedBroker | None = None
+        self.broker = EmbeddedBroker(log_path=self.run_dir / "broker.log")
 
-    def __enter__(self) -> tuple[Settings, Network, Path, WebhookReceiver]:
+    def __enter__(self) -> Fresh:
         self.receiver.start()
         write_network(self.run_dir, self.receiver.url)
-        network = load_network(self.run_dir / "network.toml")
-        self.broker = EmbeddedBroker(log_path=self.run_dir / "broker.log").start()
-        settings = bench_settings(self.broker.bootstrap, self.run_dir)
-        admin = clients.admin_client(settings)
+        self.network = load_network(self.run_dir / "network.toml")
+        self.broker.start()
+        self.settings = bench_settings(self.broker.bootstrap, self.run_dir)
+        self.env = {**os.environ, **bench_env(self.settings)}
+        admin = clients.admin_client(self.settings)
         try:
-            provision(admin, network, settings.topic_names())
+            provision(admin, self.network, self.settings.topic_names())
         finally:
             admin.close()
-        return settings, network, self.run_dir, self.receiver
+        return self
+
+    def broker_rss_mb(self) -> float:
+        """The embedded broker's resident memory now (it holds every topic)."""
+        return rss_mb(self.broker.pid) if self.broker.pid else math.nan
 
     def __exit__(self, *exc: object) -> None:
-        if self.broker is not None:
-            self.broker.stop()
+        self.broker.stop()
         self.receiver.stop()
         if self.keep:
             print(f"state kept in {self.run_dir}", file=sys.stderr)
@@ -258,7 +259,13 @@ def slope_per_100k(points: list[Sample]) -> float:
 
 
 def summarise(
-    role: str, n: int, samples: list[Sample], peak: float, warmup: float, preload_s: float
+    role: str,
+    n: int,
+    samples: list[Sample],
+    peak: float,
+    warmup: float,
+    preload_s: float,
+    broker_mb: float,
 ) -> dict[str, Any]:
     """Start (after warm-up) and end of the RSS curve, its slope; the CSV written."""
     OUT.mkdir(exist_ok=True)
@@ -291,6 +298,7 @@ def summarise(
         "slope_mb_per_100k": round(slope_per_100k(after), 2) if after else None,
         "rss_max_mb": round(max(s.rss_mb for s in valid), 1) if valid else None,
         "peak_hwm_mb": round(peak, 1),
+        "broker_rss_mb": None if math.isnan(broker_mb) else round(broker_mb),
         "csv": str(path.relative_to(ROOT)),
         "rss_first_work_mb": round(moving[0].rss_mb, 1) if moving else None,
         "curve": [(s.progress, round(s.rss_mb, 1)) for s in _evenly(moving, 12)],
@@ -313,7 +321,7 @@ def print_summary(r: dict[str, Any]) -> None:
         f"  RSS after warm-up {r['rss_start_mb']} MB (at {r['rss_start_at']:,}), "
         f"at the end {r['rss_end_mb']} MB (at {r['rss_end_at']:,}): growth {r['growth_mb']} MB, "
         f"slope {r['slope_mb_per_100k']} MB per 100k; max {r['rss_max_mb']} MB, "
-        f"VmHWM {r['peak_hwm_mb']} MB"
+        f"VmHWM {r['peak_hwm_mb']} MB; the broker held {r['broker_rss_mb']} MB"
         if r["rss_start_mb"] is not None
         else "  no sample after warm-up"
     )

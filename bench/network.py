@@ -380,7 +380,7 @@ def _network(
     for w in sources:
         w.wait("ready", 120)
 
-    sampler = Sampler({w.name: w.proc.pid for w in workers}, interval=0.5).start()
+    sampler = Sampler({w.name: w.proc.pid for w in workers})
     snap_a0 = sampler.snapshot()
     (run_dir / "go-A").touch()
     published_a = _wait_complete(sources, run_dir, origins, "A", args.timeout)
@@ -388,7 +388,6 @@ def _network(
     (run_dir / "go-B").touch()
     _wait_complete(sources, run_dir, origins, "AB", args.timeout)
     peak = {w.name: status_mb(w.proc.pid, "VmHWM") for w in workers}
-    sampler.stop()
     for w in workers:
         w.stop()
     results = {w.name: w.wait("result", 60) for w in workers}
