@@ -13,8 +13,9 @@
   delivers them all. Progress = rows in its inbox.
 
 Every ``--interval`` seconds the process's VmRSS (``/proc/<pid>/status``) and its
-progress are sampled. Printed: RSS after warm-up (the first sample past
-``--warmup`` of N) and at the end, the growth between them, the least-squares slope
+progress are sampled. Printed: RSS after warm-up (past ``--warmup`` of N) and at
+the end of the work (medians of a tenth of the samples each), the growth between
+them, the least-squares slope
 over the samples after warm-up (MB per 100,000 referrals), peak (VmHWM), and a small
 curve; the samples go to ``bench/out/memory-<role>-<N>.csv``. The embedded broker is
 memory-only: it holds every topic (about 0.4 GB per 100,000 routed referrals).
@@ -29,6 +30,7 @@ import math
 import os
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -278,9 +280,12 @@ def summarise(
             out.writerow([round(s.at - t0, 2), s.progress, round(s.rss_mb, 2)])
     valid = [s for s in samples if not math.isnan(s.rss_mb)]
     after = [s for s in valid if s.progress >= warmup * n]
-    # The end is the last sample while still working: once idle, buffers are given back.
+    # The end is while the process still had work: once idle, buffers are given back.
     working = [s for s in after if s.progress < n] or after
-    start, end = (after[0], working[-1]) if after else (None, None)
+    # One sample swings with the batch in hand: start and end are medians of a tenth each.
+    k = max(1, len(working) // 10)
+    start = _median_at(after[:k])
+    end = _median_at(working[-k:])
     done = valid[-1].progress if valid else 0
     moving = [s for s in valid if s.progress > 0]
     seconds = moving[-1].at - moving[0].at if len(moving) > 1 else math.nan
@@ -292,11 +297,14 @@ def summarise(
         "seconds": round(seconds, 1),
         "per_s": round(done / seconds) if seconds and not math.isnan(seconds) else None,
         "samples": len(samples),
-        "rss_start_mb": round(start.rss_mb, 1) if start else None,
-        "rss_start_at": start.progress if start else None,
-        "rss_end_mb": round(end.rss_mb, 1) if end else None,
-        "rss_end_at": end.progress if end else None,
-        "growth_mb": round(end.rss_mb - start.rss_mb, 1) if start and end else None,
+        "rss_start_mb": start[0],
+        "rss_start_at": start[1],
+        "rss_end_mb": end[0],
+        "rss_end_at": end[1],
+        "window_samples": k,
+        "growth_mb": round(end[0] - start[0], 1)
+        if start[0] is not None and end[0] is not None
+        else None,
         "slope_mb_per_100k": round(slope_per_100k(after), 2) if after else None,
         "rss_max_mb": round(max(s.rss_mb for s in valid), 1) if valid else None,
         "peak_hwm_mb": round(peak, 1),
@@ -305,6 +313,14 @@ def summarise(
         "rss_first_work_mb": round(moving[0].rss_mb, 1) if moving else None,
         "curve": [(s.progress, round(s.rss_mb, 1)) for s in _evenly(moving, 12)],
     }
+
+
+def _median_at(window: list[Sample]) -> tuple[float | None, int | None]:
+    """Median RSS of a few samples and the progress at the middle one."""
+    if not window:
+        return None, None
+    mid = window[len(window) // 2]
+    return round(statistics.median(s.rss_mb for s in window), 1), mid.progress
 
 
 def _evenly(samples: list[Sample], k: int) -> list[Sample]:
@@ -320,8 +336,9 @@ def print_summary(r: dict[str, Any]) -> None:
         f"({r['per_s']}/s; preload {r['preload_s']} s), {r['samples']} RSS samples"
     )
     print(
-        f"  RSS after warm-up {r['rss_start_mb']} MB (at {r['rss_start_at']:,}), "
-        f"at the end of the work {r['rss_end_mb']} MB (at {r['rss_end_at']:,}): "
+        f"  RSS after warm-up {r['rss_start_mb']} MB (around {r['rss_start_at']:,}), "
+        f"at the end of the work {r['rss_end_mb']} MB (around {r['rss_end_at']:,}; medians "
+        f"of {r['window_samples']} samples each): "
         f"growth {r['growth_mb']} MB, "
         f"slope {r['slope_mb_per_100k']} MB per 100k; max {r['rss_max_mb']} MB, "
         f"VmHWM {r['peak_hwm_mb']} MB; the broker held {r['broker_rss_mb']} MB"
