@@ -105,6 +105,12 @@ class LoopStats:
     retried_batches: int = 0
     redelivered_records: int = 0
     commit_failures: int = 0
+    #: seconds spent in each step of the cycle, summed over the run (where the time goes)
+    poll_s: float = 0.0
+    handle_s: float = 0.0
+    durable_s: float = 0.0
+    ack_wait_s: float = 0.0
+    commit_s: float = 0.0
     #: monotonic time the first batch arrived / the last batch was committed
     first_batch_at: float | None = None
     last_batch_at: float | None = None
@@ -420,6 +426,8 @@ class ConsumeLoop:
         """One poll → handle → durable → acks → commit cycle; returns the records polled."""
         self.open()
         assert self.consumer is not None
+        stats = self.stats
+        t0 = time.perf_counter()
         try:
             polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
         except KafkaError as exc:
@@ -427,14 +435,17 @@ class ConsumeLoop:
             log.warning("%s poll failed, retrying: %s", self.actor, type(exc).__name__)
             self._grow_backoff()
             return 0
+        finally:
+            t1 = time.perf_counter()
+            stats.poll_s += t1 - t0
         if not polled:
             return 0
-        if self.stats.first_batch_at is None:
-            self.stats.first_batch_at = time.monotonic()
+        if stats.first_batch_at is None:
+            stats.first_batch_at = time.monotonic()
         batch = BatchContext(self)
         for records in polled.values():
             for record in records:
-                self.stats.records += 1
+                stats.records += 1
                 ctx = RecordContext(self, batch, record)
                 try:
                     self._call(record, ctx)
@@ -443,16 +454,23 @@ class ConsumeLoop:
                     log.exception("%s handler failed on %s", self.actor, _where(record))
                     ctx.dead_letter(DeadLetterStage.HANDLER, exc)
                 batch.records.append(ctx)
+        t2 = time.perf_counter()
         durable = self._make_durable(batch)
+        t3 = time.perf_counter()
         self._flush()
         if durable:
             self._settle_unsendable(batch)
             if self._send_ledger_batch(batch) or batch.given_up:
                 self._flush()
+        t4 = time.perf_counter()
         if not durable or any(not f.is_done or f.failed() for f in batch.futures):
             self._rewind_all(polled)
         else:
             self._commit(polled, batch)
+        stats.handle_s += t2 - t1
+        stats.durable_s += t3 - t2
+        stats.ack_wait_s += t4 - t3
+        stats.commit_s += time.perf_counter() - t4
         return sum(len(r) for r in polled.values())
 
     def _make_durable(self, batch: BatchContext) -> bool:
