@@ -16,9 +16,11 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
+from kafka.net.compat import KafkaNetClient
 
 from broker.config import Settings
 from broker.errors import BrokerUnavailable, ConfigError
+from broker.kafka.healing import HealingProducer
 
 #: kafka-python logs whole records (key, value, headers) at DEBUG. Referral values
 #: are case content, so its loggers are capped at INFO whatever the root level is;
@@ -42,6 +44,7 @@ __all__ = [
     "close_consumer",
     "close_producer",
     "consumer",
+    "no_auto_create_client",
     "producer",
     "resolve_bootstrap",
     "wait_for_broker",
@@ -92,12 +95,32 @@ def resolve_bootstrap(settings: Settings) -> str:
     )
 
 
+def no_auto_create_client(**configs: Any) -> KafkaNetClient:
+    """kafka-python's network client, with topic auto-creation really off.
+
+    kafka-python 3.0 accepts ``allow_auto_create_topics`` on the producer and the
+    consumer but does not hand it to the ``ClusterMetadata`` its connection
+    manager builds (``kafka/net/manager.py``), whose metadata requests therefore
+    keep ``allow_auto_topic_creation=True``: a client that asks about a missing
+    topic makes the broker create it with the broker's default partition count.
+    Passed as ``kafka_client``, this sets it before the first request.
+    """
+    client = KafkaNetClient(**configs)
+    client.cluster.config["allow_auto_create_topics"] = False
+    return client
+
+
 def _common(settings: Settings, role: str) -> dict[str, Any]:
     security = settings.kafka_security_kwargs()
     bootstrap = resolve_bootstrap(settings).split(",")
     if settings.security_protocol in ("SSL", "SASL_SSL"):
         check_tls(bootstrap, security)
-    return {"bootstrap_servers": bootstrap, "client_id": f"{settings.client_id}-{role}", **security}
+    return {
+        "bootstrap_servers": bootstrap,
+        "client_id": f"{settings.client_id}-{role}",
+        "kafka_client": no_auto_create_client,
+        **security,
+    }
 
 
 def _tls_context(security: dict[str, Any]) -> ssl.SSLContext:
@@ -149,14 +172,27 @@ def _translate(exc: Exception, bootstrap: Any) -> BrokerUnavailable:
     return BrokerUnavailable(f"no broker answered at {servers}: {type(exc).__name__}")
 
 
-def producer(settings: Settings, role: str = "producer", **overrides: Any) -> KafkaProducer:
-    """A tuned, idempotent producer (acks=all)."""
-    args = {**_common(settings, role), **PRODUCER_DEFAULTS, "enable_idempotence": True}
+def producer(settings: Settings, role: str = "producer", **overrides: Any) -> HealingProducer:
+    """A tuned, idempotent producer (acks=all) that never creates topics and heals itself.
+
+    When kafka-python's producer reaches a state it never leaves (see
+    :func:`broker.kafka.healing.fatal_reason`), a new one replaces it in place.
+    """
+    args = {
+        **_common(settings, role),
+        **PRODUCER_DEFAULTS,
+        "enable_idempotence": True,
+        "allow_auto_create_topics": False,
+    }
     args.update(overrides)
     try:
-        return KafkaProducer(**args)
+        first = KafkaProducer(**args)
     except KafkaError as exc:
         raise _translate(exc, args["bootstrap_servers"]) from exc
+    # Replacements reuse the negotiated API version, so building one never blocks on
+    # a bootstrap round trip (it is built while the broker answers with errors).
+    again = {**args, "api_version": first.config["api_version"]}
+    return HealingProducer(lambda: KafkaProducer(**again), role, producer=first)
 
 
 def consumer(
@@ -168,7 +204,12 @@ def consumer(
     sharing a cluster (and tests sharing a broker) never share a group.
     """
     group = settings.topic_prefix + group_id if group_id else None
-    args = {**_common(settings, role), **CONSUMER_DEFAULTS, "group_id": group}
+    args = {
+        **_common(settings, role),
+        **CONSUMER_DEFAULTS,
+        "group_id": group,
+        "allow_auto_create_topics": False,
+    }
     args.update(overrides)
     try:
         return KafkaConsumer(*topics, **args)

@@ -1,0 +1,199 @@
+"""A long-lived producer that replaces its kafka-python producer once that one is done for.
+
+kafka-python's idempotent producer has states it never leaves. After the
+embedded broker restarts empty, the producer id it holds is unknown there: a
+produce answers ``UnknownProducerIdError`` (or ``OutOfOrderSequenceNumberError``),
+kafka-python tries to bump the epoch of that id (KIP-360), the broker answers
+the ``InitProducerId`` with an error, and the transaction manager goes to
+``FATAL_ERROR``, from which every later send fails. A stopped sender thread or a
+producer closed under its users is just as final.
+
+:class:`HealingProducer` keeps the interface the project uses (``send`` returning
+a future, ``flush``, ``partitions_for``, ``close``) and, when it finds its producer
+in such a state, builds a new one (a new producer id) and retires the old one.
+Futures of the old producer still fail — callers are at-least-once and send
+again — and one WARNING line per replacement names the role, never a record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import IllegalStateError, KafkaError
+from kafka.producer.future import FutureRecordMetadata
+
+__all__ = ["HealingProducer", "fatal_reason"]
+
+log = logging.getLogger("referral.kafka.producer")
+
+#: How long a retired producer's sender thread may take to fail what it still holds.
+_RETIRE_JOIN_S = 5.0
+#: Tries of one ``send`` when the producer was closed or replaced under the caller.
+_SEND_TRIES = 3
+
+
+def fatal_reason(producer: KafkaProducer) -> str | None:
+    """Why ``producer`` can never deliver again, or None while it still can.
+
+    Reads kafka-python (3.0.x) internals, each guarded so that a release without
+    them reads as healthy: ``_closed`` (closed), ``_sender`` (its I/O thread) and
+    ``_transaction_manager.has_fatal_error()`` (the terminal ``FATAL_ERROR`` state).
+    """
+    if getattr(producer, "_closed", False):
+        return "closed"
+    sender = getattr(producer, "_sender", None)
+    if sender is not None and not sender.is_alive():
+        return "sender thread stopped"
+    manager = getattr(producer, "_transaction_manager", None)
+    if manager is not None and manager.has_fatal_error():
+        return _describe(getattr(manager, "last_error", None))
+    return None
+
+
+def _describe(error: object) -> str:
+    if error is None:
+        return "fatal error"
+    if type(error) is KafkaError and str(error):
+        # kafka-python wraps broker answers it does not expect in a bare KafkaError
+        # ("KafkaError: Unexpected error in InitProducerIdResponse: [Error -1] UnknownError");
+        # the text names the request and the error code, never record content.
+        return str(error).splitlines()[0][:160]
+    return type(error).__name__
+
+
+class HealingProducer:
+    """A producer for one role that builds a fresh kafka-python producer when its own is dead.
+
+    ``factory`` makes a new :class:`kafka.KafkaProducer`: the first one unless
+    ``producer`` is given, and every replacement. Replacements are spaced by at least
+    ``min_interval`` seconds, doubling up to ``max_interval`` while they keep
+    coming, so a producer that can never work (say, refused authorisation) is not
+    rebuilt in a loop. Thread-safe: many threads may share one instance.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], KafkaProducer],
+        role: str,
+        *,
+        producer: KafkaProducer | None = None,
+        min_interval: float = 1.0,
+        max_interval: float = 60.0,
+    ) -> None:
+        self.role = role
+        self._factory = factory
+        self._min_interval = min_interval
+        self._max_interval = max_interval
+        self._lock = threading.Lock()
+        self._producer: KafkaProducer = producer if producer is not None else factory()
+        self._closed = False
+        self._delay = min_interval
+        self._next_allowed = 0.0
+        self._last_replaced = float("-inf")
+        #: How many times the underlying producer was replaced.
+        self.replacements = 0
+
+    # -- the producer interface -----------------------------------------------------------
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> FutureRecordMetadata:
+        """Send one record asynchronously (as :meth:`kafka.KafkaProducer.send`)."""
+        for attempt in range(_SEND_TRIES):
+            producer = self.current()
+            try:
+                return producer.send(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    partition=partition,
+                    timestamp_ms=timestamp_ms,
+                )
+            except IllegalStateError:
+                # Closed (or replaced) under us before the record was enqueued:
+                # nothing is in flight, so the next producer may take it.
+                if self._closed or attempt == _SEND_TRIES - 1 or fatal_reason(producer) is None:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every record sent so far is acknowledged or failed."""
+        producer = self.current()
+        try:
+            producer.flush(timeout)
+        finally:
+            if not self._closed:
+                # Replace now if it died during the flush: the caller's retry goes to a live one.
+                self.current()
+
+    def partitions_for(self, topic: str) -> set[int]:
+        """The partition ids of ``topic`` (waits for metadata, as kafka-python does)."""
+        partitions: set[int] = self.current().partitions_for(topic)
+        return partitions
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush and close the current producer (no replacement afterwards)."""
+        with self._lock:
+            self._closed = True
+            producer = self._producer
+        producer.close(timeout)
+
+    # -- healing --------------------------------------------------------------------------
+
+    def current(self) -> KafkaProducer:
+        """The producer to use now: replaced first if it reached a state it cannot leave."""
+        with self._lock:
+            if self._closed:
+                return self._producer  # kafka-python raises on send, as for any closed producer
+            reason = fatal_reason(self._producer)
+            if reason is not None and time.monotonic() >= self._next_allowed:
+                self._replace(reason)
+            return self._producer
+
+    def _replace(self, reason: str) -> None:
+        """Swap in a new producer and retire the old one (lock held)."""
+        now = time.monotonic()
+        if now - self._last_replaced > self._max_interval:
+            self._delay = self._min_interval
+        self._next_allowed = now + self._delay
+        self._delay = min(self._delay * 2, self._max_interval)
+        try:
+            fresh = self._factory()
+        except (KafkaError, OSError, ValueError) as exc:
+            log.warning(
+                "%s producer unusable (%s), replacement failed (%s); retrying in %.0fs",
+                self.role,
+                reason,
+                type(exc).__name__,
+                self._next_allowed - now,
+            )
+            return
+        old, self._producer = self._producer, fresh
+        self._last_replaced = now
+        self.replacements += 1
+        log.warning("%s producer replaced (%s): new producer id", self.role, reason)
+        _retire(old)
+
+
+def _retire(producer: KafkaProducer) -> None:
+    """Stop a dead producer so that every future it still holds resolves (as failed)."""
+    sender: Any = getattr(producer, "_sender", None)
+    if sender is not None and sender.is_alive():
+        sender.force_close()  # aborts every incomplete batch: its futures fail now
+        sender.join(_RETIRE_JOIN_S)
+    try:
+        producer.close(0)
+    except KafkaError as exc:
+        log.debug("retired producer close: %s", type(exc).__name__)

@@ -1,0 +1,117 @@
+"""Producers heal themselves; no client ever creates a topic.
+
+The restart test runs its own embedded broker (it kills it and starts an empty
+one on the same port); the others use the session broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from kafka.admin import NewTopic
+
+from broker.config import Settings
+from broker.kafka import clients
+from broker.kafka.embedded import EmbeddedBroker
+from broker.kafka.healing import HealingProducer, fatal_reason
+from broker.wire.topics import TopicNames
+
+#: A value no log line may quote.
+CANARY = b"payload-canary-7f3a"
+
+
+def _topics(settings: Settings) -> set[str]:
+    admin = clients.admin_client(settings)
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def _create(settings: Settings, topic: str, partitions: int = 3) -> None:
+    admin = clients.admin_client(settings)
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        admin.close()
+
+
+def _round(producer: HealingProducer, topic: str, n: int = 20) -> list[str]:
+    """Send ``n`` records, flush, and name each outcome ("ok" or the error class)."""
+    futures = [producer.send(topic, key=b"k%d" % i, value=CANARY) for i in range(n)]
+    producer.flush(30)
+    return ["ok" if f.succeeded() else type(f.exception).__name__ for f in futures]
+
+
+@pytest.mark.slow
+def test_a_producer_outlives_an_empty_restart_of_the_broker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with EmbeddedBroker(log_path=tmp_path / "broker-1.log") as first:
+        settings = Settings(bootstrap_servers=first.bootstrap, state_dir=tmp_path / "state")
+        _create(settings, "heal.t")
+        producer = clients.producer(settings, role="heal-test")
+        assert set(_round(producer, "heal.t")) == {"ok"}
+        port = first.port
+    with EmbeddedBroker(port=port, log_path=tmp_path / "broker-2.log"):
+        _create(settings, "heal.t")
+        caplog.set_level(logging.WARNING, logger="referral.kafka.producer")
+        outcomes = []
+        for _ in range(5):
+            outcomes.append(_round(producer, "heal.t"))
+            if set(outcomes[-1]) == {"ok"}:
+                break
+        try:
+            assert set(outcomes[-1]) == {"ok"}, f"never delivered again: {outcomes}"
+            assert producer.replacements == 1
+            assert fatal_reason(producer.current()) is None
+        finally:
+            producer.close(10)
+    assert set(outcomes[0]) != {"ok"}, "the first round after the restart met the dead producer"
+    assert len(outcomes) <= 3, f"took {len(outcomes)} rounds to heal: {outcomes}"
+    lines = [r.getMessage() for r in caplog.records if r.name == "referral.kafka.producer"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("heal-test producer replaced ("), lines
+    assert "InitProducerId" in lines[0], "the reason names the failed request"
+    assert CANARY.decode() not in caplog.text
+
+
+def test_a_producer_closed_under_its_users_is_replaced(
+    settings: Settings, topic_names: TopicNames
+) -> None:
+    topic = topic_names.intake
+    _create(settings, topic)
+    producer = clients.producer(settings, role="heal-closed")
+    try:
+        assert set(_round(producer, topic, 5)) == {"ok"}
+        inner = producer.current()
+        inner.close(5)
+        assert fatal_reason(inner) == "closed"
+        assert set(_round(producer, topic, 5)) == {"ok"}, "the send went to a new producer"
+        assert producer.replacements == 1
+        assert producer.current() is not inner
+    finally:
+        producer.close(5)
+    with pytest.raises(Exception, match="closed"):
+        producer.send(topic, key=b"k", value=b"v")
+    assert producer.replacements == 1, "a producer closed by its owner is never replaced"
+
+
+def test_no_client_creates_a_missing_topic(settings: Settings, topic_names: TopicNames) -> None:
+    wanted, asked = topic_names.intake, topic_names.jurisdiction("NL")
+    consumer = clients.consumer(settings, wanted, group_id="no-auto-create")
+    producer = clients.producer(settings, role="no-auto-create", max_block_ms=1500)
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            consumer.poll(timeout_ms=200)  # metadata requests for the subscribed topic
+        with pytest.raises(Exception, match="metadata"):
+            producer.partitions_for(asked)
+        assert consumer._client.cluster.config["allow_auto_create_topics"] is False
+    finally:
+        consumer.close()
+        producer.close(5)
+    assert not {wanted, asked} & _topics(settings), "a client's metadata request created a topic"
