@@ -20,7 +20,7 @@ from kafka.net.compat import KafkaNetClient
 
 from broker.config import Settings
 from broker.errors import BrokerUnavailable, ConfigError
-from broker.kafka.healing import HealingProducer
+from broker.kafka.healing import HealingConsumer, HealingProducer
 
 #: kafka-python logs whole records (key, value, headers) at DEBUG. Referral values
 #: are case content, so its loggers are capped at INFO whatever the root level is;
@@ -200,6 +200,9 @@ def consumer(
 ) -> KafkaConsumer:
     """A consumer with manual commits (at-least-once), subscribed to ``topics``.
 
+    It never creates a topic and rejoins its group when kafka-python left it
+    stranded mid-rebalance (:class:`broker.kafka.healing.HealingConsumer`).
+
     ``group_id`` is namespaced with the settings' topic prefix, so deployments
     sharing a cluster (and tests sharing a broker) never share a group.
     """
@@ -212,7 +215,7 @@ def consumer(
     }
     args.update(overrides)
     try:
-        return KafkaConsumer(*topics, **args)
+        return HealingConsumer(*topics, **args)
     except KafkaError as exc:
         raise _translate(exc, args["bootstrap_servers"]) from exc
 

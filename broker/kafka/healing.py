@@ -1,4 +1,4 @@
-"""A long-lived producer that replaces its kafka-python producer once that one is done for.
+"""Long-lived Kafka clients that get out of the states kafka-python 3.0 never leaves.
 
 kafka-python's idempotent producer has states it never leaves. After the
 embedded broker restarts empty, the producer id it holds is unknown there: a
@@ -13,6 +13,13 @@ a future, ``flush``, ``partitions_for``, ``close``) and, when it finds its produ
 in such a state, builds a new one (a new producer id) and retires the old one.
 Futures of the old producer still fail — callers are at-least-once and send
 again — and one WARNING line per replacement names the role, never a record.
+
+:class:`HealingConsumer` is a :class:`kafka.KafkaConsumer` that notices when its
+group membership was left half-done: when the subscribed topics vanish (an empty
+broker) and come back with the same partitions while a rejoin is in flight,
+kafka-python stops awaiting that rejoin (``need_rejoin()`` is false again) and
+the member stays ``REBALANCING`` with nothing assigned, fetching nothing, until
+the topics' metadata changes again. It asks the coordinator to rejoin.
 """
 
 from __future__ import annotations
@@ -23,18 +30,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import IllegalStateError, KafkaError
 from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import MemberState
 
-__all__ = ["HealingProducer", "fatal_reason"]
+__all__ = ["HealingConsumer", "HealingProducer", "fatal_reason", "stranded_in_rebalance"]
 
 log = logging.getLogger("referral.kafka.producer")
+consumer_log = logging.getLogger("referral.kafka.consumer")
 
 #: How long a retired producer's sender thread may take to fail what it still holds.
 _RETIRE_JOIN_S = 5.0
 #: Tries of one ``send`` when the producer was closed or replaced under the caller.
 _SEND_TRIES = 3
+#: How long a group member must look stranded before it is told to rejoin (a join
+#: that is just completing looks stranded for an instant).
+STRANDED_GRACE_S = 2.0
 
 
 def fatal_reason(producer: KafkaProducer) -> str | None:
@@ -197,3 +209,54 @@ def _retire(producer: KafkaProducer) -> None:
         producer.close(0)
     except KafkaError as exc:
         log.debug("retired producer close: %s", type(exc).__name__)
+
+
+def stranded_in_rebalance(consumer: KafkaConsumer) -> bool:
+    """True when ``consumer``'s group member is rebalancing but will never finish.
+
+    kafka-python 3.0 drives a rejoin only while ``need_rejoin()`` holds; a rejoin
+    started because the topics' metadata changed is abandoned when the metadata
+    changes back, and the member stays ``REBALANCING`` with nothing assigned.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or getattr(coordinator, "group_id", None) is None:
+        return False
+    if getattr(coordinator, "state", None) is not MemberState.REBALANCING:
+        return False
+    return not coordinator.need_rejoin()
+
+
+class HealingConsumer(KafkaConsumer):  # type: ignore[misc]
+    """A :class:`kafka.KafkaConsumer` that rejoins its group when left stranded mid-rebalance."""
+
+    def __init__(self, *topics: str, **configs: Any) -> None:
+        super().__init__(*topics, **configs)
+        self._stranded_since: float | None = None
+        #: How many times this consumer asked to rejoin a rebalance left unfinished.
+        self.rejoins = 0
+
+    def poll(
+        self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True
+    ) -> dict[Any, list[Any]]:
+        """Fetch records (as :meth:`kafka.KafkaConsumer.poll`), rejoining first if stranded."""
+        self._rejoin_if_stranded()
+        records: dict[Any, list[Any]] = super().poll(
+            timeout_ms=timeout_ms, max_records=max_records, update_offsets=update_offsets
+        )
+        return records
+
+    def _rejoin_if_stranded(self) -> None:
+        if not stranded_in_rebalance(self):
+            self._stranded_since = None
+            return
+        now = time.monotonic()
+        if self._stranded_since is None:
+            self._stranded_since = now
+        elif now - self._stranded_since >= STRANDED_GRACE_S:
+            self._stranded_since = None
+            self.rejoins += 1
+            consumer_log.warning(
+                "consumer group %s: rebalance left unfinished, rejoining",
+                self.config.get("group_id"),
+            )
+            self._coordinator.request_rejoin()
