@@ -6,7 +6,11 @@ produce answers ``UnknownProducerIdError`` (or ``OutOfOrderSequenceNumberError``
 kafka-python tries to bump the epoch of that id (KIP-360), the broker answers
 the ``InitProducerId`` with an error, and the transaction manager goes to
 ``FATAL_ERROR``, from which every later send fails. A stopped sender thread or a
-producer closed under its users is just as final.
+producer closed under its users is just as final. Worse, the new broker hands
+out producer ids from 1 again: an old producer whose id a new one now holds
+gets ``DUPLICATE_SEQUENCE_NUMBER`` for records the broker never stored, which
+kafka-python reports as *delivered*. So a producer is also replaced as soon as a
+topic it produced to is seen with another topic id (it was created anew).
 
 :class:`HealingProducer` keeps the interface the project uses (``send`` returning
 a future, ``flush``, ``partitions_for``, ``close``) and, when it finds its producer
@@ -19,7 +23,11 @@ group membership was left half-done: when the subscribed topics vanish (an empty
 broker) and come back with the same partitions while a rejoin is in flight,
 kafka-python stops awaiting that rejoin (``need_rejoin()`` is false again) and
 the member stays ``REBALANCING`` with nothing assigned, fetching nothing, until
-the topics' metadata changes again. It asks the coordinator to rejoin.
+the topics' metadata changes again. It asks the coordinator to rejoin. And
+when an assigned topic is seen with another topic id (created anew: its offsets
+start again at 0, while a fetch beyond the end of a Tansu partition returns
+nothing rather than an out-of-range error), it reads that topic's partitions
+from the beginning again.
 """
 
 from __future__ import annotations
@@ -35,7 +43,13 @@ from kafka.errors import IllegalStateError, KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import MemberState
 
-__all__ = ["HealingConsumer", "HealingProducer", "fatal_reason", "stranded_in_rebalance"]
+__all__ = [
+    "HealingConsumer",
+    "HealingProducer",
+    "fatal_reason",
+    "stranded_in_rebalance",
+    "topic_id",
+]
 
 log = logging.getLogger("referral.kafka.producer")
 consumer_log = logging.getLogger("referral.kafka.consumer")
@@ -65,6 +79,13 @@ def fatal_reason(producer: KafkaProducer) -> str | None:
     if manager is not None and manager.has_fatal_error():
         return _describe(getattr(manager, "last_error", None))
     return None
+
+
+def topic_id(client: object, topic: str) -> object | None:
+    """The id of ``topic`` in a kafka-python client's metadata (None if unknown or too old)."""
+    cluster = getattr(client, "_metadata", None) or getattr(client, "_cluster", None)
+    lookup = getattr(cluster, "topic_id", None)
+    return lookup(topic) if lookup is not None else None
 
 
 def _describe(error: object) -> str:
@@ -107,6 +128,8 @@ class HealingProducer:
         self._delay = min_interval
         self._next_allowed = 0.0
         self._last_replaced = float("-inf")
+        #: Topic -> the topic id the current producer produced under.
+        self._topic_ids: dict[str, object] = {}
         #: How many times the underlying producer was replaced.
         self.replacements = 0
 
@@ -123,7 +146,7 @@ class HealingProducer:
     ) -> FutureRecordMetadata:
         """Send one record asynchronously (as :meth:`kafka.KafkaProducer.send`)."""
         for attempt in range(_SEND_TRIES):
-            producer = self.current()
+            producer = self.current(topic)
             try:
                 return producer.send(
                     topic,
@@ -164,15 +187,34 @@ class HealingProducer:
 
     # -- healing --------------------------------------------------------------------------
 
-    def current(self) -> KafkaProducer:
-        """The producer to use now: replaced first if it reached a state it cannot leave."""
+    def current(self, topic: str | None = None) -> KafkaProducer:
+        """The producer to use now (for ``topic``, or for anything).
+
+        It is replaced first if it reached a state it cannot leave, or if a topic
+        it produced to (``topic``, or any without one) was created anew since.
+        """
         with self._lock:
             if self._closed:
                 return self._producer  # kafka-python raises on send, as for any closed producer
-            reason = fatal_reason(self._producer)
+            reason = fatal_reason(self._producer) or self._recreated(
+                [topic] if topic is not None else list(self._topic_ids)
+            )
             if reason is not None and time.monotonic() >= self._next_allowed:
                 self._replace(reason)
+            if topic is not None and topic not in self._topic_ids:
+                known = topic_id(self._producer, topic)
+                if known is not None:
+                    self._topic_ids[topic] = known
             return self._producer
+
+    def _recreated(self, topics: list[str]) -> str | None:
+        """Which of ``topics`` now has another id than the one produced under (lock held)."""
+        for topic in topics:
+            known = self._topic_ids.get(topic)
+            seen = topic_id(self._producer, topic) if known is not None else None
+            if seen is not None and seen != known:
+                return f"topic {topic} was created anew"
+        return None
 
     def _replace(self, reason: str) -> None:
         """Swap in a new producer and retire the old one (lock held)."""
@@ -193,6 +235,7 @@ class HealingProducer:
             )
             return
         old, self._producer = self._producer, fresh
+        self._topic_ids.clear()
         self._last_replaced = now
         self.replacements += 1
         log.warning("%s producer replaced (%s): new producer id", self.role, reason)
@@ -232,14 +275,18 @@ class HealingConsumer(KafkaConsumer):  # type: ignore[misc]
     def __init__(self, *topics: str, **configs: Any) -> None:
         super().__init__(*topics, **configs)
         self._stranded_since: float | None = None
+        self._topic_ids: dict[str, object] = {}
         #: How many times this consumer asked to rejoin a rebalance left unfinished.
         self.rejoins = 0
+        #: How many times it read a topic created anew from the beginning.
+        self.rewinds = 0
 
     def poll(
         self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True
     ) -> dict[Any, list[Any]]:
-        """Fetch records (as :meth:`kafka.KafkaConsumer.poll`), rejoining first if stranded."""
+        """Fetch records (as :meth:`kafka.KafkaConsumer.poll`), healing first if needed."""
         self._rejoin_if_stranded()
+        self._rewind_recreated_topics()
         records: dict[Any, list[Any]] = super().poll(
             timeout_ms=timeout_ms, max_records=max_records, update_offsets=update_offsets
         )
@@ -260,3 +307,21 @@ class HealingConsumer(KafkaConsumer):  # type: ignore[misc]
                 self.config.get("group_id"),
             )
             self._coordinator.request_rejoin()
+
+    def _rewind_recreated_topics(self) -> None:
+        assigned = self.assignment()
+        for topic in {tp.topic for tp in assigned}:
+            seen = topic_id(self, topic)
+            known = self._topic_ids.get(topic)
+            if seen is None or seen == known:
+                continue
+            self._topic_ids[topic] = seen
+            if known is None:
+                continue
+            self.rewinds += 1
+            consumer_log.warning(
+                "consumer group %s: topic %s was created anew, reading it from the beginning",
+                self.config.get("group_id"),
+                topic,
+            )
+            self.seek_to_beginning(*[tp for tp in assigned if tp.topic == topic])
