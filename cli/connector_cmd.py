@@ -182,28 +182,38 @@ def outbox(
     org: str = typer.Argument(..., help="Organisation id."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """List ORG's referrals still waiting for a RECEIVED, for whom and for how long."""
+    """List ORG's referrals still waiting for a RECEIVED, or refused, and how often each was sent.
+
+    A referral is ``pending`` while some destination has neither received nor
+    refused it (it is sent again, less and less often), ``refused`` once every
+    destination left has refused it for good (it is not sent again).
+    """
     settings = state(ctx).settings
     box = Outbox.for_org(settings, org)
     try:
-        pending = box.pending()
+        pending, refused = box.pending(), box.refused()
     finally:
         box.close()
     now = time.time()
     if as_json:
-        print_json([p.to_json(now) for p in pending])
+        print_json([p.to_json(now) for p in [*pending, *refused]])
         return
-    table = Table(title=cell(f"outbox of {org}: {len(pending)} pending"))
-    for col in ("referral", "case", "waiting for", "received by", "age", "sent"):
+    table = Table(title=cell(f"outbox of {org}: {len(pending)} pending, {len(refused)} refused"))
+    for col in ("referral", "case", "state", "waiting for", "received by", "refused by"):
         table.add_column(col)
-    for p in pending:
+    for col in ("age", "last sent", "sends"):
+        table.add_column(col, justify="right")
+    for p in [*pending, *refused]:
         table.add_row(
             cell(p.referral_id),
             cell(p.case_id),
-            cell(", ".join(p.waiting_for)),
+            p.state,
+            cell(", ".join(p.waiting_for) or "-"),
             cell(", ".join(p.received_by) or "-"),
+            cell(", ".join(f"{r.org_id} ({r.reason})" for r in p.refused_by) or "-"),
             _age(p.age(now)),
-            f"{p.attempts}x",
+            _age(now - p.last_sent_at) + " ago",
+            str(p.attempts),
         )
     console.print(table)
 

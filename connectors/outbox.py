@@ -1,12 +1,23 @@
-"""The origin's outbox: every published referral, until each destination has it.
+"""The origin's outbox: every published referral, until each destination has answered.
 
 The embedded broker keeps nothing across a restart, so the guarantee that no
 referral is lost lives here. Each referral is stored (its exact bytes and
 headers) with the organisations expected to receive it — the routing
-decision's ``orgs`` at publish time. A RECEIVED status from one of them clears
-that organisation; when all are cleared the referral is complete. Anything
-still pending after ``republish_after`` seconds is sent again, same referral
-id, same bytes (sinks are idempotent, so a repeat is harmless).
+decision's ``orgs`` at publish time. Each of them answers in one of two ways:
+
+* **RECEIVED** (:meth:`Outbox.mark_received`): that destination is done;
+* **refused** (:meth:`Outbox.mark_refused`): the destination's system refused
+  the referral for good (a signed REJECTED with a reason code) — sending it
+  again would be refused again, so that destination is done too, and
+  ``referral outbox`` lists the referral as refused, with the reason.
+
+When no destination is left waiting the referral is complete and never sent
+again. Until then it is sent again — same referral id, same bytes; sinks are
+idempotent, so a repeat is harmless — on a :class:`RepublishSchedule`: after
+``republish_after`` seconds, then after twice that, four times… capped at
+``backoff_max``, and never more than ``max_per_sweep`` referrals in one sweep.
+A send the broker did not acknowledge does not count and is tried again at the
+next sweep.
 
 Entries are never removed, so the outbox also knows every referral the origin
 ever published, with the fingerprint of its content: the publisher asks it to
@@ -19,6 +30,8 @@ File: ``<state_dir>/orgs/<org>/outbox.sqlite3``.
 from __future__ import annotations
 
 import json
+import math
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -29,7 +42,14 @@ from typing import Any
 from broker.config import Settings
 from broker.sqlite import Database
 
-__all__ = ["Outbox", "OutboxEntry", "PendingReferral"]
+__all__ = [
+    "Outbox",
+    "OutboxEntry",
+    "PendingReferral",
+    "Refusal",
+    "RepublishSchedule",
+    "reason_code",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS referrals (
@@ -50,8 +70,69 @@ CREATE TABLE IF NOT EXISTS expected (
     received_at REAL,
     PRIMARY KEY (referral_id, org_id)
 );
+CREATE TABLE IF NOT EXISTS refused (
+    referral_id TEXT NOT NULL REFERENCES referrals(referral_id),
+    org_id      TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    refused_at  REAL NOT NULL,
+    PRIMARY KEY (referral_id, org_id)
+);
 CREATE INDEX IF NOT EXISTS referrals_pending ON referrals(completed_at, last_sent_at);
 """
+
+#: Destinations still waiting: neither received nor refused (``e`` is ``expected``).
+_WAITING = (
+    "e.received_at IS NULL AND NOT EXISTS (SELECT 1 FROM refused f"
+    " WHERE f.referral_id = e.referral_id AND f.org_id = e.org_id)"
+)
+
+#: What a stored refusal reason may contain: a code, printable ASCII without spaces.
+_REASON_CHARS = re.compile(r"[^\x21-\x7e]")
+_REASON_MAX = 64
+
+
+def reason_code(text: str | None) -> str:
+    """``text`` as a reason code safe to store and print (``UNSPECIFIED`` if empty)."""
+    code = _REASON_CHARS.sub("_", text or "")[:_REASON_MAX]
+    return code or "UNSPECIFIED"
+
+
+@dataclass(frozen=True)
+class RepublishSchedule:
+    """When a referral nobody has answered is sent again, and how many go out per sweep.
+
+    After its n-th send a referral waits ``republish_after × 2^(n-1)`` seconds,
+    capped at ``backoff_max`` (never below ``republish_after``): with the
+    defaults it is sent at 0, +5 min, +15 min, +35 min, +75 min, then hourly.
+    """
+
+    republish_after: float = 300.0
+    backoff_max: float = 3600.0
+    max_per_sweep: int = 500
+
+    def __post_init__(self) -> None:
+        if self.republish_after <= 0 or self.max_per_sweep < 1:
+            raise ValueError("republish_after must be > 0 and max_per_sweep >= 1")
+
+    @property
+    def cap(self) -> float:
+        """The longest wait between two sends."""
+        return max(self.backoff_max, self.republish_after)
+
+    @property
+    def doublings(self) -> int:
+        """How many doublings reach the cap (further ones are cut off)."""
+        return max(0, math.ceil(math.log2(self.cap / self.republish_after)))
+
+    def interval(self, sends: int) -> float:
+        """Seconds to wait after a referral's ``sends``-th send before the next one."""
+        exponent = min(max(sends, 1) - 1, self.doublings)
+        return min(math.ldexp(self.republish_after, exponent), self.cap)
+
+    def next_send_at(self, last_sent_at: float, sends: int) -> float:
+        """When a referral sent ``sends`` times, last at ``last_sent_at``, is due again."""
+        return last_sent_at + self.interval(sends)
+
 
 HeaderList = list[tuple[str, bytes]]
 
@@ -81,8 +162,17 @@ class OutboxEntry:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A destination that refused a referral for good, and its reason code."""
+
+    org_id: str
+    reason: str
+    refused_at: float
+
+
+@dataclass(frozen=True)
 class PendingReferral:
-    """A referral some destination has not confirmed yet."""
+    """A referral with a destination that has not received it: waiting, or refused."""
 
     referral_id: str
     case_id: str
@@ -90,7 +180,14 @@ class PendingReferral:
     received_by: tuple[str, ...]
     published_at: float
     last_sent_at: float
+    #: How many times it was sent (the first publication included).
     attempts: int
+    refused_by: tuple[Refusal, ...] = ()
+
+    @property
+    def state(self) -> str:
+        """``pending`` while a destination is waiting, else ``refused``."""
+        return "pending" if self.waiting_for else "refused"
 
     def age(self, now: float | None = None) -> float:
         """Seconds since the first publication."""
@@ -101,8 +198,10 @@ class PendingReferral:
         return {
             "referral_id": self.referral_id,
             "case_id": self.case_id,
+            "state": self.state,
             "waiting_for": list(self.waiting_for),
             "received_by": list(self.received_by),
+            "refused_by": [{"org_id": r.org_id, "reason": r.reason} for r in self.refused_by],
             "published_at": self.published_at,
             "last_sent_at": self.last_sent_at,
             "attempts": self.attempts,
@@ -196,7 +295,8 @@ class Outbox:
         """Record ``org_id``'s RECEIVED; True if it cleared a pending destination.
 
         A RECEIVED from an organisation that was not expected (or a repeat) changes
-        nothing. When the last destination clears, the referral is complete.
+        nothing. One from a destination that had refused counts (it was delivered
+        after all). When no destination is left waiting, the referral is complete.
         """
         now = time.time() if now is None else now
         with self._db.transaction() as conn:
@@ -207,24 +307,80 @@ class Outbox:
             )
             if cur.rowcount == 0:
                 return False
-            left = conn.execute(
-                "SELECT COUNT(*) FROM expected WHERE referral_id = ? AND received_at IS NULL",
-                (referral_id,),
-            ).fetchone()[0]
-            if left == 0:
-                conn.execute(
-                    "UPDATE referrals SET completed_at = ? WHERE referral_id = ?",
-                    (now, referral_id),
-                )
+            self._complete_if_answered(conn, referral_id, now)
         return True
 
-    def due(self, republish_after: float, now: float | None = None) -> list[OutboxEntry]:
-        """Pending referrals last sent at least ``republish_after`` seconds ago."""
+    def mark_refused(
+        self, referral_id: str, org_id: str, reason: str | None, now: float | None = None
+    ) -> bool:
+        """Record that ``org_id`` refused the referral for good; True if that changed anything.
+
+        For a destination's signed REJECTED (its system refused the referral, e.g.
+        an HTTP 4xx): the outbox stops sending the referral for that destination,
+        and ``referral outbox`` shows it as refused with ``reason`` (a code such as
+        ``HTTP_422``; anything but printable ASCII is replaced, at most 64
+        characters). A refusal from an organisation that was not expected, that
+        already received the referral, or a repeat, changes nothing.
+        """
         now = time.time() if now is None else now
+        with self._db.transaction() as conn:
+            open_row = conn.execute(
+                "SELECT 1 FROM expected"
+                " WHERE referral_id = ? AND org_id = ? AND received_at IS NULL",
+                (referral_id, org_id),
+            ).fetchone()
+            if open_row is None:
+                return False
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO refused (referral_id, org_id, reason, refused_at)"
+                " VALUES (?, ?, ?, ?)",
+                (referral_id, org_id, reason_code(reason), now),
+            )
+            if cur.rowcount == 0:
+                return False
+            self._complete_if_answered(conn, referral_id, now)
+        return True
+
+    @staticmethod
+    def _complete_if_answered(conn: Any, referral_id: str, now: float) -> None:
+        """Mark the referral complete when no destination is left waiting."""
+        left = conn.execute(
+            f"SELECT COUNT(*) FROM expected e WHERE e.referral_id = ? AND {_WAITING}",
+            (referral_id,),
+        ).fetchone()[0]
+        if left == 0:
+            conn.execute(
+                "UPDATE referrals SET completed_at = ?"
+                " WHERE referral_id = ? AND completed_at IS NULL",
+                (now, referral_id),
+            )
+
+    def due(
+        self, schedule: RepublishSchedule | float, now: float | None = None
+    ) -> list[OutboxEntry]:
+        """Pending referrals due again under ``schedule``, longest overdue first.
+
+        At most ``schedule.max_per_sweep`` of them. A bare number is a schedule
+        with that ``republish_after`` and the default cap and budget.
+        """
+        if not isinstance(schedule, RepublishSchedule):
+            schedule = RepublishSchedule(republish_after=float(schedule))
+        now = time.time() if now is None else now
+        # RepublishSchedule.next_send_at in SQL; the index narrows to those sent at
+        # least republish_after ago (no interval is shorter).
+        next_send_at = "last_sent_at + MIN(? * (1 << MIN(MAX(attempts, 1) - 1, ?)), ?)"
         rows = self._db.query(
-            "SELECT * FROM referrals WHERE completed_at IS NULL AND last_sent_at <= ?"
-            " ORDER BY last_sent_at",
-            (now - republish_after,),
+            f"SELECT *, {next_send_at} AS next_send_at FROM referrals"
+            " WHERE completed_at IS NULL AND last_sent_at <= ? AND next_send_at <= ?"
+            " ORDER BY next_send_at, referral_id LIMIT ?",
+            (
+                schedule.republish_after,
+                schedule.doublings,
+                schedule.cap,
+                now - schedule.republish_after,
+                now,
+                schedule.max_per_sweep,
+            ),
         )
         return [self._entry(r) for r in rows]
 
@@ -240,10 +396,23 @@ class Outbox:
 
     def pending(self) -> list[PendingReferral]:
         """Every referral still waiting for at least one destination, oldest first."""
+        return self._summaries("r.completed_at IS NULL")
+
+    def refused(self) -> list[PendingReferral]:
+        """Every referral no destination is waiting for any more but one refused, oldest first."""
+        return self._summaries(
+            "r.completed_at IS NOT NULL AND EXISTS (SELECT 1 FROM refused f"
+            " JOIN expected x ON x.referral_id = f.referral_id AND x.org_id = f.org_id"
+            " WHERE f.referral_id = r.referral_id AND x.received_at IS NULL)"
+        )
+
+    def _summaries(self, where: str) -> list[PendingReferral]:
         rows = self._db.query(
             "SELECT r.referral_id, r.case_id, r.published_at, r.last_sent_at, r.attempts,"
-            " e.org_id, e.received_at FROM referrals r JOIN expected e USING (referral_id)"
-            " WHERE r.completed_at IS NULL ORDER BY r.published_at, r.referral_id, e.org_id"
+            " e.org_id, e.received_at, f.reason, f.refused_at"
+            " FROM referrals r JOIN expected e USING (referral_id)"
+            " LEFT JOIN refused f ON f.referral_id = e.referral_id AND f.org_id = e.org_id"
+            f" WHERE {where} ORDER BY r.published_at, r.referral_id, e.org_id"
         )
         grouped: dict[str, list[Any]] = {}
         for row in rows:
@@ -251,21 +420,27 @@ class Outbox:
         out = []
         for referral_id, group in grouped.items():
             first = group[0]
+            open_ = [r for r in group if r["received_at"] is None]
             out.append(
                 PendingReferral(
                     referral_id=referral_id,
                     case_id=first["case_id"],
-                    waiting_for=tuple(r["org_id"] for r in group if r["received_at"] is None),
+                    waiting_for=tuple(r["org_id"] for r in open_ if r["reason"] is None),
                     received_by=tuple(r["org_id"] for r in group if r["received_at"] is not None),
                     published_at=first["published_at"],
                     last_sent_at=first["last_sent_at"],
                     attempts=first["attempts"],
+                    refused_by=tuple(
+                        Refusal(r["org_id"], r["reason"], r["refused_at"])
+                        for r in open_
+                        if r["reason"] is not None
+                    ),
                 )
             )
         return out
 
     def is_complete(self, referral_id: str) -> bool:
-        """True once every expected destination has confirmed receipt."""
+        """True once no destination is waiting: each received it or refused it for good."""
         rows = self._db.query(
             "SELECT completed_at FROM referrals WHERE referral_id = ?", (referral_id,)
         )

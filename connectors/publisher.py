@@ -59,7 +59,7 @@ from broker.tracing import Tracing
 from broker.wire.codec import Codec
 from broker.wire.models import Referral, problems_of, utc_now_ms
 from broker.wire.topics import Headers
-from connectors.outbox import Outbox, OutboxEntry
+from connectors.outbox import Outbox, OutboxEntry, RepublishSchedule
 
 __all__ = [
     "AMENDMENTS_HINT",
@@ -509,9 +509,13 @@ class Publisher:
 
     # -- the outbox's retries --------------------------------------------------------------------
 
-    def republish_due(self, republish_after: float) -> list[str]:
-        """Send again every outbox entry pending for ``republish_after`` seconds; their ids."""
-        due = self.outbox.due(republish_after)
+    def republish_due(self, schedule: RepublishSchedule | float) -> list[str]:
+        """Send again the outbox entries due under ``schedule``; the ids the broker acknowledged.
+
+        A bare number is ``republish_after`` (see :meth:`Outbox.due`). Only an
+        acknowledged send counts as one; the others are tried at the next sweep.
+        """
+        due = self.outbox.due(schedule)
         if not due:
             return []
         futures: list[tuple[OutboxEntry, FutureRecordMetadata | None]] = [

@@ -10,11 +10,12 @@ thread, until stopped:
   ``webhook``, ``sqlite``) from the organisation's referral topics;
 * one **status driver** feeding the status sinks (``status_folder``,
   ``status_webhook``) and clearing the outbox on RECEIVED;
-* the **outbox republisher**, sending again whatever waits longer than
-  ``republish_after`` seconds.
+* the **outbox republisher**, sending again what no destination has answered,
+  after ``republish_after`` seconds and then less and less often.
 
 The reserved ``[organisations.connectors.outbox]`` table tunes the outbox
-(``republish_after``, default 300 s; ``check_interval``, default 1 s).
+(``republish_after``, default 300 s, doubling per send up to ``backoff_max``,
+default 3600 s; ``max_per_sweep``, default 500; ``check_interval``, default 1 s).
 Settings are validated before anything starts; every problem is one line of a
 single :class:`~broker.errors.ConfigError`.
 """
@@ -54,7 +55,7 @@ from connectors.drop_folder import DropFolderConfig, DropFolderSource
 from connectors.http_intake import HttpIntakeConfig, HttpIntakeSource
 from connectors.inbox import Inbox
 from connectors.inbox_folder import InboxFolderConfig, InboxFolderSink
-from connectors.outbox import Outbox
+from connectors.outbox import Outbox, RepublishSchedule
 from connectors.publisher import Publisher
 from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
 from connectors.status_sink import StatusFolderConfig, StatusFolderSink, StatusWebhookSink
@@ -71,10 +72,24 @@ log = logging.getLogger("referral.connectors.runtime")
 
 
 class OutboxConfig(ConnectorConfig):
-    """The reserved ``outbox`` table: when pending referrals are sent again."""
+    """The reserved ``outbox`` table: when pending referrals are sent again.
+
+    After ``republish_after`` seconds, then twice, four times as long… at most
+    ``backoff_max`` apart; at most ``max_per_sweep`` referrals per check.
+    """
 
     republish_after: float = Field(default=300.0, gt=0)
+    backoff_max: float = Field(default=3600.0, gt=0)
+    max_per_sweep: int = Field(default=500, ge=1)
     check_interval: float = Field(default=1.0, gt=0, le=3600)
+
+    def schedule(self) -> RepublishSchedule:
+        """The outbox's republishing schedule."""
+        return RepublishSchedule(
+            republish_after=self.republish_after,
+            backoff_max=self.backoff_max,
+            max_per_sweep=self.max_per_sweep,
+        )
 
 
 #: Connector kind → (role, settings model).
@@ -173,8 +188,8 @@ class ConnectorRuntime:
             if KINDS[kind][0] == "source":
                 self.built.sources.append(self._source(kind, config))
         if republish_after is not None:
-            self.built.outbox = OutboxConfig(
-                republish_after=republish_after, check_interval=self.built.outbox.check_interval
+            self.built.outbox = OutboxConfig.model_validate(
+                {**self.built.outbox.model_dump(), "republish_after": republish_after}
             )
         self.sink_driver: SinkDriver | None = None
         self.status_driver: StatusDriver | None = None
@@ -333,10 +348,11 @@ class ConnectorRuntime:
 
     def _republish_loop(self) -> None:
         cfg = self.built.outbox
+        schedule = cfg.schedule()
         while not self._stop.wait(cfg.check_interval):
 
             def step() -> None:
-                self.republished.extend(self.publisher.republish_due(cfg.republish_after))
+                self.republished.extend(self.publisher.republish_due(schedule))
 
             self._guarded("outbox republish", step)
 
