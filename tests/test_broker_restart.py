@@ -95,7 +95,7 @@ def _receivers_of(r: Referral) -> set[str]:
 
 def _drop(settings: Settings, name: str, refs: list[Referral]) -> None:
     drop = Path(settings.state_dir) / "orgs" / "hl-a" / "drop"
-    (drop / f".{name}.tmp").write_text("\n".join(json.dumps(r) for r in refs))
+    (drop / f".{name}.tmp").write_text("".join(json.dumps(r) + "\n" for r in refs))
     (drop / f".{name}.tmp").rename(drop / name)
 
 
