@@ -51,7 +51,8 @@ def make_referral(**overrides: Any) -> m.Referral:
     envelope: dict[str, Any] = {
         "referral_id": str(uuid.uuid4()),
         "case_id": f"case-{uuid.uuid4().hex[:12]}",
-        "origin_org": "hotline-nl",
+        # A member of the example network: its role decides where the referral goes.
+        "origin_org": "hl-nl",
         "origin_country": "NL",
         "jurisdictions": [{"country": "DE", "basis": "HOSTING", "derived": False}],
         "priority": "NORMAL",
