@@ -58,6 +58,7 @@ from broker.wire.models import JurisdictionBasis
 from broker.wire.topics import TopicNames
 
 __all__ = [
+    "ROLES",
     "Network",
     "Organisation",
     "Role",

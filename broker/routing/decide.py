@@ -179,6 +179,35 @@ def _parts(envelope: Mapping[str, Any], network: Network) -> list[_Part]:
     return parts
 
 
+def _red_named(envelope: Mapping[str, Any], network: Network) -> tuple[str, ...] | None:
+    """Rule 7: the named recipients of a TLP RED referral (None: not RED)."""
+    handling = envelope.get("handling") or {}
+    if handling.get("tlp") != "RED":
+        return None
+    named = tuple(handling.get("recipients") or ())
+    if not named:
+        raise RoutingError("TLP RED without named recipients")
+    unknown = [org for org in named if not network.has_organisation(org)]
+    if unknown:
+        raise RoutingError(f"TLP RED names {len(unknown)} recipient(s) not in the network")
+    return named
+
+
+def _rules(parts: Iterable[_Part]) -> tuple[int, ...]:
+    return tuple(sorted({p.rule for p in parts if p.rule is not None}))
+
+
+def _fallback(
+    unassigned: Mapping[str, Sequence[_Part]], org: str, names: TopicNames
+) -> Destination:
+    """Rule 5: the unassigned topic, for the fallback, with every part nobody receives."""
+    basis = "+".join(f"{cc}:{_labels(ps)}" for cc, ps in unassigned.items())
+    rules = _rules(p for ps in unassigned.values() for p in ps)
+    return Destination(
+        names.unassigned, tuple(unassigned), (org,), basis, unassigned=True, rules=rules
+    )
+
+
 def decide(
     envelope: Mapping[str, Any], network: Network, names: TopicNames | None = None
 ) -> RoutingDecision:
@@ -187,68 +216,39 @@ def decide(
     parts = _parts(envelope, network)
     if not parts:
         raise RoutingError("no derivable jurisdiction: the referral names none")
+    named = _red_named(envelope, network)
+    urgent = envelope.get("priority") == "URGENT"
     by_country: dict[str, list[_Part]] = {}
     for part in parts:
         by_country.setdefault(part.country, []).append(part)
 
-    urgent = envelope.get("priority") == "URGENT"
-    handling = envelope.get("handling") or {}
-    red = handling.get("tlp") == "RED"
-    named = tuple(handling.get("recipients") or ())
-    if red:
-        if not named:
-            raise RoutingError("TLP RED without named recipients")
-        unknown = [org for org in named if not network.has_organisation(org)]
-        if unknown:
-            raise RoutingError(f"TLP RED names {len(unknown)} recipient(s) not in the network")
-
     destinations: list[Destination] = []
     unassigned: dict[str, list[_Part]] = {}
-    kept: list[str] = []
+    kept = list(dict.fromkeys(p.country for p in parts if p.kept))
     dropped: list[str] = []
     for code, mine in by_country.items():
         served = [p for p in mine if p.orgs]
         nobody = [p for p in mine if not p.orgs and not p.kept]
         if nobody:
             unassigned[code] = nobody
-        if not served:
-            if not nobody:
-                kept.append(code)
-            continue
         orgs = list(dict.fromkeys(o for p in served for o in p.orgs))
-        if red:
+        if named is not None and orgs:
             orgs = [o for o in orgs if o in named]
             if not orgs:
                 dropped.append(code)
-                continue
-        topic = names.urgent(code) if urgent else names.jurisdiction(code)
-        rules = tuple(sorted({p.rule for p in served if p.rule is not None}))
-        destinations.append(
-            Destination(
-                topic, (code,), tuple(orgs), f"{code}:{_labels(served)}", urgent=urgent, rules=rules
+        if orgs:
+            topic = names.urgent(code) if urgent else names.jurisdiction(code)
+            label = f"{code}:{_labels(served)}"
+            destinations.append(
+                Destination(topic, (code,), tuple(orgs), label, urgent=urgent, rules=_rules(served))
             )
-        )
     fallback = network.routing.fallback
     if unassigned and fallback == envelope.get("origin_org"):
-        kept.extend(unassigned)  # the fallback itself sent it: nobody else to hand it to
+        kept += [cc for cc in unassigned if cc not in kept]  # nobody else to hand it to
+    elif unassigned and named is not None and fallback not in named:
+        dropped += [cc for cc in unassigned if cc not in dropped]
     elif unassigned:
-        if red and fallback not in named:
-            dropped.extend(unassigned)
-        else:
-            basis = "+".join(f"{cc}:{_labels(ps)}" for cc, ps in unassigned.items())
-            rules = tuple(
-                sorted({p.rule for ps in unassigned.values() for p in ps if p.rule is not None})
-            )
-            destinations.append(
-                Destination(
-                    names.unassigned,
-                    tuple(unassigned),
-                    (fallback,),
-                    basis,
-                    unassigned=True,
-                    rules=rules,
-                )
-            )
+        destinations.append(_fallback(unassigned, fallback, names))
     if not destinations:
         if dropped:
             raise RoutingError(
