@@ -464,6 +464,12 @@ MECHANICS: list[tuple[str, dict[str, Any], list[tuple[str, tuple[str, ...]]], st
         "DE:VICTIM_LOCATION->unassigned",
     ),
     (
+        "the sender's own part is kept while another basis of its country goes on",
+        env(("DE", "HOSTING"), ("DE", "VICTIM_LOCATION"), origin_org="hl-bb", origin_country="DE"),
+        [("referrals.unassigned", ("fb",))],
+        "DE:VICTIM_LOCATION->unassigned; sender-kept:DE",
+    ),
+    (
         "the network's country of the sender wins over the envelope's origin_country",
         env(("DE", "VICTIM_LOCATION"), origin_org="hl-bb", origin_country="NL"),
         [("referrals.unassigned", ("fb",))],
