@@ -22,8 +22,21 @@ A network file is TOML::
 
     [routing]
     fallback = "secretariat"
-    [routing.jurisdictions]
-    DE = ["police-de"]
+    [routing.jurisdictions]   # who serves each country, by role
+    DE = { hotline = ["hl-de"], police = ["police-de"] }
+    FR = ["police-fr"]        # a list: each organisation under its own role
+
+    [[routing.rules]]         # who receives what: first matching rule wins
+    from = "hotline"          # the sender's role (or "any")
+    basis = ["HOSTING"]       # the jurisdiction's basis (omitted: every basis)
+    where = "abroad"          # "home" (the sender's own country), "abroad" or "any"
+    to = ["hotline"]          # receiving roles in that country, first one served wins
+
+Without ``[[routing.rules]]`` routing is *flat*: every organisation listed for a
+jurisdiction receives all its referrals, whoever sent them (the only form of
+earlier network files). With rules, each (country, basis) of a referral goes to
+the roles the first matching rule names; no rule, or nobody of those roles in
+the country, means the fallback (:mod:`broker.routing.decide` has the details).
 
 :func:`load_network` validates the whole file and reports *every* problem with
 its location in one :class:`~broker.errors.NetworkFileError`.
@@ -41,13 +54,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from broker.errors import NetworkFileError
 from broker.wire import topics
 from broker.wire.countries import is_country
+from broker.wire.models import JurisdictionBasis
 from broker.wire.topics import TopicNames
 
 __all__ = [
+    "ROLES",
     "Network",
     "Organisation",
     "Role",
     "Routing",
+    "RoutingRule",
+    "Scope",
+    "Sender",
     "TopicLayout",
     "broker_section",
     "load_network",
@@ -55,6 +73,11 @@ __all__ = [
 ]
 
 Role = Literal["hotline", "police", "fallback"]
+#: Where a jurisdiction lies for a rule: the sender's own country, another one, or either.
+Scope = Literal["home", "abroad", "any"]
+#: The sender a rule is for: a role, or any sender (also one that is not in the network).
+Sender = Literal["hotline", "police", "fallback", "any"]
+ROLES: tuple[Role, ...] = ("hotline", "police", "fallback")
 
 
 class _Frozen(BaseModel):
@@ -72,11 +95,53 @@ class Organisation(_Frozen):
     keys: dict[str, Any] = Field(default_factory=dict)
 
 
+class RoutingRule(_Frozen):
+    """One row of the routing table: which roles receive what, by sender role and basis.
+
+    A rule matches a jurisdiction of a referral when the sender's role is ``sender``
+    (or ``sender`` is ``any``), the jurisdiction's basis is in ``basis`` (or
+    ``basis`` is empty) and its country is the sender's own (``home``), another
+    (``abroad``) or either (``any``). ``to`` lists the receiving roles in order of
+    preference: the first role with an organisation serving the country receives.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    sender: Sender = Field(alias="from")
+    basis: tuple[JurisdictionBasis, ...] = ()
+    where: Scope = "any"
+    to: tuple[Role, ...] = Field(min_length=1)
+
+    def matches(self, role: str | None, basis: str, home: bool) -> bool:
+        """True if this rule applies to a sender of ``role`` (None: not in the network)."""
+        if self.sender != "any" and self.sender != role:
+            return False
+        if self.basis and basis not in self.basis:
+            return False
+        return self.where == "any" or (self.where == "home") == home
+
+    def covers(self, other: RoutingRule) -> bool:
+        """True if this rule matches everything ``other`` matches (``other`` is then unused)."""
+        return (
+            (self.sender == "any" or self.sender == other.sender)
+            and (not self.basis or (bool(other.basis) and set(other.basis) <= set(self.basis)))
+            and (self.where == "any" or self.where == other.where)
+        )
+
+    def label(self) -> str:
+        """``hotline/HOSTING,SERVICE_PROVIDER/abroad -> hotline`` (for tables and messages)."""
+        basis = ",".join(b.value for b in self.basis) or "any"
+        return f"{self.sender}/{basis}/{self.where} -> {','.join(self.to)}"
+
+
 class Routing(_Frozen):
-    """Jurisdiction → receiving organisations, and the fallback recipient."""
+    """Who serves each jurisdiction (by role), the role rules, and the fallback recipient."""
 
     fallback: str
-    jurisdictions: dict[str, list[str]] = Field(default_factory=dict)
+    #: Country → organisation ids (each under its own role) or role → organisation ids.
+    jurisdictions: dict[str, list[str] | dict[Role, list[str]]] = Field(default_factory=dict)
+    #: The role rules in order (None: flat routing, every receiver gets everything).
+    rules: tuple[RoutingRule, ...] | None = None
 
 
 class TopicLayout(_Frozen):
@@ -137,21 +202,42 @@ class Network(_Frozen):
         """The fallback recipient of referrals for unserved jurisdictions."""
         return self.organisation(self.routing.fallback)
 
+    def role_of(self, org_id: str) -> Role | None:
+        """The role of ``org_id``, or None if it is not in the network."""
+        for org in self.organisations:
+            if org.id == org_id:
+                return org.role
+        return None
+
+    @property
+    def by_role(self) -> bool:
+        """True if ``[[routing.rules]]`` route by role; False for flat routing."""
+        return self.routing.rules is not None
+
     def served(self) -> list[str]:
         """The jurisdictions that have at least one receiving organisation, sorted."""
-        return sorted(cc for cc, orgs in self.routing.jurisdictions.items() if orgs)
+        return sorted(cc for cc in self.routing.jurisdictions if self.receivers(cc))
 
-    def receivers(self, country: str) -> list[str]:
-        """Organisation ids that receive referrals for ``country`` (may be empty)."""
-        return list(self.routing.jurisdictions.get(country, []))
+    def receivers(self, country: str, role: Role | None = None) -> list[str]:
+        """Organisation ids serving ``country`` (as ``role``, or in any role); may be empty."""
+        entry = self.routing.jurisdictions.get(country)
+        if entry is None:
+            return []
+        if isinstance(entry, dict):
+            if role is not None:
+                return list(entry.get(role, ()))
+            return list(dict.fromkeys(org for orgs in entry.values() for org in orgs))
+        if role is None:
+            return list(entry)
+        return [org for org in entry if self.role_of(org) == role]
 
     def subscriptions(self, org_id: str, names: TopicNames | None = None) -> list[str]:
         """The referral topics an organisation's sink consumes."""
         names = names or TopicNames()
         subs = [
             t
-            for cc, orgs in sorted(self.routing.jurisdictions.items())
-            if org_id in orgs
+            for cc in sorted(self.routing.jurisdictions)
+            if org_id in self.receivers(cc)
             for t in (names.jurisdiction(cc), names.urgent(cc))
         ]
         if org_id == self.routing.fallback:
@@ -200,12 +286,13 @@ def parse_network(text: str, source: str = "<network>") -> Network:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise NetworkFileError(source, [f"{source}: not valid TOML: {exc}"]) from exc
-    problems = [f"{source}: {p}" for p in _problems(data)]
+    own = _problems(data)
+    problems = [f"{source}: {p}" for p in own]
     network: Network | None = None
     try:
         network = Network.model_validate(data)
     except ValidationError as exc:
-        problems[:0] = [f"{source}: {p}" for p in _pydantic_problems(exc, data)]
+        problems[:0] = [f"{source}: {p}" for p in _pydantic_problems(exc, data, own)]
     if problems or network is None:
         raise NetworkFileError(source, _dedupe(problems))
     return network
@@ -224,17 +311,33 @@ def _org_label(data: dict[str, Any], index: int) -> str:
     return f"organisations[{index}]"
 
 
-def _pydantic_problems(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+#: What a ``[routing.jurisdictions]`` entry must be (one line instead of pydantic's union noise).
+_RECEIVERS_SHAPE = "must be a list of organisation ids or a table of role = [organisation ids]"
+
+
+def _pydantic_problems(exc: ValidationError, data: dict[str, Any], own: list[str]) -> list[str]:
+    """One line per pydantic error; ``own`` are the cross-check lines already found."""
     out = []
     for err in exc.errors():
         loc = list(err["loc"])
-        if len(loc) >= 2 and loc[0] == "organisations" and isinstance(loc[1], int):
-            where = ".".join([_org_label(data, loc[1]), *map(str, loc[2:])])
-        else:
-            where = ".".join(str(x) for x in loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        if len(loc) >= 2 and loc[0] == "organisations" and isinstance(loc[1], int):
+            where = ".".join([_org_label(data, loc[1]), *map(str, loc[2:])])
+        elif loc[:2] == ["routing", "jurisdictions"] and len(loc) >= 3:
+            # A union of list and table: say once what the entry must be, unless the
+            # cross-checks already named the problem of this entry.
+            where = f"routing.jurisdictions.{loc[2]}"
+            if any(line.startswith(where + ":") or line.startswith(where + ".") for line in own):
+                continue
+            msg = _RECEIVERS_SHAPE
+        elif loc[:2] == ["routing", "rules"] and len(loc) >= 3 and isinstance(loc[2], int):
+            where = ".".join([f"routing.rules[{loc[2]}]", *map(str, loc[3:])])
+            if len(loc) > 4 and loc[3] in ("basis", "to"):  # one line per list, not per item
+                where = f"routing.rules[{loc[2]}].{loc[3]}"
+        else:
+            where = ".".join(str(x) for x in loc) or "(top level)"
         out.append(f"{where}: {msg}")
     return out
 
@@ -272,19 +375,14 @@ def _problems(data: dict[str, Any]) -> list[str]:
         out.append("routing.fallback: no fallback organisation for unserved jurisdictions")
     elif isinstance(fallback, str) and fallback not in org_ids:
         out.append(f"routing.fallback: unknown organisation {fallback!r}")
+    roles = _roles(orgs)
     juris = routing.get("jurisdictions", {})
     if isinstance(juris, dict):
         for cc, receivers in juris.items():
-            where = f"routing.jurisdictions.{cc}"
-            if not is_country(cc):
-                out.append(f"{where}: unknown ISO 3166-1 alpha-2 country code {cc!r}")
-            if not isinstance(receivers, list):
-                continue
-            for receiver in receivers:
-                if isinstance(receiver, str) and receiver not in org_ids:
-                    out.append(f"{where}: unknown organisation {receiver!r}")
-            if isinstance(receivers, list) and len(set(map(str, receivers))) != len(receivers):
-                out.append(f"{where}: an organisation is listed twice")
+            out += _jurisdiction_problems(str(cc), receivers, org_ids, roles)
+    rules = routing.get("rules")
+    if rules is not None:
+        out += _rule_problems(rules, juris if isinstance(juris, dict) else {}, roles)
     layout = data.get("topics", {})
     if isinstance(layout, dict):
         for name in (
@@ -292,6 +390,99 @@ def _problems(data: dict[str, Any]) -> list[str]:
         ):
             if not _known_topic_name(name, org_ids):
                 out.append(f"topics.overrides.{name}: not a topic of this network")
+    return out
+
+
+def _roles(orgs: list[Any]) -> dict[str, str]:
+    """Organisation id → role, for the organisations whose id and role are strings."""
+    return {
+        org["id"]: org["role"]
+        for org in orgs
+        if isinstance(org, dict)
+        and isinstance(org.get("id"), str)
+        and isinstance(org.get("role"), str)
+    }
+
+
+def _jurisdiction_problems(
+    cc: str, receivers: Any, org_ids: dict[str, int], roles: dict[str, str]
+) -> list[str]:
+    """Problems of one ``[routing.jurisdictions]`` entry (a list, or a role table)."""
+    where = f"routing.jurisdictions.{cc}"
+    out = []
+    if not is_country(cc):
+        out.append(f"{where}: unknown ISO 3166-1 alpha-2 country code {cc!r}")
+    groups: list[tuple[str, str | None, list[Any]]] = []
+    if isinstance(receivers, list):
+        groups.append((where, None, receivers))
+    elif isinstance(receivers, dict):
+        for role, listed in receivers.items():
+            if role not in ROLES:
+                out.append(f"{where}.{role}: unknown role (known: {', '.join(ROLES)})")
+            elif not isinstance(listed, list):
+                out.append(f"{where}.{role}: must be a list of organisation ids")
+            else:
+                groups.append((f"{where}.{role}", str(role), listed))
+    else:
+        out.append(f"{where}: {_RECEIVERS_SHAPE}")
+    seen: list[str] = []
+    for place, role, listed in groups:
+        for receiver in listed:
+            if not isinstance(receiver, str):
+                out.append(f"{place}: organisation ids are strings")
+            elif receiver not in org_ids:
+                out.append(f"{place}: unknown organisation {receiver!r}")
+            elif role is not None and roles.get(receiver) not in (None, role):
+                out.append(f"{place}: {receiver!r} has role {roles[receiver]}, not {role}")
+        seen += [str(r) for r in listed]
+    if len(set(seen)) != len(seen):
+        out.append(f"{where}: an organisation is listed twice")
+    return out
+
+
+def _rule_problems(rules: Any, juris: dict[str, Any], roles: dict[str, str]) -> list[str]:
+    """Cross-checks of ``[[routing.rules]]``: not empty, no rule hidden by an earlier one,
+    no duplicates in a list, and no listed receiver left without a rule reaching its role."""
+    if not isinstance(rules, list):
+        return []  # pydantic names the shape
+    if not rules:
+        return ["routing.rules: empty: every referral would go to the fallback"]
+    out = []
+    parsed: list[tuple[int, RoutingRule]] = []
+    for i, raw in enumerate(rules):
+        if not isinstance(raw, dict):
+            continue
+        for key in ("basis", "to"):
+            listed = raw.get(key)
+            if isinstance(listed, list) and len(set(map(str, listed))) != len(listed):
+                out.append(f"routing.rules[{i}].{key}: a value is listed twice")
+        try:
+            parsed.append((i, RoutingRule.model_validate(raw)))
+        except ValidationError:
+            continue  # pydantic names it
+    for j, (i, rule) in enumerate(parsed):
+        earlier = next((k for k, r in parsed[:j] if r.covers(rule)), None)
+        if earlier is not None:
+            out.append(
+                f"routing.rules[{i}]: never used: routing.rules[{earlier}] already matches "
+                "every referral it matches"
+            )
+    if len(parsed) == len(rules):
+        reached = {role for _, rule in parsed for role in rule.to}
+        for cc, receivers in juris.items():
+            if isinstance(receivers, list):
+                listed = [r for r in receivers if isinstance(r, str)]
+            elif isinstance(receivers, dict):
+                listed = [r for v in receivers.values() if isinstance(v, list) for r in v]
+            else:
+                continue
+            for org in listed:
+                role = roles.get(org)
+                if role is not None and role not in reached:
+                    out.append(
+                        f"routing.jurisdictions.{cc}: {org!r} never receives anything: "
+                        f"no rule routes to role {role}"
+                    )
     return out
 
 

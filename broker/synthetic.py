@@ -109,8 +109,8 @@ def synthetic_batch(
     """``n`` referrals as ``(origin, referral JSON, kind)``; kind names what it shows.
 
     Kinds: ``normal``, ``urgent``, ``multi``, ``unassigned``, ``derived`` (hosting
-    country only from an IP), ``red`` (TLP RED to ``red_recipient`` = (org, country)),
-    ``invalid`` (fails validation at the source).
+    country only from an IP), ``red`` (TLP RED to ``red_recipient`` = (org, country),
+    the police of the victim's country), ``invalid`` (fails validation at the source).
     """
     mix = mix or DemoMix()
     rng = random.Random(seed)
@@ -126,10 +126,11 @@ def synthetic_batch(
         elif r < mix.invalid + mix.red and red_recipient is not None:
             org, country = red_recipient
             other = rng.choice([c for c in served if c != country])
+            # The victim's country's police is named; the hosting country is left out.
             ref = synthetic_referral(
                 rng,
                 origin,
-                [(country, "HOSTING"), (other, "VICTIM_LOCATION")],
+                [(country, "VICTIM_LOCATION"), (other, "HOSTING")],
                 tlp="RED",
                 recipients=[org],
             )

@@ -40,7 +40,12 @@ def check(
     """Validate a network file: one line per problem, exit 2 if there are any."""
     target = path if path is not None else state(ctx).settings.network_file
     network = load_network(target)
+    rules = network.routing.rules
+    routing = "flat routing" if rules is None else f"routing by role ({len(rules)} rules)"
     console.print(
         f"{target}: ok — {len(network.organisations)} organisations, "
-        f"{len(network.served())} served jurisdictions, fallback {network.routing.fallback}"
+        f"{len(network.served())} served jurisdictions, {routing}, "
+        f"fallback {network.routing.fallback}",
+        markup=False,
+        soft_wrap=True,
     )

@@ -208,8 +208,9 @@ def _progress() -> Progress:
 
 
 def _red_recipient(network: Network) -> tuple[str, str] | None:
+    """A police point of contact that receives its own country's victim-location cases."""
     for org in network.organisations:
-        if org.role == "police" and org.country in network.served():
+        if org.role == "police" and org.id in network.receivers(org.country, "police"):
             return org.id, org.country
     return None
 

@@ -51,7 +51,8 @@ def make_referral(**overrides: Any) -> m.Referral:
     envelope: dict[str, Any] = {
         "referral_id": str(uuid.uuid4()),
         "case_id": f"case-{uuid.uuid4().hex[:12]}",
-        "origin_org": "hotline-nl",
+        # A member of the example network: its role decides where the referral goes.
+        "origin_org": "hl-nl",
         "origin_country": "NL",
         "jurisdictions": [{"country": "DE", "basis": "HOSTING", "derived": False}],
         "priority": "NORMAL",
@@ -179,6 +180,14 @@ hosting = st.builds(
     provider=_opt(text),
     country=_opt(countries),
 )
+classifications = st.builds(
+    m.Classification,
+    legal_status=st.sampled_from([s for s in m.LegalStatus if s is not m.LegalStatus.NATIONAL]),
+    assessed_under=_opt(countries),
+    incident_type=st.sampled_from(list(m.IncidentType)),
+    annotations=st.lists(st.sampled_from(list(m.Annotation)), max_size=3).map(tuple),
+    victim_age_group=st.sampled_from(list(m.VictimAgeGroup)),
+)
 items = st.builds(
     m.ReportedItem,
     url=st.builds(
@@ -190,14 +199,9 @@ items = st.builds(
     media_type=st.sampled_from(list(m.MediaType)),
     hashes=st.lists(hashes, max_size=3).map(tuple),
     hosting=_opt(hosting),
-)
-classifications = st.builds(
-    m.Classification,
-    legal_status=st.sampled_from([s for s in m.LegalStatus if s is not m.LegalStatus.NATIONAL]),
-    assessed_under=_opt(countries),
-    incident_type=st.sampled_from(list(m.IncidentType)),
-    annotations=st.lists(st.sampled_from(list(m.Annotation)), max_size=3).map(tuple),
-    victim_age_group=st.sampled_from(list(m.VictimAgeGroup)),
+    # None: the referral derives the id (several items may share a URL; ids stay distinct).
+    item_id=st.none() | st.uuids(version=4).map(str),
+    classification=_opt(classifications),
 )
 handlings = st.builds(
     m.Handling,
@@ -267,6 +271,32 @@ status_updates = st.builds(
     next_update_due=_opt(timestamps),
     destination_org=_opt(org_ids),
     origin_org=org_ids,
+    item_outcomes=st.lists(
+        st.one_of(
+            st.builds(
+                m.ItemOutcome,
+                item_id=uuids,
+                outcome=st.sampled_from([m.ItemOutcomeKind.REMOVED, m.ItemOutcomeKind.NOT_FOUND]),
+                observed_at=timestamps,
+            ),
+            st.builds(
+                m.ItemOutcome,
+                item_id=uuids,
+                outcome=st.just(m.ItemOutcomeKind.STILL_ONLINE),
+                observed_at=timestamps,
+                hosting=_opt(hosting.filter(lambda h: bool(h.ip or h.country))),
+            ),
+            st.builds(
+                m.ItemOutcome,
+                item_id=uuids,
+                outcome=st.just(m.ItemOutcomeKind.NOT_ILLEGAL),
+                observed_at=timestamps,
+                assessed_under=countries,
+            ),
+        ),
+        max_size=3,
+        unique_by=lambda o: o.item_id,
+    ).map(tuple),
 )
 handover_events = st.builds(
     m.HandoverEvent,

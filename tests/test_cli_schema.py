@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from broker.wire.registry import RECORD_NAMES, STATUS_UPDATE, default_schema_dir
+from broker.wire.registry import RECORD_NAMES, STATUS_UPDATE, EmbeddedRegistry, default_schema_dir
 from cli.main import app
 
 runner = CliRunner()
@@ -61,6 +61,7 @@ def test_check_json_reports_problems(schema_dir: Path) -> None:
 
 
 def test_compatible_evolution_passes_then_registers(schema_dir: Path) -> None:
+    shipped = len(EmbeddedRegistry(schema_dir=schema_dir).versions(STATUS_UPDATE))
     _edit_status(
         schema_dir,
         {"name": "channel", "type": ["null", "string"], "default": None, "doc": "optional"},
@@ -76,13 +77,22 @@ def test_compatible_evolution_passes_then_registers(schema_dir: Path) -> None:
     assert reg.exit_code == 0, reg.output
     results = {r["name"]: r for r in json.loads(reg.stdout)}
     assert results[STATUS_UPDATE]["created"] is True
-    assert results[STATUS_UPDATE]["version"] == 2
+    assert results[STATUS_UPDATE]["version"] == shipped + 1
     assert not any(r["created"] for n, r in results.items() if n != STATUS_UPDATE)
 
     again = runner.invoke(app, ["schema", "register", "--schema-dir", str(schema_dir)])
     assert "registered" not in again.output.replace("unchanged", "")
     shown = runner.invoke(
-        app, ["schema", "show", "StatusUpdate", "--version", "2", "--schema-dir", str(schema_dir)]
+        app,
+        [
+            "schema",
+            "show",
+            "StatusUpdate",
+            "--version",
+            str(shipped + 1),
+            "--schema-dir",
+            str(schema_dir),
+        ],
     )
     assert any(f["name"] == "channel" for f in json.loads(shown.stdout)["fields"])
 

@@ -45,10 +45,22 @@ from tests.factories import (
 
 FIXED_TS = datetime(2024, 3, 1, 12, 30, 15, 123000, tzinfo=UTC)
 
-#: The wire bytes of fixed_referral() with schema id 5 (Referral version 2, whose body is the
-#: union CaseBody | SealedBody: one more byte, the union branch 0, before the body). A change
-#: here is a wire change.
+#: The wire bytes of fixed_referral() with schema id 6 (Referral version 3: each item ends with
+#: its item_id, union branch 1 + the derived UUID, and its own classification, branch 0 = none).
+#: A change here is a wire change (or a change of the item id derivation).
 FIXED_REFERRAL_HEX = (
+    "00000000064830303030303030302d303030302d343030302d383030302d30303030303030303030303112"
+    "636173652d3030303114686f746c696e652d6e6c044e4c0204444500010000021273796e74686574696308"
+    "0212706f6c6963652d64650004a691f39fbf6302000478310000023868747470733a2f2f686f73742d312e"
+    "6578616d706c652e6f72672f61040200403030303030303030303030303030303030303030303030303030"
+    "303030303030000202123139322e302e322e3102e8ef070002044445024864343530643864392d64373061"
+    "2d356234652d623639392d61366230636432333866393500000000000200000600a691f39fbf63000002a6"
+    "91f39fbf630002186e65757472616c2074657874"
+)
+#: The item id derived for fixed_referral()'s one item (UUIDv5, schemas/README.md).
+FIXED_ITEM_ID = "d450d8d9-d70a-5b4e-b699-a6b0cd238f95"
+#: The same referral as written by Referral version 2 (schema id 5: the body union, no item ids).
+FIXED_REFERRAL_V2_HEX = (
     "00000000054830303030303030302d303030302d343030302d383030302d30303030303030303030303112"
     "636173652d3030303114686f746c696e652d6e6c044e4c0204444500010000021273796e74686574696308"
     "0212706f6c6963652d64650004a691f39fbf6302000478310000023868747470733a2f2f686f73742d312e"
@@ -113,6 +125,54 @@ def fixed_referral() -> m.Referral:
     )
 
 
+def fixed_status() -> m.StatusUpdate:
+    """A status update with three item outcomes, every value fixed."""
+    return m.StatusUpdate.model_validate(
+        {
+            "referral_id": "00000000-0000-4000-8000-000000000001",
+            "case_id": "case-0001",
+            "emitted_by": "police-de",
+            "emitted_at": FIXED_TS,
+            "status": "NTD_SENT",
+            "origin_org": "hotline-nl",
+            "item_outcomes": [
+                {
+                    "item_id": "00000000-0000-5000-8000-00000000000a",
+                    "outcome": "REMOVED",
+                    "observed_at": FIXED_TS,
+                },
+                {
+                    "item_id": "00000000-0000-5000-8000-00000000000b",
+                    "outcome": "STILL_ONLINE",
+                    "observed_at": FIXED_TS,
+                    "hosting": {"ip": "192.0.2.9", "country": "FR"},
+                },
+                {
+                    "item_id": "00000000-0000-5000-8000-00000000000c",
+                    "outcome": "NOT_ILLEGAL",
+                    "observed_at": FIXED_TS,
+                    "assessed_under": "DE",
+                },
+            ],
+        }
+    )
+
+
+#: The wire bytes of fixed_status() with schema id 7 (StatusUpdate version 2: item outcomes).
+FIXED_STATUS_HEX = (
+    "00000000074830303030303030302d303030302d343030302d383030302d30303030303030303030303112"
+    "636173652d3030303112706f6c6963652d6465a691f39fbf630a0000000014686f746c696e652d6e6c0648"
+    "30303030303030302d303030302d353030302d383030302d30303030303030303030306100a691f39fbf63"
+    "00004830303030303030302d303030302d353030302d383030302d30303030303030303030306202a691f3"
+    "9fbf630202123139322e302e322e39000002044652004830303030303030302d303030302d353030302d38"
+    "3030302d30303030303030303030306306a691f39fbf63000204444500"
+)
+#: fixed_status() without its outcomes as StatusUpdate version 1 wrote it (schema id 2).
+FIXED_STATUS_V1_HEX = (
+    "00000000024830303030303030302d303030302d343030302d383030302d30303030303030303030303112"
+    "636173652d3030303112706f6c6963652d6465a691f39fbf630a0000000014686f746c696e652d6e6c"
+)
+
 CODEC = Codec(EmbeddedRegistry())
 VALID = CODEC.encode(REFERRAL, make_referral().to_avro())
 VALID_STATUS = CODEC.encode(STATUS_UPDATE, make_status_update().to_avro())
@@ -124,6 +184,38 @@ def test_fixed_referral_encodes_to_the_checked_in_bytes() -> None:
     name, datum = CODEC.decode(bytes.fromhex(FIXED_REFERRAL_HEX))
     assert name == REFERRAL
     assert m.Referral.from_avro(datum) == fixed_referral()
+
+
+def test_version_2_bytes_still_decode_to_the_same_referral_with_the_same_item_ids() -> None:
+    """Version 2 writers sent no item ids: the reader derives the ones version 3 writes."""
+    v2 = bytes.fromhex(FIXED_REFERRAL_V2_HEX)
+    assert CODEC.schema_id_of(v2) == 5
+    name, datum = CODEC.decode(v2)
+    assert name == REFERRAL
+    assert datum["body"]["items"][0]["item_id"] is None  # the schema's default
+    assert datum["body"]["items"][0]["classification"] is None
+    referral = m.Referral.from_avro(datum)
+    assert referral == fixed_referral()
+    assert isinstance(referral.body, m.CaseBody)
+    assert referral.body.items[0].item_id == FIXED_ITEM_ID
+    assert CODEC.decode_envelope(v2) == CODEC.decode_envelope(bytes.fromhex(FIXED_REFERRAL_HEX))
+
+
+def test_fixed_status_encodes_to_the_checked_in_bytes() -> None:
+    data = CODEC.encode(STATUS_UPDATE, fixed_status().to_avro())
+    assert data.hex() == FIXED_STATUS_HEX
+    name, datum = CODEC.decode(data, expected=STATUS_UPDATE)
+    assert name == STATUS_UPDATE
+    assert m.StatusUpdate.from_avro(datum) == fixed_status()
+
+
+def test_status_version_1_bytes_decode_with_no_item_outcomes() -> None:
+    v1 = bytes.fromhex(FIXED_STATUS_V1_HEX)
+    assert CODEC.schema_id_of(v1) == 2
+    _, datum = CODEC.decode(v1, expected=STATUS_UPDATE)
+    assert datum["item_outcomes"] == []
+    status = m.StatusUpdate.from_avro(datum)
+    assert status == fixed_status().model_copy(update={"item_outcomes": ()})
 
 
 def test_version_1_bytes_still_decode_to_the_same_referral() -> None:

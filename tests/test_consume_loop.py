@@ -55,7 +55,8 @@ def _referral(codec: Codec, country: str = "FR") -> tuple[str, bytes]:
     env["referral_id"] = rid
     env["priority"] = "NORMAL"
     env["handling"] = {**env["handling"], "tlp": "GREEN", "recipients": []}
-    env["jurisdictions"] = [{"country": country, "basis": "HOSTING", "derived": False}]
+    # A victim located in the country: the hotline's referral goes to that country's police.
+    env["jurisdictions"] = [{"country": country, "basis": "VICTIM_LOCATION", "derived": False}]
     return rid, codec.encode(REFERRAL, datum)
 
 

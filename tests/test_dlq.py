@@ -38,7 +38,7 @@ def test_dead_letter_is_listed_and_replayed_after_the_fix(
     datum["envelope"].update(
         referral_id=rid,
         origin_org="hl-nl",
-        jurisdictions=[{"country": "DE", "basis": "HOSTING", "derived": False}],
+        jurisdictions=[{"country": "DE", "basis": "VICTIM_LOCATION", "derived": False}],
         handling={"tlp": "RED", "recipients": ["police-de-2"], "handling_code": "H2"},
     )
     value = codec.encode(REFERRAL, datum)
@@ -72,7 +72,7 @@ def test_dead_letter_is_listed_and_replayed_after_the_fix(
     fixed_file = tmp_path / "fixed.toml"
     fixed_file.write_text(
         EXAMPLE_NETWORK.read_text()
-        .replace('DE = ["police-de"]', 'DE = ["police-de", "police-de-2"]')
+        .replace('police = ["police-de"]', 'police = ["police-de", "police-de-2"]')
         .replace("[routing]", EXTRA_ORG + "\n[routing]")
     )
     fixed = load_network(fixed_file)

@@ -71,7 +71,8 @@ def test_cli_detached_lifecycle(tmp_path: Path) -> None:
             "topics", "provision", "--network", str(EXAMPLE_NETWORK), state_dir=state_dir
         )
         assert code == 0, out
-        assert "20 topic(s) created" in out
+        # 5 shared topics, 7 served jurisdictions x 2 lanes, one status topic per organisation.
+        assert "30 topic(s) created" in out
         code, out = invoke(
             "topics", "provision", "--network", str(EXAMPLE_NETWORK), state_dir=state_dir
         )
@@ -103,7 +104,7 @@ def test_cli_broken_network_exit_2(tmp_path: Path) -> None:
     broken = tmp_path / "broken.toml"
     text = EXAMPLE_NETWORK.read_text()
     text = text.replace('country = "FR"', 'country = "QQ"').replace(
-        'DE = ["police-de"]', 'DE = ["police-de", "nobody"]'
+        'police = ["police-de"]', 'police = ["police-de", "nobody"]'
     )
     broken.write_text(text)
     code, out = invoke("network", "check", str(broken), state_dir=tmp_path)
@@ -117,6 +118,15 @@ def test_cli_broken_network_exit_2(tmp_path: Path) -> None:
         "-b", "127.0.0.1:1", "topics", "provision", "--network", str(broken), state_dir=tmp_path
     )
     assert code == 2
+
+
+def test_cli_network_check_names_the_routing(tmp_path: Path) -> None:
+    code, out = invoke("network", "check", str(EXAMPLE_NETWORK), state_dir=tmp_path)
+    assert code == 0, out
+    assert out.strip() == (
+        f"{EXAMPLE_NETWORK}: ok — 11 organisations, 7 served jurisdictions, "
+        "routing by role (6 rules), fallback secretariat"
+    )
 
 
 def test_config_show_masks_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

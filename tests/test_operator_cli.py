@@ -42,7 +42,8 @@ def referral(country: str, priority: str = "NORMAL") -> dict[str, Any]:
     env = datum["envelope"]
     env["referral_id"] = str(uuid.uuid4())
     env["origin_org"] = "hl-nl"
-    env["jurisdictions"] = [{"country": country, "basis": "HOSTING", "derived": False}]
+    # A victim located in a country: the hotline refers it to that country's police.
+    env["jurisdictions"] = [{"country": country, "basis": "VICTIM_LOCATION", "derived": False}]
     env["priority"] = priority
     return datum
 
@@ -188,7 +189,7 @@ def test_trace_flows_ledger_topics_and_tail_after_routing(
     ]  # fmt: skip
     assert t["hops"][1]["jurisdiction"] == "DE"
     assert t["hops"][1]["since_previous_s"] >= 0
-    assert t["route_reasons"] == {names.jurisdiction("DE"): "DE:HOSTING"}
+    assert t["route_reasons"] == {names.jurisdiction("DE"): "DE:VICTIM_LOCATION"}
     assert (t["status"], t["status_by"], t["origin"]) == ("RECEIVED", "police-de", "hl-nl")
     assert t["awaited"] == []
 

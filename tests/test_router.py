@@ -61,7 +61,9 @@ def test_router_routes_every_rule_and_dead_letters_the_rest(
     multi = referral(("DE", "HOSTING"), ("FR", "VICTIM_LOCATION"))
     urgent = referral(("NL", "HOSTING"), priority="URGENT")
     unserved = referral(("JP", "HOSTING"))
-    red = referral(("DE", "HOSTING"), ("FR", "HOSTING"), tlp="RED", recipients=["police-fr"])
+    red = referral(
+        ("DE", "HOSTING"), ("FR", "VICTIM_LOCATION"), tlp="RED", recipients=["police-fr"]
+    )
     derived = referral()
     derived["envelope"]["jurisdictions"] = add_hosting_jurisdictions(
         [], [{"hosting": {"ip": "8.8.8.8", "country": None}}]
@@ -108,14 +110,17 @@ def test_router_routes_every_rule_and_dead_letters_the_rest(
         stats = router.stop()
 
     # Fan-out: one copy per jurisdiction, original bytes unchanged, reason and orgs in headers.
+    # By role: hosted in DE goes to the German hotline, the victim's location to French police.
     assert list(de) == [rid(multi)]
     assert de[rid(multi)][0].value == values[0][1]
     assert header(de[rid(multi)][0], Headers.ROUTE_REASON) == "DE:HOSTING"
-    assert header(de[rid(multi)][0], Headers.DESTINATION_ORGS) == "police-de"
+    assert header(de[rid(multi)][0], Headers.DESTINATION_ORGS) == "hl-de"
+    assert header(fr[rid(multi)][0], Headers.DESTINATION_ORGS) == "police-fr"
     assert header(de[rid(multi)][0], Headers.TRACEPARENT) is not None
     assert set(fr) == {rid(multi), rid(red)}
-    # Urgent lane.
+    # Urgent lane (hosted at the hotline's home: its own police).
     assert list(nl_urgent) == [rid(urgent)]
+    assert header(nl_urgent[rid(urgent)][0], Headers.DESTINATION_ORGS) == "police-nl"
     assert read_topic(provisioned, names.jurisdiction("NL"), idle=0.5) == []
     # Fallback, including the country derived offline from a hosting IP.
     assert set(unassigned) == {rid(unserved), rid(derived)}

@@ -53,7 +53,7 @@ def referrals(codec: Codec, n: int) -> tuple[list[tuple[bytes, bytes]], set[str]
             "referral_id": rid,
             "priority": "NORMAL",
             "handling": {**base["envelope"]["handling"], "tlp": "GREEN", "recipients": []},
-            "jurisdictions": [{"country": "FR", "basis": "HOSTING", "derived": False}],
+            "jurisdictions": [{"country": "FR", "basis": "VICTIM_LOCATION", "derived": False}],
         }
         out.append((rid.encode(), codec.encode(REFERRAL, {**base, "envelope": env})))
         ids.add(rid)

@@ -23,7 +23,7 @@ SERVED = ["DE", "FR", "NL", "SE"]
 
 
 def batch(codec: Codec, n: int) -> tuple[list[tuple[bytes, bytes]], set[str]]:
-    """``n`` encoded referrals, each to one served jurisdiction (round robin)."""
+    """``n`` encoded referrals of hl-nl, each to one served jurisdiction's police (round robin)."""
     base = make_referral().to_avro()
     out, ids = [], set()
     for i in range(n):
@@ -32,7 +32,7 @@ def batch(codec: Codec, n: int) -> tuple[list[tuple[bytes, bytes]], set[str]]:
         env["priority"] = "NORMAL"
         env["handling"] = {**env["handling"], "tlp": "GREEN", "recipients": []}
         env["jurisdictions"] = [
-            {"country": SERVED[i % len(SERVED)], "basis": "HOSTING", "derived": False}
+            {"country": SERVED[i % len(SERVED)], "basis": "VICTIM_LOCATION", "derived": False}
         ]
         out.append((env["referral_id"].encode(), codec.encode(REFERRAL, {**base, "envelope": env})))
         ids.add(env["referral_id"])

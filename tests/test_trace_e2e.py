@@ -49,9 +49,12 @@ def test_one_multi_jurisdiction_referral_is_one_trace(
     codec = Codec(EmbeddedRegistry())
     names = provisioned.topic_names()
     data = referral_json("hl-nl", "DE")
-    data["envelope"]["jurisdictions"].append(
-        {"country": "FR", "basis": "VICTIM_LOCATION", "derived": False}
-    )
+    # Victims located in DE and FR: the hotline refers the case to both countries' police.
+    data["body"]["items"][0]["hosting"] = None
+    data["envelope"]["jurisdictions"] = [
+        {"country": "DE", "basis": "VICTIM_LOCATION", "derived": False},
+        {"country": "FR", "basis": "VICTIM_LOCATION", "derived": False},
+    ]
     rid = data["envelope"]["referral_id"]
     with ExitStack() as stack:
         router = start_router(provisioned, network, codec, tracing=tracing_for("router", exporter))

@@ -92,7 +92,7 @@ def test_router_spans_continue_the_publishers_trace(
     }
     datum["envelope"]["jurisdictions"] = [
         {"country": "DE", "basis": "HOSTING", "derived": False},
-        {"country": "FR", "basis": "HOSTING", "derived": False},
+        {"country": "FR", "basis": "VICTIM_LOCATION", "derived": False},
     ]
     headers: list[tuple[str, bytes]] = []
     with source.send(names.intake, headers, attributes={"referral.id": rid}):

@@ -5,17 +5,30 @@ router never builds models or touches the case body. Rules, in order:
 
 1. Every jurisdiction's country code is normalised (case, whitespace); an
    unknown code is a :class:`~broker.errors.RoutingError`, never a new topic.
-2. Each served jurisdiction goes to its topic; an ``URGENT`` referral to that
-   jurisdiction's urgent lane.
-3. A jurisdiction nobody serves goes to the unassigned topic, for the fallback
-   recipient.
-4. TLP ``RED`` goes only to its named recipients: destinations without one are
+2. The sender is the envelope's ``origin_org``; its role and country come from
+   the network file (an origin not in the network has no role, and its country
+   is the envelope's ``origin_country``).
+3. Each (country, basis) of the referral finds its receivers. With
+   ``[[routing.rules]]`` the first rule matching the sender's role, the basis
+   and where the country lies (``home``: the sender's own) names the receiving
+   roles in order of preference, and the first role with an organisation
+   serving the country receives it. Without rules (flat routing) every
+   organisation listed for the country receives it.
+4. The sender never receives its own referral: a part whose only receiver is
+   the sender stays with the sender (``sender-kept`` in the reason).
+5. A part nobody receives — no matching rule, nobody of the named roles in the
+   country, or a country nobody serves — goes to the unassigned topic, for the
+   fallback recipient (unless the fallback is the sender: then it is kept).
+6. The parts of one country that have receivers share that country's topic; an
+   ``URGENT`` referral uses the country's urgent lane.
+7. TLP ``RED`` goes only to its named recipients: destinations without one are
    dropped, and each destination names only the recipients it may reach.
-5. No derivable jurisdiction at all is a ``RoutingError`` (→ dead letter).
+8. Nothing left to send (no jurisdiction at all, every part kept by the sender,
+   or RED recipients that serve none of it) is a ``RoutingError`` (→ dead letter).
 
 Every destination says why (the basis of each jurisdiction, ``(derived)`` where
-the country came from a hosting IP); :attr:`RoutingDecision.reason` is the
-header-safe summary that travels with the record and into the ledger.
+the country came from a hosting IP, and the numbers of the rules that chose its
+receivers); :attr:`RoutingDecision.reason` is the header-safe summary.
 
 Hosting countries reach the envelope at the source: :func:`add_hosting_jurisdictions`
 turns each reported item's hosting country (or its IP, resolved offline with
@@ -58,6 +71,8 @@ class Destination:
     basis: str
     urgent: bool = False
     unassigned: bool = False
+    #: Numbers (1-based) of the ``[[routing.rules]]`` that chose the receivers (flat: none).
+    rules: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,14 +81,19 @@ class RoutingDecision:
 
     destinations: tuple[Destination, ...]
     dropped_for_red: tuple[str, ...] = field(default=())
+    #: Countries whose only receiver is the sender itself (nothing sent for them).
+    kept_by_sender: tuple[str, ...] = field(default=())
 
     @property
     def reason(self) -> str:
-        """Header-safe summary: ``DE:HOSTING->referrals.to.DE; US:HOSTING->unassigned``."""
+        """Header-safe summary: ``DE:HOSTING->lane (rule 2); US:HOSTING->unassigned``."""
         parts = []
         for d in self.destinations:
             target = "unassigned" if d.unassigned else ("urgent" if d.urgent else "lane")
-            parts.append(f"{d.basis}->{target}")
+            rules = f" (rule {','.join(map(str, d.rules))})" if d.rules else ""
+            parts.append(f"{d.basis}->{target}{rules}")
+        if self.kept_by_sender:
+            parts.append("sender-kept:" + ",".join(self.kept_by_sender))
         if self.dropped_for_red:
             parts.append("RED-excluded:" + ",".join(self.dropped_for_red))
         return "; ".join(parts)
@@ -86,6 +106,17 @@ class RoutingDecision:
             for org in d.orgs:
                 seen.setdefault(org)
         return tuple(seen)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One (country, basis) of a referral and who receives it (rule 3)."""
+
+    country: str
+    label: str  # ``HOSTING`` or ``HOSTING(derived)``
+    orgs: tuple[str, ...]  # empty: nobody (→ the fallback) unless kept
+    rule: int | None = None
+    kept: bool = False  # the sender itself is the receiver
 
 
 def _safe_code(raw: object) -> str:
@@ -107,76 +138,133 @@ def _normalise(raw: object, index: int) -> str:
     return code
 
 
-def _bases(items: Sequence[tuple[str, bool]]) -> str:
-    labels = dict.fromkeys(f"{b}(derived)" if derived else b for b, derived in items)
-    return ",".join(labels)
+def _labels(parts: Sequence[_Part]) -> str:
+    return ",".join(dict.fromkeys(p.label for p in parts))
+
+
+def _receivers(
+    network: Network, role: str | None, home: bool, code: str, basis: str
+) -> tuple[list[str], int | None]:
+    """Rule 3: the receivers of one (country, basis) and the number of the rule used."""
+    rules = network.routing.rules
+    if rules is None:
+        return network.receivers(code), None
+    for number, rule in enumerate(rules, start=1):
+        if rule.matches(role, basis, home):
+            for wanted in rule.to:
+                found = network.receivers(code, wanted)
+                if found:
+                    return found, number
+            return [], number
+    return [], None
+
+
+def _parts(envelope: Mapping[str, Any], network: Network) -> list[_Part]:
+    """Rules 1-4: every (country, basis) of the envelope with its receivers."""
+    sender = str(envelope.get("origin_org") or "")
+    role = network.role_of(sender)
+    home = (
+        network.organisation(sender).country
+        if role is not None
+        else str(envelope.get("origin_country") or "").strip().upper()
+    )
+    parts: list[_Part] = []
+    for i, j in enumerate(envelope.get("jurisdictions") or ()):
+        code = _normalise(j.get("country"), i)
+        basis = str(j.get("basis", "UNSPECIFIED"))
+        label = f"{basis}(derived)" if j.get("derived", False) else basis
+        orgs, rule = _receivers(network, role, code == home, code, basis)
+        others = tuple(o for o in orgs if o != sender)
+        parts.append(_Part(code, label, others, rule, kept=bool(orgs) and not others))
+    return parts
+
+
+def _red_named(envelope: Mapping[str, Any], network: Network) -> tuple[str, ...] | None:
+    """Rule 7: the named recipients of a TLP RED referral (None: not RED)."""
+    handling = envelope.get("handling") or {}
+    if handling.get("tlp") != "RED":
+        return None
+    named = tuple(handling.get("recipients") or ())
+    if not named:
+        raise RoutingError("TLP RED without named recipients")
+    unknown = [org for org in named if not network.has_organisation(org)]
+    if unknown:
+        raise RoutingError(f"TLP RED names {len(unknown)} recipient(s) not in the network")
+    return named
+
+
+def _rules(parts: Iterable[_Part]) -> tuple[int, ...]:
+    return tuple(sorted({p.rule for p in parts if p.rule is not None}))
+
+
+def _fallback(
+    unassigned: Mapping[str, Sequence[_Part]], org: str, names: TopicNames
+) -> Destination:
+    """Rule 5: the unassigned topic, for the fallback, with every part nobody receives."""
+    basis = "+".join(f"{cc}:{_labels(ps)}" for cc, ps in unassigned.items())
+    rules = _rules(p for ps in unassigned.values() for p in ps)
+    return Destination(
+        names.unassigned, tuple(unassigned), (org,), basis, unassigned=True, rules=rules
+    )
 
 
 def decide(
     envelope: Mapping[str, Any], network: Network, names: TopicNames | None = None
 ) -> RoutingDecision:
-    """Decide the destinations of a referral from its envelope alone."""
+    """Decide the destinations of a referral from its envelope alone (rules 1-8 above)."""
     names = names or TopicNames()
-    by_country: dict[str, list[tuple[str, bool]]] = {}
-    for i, j in enumerate(envelope.get("jurisdictions") or ()):
-        code = _normalise(j.get("country"), i)
-        by_country.setdefault(code, []).append(
-            (str(j.get("basis", "UNSPECIFIED")), bool(j.get("derived", False)))
-        )
-    if not by_country:
+    parts = _parts(envelope, network)
+    if not parts:
         raise RoutingError("no derivable jurisdiction: the referral names none")
-
+    named = _red_named(envelope, network)
     urgent = envelope.get("priority") == "URGENT"
-    handling = envelope.get("handling") or {}
-    red = handling.get("tlp") == "RED"
-    named = tuple(handling.get("recipients") or ())
-    if red:
-        if not named:
-            raise RoutingError("TLP RED without named recipients")
-        unknown = [org for org in named if not network.has_organisation(org)]
-        if unknown:
-            raise RoutingError(f"TLP RED names {len(unknown)} recipient(s) not in the network")
+    by_country: dict[str, list[_Part]] = {}
+    for part in parts:
+        by_country.setdefault(part.country, []).append(part)
 
     destinations: list[Destination] = []
-    unassigned: list[str] = []
+    unassigned: dict[str, list[_Part]] = {}
+    kept = list(dict.fromkeys(p.country for p in parts if p.kept))
     dropped: list[str] = []
-    for code, items in by_country.items():
-        orgs = network.receivers(code)
-        if not orgs:
-            unassigned.append(code)
-            continue
-        if red:
+    for code, mine in by_country.items():
+        served = [p for p in mine if p.orgs]
+        nobody = [p for p in mine if not p.orgs and not p.kept]
+        if nobody:
+            unassigned[code] = nobody
+        orgs = list(dict.fromkeys(o for p in served for o in p.orgs))
+        if named is not None and orgs:
             orgs = [o for o in orgs if o in named]
             if not orgs:
                 dropped.append(code)
-                continue
-        topic = names.urgent(code) if urgent else names.jurisdiction(code)
-        destinations.append(
-            Destination(topic, (code,), tuple(orgs), f"{code}:{_bases(items)}", urgent=urgent)
-        )
-    if unassigned:
-        fallback = network.routing.fallback
-        if red and fallback not in named:
-            dropped.extend(unassigned)
-        else:
-            basis = "+".join(f"{cc}:{_bases(by_country[cc])}" for cc in unassigned)
+        if orgs:
+            topic = names.urgent(code) if urgent else names.jurisdiction(code)
+            label = f"{code}:{_labels(served)}"
             destinations.append(
-                Destination(
-                    names.unassigned, tuple(unassigned), (fallback,), basis, unassigned=True
-                )
+                Destination(topic, (code,), tuple(orgs), label, urgent=urgent, rules=_rules(served))
             )
+    fallback = network.routing.fallback
+    if unassigned and fallback == envelope.get("origin_org"):
+        kept += [cc for cc in unassigned if cc not in kept]  # nobody else to hand it to
+    elif unassigned and named is not None and fallback not in named:
+        dropped += [cc for cc in unassigned if cc not in dropped]
+    elif unassigned:
+        destinations.append(_fallback(unassigned, fallback, names))
     if not destinations:
+        if dropped:
+            raise RoutingError(
+                "TLP RED: none of the named recipients serves the referral's jurisdictions"
+            )
         raise RoutingError(
-            "TLP RED: none of the named recipients serves the referral's jurisdictions"
+            "every jurisdiction of the referral is served by its sender: nothing to route"
         )
-    return RoutingDecision(tuple(destinations), tuple(dropped))
+    return RoutingDecision(tuple(destinations), tuple(dropped), tuple(kept))
 
 
 class DecisionCache:
     """Memoises :func:`decide` by what it reads of an envelope (bounded).
 
-    Referrals repeat a small set of jurisdiction/priority/handling shapes, so the
-    router decides each shape once. Errors are not cached.
+    Referrals repeat a small set of origin/jurisdiction/priority/handling shapes, so
+    the router decides each shape once. Errors are not cached.
     """
 
     def __init__(self, network: Network, names: TopicNames, max_size: int = 4096) -> None:
@@ -193,6 +281,8 @@ class DecisionCache:
                 (j.get("country"), j.get("basis"), j.get("derived"))
                 for j in envelope.get("jurisdictions") or ()
             ),
+            envelope.get("origin_org"),
+            envelope.get("origin_country"),
             envelope.get("priority"),
             handling.get("tlp"),
             tuple(handling.get("recipients") or ()),

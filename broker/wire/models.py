@@ -12,6 +12,13 @@ Hash values are lower-case hex: MD5 32, SHA1 40, SHA256 64, PDQ 64 and PHOTODNA
 Timestamps are tz-aware UTC with millisecond precision (what Avro
 ``timestamp-millis`` carries) and may not lie in the future beyond
 :data:`CLOCK_SKEW` (except ``next_update_due``, which is a deadline).
+
+Every reported item of a :class:`Referral` has a stable ``item_id``: the one the
+origin gave, or else :func:`derive_item_id` of the referral id and the item's
+normalised URL, so the origin, every recipient and every later status update
+name the same item the same way (also for version 1 and 2 bytes, which carry
+none). An item's own ``classification`` overrides the referral's
+(:meth:`CaseBody.classification_of`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Self, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
@@ -44,6 +51,7 @@ from broker.wire.registry import HANDOVER_BATCH, HANDOVER_EVENT, REFERRAL, STATU
 __all__ = [
     "CLOCK_SKEW",
     "HASH_HEX_LENGTHS",
+    "ITEM_ID_NAMESPACE",
     "MODEL_BY_RECORD",
     "Annotation",
     "CaseBody",
@@ -59,6 +67,8 @@ __all__ = [
     "HashAlgorithm",
     "HostingEvidence",
     "IncidentType",
+    "ItemOutcome",
+    "ItemOutcomeKind",
     "Jurisdiction",
     "JurisdictionBasis",
     "LegalStatus",
@@ -75,7 +85,9 @@ __all__ = [
     "Timeline",
     "Tlp",
     "VictimAgeGroup",
+    "derive_item_id",
     "model_from_avro",
+    "normalise_url",
     "parse_handover_event",
     "parse_model",
     "parse_referral",
@@ -214,6 +226,15 @@ class ReferralStatus(StrEnum):
     CLOSED = "CLOSED"
 
 
+class ItemOutcomeKind(StrEnum):
+    """What became of one reported item at the receiving organisation."""
+
+    REMOVED = "REMOVED"
+    STILL_ONLINE = "STILL_ONLINE"
+    NOT_FOUND = "NOT_FOUND"
+    NOT_ILLEGAL = "NOT_ILLEGAL"
+
+
 class HandoverEventType(StrEnum):
     """Kinds of handover events in the ledger."""
 
@@ -299,6 +320,40 @@ def _ip(value: str) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise ValueError("not an IPv4 or IPv6 address") from None
+
+
+#: Namespace of derived item ids: ``uuid5(NAMESPACE_URL, "urn:referral-broker:item")``.
+ITEM_ID_NAMESPACE = uuid.UUID("49e4fcec-fd83-55cc-b6f9-4b8fc1237890")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalise_url(url: str) -> str:
+    """The URL as item ids are derived from it (ValueError if it is no http(s) URL).
+
+    Scheme and host in lower case, the default port and any user info dropped, an
+    empty path as ``/``, the fragment dropped; path and query as given.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if scheme not in _DEFAULT_PORTS or not host:
+        raise ValueError("not an http(s) URL with a host")
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None and parts.port != _DEFAULT_PORTS[scheme]:
+        netloc += f":{parts.port}"
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+def derive_item_id(referral_id: str, url: str, occurrence: int = 1) -> str:
+    """The item id of the ``occurrence``-th item with ``url`` in referral ``referral_id``.
+
+    ``uuid5(ITEM_ID_NAMESPACE, "<referral id>\\n<normalised url>")``, with
+    ``"\\n<occurrence>"`` appended from the second item with the same URL on.
+    """
+    name = f"{uuid.UUID(referral_id)}\n{normalise_url(url)}"
+    if occurrence > 1:
+        name += f"\n{occurrence}"
+    return str(uuid.uuid5(ITEM_ID_NAMESPACE, name))
 
 
 OrgId = Annotated[str, Field(pattern=_ORG_ID)]
@@ -457,17 +512,8 @@ class HostingEvidence(_AvroModel):
     country: Country | None = None
 
 
-class ReportedItem(_AvroModel):
-    """One reported URL with its hashes and hosting trace."""
-
-    url: Url
-    media_type: MediaType
-    hashes: tuple[Hash, ...] = ()
-    hosting: HostingEvidence | None = None
-
-
 class Classification(_AvroModel):
-    """The analyst's assessment."""
+    """The analyst's assessment (of a referral, or of one item)."""
 
     legal_status: LegalStatus
     assessed_under: Country | None = None
@@ -480,6 +526,21 @@ class Classification(_AvroModel):
         if self.legal_status is LegalStatus.NATIONAL and self.assessed_under is None:
             raise ValueError("legal_status NATIONAL needs assessed_under (whose law)")
         return self
+
+
+class ReportedItem(_AvroModel):
+    """One reported URL with its hashes, hosting trace, id and (optionally) own assessment.
+
+    ``item_id`` is None only outside a :class:`Referral` (which fills it in);
+    ``classification`` None means the referral's applies.
+    """
+
+    url: Url
+    media_type: MediaType
+    hashes: tuple[Hash, ...] = ()
+    hosting: HostingEvidence | None = None
+    item_id: UuidStr | None = None
+    classification: Classification | None = None
 
 
 class Timeline(_AvroModel):
@@ -511,7 +572,25 @@ class CaseBody(_AvroModel):
     def _has_items(self) -> Self:
         if not self.items:
             raise ValueError("needs at least one reported item")
+        first: dict[str, int] = {}
+        for i, item in enumerate(self.items):
+            if item.item_id is None:
+                continue
+            if item.item_id in first:
+                raise ValueError(f"items {first[item.item_id]} and {i} have the same item_id")
+            first[item.item_id] = i
         return self
+
+    def classification_of(self, item: ReportedItem) -> Classification:
+        """The item's own classification, or the referral's where it has none."""
+        return item.classification or self.classification
+
+    def item(self, item_id: str) -> ReportedItem:
+        """The item with ``item_id`` (KeyError if there is none)."""
+        for item in self.items:
+            if item.item_id == item_id:
+                return item
+        raise KeyError(item_id)
 
 
 def _body_kind(value: Any) -> str:
@@ -547,6 +626,44 @@ class SealedBody(_AvroModel):
         return self
 
 
+def _with_item_ids(referral_id: str, items: list[Any] | tuple[Any, ...]) -> list[Any] | None:
+    """``items`` with derived ids where missing (None: nothing to fill, or input pydantic
+    must reject first: a bad referral id or URL)."""
+    seen: dict[str, int] = {}
+    out: list[Any] = []
+    changed = False
+    for item in items:
+        is_model = isinstance(item, ReportedItem)
+        url = item.url if is_model else (item.get("url") if isinstance(item, Mapping) else None)
+        given = (
+            item.item_id
+            if is_model
+            else (item.get("item_id") if isinstance(item, Mapping) else None)
+        )
+        if not isinstance(url, str):
+            out.append(item)
+            continue
+        try:
+            key = normalise_url(url)
+        except ValueError:
+            out.append(item)
+            continue
+        seen[key] = seen.get(key, 0) + 1
+        if given is not None:
+            out.append(item)
+            continue
+        try:
+            item_id = derive_item_id(referral_id, url, seen[key])
+        except ValueError:
+            return None
+        changed = True
+        if is_model:
+            out.append(item.model_copy(update={"item_id": item_id}))
+        else:
+            out.append({**item, "item_id": item_id})
+    return out if changed else None
+
+
 class Referral(_AvroModel):
     """A whole referral: envelope first, body last (the wire layout depends on it).
 
@@ -565,6 +682,33 @@ class Referral(_AvroModel):
     def sealed(self) -> bool:
         """True if the body is sealed."""
         return isinstance(self.body, SealedBody)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _item_ids(cls, data: Any) -> Any:
+        """Give every item of a plain body without an ``item_id`` its derived one."""
+        if not isinstance(data, Mapping):
+            return data
+        envelope, body = data.get("envelope"), data.get("body")
+        referral_id = (
+            envelope.get("referral_id")
+            if isinstance(envelope, Mapping)
+            else getattr(envelope, "referral_id", None)
+        )
+        if isinstance(body, CaseBody):
+            items: Any = body.items
+        elif isinstance(body, Mapping) and "ciphertext" not in body:
+            items = body.get("items")
+        else:
+            return data
+        if not isinstance(referral_id, str) or not isinstance(items, (list, tuple)):
+            return data
+        filled = _with_item_ids(referral_id, items)
+        if filled is None:
+            return data
+        if isinstance(body, CaseBody):
+            return {**data, "body": body.model_copy(update={"items": tuple(filled)})}
+        return {**data, "body": {**body, "items": filled}}
 
     @model_validator(mode="after")
     def _routable(self) -> Self:
@@ -585,8 +729,44 @@ class Referral(_AvroModel):
 # -- status and ledger -----------------------------------------------------------------------
 
 
+class ItemOutcome(_AvroModel):
+    """What became of one reported item: removed, still online (moved?), not found, not illegal.
+
+    ``observed_at`` is when it was removed, checked or assessed; ``hosting`` (only
+    for STILL_ONLINE) says where a moved item is hosted now; ``assessed_under``
+    (only for NOT_ILLEGAL) names whose law it is not illegal under.
+    """
+
+    item_id: UuidStr
+    outcome: ItemOutcomeKind
+    observed_at: PastTimestamp
+    hosting: HostingEvidence | None = None
+    assessed_under: Country | None = None
+
+    @property
+    def moved(self) -> bool:
+        """True if the item is still online at another host."""
+        return self.hosting is not None
+
+    @model_validator(mode="after")
+    def _outcome_rules(self) -> Self:
+        if self.hosting is not None:
+            if self.outcome is not ItemOutcomeKind.STILL_ONLINE:
+                raise ValueError("hosting is only for STILL_ONLINE (where a moved item is now)")
+            if not (self.hosting.ip or self.hosting.country):
+                raise ValueError("a moved item's hosting needs an ip or a country")
+        if self.outcome is ItemOutcomeKind.NOT_ILLEGAL and self.assessed_under is None:
+            raise ValueError("NOT_ILLEGAL needs assessed_under (whose law)")
+        if self.assessed_under is not None and self.outcome is not ItemOutcomeKind.NOT_ILLEGAL:
+            raise ValueError("assessed_under is only for NOT_ILLEGAL")
+        return self
+
+
 class StatusUpdate(_AvroModel):
-    """A receipt or status update about one referral, routed back to its origin."""
+    """A receipt or status update about one referral, routed back to its origin.
+
+    ``item_outcomes`` (empty: about the referral as a whole) report items one by one.
+    """
 
     referral_id: UuidStr
     case_id: CaseId
@@ -598,6 +778,7 @@ class StatusUpdate(_AvroModel):
     next_update_due: Timestamp | None = None
     destination_org: OrgId | None = None
     origin_org: OrgId
+    item_outcomes: tuple[ItemOutcome, ...] = ()
 
     @model_validator(mode="after")
     def _status_rules(self) -> Self:
@@ -605,7 +786,14 @@ class StatusUpdate(_AvroModel):
             raise ValueError("REROUTED needs destination_org")
         if self.status is ReferralStatus.DELAYED and self.reason_code is None:
             raise ValueError("DELAYED needs a reason_code (a delay must be announced with reasons)")
+        ids = [o.item_id for o in self.item_outcomes]
+        if len(set(ids)) != len(ids):
+            raise ValueError("an item has two outcomes in one update")
         return self
+
+    def outcome_of(self, item_id: str) -> ItemOutcome | None:
+        """The outcome this update reports for ``item_id``, if any."""
+        return next((o for o in self.item_outcomes if o.item_id == item_id), None)
 
 
 class HandoverEvent(_AvroModel):
