@@ -103,12 +103,13 @@ def test_canary_content_never_leaks(
         "REFERRAL_STATE_DIR": str(settings.state_dir),
         "REFERRAL_NETWORK_FILE": str(settings.network_file),
     }
-    outputs = [
-        runner.invoke(app, ["trace", str(rid), "--json"], env=env).output,
-        runner.invoke(app, ["flows", "--since", "all"], env=env).output,
-        runner.invoke(app, ["dlq", "list", "--json"], env=env).output,
+    results = [
+        runner.invoke(app, ["trace", str(rid), "--json"], env=env),
+        runner.invoke(app, ["flows", "--since", "all"], env=env),
+        runner.invoke(app, ["dlq", "list", "--json"], env=env),
     ]
-    assert "DELIVERED" in {h["event"] for h in json.loads(outputs[0])["hops"]}
+    outputs = [r.output for r in results]  # stdout and stderr: both are searched for leaks
+    assert "DELIVERED" in {h["event"] for h in json.loads(results[0].stdout)["hops"]}
     # Telemetry collected: spans, log records, rejection messages, dead-letter headers.
     spans = spans_file.read_text()
     assert f'"referral.id": "{rid}"' in spans
@@ -132,4 +133,4 @@ def test_canary_content_never_leaks(
     for where, text in haystacks.items():
         for marker in everything:
             assert marker not in text, f"canary content leaked into {where}"
-    assert json.loads(outputs[2])[0]["stage"] == "ROUTE_DECIDE"
+    assert json.loads(results[2].stdout)[0]["stage"] == "ROUTE_DECIDE"

@@ -57,7 +57,7 @@ def test_dead_letter_is_listed_and_replayed_after_the_fix(
     runner = CliRunner()
     listed = runner.invoke(app, ["dlq", "list", "--json"], env=env)
     assert listed.exit_code == 0, listed.output
-    (letter,) = json.loads(listed.output)
+    (letter,) = json.loads(listed.stdout)
     assert letter["stage"] == "ROUTE_DECIDE"
     assert letter["error_class"] == "broker.errors.RoutingError"
     assert "not in the network" in letter["message"]

@@ -66,8 +66,9 @@ def env_for(settings: Settings, tmp_path: Path) -> dict[str, str]:
 
 
 def cli(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """Exit code and standard output (log lines on stderr stay out of the JSON)."""
     result = runner.invoke(app, list(args), env=env)
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout
 
 
 def emit(settings: Settings, codec: Codec, events: list[dict[str, Any]]) -> None:
