@@ -52,6 +52,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from broker.errors import NetworkFileError
+from broker.validation import validation_errors
 from broker.wire import topics
 from broker.wire.countries import is_country
 from broker.wire.models import JurisdictionBasis
@@ -318,11 +319,8 @@ _RECEIVERS_SHAPE = "must be a list of organisation ids or a table of role = [org
 def _pydantic_problems(exc: ValidationError, data: dict[str, Any], own: list[str]) -> list[str]:
     """One line per pydantic error; ``own`` are the cross-check lines already found."""
     out = []
-    for err in exc.errors():
-        loc = list(err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+    for parts, msg in validation_errors(exc, unknown_key="unknown key"):
+        loc = list(parts)
         if len(loc) >= 2 and loc[0] == "organisations" and isinstance(loc[1], int):
             where = ".".join([_org_label(data, loc[1]), *map(str, loc[2:])])
         elif loc[:2] == ["routing", "jurisdictions"] and len(loc) >= 3:

@@ -14,7 +14,7 @@ from collections.abc import Collection
 
 from pydantic import ValidationError
 
-__all__ = ["validation_problems"]
+__all__ = ["validation_errors", "validation_problems"]
 
 _PREFIXES = ("Value error, ", "Assertion failed, ")
 #: A location part named as it is: field names and indices. Anything else came from input.
@@ -39,6 +39,24 @@ def _message(text: str) -> str:
     return text
 
 
+def validation_errors(
+    exc: ValidationError, *, unknown_key: str | None = None
+) -> list[tuple[tuple[int | str, ...], str]]:
+    """``(location parts, message)`` of every error of ``exc``, input values left out.
+
+    For callers that name locations their own way (the network file names an
+    organisation by its id); :func:`validation_problems` is the common form.
+    """
+    out: list[tuple[tuple[int | str, ...], str]] = []
+    for err in exc.errors(include_input=False, include_url=False):
+        if unknown_key is not None and err["type"] == "extra_forbidden":
+            message = unknown_key
+        else:
+            message = _message(str(err["msg"]))
+        out.append((tuple(err["loc"]), message))
+    return out
+
+
 def validation_problems(
     exc: ValidationError,
     *,
@@ -52,12 +70,8 @@ def validation_problems(
     ``""`` for an error of the whole object; a part that does not look like a
     field name (a key someone sent) is shown as ``(key)``, a long one cut short.
     """
-    out: list[tuple[str, str]] = []
-    for err in exc.errors(include_input=False, include_url=False):
-        where = ".".join(_part(p) for p in err["loc"] if p not in skip)
-        if unknown_key is not None and err["type"] == "extra_forbidden":
-            message = unknown_key
-        else:
-            message = _message(str(err["msg"]))
-        out.append((where, message))
+    out = [
+        (".".join(_part(p) for p in loc if p not in skip), message)
+        for loc, message in validation_errors(exc, unknown_key=unknown_key)
+    ]
     return list(dict.fromkeys(out))
