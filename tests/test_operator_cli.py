@@ -66,9 +66,12 @@ def env_for(settings: Settings, tmp_path: Path) -> dict[str, str]:
 
 
 def cli(env: dict[str, str], *args: str) -> tuple[int, str]:
-    """Exit code and standard output (log lines on stderr stay out of the JSON)."""
+    """Exit code and what the command printed: stdout, or everything on failure.
+
+    Log lines (kafka-python's warnings under load) go to stderr and stay out of the JSON.
+    """
     result = runner.invoke(app, list(args), env=env)
-    return result.exit_code, result.stdout
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
 def emit(settings: Settings, codec: Codec, events: list[dict[str, Any]]) -> None:
