@@ -28,7 +28,10 @@ organisations, jurisdictions, topics, sizes and positions.
     ├── DeliveryError                a sink could not deliver to its organisation
     ├── SecurityError                keys, signatures, sealing, handling rules
     │   ├── SignatureInvalid         bad, missing or revoked signature
-    │   └── SealError                a sealed body cannot be opened for us
+    │   │   └── SignatureOutOfWindow signed too long ago, or in the future
+    │   ├── SealError                a sealed body cannot be opened for us
+    │   ├── Misrouted                a referral arrived where its signed envelope does not route it
+    │   └── NotARecipient            a status from an organisation the referral was not routed to
     └── LedgerError                  the handover ledger as the operator reads it
         ├── LedgerStoreError         the materialised ledger cannot be opened, synced or read
         └── UnknownReferral          the ledger holds no event about a referral id
@@ -47,7 +50,9 @@ __all__ = [
     "IncompatibleSchema",
     "LedgerError",
     "LedgerStoreError",
+    "Misrouted",
     "NetworkFileError",
+    "NotARecipient",
     "NotFramed",
     "RecordTooLarge",
     "ReferralError",
@@ -58,6 +63,7 @@ __all__ = [
     "SealError",
     "SecurityError",
     "SignatureInvalid",
+    "SignatureOutOfWindow",
     "UnknownReferral",
     "UnknownSchema",
     "UnknownSchemaId",
@@ -171,6 +177,18 @@ class SignatureInvalid(SecurityError):
 
 class SealError(SecurityError):
     """A sealed case body cannot be opened by this organisation."""
+
+
+class SignatureOutOfWindow(SignatureInvalid):
+    """A signature made longer ago than the network's window, or in the future beyond the skew."""
+
+
+class Misrouted(SecurityError):
+    """A referral arrived where (or for whom) its signed envelope does not route it."""
+
+
+class NotARecipient(SecurityError):
+    """A status update from an organisation the referral was not routed to (or not ours at all)."""
 
 
 class LedgerError(ReferralError):

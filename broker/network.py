@@ -6,6 +6,8 @@ A network file is TOML::
     name = "Demo network"
     allow_plain = false       # every referral must be sealed and signed
     trust_file = "trust.toml" # public keys (broker.security.keys), relative to this file
+    signature_max_age_days = 30          # older signatures are refused
+    signature_clock_skew_seconds = 300   # and those further in the future
 
     [topics]
     partitions = 3            # per topic unless overridden below
@@ -175,6 +177,10 @@ class NetworkInfo(_Frozen):
     allow_plain: bool = True
     #: Public keys of the organisations (:mod:`broker.security.keys`), relative to the file.
     trust_file: str | None = None
+    #: Signatures older than this are refused (:mod:`broker.security.window`).
+    signature_max_age_days: float = Field(default=30.0, gt=0)
+    #: Signatures further in the future than this are refused (clock skew).
+    signature_clock_skew_seconds: float = Field(default=300.0, ge=0)
 
 
 class Network(_Frozen):

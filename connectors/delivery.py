@@ -1,23 +1,41 @@
 """The drivers that feed sinks from Kafka, the same way for every kind.
 
 :class:`SinkDriver` (the receiving side) consumes the organisation's referral
-topics. For each record addressed to the organisation (its id is in the
-``DESTINATION_ORGS`` header) it decodes the referral, hands it to every sink
-that has not delivered it yet (the :class:`~connectors.inbox.Inbox` remembers),
-then sends a RECEIVED status to status intake and a DELIVERED handover event.
+topics. A record whose ``referral.route.orgs`` header does not name the
+organisation is skipped (another organisation's on a shared topic; a header
+can only make it skip, and the origin's outbox republishes what is not
+answered). Every other record is checked (:class:`~broker.security.rules.ReceiverSecurity`:
+signature, window, the routing decision recomputed from the signed envelope —
+the header is a hint, never authority —, sealing, handling), handed to every
+sink that has not delivered it yet (the :class:`~connectors.inbox.Inbox`
+remembers, by origin and referral id), then answered with a RECEIVED status,
+signed by the organisation, to status intake and a DELIVERED handover event.
 A repeat is counted and answered with DUPLICATE_SKIPPED and another RECEIVED
 (the first may have been lost; the origin's outbox ignores repeats). What
 cannot be decoded goes to the dead-letter topic (stage ``SINK_DECODE``); what
-the organisation's system finally refuses goes there too (stage ``DELIVER``)
-and is not recorded as delivered.
+the checks refuse goes there with the check's stage (``VERIFY``,
+``SIGNATURE_WINDOW``, ``ROUTE_CHECK``, ``UNSEAL``, ``HANDLING``); what the
+organisation's system finally refuses goes there too (stage ``DELIVER``) and
+is not recorded as delivered.
 
 Both drivers are handlers in the one consume loop (:mod:`broker.kafka.loop`):
 sinks are flushed before any commit, and a record is committed only once its
-receipt, its handover events or its dead letter are acknowledged.
+receipt, its handover events or its dead letter are acknowledged. Every
+handover event a driver sends is signed by its organisation.
 
-:class:`StatusDriver` (the origin side) consumes ``status.to.<org>``: each
-RECEIVED clears a destination in the outbox, and every status is handed to the
-organisation's status sinks once.
+:class:`StatusDriver` (the origin side) consumes ``status.to.<org>`` and acts
+on a status update — clears a destination in the outbox on RECEIVED, hands the
+update to the organisation's status sinks once, records its delivery in the
+ledger — only after :class:`~broker.security.rules.OriginSecurity` has checked
+it: signed by the organisation it names as emitter (plain only where the
+network allows plain referrals), within the window, about a referral this
+origin published and kept in its outbox, from an organisation the routing
+decision of that referral's signed envelope sends it to. Anything else is
+dead-lettered (stage ``STATUS_VERIFY``, or ``SIGNATURE_WINDOW``) and counted
+(``Inbox.refused_statuses``). An update the referral's lifecycle
+(:mod:`broker.lifecycle`) does not allow after the emitter's current status is
+refused too (stage ``STATUS_LIFECYCLE``); a late RECEIVED is a receipt, never
+a step back.
 """
 
 from __future__ import annotations
@@ -33,12 +51,19 @@ from kafka.producer.future import FutureRecordMetadata
 from opentelemetry.context import Context
 
 from broker.config import Settings
-from broker.errors import CodecError, DeliveryError, ReferralError, SecurityError
+from broker.errors import (
+    CodecError,
+    DeliveryError,
+    ReferralError,
+    SecurityError,
+    SignatureOutOfWindow,
+)
 from broker.kafka import clients
 from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import BatchContext, ConsumeLoop, LoopStats, RecordContext
-from broker.ledger.events import LedgerEmitter
-from broker.security.rules import ReceiverSecurity, stage_of
+from broker.ledger.events import LedgerEmitter, Signer
+from broker.lifecycle import LifecycleError, advance
+from broker.security.rules import OriginSecurity, ReceiverSecurity, stage_of
 from broker.tracing import Tracing
 from broker.wire.codec import Codec
 from broker.wire.models import HandoverEventType, ReferralStatus, StatusUpdate, utc_now_ms
@@ -76,9 +101,13 @@ def status_key(status: Mapping[str, Any]) -> str:
     """Identity of a status update for de-duplication at the origin.
 
     A RECEIVED is the same receipt whenever it is repeated; any other status is
-    one event, identified by who emitted it and when.
+    one event, identified by who emitted it and when. The referral is named by
+    its origin and id.
     """
-    head = f"{status.get('referral_id')}|{status.get('emitted_by')}|{status.get('status')}"
+    head = (
+        f"{status.get('origin_org')}|{status.get('referral_id')}|{status.get('emitted_by')}|"
+        f"{status.get('status')}"
+    )
     if status.get("status") == "RECEIVED":
         return head
     at = status.get("emitted_at")
@@ -87,7 +116,12 @@ def status_key(status: Mapping[str, Any]) -> str:
 
 
 class StatusSender:
-    """Encodes status updates and publishes them to status intake, keyed by referral id."""
+    """Encodes status updates, signs them and publishes them to status intake.
+
+    Records are keyed by referral id; the signature headers come from
+    ``security`` (the emitting organisation's keys; without them, plain, only
+    where the network allows plain referrals — else SecurityError).
+    """
 
     def __init__(
         self,
@@ -95,20 +129,25 @@ class StatusSender:
         codec: Codec,
         names: TopicNames,
         tracing: Tracing | None = None,
+        security: OriginSecurity | ReceiverSecurity | None = None,
     ) -> None:
         self.producer = producer
         self.codec = codec
         self.names = names
         self.tracing = tracing or Tracing(None, "status")
+        self.security = security
 
     def send(self, update: StatusUpdate, parent: Context | None = None) -> FutureRecordMetadata:
         """Publish one (validated) status update asynchronously, in the referral's trace."""
-        value = self.codec.encode(STATUS_UPDATE, update.to_avro())
+        datum = update.to_avro()
+        value = self.codec.encode(STATUS_UPDATE, datum)
         headers = [
             (Headers.REFERRAL_ID, update.referral_id.encode()),
             (Headers.CASE_ID, update.case_id.encode()),
             (Headers.ORIGIN, update.origin_org.encode()),
         ]
+        if self.security is not None:
+            headers += self.security.sign_status(value, datum)
         with self.tracing.send(
             self.names.status_intake,
             headers,
@@ -169,6 +208,7 @@ class _Driver(Generic[SinkT]):
         consumer_factory: ConsumerFactory | None = None,
         poll_timeout_ms: int = 200,
         tracing: Tracing | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.settings = settings
         self.tracing = tracing or Tracing(None, org_id)
@@ -188,7 +228,7 @@ class _Driver(Generic[SinkT]):
             deadletter_topic=self.names.deadletter,
             actor=org_id,
             group=settings.topic_prefix + group_id,
-            ledger=LedgerEmitter(self.producer, codec, self.names.ledger),
+            ledger=LedgerEmitter(self.producer, codec, self.names.ledger, signer=signer),
             tracing=self.tracing,
             poll_timeout_ms=poll_timeout_ms,
         )
@@ -262,11 +302,15 @@ class SinkDriver(_Driver[Sink]):
     ) -> None:
         kwargs.setdefault("group_id", f"sink-{org_id}")
         group_id = kwargs.pop("group_id")
-        #: Verifies, opens and checks handling before delivery (None: no checks at all).
+        #: Verifies, checks routing, opens and checks handling before delivery (None: no checks).
         self.security: ReceiverSecurity | None = kwargs.pop("security", None)
+        if self.security is not None:
+            kwargs.setdefault("signer", self.security.ledger_signer())
         super().__init__(settings, org_id, codec, topics, group_id, sinks, **kwargs)
         self.inbox = inbox
-        self.status = StatusSender(self.producer, codec, self.names, self.tracing)
+        self.status = StatusSender(
+            self.producer, codec, self.names, self.tracing, security=self.security
+        )
 
     def close(self) -> None:
         """Leave the group, flush and close every sink, then close the security checks."""
@@ -311,10 +355,12 @@ class SinkDriver(_Driver[Sink]):
             offset=record.offset,
             route_reason=header_value(record.headers, Headers.ROUTE_REASON) or "",
         )
-        pending = [s for s in self.sinks if not self.inbox.has(referral_id, s.kind)]
+        pending = [s for s in self.sinks if not self.inbox.has(origin, referral_id, s.kind)]
         if not pending:
             self.stats.duplicates += 1
-            self.inbox.count_duplicate(referral_id, self.sinks[0].kind if self.sinks else "")
+            self.inbox.count_duplicate(
+                origin, referral_id, self.sinks[0].kind if self.sinks else ""
+            )
             ctx.event(
                 HandoverEventType.DUPLICATE_SKIPPED,
                 referral_id,
@@ -355,7 +401,7 @@ class SinkDriver(_Driver[Sink]):
 
 
 class StatusDriver(_Driver[StatusSink]):
-    """Feeds an origin's outbox and status sinks from ``status.to.<org>``"""
+    """Feeds an origin's outbox and status sinks from ``status.to.<org>``, verified first."""
 
     name = "status"
 
@@ -371,19 +417,58 @@ class StatusDriver(_Driver[StatusSink]):
     ) -> None:
         kwargs.setdefault("group_id", f"status-{org_id}")
         group_id = kwargs.pop("group_id")
+        #: Checks each status before it is acted on (None: no checks at all).
+        self.security: OriginSecurity | None = kwargs.pop("security", None)
+        if self.security is not None:
+            kwargs.setdefault("signer", self.security.ledger_signer())
         names = settings.topic_names()
         super().__init__(settings, org_id, codec, [names.status(org_id)], group_id, sinks, **kwargs)
         self.outbox = outbox
         self.inbox = inbox
+        #: Refused status updates of this run, by dead-letter stage (persisted in the inbox too).
+        self.refused: dict[str, int] = {}
+
+    def _refuse(
+        self, ctx: RecordContext, stage: str, exc: BaseException, referral_id: str | None
+    ) -> None:
+        self.refused[stage] = self.refused.get(stage, 0) + 1
+        self.inbox.count_refused_status(stage)
+        ctx.dead_letter(stage, exc, referral_id)
+
+    def _verified(self, record: Any, ctx: RecordContext) -> dict[str, Any] | None:
+        """The status update if it may be acted on; else dead-lettered and None."""
+        value = record.value or b""
+        rid = header_value(record.headers, Headers.REFERRAL_ID)
+        try:
+            if self.security is None:
+                _, datum = self.codec.decode(value, expected=STATUS_UPDATE)
+                return dict(datum)
+            datum, _ = self.security.receive_status(self.codec, value, record.headers)
+            rid = str(datum["referral_id"])
+            entry = self.outbox.get(rid)
+            envelope = self.codec.decode_envelope(entry.value) if entry is not None else None
+            self.security.check_status_sender(datum, envelope)
+        except SignatureOutOfWindow as exc:
+            self._refuse(ctx, DeadLetterStage.SIGNATURE_WINDOW, exc, rid)
+            return None
+        except SecurityError as exc:
+            self._refuse(ctx, DeadLetterStage.STATUS_VERIFY, exc, rid)
+            return None
+        except (CodecError, KeyError, TypeError) as exc:
+            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
+            return None
+        return datum
 
     def handle(self, record: Any, ctx: RecordContext) -> None:
-        """Clear the outbox on RECEIVED and hand the status to the status sinks once."""
+        """Act on a verified status: clear the outbox on RECEIVED, feed the status sinks once."""
+        datum = self._verified(record, ctx)
+        if datum is None:
+            return
         try:
-            _, datum = self.codec.decode(record.value or b"", expected=STATUS_UPDATE)
             referral_id = str(datum["referral_id"])
             status = str(datum["status"])
             emitted_by = str(datum["emitted_by"])
-        except (CodecError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
             return
         self.stats.statuses += 1
@@ -393,6 +478,11 @@ class StatusDriver(_Driver[StatusSink]):
         if self.inbox.has_status(key):
             self.stats.duplicates += 1
             self.inbox.count_status_duplicate()
+            return
+        try:
+            state = advance(self.inbox.status_state(referral_id, emitted_by), status)
+        except LifecycleError as exc:
+            self._refuse(ctx, DeadLetterStage.STATUS_LIFECYCLE, exc, referral_id)
             return
         delivery = StatusDelivery(
             referral_id=referral_id,
@@ -412,4 +502,15 @@ class StatusDriver(_Driver[StatusSink]):
                 ctx.dead_letter(DeadLetterStage.DELIVER, exc, referral_id)
         if not failed:
             self.inbox.record_status(key, referral_id)
+            if state is not None:
+                self.inbox.set_status_state(referral_id, emitted_by, state.value)
             self.stats.delivered += 1
+            # The origin's own record that it accepted this status (the trace reads it).
+            ctx.event(
+                HandoverEventType.DELIVERED,
+                referral_id,
+                str(datum.get("case_id", "")),
+                from_party=emitted_by,
+                to_party=self.org_id,
+                reason=status,
+            )

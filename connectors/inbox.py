@@ -1,11 +1,18 @@
-"""The receiving side's memory: what each sink has delivered, keyed by referral id.
+"""The receiving side's memory: what each sink has delivered, keyed by (origin, referral id).
 
 A referral may arrive more than once — redelivered after a crash before the
 offset commit, republished by its origin's outbox, or reaching an organisation
 through two topics. The inbox makes delivery idempotent: a referral a sink has
 delivered is never handed to it again; the repeat is counted
-(``inbox.duplicates``) instead. The inbox also answers ``referral status``:
-which origin and case a referral belongs to.
+(``inbox.duplicates``) instead. A referral's identity is its origin *and* its
+id: another member that publishes a referral under an id some origin will use
+later cannot make the real one be skipped as a repeat.
+
+The inbox also answers ``referral status`` (which origin and case a referral
+belongs to, and which statuses this organisation has sent about it: the
+lifecycle in :mod:`broker.lifecycle` decides what may follow), and, on the
+origin's side, remembers the status updates handed on and each recipient's
+current lifecycle state.
 
 File: ``<state_dir>/orgs/<org>/inbox.sqlite3``.
 """
@@ -27,19 +34,21 @@ __all__ = ["DUPLICATES", "Inbox", "InboxRecord"]
 DUPLICATES = "inbox.duplicates"
 #: Counter of repeated status updates that were skipped.
 STATUS_DUPLICATES = "inbox.status_duplicates"
+#: Counters of refused status updates, by dead-letter stage (this prefix + the stage).
+REFUSED_STATUSES = "inbox.refused_statuses."
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS delivered (
+CREATE TABLE IF NOT EXISTS deliveries (
+    origin_org   TEXT NOT NULL,
     referral_id  TEXT NOT NULL,
     sink         TEXT NOT NULL,
     case_id      TEXT NOT NULL,
-    origin_org   TEXT NOT NULL,
     topic        TEXT NOT NULL,
     partition    INTEGER NOT NULL,
     "offset"     INTEGER NOT NULL,
     delivered_at REAL NOT NULL,
     duplicates   INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (referral_id, sink)
+    PRIMARY KEY (origin_org, referral_id, sink)
 );
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
@@ -50,6 +59,27 @@ CREATE TABLE IF NOT EXISTS statuses (
     referral_id TEXT NOT NULL,
     at          REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS status_state (
+    referral_id TEXT NOT NULL,
+    emitter     TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    PRIMARY KEY (referral_id, emitter)
+);
+CREATE TABLE IF NOT EXISTS sent_statuses (
+    origin_org  TEXT NOT NULL,
+    referral_id TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    at          REAL NOT NULL
+);
+"""
+
+#: Earlier inbox files keyed deliveries by referral id alone: copied over once on open.
+_MIGRATE = """
+INSERT OR IGNORE INTO deliveries (origin_org, referral_id, sink, case_id, topic, partition,
+    "offset", delivered_at, duplicates)
+SELECT origin_org, referral_id, sink, case_id, topic, partition, "offset", delivered_at, duplicates
+FROM delivered;
+DROP TABLE delivered;
 """
 
 
@@ -72,16 +102,25 @@ class Inbox:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._db = Database(self.path, _SCHEMA)
+        old = self._db.query(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'delivered'"
+        )
+        if old:
+            with self._db.transaction() as conn:
+                for statement in _MIGRATE.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
 
     @classmethod
     def for_org(cls, settings: Settings, org_id: str) -> Inbox:
         """The inbox at ``<state_dir>/orgs/<org>/inbox.sqlite3``."""
         return cls(settings.org_dir(org_id) / "inbox.sqlite3")
 
-    def has(self, referral_id: str, sink: str) -> bool:
-        """True if ``sink`` has already delivered ``referral_id``."""
+    def has(self, origin_org: str, referral_id: str, sink: str) -> bool:
+        """True if ``sink`` has already delivered ``origin_org``'s referral ``referral_id``."""
         rows = self._db.query(
-            "SELECT 1 FROM delivered WHERE referral_id = ? AND sink = ?", (referral_id, sink)
+            "SELECT 1 FROM deliveries WHERE origin_org = ? AND referral_id = ? AND sink = ?",
+            (origin_org, referral_id, sink),
         )
         return bool(rows)
 
@@ -90,13 +129,13 @@ class Inbox:
         now = time.time() if now is None else now
         with self._db.transaction() as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO delivered (referral_id, sink, case_id, origin_org, topic,"
+                "INSERT OR IGNORE INTO deliveries (origin_org, referral_id, sink, case_id, topic,"
                 ' partition, "offset", delivered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
                 (
+                    delivery.origin_org,
                     delivery.referral_id,
                     sink,
                     delivery.case_id,
-                    delivery.origin_org,
                     delivery.topic,
                     delivery.partition,
                     delivery.offset,
@@ -105,13 +144,13 @@ class Inbox:
             )
             return cur.rowcount == 1
 
-    def count_duplicate(self, referral_id: str, sink: str) -> int:
+    def count_duplicate(self, origin_org: str, referral_id: str, sink: str) -> int:
         """Count one skipped repeat; returns the organisation's total."""
         with self._db.transaction() as conn:
             conn.execute(
-                "UPDATE delivered SET duplicates = duplicates + 1"
-                " WHERE referral_id = ? AND sink = ?",
-                (referral_id, sink),
+                "UPDATE deliveries SET duplicates = duplicates + 1"
+                " WHERE origin_org = ? AND referral_id = ? AND sink = ?",
+                (origin_org, referral_id, sink),
             )
             return self._bump(conn, DUPLICATES)
 
@@ -134,11 +173,22 @@ class Inbox:
         """How many redelivered referrals were skipped so far."""
         return self.counter(DUPLICATES)
 
-    def lookup(self, referral_id: str) -> InboxRecord | None:
-        """The first delivery of ``referral_id`` by any sink, or None."""
+    def origins_of(self, referral_id: str) -> list[str]:
+        """The origins whose referral ``referral_id`` was delivered here (usually one)."""
         rows = self._db.query(
-            "SELECT * FROM delivered WHERE referral_id = ? ORDER BY delivered_at LIMIT 1",
+            "SELECT origin_org FROM deliveries WHERE referral_id = ?"
+            " GROUP BY origin_org ORDER BY MIN(delivered_at)",
             (referral_id,),
+        )
+        return [str(r["origin_org"]) for r in rows]
+
+    def lookup(self, referral_id: str, origin_org: str | None = None) -> InboxRecord | None:
+        """The first delivery of ``referral_id`` (of ``origin_org``, if given), or None."""
+        where, params = "referral_id = ?", [referral_id]
+        if origin_org is not None:
+            where, params = "referral_id = ? AND origin_org = ?", [referral_id, origin_org]
+        rows = self._db.query(
+            f"SELECT * FROM deliveries WHERE {where} ORDER BY delivered_at LIMIT 1", tuple(params)
         )
         if not rows:
             return None
@@ -157,11 +207,12 @@ class Inbox:
         """Referral ids delivered (by ``sink``, or by any), in delivery order."""
         if sink is None:
             rows = self._db.query(
-                "SELECT referral_id FROM delivered GROUP BY referral_id ORDER BY MIN(delivered_at)"
+                "SELECT referral_id FROM deliveries GROUP BY origin_org, referral_id"
+                " ORDER BY MIN(delivered_at)"
             )
         else:
             rows = self._db.query(
-                "SELECT referral_id FROM delivered WHERE sink = ? ORDER BY delivered_at", (sink,)
+                "SELECT referral_id FROM deliveries WHERE sink = ? ORDER BY delivered_at", (sink,)
             )
         return [r["referral_id"] for r in rows]
 
@@ -184,6 +235,58 @@ class Inbox:
         """Count one skipped repeated status update; returns the total."""
         with self._db.transaction() as conn:
             return self._bump(conn, STATUS_DUPLICATES)
+
+    def count_refused_status(self, stage: str) -> int:
+        """Count one status update refused at ``stage`` (``STATUS_VERIFY``, ...); its total."""
+        with self._db.transaction() as conn:
+            return self._bump(conn, REFUSED_STATUSES + stage)
+
+    def refused_statuses(self) -> dict[str, int]:
+        """Refused status updates by stage."""
+        rows = self._db.query(
+            "SELECT name, value FROM counters WHERE name LIKE ?", (REFUSED_STATUSES + "%",)
+        )
+        return {str(r["name"])[len(REFUSED_STATUSES) :]: int(r["value"]) for r in rows}
+
+    def status_state(self, referral_id: str, emitter: str) -> str | None:
+        """The lifecycle state of ``emitter``'s copy of one of our referrals (None: no status)."""
+        rows = self._db.query(
+            "SELECT state FROM status_state WHERE referral_id = ? AND emitter = ?",
+            (referral_id, emitter),
+        )
+        return str(rows[0]["state"]) if rows else None
+
+    def set_status_state(self, referral_id: str, emitter: str, state: str) -> None:
+        """Remember ``emitter``'s lifecycle state for one of our referrals."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO status_state (referral_id, emitter, state) VALUES (?, ?, ?)"
+                " ON CONFLICT(referral_id, emitter) DO UPDATE SET state = excluded.state",
+                (referral_id, emitter, state),
+            )
+
+    # -- statuses this organisation sent (the receiving side) ----------------------------------
+
+    def record_sent_status(
+        self, origin_org: str, referral_id: str, status: str, now: float | None = None
+    ) -> None:
+        """Remember a status update this organisation sent about a referral it received."""
+        now = time.time() if now is None else now
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO sent_statuses (origin_org, referral_id, status, at)"
+                " VALUES (?, ?, ?, ?)",
+                (origin_org, referral_id, status, now),
+            )
+
+    def sent_statuses(self, origin_org: str, referral_id: str) -> list[str]:
+        """The statuses sent about one referral, in the order they were sent."""
+        rows = self._db.query(
+            "SELECT status FROM sent_statuses WHERE origin_org = ? AND referral_id = ?"
+            " ORDER BY at, rowid",
+            (origin_org, referral_id),
+        )
+        return [str(r["status"]) for r in rows]
 
     def close(self) -> None:
         """Close the database."""

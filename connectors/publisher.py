@@ -199,11 +199,13 @@ class Publisher:
         self.producer = producer
         self.outbox = outbox
         self.ack_timeout = ack_timeout
-        self.ledger = LedgerEmitter(producer, codec, self.names.ledger)
         self.tracing = tracing or Tracing(None, org_id)
         #: Seals and signs (with the origin's keys), enforces plain-referral and handling rules.
         self._own_security = security is None
         self.security = security or OriginSecurity.load(settings, network, self.org.id)
+        self.ledger = LedgerEmitter(
+            producer, codec, self.names.ledger, signer=self.security.ledger_signer()
+        )
 
     def close(self) -> None:
         """Release what the publisher opened itself (its handling log); idempotent."""

@@ -294,6 +294,7 @@ class ConnectorRuntime:
                 self.inbox,
                 producer=self.producer,
                 tracing=self.tracing,
+                security=self.publisher.security,
             )
             self.status_driver.open()
         except BaseException:

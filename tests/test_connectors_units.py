@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -96,13 +97,13 @@ def test_outbox_persists_across_reopen(tmp_path: Path) -> None:
 
 def test_inbox_remembers_deliveries_per_sink_and_counts_duplicates(tmp_path: Path) -> None:
     inbox = Inbox(tmp_path / "inbox.sqlite3")
-    assert not inbox.has(RID, "inbox_folder")
+    assert not inbox.has("hl-a", RID, "inbox_folder")
     assert inbox.record(_delivery(), "inbox_folder")
     assert not inbox.record(_delivery(), "inbox_folder")
-    assert inbox.has(RID, "inbox_folder")
-    assert not inbox.has(RID, "webhook")
-    assert inbox.count_duplicate(RID, "inbox_folder") == 1
-    assert inbox.count_duplicate(RID, "inbox_folder") == 2
+    assert inbox.has("hl-a", RID, "inbox_folder")
+    assert not inbox.has("hl-a", RID, "webhook")
+    assert inbox.count_duplicate("hl-a", RID, "inbox_folder") == 1
+    assert inbox.count_duplicate("hl-a", RID, "inbox_folder") == 2
     assert inbox.duplicates == 2
     record = inbox.lookup(RID)
     assert record is not None
@@ -110,6 +111,45 @@ def test_inbox_remembers_deliveries_per_sink_and_counts_duplicates(tmp_path: Pat
     assert record.duplicates == 2
     assert inbox.lookup("00000000-0000-4000-8000-000000000000") is None
     inbox.close()
+
+
+def test_inbox_identity_is_origin_and_referral_id(tmp_path: Path) -> None:
+    """Another origin re-using a referral id first does not make the real one a repeat."""
+    inbox = Inbox(tmp_path / "inbox.sqlite3")
+    squatter = replace(_delivery(), origin_org="hl-b")
+    assert inbox.record(squatter, "inbox_folder")
+    assert not inbox.has("hl-a", RID, "inbox_folder")
+    assert inbox.record(_delivery(), "inbox_folder")
+    assert inbox.origins_of(RID) == ["hl-b", "hl-a"]
+    hl_a = inbox.lookup(RID, "hl-a")
+    assert hl_a is not None
+    assert hl_a.origin_org == "hl-a"
+    inbox.record_sent_status("hl-a", RID, "ACCEPTED")
+    inbox.record_sent_status("hl-a", RID, "CLOSED")
+    assert inbox.sent_statuses("hl-a", RID) == ["ACCEPTED", "CLOSED"]
+    assert inbox.sent_statuses("hl-b", RID) == []
+    inbox.close()
+
+
+def test_inbox_of_an_earlier_version_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "inbox.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE delivered (referral_id TEXT NOT NULL, sink TEXT NOT NULL,"
+            " case_id TEXT NOT NULL, origin_org TEXT NOT NULL, topic TEXT NOT NULL,"
+            ' partition INTEGER NOT NULL, "offset" INTEGER NOT NULL, delivered_at REAL NOT NULL,'
+            " duplicates INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (referral_id, sink))"
+        )
+        db.execute(
+            "INSERT INTO delivered VALUES (?, 'inbox_folder', 'case-1', 'hl-a', 't', 0, 1, 1.0, 0)",
+            (RID,),
+        )
+    inbox = Inbox(path)
+    assert inbox.has("hl-a", RID, "inbox_folder")
+    inbox.close()
+    assert Inbox(path).delivered() == [RID]
 
 
 # -- file parsing ---------------------------------------------------------------------------------

@@ -196,10 +196,14 @@ def test_sealed_referral_reaches_its_two_recipients_and_nobody_else_can_read_it(
     finally:
         third.close()
     assert snoop.got == []
-    [dead] = _dead(settings, "UNSEAL")
+    # The routing decision of the signed envelope puts police-de on that lane, not police-fr
+    # (and the body is not sealed for police-fr either: it could not have read it).
+    [dead] = _dead(settings, "ROUTE_CHECK")
     assert header(dead, H_CONNECTOR) == "police-fr"
     message = header(dead, H_MESSAGE) or ""
-    assert message.startswith("not sealed for police-fr: sealed for 2 organisation(s)")
+    assert message == (
+        "misrouted: on the normal lane of DE the signed envelope is for police-de, not police-fr"
+    )
     assert dead.value == routed_de.value, "dead letter keeps the original bytes"
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from broker.config import Settings
-from broker.errors import ConfigError, SealError, SecurityError, SignatureInvalid
+from broker.errors import ConfigError, Misrouted, SealError, SecurityError, SignatureInvalid
 from broker.routing.decide import decide
 from broker.security.keys import (
     OrgKeys,
@@ -204,16 +204,22 @@ def test_signature_round_trip_and_every_alteration_is_caught(env: dict[str, Any]
 def test_context_text_is_canonical() -> None:
     datum = _two_jurisdictions()
     env = datum["envelope"]
-    ctx = SignedContext.of(env, 5, ["police-nl", "police-de", "police-nl"])
+    ctx = SignedContext.of(env, 5, ["police-nl", "police-de", "police-nl"], signed_at_ms=1234)
     ms = int(env["created_at"].timestamp() * 1000)
     assert (
         ctx.encode()
         == (
-            f"v1;id={env['referral_id']};origin=hl-a;schema=5;created={ms};"
+            f"v2;id={env['referral_id']};origin=hl-a;schema=5;created={ms};signed=1234;"
             "to=police-de,police-nl;cc=DE,NL"
         ).encode()
     )
     assert SignedContext.parse(ctx.encode()) == ctx
+    # A v1 context (no signing time) still reads: its creation time stands in.
+    v1 = f"v1;id={env['referral_id']};origin=hl-a;schema=5;created={ms};to=police-de;cc=DE"
+    old = SignedContext.parse(v1.encode())
+    assert (old.signed_at_ms, old.recipients) == (ms, ("police-de",))
+    with pytest.raises(SignatureInvalid, match="malformed"):
+        SignedContext.parse(v1.replace("v1;", "v2;").encode())  # v2 needs signed=
 
 
 # -- sealing ----------------------------------------------------------------------------------
@@ -284,15 +290,26 @@ def test_sealed_and_signed_referral_opens_for_recipients_and_not_for_others(
     assert b"example.org" not in value
     assert datum["body"]["summary"].encode() not in value
     de_topic = "referrals.to.DE"
-    for org in ("police-de", "police-nl"):
-        got = _receiver(env, org).receive(CODEC, de_topic, value, headers)
+    for org, topic in (("police-de", de_topic), ("police-nl", "referrals.to.NL")):
+        got = _receiver(env, org).receive(CODEC, topic, value, headers)
         assert m.Referral.from_avro(got) == m.Referral.from_avro(datum)
-    with pytest.raises(SealError, match="not sealed for police-fr") as err:
+    # Another organisation's lane, or a lane the envelope does not route to: misrouted.
+    with pytest.raises(Misrouted, match="for police-de, not police-fr") as err:
         _receiver(env, "police-fr").receive(CODEC, de_topic, value, headers)
-    assert stage_of(err.value) == "UNSEAL"
-    with pytest.raises(SignatureInvalid, match="re-addressed") as sig:
+    assert stage_of(err.value) == "ROUTE_CHECK"
+    with pytest.raises(Misrouted, match="not to the normal lane of FR") as sig:
         _receiver(env, "police-de").receive(CODEC, "referrals.to.FR", value, headers)
-    assert stage_of(sig.value) == "VERIFY"
+    assert stage_of(sig.value) == "ROUTE_CHECK"
+    # Routed to police-fr, but its origin sealed the body for the other two only.
+    three = _datum(
+        jurisdictions=[
+            {"country": c, "basis": "HOSTING", "derived": False} for c in ("DE", "FR", "NL")
+        ]
+    )
+    v3, h3 = _origin(env).encode(CODEC, three, ["police-de", "police-nl"])
+    with pytest.raises(SealError, match="not sealed for police-fr") as unseal:
+        _receiver(env, "police-fr").receive(CODEC, "referrals.to.FR", v3, h3)
+    assert stage_of(unseal.value) == "UNSEAL"
     altered = bytearray(value)
     altered[-3] ^= 0x01
     with pytest.raises(SignatureInvalid, match="bad signature"):
@@ -329,9 +346,17 @@ def test_plain_referrals_only_where_the_network_allows_them(
     )
     with pytest.raises(SignatureInvalid, match="missing signature on a referral from hl-a"):
         receiver.receive(CODEC, "referrals.to.DE", plain, [])
-    with pytest.raises(SignatureInvalid, match="not addressed to police-nl"):
+    with pytest.raises(Misrouted):
         ReceiverSecurity.load(env["settings"], open_net, "police-nl").receive(
             CODEC, "referrals.to.DE", plain, signed
+        )
+    two = _two_jurisdictions()
+    plain_two = CODEC.encode(REFERRAL, two)
+    ctx_two = SignedContext.of(two["envelope"], CODEC.schema_id_of(plain_two), ["police-de"])
+    signed_two = sign(keys.signing, keys.signing_id, ctx_two, plain_two)
+    with pytest.raises(SignatureInvalid, match="not addressed to police-nl"):
+        ReceiverSecurity.load(env["settings"], open_net, "police-nl").receive(
+            CODEC, "referrals.to.NL", plain_two, signed_two
         )
     unknown = _datum(origin_org="hl-b", origin_country="DE")
     bare = OriginSecurity(open_net, "hl-b", None, load_trust(open_net))
@@ -354,14 +379,15 @@ def test_red_goes_to_named_recipients_only_and_restricted_cases_are_not_forwarde
     value, headers = _published(env, red)
     # The router sends RED to police-nl only; a copy re-addressed to police-de is refused.
     assert decide(red["envelope"], env["network"]).orgs == ("police-nl",)
-    with pytest.raises(SealError, match="not sealed for police-de"):
+    with pytest.raises(Misrouted, match="routes to the normal lane of NL, not to"):
         _receiver(env, "police-de").receive(CODEC, "referrals.to.DE", value, headers)
-    # Signed and sealed for police-de too, but RED names police-nl only: the sink refuses.
+    # Signed and sealed for police-de too, but RED names police-nl only: the sink refuses
+    # (the routing decision drops DE; the handling rule would refuse it next).
     forged = OriginSecurity.load(env["settings"], env["network"], "hl-a")
     v2, h2 = forged.encode(CODEC, red, ["police-de", "police-nl"])
-    with pytest.raises(SecurityError, match="TLP:RED") as err:
+    with pytest.raises(Misrouted) as err:
         _receiver(env, "police-de").receive(CODEC, "referrals.to.DE", v2, h2)
-    assert stage_of(err.value) == "HANDLING"
+    assert stage_of(err.value) == "ROUTE_CHECK"
 
     strict = _datum(
         jurisdictions=[{"country": "NL", "basis": "HOSTING", "derived": False}],

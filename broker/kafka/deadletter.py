@@ -70,6 +70,15 @@ class DeadLetterStage(StrEnum):
     DELIVER = "DELIVER"
     #: the signature did not verify
     VERIFY = "VERIFY"
+    #: the signature was made too long ago, or in the future beyond the network's clock skew
+    SIGNATURE_WINDOW = "SIGNATURE_WINDOW"
+    #: the signed envelope does not route the referral to this topic, lane or organisation
+    ROUTE_CHECK = "ROUTE_CHECK"
+    #: a status update is unsigned where signatures are required, badly signed, not about one
+    #: of the origin's referrals, or from an organisation the referral was not routed to
+    STATUS_VERIFY = "STATUS_VERIFY"
+    #: a status update may not follow the referral's current status (e.g. ACCEPTED after CLOSED)
+    STATUS_LIFECYCLE = "STATUS_LIFECYCLE"
     #: the sealed body could not be opened
     UNSEAL = "UNSEAL"
     #: the handling rules (TLP, handling codes) forbid delivery

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaProducer
@@ -30,6 +31,7 @@ __all__ = [
     "HANDOVER_EVENT",
     "HandoverEventType",
     "LedgerEmitter",
+    "Signer",
     "decode_events",
     "handover_event",
 ]
@@ -86,12 +88,21 @@ def handover_event(
     }
 
 
+#: Signs one ledger record: ``(value, number of events) -> signature headers`` ([]: unsigned);
+#: :func:`broker.security.signing.ledger_signer` makes one from an actor's keys.
+Signer = Callable[[bytes, int], list[tuple[str, bytes]]]
+
+
 class LedgerEmitter:
-    """Publishes handover events to the ledger topic.
+    """Publishes handover events to the ledger topic, each record signed by its actor.
 
     With ``batch=False`` (default) each :meth:`emit` sends one ``HandoverEvent``
-    keyed by referral id. With ``batch=True`` events are held until
-    :meth:`flush_batch`, which sends them as one ``HandoverBatch`` keyed by the actor.
+    keyed by referral id, signed on its own (a connector's). With ``batch=True``
+    events are held until :meth:`flush_batch`, which sends them as one
+    ``HandoverBatch`` keyed by the actor and signed once (the router's: one
+    signature per consumed batch keeps public-key work off its hot path).
+    Without a ``signer`` records go unsigned (only fit for networks that allow
+    plain referrals: ``referral ledger verify`` refuses them otherwise).
     """
 
     def __init__(
@@ -102,12 +113,14 @@ class LedgerEmitter:
         *,
         batch: bool = False,
         actor: str = "",
+        signer: Signer | None = None,
     ) -> None:
         self._producer = producer
         self._codec = codec
         self.topic = topic
         self.batch = batch
         self.actor = actor
+        self.signer = signer
         self._pending: list[dict[str, Any]] = []
 
     def emit(self, event: dict[str, Any]) -> FutureRecordMetadata | None:
@@ -117,7 +130,8 @@ class LedgerEmitter:
             return None
         value = self._codec.encode(HANDOVER_EVENT, event)
         key = str(event["referral_id"]).encode()
-        return self._producer.send(self.topic, key=key, value=value)
+        headers = self.signer(value, 1) if self.signer is not None else []
+        return self._producer.send(self.topic, key=key, value=value, headers=headers)
 
     def flush_batch(
         self, headers: list[tuple[str, bytes]] | None = None
@@ -127,8 +141,9 @@ class LedgerEmitter:
             return None
         events, self._pending = self._pending, []
         value = self._codec.encode(HANDOVER_BATCH, {"actor": self.actor, "events": events})
+        signed = self.signer(value, len(events)) if self.signer is not None else []
         return self._producer.send(
-            self.topic, key=self.actor.encode(), value=value, headers=headers or []
+            self.topic, key=self.actor.encode(), value=value, headers=[*(headers or []), *signed]
         )
 
     def discard_batch(self) -> None:

@@ -33,10 +33,13 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
 import stat
+import threading
+import time
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -53,7 +56,11 @@ if TYPE_CHECKING:
     from broker.network import Network
 
 __all__ = [
+    "RELOAD_CHECK_SECONDS",
+    "ROUTER",
     "KeyUse",
+    "LiveKeys",
+    "LiveTrust",
     "OrgKeys",
     "PublicKey",
     "TrustStore",
@@ -68,6 +75,13 @@ __all__ = [
 
 KeyUse = Literal["sign", "enc"]
 _MANIFEST = "keys.json"
+#: How often a running component looks at its key files for a change (seconds).
+RELOAD_CHECK_SECONDS = 1.0
+#: The signer id of the routers: not an organisation, but it signs its ledger batches and
+#: checkpoints (keys in ``<state_dir>/orgs/router/keys``, public keys in the trust file).
+ROUTER = "router"
+
+log = logging.getLogger("referral.security")
 
 
 def key_id(raw_public: bytes) -> str:
@@ -235,9 +249,14 @@ class TrustStore:
         """True if the organisation has (or had: revoked counts) a signing key on record."""
         return any(k.use == "sign" for k in self._keys.get(org_id, []))
 
-    def signing_key(self, org_id: str, kid: str) -> Ed25519PublicKey:
-        """The origin's signing key ``kid``; SignatureInvalid if unknown, revoked or not its own."""
-        if kid in self.revoked:
+    def signing_key(
+        self, org_id: str, kid: str, *, allow_revoked: bool = False
+    ) -> Ed25519PublicKey:
+        """The signer's signing key ``kid``; SignatureInvalid if unknown, revoked or not its own.
+
+        ``allow_revoked`` accepts a key revoked since (to check records kept as history).
+        """
+        if kid in self.revoked and not allow_revoked:
             raise SignatureInvalid(f"signing key {kid} of {org_id} is revoked")
         for k in self._keys.get(org_id, []):
             if k.id == kid and k.use == "sign":
@@ -385,3 +404,127 @@ def revoke_in_trust_file(path: Path, org_id: str, kid: str) -> None:
         revoked.append(kid)
     table["revoked"] = revoked
     _write_trust_file(path, orgs)
+
+
+# -- keys that follow their files while running --------------------------------------------------
+
+
+def _stamp(paths: Sequence[Path]) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for path in paths:
+        try:
+            st = path.stat()
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append((0, -1, 0))
+    return tuple(out)
+
+
+class _Live:
+    """A value loaded from files and loaded again when they change.
+
+    The files are looked at (one ``stat`` each) at most every ``check_every``
+    seconds, on the first use after that; a change is re-read at once. A
+    reload that fails keeps the last good value (and says so in the log) until
+    the files are fixed.
+    """
+
+    def __init__(
+        self, load: Callable[[], Any], paths: Sequence[Path], check_every: float, what: str
+    ) -> None:
+        self._load = load
+        self._paths = [Path(p) for p in paths]
+        self.check_every = check_every
+        self._what = what
+        self._lock = threading.Lock()
+        self._stamp = _stamp(self._paths)
+        self._value = load()
+        self._checked = time.monotonic()
+        #: How many times the files changed and were read again.
+        self.reloads = 0
+
+    def _current(self) -> Any:
+        if time.monotonic() - self._checked < self.check_every:
+            return self._value
+        with self._lock:
+            self._checked = time.monotonic()
+            stamp = _stamp(self._paths)
+            if stamp != self._stamp:
+                try:
+                    self._value = self._load()
+                except ConfigError as exc:
+                    log.warning(
+                        "%s changed but cannot be read, keeping the last good one: %s",
+                        self._what,
+                        str(exc).splitlines()[0],
+                    )
+                    return self._value
+                self._stamp = stamp
+                self.reloads += 1
+                log.info("%s re-read after a change", self._what)
+            return self._value
+
+
+class LiveTrust(_Live):
+    """The network's trust store, re-read when the trust file changes.
+
+    Revocation and rotation reach a running connector or router this way,
+    without a restart: the file is looked at every :data:`RELOAD_CHECK_SECONDS`
+    (on the next record after that), so a change is in force within that time
+    plus one batch in hand.
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        network_file: Path | None = None,
+        *,
+        check_every: float = RELOAD_CHECK_SECONDS,
+    ) -> None:
+        path = trust_file_path(network, network_file)
+        super().__init__(
+            lambda: load_trust(network, network_file),
+            [path] if path is not None else [],
+            check_every,
+            "trust file",
+        )
+
+    @classmethod
+    def fixed(cls, store: TrustStore) -> LiveTrust:
+        """A trust store that never changes (tests, one-off commands)."""
+        live = cls.__new__(cls)
+        _Live.__init__(live, lambda: store, [], float("inf"), "trust store")
+        return live
+
+    def current(self) -> TrustStore:
+        """The trust store as the file says now."""
+        value: TrustStore = self._current()
+        return value
+
+
+class LiveKeys(_Live):
+    """An organisation's own private keys, re-read when its key manifest changes (rotation)."""
+
+    def __init__(
+        self, directory: Path, org_id: str, *, check_every: float = RELOAD_CHECK_SECONDS
+    ) -> None:
+        self.org_id = org_id
+        super().__init__(
+            lambda: OrgKeys.load(directory, org_id),
+            [directory / _MANIFEST],
+            check_every,
+            f"keys of {org_id}",
+        )
+
+    @classmethod
+    def fixed(cls, keys: OrgKeys | None, org_id: str = "") -> LiveKeys:
+        """Keys that never change."""
+        live = cls.__new__(cls)
+        live.org_id = keys.org_id if keys is not None else org_id
+        _Live.__init__(live, lambda: keys, [], float("inf"), "keys")
+        return live
+
+    def current(self) -> OrgKeys | None:
+        """The organisation's keys as its key directory holds them now (None: it has none)."""
+        value: OrgKeys | None = self._current()
+        return value

@@ -10,19 +10,38 @@ referrals (``[network] allow_plain``).
 before anything is delivered, in this order, raising an error whose class names
 the dead-letter stage (:func:`stage_of`):
 
-1. the signature over the raw bytes (before decoding them) → ``VERIFY``;
-2. the decoded envelope against the signed context, the topic's jurisdiction
-   against the signed jurisdictions → ``VERIFY``;
-3. a signature is required for sealed bodies, for origins with keys on record
-   and wherever plain referrals are not allowed → ``VERIFY``;
-4. the sealed body opens for this organisation (a plain body is refused where
+1. the signature over the raw bytes (before decoding them) → ``VERIFY``; its
+   creation time within the network's window → ``SIGNATURE_WINDOW``;
+2. the decoded envelope against the signed context; a signature is required
+   for sealed bodies, for origins with keys on record and wherever plain
+   referrals are not allowed → ``VERIFY``;
+3. the routing decision recomputed from the (signed) envelope has a
+   destination on the topic the record arrived on — its jurisdiction and its
+   lane — that names this organisation → ``ROUTE_CHECK``
+   (:func:`broker.routing.check.check_arrival`; the router's headers are hints);
+4. (no step: the jurisdiction check of the signed context is part of 3)
+5. the sealed body opens for this organisation (a plain body is refused where
    the network requires sealing) → ``UNSEAL``; a plain body must be addressed
    to this organisation in the signed context → ``VERIFY``;
-5. TLP:RED must name this organisation → ``HANDLING``.
+6. TLP:RED must name this organisation → ``HANDLING``.
 
-What a receiver accepted is remembered in its :class:`HandlingLog`, so the
-publisher of that organisation can refuse to forward a TLP:AMBER+STRICT, RED
-or H2 case in a re-referral.
+What a receiver accepted is remembered in its :class:`HandlingLog` (keyed by
+origin and referral id), so the publisher of that organisation can refuse to
+forward a TLP:AMBER+STRICT, RED or H2 case in a re-referral.
+
+Status updates are signed by the organisation that emits them
+(:meth:`_OrgSecurity.sign_status`) and checked by the origin before it acts on
+them (:meth:`OriginSecurity.receive_status`, :meth:`OriginSecurity.check_status_sender`):
+signature (or plain, only where plain referrals are allowed and the emitter
+has no key on record), window, the update against its signed context, that it
+is about one of this origin's referrals, and that the emitter is among the
+organisations the referral's signed envelope is routed to. Every refusal but
+the window's is stage ``STATUS_VERIFY``.
+
+Keys and the trust store follow their files while running
+(:class:`~broker.security.keys.LiveKeys`, :class:`~broker.security.keys.LiveTrust`):
+a revocation or rotation is in force within
+:data:`~broker.security.keys.RELOAD_CHECK_SECONDS` plus one batch.
 """
 
 from __future__ import annotations
@@ -36,15 +55,37 @@ from typing import Any
 import fastavro
 
 from broker.config import Settings
-from broker.errors import SealError, SecurityError, SignatureInvalid
+from broker.errors import (
+    Misrouted,
+    NotARecipient,
+    ReferralError,
+    SealError,
+    SecurityError,
+    SignatureInvalid,
+    SignatureOutOfWindow,
+)
 from broker.kafka.deadletter import DeadLetterStage
 from broker.network import Network
-from broker.security.keys import OrgKeys, TrustStore, key_dir, load_trust
+from broker.routing.check import check_arrival, check_recipient
+from broker.routing.decide import DecisionCache
+from broker.security.keys import LiveKeys, LiveTrust, OrgKeys, TrustStore, key_dir
 from broker.security.sealing import is_sealed, open_sealed, seal, sealed_for
-from broker.security.signing import SignedContext, check_envelope, has_signature, sign, verify
+from broker.security.signing import (
+    LedgerSigner,
+    SignedContext,
+    StatusContext,
+    check_envelope,
+    check_status,
+    has_signature,
+    ledger_signer,
+    sign,
+    verify,
+    verify_signed,
+)
+from broker.security.window import SignatureWindow
 from broker.sqlite import Database
 from broker.wire.codec import Codec
-from broker.wire.registry import REFERRAL, Registry
+from broker.wire.registry import REFERRAL, STATUS_UPDATE, Registry
 from broker.wire.topics import TopicNames
 
 __all__ = [
@@ -52,6 +93,7 @@ __all__ = [
     "HandlingLog",
     "OriginSecurity",
     "ReceiverSecurity",
+    "network_window",
     "stage_of",
 ]
 
@@ -62,11 +104,23 @@ _NO_ONWARD_CODES = frozenset({"H2"})
 
 def stage_of(exc: SecurityError) -> DeadLetterStage:
     """The dead-letter stage of a security refusal."""
+    if isinstance(exc, SignatureOutOfWindow):
+        return DeadLetterStage.SIGNATURE_WINDOW
     if isinstance(exc, SignatureInvalid):
         return DeadLetterStage.VERIFY
     if isinstance(exc, SealError):
         return DeadLetterStage.UNSEAL
+    if isinstance(exc, Misrouted):
+        return DeadLetterStage.ROUTE_CHECK
+    if isinstance(exc, NotARecipient):
+        return DeadLetterStage.STATUS_VERIFY
     return DeadLetterStage.HANDLING
+
+
+def network_window(network: Network) -> SignatureWindow:
+    """The signature window the network file sets (``[network] signature_*``)."""
+    info = network.network
+    return SignatureWindow(info.signature_max_age_days, info.signature_clock_skew_seconds)
 
 
 class BodyCodec:
@@ -117,11 +171,13 @@ class HandlingLog:
     """What an organisation received under restrictive handling, by case id (SQLite)."""
 
     def __init__(self, path: Path) -> None:
+        # Keyed by (origin, referral id): another origin re-using an id cannot mask a case.
         self._db = Database(
             path,
-            "CREATE TABLE IF NOT EXISTS received (referral_id TEXT PRIMARY KEY,"
-            " case_id TEXT NOT NULL, origin TEXT NOT NULL, tlp TEXT NOT NULL,"
-            " handling_code TEXT NOT NULL, at REAL NOT NULL);",
+            "CREATE TABLE IF NOT EXISTS handled (origin TEXT NOT NULL,"
+            " referral_id TEXT NOT NULL, case_id TEXT NOT NULL, tlp TEXT NOT NULL,"
+            " handling_code TEXT NOT NULL, at REAL NOT NULL,"
+            " PRIMARY KEY (origin, referral_id));",
         )
 
     @classmethod
@@ -134,11 +190,11 @@ class HandlingLog:
         handling = envelope.get("handling") or {}
         with self._db.transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO received VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO handled VALUES (?, ?, ?, ?, ?, ?)",
                 (
+                    str(envelope.get("origin_org")),
                     str(envelope.get("referral_id")),
                     str(envelope.get("case_id")),
-                    str(envelope.get("origin_org")),
                     str(handling.get("tlp")),
                     str(handling.get("handling_code")),
                     time.time(),
@@ -148,7 +204,7 @@ class HandlingLog:
     def restrictions(self, case_id: str) -> list[tuple[str, str, str]]:
         """(origin, tlp, handling code) of each received referral of ``case_id``."""
         rows = self._db.query(
-            "SELECT origin, tlp, handling_code FROM received WHERE case_id = ?", (case_id,)
+            "SELECT origin, tlp, handling_code FROM handled WHERE case_id = ?", (case_id,)
         )
         return [(str(o), str(t), str(h)) for o, t, h in rows]
 
@@ -163,28 +219,73 @@ def _describe(tlp: str, code: str) -> str:
 
 
 class _OrgSecurity:
-    """What both sides hold: the network, the organisation's keys, the trust store, its log."""
+    """What both sides hold: the network, the organisation's keys, the trust store, its log.
+
+    ``keys`` and ``trust`` may be fixed or live (re-read when their files change);
+    the properties always give the current ones.
+    """
 
     def __init__(
         self,
         network: Network,
         org_id: str,
-        keys: OrgKeys | None,
-        trust: TrustStore,
+        keys: OrgKeys | LiveKeys | None,
+        trust: TrustStore | LiveTrust,
         handling: HandlingLog | None = None,
+        *,
+        names: TopicNames | None = None,
     ) -> None:
         self.network = network
         self.org_id = org_id
-        self.keys = keys
-        self.trust = trust
+        self.live_keys = keys if isinstance(keys, LiveKeys) else LiveKeys.fixed(keys, org_id)
+        self.live_trust = trust if isinstance(trust, LiveTrust) else LiveTrust.fixed(trust)
         self.handling = handling
+        self.names = names or TopicNames()
+        self.window = network_window(network)
+        self._decisions = DecisionCache(network, self.names)
         self._bodies: BodyCodec | None = None
+
+    @staticmethod
+    def _live(settings: Settings, network: Network, org_id: str) -> tuple[LiveKeys, LiveTrust]:
+        return (
+            LiveKeys(key_dir(settings, org_id), org_id),
+            LiveTrust(network, settings.network_file),
+        )
+
+    @property
+    def keys(self) -> OrgKeys | None:
+        """The organisation's private keys as they are now (None: it has none)."""
+        return self.live_keys.current()
+
+    @property
+    def trust(self) -> TrustStore:
+        """The network's trust store as the trust file says now."""
+        return self.live_trust.current()
 
     def _body_codec(self, codec: Codec) -> BodyCodec:
         """The case-body codec on ``codec``'s registry (built once)."""
         if self._bodies is None:
             self._bodies = BodyCodec(codec.registry)
         return self._bodies
+
+    def sign_status(self, value: bytes, status: Mapping[str, Any]) -> list[tuple[str, bytes]]:
+        """The signature headers of a status update this organisation emits.
+
+        Without keys the update goes plain, only where the network allows plain referrals.
+        """
+        keys = self.keys
+        if keys is None:
+            if not self.network.network.allow_plain:
+                raise SecurityError(
+                    f"plain status updates are not allowed in this network and {self.org_id} "
+                    f"has no keys to sign them (run `referral keys init {self.org_id}`)"
+                )
+            return []
+        return sign(keys.signing, keys.signing_id, StatusContext.of(status), value)
+
+    def ledger_signer(self) -> LedgerSigner:
+        """Signs this organisation's ledger records with its current key (unsigned without)."""
+        return ledger_signer(self.live_keys, self.org_id)
 
     def close(self) -> None:
         """Close the handling log."""
@@ -193,17 +294,20 @@ class _OrgSecurity:
 
 
 class OriginSecurity(_OrgSecurity):
-    """What the publishing organisation does to each referral before it leaves."""
+    """What the publishing organisation does to each referral before it leaves, and to each
+    status update about it before acting on one."""
 
     @classmethod
     def load(cls, settings: Settings, network: Network, org_id: str) -> OriginSecurity:
         """The origin's keys from its key directory, the network's trust store and its log."""
+        keys, trust = cls._live(settings, network, org_id)
         return cls(
             network,
             org_id,
-            OrgKeys.load(key_dir(settings, org_id), org_id),
-            load_trust(network, settings.network_file),
+            keys,
+            trust,
             HandlingLog.for_org(settings, org_id),
+            names=settings.topic_names(),
         )
 
     def check_onward(self, envelope: Mapping[str, Any]) -> None:
@@ -222,7 +326,8 @@ class OriginSecurity(_OrgSecurity):
     ) -> tuple[bytes, list[tuple[str, bytes]]]:
         """The value bytes and signature headers: sealed and signed, or plain where allowed."""
         envelope = datum["envelope"]
-        if self.keys is None:
+        keys = self.keys
+        if keys is None:
             if not self.network.network.allow_plain:
                 raise SecurityError(
                     f"plain referrals are not allowed in this network and {self.org_id} has no "
@@ -232,7 +337,8 @@ class OriginSecurity(_OrgSecurity):
         bodies = self._body_codec(codec)
         schema_id = bodies.current_id()
         to = sorted(set(recipients))
-        sealed_keys = {org: self.trust.encryption_key(org) for org in to}
+        trust = self.trust
+        sealed_keys = {org: trust.encryption_key(org) for org in to}
         plaintext = bodies.encode(schema_id, datum["body"])
         body = seal(
             plaintext,
@@ -242,7 +348,51 @@ class OriginSecurity(_OrgSecurity):
         )
         value = codec.encode(REFERRAL, {**datum, "body": body})
         context = SignedContext.of(envelope, schema_id, to)
-        return value, sign(self.keys.signing, self.keys.signing_id, context, value)
+        return value, sign(keys.signing, keys.signing_id, context, value)
+
+    def receive_status(
+        self, codec: Codec, value: bytes, headers: Any
+    ) -> tuple[dict[str, Any], StatusContext | None]:
+        """A status update addressed to this origin, its signature checked; SecurityError if not.
+
+        The signature is checked before a byte is decoded; then its window, that the
+        decoded update says what was signed, and that it is addressed to this
+        organisation. Unsigned updates pass only where the network allows plain
+        referrals and the emitter has no signing key on record. Codec errors pass through.
+        """
+        context = None
+        if has_signature(headers):
+            context = verify_signed(headers, value, self.trust, StatusContext)
+            self.window.check(context.signed_at_ms, what="status signature")
+        _, datum = codec.decode(value, expected=STATUS_UPDATE)
+        emitter = str(datum.get("emitted_by"))
+        if context is not None:
+            check_status(context, datum)
+        elif not self.network.network.allow_plain or self.trust.has_signing_keys(emitter):
+            raise SignatureInvalid(f"missing signature on a status update from {emitter}")
+        if str(datum.get("origin_org")) != self.org_id:
+            raise NotARecipient(
+                f"status update for the referrals of {datum.get('origin_org')}, not {self.org_id}"
+            )
+        return datum, context
+
+    def check_status_sender(
+        self, status: Mapping[str, Any], envelope: Mapping[str, Any] | None
+    ) -> None:
+        """NotARecipient unless ``envelope`` (as this origin signed and kept it) is the
+        referral the update is about and routes it to the update's emitter."""
+        rid = str(status.get("referral_id"))
+        if (
+            envelope is None
+            or str(envelope.get("origin_org")) != self.org_id
+            or str(envelope.get("referral_id")) != rid
+        ):
+            raise NotARecipient(f"status update about a referral {self.org_id} did not publish")
+        try:
+            decision = self._decisions.decide(envelope)
+        except ReferralError as exc:
+            raise NotARecipient("the referral's envelope no longer routes anywhere") from exc
+        check_recipient(decision, str(status.get("emitted_by")))
 
 
 class ReceiverSecurity(_OrgSecurity):
@@ -253,22 +403,22 @@ class ReceiverSecurity(_OrgSecurity):
         network: Network,
         org_id: str,
         names: TopicNames,
-        keys: OrgKeys | None,
-        trust: TrustStore,
+        keys: OrgKeys | LiveKeys | None,
+        trust: TrustStore | LiveTrust,
         handling: HandlingLog | None = None,
     ) -> None:
-        super().__init__(network, org_id, keys, trust, handling)
-        self.names = names
+        super().__init__(network, org_id, keys, trust, handling, names=names)
 
     @classmethod
     def load(cls, settings: Settings, network: Network, org_id: str) -> ReceiverSecurity:
         """The receiver's keys, the network's trust store and the receiver's handling log."""
+        keys, trust = cls._live(settings, network, org_id)
         return cls(
             network,
             org_id,
             settings.topic_names(),
-            OrgKeys.load(key_dir(settings, org_id), org_id),
-            load_trust(network, settings.network_file),
+            keys,
+            trust,
             HandlingLog.for_org(settings, org_id),
         )
 
@@ -277,25 +427,21 @@ class ReceiverSecurity(_OrgSecurity):
 
         Codec errors of the value pass through (the record is not a referral at all).
         """
-        context = verify(headers, value, self.trust) if has_signature(headers) else None
+        trust = self.trust
+        context = verify(headers, value, trust) if has_signature(headers) else None
+        if context is not None:
+            self.window.check(context.signed_at_ms, what="referral signature")
         _, datum = codec.decode(value, expected=REFERRAL)
         envelope, body = datum["envelope"], datum["body"]
         schema_id = codec.schema_id_of(value)
         origin = str(envelope["origin_org"])
         if context is not None:
             check_envelope(context, envelope, schema_id)
-            lane = self.names.jurisdiction_of(topic)
-            if lane is not None and lane not in context.jurisdictions:
-                raise SignatureInvalid(
-                    f"re-addressed: topic jurisdiction {lane} is not among the signed "
-                    f"jurisdictions ({','.join(context.jurisdictions)})"
-                )
-        elif (
-            is_sealed(body)
-            or not self.network.network.allow_plain
-            or self.trust.has_signing_keys(origin)
-        ):
-            raise SignatureInvalid(f"missing signature on a referral from {origin}")
+        else:
+            plain_ok = self.network.network.allow_plain and not trust.has_signing_keys(origin)
+            if is_sealed(body) or not plain_ok:
+                raise SignatureInvalid(f"missing signature on a referral from {origin}")
+        self.check_route(envelope, topic)
         if is_sealed(body):
             plaintext = self._open(body, envelope, context)
             datum["body"] = self._body_codec(codec).decode(schema_id, plaintext)
@@ -316,13 +462,22 @@ class ReceiverSecurity(_OrgSecurity):
             self.handling.record(envelope)
         return datum
 
+    def check_route(self, envelope: Mapping[str, Any], topic: str) -> None:
+        """Misrouted unless the decision for ``envelope`` puts this organisation on ``topic``."""
+        try:
+            decision = self._decisions.decide(envelope)
+        except ReferralError as exc:
+            raise Misrouted(f"misrouted: the envelope cannot be routed ({exc})") from exc
+        check_arrival(decision, topic, self.org_id, self.names)
+
     def _open(
         self,
         body: Mapping[str, Any],
         envelope: Mapping[str, Any],
         context: SignedContext | None,
     ) -> bytes:
-        if self.keys is None:
+        keys = self.keys
+        if keys is None:
             raise SealError(
                 f"sealed body, but {self.org_id} has no private keys "
                 f"(run `referral keys init {self.org_id}`)"
@@ -332,7 +487,7 @@ class ReceiverSecurity(_OrgSecurity):
             referral_id=str(envelope["referral_id"]),
             origin=str(envelope["origin_org"]),
             org_id=self.org_id,
-            private_keys=self.keys.encryption,
+            private_keys=keys.encryption,
         )
         if context is not None and tuple(sorted(sealed_for(body))) != context.recipients:
             raise SignatureInvalid("the sealed recipients differ from the signed recipients")
