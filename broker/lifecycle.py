@@ -115,7 +115,7 @@ def describe_refusal(current: ReferralStatus | str | None, status: ReferralStatu
     now = "no status yet" if current is None else _status(current).value
     allowed = allowed_next(current)
     if not allowed:
-        return f"{new} refused: the referral is {now}, which is final (no further status)"
+        return f"{new} refused after {now}: allowed next are none ({now} is final)"
     return f"{new} refused after {now}: allowed next are {', '.join(s.value for s in allowed)}"
 
 

@@ -155,10 +155,10 @@ class TopicLayout(_Frozen):
     overrides: dict[str, int] = Field(default_factory=dict)
 
     def partitions_for(self, topic: str) -> int:
-        """Partitions for ``topic`` (the ledger has one, so its order is total)."""
+        """Partitions for ``topic`` (the ledger and its checkpoints have one: a total order)."""
         if topic in self.overrides:
             return self.overrides[topic]
-        if topic == topics.LEDGER:
+        if topic in (topics.LEDGER, topics.CHECKPOINTS):
             return 1
         return self.partitions
 
@@ -260,6 +260,7 @@ class Network(_Frozen):
             topics.DEADLETTER,
             topics.STATUS_INTAKE,
             topics.LEDGER,
+            topics.CHECKPOINTS,
         ]
         for cc in self.served():
             bare += [topics.jurisdiction_topic(cc), topics.urgent_topic(cc)]
@@ -497,6 +498,7 @@ def _known_topic_name(name: str, org_ids: dict[str, int]) -> bool:
         topics.DEADLETTER,
         topics.STATUS_INTAKE,
         topics.LEDGER,
+        topics.CHECKPOINTS,
     }
     if name in fixed or topics.is_jurisdiction_topic(name):
         return True

@@ -14,6 +14,8 @@ from rich.table import Table
 from broker.errors import BrokerError, ConfigError, ValidationFailed
 from broker.kafka import clients
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
+from broker.lifecycle import LifecycleError, advance, allowed_next
+from broker.security.rules import ReceiverSecurity
 from broker.wire.codec import Codec
 from broker.wire.models import ReferralStatus, StatusUpdate, problems_of, utc_now_ms
 from cli.app import (
@@ -226,6 +228,14 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _current_status(inbox: Inbox, origin: str, referral_id: str) -> ReferralStatus | None:
+    """Where the lifecycle stands after what this organisation sent (RECEIVED came on delivery)."""
+    current: ReferralStatus | None = ReferralStatus.RECEIVED
+    for sent in inbox.sent_statuses(origin, referral_id):
+        current = advance(current, sent)
+    return current
+
+
 def status(
     ctx: typer.Context,
     org: str = typer.Argument(..., help="The organisation reporting the status."),
@@ -236,16 +246,35 @@ def status(
     destination: str | None = typer.Option(
         None, "--destination", help="For REROUTED: the organisation it was passed to."
     ),
+    origin: str | None = typer.Option(
+        None, "--origin", help="The referral's origin (if several used the same referral id)."
+    ),
+    network_file: Path | None = NETWORK_OPTION,
 ) -> None:
-    """Send a status update about a referral ORG received, back to its origin."""
-    settings = state(ctx).settings
+    """Send a status update about a referral ORG received, signed by ORG, back to its origin.
+
+    The status must follow the referral's current status in the lifecycle
+    (``broker/lifecycle.py``); otherwise one line names the allowed next statuses.
+    """
+    st = state(ctx)
+    network = st.network(network_file)
+    settings = st.settings
     inbox = Inbox.for_org(settings, org)
     try:
-        record = inbox.lookup(referral_id)
+        origins = inbox.origins_of(referral_id)
+        if origin is None and len(origins) > 1:
+            raise ConfigError(
+                f"referral id {referral_id} came from {len(origins)} origins "
+                f"({', '.join(origins)}); name one with --origin"
+            )
+        record = inbox.lookup(referral_id, origin)
+        if record is None:
+            raise ConfigError(f"{org} has not received referral {referral_id} (not in its inbox)")
+        current = _current_status(inbox, record.origin_org, referral_id)
+        if new_status not in allowed_next(current):
+            raise LifecycleError(current, new_status)
     finally:
         inbox.close()
-    if record is None:
-        raise ConfigError(f"{org} has not received referral {referral_id} (not in its inbox)")
     try:
         update = StatusUpdate(
             referral_id=referral_id,
@@ -263,10 +292,12 @@ def status(
         raise ValidationFailed("\n".join(problems), problems) from None
     codec = Codec.from_settings(settings)
     names = settings.topic_names()
+    security = ReceiverSecurity.load(settings, network, org)
     producer = clients.producer(settings, role=f"status-{org}")
     try:
-        meta = StatusSender(producer, codec, names).send(update).get(timeout=30)
-        LedgerEmitter(producer, codec, names.ledger).emit(
+        sender = StatusSender(producer, codec, names, security=security)
+        meta = sender.send(update).get(timeout=30)
+        LedgerEmitter(producer, codec, names.ledger, signer=security.ledger_signer()).emit(
             handover_event(
                 HandoverEventType.STATUS_SENT,
                 referral_id=referral_id,
@@ -285,6 +316,12 @@ def status(
         raise BrokerError(f"status not sent: {type(exc).__name__}") from exc
     finally:
         producer.close(10)
+        security.close()
+    inbox = Inbox.for_org(settings, org)
+    try:
+        inbox.record_sent_status(record.origin_org, referral_id, new_status.value)
+    finally:
+        inbox.close()
     console.print(
         escape(f"{new_status.value} for {referral_id} sent to {record.origin_org}"), markup=False
     )

@@ -2,6 +2,10 @@
 
 Private keys stay in ``<state_dir>/orgs/<org>/keys/`` and are never printed;
 only public key ids (and, for the trust file, the public keys) leave it.
+``router`` is accepted beside the network's organisations: the routers sign
+their ledger batches and checkpoints with it. Running connectors and routers
+re-read the trust file when it changes, so a revocation or rotation is in force
+without a restart (within ``RELOAD_CHECK_SECONDS`` plus one batch).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from rich.table import Table
 from broker.errors import ConfigError
 from broker.network import Network
 from broker.security.keys import (
+    RELOAD_CHECK_SECONDS,
+    ROUTER,
     OrgKeys,
     PublicKey,
     add_to_trust_file,
@@ -34,7 +40,7 @@ JSON_OPTION: Any = typer.Option(False, "--json", help="Machine-readable output."
 
 
 def _org(network: Network, org: str) -> None:
-    if not network.has_organisation(org):
+    if org != ROUTER and not network.has_organisation(org):
         raise ConfigError(f"organisation {org!r} is not in the network file")
 
 
@@ -135,4 +141,7 @@ def revoke_cmd(
             "keys.revoked list instead"
         )
     revoke_in_trust_file(trust, org, kid)
-    console.print(f"key {kid} of {org} revoked in {trust}")
+    console.print(
+        f"key {kid} of {org} revoked in {trust}; running connectors refuse it within "
+        f"{RELOAD_CHECK_SECONDS:g} s (plus the batch in hand)"
+    )

@@ -1,4 +1,5 @@
-"""The operator's commands: ``referral ledger sync|verify|show``, ``trace``, ``flows``, ``tail``.
+"""The operator's commands: ``referral ledger sync|verify|show|checkpoint``, ``trace``, ``flows``,
+``tail``.
 
 Thin: the ledger store (:mod:`broker.ledger.store`) and the pure views
 (:mod:`broker.ledger.views`) do the work. Output names ids, organisations,
@@ -15,6 +16,7 @@ import re
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -26,6 +28,7 @@ from rich.table import Table
 from broker.config import Settings
 from broker.errors import BrokerError, CodecError, ConfigError
 from broker.kafka import clients
+from broker.ledger.checkpoint import Checkpointer, HeadStore, HeldHead, read_checkpoints
 from broker.ledger.events import (
     HandoverEventType,
     LedgerEmitter,
@@ -34,7 +37,9 @@ from broker.ledger.events import (
 )
 from broker.ledger.store import LedgerStore, SyncReport
 from broker.ledger.views import Flows, HandoverRecord, Trace, flows, trace
+from broker.security.keys import ROUTER, LiveKeys, key_dir, load_trust
 from broker.security.sealing import is_sealed, sealed_for
+from broker.security.signing import ledger_signer
 from broker.wire.codec import Codec
 from broker.wire.registry import (
     HANDOVER_BATCH,
@@ -121,15 +126,105 @@ def ledger_sync(
     )
 
 
+def held_heads(settings: Settings) -> list[HeldHead]:
+    """The checkpoints every organisation's connector under the state directory holds."""
+    out: list[HeldHead] = []
+    for path in sorted((Path(settings.state_dir) / "orgs").glob("*/heads.sqlite3")):
+        heads = HeadStore(path, path.parent.name)
+        try:
+            out += heads.heads()
+        finally:
+            heads.close()
+    return out
+
+
+def _topic_heads(settings: Settings) -> list[HeldHead]:
+    return [
+        HeldHead(value, headers, "the topic")
+        for _, value, headers in read_checkpoints(settings, timeout=15)
+    ]
+
+
 @ledger_app.command("verify")
-def ledger_verify(ctx: typer.Context) -> None:
-    """Recompute the hash chain; exit 1 naming the first altered, missing or reordered entry."""
-    settings = state(ctx).settings
+def ledger_verify(
+    ctx: typer.Context,
+    offline: bool = typer.Option(
+        False, "--offline", help="Only what is held locally: no checkpoints or records from Kafka."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Check every entry's signature, the chain, and every checkpoint held locally and on the
+    topic; exit 1 naming the first entry that fails."""
+    st = state(ctx)
+    settings = st.settings
+    network = st.network()
+    trust = load_trust(network, settings.network_file)
+    codec = Codec.from_settings(settings)
+    heads = held_heads(settings)
+    reference = None
+    if not offline:
+        heads += _topic_heads(settings)
+        reference = LedgerStore.reference(settings, codec)
     with LedgerStore.for_settings(settings) as store:
-        result = store.verify()
-    console.print(str(result))
+        result = store.verify(
+            trust,
+            codec=codec,
+            allow_plain=network.network.allow_plain,
+            heads=heads,
+            reference=reference,
+        )
+    if as_json:
+        breach = result.breach
+        print_json(
+            {
+                "intact": result.intact,
+                "entries": result.entries,
+                "signed": result.signed,
+                "checkpoints": result.heads,
+                "holders": list(result.holders),
+                "ignored_checkpoints": list(result.ignored_heads),
+                "breach": None
+                if breach is None
+                else {"index": breach.index, "kind": breach.kind, "detail": breach.detail},
+            }
+        )
+    else:
+        console.print(escape(str(result)), markup=False)
+        for line in result.ignored_heads:
+            console.print(escape(f"ignored checkpoint: {line}"), markup=False)
     if not result.intact:
         raise typer.Exit(1)
+
+
+@ledger_app.command("checkpoint")
+def ledger_checkpoint(ctx: typer.Context) -> None:
+    """Publish a signed checkpoint of the ledger now, with the router's key (on demand)."""
+    settings = state(ctx).settings
+    keys = LiveKeys(key_dir(settings, ROUTER), ROUTER)
+    if keys.current() is None:
+        raise ConfigError(
+            f"no router key in {key_dir(settings, ROUTER)} (run `referral keys init router`)"
+        )
+    producer = clients.producer(settings, role="checkpoint")
+    try:
+        checkpointer = Checkpointer(
+            settings,
+            Codec.from_settings(settings),
+            keys,
+            producer,
+            store_path=Path(settings.state_dir) / "orgs" / ROUTER / "ledger.sqlite3",
+        )
+        checkpoint = checkpointer.publish_now(force=True)
+    finally:
+        producer.close(10)
+    assert checkpoint is not None
+    console.print(
+        escape(
+            f"checkpoint published: {checkpoint.count} entries, head {checkpoint.head[:16]}…, "
+            f"ledger offset {checkpoint.ledger_offset}"
+        ),
+        markup=False,
+    )
 
 
 @ledger_app.command("show")
@@ -218,9 +313,15 @@ def print_trace(t: Trace, now: datetime) -> None:
         console.print(escape(f"routed to {topic}: {reason}"), markup=False)
     if t.status is not None and t.status_at is not None:
         console.print(
-            escape(f"status: {t.status} from {t.status_by or '?'} at {_when(t.status_at)}"),
+            escape(
+                f"status: {t.status} from {t.status_by or '?'} at {_when(t.status_at)} "
+                "(current by lifecycle, verified by the origin)"
+            ),
             markup=False,
         )
+        if len(t.statuses) > 1:
+            each = ", ".join(f"{org} {status}" for org, status in sorted(t.statuses.items()))
+            console.print(escape(f"statuses: {each}"), markup=False)
     else:
         console.print("status: none yet")
     for org, at in sorted(t.received.items()):
@@ -489,6 +590,11 @@ def tail(
     reason: str | None = typer.Option(
         None, "--reason", help="Why the restricted bodies are shown; recorded in the ledger."
     ),
+    as_org: str | None = typer.Option(
+        None,
+        "--as",
+        help="With --reveal: whose operator reads (that organisation signs the record).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest."),
     max_records: int | None = typer.Option(None, "--max", min=1, help="Stop after N records."),
@@ -502,7 +608,7 @@ def tail(
         raise ConfigError('--reveal needs --reason "..." (every revealed body is recorded)')
     prefix = settings.topic_prefix
     name = topic if not prefix or topic.startswith(prefix) else prefix + topic
-    access = _AccessLog(settings, reason or "") if reveal else None
+    access = _AccessLog(settings, reason or "", as_org) if reveal else None
     codec = Codec.from_settings(settings) if decode or body else None
     consumer = clients.consumer(settings, group_id=None, role="tail")
     seen = 0
@@ -558,12 +664,20 @@ def tail(
 
 
 class _AccessLog:
-    """Records each revealed restricted body as an ACCESSED handover event in the ledger."""
+    """Records each revealed restricted body as an ACCESSED handover event in the ledger.
 
-    def __init__(self, settings: Settings, reason: str) -> None:
+    With an organisation (``--as``) the event is that organisation's, signed with its key;
+    without, it is the ``operator``'s and unsigned (fit only where plain referrals are allowed).
+    """
+
+    def __init__(self, settings: Settings, reason: str, org: str | None = None) -> None:
         self.settings = settings
         self.reason = " ".join(reason.split())
         self.user = getpass.getuser()
+        self.actor = org or "operator"
+        self._signer = (
+            ledger_signer(LiveKeys(key_dir(settings, org), org), org) if org is not None else None
+        )
         self._producer: Any = None
         self._ledger: LedgerEmitter | None = None
 
@@ -572,14 +686,16 @@ class _AccessLog:
         assert codec is not None
         if self._ledger is None:
             self._producer = clients.producer(self.settings, role="tail-access")
-            self._ledger = LedgerEmitter(self._producer, codec, self.settings.topic_names().ledger)
+            self._ledger = LedgerEmitter(
+                self._producer, codec, self.settings.topic_names().ledger, signer=self._signer
+            )
         self._ledger.emit(
             handover_event(
                 HandoverEventType.ACCESSED,
                 referral_id=str(info["referral_id"]),
                 case_id=str(info["case_id"]),
-                actor="operator",
-                to_party="operator",
+                actor=self.actor,
+                to_party=self.actor,
                 topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,

@@ -34,6 +34,12 @@ def route(
     idle_exit: float | None = typer.Option(
         None, "--idle-exit", help="Exit after this many seconds without records."
     ),
+    checkpoint_every: float = typer.Option(
+        30.0,
+        "--checkpoint-every",
+        min=0,
+        help="Seconds between signed ledger checkpoints (0: none; needs the router's key).",
+    ),
 ) -> None:
     """Run a router (join the group; SIGTERM or Ctrl-C finishes the batch and exits 0)."""
     st = state(ctx)
@@ -42,7 +48,14 @@ def route(
     stop = service_stop_event()
     codec = Codec.from_settings(settings)
     tracing = setup_tracing(settings, "router")
-    router = Router(settings, network, codec, group_id=group, tracing=tracing)
+    router = Router(
+        settings,
+        network,
+        codec,
+        group_id=group,
+        tracing=tracing,
+        checkpoint_every=checkpoint_every or None,
+    )
     console.print(
         f"router joined group {settings.topic_prefix}{group} on "
         f"{clients.resolve_bootstrap(settings)}"

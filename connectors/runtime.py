@@ -11,7 +11,10 @@ thread, until stopped:
 * one **status driver** feeding the status sinks (``status_folder``,
   ``status_webhook``) and clearing the outbox on RECEIVED;
 * the **outbox republisher**, sending again what no destination has answered,
-  after ``republish_after`` seconds and then less and less often.
+  after ``republish_after`` seconds and then less and less often;
+* the **head watcher**, keeping every signed ledger checkpoint the router
+  publishes (``<state_dir>/orgs/<org>/heads.sqlite3``; ``referral ledger
+  verify`` checks the ledger against them).
 
 The reserved ``[organisations.connectors.outbox]`` table tunes the outbox
 (``republish_after``, default 300 s, doubling per send up to ``backoff_max``,
@@ -36,6 +39,7 @@ from pydantic import BaseModel, Field, ValidationError
 from broker.config import Settings
 from broker.errors import ConfigError, ReferralError
 from broker.kafka import clients
+from broker.ledger.checkpoint import HeadWatcher
 from broker.network import Network, Organisation
 from broker.private import exposure, private_dir
 from broker.security.rules import ReceiverSecurity
@@ -193,6 +197,7 @@ class ConnectorRuntime:
             )
         self.sink_driver: SinkDriver | None = None
         self.status_driver: StatusDriver | None = None
+        self.heads: HeadWatcher | None = None
         self.republished: list[str] = []
         self.errors: list[str] = []
 
@@ -297,6 +302,9 @@ class ConnectorRuntime:
                 security=self.publisher.security,
             )
             self.status_driver.open()
+            self.heads = HeadWatcher(
+                self.settings, self.org.id, self.publisher.security.live_trust
+            ).start()
         except BaseException:
             self.stop()
             raise
@@ -372,6 +380,9 @@ class ConnectorRuntime:
             if driver is not None:
                 driver.close()
         self.sink_driver = self.status_driver = None
+        if self.heads is not None:
+            self.heads.stop()
+            self.heads = None
         if self._own_producer:
             clients.close_producer(self.producer, self.org.id, log)
         self.publisher.close()

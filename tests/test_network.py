@@ -68,6 +68,7 @@ def test_required_topics_cover_every_lane_and_status_topic() -> None:
         "x.referrals.deadletter",
         "x.status.intake",
         "x.handover.ledger",
+        "x.handover.checkpoints",
         "x.referrals.to.DE",
         "x.referrals.to.DE.urgent",
         "x.status.to.hl-aa",
@@ -75,6 +76,7 @@ def test_required_topics_cover_every_lane_and_status_topic() -> None:
         "x.status.to.fb",
     }
     assert req["x.handover.ledger"] == 1
+    assert req["x.handover.checkpoints"] == 1
     assert req["x.referrals.intake"] == 3
 
 

@@ -165,6 +165,24 @@ def test_trace_flows_ledger_topics_and_tail_after_routing(
         )
         # 3 PUBLISHED + 3 ROUTED + 1 DEAD_LETTERED + 1 DELIVERED + 1 STATUS_ROUTED
         wait_for_events(provisioned, codec, 9)
+        # The origin's status driver would verify the RECEIVED and record that it acted
+        # on it; none runs here, so we do (the trace counts only that, not the router's).
+        emit(
+            provisioned,
+            codec,
+            [
+                handover_event(
+                    "DELIVERED",
+                    referral_id=rid(normal),
+                    case_id=normal["envelope"]["case_id"],
+                    actor="hl-nl",
+                    from_party="police-de",
+                    to_party="hl-nl",
+                    topic=names.status("hl-nl"),
+                    reason="RECEIVED",
+                )
+            ],
+        )
     finally:
         router.stop()
     time.sleep(URGENT_HOURS * 3600)  # the urgent referral is now past its deadline
@@ -172,16 +190,18 @@ def test_trace_flows_ledger_topics_and_tail_after_routing(
     # -- ledger ---------------------------------------------------------------------------
     code, out = cli(env, "ledger", "sync")
     assert code == 0, out
-    assert "9 entries" in out
+    assert "10 entries" in out
     code, out = cli(env, "ledger", "sync", "--json")
     assert code == 0, out
-    assert (json.loads(out)["added"], json.loads(out)["entries"]) == (0, 9)
+    assert (json.loads(out)["added"], json.loads(out)["entries"]) == (0, 10)
     code, out = cli(env, "ledger", "verify")
-    assert (code, out.strip()) == (0, "ledger intact: 9 entries")
+    assert (code, out.strip()) == (0, "ledger intact: 10 entries")
     code, out = cli(env, "ledger", "show", "--referral", rid(normal), "--json")
     assert code == 0, out
     shown = json.loads(out)
-    assert [e["event"] for e in shown] == ["PUBLISHED", "ROUTED", "DELIVERED", "STATUS_ROUTED"]
+    assert [e["event"] for e in shown] == [
+        "PUBLISHED", "ROUTED", "DELIVERED", "STATUS_ROUTED", "DELIVERED",
+    ]  # fmt: skip
     assert all(e["referral_id"] == rid(normal) for e in shown)
 
     # -- trace ----------------------------------------------------------------------------
@@ -189,7 +209,7 @@ def test_trace_flows_ledger_topics_and_tail_after_routing(
     assert code == 0, out
     t = json.loads(out)
     assert [h["event"] for h in t["hops"]] == [
-        "PUBLISHED", "ROUTED", "DELIVERED", "STATUS_ROUTED",
+        "PUBLISHED", "ROUTED", "DELIVERED", "STATUS_ROUTED", "DELIVERED",
     ]  # fmt: skip
     assert t["hops"][1]["jurisdiction"] == "DE"
     assert t["hops"][1]["since_previous_s"] >= 0

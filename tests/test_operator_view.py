@@ -54,6 +54,15 @@ def delivered(rid: str, m: float, topic: str, org: str) -> HandoverRecord:
 
 
 def status(rid: str, m: float, org: str, what: str = "RECEIVED") -> HandoverRecord:
+    """The origin's record that it verified ``org``'s status and acted on it."""
+    return rec(
+        rid, "DELIVERED", m, "hl-nl", from_party=org, to_party="hl-nl",
+        topic=NAMES.status("hl-nl"), reason=what,
+    )  # fmt: skip
+
+
+def transit(rid: str, m: float, org: str, what: str = "RECEIVED") -> HandoverRecord:
+    """The router passing a status on: transit, checked by nobody yet."""
     return rec(
         rid, "STATUS_ROUTED", m, "router", from_party=org, to_party="hl-nl",
         topic=NAMES.status("hl-nl"), reason=what,
@@ -72,7 +81,7 @@ def test_trace_orders_hops_and_measures_the_gaps() -> None:
     ]
     t = trace(events, rid, DEADLINES, NAMES, now=T0 + timedelta(hours=1))
     assert [h.record.event for h in t.hops] == [
-        "PUBLISHED", "ROUTED", "DELIVERED", "STATUS_ROUTED", "STATUS_ROUTED",
+        "PUBLISHED", "ROUTED", "DELIVERED", "DELIVERED", "DELIVERED",
     ]  # fmt: skip
     assert [h.since_previous for h in t.hops] == [
         None, timedelta(minutes=1), timedelta(minutes=4), timedelta(minutes=1),
@@ -86,6 +95,43 @@ def test_trace_orders_hops_and_measures_the_gaps() -> None:
     assert t.received == {"police-de": T0 + timedelta(minutes=6)}
     assert t.awaited == ()
     assert t.to_json()["hops"][1]["since_previous_s"] == 60.0
+
+
+def test_only_statuses_the_origin_verified_count_and_the_current_one_is_by_lifecycle() -> None:
+    rid = str(uuid.uuid4())
+    base = [
+        published(rid, 0),
+        routed(rid, 1, NAMES.jurisdiction("DE"), "police-de"),
+        routed(rid, 1, NAMES.jurisdiction("NL"), "police-nl"),
+        delivered(rid, 5, NAMES.jurisdiction("DE"), "police-de"),
+        # A forged RECEIVED passed on by the router: the origin refused it, nothing accepted.
+        transit(rid, 6, "police-nl"),
+    ]
+    now = T0 + timedelta(hours=1)
+    t = trace(base, rid, DEADLINES, NAMES, now=now)
+    assert t.received == {}
+    assert {a.org for a in t.awaited} == {"police-de", "police-nl"}
+    assert t.status is None
+    # A status "accepted" by someone else than the origin is no acceptance either.
+    forged = rec(
+        rid, "DELIVERED", 7, "police-nl", from_party="police-nl", to_party="hl-nl",
+        topic=NAMES.status("hl-nl"), reason="RECEIVED",
+    )  # fmt: skip
+    assert trace([*base, forged], rid, DEADLINES, NAMES, now=now).received == {}
+    # CLOSED then a late RECEIVED (a receipt for a redelivery): CLOSED stays current.
+    done = [
+        *base,
+        status(rid, 8, "police-de"),
+        status(rid, 9, "police-de", "ACCEPTED"),
+        status(rid, 10, "police-de", "CLOSED"),
+        status(rid, 11, "police-de", "RECEIVED"),
+        status(rid, 12, "police-nl", "RECEIVED"),
+        status(rid, 13, "police-nl", "DELAYED"),
+    ]
+    t = trace(done, rid, DEADLINES, NAMES, now=now)
+    assert (t.status, t.status_by) == ("CLOSED", "police-de")
+    assert t.statuses == {"police-de": "CLOSED", "police-nl": "RECEIVED"}
+    assert t.awaited == ()
 
 
 def test_awaited_destinations_and_their_deadlines() -> None:

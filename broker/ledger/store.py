@@ -8,10 +8,25 @@ is total) becomes one entry; each entry carries the hash of the one before it::
 where the fields are the event's own (ids, parties, topic, position, reason,
 time) plus the ledger offset it was read from, and ``index`` is the entry's
 position in the chain. The store's head (entry count and last hash) is kept
-beside the entries, so removing the last entry shows too. :meth:`LedgerStore.verify`
-recomputes the chain and names the first entry that was altered, removed or
-reordered — the record of who saw and passed on what, when, that
-law-enforcement data protection (EU Directive 2016/680, Art. 25) asks for.
+beside the entries, so removing the last entry shows too. Each ledger record
+is kept too, with its signature (every record is signed by the actor of its
+events: one HandoverEvent by a connector, one HandoverBatch by the router), and
+so are the signed checkpoints read from ``handover.checkpoints``.
+
+:meth:`LedgerStore.verify` names the first entry that fails, in the order of
+the chain:
+
+* ``altered`` / ``missing`` / ``reordered`` — the chain does not hold, or an
+  entry no longer says what its signed record says;
+* ``unsigned`` / ``forged`` — its record is not signed where the network
+  requires it (or its actor has a key on record), or not by its actor's key;
+* ``rewritten`` — the chain is internally sound but disagrees with a signed
+  checkpoint (held by this store, by an organisation's connector, or on the
+  topic) or with the ledger topic itself: a store rewritten together with its
+  own stored head is caught by the heads others hold.
+
+That is the record of who saw and passed on what, when, that law-enforcement
+data protection (EU Directive 2016/680, Art. 25) asks for.
 
 Events are deterministic (a redelivered hop repeats its event id), so an event
 id already in the store is skipped. :meth:`LedgerStore.sync` resumes from the
@@ -24,8 +39,8 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -34,10 +49,19 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from broker.config import Settings
-from broker.errors import BrokerError, CodecError, ConfigError, LedgerStoreError
+from broker.errors import BrokerError, CodecError, ConfigError, LedgerStoreError, SecurityError
 from broker.kafka import clients
+from broker.ledger.checkpoint import Checkpoint, HeldHead, read_checkpoints
 from broker.ledger.events import decode_events
 from broker.ledger.views import HandoverRecord
+from broker.security.keys import TrustStore
+from broker.security.signing import (
+    SIGNATURE_HEADERS,
+    LedgerContext,
+    has_signature,
+    signature_key_id,
+    verify_signed,
+)
 from broker.sqlite import Database
 from broker.wire.codec import Codec
 
@@ -99,6 +123,12 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_referral ON entries (referral_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    ledger_offset INTEGER PRIMARY KEY,
+    value BLOB NOT NULL,
+    headers TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS heads (value BLOB PRIMARY KEY, headers TEXT NOT NULL);
 """
 
 _COLUMNS = ", ".join(f'"{c}"' for c in (*_FIELDS, "ledger_offset", "prev_hash", "entry_hash"))
@@ -137,15 +167,26 @@ class LedgerEntry:
     entry_hash: str
 
 
+BreachKind = Literal["altered", "missing", "reordered", "unsigned", "forged", "rewritten"]
+#: Which breach is named first when two fail at the same entry.
+_PRECEDENCE = ("missing", "reordered", "altered", "unsigned", "forged", "rewritten")
+
+
 @dataclass(frozen=True)
 class Breach:
-    """The first place the chain does not hold."""
+    """The first place the ledger does not hold, and why."""
 
     index: int
-    kind: Literal["altered", "missing", "reordered"]
+    kind: BreachKind
+    detail: str = ""
 
     def __str__(self) -> str:
-        return f"ledger broken at entry {self.index}: {self.kind}"
+        text = f"ledger broken at entry {self.index}: {self.kind}"
+        return f"{text} ({self.detail})" if self.detail else text
+
+    def order(self) -> tuple[int, int]:
+        """Sort key: the entry, then the more basic kind first."""
+        return (self.index, _PRECEDENCE.index(self.kind))
 
 
 @dataclass(frozen=True)
@@ -154,14 +195,29 @@ class Verification:
 
     entries: int
     breach: Breach | None
+    #: Valid checkpoints the chain was checked against, and who holds them.
+    heads: int = 0
+    holders: tuple[str, ...] = ()
+    #: Entries whose signatures were checked (0: no trust store given).
+    signed: int = 0
+    #: Checkpoint records that were ignored (unsigned, badly signed, or not by the router).
+    ignored_heads: tuple[str, ...] = field(default=())
 
     @property
     def intact(self) -> bool:
-        """True if every entry and every link holds."""
+        """True if every entry, every link and every head holds."""
         return self.breach is None
 
     def __str__(self) -> str:
-        return str(self.breach) if self.breach else f"ledger intact: {self.entries} entries"
+        if self.breach:
+            return str(self.breach)
+        text = f"ledger intact: {self.entries} entries"
+        if self.signed:
+            text += f", {self.signed} signed"
+        if self.heads:
+            text += f", consistent with {self.heads} signed checkpoint(s)"
+            text += f" held by {', '.join(self.holders)}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -200,6 +256,15 @@ def _record_of(row: sqlite3.Row) -> HandoverRecord:
         span_id=row["span_id"],
         index=row["idx"],
     )
+
+
+def _dump_signature(headers: Sequence[tuple[str, bytes | None]] | None) -> str:
+    kept = [[k, (v or b"").decode("latin-1")] for k, v in headers or () if k in SIGNATURE_HEADERS]
+    return json.dumps(kept)
+
+
+def _load_signature(text: str) -> tuple[tuple[str, bytes], ...]:
+    return tuple((str(k), str(v).encode("latin-1")) for k, v in json.loads(text))
 
 
 class LedgerStore:
@@ -253,14 +318,39 @@ class LedgerStore:
         count = int(self._meta("head_count") or 0)
         return count, self._meta("head_hash") or GENESIS
 
-    def append(self, events: Iterable[dict[str, Any]], ledger_offset: int) -> tuple[int, int]:
-        """Chain the events of one ledger record; (added, repeated) — repeats are skipped."""
+    def head(self) -> tuple[int, str]:
+        """The store's head: entry count and the hash of the last entry."""
+        return self._head()
+
+    def append(
+        self,
+        events: Iterable[dict[str, Any]],
+        ledger_offset: int,
+        *,
+        value: bytes | None = None,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+    ) -> tuple[int, int]:
+        """Chain the events of one ledger record; (added, repeated) — repeats are skipped.
+
+        ``value`` and ``headers`` (the record as read, with its signature) are kept
+        for :meth:`verify`.
+        """
         with self._db.transaction() as conn:
-            return self._append(conn, events, ledger_offset)
+            return self._append(conn, events, ledger_offset, value, headers)
 
     def _append(
-        self, conn: sqlite3.Connection, events: Iterable[dict[str, Any]], ledger_offset: int
+        self,
+        conn: sqlite3.Connection,
+        events: Iterable[dict[str, Any]],
+        ledger_offset: int,
+        value: bytes | None = None,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
     ) -> tuple[int, int]:
+        if value is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO records VALUES (?, ?, ?)",
+                (ledger_offset, value, _dump_signature(headers)),
+            )
         count, prev = self._head()
         added = repeated = 0
         for event in events:
@@ -291,12 +381,14 @@ class LedgerStore:
         timeout: float = 30.0,
         idle: float = 0.5,
         consumer: KafkaConsumer | None = None,
+        checkpoints: bool = True,
     ) -> SyncReport:
         """Read the ledger topic from the last stored offset to its end; idempotent.
 
         The end is where no more records arrive for ``idle`` seconds after the
         broker's reported end is reached (its ListOffsets may omit the last
-        batch), or ``timeout``.
+        batch), or ``timeout``. With ``checkpoints``, the checkpoint records are
+        read too and kept (as they are: :meth:`verify` checks their signatures).
         """
         topic = settings.topic_names().ledger
         known = self._meta("topic")
@@ -305,7 +397,10 @@ class LedgerStore:
         own = consumer is None
         reader = consumer or clients.consumer(settings, group_id=None, role="ledger-sync")
         try:
-            return self._sync(reader, topic, codec, timeout, idle)
+            report = self._sync(reader, topic, codec, timeout, idle)
+            if checkpoints:
+                self._sync_heads(settings, reader)
+            return report
         except KafkaError as exc:
             raise BrokerError(f"cannot read the ledger {topic}: {type(exc).__name__}") from exc
         finally:
@@ -347,12 +442,13 @@ class LedgerStore:
             with self._db.transaction() as conn:
                 for rec in got:
                     records += 1
+                    value = rec.value or b""
                     try:
-                        events = decode_events(codec, rec.value or b"")
+                        events = decode_events(codec, value)
                     except CodecError:
                         bad += 1
                         events = []
-                    a, r = self._append(conn, events, rec.offset)
+                    a, r = self._append(conn, events, rec.offset, value, rec.headers)
                     added, repeated = added + a, repeated + r
                     next_offset = rec.offset + 1
                 undecodable += bad
@@ -364,6 +460,39 @@ class LedgerStore:
             with self._db.transaction() as conn:
                 self._set_meta(conn, "topic", topic)
         return SyncReport(topic, records, added, repeated, undecodable, next_offset)
+
+    def _sync_heads(self, settings: Settings, reader: KafkaConsumer) -> None:
+        start = int(self._meta("heads_offset") or 0)
+        position = start
+        for offset, value, headers in read_checkpoints(
+            settings, start=start, consumer=reader, timeout=10, idle=0.2
+        ):
+            position = offset + 1
+            with self._db.transaction() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO heads VALUES (?, ?)", (value, _dump_signature(headers))
+                )
+        if position != start:
+            with self._db.transaction() as conn:
+                self._set_meta(conn, "heads_offset", position)
+
+    def held_heads(self) -> list[HeldHead]:
+        """The checkpoint records this store has read (its own stored heads)."""
+        rows = self._db.query("SELECT value, headers FROM heads")
+        return [HeldHead(bytes(v), _load_signature(h), "this store") for v, h in rows]
+
+    @classmethod
+    def reference(
+        cls, settings: Settings, codec: Codec, timeout: float = 60.0
+    ) -> list[tuple[str, int]]:
+        """``(entry hash, ledger offset)`` of each entry the ledger topic gives now, chained
+        afresh in memory."""
+        fresh = cls(Path(":memory:"))
+        try:
+            fresh.sync(settings, codec, timeout=timeout, checkpoints=False)
+            return [(e.entry_hash, e.ledger_offset) for e in fresh.entries()]
+        finally:
+            fresh.close()
 
     # -- reading -------------------------------------------------------------------------------
     def _rows(self, referral_id: str | None = None) -> list[sqlite3.Row]:
@@ -391,33 +520,198 @@ class LedgerStore:
         return [_record_of(row) for row in self._rows(referral_id)]
 
     # -- verifying -----------------------------------------------------------------------------
-    def verify(self) -> Verification:
-        """Recompute the chain; name the first entry altered, missing or reordered.
+    def verify(
+        self,
+        trust: TrustStore | None = None,
+        *,
+        codec: Codec | None = None,
+        allow_plain: bool = True,
+        heads: Iterable[HeldHead] = (),
+        reference: Sequence[tuple[str, int]] | None = None,
+    ) -> Verification:
+        """Check the chain, every entry's signature and every head; name the first failure.
 
         * a gap in the indices, a link to a hash no entry has, or fewer entries
           than the recorded head: ``missing``;
-        * an entry whose content no longer gives its hash: ``altered``;
-        * an intact entry linked to another entry than its predecessor: ``reordered``.
+        * an entry whose content no longer gives its hash, or that is not what its
+          signed record says: ``altered``;
+        * an intact entry linked to another entry than its predecessor: ``reordered``;
+        * with ``trust``: a record without a signature where one is required (the
+          network does not ``allow_plain``, or its actor has a key on record):
+          ``unsigned``; one not signed by its actor's trusted key, or signed by a
+          key revoked since and not covered by a checkpoint: ``forged``;
+        * every valid checkpoint in ``heads`` (and this store's own) must match the
+          chain at its count, and ``reference`` (the entry hashes the ledger topic
+          gives, :meth:`reference`) must agree: else ``rewritten``, at the first
+          entry that differs from the topic (without a reference: at the first
+          entry no consistent checkpoint covers).
         """
         rows = list(self._rows())
+        breaches = [b for b in (self._chain_breach(rows),) if b is not None]
+        held = [*self.held_heads(), *heads]
+        valid, ignored = self._valid_heads(held, trust)
+        covered = max((c.count for c, _ in valid if c.count <= len(rows)), default=0)
+        signed = 0
+        if trust is not None:
+            codec = codec or _embedded_codec()
+            breach, signed = self._signature_breach(rows, codec, trust, allow_plain, covered)
+            if breach is not None:
+                breaches.append(breach)
+        breaches += self._head_breaches(rows, valid, reference)
+        first = min(breaches, key=Breach.order) if breaches else None
+        holders = tuple(sorted({holder for _, hs in valid for holder in hs}))
+        return Verification(len(rows), first, len(valid), holders, signed, tuple(ignored))
+
+    def _chain_breach(self, rows: list[sqlite3.Row]) -> Breach | None:
         hashes = {row["entry_hash"] for row in rows}
         prev = GENESIS
         for position, row in enumerate(rows):
             if row["idx"] != position:
-                return Verification(len(rows), Breach(position, "missing"))
+                return Breach(position, "missing")
             if entry_hash(row["prev_hash"], _row_fields(row)) != row["entry_hash"]:
-                return Verification(len(rows), Breach(position, "altered"))
+                return Breach(position, "altered")
             if row["prev_hash"] != prev:
                 kind: Literal["missing", "reordered"] = (
                     "reordered" if row["prev_hash"] in hashes else "missing"
                 )
-                return Verification(len(rows), Breach(position, kind))
+                return Breach(position, kind)
             prev = row["entry_hash"]
         head_count, head_hash = self._head()
         if head_count > len(rows):
-            return Verification(len(rows), Breach(len(rows), "missing"))
+            return Breach(len(rows), "missing")
         if head_count < len(rows):
-            return Verification(len(rows), Breach(head_count, "altered"))
+            return Breach(head_count, "altered")
         if head_hash != prev:
-            return Verification(len(rows), Breach(max(len(rows) - 1, 0), "altered"))
-        return Verification(len(rows), None)
+            return Breach(max(len(rows) - 1, 0), "altered")
+        return None
+
+    @staticmethod
+    def _valid_heads(
+        held: Iterable[HeldHead], trust: TrustStore | None
+    ) -> tuple[list[tuple[Checkpoint, set[str]]], list[str]]:
+        """The distinct checkpoints whose signatures hold, with their holders; the ignored."""
+        by_value: dict[bytes, tuple[Checkpoint, set[str]]] = {}
+        ignored = []
+        for h in held:
+            try:
+                checkpoint = h.checkpoint(trust) if trust is not None else Checkpoint.parse(h.value)
+            except SecurityError as exc:
+                ignored.append(f"{h.holder}: {str(exc).splitlines()[0]}")
+                continue
+            by_value.setdefault(h.value, (checkpoint, set()))[1].add(h.holder)
+        return sorted(by_value.values(), key=lambda v: v[0].count), ignored
+
+    def _records(self) -> dict[int, tuple[bytes, tuple[tuple[str, bytes], ...]]]:
+        rows = self._db.query("SELECT ledger_offset, value, headers FROM records")
+        return {int(o): (bytes(v), _load_signature(h)) for o, v, h in rows}
+
+    def _signature_breach(
+        self,
+        rows: list[sqlite3.Row],
+        codec: Codec,
+        trust: TrustStore,
+        allow_plain: bool,
+        covered: int,
+    ) -> tuple[Breach | None, int]:
+        """The first entry whose signed record does not vouch for it; entries checked."""
+        records = self._records()
+        checked: dict[int, _RecordCheck] = {}
+        signed = 0
+        for position, row in enumerate(rows):
+            offset = int(row["ledger_offset"])
+            if offset not in checked:
+                checked[offset] = _check_record(
+                    records.get(offset), codec, trust, allow_plain, position
+                )
+            check = checked[offset]
+            if check.failure is not None:
+                return Breach(position, check.failure.kind, check.failure.detail), signed
+            if check.revoked and position >= covered:
+                detail = "signed with a key revoked since, after the last checkpoint"
+                return Breach(position, "forged", detail), signed
+            event = check.events.get(row["event_id"])
+            if event is None or _fields_of(event, offset) != _row_fields(row):
+                return Breach(position, "altered", "not what its signed record says"), signed
+            signed += check.signed
+        return None, signed
+
+    def _head_breaches(
+        self,
+        rows: list[sqlite3.Row],
+        valid: list[tuple[Checkpoint, set[str]]],
+        reference: Sequence[tuple[str, int]] | None,
+    ) -> list[Breach]:
+        """Checkpoints that disagree with the chain, and where it first differs from the topic.
+
+        A checkpoint names only a count and a hash: without the topic the breach is put at
+        the first entry no consistent checkpoint covers; with it, at the exact entry.
+        """
+        out = []
+        consistent = 0
+        for checkpoint, holders in valid:
+            who = f"checkpoint of {checkpoint.count} entries held by {', '.join(sorted(holders))}"
+            if checkpoint.count > len(rows):
+                if checkpoint.ledger_offset <= self.next_offset:
+                    out.append(Breach(consistent, "rewritten", f"fewer entries than the {who}"))
+                    break
+                continue
+            if checkpoint.count and rows[checkpoint.count - 1]["entry_hash"] != checkpoint.head:
+                out.append(Breach(consistent, "rewritten", f"does not match the {who}"))
+                break
+            consistent = checkpoint.count
+        if reference is not None:
+            # Entries of records the store has read past must all be there, as the topic says.
+            expected = [h for h, offset in reference if offset < self.next_offset]
+            for position, want in enumerate(expected):
+                if position >= len(rows) or rows[position]["entry_hash"] != want:
+                    detail = "; ".join(["differs from the ledger topic", *(b.detail for b in out)])
+                    return [Breach(position, "rewritten", detail)]
+        return out
+
+
+@dataclass(frozen=True)
+class _RecordCheck:
+    """What one stored ledger record vouches for."""
+
+    events: dict[str, dict[str, Any]]
+    failure: Breach | None = None
+    signed: bool = False
+    revoked: bool = False
+
+
+def _check_record(
+    record: tuple[bytes, tuple[tuple[str, bytes], ...]] | None,
+    codec: Codec,
+    trust: TrustStore,
+    allow_plain: bool,
+    position: int,
+) -> _RecordCheck:
+    """A stored ledger record's events by id, and why it cannot vouch for them (if so)."""
+    if record is None:
+        return _RecordCheck({}, Breach(position, "altered", "its ledger record is not stored"))
+    value, headers = record
+    try:
+        events = {str(e["event_id"]): e for e in decode_events(codec, value)}
+    except CodecError:
+        return _RecordCheck({}, Breach(position, "altered", "its ledger record does not decode"))
+    actors = {str(e.get("actor")) for e in events.values()}
+    if not has_signature(headers):
+        keyed = sorted(a for a in actors if trust.has_signing_keys(a))
+        if not allow_plain or keyed:
+            who = ",".join(keyed or sorted(actors))
+            return _RecordCheck(events, Breach(position, "unsigned", f"no signature by {who}"))
+        return _RecordCheck(events)
+    try:
+        context = verify_signed(headers, value, trust, LedgerContext, allow_revoked=True)
+    except SecurityError as exc:
+        return _RecordCheck(events, Breach(position, "forged", str(exc).splitlines()[0]))
+    if actors != {context.actor} or context.events != len(events):
+        detail = f"signed by {context.actor} for events of {','.join(sorted(actors))}"
+        return _RecordCheck(events, Breach(position, "forged", detail))
+    return _RecordCheck(events, signed=True, revoked=signature_key_id(headers) in trust.revoked)
+
+
+def _embedded_codec() -> Codec:
+    from broker.wire.registry import EmbeddedRegistry
+
+    return Codec(EmbeddedRegistry())

@@ -12,8 +12,15 @@ What the components record (``handover_event`` callers):
   organisations meant to receive it there, ``reason`` = the routing basis; an
   urgent-lane topic ends in ``.urgent``).
 * ``DELIVERED`` / ``DUPLICATE_SKIPPED`` — a sink delivered it (or recognised a repeat).
+* ``STATUS_SENT`` — an organisation sent a status by hand (``referral status``).
 * ``STATUS_ROUTED`` — the router passed a status back to the origin
   (``from_party`` = the organisation that emitted it, ``reason`` = the status).
+  The router checks nothing: this is transit, not proof.
+* ``DELIVERED`` on ``status.to.<origin>`` by the origin — the origin verified a
+  status (signature, and that its emitter is a recipient of the referral) and
+  acted on it. Only these count as a receipt or a status in :func:`trace`,
+  :func:`awaited` and :func:`flows`; the current status is the furthest one in
+  the lifecycle (:func:`broker.lifecycle.current_status`), not the last to arrive.
 * ``DEAD_LETTERED`` — the router or a sink could not handle the record.
 
 Output names ids, organisations, jurisdictions and topics only.
@@ -30,6 +37,7 @@ from typing import Any
 
 from broker.errors import UnknownReferral
 from broker.ledger.events import HandoverEventType
+from broker.lifecycle import current_status
 from broker.network import Deadlines
 from broker.wire.models import ReferralStatus
 from broker.wire.topics import TopicNames
@@ -110,9 +118,21 @@ def _order(records: Iterable[HandoverRecord]) -> list[HandoverRecord]:
     return sorted(records, key=lambda r: (r.at, r.index if r.index is not None else -1))
 
 
-def _is_received(r: HandoverRecord, org: str) -> bool:
+def _is_accepted_status(r: HandoverRecord, names: TopicNames) -> bool:
+    """A status the origin verified and acted on (its own DELIVERED on its status topic)."""
     return (
-        r.event == HandoverEventType.STATUS_ROUTED
+        r.event == HandoverEventType.DELIVERED
+        and bool(r.topic)
+        and names.is_status(r.topic or "")
+        and r.actor == r.to_party
+        and bool(r.reason)
+        and bool(r.from_party)
+    )
+
+
+def _is_received(r: HandoverRecord, org: str, names: TopicNames) -> bool:
+    return (
+        _is_accepted_status(r, names)
         and r.reason == ReferralStatus.RECEIVED
         and r.from_party == org
     )
@@ -182,13 +202,15 @@ class Trace:
     hops: tuple[Hop, ...]
     #: The routing basis per destination topic, from ROUTED events.
     route_reasons: dict[str, str]
-    #: The latest status (STATUS_ROUTED reason), who emitted it and when.
+    #: The current status by lifecycle (of the verified ones), who emitted it and when.
     status: str | None
     status_by: str | None
     status_at: datetime | None
-    #: Organisation → when its RECEIVED was routed back.
+    #: Organisation → when the origin accepted its (verified) RECEIVED.
     received: dict[str, datetime]
     awaited: tuple[Awaited, ...]
+    #: Organisation → its current status by lifecycle.
+    statuses: dict[str, str] = field(default_factory=dict)
 
     @property
     def overdue(self) -> tuple[Awaited, ...]:
@@ -208,6 +230,7 @@ class Trace:
             "status_at": self.status_at.isoformat() if self.status_at else None,
             "received": {org: at.isoformat() for org, at in sorted(self.received.items())},
             "awaited": [a.to_json() for a in self.awaited],
+            "statuses": dict(sorted(self.statuses.items())),
         }
 
 
@@ -237,7 +260,7 @@ def awaited(
                 first_routed.setdefault(org, r)
     out = []
     for org, r in first_routed.items():
-        if any(_is_received(x, org) for x in ordered):
+        if any(_is_received(x, org, names) for x in ordered):
             continue
         topic = r.topic or ""
         urgent = names.is_urgent(topic)
@@ -285,12 +308,25 @@ def trace(
         for r in mine
         if r.event == HandoverEventType.ROUTED and r.topic and r.reason
     }
-    statuses = [r for r in mine if r.event == HandoverEventType.STATUS_ROUTED]
-    latest = statuses[-1] if statuses else None
+    accepted = [r for r in mine if _is_accepted_status(r, names)]
     received: dict[str, datetime] = {}
-    for r in statuses:
-        if r.reason == ReferralStatus.RECEIVED and r.from_party:
-            received.setdefault(r.from_party, r.at)
+    by_org: dict[str, list[tuple[str, datetime]]] = {}
+    for r in accepted:
+        org = r.from_party or ""
+        if r.reason == ReferralStatus.RECEIVED:
+            received.setdefault(org, r.at)
+        by_org.setdefault(org, []).append((r.reason or "", r.at))
+    statuses: dict[str, str] = {}
+    for org, updates in by_org.items():
+        current = current_status(updates)
+        if current is not None:
+            statuses[org] = current[0].value
+    overall = current_status((r.reason or "", r.at) for r in accepted)
+    status_by = None
+    if overall is not None:
+        status_by = next(
+            r.from_party for r in accepted if (r.reason, r.at) == (overall[0].value, overall[1])
+        )
     case_id = next((r.case_id for r in mine if r.case_id not in ("", "-", "unknown")), "")
     return Trace(
         referral_id=referral_id,
@@ -298,11 +334,12 @@ def trace(
         origin=_origin(mine),
         hops=tuple(hops),
         route_reasons=reasons,
-        status=latest.reason if latest else None,
-        status_by=latest.from_party if latest else None,
-        status_at=latest.at if latest else None,
+        status=overall[0].value if overall else None,
+        status_by=status_by,
+        status_at=overall[1] if overall else None,
         received=received,
         awaited=awaited(mine, deadlines, names, now),
+        statuses=statuses,
     )
 
 
@@ -465,13 +502,13 @@ def flows(
                     matrix.setdefault(origin, Counter())[column] += 1
                     times.setdefault((origin, column), (set(), [], []))[0].add(rid)
         for r in ordered:
-            if r.event != HandoverEventType.DELIVERED or not r.topic:
+            if r.event != HandoverEventType.DELIVERED or not r.topic or names.is_status(r.topic):
                 continue
             key = (origin, _column(r.topic, names))
             entry = times.setdefault(key, (set(), [], []))
             if published is not None:
                 entry[1].append((r.at - published).total_seconds())
-            receipt = next((x for x in ordered if _is_received(x, r.actor)), None)
+            receipt = next((x for x in ordered if _is_received(x, r.actor, names)), None)
             if receipt is not None:
                 entry[2].append((receipt.at - r.at).total_seconds())
         overdue.extend(a for a in awaited(ordered, deadlines, names, now) if a.overdue)

@@ -13,6 +13,14 @@ The router is a :class:`~broker.kafka.loop.Handler`: the one consume loop
 each publish (or its dead letter) is acknowledged, never retried forever.
 ``stop`` (SIGTERM in ``referral route``) finishes the batch in hand, commits
 what was published and returns.
+
+The router verifies nothing on its hot path (the organisations that act on a
+record do): it signs its ledger — once per consumed batch, the whole
+``HandoverBatch`` — with its own key (``<state_dir>/orgs/router/keys``, made by
+``referral keys init router``), and, with ``checkpoint_every``, a
+:class:`~broker.ledger.checkpoint.Checkpointer` in a thread of its own
+publishes signed heads of the ledger chain periodically (and on
+:meth:`Router.checkpoint`).
 """
 
 from __future__ import annotations
@@ -31,9 +39,12 @@ from broker.errors import CodecError, ReferralError
 from broker.kafka import clients
 from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import BatchContext, ConsumeLoop, LoopStats, RecordContext
+from broker.ledger.checkpoint import Checkpoint, Checkpointer
 from broker.ledger.events import LedgerEmitter
 from broker.network import Network
 from broker.routing.decide import DecisionCache, status_destination
+from broker.security.keys import ROUTER, LiveKeys, key_dir
+from broker.security.signing import ledger_signer
 from broker.tracing import Tracing
 from broker.wire.codec import Codec
 from broker.wire.models import HandoverEventType
@@ -44,7 +55,7 @@ __all__ = ["STATUS_UPDATE", "Router"]
 
 log = logging.getLogger("referral.router")
 
-ACTOR = "router"
+ACTOR = ROUTER
 _ROUTE_HEADERS = frozenset({Headers.ROUTE_REASON, Headers.DESTINATION_ORGS})
 _TRACE_HEADERS = frozenset({Headers.TRACEPARENT, Headers.TRACESTATE})
 
@@ -69,6 +80,8 @@ class Router:
         max_records: int = 2000,
         emit_ledger: bool = True,
         tracing: Tracing | None = None,
+        keys: LiveKeys | None = None,
+        checkpoint_every: float | None = None,
     ) -> None:
         self.settings = settings
         self.network = network
@@ -82,6 +95,12 @@ class Router:
         self._own_producer = producer is None
         self._partitions: dict[str, int] = {}
         self._decisions = DecisionCache(network, self.names)
+        #: The router's own signing key (ledger batches, checkpoints); re-read on rotation.
+        self.keys = keys or LiveKeys(key_dir(settings, ACTOR), ACTOR)
+        self.checkpointer = Checkpointer(
+            settings, codec, self.keys, self._producer, interval=checkpoint_every or 30.0
+        )
+        self._checkpoint_every = checkpoint_every
         self.loop = ConsumeLoop(
             self,
             consumer=self._subscribe,
@@ -90,7 +109,14 @@ class Router:
             actor=ACTOR,
             group=settings.topic_prefix + group_id,
             ledger=(
-                LedgerEmitter(self._producer, codec, self.names.ledger, batch=True, actor=ACTOR)
+                LedgerEmitter(
+                    self._producer,
+                    codec,
+                    self.names.ledger,
+                    batch=True,
+                    actor=ACTOR,
+                    signer=ledger_signer(self.keys, ACTOR),
+                )
                 if emit_ledger
                 else None
             ),
@@ -122,11 +148,22 @@ class Router:
             clients.close_producer(self._producer, ACTOR, log)
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> LoopStats:
-        """Route until ``stop`` is set (or, with ``idle_exit_s``, after that long idle)."""
+        """Route until ``stop`` is set (or, with ``idle_exit_s``, after that long idle).
+
+        With ``checkpoint_every``, signed checkpoints are published meanwhile, and once
+        more on the way out.
+        """
+        if self._checkpoint_every:
+            self.checkpointer.start()
         try:
             return self.loop.run(stop, idle_exit_s=idle_exit_s)
         finally:
+            self.checkpointer.stop(final=True)
             self.close()
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Publish a signed checkpoint of the ledger now (None without the router's key)."""
+        return self.checkpointer.publish_now(force=True)
 
     # -- the handler -----------------------------------------------------------------
     def handle(self, record: Any, ctx: RecordContext) -> None:

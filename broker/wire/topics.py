@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "CHECKPOINTS",
     "DEADLETTER",
     "HEADER_DLQ_PREFIX",
     "INTAKE",
@@ -35,6 +36,8 @@ DEADLETTER = "referrals.deadletter"
 STATUS_INTAKE = "status.intake"
 #: Every handover event of every hop.
 LEDGER = "handover.ledger"
+#: Signed checkpoints (entry count + chain head) of the ledger, published by the router.
+CHECKPOINTS = "handover.checkpoints"
 
 _PREFIX_TO = "referrals.to."
 _SUFFIX_URGENT = ".urgent"
@@ -117,6 +120,11 @@ class TopicNames:
         """Handover events of every hop."""
         return self.prefix + LEDGER
 
+    @property
+    def checkpoints(self) -> str:
+        """Signed checkpoints of the ledger."""
+        return self.prefix + CHECKPOINTS
+
     def jurisdiction(self, country: str) -> str:
         """A jurisdiction's ordinary lane."""
         return self.prefix + jurisdiction_topic(country)
@@ -137,6 +145,11 @@ class TopicNames:
         """The country code of one of this namespace's jurisdiction topics."""
         bare = self.strip(topic)
         return jurisdiction_of(bare) if bare is not None else None
+
+    def is_status(self, topic: str) -> bool:
+        """True for an organisation's status topic (``status.to.<org>``) of this namespace."""
+        bare = self.strip(topic)
+        return bare is not None and bare.startswith(_PREFIX_STATUS)
 
     def is_urgent(self, topic: str) -> bool:
         """True for an urgent-lane topic of this namespace."""
