@@ -7,9 +7,13 @@
    urgent, multi-jurisdiction, unassigned, derived-hosting, TLP RED and
    deliberately invalid referrals, plus a few broken records written straight to
    the intake by a "legacy client" (they end as dead letters);
-4. wait until every valid referral has its RECEIVED from every destination;
-5. print the flows view and the trace of one multi-jurisdiction referral, check
-   that every published referral is accounted for, stop everything, exit 0.
+4. wait until every valid referral has its RECEIVED from every destination —
+   each RECEIVED signed by its recipient and verified by the origin;
+5. have the router publish a signed checkpoint of the ledger, check the ledger
+   (every record's signature, the chain, every checkpoint the organisations
+   hold and the topic), print the flows view and the trace of one
+   multi-jurisdiction referral, check that every published referral is
+   accounted for, stop everything, exit 0.
 
 ``--keep`` leaves the broker, router and connectors running (Ctrl-C stops them) so
 the other commands can be tried against ``--state-dir`` of the run.
@@ -36,18 +40,20 @@ from broker.errors import ReferralError
 from broker.kafka import clients
 from broker.kafka.embedded import EmbeddedBroker
 from broker.kafka.provision import provision
+from broker.ledger.checkpoint import read_checkpoints
+from broker.ledger.events import HandoverEventType
 from broker.ledger.store import LedgerStore
 from broker.ledger.views import flows, trace
 from broker.network import Network, load_network
 from broker.private import exposure, private_dir
 from broker.routing.router import Router
-from broker.security.keys import add_to_trust_file, init_keys, key_dir
+from broker.security.keys import ROUTER, add_to_trust_file, init_keys, key_dir, load_trust
 from broker.synthetic import synthetic_batch
 from broker.tracing import setup_tracing
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL
 from cli.app import NETWORK_OPTION, console, err_console, escape, state
-from cli.operator_cmd import print_flows, print_trace
+from cli.operator_cmd import held_heads, print_flows, print_trace, topic_heads
 from connectors.runtime import ConnectorRuntime
 
 __all__ = ["demo"]
@@ -108,7 +114,7 @@ def demo(
         console.print(f"provisioned {len(report.created)} topics for {network.network.name}")
         codec = Codec.from_settings(settings)
         env = {**os.environ, TOKEN_ENV: os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(24)}
-        runtimes = _start_everything(settings, network, codec, env, stack)
+        router, runtimes = _start_everything(settings, network, codec, env, stack)
         batch = synthetic_batch(
             count,
             [o.id for o in network.organisations if o.role == "hotline"],
@@ -119,7 +125,8 @@ def demo(
         )
         sent = _publish(settings, codec, runtimes, batch, env[TOKEN_ENV])
         _await_receipts(runtimes, network, sent, timeout)
-        _report(settings, network, codec, batch, sent)
+        _checkpoint(settings, router, runtimes, plain)
+        _report(settings, network, codec, batch, sent, runtimes)
         if not plain:
             _check_raw_topics(settings, network, batch)
         console.print(f"demo finished in {time.monotonic() - started:.0f}s")
@@ -145,11 +152,12 @@ def _sealed_network(run: Settings, source: Path, network: Network) -> Path:
     target = run_dir / "network.toml"
     target.write_text(text + "\n", encoding="utf-8")
     trust = run_dir / "trust.toml"
-    for org in network.organisations:
-        add_to_trust_file(trust, init_keys(key_dir(run, org.id), org.id))
+    for signer in [*(org.id for org in network.organisations), ROUTER]:
+        add_to_trust_file(trust, init_keys(key_dir(run, signer), signer))
     console.print(
-        f"keys made for {len(network.organisations)} organisations; bodies sealed for their "
-        "recipients and signed by their origin"
+        f"keys made for {len(network.organisations)} organisations and the router; bodies "
+        "sealed for their recipients and signed by their origin, statuses signed by their "
+        "emitter, ledger records by their actor"
     )
     return target
 
@@ -217,10 +225,10 @@ def _red_recipient(network: Network) -> tuple[str, str] | None:
 
 def _start_everything(
     settings: Settings, network: Network, codec: Codec, env: dict[str, str], stack: ExitStack
-) -> dict[str, ConnectorRuntime]:
+) -> tuple[Router, dict[str, ConnectorRuntime]]:
     tracing = setup_tracing(settings, "router")
     stack.callback(tracing.shutdown)
-    router = Router(settings, network, codec, tracing=tracing)
+    router = Router(settings, network, codec, tracing=tracing, checkpoint_every=5.0)
     stop = threading.Event()
     thread = threading.Thread(target=router.run, args=(stop,), name="router", daemon=True)
     thread.start()
@@ -234,7 +242,7 @@ def _start_everything(
         stack.callback(runtime.stop)
         runtimes[org.id] = runtime.start()
     console.print(f"router and {len(runtimes)} organisations' connectors running")
-    return runtimes
+    return router, runtimes
 
 
 def _publish(
@@ -376,12 +384,41 @@ def _await_receipts(
             time.sleep(0.5)
 
 
+def _checkpoint(
+    settings: Settings, router: Router, runtimes: dict[str, ConnectorRuntime], plain: bool
+) -> None:
+    """The router publishes a signed head now; wait until every connector holds it."""
+    if plain:
+        return
+    checkpoint = router.checkpoint()
+    if checkpoint is None:
+        raise DemoFailed("the router has no key to sign a checkpoint with")
+    deadline = time.monotonic() + 20
+    holding: list[str] = []
+    while len(holding) < len(runtimes) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        holding = [org for org, rt in runtimes.items() if _holds(rt, checkpoint.count)]
+    published = sum(1 for _ in read_checkpoints(settings, timeout=10))
+    console.print(
+        f"checkpoints: {published} signed by the router on the topic, the latest "
+        f"({checkpoint.count} entries) held by {len(holding)} of {len(runtimes)} organisations",
+        markup=False,
+    )
+
+
+def _holds(runtime: ConnectorRuntime, count: int) -> bool:
+    if runtime.heads is None:
+        return False
+    return any(f";count={count};".encode() in h.value for h in runtime.heads.store.heads())
+
+
 def _report(
     settings: Settings,
     network: Network,
     codec: Codec,
     batch: list[tuple[str, dict[str, Any], str]],
     sent: dict[str, Any],
+    runtimes: dict[str, ConnectorRuntime],
 ) -> None:
     now = datetime.now(UTC)
     names = settings.topic_names()
@@ -399,7 +436,20 @@ def _report(
             if multi
             else None
         )
-        verdict = store.verify()
+        verdict = store.verify(
+            load_trust(network, settings.network_file),
+            codec=codec,
+            allow_plain=network.network.allow_plain,
+            heads=held_heads(settings) + topic_heads(settings),
+            reference=LedgerStore.reference(settings, codec),
+        )
+        accepted = sum(
+            1
+            for r in store.records()
+            if r.event == HandoverEventType.DELIVERED
+            and names.is_status(r.topic or "")
+            and r.actor == r.to_party
+        )
     print_flows(f, now, "the demo")
     totals = f.totals
     kinds = Counter(sent["published"].values())
@@ -413,10 +463,21 @@ def _report(
         f"({totals.pending} pending); {sent['rejected']} more refused at their source",
         markup=False,
     )
+    refused: Counter[str] = Counter()
+    for rt in runtimes.values():
+        refused.update(rt.inbox.refused_statuses())
+    console.print(
+        f"statuses: {accepted} verified and acted on by their origins (signature, window, "
+        f"sender among the recipients, lifecycle); refused: "
+        + (", ".join(f"{s} {n}" for s, n in sorted(refused.items())) or "none"),
+        markup=False,
+    )
     if t is not None:
         console.print(f"\ntrace of multi-jurisdiction referral {t.referral_id}:", markup=False)
         print_trace(t, now)
     console.print(str(verdict), markup=False)
+    if not verdict.intact:
+        raise DemoFailed(f"the ledger does not verify: {verdict}")
     expected = len(sent["published"]) + sent["legacy"]
     balanced = totals.delivered + totals.dead_lettered + totals.unassigned == totals.published
     if not balanced or totals.pending or totals.published != expected:

@@ -50,7 +50,16 @@ from broker.wire.registry import (
 from broker.wire.topics import HEADER_DLQ_PREFIX, Headers
 from cli.app import App, cell, console, escape, print_json, state
 
-__all__ = ["flows_cmd", "ledger_app", "print_flows", "print_trace", "tail", "trace_cmd"]
+__all__ = [
+    "flows_cmd",
+    "held_heads",
+    "ledger_app",
+    "print_flows",
+    "print_trace",
+    "tail",
+    "topic_heads",
+    "trace_cmd",
+]
 
 ledger_app = App(help="The materialised, hash-chained handover ledger.")
 
@@ -138,7 +147,8 @@ def held_heads(settings: Settings) -> list[HeldHead]:
     return out
 
 
-def _topic_heads(settings: Settings) -> list[HeldHead]:
+def topic_heads(settings: Settings) -> list[HeldHead]:
+    """The checkpoint records on the checkpoints topic, as the topic holds them."""
     return [
         HeldHead(value, headers, "the topic")
         for _, value, headers in read_checkpoints(settings, timeout=15)
@@ -163,7 +173,7 @@ def ledger_verify(
     heads = held_heads(settings)
     reference = None
     if not offline:
-        heads += _topic_heads(settings)
+        heads += topic_heads(settings)
         reference = LedgerStore.reference(settings, codec)
     with LedgerStore.for_settings(settings) as store:
         result = store.verify(
