@@ -8,6 +8,10 @@ Each referral becomes ``<path>/<referral_id>.json``::
 
     {"referral": {"envelope": {...}, "body": {...}}, "delivery": {topic, partition, ...}}
 
+A referral's identity is its origin and its id: should a second origin use an id
+already in the folder, its referral goes to ``<referral_id>.<origin>.json`` and
+never replaces the other origin's file.
+
 The file is written to a hidden temporary name in the same directory, synced,
 then renamed: a reader never sees half a file. Files are ``0600`` in a ``0700``
 folder (the referral is decrypted content). The inbox database makes sure a
@@ -57,16 +61,28 @@ class InboxFolderSink(Sink):
         """Create the folder if it is missing."""
         private_dir(self.path, f"{self.kind}.path")
 
-    def file_for(self, referral_id: str) -> Path:
-        """Where a referral's file goes."""
-        return self.path / f"{referral_id}.json"
+    def file_for(self, referral_id: str, origin_org: str | None = None) -> Path:
+        """Where a referral's file goes (another origin's under the same id: its own name)."""
+        plain = self.path / f"{referral_id}.json"
+        if origin_org is None or _origin_of(plain) in (None, origin_org):
+            return plain
+        return self.path / f"{referral_id}.{origin_org}.json"
 
     def deliver(self, delivery: Delivery) -> None:
         """Write the referral's file atomically."""
         data = json.dumps(delivery_document(delivery), indent=2, sort_keys=True).encode()
         try:
-            write_private(self.file_for(delivery.referral_id), data)
+            write_private(self.file_for(delivery.referral_id, delivery.origin_org), data)
         except OSError as exc:
             raise DeliveryError(
                 f"inbox folder: cannot write referral {delivery.referral_id}: {exc.strerror}"
             ) from exc
+
+
+def _origin_of(path: Path) -> str | None:
+    """The origin of the referral in an inbox file (None if there is no readable file)."""
+    try:
+        doc = json.loads(path.read_bytes())
+        return str(doc["delivery"]["origin_org"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,14 +1,16 @@
-"""SQLite case-table sink: one row per referral, upserted by referral id.
+"""SQLite case-table sink: one row per referral, upserted by (origin, referral id).
 
 Settings (``[organisations.connectors.sqlite]``)::
 
     path = "orgs/police-de/cases.sqlite3"   # relative to the state directory
     table = "cases"                          # created if missing
 
-Columns: ``referral_id`` (primary key), ``case_id``, ``origin_org``,
-``priority``, ``tlp``, ``jurisdictions`` (JSON), ``referral`` (the whole
-referral as JSON), ``topic``, ``received_at``, ``updated_at``. A repeat of the
-same referral updates its row; it never adds a second.
+Columns: ``referral_id``, ``case_id``, ``origin_org`` (the primary key is
+``(origin_org, referral_id)``: another origin re-using a referral id never
+replaces a case), ``priority``, ``tlp``, ``jurisdictions`` (JSON), ``referral``
+(the whole referral as JSON), ``topic``, ``received_at``, ``updated_at``. A
+repeat of the same referral updates its row; it never adds a second. A table of
+an earlier version, keyed by referral id alone, is re-keyed when opened.
 """
 
 from __future__ import annotations
@@ -44,12 +46,9 @@ class SqliteCaseSink(Sink):
         self.table = config.table
         self._db: Database | None = None
 
-    def open(self) -> None:
-        """Open the database and create the table if missing."""
-        self._db = Database(
-            self.path,
-            f"""CREATE TABLE IF NOT EXISTS {self.table} (
-                referral_id   TEXT PRIMARY KEY,
+    def _create(self, name: str) -> str:
+        return f"""CREATE TABLE IF NOT EXISTS {name} (
+                referral_id   TEXT NOT NULL,
                 case_id       TEXT NOT NULL,
                 origin_org    TEXT NOT NULL,
                 priority      TEXT NOT NULL,
@@ -58,9 +57,27 @@ class SqliteCaseSink(Sink):
                 referral      TEXT NOT NULL,
                 topic         TEXT NOT NULL,
                 received_at   REAL NOT NULL,
-                updated_at    REAL NOT NULL
-            );""",
-        )
+                updated_at    REAL NOT NULL,
+                PRIMARY KEY (origin_org, referral_id)
+            );"""
+
+    def open(self) -> None:
+        """Open the database and create the table if missing (re-keying an old one)."""
+        self._db = Database(self.path, self._create(self.table))
+        keys = [
+            r["name"]
+            for r in sorted(
+                self._db.query(f"PRAGMA table_info({self.table})"), key=lambda r: r["pk"]
+            )
+            if r["pk"]
+        ]
+        if keys == ["referral_id"]:
+            old = f"{self.table}_by_referral_id"
+            with self._db.transaction() as conn:
+                conn.execute(f"ALTER TABLE {self.table} RENAME TO {old}")
+                conn.execute(self._create(self.table))
+                conn.execute(f"INSERT INTO {self.table} SELECT * FROM {old}")
+                conn.execute(f"DROP TABLE {old}")
 
     def close(self) -> None:
         """Close the database."""
@@ -91,8 +108,8 @@ class SqliteCaseSink(Sink):
                     f"INSERT INTO {self.table} (referral_id, case_id, origin_org, priority, tlp,"
                     " jurisdictions, referral, topic, received_at, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT(referral_id) DO UPDATE SET case_id = excluded.case_id,"
-                    " origin_org = excluded.origin_org, priority = excluded.priority,"
+                    " ON CONFLICT(origin_org, referral_id) DO UPDATE SET"
+                    " case_id = excluded.case_id, priority = excluded.priority,"
                     " tlp = excluded.tlp, jurisdictions = excluded.jurisdictions,"
                     " referral = excluded.referral, topic = excluded.topic,"
                     " updated_at = excluded.updated_at",

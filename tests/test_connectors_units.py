@@ -409,3 +409,46 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
         samples = [poster.backoff(attempt) for _ in range(200)]
         assert all(0 <= s <= ceiling for s in samples)
         assert max(samples) > ceiling / 2, "jitter spreads over the whole range"
+
+
+def test_sinks_keep_two_origins_referrals_under_one_id_apart(tmp_path: Path) -> None:
+    """Another origin re-using a referral id gets its own file and row, never replacing one."""
+    import sqlite3
+
+    from connectors.inbox_folder import InboxFolderConfig, InboxFolderSink
+    from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
+
+    settings = Settings(state_dir=tmp_path)
+    real, squatter = _delivery(), replace(_delivery(), origin_org="hl-b")
+    folder = InboxFolderSink(InboxFolderConfig(path="inbox"), settings)
+    folder.open()
+    folder.deliver(squatter)
+    folder.deliver(real)
+    folder.deliver(real)  # a repeat of the real one: its own file again
+    names = sorted(p.name for p in (tmp_path / "inbox").glob("*.json"))
+    assert names == [f"{RID}.hl-a.json", f"{RID}.json"]
+    first = json.loads((tmp_path / "inbox" / f"{RID}.json").read_text())
+    assert first["delivery"]["origin_org"] == "hl-b"
+
+    # A case table of an earlier version (keyed by referral id alone) is re-keyed on open.
+    db_path = tmp_path / "cases.sqlite3"
+    with sqlite3.connect(db_path) as db:
+        db.execute(
+            "CREATE TABLE cases (referral_id TEXT PRIMARY KEY, case_id TEXT NOT NULL,"
+            " origin_org TEXT NOT NULL, priority TEXT NOT NULL, tlp TEXT NOT NULL,"
+            " jurisdictions TEXT NOT NULL, referral TEXT NOT NULL, topic TEXT NOT NULL,"
+            " received_at REAL NOT NULL, updated_at REAL NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO cases VALUES (?, 'case-1', 'hl-b', 'NORMAL', 'GREEN', '[]', '{}', 't',"
+            " 1.0, 1.0)",
+            (RID,),
+        )
+    table = SqliteCaseSink(SqliteCaseConfig(path=str(db_path)), settings)
+    table.open()
+    table.deliver(real)
+    table.deliver(real)
+    table.close()
+    with sqlite3.connect(db_path) as db:
+        rows = sorted(db.execute("SELECT origin_org, referral_id FROM cases").fetchall())
+    assert rows == [("hl-a", RID), ("hl-b", RID)]
