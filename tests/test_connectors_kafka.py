@@ -446,17 +446,30 @@ def test_cli_publish_outbox_and_status(
         _drain(driver, lambda: inbox.delivered() == [rid])
     finally:
         driver.close()
+    # The lifecycle: NTD_SENT needs ACCEPTED first; one line names what may follow.
+    res = runner.invoke(app, ["status", "police-nl", rid, "NTD_SENT"], env=env)
+    assert res.exit_code == 1, res.output
+    assert res.output.strip() == (
+        "error: NTD_SENT refused after RECEIVED: allowed next are ASSESSED, ACCEPTED, "
+        "REJECTED, REROUTED, DELAYED"
+    )
+    res = runner.invoke(app, ["status", "police-nl", rid, "ACCEPTED"], env=env)
+    assert res.exit_code == 0, res.output
     res = runner.invoke(
         app, ["status", "police-nl", rid, "NTD_SENT", "--note", "synthetic"], env=env
     )
     assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["status", "police-nl", rid, "ACCEPTED"], env=env)
+    assert res.exit_code == 1, "backwards"
+    assert res.output.strip().startswith("error: ACCEPTED refused after NTD_SENT: allowed next")
     statuses = [
         codec.decode(r.value, expected=STATUS_UPDATE)[1]
-        for r in read_topic(ready, ready.topic_names().status_intake, at_least=2)
+        for r in read_topic(ready, ready.topic_names().status_intake, at_least=3)
     ]
     assert [(s["status"], s["origin_org"], s["emitted_by"]) for s in statuses] == [
         ("RECEIVED", "hl-a", "police-nl"),
+        ("ACCEPTED", "hl-a", "police-nl"),
         ("NTD_SENT", "hl-a", "police-nl"),
     ]
-    assert statuses[1]["note"] == "synthetic"
-    assert len(_events(ready, codec, "STATUS_SENT", at_least=1)) == 1
+    assert statuses[2]["note"] == "synthetic"
+    assert len(_events(ready, codec, "STATUS_SENT", at_least=2)) == 2

@@ -9,6 +9,7 @@ referral id, a revoked key, and a ledger rewritten behind everyone's back.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import uuid
@@ -44,7 +45,7 @@ from broker.wire.registry import STATUS_UPDATE
 from broker.wire.topics import Headers
 from cli.main import app
 from connectors.base import Delivery, Sink
-from connectors.delivery import SinkDriver
+from connectors.delivery import SinkDriver, StatusSender
 from connectors.inbox import Inbox
 from connectors.outbox import Outbox
 from connectors.publisher import Publisher
@@ -229,6 +230,30 @@ def test_forged_receipts_leave_the_outbox_waiting_and_land_in_the_dead_letters(
         police.start()
         wait_for(lambda: origin.outbox.is_complete(rid), 60, "the real RECEIVED")
         assert origin.inbox.refused_statuses() == {"STATUS_VERIFY": 3}
+
+        # Later statuses follow the lifecycle; a step back that arrives anyway is refused.
+        sender = StatusSender(
+            police.producer,
+            codec,
+            names,
+            security=ReceiverSecurity.load(settings, network, "police-de"),
+        )
+        for status in (ReferralStatus.ACCEPTED, ReferralStatus.CLOSED, ReferralStatus.ACCEPTED):
+            update = StatusUpdate(
+                referral_id=rid,
+                case_id=case,
+                emitted_by="police-de",
+                emitted_at=utc_now_ms(),
+                status=status,
+                origin_org="hl-a",
+            )
+            sender.send(update).get(timeout=10)
+        [back] = _dead(settings, "STATUS_LIFECYCLE", 1)
+        assert header(back, H_MESSAGE) == (
+            "ACCEPTED refused after CLOSED: allowed next are none (CLOSED is final)"
+        )
+        assert origin.inbox.status_state(rid, "police-de") == "CLOSED"
+        assert origin.inbox.refused_statuses() == {"STATUS_VERIFY": 3, "STATUS_LIFECYCLE": 1}
 
 
 def _now() -> Any:
@@ -502,6 +527,13 @@ def test_an_intact_signed_ledger_verifies_against_every_head(
         "ledger intact: 8 entries, 8 signed, consistent with 2 signed checkpoint(s) held by "
         "police-de, the topic, this store",
     )
+    # On demand, with the router's key: a third head of the same 8 entries.
+    code, out = _cli(env, "ledger", "checkpoint")
+    assert code == 0, out
+    assert out.startswith("checkpoint published: 8 entries, head ")
+    code, out = _cli(env, "ledger", "verify", "--json")
+    assert code == 0, out
+    assert (json.loads(out)["checkpoints"], json.loads(out)["signed"]) == (3, 8)
 
 
 @pytest.mark.parametrize(
