@@ -222,7 +222,7 @@ def ledger_checkpoint(ctx: typer.Context) -> None:
             Codec.from_settings(settings),
             keys,
             producer,
-            store_path=Path(settings.state_dir) / "orgs" / ROUTER / "ledger.sqlite3",
+            store_path=settings.org_dir(ROUTER) / "ledger.sqlite3",
         )
         checkpoint = checkpointer.publish_now(force=True)
     finally:

@@ -61,12 +61,12 @@ from broker.errors import (
 from broker.kafka import clients
 from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import BatchContext, ConsumeLoop, LoopStats, RecordContext
-from broker.ledger.events import LedgerEmitter, Signer
+from broker.ledger.events import HandoverEventType, LedgerEmitter, Signer
 from broker.lifecycle import LifecycleError, advance
 from broker.security.rules import OriginSecurity, ReceiverSecurity, stage_of
 from broker.tracing import Tracing
 from broker.wire.codec import Codec
-from broker.wire.models import HandoverEventType, ReferralStatus, StatusUpdate, utc_now_ms
+from broker.wire.models import ReferralStatus, StatusUpdate, utc_now_ms
 from broker.wire.registry import REFERRAL, STATUS_UPDATE
 from broker.wire.topics import Headers, TopicNames
 from connectors.base import Delivery, Sink, StatusDelivery, StatusSink, jsonable
@@ -472,7 +472,7 @@ class StatusDriver(_Driver[StatusSink]):
             ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
             return
         self.stats.statuses += 1
-        if status == "RECEIVED":
+        if status == ReferralStatus.RECEIVED:
             self.outbox.mark_received(referral_id, emitted_by)
         key = status_key(datum)
         if self.inbox.has_status(key):

@@ -165,7 +165,7 @@ class HeadStore:
     @classmethod
     def for_org(cls, settings: Settings, org_id: str) -> HeadStore:
         """``<state_dir>/orgs/<org>/heads.sqlite3``."""
-        return cls(Path(settings.state_dir) / "orgs" / org_id / "heads.sqlite3", org_id)
+        return cls(settings.org_dir(org_id) / "heads.sqlite3", org_id)
 
     def add(self, checkpoint: Checkpoint, value: bytes, headers: Any) -> bool:
         """Keep a (verified) checkpoint record; False if it was already held."""
@@ -292,7 +292,7 @@ class Checkpointer:
         self.producer = producer
         self.interval = interval
         self.topic = settings.topic_names().checkpoints
-        path = store_path or Path(settings.state_dir) / "orgs" / ROUTER / "ledger.sqlite3"
+        path = store_path or settings.org_dir(ROUTER) / "ledger.sqlite3"
         self._store_path = path
         self._store_cls = LedgerStore
         self._lock = threading.Lock()

@@ -40,14 +40,13 @@ from broker.kafka import clients
 from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import BatchContext, ConsumeLoop, LoopStats, RecordContext
 from broker.ledger.checkpoint import Checkpoint, Checkpointer
-from broker.ledger.events import LedgerEmitter
+from broker.ledger.events import HandoverEventType, LedgerEmitter
 from broker.network import Network
 from broker.routing.decide import DecisionCache, status_destination
 from broker.security.keys import ROUTER, LiveKeys, key_dir
 from broker.security.signing import ledger_signer
 from broker.tracing import Tracing
 from broker.wire.codec import Codec
-from broker.wire.models import HandoverEventType
 from broker.wire.registry import STATUS_UPDATE
 from broker.wire.topics import Headers
 
