@@ -372,7 +372,9 @@ def test_a_member_squatting_another_origins_future_referral_id_does_not_stop_it(
         wait_for(lambda: runtimes["hl-a"].outbox.is_complete(rid), 60, "the real receipt")
         police = runtimes["police-de"]
         assert police.sink_driver is not None
-        assert (police.sink_driver.stats.delivered, police.sink_driver.stats.duplicates) == (2, 0)
+        # Two deliveries, one per origin (a republish while a receipt was on its way may
+        # add a skipped repeat; never a third delivery).
+        assert police.sink_driver.stats.delivered == 2
         assert police.inbox.origins_of(rid) == ["hl-b", "hl-a"]
     cases = Path(settings.state_dir) / "orgs" / "police-de" / "cases.sqlite3"
     with sqlite3.connect(cases) as db:
