@@ -501,7 +501,7 @@ def signed_ledger(keyed: tuple[Settings, Network]) -> tuple[Settings, dict[str, 
 
 def _cli(env: dict[str, str], *args: str) -> tuple[int, str]:
     result = runner.invoke(app, list(args), env={**env, "COLUMNS": "250"})
-    return result.exit_code, result.output.strip()
+    return result.exit_code, result.stdout.strip()
 
 
 def _store_db(settings: Settings) -> sqlite3.Connection:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -486,13 +487,14 @@ class LedgerStore:
         cls, settings: Settings, codec: Codec, timeout: float = 60.0
     ) -> list[tuple[str, int]]:
         """``(entry hash, ledger offset)`` of each entry the ledger topic gives now, chained
-        afresh in memory."""
-        fresh = cls(Path(":memory:"))
-        try:
-            fresh.sync(settings, codec, timeout=timeout, checkpoints=False)
-            return [(e.entry_hash, e.ledger_offset) for e in fresh.entries()]
-        finally:
-            fresh.close()
+        afresh in a scratch store."""
+        with tempfile.TemporaryDirectory(prefix="ledger-reference-") as scratch:
+            fresh = cls(Path(scratch) / DEFAULT_FILE)
+            try:
+                fresh.sync(settings, codec, timeout=timeout, checkpoints=False)
+                return [(e.entry_hash, e.ledger_offset) for e in fresh.entries()]
+            finally:
+                fresh.close()
 
     # -- reading -------------------------------------------------------------------------------
     def _rows(self, referral_id: str | None = None) -> list[sqlite3.Row]:
