@@ -28,10 +28,25 @@ from broker.kafka.healing import HealingConsumer, HealingProducer
 _KAFKA_LOG_FLOOR = logging.INFO
 
 
+class _SlowTaskFilter(logging.Filter):
+    """Drops kafka-python's "Task ... ran for 0.1s" warnings.
+
+    Its event loop warns whenever one of its tasks held it over 100 ms: on a busy
+    2-core machine that is every few seconds, says nothing an operator can act on,
+    and lands in the middle of a CLI command's output.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task ") or "threshold" not in str(record.msg)
+
+
 def _cap_kafka_logging() -> None:
     kafka_logger = logging.getLogger("kafka")
     if kafka_logger.level == logging.NOTSET or kafka_logger.level < _KAFKA_LOG_FLOOR:
         kafka_logger.setLevel(_KAFKA_LOG_FLOOR)
+    selector = logging.getLogger("kafka.net.selector")
+    if not any(isinstance(f, _SlowTaskFilter) for f in selector.filters):
+        selector.addFilter(_SlowTaskFilter())
 
 
 _cap_kafka_logging()
