@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from broker.errors import BrokerError, ConfigError, ValidationFailed
+from broker.ids import resolve_id
 from broker.kafka import clients
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.lifecycle import LifecycleError, advance, allowed_next
@@ -239,7 +240,9 @@ def _current_status(inbox: Inbox, origin: str, referral_id: str) -> ReferralStat
 def status(
     ctx: typer.Context,
     org: str = typer.Argument(..., help="The organisation reporting the status."),
-    referral_id: str = typer.Argument(..., help="The referral the status is about."),
+    referral_id: str = typer.Argument(
+        ..., help="The referral the status is about (or an unambiguous prefix)."
+    ),
     new_status: ReferralStatus = typer.Argument(..., help="ACCEPTED, NTD_SENT, REMOVED, CLOSED, …"),
     note: str | None = typer.Option(None, "--note", help="Free-text note (no personal data)."),
     reason_code: str | None = typer.Option(None, "--reason", help="Machine-readable reason code."),
@@ -261,6 +264,7 @@ def status(
     settings = st.settings
     inbox = Inbox.for_org(settings, org)
     try:
+        referral_id = resolve_id(referral_id, inbox.referral_ids())
         origins = inbox.origins_of(referral_id)
         if origin is None and len(origins) > 1:
             raise ConfigError(

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from broker.config import Settings
 from broker.errors import BrokerError, CodecError, ConfigError
+from broker.ids import resolve_id
 from broker.kafka import clients
 from broker.ledger.checkpoint import Checkpointer, HeadStore, HeldHead, read_checkpoints
 from broker.ledger.events import (
@@ -274,7 +275,7 @@ def ledger_show(
 
 def trace_cmd(
     ctx: typer.Context,
-    referral_id: str = typer.Argument(..., help="The referral id."),
+    referral_id: str = typer.Argument(..., help="The referral id (or an unambiguous prefix)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     sync: bool = typer.Option(True, "--sync/--no-sync", help="Sync the ledger store first."),
 ) -> None:
@@ -285,6 +286,7 @@ def trace_cmd(
     with LedgerStore.for_settings(settings) as store:
         if sync:
             _sync(settings, store)
+        referral_id = resolve_id(referral_id, store.referral_ids())
         records = store.records(referral_id)
     now = datetime.now(UTC)
     t = trace(records, referral_id, network.deadlines, settings.topic_names(), now)
@@ -362,12 +364,22 @@ def print_trace(t: Trace, now: datetime) -> None:
 
 
 def parse_since(text: str, now: datetime) -> datetime | None:
-    """``24h``, ``30m``, ``7d``, ``90s`` → that long before ``now``; ``all`` → None."""
+    """``24h``, ``7d``, ``90s`` → that long before ``now``; an ISO date → it; ``all`` → None.
+
+    An ISO date or time without a zone (``2026-11-22``, ``2026-11-22T08:00``) is UTC.
+    """
     if text.strip().lower() == "all":
         return None
     m = _DURATION.match(text)
     if not m:
-        raise ConfigError(f"--since: expected a duration like 24h, 30m, 7d or 'all', not {text!r}")
+        try:
+            at = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(
+                "--since: expected a duration like 24h, 30m, 7d, an ISO date like 2026-11-22"
+                f" or 2026-11-22T08:00Z, or 'all', not {escape(text)!r}"
+            ) from None
+        return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
     return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
 
 
