@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from broker.errors import ConfigError
 from broker.ids import short_id
 from cli.app import NETWORK_OPTION, cell, console, escape, print_json, state
 from cli.operator_cmd import parse_since
+from cli.tables import WIDE_OPTION, is_narrow, new_table
 from connectors.inbox import Inbox
 from connectors.inbox_view import InboxEntry, entries, select, to_csv
 
@@ -40,7 +40,7 @@ def inbox_cmd(
     overdue: bool = typer.Option(False, "--overdue", help="Only overdue referrals."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     as_csv: bool = typer.Option(False, "--csv", help="CSV export (header row first)."),
-    wide: bool = typer.Option(False, "--wide", help="Every column, whole ids and times."),
+    wide: bool = WIDE_OPTION,
     network_file: Path | None = NETWORK_OPTION,
 ) -> None:
     """What ORG received: urgent first, overdue, not yet acknowledged; searchable and exportable."""
@@ -102,8 +102,8 @@ def print_inbox(items: list[InboxEntry], org: str, now: datetime, *, wide: bool 
     )
     if not items:
         return
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    narrow = not wide and console.width < 120
+    narrow = is_narrow(wide)
+    table = new_table(None, narrow)
     cols = ["id", "!", "received", "origin", "case", "status", "due"]
     if not narrow:
         cols += ["external refs", "sinks"]

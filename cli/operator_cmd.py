@@ -27,7 +27,7 @@ from rich.table import Table
 
 from broker.config import Settings
 from broker.errors import BrokerError, CodecError, ConfigError
-from broker.ids import resolve_id
+from broker.ids import resolve_id, short_id
 from broker.kafka import clients
 from broker.ledger.checkpoint import Checkpointer, HeadStore, HeldHead, read_checkpoints
 from broker.ledger.events import (
@@ -50,6 +50,7 @@ from broker.wire.registry import (
 )
 from broker.wire.topics import HEADER_DLQ_PREFIX, Headers
 from cli.app import App, cell, console, escape, print_json, state
+from cli.tables import WIDE_OPTION, compact_time, is_narrow, new_table
 
 __all__ = [
     "flows_cmd",
@@ -241,22 +242,43 @@ def ledger_checkpoint(ctx: typer.Context) -> None:
 @ledger_app.command("show")
 def ledger_show(
     ctx: typer.Context,
-    referral: str | None = typer.Option(None, "--referral", help="Only this referral id."),
+    referral: str | None = typer.Option(
+        None, "--referral", help="Only this referral id (or an unambiguous prefix)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    wide: bool = WIDE_OPTION,
 ) -> None:
     """Show the stored ledger entries (run ``ledger sync`` first for the newest)."""
     settings = state(ctx).settings
     with LedgerStore.for_settings(settings) as store:
+        if referral is not None:
+            referral = resolve_id(referral, store.referral_ids())
         entries = store.entries(referral)
     if as_json:
         print_json([{**e.record.to_json(), "ledger_offset": e.ledger_offset} for e in entries])
         return
     title = f"ledger entries ({len(entries)})" + (f" of referral {referral}" if referral else "")
-    table = Table(title=cell(title))
-    for col in ("#", "time", "event", "actor", "from → to", "topic", "reason", "referral"):
-        table.add_column(col)
+    narrow = is_narrow(wide)
+    table = new_table(title, narrow)
+    if narrow:
+        for col in ("#", "time", "referral", "event", "actor", "topic"):
+            table.add_column(col, overflow="fold")
+    else:
+        for col in ("#", "time", "event", "actor", "from → to", "topic", "reason", "referral"):
+            table.add_column(col)
+    now = datetime.now(UTC)
     for e in entries:
         r = e.record
+        if narrow:
+            table.add_row(
+                str(e.index),
+                compact_time(r.at, now),
+                cell(short_id(r.referral_id)),
+                cell(r.event),
+                cell(r.actor),
+                cell(r.topic),
+            )
+            continue
         table.add_row(
             str(e.index),
             _when(r.at),
@@ -268,6 +290,8 @@ def ledger_show(
             cell(r.referral_id),
         )
     console.print(table)
+    if narrow:
+        console.print("times UTC, short ids; --wide adds parties, reasons and whole ids")
 
 
 # -- trace ------------------------------------------------------------------------------------
@@ -278,6 +302,7 @@ def trace_cmd(
     referral_id: str = typer.Argument(..., help="The referral id (or an unambiguous prefix)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     sync: bool = typer.Option(True, "--sync/--no-sync", help="Sync the ledger store first."),
+    wide: bool = WIDE_OPTION,
 ) -> None:
     """A referral's timeline across organisations and what is still awaited."""
     st = state(ctx)
@@ -293,23 +318,37 @@ def trace_cmd(
     if as_json:
         print_json(t.to_json())
         return
-    print_trace(t, now)
+    print_trace(t, now, wide=wide)
 
 
-def print_trace(t: Trace, now: datetime) -> None:
+def print_trace(t: Trace, now: datetime, *, wide: bool = True) -> None:
     """Print a referral's trace for people: its hops, route reasons, status and what is awaited."""
     console.print(
         escape(f"referral {t.referral_id}  case {t.case_id}  origin {t.origin or 'unknown'}"),
         markup=False,
     )
-    table = Table(title=f"{len(t.hops)} hop(s)")
-    for col in ("#", "time", "since prev", "event", "actor", "from → to", "topic", "reason"):
-        table.add_column(col)
+    narrow = is_narrow(wide)
+    table = new_table(f"{len(t.hops)} hop(s)", narrow)
+    if narrow:  # the route reasons follow the table; "since prev" is the least needed
+        for col in ("time", "event", "actor", "from → to", "topic"):
+            table.add_column(col, overflow="fold")
+    else:
+        for col in ("#", "time", "since prev", "event", "actor", "from → to", "topic", "reason"):
+            table.add_column(col)
     for hop in t.hops:
         r = hop.record
         topic = r.topic or ""
-        if hop.jurisdiction:
+        if hop.jurisdiction and not narrow:
             topic += f" ({hop.jurisdiction})"
+        if narrow:
+            table.add_row(
+                compact_time(r.at, now),
+                cell(r.event),
+                cell(r.actor),
+                cell(_parties(r)),
+                cell(topic),
+            )
+            continue
         table.add_row(
             str(r.index if r.index is not None else ""),
             _when(r.at),
@@ -321,6 +360,8 @@ def print_trace(t: Trace, now: datetime) -> None:
             cell(r.reason),
         )
     console.print(table)
+    if narrow:
+        console.print("times UTC; --wide adds positions, intervals and every reason")
     for topic, reason in sorted(t.route_reasons.items()):
         console.print(escape(f"routed to {topic}: {reason}"), markup=False)
     if t.status is not None and t.status_at is not None:
