@@ -321,17 +321,18 @@ def trace_cmd(
     print_trace(t, now, wide=wide)
 
 
-def print_trace(t: Trace, now: datetime, *, wide: bool = True) -> None:
+def print_trace(t: Trace, now: datetime, *, wide: bool = False) -> None:
     """Print a referral's trace for people: its hops, route reasons, status and what is awaited."""
-    console.print(
-        escape(f"referral {t.referral_id}  case {t.case_id}  origin {t.origin or 'unknown'}"),
-        markup=False,
-    )
     narrow = is_narrow(wide)
+    heads = [f"referral {t.referral_id}", f"case {t.case_id}  origin {t.origin or 'unknown'}"]
+    if not narrow:  # narrow: the whole id on a line of its own
+        heads = ["  ".join(heads)]
+    for line in heads:
+        console.print(escape(line), markup=False)
     table = new_table(f"{len(t.hops)} hop(s)", narrow)
     if narrow:  # the route reasons follow the table; "since prev" is the least needed
-        for col in ("time", "event", "actor", "from → to", "topic"):
-            table.add_column(col, overflow="fold")
+        for col in ("time", "event", "actor", "to", "topic"):
+            table.add_column(col, overflow="fold", no_wrap=col in ("time", "topic"))
     else:
         for col in ("#", "time", "since prev", "event", "actor", "from → to", "topic", "reason"):
             table.add_column(col)
@@ -345,7 +346,7 @@ def print_trace(t: Trace, now: datetime, *, wide: bool = True) -> None:
                 compact_time(r.at, now),
                 cell(r.event),
                 cell(r.actor),
-                cell(_parties(r)),
+                cell(", ".join(r.to_orgs)),
                 cell(topic),
             )
             continue
@@ -361,7 +362,7 @@ def print_trace(t: Trace, now: datetime, *, wide: bool = True) -> None:
         )
     console.print(table)
     if narrow:
-        console.print("times UTC; --wide adds positions, intervals and every reason")
+        console.print("times UTC; --wide adds positions, senders, intervals and reasons")
     for topic, reason in sorted(t.route_reasons.items()):
         console.print(escape(f"routed to {topic}: {reason}"), markup=False)
     if t.status is not None and t.status_at is not None:
