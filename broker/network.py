@@ -164,10 +164,14 @@ class TopicLayout(_Frozen):
 
 
 class Deadlines(_Frozen):
-    """How long a destination may take to return RECEIVED before it is overdue."""
+    """How long a destination may take to return RECEIVED (and to answer) before it is overdue."""
 
     receipt_hours: float = Field(default=72.0, gt=0)
     urgent_receipt_hours: float = Field(default=8.0, gt=0)
+    #: How long a recipient may take to answer beyond RECEIVED (``referral inbox`` overdue);
+    #: the defaults are the SIENA answer times (EU Directive 2023/977): 7 days, urgent 3 days.
+    answer_hours: float = Field(default=168.0, gt=0)
+    urgent_answer_hours: float = Field(default=72.0, gt=0)
 
 
 class NetworkInfo(_Frozen):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from broker.errors import BrokerError, ConfigError, ValidationFailed
+from broker.ids import resolve_id
 from broker.kafka import clients
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.lifecycle import LifecycleError, advance, allowed_next
@@ -33,7 +35,7 @@ from connectors.delivery import StatusSender
 from connectors.formats import name_fields, read_referral_file
 from connectors.inbox import Inbox
 from connectors.outbox import Outbox
-from connectors.publisher import BatchResult, Publisher
+from connectors.publisher import BatchResult, Publisher, Rejected
 from connectors.runtime import ConnectorRuntime
 
 __all__ = ["app", "outbox", "publish", "status"]
@@ -161,21 +163,78 @@ def _report_publish(results: dict[str, BatchResult], as_json: bool) -> None:
                 line += f" ({unsent} not acknowledged yet; held in the outbox)"
             console.print(escape(line), markup=False, soft_wrap=True)
             for p in r.published:
-                if p.repeat:
-                    console.print(
-                        escape(
-                            f"{name} {p.label}: repeat of referral {p.referral_id} "
-                            "(already published, not sent again)"
-                        ),
-                        markup=False,
-                        soft_wrap=True,
-                    )
+                what = (
+                    f"repeat of referral {p.referral_id} (already published, not sent again)"
+                    if p.repeat
+                    else f"referral {p.referral_id}"
+                )
+                console.print(escape(f"{name} {p.label}: {what}"), markup=False, soft_wrap=True)
             for rej in r.rejected:
                 for problem in rej.problems:
                     err_console.print(
                         escape(f"{name} {rej.label}: {problem}"), markup=False, soft_wrap=True
                     )
     if rejected:
+        raise typer.Exit(ValidationFailed.exit_code)
+
+
+def check(
+    ctx: typer.Context,
+    files: list[Path] = typer.Argument(..., help="Referral files (.json, .jsonl, .csv)."),
+    as_org: str = typer.Option(..., "--as", help="The publishing organisation's id."),
+    network_file: Path | None = NETWORK_OPTION,
+) -> None:
+    """Validate referral files as ORG would publish them, without a broker.
+
+    Prints one line per valid row (its referral id) and one line per problem on
+    stderr (file, row, column or field, message); exits 1 if there is any problem.
+    """
+    st = state(ctx)
+    network = st.network(network_file)
+    settings = st.settings
+    if not network.has_organisation(as_org):
+        raise ConfigError(f"--as: organisation {as_org!r} is not in the network file")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError("\n".join(f"{m}: no such file" for m in missing))
+    bad = 0
+    with tempfile.TemporaryDirectory(prefix="referral-check-") as scratch:
+        outbox = Outbox(Path(scratch) / "outbox.sqlite3")
+        publisher = Publisher(
+            settings,
+            network,
+            as_org,
+            Codec.from_settings(settings),
+            None,
+            outbox,  # type: ignore[arg-type]
+        )
+        try:
+            for path in files:
+                result = BatchResult()
+                for label, row in read_referral_file(path):
+                    if isinstance(row, ValidationFailed):
+                        result.rejected.append(Rejected(label, tuple(row.problems)))
+                        continue
+                    try:
+                        prepared = publisher.prepare(row)
+                    except ValidationFailed as exc:
+                        result.rejected.append(Rejected(label, tuple(exc.problems)))
+                        continue
+                    console.print(
+                        escape(f"{path} {label}: ok, referral {prepared.referral_id}"),
+                        markup=False,
+                        soft_wrap=True,
+                    )
+                for rej in name_fields(result, path.suffix).rejected:
+                    for problem in rej.problems:
+                        bad += 1
+                        err_console.print(
+                            escape(f"{path} {rej.label}: {problem}"), markup=False, soft_wrap=True
+                        )
+        finally:
+            publisher.close()
+            outbox.close()
+    if bad:
         raise typer.Exit(ValidationFailed.exit_code)
 
 
@@ -239,7 +298,9 @@ def _current_status(inbox: Inbox, origin: str, referral_id: str) -> ReferralStat
 def status(
     ctx: typer.Context,
     org: str = typer.Argument(..., help="The organisation reporting the status."),
-    referral_id: str = typer.Argument(..., help="The referral the status is about."),
+    referral_id: str = typer.Argument(
+        ..., help="The referral the status is about (or an unambiguous prefix)."
+    ),
     new_status: ReferralStatus = typer.Argument(..., help="ACCEPTED, NTD_SENT, REMOVED, CLOSED, …"),
     note: str | None = typer.Option(None, "--note", help="Free-text note (no personal data)."),
     reason_code: str | None = typer.Option(None, "--reason", help="Machine-readable reason code."),
@@ -261,6 +322,7 @@ def status(
     settings = st.settings
     inbox = Inbox.for_org(settings, org)
     try:
+        referral_id = resolve_id(referral_id, inbox.referral_ids())
         origins = inbox.origins_of(referral_id)
         if origin is None and len(origins) > 1:
             raise ConfigError(

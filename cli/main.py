@@ -12,6 +12,7 @@ from cli import (
     broker_cmd,
     config_cmd,
     demo_cmd,
+    inbox_cmd,
     keys_cmd,
     router_cmd,
     schema_cmd,
@@ -33,8 +34,10 @@ app.command("route")(router_cmd.route)
 app.add_typer(router_cmd.dlq_app, name="dlq")
 app.add_typer(connector_cmd.app, name="connector")
 app.command("publish")(connector_cmd.publish)
+app.command("check")(connector_cmd.check)
 app.command("outbox")(connector_cmd.outbox)
 app.command("status")(connector_cmd.status)
+app.command("inbox")(inbox_cmd.inbox_cmd)
 app.add_typer(operator_cmd.ledger_app, name="ledger")
 app.command("trace")(operator_cmd.trace_cmd)
 app.command("flows")(operator_cmd.flows_cmd)

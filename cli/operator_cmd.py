@@ -27,6 +27,7 @@ from rich.table import Table
 
 from broker.config import Settings
 from broker.errors import BrokerError, CodecError, ConfigError
+from broker.ids import resolve_id, short_id
 from broker.kafka import clients
 from broker.ledger.checkpoint import Checkpointer, HeadStore, HeldHead, read_checkpoints
 from broker.ledger.events import (
@@ -49,6 +50,7 @@ from broker.wire.registry import (
 )
 from broker.wire.topics import HEADER_DLQ_PREFIX, Headers
 from cli.app import App, cell, console, escape, print_json, state
+from cli.tables import WIDE_OPTION, compact_time, is_narrow, new_table
 
 __all__ = [
     "flows_cmd",
@@ -240,22 +242,43 @@ def ledger_checkpoint(ctx: typer.Context) -> None:
 @ledger_app.command("show")
 def ledger_show(
     ctx: typer.Context,
-    referral: str | None = typer.Option(None, "--referral", help="Only this referral id."),
+    referral: str | None = typer.Option(
+        None, "--referral", help="Only this referral id (or an unambiguous prefix)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    wide: bool = WIDE_OPTION,
 ) -> None:
     """Show the stored ledger entries (run ``ledger sync`` first for the newest)."""
     settings = state(ctx).settings
     with LedgerStore.for_settings(settings) as store:
+        if referral is not None:
+            referral = resolve_id(referral, store.referral_ids())
         entries = store.entries(referral)
     if as_json:
         print_json([{**e.record.to_json(), "ledger_offset": e.ledger_offset} for e in entries])
         return
     title = f"ledger entries ({len(entries)})" + (f" of referral {referral}" if referral else "")
-    table = Table(title=cell(title))
-    for col in ("#", "time", "event", "actor", "from → to", "topic", "reason", "referral"):
-        table.add_column(col)
+    narrow = is_narrow(wide)
+    table = new_table(title, narrow)
+    if narrow:
+        for col in ("#", "time", "referral", "event", "actor", "topic"):
+            table.add_column(col, overflow="fold")
+    else:
+        for col in ("#", "time", "event", "actor", "from → to", "topic", "reason", "referral"):
+            table.add_column(col)
+    now = datetime.now(UTC)
     for e in entries:
         r = e.record
+        if narrow:
+            table.add_row(
+                str(e.index),
+                compact_time(r.at, now),
+                cell(short_id(r.referral_id)),
+                cell(r.event),
+                cell(r.actor),
+                cell(r.topic),
+            )
+            continue
         table.add_row(
             str(e.index),
             _when(r.at),
@@ -267,6 +290,8 @@ def ledger_show(
             cell(r.referral_id),
         )
     console.print(table)
+    if narrow:
+        console.print("times UTC, short ids; --wide adds parties, reasons and whole ids")
 
 
 # -- trace ------------------------------------------------------------------------------------
@@ -274,9 +299,10 @@ def ledger_show(
 
 def trace_cmd(
     ctx: typer.Context,
-    referral_id: str = typer.Argument(..., help="The referral id."),
+    referral_id: str = typer.Argument(..., help="The referral id (or an unambiguous prefix)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     sync: bool = typer.Option(True, "--sync/--no-sync", help="Sync the ledger store first."),
+    wide: bool = WIDE_OPTION,
 ) -> None:
     """A referral's timeline across organisations and what is still awaited."""
     st = state(ctx)
@@ -285,29 +311,45 @@ def trace_cmd(
     with LedgerStore.for_settings(settings) as store:
         if sync:
             _sync(settings, store)
+        referral_id = resolve_id(referral_id, store.referral_ids())
         records = store.records(referral_id)
     now = datetime.now(UTC)
     t = trace(records, referral_id, network.deadlines, settings.topic_names(), now)
     if as_json:
         print_json(t.to_json())
         return
-    print_trace(t, now)
+    print_trace(t, now, wide=wide)
 
 
-def print_trace(t: Trace, now: datetime) -> None:
+def print_trace(t: Trace, now: datetime, *, wide: bool = False) -> None:
     """Print a referral's trace for people: its hops, route reasons, status and what is awaited."""
-    console.print(
-        escape(f"referral {t.referral_id}  case {t.case_id}  origin {t.origin or 'unknown'}"),
-        markup=False,
-    )
-    table = Table(title=f"{len(t.hops)} hop(s)")
-    for col in ("#", "time", "since prev", "event", "actor", "from → to", "topic", "reason"):
-        table.add_column(col)
+    narrow = is_narrow(wide)
+    heads = [f"referral {t.referral_id}", f"case {t.case_id}  origin {t.origin or 'unknown'}"]
+    if not narrow:  # narrow: the whole id on a line of its own
+        heads = ["  ".join(heads)]
+    for line in heads:
+        console.print(escape(line), markup=False)
+    table = new_table(f"{len(t.hops)} hop(s)", narrow)
+    if narrow:  # the route reasons follow the table; "since prev" is the least needed
+        for col in ("time", "event", "actor", "to", "topic"):
+            table.add_column(col, overflow="fold", no_wrap=col in ("time", "topic"))
+    else:
+        for col in ("#", "time", "since prev", "event", "actor", "from → to", "topic", "reason"):
+            table.add_column(col)
     for hop in t.hops:
         r = hop.record
         topic = r.topic or ""
-        if hop.jurisdiction:
+        if hop.jurisdiction and not narrow:
             topic += f" ({hop.jurisdiction})"
+        if narrow:
+            table.add_row(
+                compact_time(r.at, now),
+                cell(r.event),
+                cell(r.actor),
+                cell(", ".join(r.to_orgs)),
+                cell(topic),
+            )
+            continue
         table.add_row(
             str(r.index if r.index is not None else ""),
             _when(r.at),
@@ -319,6 +361,8 @@ def print_trace(t: Trace, now: datetime) -> None:
             cell(r.reason),
         )
     console.print(table)
+    if narrow:
+        console.print("times UTC; --wide adds positions, senders, intervals and reasons")
     for topic, reason in sorted(t.route_reasons.items()):
         console.print(escape(f"routed to {topic}: {reason}"), markup=False)
     if t.status is not None and t.status_at is not None:
@@ -362,12 +406,22 @@ def print_trace(t: Trace, now: datetime) -> None:
 
 
 def parse_since(text: str, now: datetime) -> datetime | None:
-    """``24h``, ``30m``, ``7d``, ``90s`` → that long before ``now``; ``all`` → None."""
+    """``24h``, ``7d``, ``90s`` → that long before ``now``; an ISO date → it; ``all`` → None.
+
+    An ISO date or time without a zone (``2026-11-22``, ``2026-11-22T08:00``) is UTC.
+    """
     if text.strip().lower() == "all":
         return None
     m = _DURATION.match(text)
     if not m:
-        raise ConfigError(f"--since: expected a duration like 24h, 30m, 7d or 'all', not {text!r}")
+        try:
+            at = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(
+                "--since: expected a duration like 24h, 30m, 7d, an ISO date like 2026-11-22"
+                f" or 2026-11-22T08:00Z, or 'all', not {escape(text)!r}"
+            ) from None
+        return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
     return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
 
 

@@ -10,7 +10,6 @@ from typing import Any
 import typer
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
-from rich.table import Table
 
 from broker.config import Settings
 from broker.errors import BrokerError
@@ -18,6 +17,7 @@ from broker.kafka import clients
 from broker.kafka.clients import admin_client, resolve_bootstrap
 from broker.kafka.provision import describe_topics, provision
 from cli.app import NETWORK_OPTION, App, cell, console, print_json, state
+from cli.tables import WIDE_OPTION, is_narrow, new_table
 
 app = App(help="Provision and list the network's topics.")
 
@@ -73,6 +73,7 @@ def list_cmd(
     all_topics: bool = typer.Option(
         False, "--all", help="Every topic on the broker, not only this deployment's prefix."
     ),
+    wide: bool = WIDE_OPTION,
 ) -> None:
     """List the broker's topics with partition counts, message counts and group lag."""
     st = state(ctx)
@@ -94,19 +95,31 @@ def list_cmd(
         else:
             print_json({"broker": where, "topics": {t: s.to_json() for t, s in stats.items()}})
         return
-    table = Table(title=f"topics on {where}")
-    table.add_column("topic")
-    table.add_column("partitions", justify="right")
+    narrow = is_narrow(wide)
+    # Narrow: names without this deployment's prefix (the title names it once).
+    cut = len(prefix) if narrow and prefix else 0
+
+    def shown(name: str) -> str:
+        return name[cut:] if cut and name.startswith(prefix or "") else name
+
+    title = f"topics on {where}" + (f", prefix {prefix}" if cut else "")
+    table = new_table(title, narrow)
+    table.add_column("topic", overflow="fold")
+    table.add_column("parts" if narrow else "partitions", justify="right")
     if stats is None:
         for name, parts in found.items():
-            table.add_row(cell(name), str(parts))
+            table.add_row(cell(shown(name)), str(parts))
         console.print(table)
         return
-    for col in ("messages", "counted by", "group lag"):
-        table.add_column(col, justify="right" if col == "messages" else "left")
+    cols = ("messages", "group lag") if narrow else ("messages", "counted by", "group lag")
+    for col in cols:
+        table.add_column(col, justify="right" if col == "messages" else "left", overflow="fold")
     for name, s in stats.items():
         lag = ", ".join(f"{g}: {n}" for g, n in sorted(s.lag.items())) or "-"
-        table.add_row(cell(name), str(s.partitions), str(s.messages), s.source_label, cell(lag))
+        if narrow:
+            table.add_row(cell(shown(name)), str(s.partitions), str(s.messages), cell(lag))
+        else:
+            table.add_row(cell(name), str(s.partitions), str(s.messages), s.source_label, cell(lag))
     console.print(table)
     console.print(
         f"counts from {where}: 'read' = records a consumer read from the start; "

@@ -30,6 +30,9 @@ links are refused without being read: moved to ``rejected/`` with
 ``<name>.errors.txt`` giving the reason, and one log line per refusal.
 
 A file whose every referral was published (or was a repeat) moves to ``done/``.
+Beside every file taken (in ``done/`` or ``rejected/``) a ``<name>.receipt.csv``
+tells which referral id each input row became: ``row,referral_id,status,reason``
+with status ``new``, ``repeat`` or ``rejected``.
 A file with any problem moves to ``rejected/`` with ``<name>.errors.txt`` beside
 it, naming the row and field of every problem and listing which rows *were*
 published (valid rows are never held back by invalid ones). Input files are
@@ -62,7 +65,7 @@ from broker.errors import ConfigError
 from broker.private import private_dir, write_private
 from broker.terminal import escape
 from connectors.base import ConnectorConfig, Source, resolve_path
-from connectors.formats import SUFFIXES, incomplete, name_fields, parse_referrals
+from connectors.formats import SUFFIXES, incomplete, name_fields, parse_referrals, receipt_csv
 from connectors.publisher import BatchResult, Publisher
 
 __all__ = ["DropFolderConfig", "DropFolderSource", "FileReport"]
@@ -340,6 +343,9 @@ class DropFolderSource(Source):
             target = _free_name(self.done, name)
             path.rename(target)
             report = FileReport(path, target, result)
+        # The analyst's receipt: which referral id each input row became (labels, ids and
+        # problems only: never input content).
+        write_private(target.with_name(target.name + ".receipt.csv"), receipt_csv(result).encode())
         repeats = sum(1 for p in result.published if p.repeat)
         if repeats:
             log.info(

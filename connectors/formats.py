@@ -49,8 +49,18 @@ Formats (by file suffix; the HTTP intake takes the JSON form):
     summary            free-text summary
     =================  ==========================================================
 
+**JSON and CSV get the same defaults and normalisation** (:func:`normalise`):
+a JSON referral may leave out what the CSV fills in by default (``priority``
+NORMAL, ``handling`` AMBER/H0 with no recipients, empty ``jurisdictions`` and
+``external_refs``, an item's ``media_type`` OTHER and ``hashes``, the whole
+``classification`` UNASSESSED/OTHER/UNKNOWN), and in both, country codes and
+code words may be written in any case (``"nl"`` is ``NL``, ``fr:hosting`` is
+``FR:HOSTING``). A CSV's delimiter is detected among ``,``, ``;`` and tab (a
+European spreadsheet's ``;`` export is read like a ``,`` one).
+
 Problems are ``field: message`` lines (CSV: the column instead of the field
-path) that never quote URLs, hashes or free text.
+path) that never quote URLs, hashes or free text; a date or country problem
+carries an example of the right form (:func:`with_example`).
 """
 
 from __future__ import annotations
@@ -70,6 +80,7 @@ from connectors.publisher import BatchResult, Rejected
 __all__ = [
     "CSV_COLUMNS",
     "MAX_JSON_DEPTH",
+    "RECEIPT_COLUMNS",
     "SUFFIXES",
     "Row",
     "csv_column_of",
@@ -79,9 +90,13 @@ __all__ = [
     "json_rows",
     "load_json",
     "name_fields",
+    "normalise",
     "parse_referrals",
     "read_referral_file",
+    "receipt_csv",
+    "receipt_rows",
     "split_problem",
+    "with_example",
 ]
 
 #: One input of a file: its label (``row 2``, ``line 3``, ``[0]``) and the referral or its problem.
@@ -218,7 +233,116 @@ def csv_row_to_referral(row: Mapping[str, str]) -> dict[str, Any]:
     }
     if problems:
         raise _fail(*problems)
-    return {"envelope": envelope, "body": body}
+    doc: dict[str, Any] = normalise({"envelope": envelope, "body": body})
+    return doc
+
+
+#: Envelope and body defaults shared by JSON and CSV (what a JSON referral may leave out).
+_ENVELOPE_DEFAULTS: dict[str, Any] = {
+    "priority": "NORMAL",
+    "jurisdictions": [],
+    "external_refs": [],
+}
+_HANDLING_DEFAULTS: dict[str, Any] = {"tlp": "AMBER", "recipients": [], "handling_code": "H0"}
+_CLASSIFICATION_DEFAULTS: dict[str, Any] = {
+    "legal_status": "UNASSESSED",
+    "incident_type": "OTHER",
+    "annotations": [],
+    "victim_age_group": "UNKNOWN",
+}
+_ITEM_DEFAULTS: dict[str, Any] = {"media_type": "OTHER", "hashes": []}
+
+
+def _upper(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _defaults(target: dict[str, Any], defaults: Mapping[str, Any]) -> None:
+    for key, value in defaults.items():
+        if target.get(key) is None:
+            target[key] = list(value) if isinstance(value, list) else value
+
+
+def _classification(classification: Any) -> None:
+    if not isinstance(classification, dict):
+        return
+    _defaults(classification, _CLASSIFICATION_DEFAULTS)
+    for key in ("legal_status", "incident_type", "victim_age_group", "assessed_under"):
+        classification[key] = _upper(classification.get(key))
+    if isinstance(classification.get("annotations"), list):
+        classification["annotations"] = [_upper(a) for a in classification["annotations"]]
+
+
+def normalise(doc: Any) -> Any:
+    """A referral dict with the shared defaults filled in and codes upper-cased.
+
+    Anything that is not the documented shape is returned as it is, for the model's
+    validation to name. The input is not changed (a copy is returned).
+    """
+    if not isinstance(doc, Mapping):
+        return doc
+    out = json.loads(json.dumps(doc))  # a deep copy of plain JSON data
+    env, body = out.get("envelope"), out.get("body")
+    if isinstance(env, dict):
+        _defaults(env, _ENVELOPE_DEFAULTS)
+        for key in ("priority", "origin_country"):
+            env[key] = _upper(env.get(key)) if key in env else env.get(key)
+        if env.get("origin_country") is None:
+            env.pop("origin_country", None)
+        handling = env.setdefault("handling", {})
+        if isinstance(handling, dict):
+            _defaults(handling, _HANDLING_DEFAULTS)
+            for key in ("tlp", "handling_code"):
+                handling[key] = _upper(handling[key])
+        for j in env.get("jurisdictions") or []:
+            if isinstance(j, dict):
+                for key in ("country", "basis"):
+                    if key in j:
+                        j[key] = _upper(j[key])
+        for ref in env.get("external_refs") or []:
+            if isinstance(ref, dict) and "system" in ref:
+                ref["system"] = _upper(ref["system"])
+    if isinstance(body, dict):
+        _classification(body.setdefault("classification", {}))
+        body.setdefault("timeline", {})
+        body.setdefault("prior_actions", {})
+        for item in body.get("items") or []:
+            if not isinstance(item, dict):
+                continue
+            _defaults(item, _ITEM_DEFAULTS)
+            if item.get("classification") is not None:  # None: the referral's applies
+                _classification(item["classification"])
+            item["media_type"] = _upper(item["media_type"])
+            for h in item.get("hashes") or []:
+                if isinstance(h, dict) and "algorithm" in h:
+                    h["algorithm"] = _upper(h["algorithm"])
+            hosting = item.get("hosting")
+            if isinstance(hosting, dict) and "country" in hosting:
+                hosting["country"] = _upper(hosting["country"])
+    return out
+
+
+#: Examples of the right form, added to problems about dates and codes.
+_DATE_EXAMPLE = "e.g. 2026-11-23T13:05:00Z or 2026-11-23T14:05:00+01:00"
+_COUNTRY_EXAMPLE = "e.g. NL or de (ISO 3166 alpha-2)"
+_DATE_WORDS = ("datetime", "date", "timezone", "time zone")
+_COUNTRY_FIELDS = ("country", "assessed_under", "origin_country", "hosting_country")
+
+
+def with_example(problem: str) -> str:
+    """``problem`` with an example of the right form if it is about a date or a country code."""
+    where, sep, message = problem.partition(": ")
+    if not sep or "e.g." in message:
+        return problem
+    field = where.rsplit(".", 1)[-1]
+    low = message.lower()
+    if field.endswith("_at") or any(w in low for w in _DATE_WORDS):
+        return f"{problem} ({_DATE_EXAMPLE})"
+    if field in _COUNTRY_FIELDS:
+        return f"{problem} ({_COUNTRY_EXAMPLE})"
+    if field == "jurisdictions":
+        return f"{problem} (e.g. DE:HOSTING;fr:victim_location)"
+    return problem
 
 
 _CSV_GROUPS = ("handling", "classification", "timeline", "prior_actions")
@@ -250,13 +374,54 @@ def _csv_problem(problem: str) -> str:
 
 
 def name_fields(result: BatchResult, suffix: str) -> BatchResult:
-    """``result`` with every problem's field named as the format names it (CSV: its column)."""
-    if suffix.lower() == ".csv":
-        result.rejected = [
-            Rejected(rej.label, tuple(_csv_problem(p) for p in rej.problems))
-            for rej in result.rejected
-        ]
+    """``result`` with every problem's field named as the format names it (CSV: its column).
+
+    Problems about dates and country codes get an example of the right form.
+    """
+    csv_file = suffix.lower() == ".csv"
+    result.rejected = [
+        Rejected(
+            rej.label,
+            tuple(with_example(_csv_problem(p) if csv_file else p) for p in rej.problems),
+            rej.kind,
+        )
+        for rej in result.rejected
+    ]
     return result
+
+
+#: Columns of a receipt (``done/<file>.receipt.csv``): which referral each input row became.
+RECEIPT_COLUMNS = ("row", "referral_id", "status", "reason")
+
+
+def receipt_rows(result: BatchResult) -> list[tuple[str, str, str, str]]:
+    """``(row, referral id, status, reason)`` for each input, in input order.
+
+    ``status`` is ``new`` (published now or held in the outbox), ``repeat`` (already
+    published with the same content) or ``rejected`` (``reason``: its problems, ``; ``-joined).
+    """
+    out: list[tuple[int, tuple[str, str, str, str]]] = []
+    for i, p in enumerate(result.published):
+        out.append((i, (p.label, p.referral_id, "repeat" if p.repeat else "new", "")))
+    for i, rej in enumerate(result.rejected):
+        out.append(
+            (len(result.published) + i, (rej.label, "", "rejected", "; ".join(rej.problems)))
+        )
+    return [row for _, row in sorted(out, key=lambda r: (_row_order(r[1][0]), r[0]))]
+
+
+def _row_order(label: str) -> tuple[int, str]:
+    digits = re.findall(r"\d+", label)
+    return (int(digits[0]) if digits else -1, label)
+
+
+def receipt_csv(result: BatchResult) -> str:
+    """The receipt of one file as CSV text (:data:`RECEIPT_COLUMNS`, header row first)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(RECEIPT_COLUMNS)
+    writer.writerows(receipt_rows(result))
+    return buf.getvalue()
 
 
 def split_problem(problem: str) -> tuple[str, str]:
@@ -371,10 +536,10 @@ def load_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
 
 def json_rows(data: Any) -> list[Row]:
-    """The rows of a parsed JSON document: a list is ``[0]``, ``[1]``, …; an object is one."""
+    """The rows of a parsed JSON document (``[0]``, ``[1]``, … or one), each :func:`normalise`-d."""
     if isinstance(data, list):
-        return [(f"[{i}]", item) for i, item in enumerate(data)]
-    return [("record", data)]
+        return [(f"[{i}]", normalise(item)) for i, item in enumerate(data)]
+    return [("record", normalise(data))]
 
 
 def _read_json(text: str) -> list[Row]:
@@ -392,7 +557,7 @@ def _read_jsonl(text: str) -> list[Row]:
         if not line.strip():
             continue
         try:
-            rows.append((f"line {n}", load_json(line)))
+            rows.append((f"line {n}", normalise(load_json(line))))
         except ValidationFailed as exc:
             rows.append((f"line {n}", _fail(f"(line): {exc}")))
     return rows
@@ -408,8 +573,17 @@ def _unknown_column(position: int, name: str) -> str:
     return f"(column {position}): unknown column (its name is not shown: not a column name)"
 
 
+def _dialect(text: str) -> type[csv.Dialect] | str:
+    """The CSV dialect of ``text``: its delimiter sniffed among ``,``, ``;`` and tab."""
+    first = text.split("\n", 1)[0]
+    try:
+        return csv.Sniffer().sniff(first, delimiters=",;\t")
+    except csv.Error:
+        return "excel"
+
+
 def _read_csv(text: str) -> list[Row]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=_dialect(text))
     header = [h.strip() for h in reader.fieldnames or []]
     if not header:
         return [("file", _fail("(file): empty CSV, no header row"))]

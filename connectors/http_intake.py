@@ -61,7 +61,7 @@ from starlette.routing import Route
 
 from broker.errors import ConfigError, ValidationFailed
 from connectors.base import ConnectorConfig, Source, secret_from_env
-from connectors.formats import json_rows, load_json, split_problem
+from connectors.formats import json_rows, load_json, normalise, split_problem
 from connectors.http_guard import guarded_h11
 from connectors.idempotency import IdempotencyKeys, valid_key
 from connectors.publisher import BatchResult, Prepared, Publisher, Rejected
@@ -213,7 +213,7 @@ def build_app(
             )
         if len(items) > config.max_batch:
             return _problem(413, "Payload Too Large", f"batch exceeds {config.max_batch} referrals")
-        rows = json_rows(data) if isinstance(data, list) else [("[0]", data)]
+        rows = json_rows(data) if isinstance(data, list) else [("[0]", normalise(data))]
         prepared, problems = await run_in_threadpool(_prepare_all, publisher, rows)
         if problems:
             return _problem(

@@ -19,16 +19,18 @@ File: ``<state_dir>/orgs/<org>/inbox.sqlite3``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from broker.config import Settings
 from broker.sqlite import Database
 from connectors.base import Delivery
 
-__all__ = ["DUPLICATES", "Inbox", "InboxRecord"]
+__all__ = ["DUPLICATES", "Inbox", "InboxRecord", "Received"]
 
 #: Counter of redelivered referrals that were skipped.
 DUPLICATES = "inbox.duplicates"
@@ -48,6 +50,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     "offset"     INTEGER NOT NULL,
     delivered_at REAL NOT NULL,
     duplicates   INTEGER NOT NULL DEFAULT 0,
+    priority     TEXT NOT NULL DEFAULT '',
+    external_refs TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (origin_org, referral_id, sink)
 );
 CREATE TABLE IF NOT EXISTS counters (
@@ -73,6 +77,12 @@ CREATE TABLE IF NOT EXISTS sent_statuses (
 );
 """
 
+#: Columns later versions added to ``deliveries`` (added to an older file on open).
+_ADDED_COLUMNS = {
+    "priority": "TEXT NOT NULL DEFAULT ''",
+    "external_refs": "TEXT NOT NULL DEFAULT '[]'",
+}
+
 #: Earlier inbox files keyed deliveries by referral id alone: copied over once on open.
 _MIGRATE = """
 INSERT OR IGNORE INTO deliveries (origin_org, referral_id, sink, case_id, topic, partition,
@@ -81,6 +91,32 @@ SELECT origin_org, referral_id, sink, case_id, topic, partition, "offset", deliv
 FROM delivered;
 DROP TABLE delivered;
 """
+
+
+@dataclass(frozen=True)
+class Received:
+    """One referral as the receiving organisation's inbox lists it (every sink together)."""
+
+    referral_id: str
+    origin_org: str
+    case_id: str
+    topic: str
+    priority: str
+    #: ``SYSTEM:id`` strings.
+    external_refs: tuple[str, ...]
+    #: When the first sink delivered it (epoch seconds).
+    delivered_at: float
+    sinks: tuple[str, ...]
+    duplicates: int
+    #: Statuses this organisation sent about it, in order.
+    sent: tuple[str, ...]
+
+
+def _refs_of(document: dict[str, Any]) -> str:
+    refs = (document.get("envelope") or {}).get("external_refs") or []
+    return json.dumps(
+        [f"{r.get('system', '')}:{r.get('id', '')}" for r in refs if isinstance(r, dict)]
+    )
 
 
 @dataclass(frozen=True)
@@ -110,6 +146,12 @@ class Inbox:
                 for statement in _MIGRATE.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+        have = {r["name"] for r in self._db.query("PRAGMA table_info(deliveries)")}
+        missing = [(n, d) for n, d in _ADDED_COLUMNS.items() if n not in have]
+        if missing:
+            with self._db.transaction() as conn:
+                for name, decl in missing:
+                    conn.execute(f"ALTER TABLE deliveries ADD COLUMN {name} {decl}")
 
     @classmethod
     def for_org(cls, settings: Settings, org_id: str) -> Inbox:
@@ -130,7 +172,8 @@ class Inbox:
         with self._db.transaction() as conn:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO deliveries (origin_org, referral_id, sink, case_id, topic,"
-                ' partition, "offset", delivered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+                ' partition, "offset", delivered_at, priority, external_refs)'
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     delivery.origin_org,
                     delivery.referral_id,
@@ -140,6 +183,8 @@ class Inbox:
                     delivery.partition,
                     delivery.offset,
                     now,
+                    str((delivery.document.get("envelope") or {}).get("priority") or ""),
+                    _refs_of(delivery.document),
                 ),
             )
             return cur.rowcount == 1
@@ -215,6 +260,42 @@ class Inbox:
                 "SELECT referral_id FROM deliveries WHERE sink = ? ORDER BY delivered_at", (sink,)
             )
         return [r["referral_id"] for r in rows]
+
+    def referral_ids(self) -> list[str]:
+        """Every referral id delivered here (the candidates for a short id)."""
+        return [
+            str(r["referral_id"])
+            for r in self._db.query("SELECT DISTINCT referral_id FROM deliveries")
+        ]
+
+    def received(self) -> list[Received]:
+        """Every referral delivered here, one per (origin, id), with the statuses sent about it."""
+        rows = self._db.query(
+            "SELECT origin_org, referral_id, MIN(case_id) AS case_id, MIN(topic) AS topic,"
+            " MAX(priority) AS priority, MAX(external_refs) AS external_refs,"
+            " MIN(delivered_at) AS delivered_at, GROUP_CONCAT(sink) AS sinks,"
+            " SUM(duplicates) AS duplicates FROM deliveries GROUP BY origin_org, referral_id"
+        )
+        sent: dict[tuple[str, str], list[str]] = {}
+        for r in self._db.query(
+            "SELECT origin_org, referral_id, status FROM sent_statuses ORDER BY at, rowid"
+        ):
+            sent.setdefault((r["origin_org"], r["referral_id"]), []).append(str(r["status"]))
+        return [
+            Received(
+                referral_id=str(r["referral_id"]),
+                origin_org=str(r["origin_org"]),
+                case_id=str(r["case_id"]),
+                topic=str(r["topic"]),
+                priority=str(r["priority"] or ""),
+                external_refs=tuple(json.loads(r["external_refs"] or "[]")),
+                delivered_at=float(r["delivered_at"]),
+                sinks=tuple(sorted(set(str(r["sinks"] or "").split(",")) - {""})),
+                duplicates=int(r["duplicates"] or 0),
+                sent=tuple(sent.get((r["origin_org"], r["referral_id"]), ())),
+            )
+            for r in rows
+        ]
 
     # -- status updates (the origin side) -------------------------------------------------------
 

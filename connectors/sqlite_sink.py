@@ -5,18 +5,23 @@ Settings (``[organisations.connectors.sqlite]``)::
     path = "orgs/police-de/cases.sqlite3"   # relative to the state directory
     table = "cases"                          # created if missing
 
-Columns: ``referral_id``, ``case_id``, ``origin_org`` (the primary key is
+Columns (documented for case systems in ``connectors/README.md``):
+``referral_id``, ``case_id``, ``origin_org`` (the primary key is
 ``(origin_org, referral_id)``: another origin re-using a referral id never
 replaces a case), ``priority``, ``tlp``, ``jurisdictions`` (JSON), ``referral``
-(the whole referral as JSON), ``topic``, ``received_at``, ``updated_at``. A
-repeat of the same referral updates its row; it never adds a second. A table of
-an earlier version, keyed by referral id alone, is re-keyed when opened.
+(the whole referral as JSON), ``topic``, ``received_at``, ``updated_at``. The
+times are UTC text in SQLite's form of ISO 8601 (``2026-11-23 13:05:09``), so
+SQL date functions understand them: ``received_at > datetime('now', '-1 day')``.
+A repeat of the same referral updates its row; it never adds a second. A table
+of an earlier version — keyed by referral id alone, or with times as epoch
+numbers — is rebuilt when opened (epoch times converted).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
 from pydantic import Field
 
@@ -25,7 +30,25 @@ from broker.errors import DeliveryError
 from broker.sqlite import Database
 from connectors.base import ConnectorConfig, Delivery, Sink, resolve_path
 
-__all__ = ["SqliteCaseConfig", "SqliteCaseSink"]
+__all__ = ["SqliteCaseConfig", "SqliteCaseSink", "sql_time"]
+
+_COLUMNS = (
+    "referral_id, case_id, origin_org, priority, tlp, jurisdictions, referral, topic,"
+    " received_at, updated_at"
+)
+#: Copies an older table's rows, converting epoch-number times to text.
+_COPY_TIMES = (
+    "referral_id, case_id, origin_org, priority, tlp, jurisdictions, referral, topic,"
+    " CASE WHEN typeof(received_at) IN ('real', 'integer')"
+    " THEN datetime(received_at, 'unixepoch') ELSE received_at END,"
+    " CASE WHEN typeof(updated_at) IN ('real', 'integer')"
+    " THEN datetime(updated_at, 'unixepoch') ELSE updated_at END"
+)
+
+
+def sql_time(epoch: float) -> str:
+    """``epoch`` as UTC text SQLite's date functions read (``2026-11-23 13:05:09``)."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class SqliteCaseConfig(ConnectorConfig):
@@ -56,27 +79,25 @@ class SqliteCaseSink(Sink):
                 jurisdictions TEXT NOT NULL,
                 referral      TEXT NOT NULL,
                 topic         TEXT NOT NULL,
-                received_at   REAL NOT NULL,
-                updated_at    REAL NOT NULL,
+                received_at   TEXT NOT NULL,
+                updated_at    TEXT NOT NULL,
                 PRIMARY KEY (origin_org, referral_id)
             );"""
 
     def open(self) -> None:
-        """Open the database and create the table if missing (re-keying an old one)."""
+        """Open the database and create the table if missing (rebuilding an old one)."""
         self._db = Database(self.path, self._create(self.table))
-        keys = [
-            r["name"]
-            for r in sorted(
-                self._db.query(f"PRAGMA table_info({self.table})"), key=lambda r: r["pk"]
-            )
-            if r["pk"]
-        ]
-        if keys == ["referral_id"]:
-            old = f"{self.table}_by_referral_id"
+        info = self._db.query(f"PRAGMA table_info({self.table})")
+        keys = [r["name"] for r in sorted(info, key=lambda r: r["pk"]) if r["pk"]]
+        types = {r["name"]: str(r["type"]).upper() for r in info}
+        if keys == ["referral_id"] or types.get("received_at") != "TEXT":
+            old = f"{self.table}_old"
             with self._db.transaction() as conn:
                 conn.execute(f"ALTER TABLE {self.table} RENAME TO {old}")
                 conn.execute(self._create(self.table))
-                conn.execute(f"INSERT INTO {self.table} SELECT * FROM {old}")
+                conn.execute(
+                    f"INSERT INTO {self.table} ({_COLUMNS}) SELECT {_COPY_TIMES} FROM {old}"
+                )
                 conn.execute(f"DROP TABLE {old}")
 
     def close(self) -> None:
@@ -89,7 +110,7 @@ class SqliteCaseSink(Sink):
         """Insert the referral's row, or update it if the referral id is already there."""
         assert self._db is not None, "open() first"
         env = delivery.document.get("envelope", {})
-        now = time.time()
+        now = sql_time(time.time())
         row = (
             delivery.referral_id,
             delivery.case_id,

@@ -517,6 +517,13 @@ class LedgerStore:
             for row in self._rows(referral_id)
         ]
 
+    def referral_ids(self) -> list[str]:
+        """Every referral id the ledger holds events about (the candidates for a short id)."""
+        return [
+            str(r["referral_id"])
+            for r in self._db.query("SELECT DISTINCT referral_id FROM entries")
+        ]
+
     def records(self, referral_id: str | None = None) -> list[HandoverRecord]:
         """The handover records (of one referral, if given), in chain order."""
         return [_record_of(row) for row in self._rows(referral_id)]
