@@ -96,6 +96,7 @@ __all__ = [
     "receipt_csv",
     "receipt_rows",
     "split_problem",
+    "spreadsheet_safe",
     "with_example",
 ]
 
@@ -415,12 +416,23 @@ def _row_order(label: str) -> tuple[int, str]:
     return (int(digits[0]) if digits else -1, label)
 
 
+#: Leading characters a spreadsheet reads as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: object) -> object:
+    """``cell`` for a CSV export: text a spreadsheet would run as a formula gets a ``'``."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_START):
+        return "'" + cell
+    return cell
+
+
 def receipt_csv(result: BatchResult) -> str:
     """The receipt of one file as CSV text (:data:`RECEIPT_COLUMNS`, header row first)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(RECEIPT_COLUMNS)
-    writer.writerows(receipt_rows(result))
+    writer.writerows([spreadsheet_safe(c) for c in row] for row in receipt_rows(result))
     return buf.getvalue()
 
 

@@ -26,6 +26,7 @@ from broker.ids import matches
 from broker.lifecycle import LifecycleError, advance
 from broker.network import Deadlines
 from broker.wire.models import ReferralStatus
+from connectors.formats import spreadsheet_safe
 from connectors.inbox import Received
 
 __all__ = ["CSV_COLUMNS", "InboxEntry", "entries", "select", "to_csv"]
@@ -168,11 +169,11 @@ def to_csv(items: Iterable[InboxEntry]) -> str:
     for e in items:
         d = e.to_json()
         writer.writerow(
-            ";".join(d[c])
+            spreadsheet_safe(";".join(d[c]))
             if isinstance(d[c], list)
             else str(d[c]).lower()
             if isinstance(d[c], bool)
-            else d[c]
+            else spreadsheet_safe(d[c])
             for c in CSV_COLUMNS
         )
     return buf.getvalue()

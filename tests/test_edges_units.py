@@ -377,3 +377,13 @@ def test_idempotency_keys_replay_refuse_and_expire(tmp_path: Path) -> None:
     assert not valid_key("")
     assert not valid_key("with space")
     assert not valid_key("x" * 256)
+
+
+def test_csv_exports_defuse_formulas() -> None:
+    from connectors.formats import spreadsheet_safe
+
+    assert spreadsheet_safe("=HYPERLINK(1)") == "'=HYPERLINK(1)"
+    assert spreadsheet_safe("@SUM(A1)") == "'@SUM(A1)"
+    assert spreadsheet_safe("+1") == "'+1"
+    assert spreadsheet_safe("CASE-1") == "CASE-1"
+    assert spreadsheet_safe(3) == 3
