@@ -25,7 +25,7 @@ organisations, jurisdictions, topics, sizes and positions.
     │   └── SchemaMismatch           decodes, but not as the expected record
     ├── ValidationFailed             a referral or status fails semantic checks
     ├── RoutingError                 no destination can be derived
-    ├── DeliveryError                a sink could not deliver to its organisation
+    ├── DeliveryError                a sink could not deliver (.permanent: refused for good)
     ├── SecurityError                keys, signatures, sealing, handling rules
     │   ├── SignatureInvalid         bad, missing or revoked signature
     │   │   └── SignatureOutOfWindow signed too long ago, or in the future
@@ -164,7 +164,18 @@ class RoutingError(ReferralError):
 
 
 class DeliveryError(ReferralError):
-    """A sink could not deliver a referral to its organisation's system."""
+    """A sink could not deliver a referral to its organisation's system.
+
+    ``permanent`` says the system refused it for good (e.g. HTTP 4xx): sending
+    it again would be refused again, so the sink answers the origin with a
+    REJECTED carrying ``reason`` (a code such as ``HTTP_422``, never payload).
+    Otherwise the failure is transient (an outage) and a republish may succeed.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.reason = reason or ("REFUSED" if permanent else "UNAVAILABLE")
 
 
 class SecurityError(ReferralError):

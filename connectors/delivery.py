@@ -15,8 +15,14 @@ A repeat is counted and answered with DUPLICATE_SKIPPED and another RECEIVED
 cannot be decoded goes to the dead-letter topic (stage ``SINK_DECODE``); what
 the checks refuse goes there with the check's stage (``VERIFY``,
 ``SIGNATURE_WINDOW``, ``ROUTE_CHECK``, ``UNSEAL``, ``HANDLING``); what the
-organisation's system finally refuses goes there too (stage ``DELIVER``) and
-is not recorded as delivered.
+organisation's system cannot take goes there too (stage ``DELIVER``) and is
+not recorded as delivered. A refusal for good (a permanent
+:class:`~broker.errors.DeliveryError`, e.g. HTTP 4xx) is dead-lettered once,
+remembered in the inbox and answered with a signed REJECTED carrying the
+reason code; a repeat of that referral gets the same REJECTED again (same
+emission time, so the origin sees one status), nothing else. A transient
+failure (an outage) is remembered as open; the delivery that later succeeds
+records a RESOLVED handover event, so the dead letter reads as stale.
 
 Both drivers are handlers in the one consume loop (:mod:`broker.kafka.loop`):
 sinks are flushed before any commit, and a record is committed only once its
@@ -24,7 +30,8 @@ receipt, its handover events or its dead letter are acknowledged. Every
 handover event a driver sends is signed by its organisation.
 
 :class:`StatusDriver` (the origin side) consumes ``status.to.<org>`` and acts
-on a status update — clears a destination in the outbox on RECEIVED, hands the
+on a status update — clears a destination in the outbox on RECEIVED, marks it
+refused on REJECTED (republishing to it stops), hands the
 update to the organisation's status sinks once, records its delivery in the
 ledger — only after :class:`~broker.security.rules.OriginSecurity` has checked
 it: signed by the organisation it names as emitter (plain only where the
@@ -43,7 +50,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -70,8 +77,8 @@ from broker.wire.models import ReferralStatus, StatusUpdate, utc_now_ms
 from broker.wire.registry import REFERRAL, STATUS_UPDATE
 from broker.wire.topics import Headers, TopicNames
 from connectors.base import Delivery, Sink, StatusDelivery, StatusSink, jsonable
-from connectors.inbox import Inbox
-from connectors.outbox import Outbox
+from connectors.inbox import Inbox, Refusal
+from connectors.outbox import Outbox, reason_code
 
 __all__ = [
     "SinkDriver",
@@ -355,6 +362,20 @@ class SinkDriver(_Driver[Sink]):
             offset=record.offset,
             route_reason=header_value(record.headers, Headers.ROUTE_REASON) or "",
         )
+        refused = self.inbox.refusal(origin, referral_id)
+        if refused is not None:
+            # Refused for good before: the same answer again, nothing delivered or dead-lettered.
+            self.stats.duplicates += 1
+            ctx.event(
+                HandoverEventType.DUPLICATE_SKIPPED,
+                referral_id,
+                case_id,
+                from_party=origin,
+                to_party=self.org_id,
+                reason=f"REJECTED {refused.reason}",
+            )
+            self._rejection(ctx, refused)
+            return
         pending = [s for s in self.sinks if not self.inbox.has(origin, referral_id, s.kind)]
         if not pending:
             self.stats.duplicates += 1
@@ -376,9 +397,22 @@ class SinkDriver(_Driver[Sink]):
                 sink.deliver(delivery)
             except DeliveryError as exc:
                 ctx.dead_letter(DeadLetterStage.DELIVER, exc, referral_id)
+                if exc.permanent:
+                    self._refused(ctx, delivery, sink.kind, exc)
+                    return
+                self.inbox.record_failure(origin, referral_id, sink.kind)
                 continue
             self.inbox.record(delivery, sink.kind)
             delivered.append(sink.kind)
+            if self.inbox.resolve_failures(origin, referral_id, sink.kind):
+                ctx.event(
+                    HandoverEventType.RESOLVED,
+                    referral_id,
+                    case_id,
+                    from_party=origin,
+                    to_party=self.org_id,
+                    reason=f"{DeadLetterStage.DELIVER}: delivered by {sink.kind}",
+                )
         if delivered:
             self.stats.delivered += 1
             ctx.event(
@@ -390,6 +424,42 @@ class SinkDriver(_Driver[Sink]):
                 reason=",".join(delivered),
             )
             self._receipt(ctx, referral_id, case_id, origin)
+
+    def _refused(
+        self, ctx: RecordContext, delivery: Delivery, sink: str, exc: DeliveryError
+    ) -> None:
+        """The organisation's system refused a referral for good: remember it, answer REJECTED."""
+        self.stats.refused += 1
+        refusal = self.inbox.record_refusal(
+            Refusal(
+                origin_org=delivery.origin_org,
+                referral_id=delivery.referral_id,
+                case_id=delivery.case_id,
+                sink=sink,
+                reason=reason_code(exc.reason),
+                emitted_at_ms=int(utc_now_ms().timestamp() * 1000),
+            )
+        )
+        self.inbox.record_sent_status(
+            delivery.origin_org, delivery.referral_id, ReferralStatus.REJECTED.value
+        )
+        self._rejection(ctx, refusal)
+
+    def _rejection(self, ctx: RecordContext, refusal: Refusal) -> None:
+        """Send (again) the signed REJECTED of a refusal: same update, same emission time."""
+        update = StatusUpdate(
+            referral_id=refusal.referral_id,
+            case_id=refusal.case_id,
+            emitted_by=self.org_id,
+            emitted_at=datetime.fromtimestamp(refusal.emitted_at_ms / 1000, tz=UTC),
+            status=ReferralStatus.REJECTED,
+            reason_code=refusal.reason,
+            origin_org=refusal.origin_org,
+        )
+        try:
+            ctx.track(lambda: self.status.send(update, ctx.trace))
+        except (ReferralError, ValueError) as exc:
+            log.warning("REJECTED for %s not sent: %s", refusal.referral_id, type(exc).__name__)
 
     def _receipt(self, ctx: RecordContext, referral_id: str, case_id: str, origin: str) -> None:
         try:
@@ -474,6 +544,9 @@ class StatusDriver(_Driver[StatusSink]):
         self.stats.statuses += 1
         if status == ReferralStatus.RECEIVED:
             self.outbox.mark_received(referral_id, emitted_by)
+        elif status == ReferralStatus.REJECTED:
+            # A verified refusal from a recipient: republishing to it stops.
+            self.outbox.mark_refused(referral_id, emitted_by, datum.get("reason_code"))
         key = status_key(datum)
         if self.inbox.has_status(key):
             self.stats.duplicates += 1

@@ -10,7 +10,11 @@ later cannot make the real one be skipped as a repeat.
 
 The inbox also answers ``referral status`` (which origin and case a referral
 belongs to, and which statuses this organisation has sent about it: the
-lifecycle in :mod:`broker.lifecycle` decides what may follow), and, on the
+lifecycle in :mod:`broker.lifecycle` decides what may follow). It remembers
+the referrals a sink's system refused for good (:meth:`Inbox.refusal`: a
+republish is answered with the same REJECTED, never delivered or dead-lettered
+again) and the transient failures still open (:meth:`Inbox.record_failure`: a
+later delivery resolves them). On the
 origin's side, remembers the status updates handed on and each recipient's
 current lifecycle state.
 
@@ -30,7 +34,7 @@ from broker.config import Settings
 from broker.sqlite import Database
 from connectors.base import Delivery
 
-__all__ = ["DUPLICATES", "Inbox", "InboxRecord", "Received"]
+__all__ = ["DUPLICATES", "Inbox", "InboxRecord", "Received", "Refusal"]
 
 #: Counter of redelivered referrals that were skipped.
 DUPLICATES = "inbox.duplicates"
@@ -68,6 +72,23 @@ CREATE TABLE IF NOT EXISTS status_state (
     emitter     TEXT NOT NULL,
     state       TEXT NOT NULL,
     PRIMARY KEY (referral_id, emitter)
+);
+CREATE TABLE IF NOT EXISTS refusals (
+    origin_org  TEXT NOT NULL,
+    referral_id TEXT NOT NULL,
+    case_id     TEXT NOT NULL,
+    sink        TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    emitted_at  INTEGER NOT NULL,
+    PRIMARY KEY (origin_org, referral_id)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    origin_org  TEXT NOT NULL,
+    referral_id TEXT NOT NULL,
+    sink        TEXT NOT NULL,
+    failures    INTEGER NOT NULL,
+    at          REAL NOT NULL,
+    PRIMARY KEY (origin_org, referral_id, sink)
 );
 CREATE TABLE IF NOT EXISTS sent_statuses (
     origin_org  TEXT NOT NULL,
@@ -130,6 +151,19 @@ class InboxRecord:
     topic: str
     delivered_at: float
     duplicates: int
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A referral this organisation's system refused for good, and the REJECTED it answered."""
+
+    origin_org: str
+    referral_id: str
+    case_id: str
+    sink: str
+    reason: str
+    #: When the REJECTED was emitted (ms); a repeat answers with the very same update.
+    emitted_at_ms: int
 
 
 class Inbox:
@@ -296,6 +330,91 @@ class Inbox:
             )
             for r in rows
         ]
+
+    # -- refusals and transient failures (the receiving side) ----------------------------------
+
+    def record_refusal(self, refusal: Refusal) -> Refusal:
+        """Remember a refusal; the one remembered first if the referral was refused already."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO refusals (origin_org, referral_id, case_id, sink, reason,"
+                " emitted_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    refusal.origin_org,
+                    refusal.referral_id,
+                    refusal.case_id,
+                    refusal.sink,
+                    refusal.reason,
+                    refusal.emitted_at_ms,
+                ),
+            )
+        found = self.refusal(refusal.origin_org, refusal.referral_id)
+        assert found is not None
+        return found
+
+    def refusal(self, origin_org: str, referral_id: str) -> Refusal | None:
+        """The refusal of ``origin_org``'s referral ``referral_id`` (None: not refused)."""
+        rows = self._db.query(
+            "SELECT * FROM refusals WHERE origin_org = ? AND referral_id = ?",
+            (origin_org, referral_id),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return Refusal(
+            str(r["origin_org"]),
+            str(r["referral_id"]),
+            str(r["case_id"]),
+            str(r["sink"]),
+            str(r["reason"]),
+            int(r["emitted_at"]),
+        )
+
+    def refusals(self) -> list[Refusal]:
+        """Every refusal, oldest first."""
+        rows = self._db.query("SELECT origin_org, referral_id FROM refusals ORDER BY emitted_at")
+        out = [self.refusal(str(r["origin_org"]), str(r["referral_id"])) for r in rows]
+        return [r for r in out if r is not None]
+
+    def record_failure(
+        self, origin_org: str, referral_id: str, sink: str, now: float | None = None
+    ) -> int:
+        """Count one transient delivery failure (dead-lettered); the open failures of that sink."""
+        now = time.time() if now is None else now
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO failures (origin_org, referral_id, sink, failures, at)"
+                " VALUES (?, ?, ?, 1, ?) ON CONFLICT(origin_org, referral_id, sink)"
+                " DO UPDATE SET failures = failures + 1, at = excluded.at",
+                (origin_org, referral_id, sink, now),
+            )
+            row = conn.execute(
+                "SELECT failures FROM failures WHERE origin_org = ? AND referral_id = ?"
+                " AND sink = ?",
+                (origin_org, referral_id, sink),
+            ).fetchone()
+            return int(row[0])
+
+    def resolve_failures(self, origin_org: str, referral_id: str, sink: str) -> int:
+        """Forget the open failures of a referral ``sink`` has now delivered; how many."""
+        with self._db.transaction() as conn:
+            row = conn.execute(
+                "SELECT failures FROM failures WHERE origin_org = ? AND referral_id = ?"
+                " AND sink = ?",
+                (origin_org, referral_id, sink),
+            ).fetchone()
+            if row is None:
+                return 0
+            conn.execute(
+                "DELETE FROM failures WHERE origin_org = ? AND referral_id = ? AND sink = ?",
+                (origin_org, referral_id, sink),
+            )
+            return int(row[0])
+
+    def open_failures(self) -> int:
+        """Referrals with a transient failure no later delivery has resolved yet."""
+        rows = self._db.query("SELECT COUNT(*) AS n FROM failures")
+        return int(rows[0]["n"])
 
     # -- status updates (the origin side) -------------------------------------------------------
 

@@ -14,9 +14,11 @@ The body is JSON (``{"referral": ..., "delivery": ...}``); the
 body bytes under the secret, and ``X-Referral-Id`` / ``Idempotency-Key`` carry
 the referral id. A 2xx answer is a delivery. A 5xx answer, a timeout or a
 connection failure is retried with exponential backoff and full jitter; a 4xx
-answer is final at once. A delivery that finally fails raises
-:class:`~broker.errors.DeliveryError` (the driver dead-letters it; it is not
-recorded as delivered). Errors name the status code, never the URL.
+answer is final at once: a :class:`~broker.errors.DeliveryError` with
+``permanent`` set and the reason code ``HTTP_<code>`` (the driver dead-letters
+it once and answers the origin with a signed REJECTED). A delivery that finally
+fails otherwise raises a transient DeliveryError (dead-lettered, not recorded
+as delivered; the origin's republish tries again). Errors name the status code, never the URL.
 """
 
 from __future__ import annotations
@@ -135,7 +137,11 @@ class SignedPoster:
                 if 200 <= code < 300:
                     return code
                 if 400 <= code < 500:
-                    raise DeliveryError(f"{what}: refused with HTTP {code} (not retried)")
+                    raise DeliveryError(
+                        f"{what}: refused with HTTP {code} (not retried)",
+                        permanent=True,
+                        reason=f"HTTP_{code}",
+                    )
                 last = f"HTTP {code}"
             if attempt < self.config.max_attempts and self.cancel.wait(self.backoff(attempt)):
                 break

@@ -340,7 +340,15 @@ def test_webhook_that_finally_fails_is_dead_lettered_not_recorded(
         "webhook: refused with HTTP 400 (not retried)",
     ]
     assert {d.value for d in dead} == originals, "dead letters keep the original bytes"
-    assert read_topic(ready, names.status_intake, idle=0.5) == [], "no RECEIVED for a failure"
+    statuses = [
+        codec.decode(r.value, expected=STATUS_UPDATE)[1]
+        for r in read_topic(ready, names.status_intake, idle=0.5)
+    ]
+    assert [(s["status"], s["reason_code"]) for s in statuses] == [("REJECTED", "HTTP_400")], (
+        "no RECEIVED for a failure; the refusal for good is answered with REJECTED"
+    )
+    assert [r.referral_id for r in inbox.refusals()] == [four["envelope"]["referral_id"]]
+    assert inbox.open_failures() == 1, "the 503 stays open until a delivery resolves it"
 
 
 # -- the origin side ------------------------------------------------------------------------------

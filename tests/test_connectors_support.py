@@ -184,6 +184,8 @@ class HookServer:
     #: Status codes to answer, in order; when exhausted, 200.
     script: list[int] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Referral ids answered 400 every time (a case system that refuses them for good).
+    refuse: set[str] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -205,7 +207,8 @@ def hook_server(secret: str = WEBHOOK_SECRET) -> Iterator[HookServer]:
             hook = holder["hook"]
             want = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
             with hook.lock:
-                code = hook.script.pop(0) if hook.script else 200
+                rid = self.headers.get("X-Referral-Id")
+                code = 400 if rid in hook.refuse else hook.script.pop(0) if hook.script else 200
                 hook.requests.append(
                     {
                         "id": self.headers.get("X-Referral-Id"),

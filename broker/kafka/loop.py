@@ -98,6 +98,8 @@ class LoopStats:
     published: int = 0
     delivered: int = 0
     duplicates: int = 0
+    #: referrals the organisation's system refused for good (answered with REJECTED)
+    refused: int = 0
     skipped: int = 0
     dead_lettered: int = 0
     dead_lettered_by_reference: int = 0

@@ -248,6 +248,8 @@ class HandoverEventType(StrEnum):
     REPUBLISHED = "REPUBLISHED"
     REJECTED = "REJECTED"
     ACCESSED = "ACCESSED"
+    #: a delivery that succeeded after earlier dead-lettered (transient) failures: those are stale
+    RESOLVED = "RESOLVED"
 
 
 # -- constrained scalar types ----------------------------------------------------------------
