@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-memory install clean
+.PHONY: demo test lint typecheck unit bench bench-memory faults install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: $(STAMP)
 
 bench-memory: $(STAMP)
 	$(BIN)/python -m bench.memory --router 1000000 --sink 200000
+
+# The fault matrix: every component its own process, faults injected; writes bench/FAULTS.md.
+FAULTS_N ?= 300
+faults: $(STAMP)
+	$(BIN)/python -m bench.faults --n $(FAULTS_N) --out bench/FAULTS.md
 
 clean:
 	rm -rf $(VENV) .referral .pytest_cache .mypy_cache .ruff_cache build *.egg-info
