@@ -427,7 +427,7 @@ def run_scenario(
     want = _expected(refs, refused)
     net = make_net(work / scenario, republish_after=2.0)
     net.hook.refuse = set(refused)
-    log: list[str] = []
+    log: list[str] = [f"webhook 400 for {len(refused)} referrals"] if refused else []
     settle_s: float | None = None
     try:
         per_wave = -(-n // WAVES)
@@ -500,6 +500,8 @@ def markdown(rows: list[Row], n: int) -> str:
         "# Fault matrix\n\n"
         f"`python -m bench.faults --n {n}` ({n} referrals per scenario, each for two of the "
         "three police sinks; every component its own process; signed network). "
+        "Settled = every expected delivery made and no outbox entry pending, counted from the "
+        "end of the last fault (from the start where the fault is a standing one, 4xx). "
         "Written by `bench/faults.py`.\n\n" + head + "\n".join(lines) + "\n"
     )
 

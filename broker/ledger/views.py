@@ -22,6 +22,8 @@ What the components record (``handover_event`` callers):
   :func:`awaited` and :func:`flows`; the current status is the furthest one in
   the lifecycle (:func:`broker.lifecycle.current_status`), not the last to arrive.
 * ``DEAD_LETTERED`` — the router or a sink could not handle the record.
+* ``RESOLVED`` — a sink delivered a referral whose earlier delivery had failed
+  for a while (an outage) and was dead-lettered: that dead letter is stale.
 
 Output names ids, organisations, jurisdictions and topics only.
 """
