@@ -21,11 +21,13 @@ from typing import Any
 import pytest
 
 from broker.config import Settings
+from broker.errors import DeliveryError
 from broker.kafka.deadletter import H_STAGE
 from broker.ledger.events import decode_events
 from broker.network import Network
 from broker.security.keys import ROUTER
 from broker.wire.codec import Codec
+from connectors.inbox import Inbox, Refusal
 from connectors.runtime import ConnectorRuntime
 from tests.kafka_helpers import header, provision_network, read_topic, start_router
 from tests.security_support import give_keys, keyed_network
@@ -125,3 +127,35 @@ def test_a_refused_referral_is_dead_lettered_once_and_answered_with_a_signed_rej
     assert open_failures == 0, "the outage's failures were resolved by the later delivery"
     assert len(resolved) == 1
     assert {e["referral_id"] for e in resolved} <= accepted
+
+
+# -- the pure parts: no broker -------------------------------------------------------------------
+
+
+def test_a_refusal_is_remembered_once_with_its_first_emission_time(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path / "inbox.sqlite3")
+    first = Refusal("hl-a", "r-1", "case-1", "webhook", "HTTP_400", 1_000)
+    assert inbox.record_refusal(first) == first
+    again = Refusal("hl-a", "r-1", "case-1", "webhook", "HTTP_422", 2_000)
+    assert inbox.record_refusal(again) == first, "a repeat answers with the first REJECTED"
+    assert inbox.refusal("hl-b", "r-1") is None, "another origin's referral is another one"
+    assert [r.referral_id for r in inbox.refusals()] == ["r-1"]
+    inbox.close()
+
+
+def test_transient_failures_stay_open_until_a_delivery_resolves_them(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path / "inbox.sqlite3")
+    assert inbox.record_failure("hl-a", "r-1", "webhook") == 1
+    assert inbox.record_failure("hl-a", "r-1", "webhook") == 2
+    assert inbox.record_failure("hl-a", "r-2", "webhook") == 1
+    assert inbox.open_failures() == 2
+    assert inbox.resolve_failures("hl-a", "r-1", "webhook") == 2
+    assert inbox.resolve_failures("hl-a", "r-1", "webhook") == 0, "resolved once"
+    assert inbox.open_failures() == 1
+    inbox.close()
+
+
+def test_delivery_error_is_transient_unless_said_permanent() -> None:
+    assert (DeliveryError("x").permanent, DeliveryError("x").reason) == (False, "UNAVAILABLE")
+    refused = DeliveryError("webhook: refused with HTTP 410", permanent=True, reason="HTTP_410")
+    assert (refused.permanent, refused.reason) == (True, "HTTP_410")
