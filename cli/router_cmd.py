@@ -10,6 +10,8 @@ from rich.table import Table
 from broker.errors import ConfigError
 from broker.kafka import clients
 from broker.kafka.deadletter import read_dead_letters, strip_error_headers
+from broker.ledger.store import LedgerStore
+from broker.ledger.views import resolved_dead_letters
 from broker.routing.router import Router
 from broker.tracing import setup_tracing
 from broker.wire.codec import Codec
@@ -74,19 +76,28 @@ def route(
 def dlq_list(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    sync: bool = typer.Option(
+        True, "--sync/--no-sync", help="Sync the ledger store to mark resolved dead letters."
+    ),
 ) -> None:
-    """Show every dead letter with where it came from and why."""
+    """Show every dead letter with where it came from and why (and if it was resolved since)."""
     settings = state(ctx).settings
     consumer = clients.consumer(settings, group_id=None, role="dlq")
     try:
         letters = list(read_dead_letters(consumer, settings.topic_names().deadletter))
     finally:
         consumer.close()
+    with LedgerStore.for_settings(settings) as store:
+        if sync:
+            store.sync(settings, Codec.from_settings(settings))
+        resolved = resolved_dead_letters(
+            ((d.id, d.referral_id, d.stage, d.actor, d.at_ms) for d in letters), store.records()
+        )
     if as_json:
-        print_json([d.to_json() for d in letters])
+        print_json([{**d.to_json(), "resolved": d.id in resolved} for d in letters])
         return
-    table = Table(title=f"dead letters ({len(letters)})")
-    for col in ("id", "from", "stage", "error", "reason", "referral"):
+    table = Table(title=f"dead letters ({len(letters)}, {len(resolved)} resolved since)")
+    for col in ("id", "from", "stage", "error", "reason", "referral", "resolved"):
         table.add_column(col)
     for d in letters:
         table.add_row(
@@ -96,6 +107,7 @@ def dlq_list(
             cell(d.error_class.rsplit(".", 1)[-1]),
             cell(d.message),
             cell(d.referral_id),
+            "yes" if d.id in resolved else "",
         )
     console.print(table)
 

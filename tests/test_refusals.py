@@ -15,21 +15,25 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from broker.config import Settings
 from broker.errors import DeliveryError
 from broker.kafka.deadletter import H_STAGE
 from broker.ledger.events import decode_events
+from broker.ledger.views import HandoverRecord, resolved_dead_letters
 from broker.network import Network
 from broker.security.keys import ROUTER
 from broker.wire.codec import Codec
+from cli.main import app
 from connectors.inbox import Inbox, Refusal
 from connectors.runtime import ConnectorRuntime
-from tests.kafka_helpers import header, provision_network, read_topic, start_router
+from tests.kafka_helpers import cli_env, header, provision_network, read_topic, start_router
 from tests.security_support import give_keys, keyed_network
 from tests.test_connectors_support import (
     ENV,
@@ -41,6 +45,7 @@ from tests.test_connectors_support import (
 )
 
 pytestmark = pytest.mark.slow
+runner = CliRunner()
 
 
 @pytest.fixture
@@ -123,6 +128,13 @@ def test_a_refused_referral_is_dead_lettered_once_and_answered_with_a_signed_rej
     received = {s["referral_id"] for s in statuses if s["status"] == "RECEIVED"}
     assert received == accepted
 
+    res = runner.invoke(app, ["dlq", "list", "--json"], env=cli_env(provisioned))
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.stdout)
+    assert sorted(d["resolved"] for d in listed if d["stage"] == "DELIVER") == [False] * len(
+        refused
+    ) + [True], "the outage's dead letter reads as resolved, the refusals do not"
+
     resolved = _ledger(provisioned, codec, "RESOLVED")
     assert open_failures == 0, "the outage's failures were resolved by the later delivery"
     assert len(resolved) == 1
@@ -159,3 +171,21 @@ def test_delivery_error_is_transient_unless_said_permanent() -> None:
     assert (DeliveryError("x").permanent, DeliveryError("x").reason) == (False, "UNAVAILABLE")
     refused = DeliveryError("webhook: refused with HTTP 410", permanent=True, reason="HTTP_410")
     assert (refused.permanent, refused.reason) == (True, "HTTP_410")
+
+
+def test_a_deliver_dead_letter_is_resolved_by_a_later_resolved_of_the_same_sink() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    records = [
+        HandoverRecord("e1", "r-1", "c", "RESOLVED", "police-fr", at),
+        HandoverRecord("e2", "r-2", "c", "DELIVERED", "police-fr", at),
+    ]
+    ms = int(at.timestamp() * 1000)
+    letters = [
+        ("0:1", "r-1", "DELIVER", "police-fr", ms - 10),  # before the delivery: stale
+        ("0:2", "r-1", "DELIVER", "police-fr", ms + 10),  # after it: still open
+        ("0:3", "r-1", "DELIVER", "police-de", ms - 10),  # another sink's
+        ("0:4", "r-1", "VERIFY", "police-fr", ms - 10),  # not a delivery failure
+        ("0:5", "r-2", "DELIVER", "police-fr", ms - 10),  # delivered, but never failed before
+        ("0:6", None, "DELIVER", "police-fr", ms - 10),
+    ]
+    assert resolved_dead_letters(letters, records) == {"0:1"}

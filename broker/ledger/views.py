@@ -58,6 +58,7 @@ __all__ = [
     "awaited",
     "flows",
     "percentile",
+    "resolved_dead_letters",
     "trace",
 ]
 
@@ -539,3 +540,24 @@ def flows(
 def _dead_reason(r: HandoverRecord) -> str:
     """The dead letter's stage and error class (the reason the emitters record)."""
     return r.reason or "unknown"
+
+
+def resolved_dead_letters(
+    letters: Iterable[tuple[str, str | None, str, str, int]], records: Iterable[HandoverRecord]
+) -> set[str]:
+    """Ids of dead letters a later delivery made stale.
+
+    ``letters`` are ``(id, referral id, stage, actor, at_ms)``; a ``DELIVER`` dead
+    letter is resolved once the same actor recorded ``RESOLVED`` for the same
+    referral at or after it.
+    """
+    resolved: dict[tuple[str, str], float] = {}
+    for r in records:
+        if r.event == HandoverEventType.RESOLVED:
+            key = (r.referral_id, r.actor)
+            resolved[key] = max(resolved.get(key, 0.0), r.at.timestamp() * 1000)
+    return {
+        letter_id
+        for letter_id, rid, stage, actor, at_ms in letters
+        if rid is not None and stage == "DELIVER" and resolved.get((rid, actor), -1.0) >= at_ms
+    }
