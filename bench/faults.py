@@ -416,7 +416,13 @@ def _fault(net: Net, scenario: str, wave: int, log: list[str]) -> None:
 
 
 def run_scenario(
-    scenario: str, n: int, work: Path, *, seed: int = 13, settle_budget: float = 60.0
+    scenario: str,
+    n: int,
+    work: Path,
+    *,
+    seed: int = 13,
+    settle_budget: float = 60.0,
+    republish_after: float = 5.0,
 ) -> list[Row]:
     """Run one scenario on a fresh network; its rows (one per recipient, then ``all``)."""
     refs = make_referrals(n, seed + SCENARIOS.index(scenario))
@@ -425,7 +431,7 @@ def run_scenario(
         fr = [str(r["envelope"]["referral_id"]) for _, r, to in refs if "police-fr" in to]
         refused = set(fr[::10])
     want = _expected(refs, refused)
-    net = make_net(work / scenario, republish_after=2.0)
+    net = make_net(work / scenario, republish_after=republish_after)
     net.hook.refuse = set(refused)
     log: list[str] = [f"webhook 400 for {len(refused)} referrals"] if refused else []
     settle_s: float | None = None
@@ -483,7 +489,7 @@ def run_scenario(
     return rows
 
 
-def markdown(rows: list[Row], n: int) -> str:
+def markdown(rows: list[Row], n: int, republish_after: float = 5.0) -> str:
     """The table of a run, in Markdown."""
     head = (
         "| scenario | recipient | expected | delivered | duplicated | missing | refused (4xx) "
@@ -498,7 +504,8 @@ def markdown(rows: list[Row], n: int) -> str:
     ]
     return (
         "# Fault matrix\n\n"
-        f"`python -m bench.faults --n {n}` ({n} referrals per scenario, each for two of the "
+        f"`python -m bench.faults --n {n} --republish-after {republish_after:g}` "
+        f"({n} referrals per scenario, each for two of the "
         "three police sinks; every component its own process; signed network). "
         "Settled = every expected delivery made and no outbox entry pending, counted from the "
         "end of the last fault (from the start where the fault is a standing one, 4xx). "
@@ -525,14 +532,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="Write the Markdown table here.")
     parser.add_argument("--json", action="store_true", help="Print rows as JSON.")
     parser.add_argument("--settle-budget", type=float, default=60.0)
+    parser.add_argument(
+        "--republish-after", type=float, default=5.0, help="Outbox republish interval (s)."
+    )
     parser.add_argument("--work", type=Path, help="Keep the runs' state and logs here.")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="faults-"))
     rows: list[Row] = []
     for scenario in args.scenario or SCENARIOS:
-        rows += run_scenario(scenario, args.n, work, settle_budget=args.settle_budget)
+        rows += run_scenario(
+            scenario,
+            args.n,
+            work,
+            settle_budget=args.settle_budget,
+            republish_after=args.republish_after,
+        )
         print(f"{scenario}: done", file=sys.stderr, flush=True)
-    table = markdown(rows, args.n)
+    table = markdown(rows, args.n, args.republish_after)
     if args.out:
         args.out.write_text(table, encoding="utf-8")
     print(json.dumps([asdict(r) for r in rows], indent=2) if args.json else table)

@@ -398,8 +398,9 @@ class SinkDriver(_Driver[Sink]):
             except DeliveryError as exc:
                 ctx.dead_letter(DeadLetterStage.DELIVER, exc, referral_id)
                 if exc.permanent:
+                    # Refused for good: the sinks after it are not tried; it is the answer.
                     self._refused(ctx, delivery, sink.kind, exc)
-                    return
+                    break
                 self.inbox.record_failure(origin, referral_id, sink.kind)
                 continue
             self.inbox.record(delivery, sink.kind)

@@ -472,3 +472,23 @@ def test_huge_array_count_after_valid_prefix_uses_little_memory() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 2 * 1024 * 1024
+
+
+#: A DELIVERED event as HandoverEvent version 1 wrote it (schema id 3, before RESOLVED).
+EVENT_V1_HEX = (
+    "00000000034839333635616661622d616366302d356533642d383163372d3231643237303033343231314830"
+    "303030303030302d303030302d343030302d383030302d30303030303030303030303112636173652d303030"
+    "310612706f6c6963652d6465020a686c2d6e6c0212706f6c6963652d6465021e726566657272616c732e746f"
+    "2e44450200020e020c73716c697465000080a0d5edee66"
+)
+
+
+def test_handover_event_version_1_bytes_still_decode_and_version_2_writes_resolved() -> None:
+    v1 = bytes.fromhex(EVENT_V1_HEX)
+    assert CODEC.schema_id_of(v1) == 3
+    _, datum = CODEC.decode(v1, expected=HANDOVER_EVENT)
+    assert (datum["event"], datum["actor"], datum["offset"]) == ("DELIVERED", "police-de", 7)
+    resolved = {**datum, "event": "RESOLVED"}
+    data = CODEC.encode(HANDOVER_EVENT, resolved)
+    assert CODEC.schema_id_of(data) == EmbeddedRegistry().latest(HANDOVER_EVENT).id != 3
+    assert CODEC.decode(data, expected=HANDOVER_EVENT)[1]["event"] == "RESOLVED"
