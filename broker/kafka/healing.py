@@ -9,7 +9,9 @@ the ``InitProducerId`` with an error, and the transaction manager goes to
 producer closed under its users is just as final. Worse, the new broker hands
 out producer ids from 1 again: an old producer whose id a new one now holds
 gets ``DUPLICATE_SEQUENCE_NUMBER`` for records the broker never stored, which
-kafka-python reports as *delivered*. So a producer is also replaced as soon as a
+kafka-python reports as *delivered*. And an ``UnknownProducerIdError`` it judges
+"retention-based" is retried for ever in a healthy state: a flush that times out
+replaces the producer too. So a producer is also replaced as soon as a
 topic it produced to is seen with another topic id (it was created anew).
 
 :class:`HealingProducer` keeps the interface the project uses (``send`` returning
@@ -39,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import IllegalStateError, KafkaError
+from kafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import MemberState
 
@@ -168,6 +170,15 @@ class HealingProducer:
         producer = self.current()
         try:
             producer.flush(timeout)
+        except KafkaTimeoutError:
+            # kafka-python takes an UnknownProducerId on an empty new broker for a
+            # retention-based one and retries it for ever without a fatal state: a flush
+            # that timed out is replaced too (rate-limited; its records are sent again).
+            with self._lock:
+                stuck = not self._closed and self._producer is producer
+                if stuck and time.monotonic() >= self._next_allowed:
+                    self._replace("flush timed out")
+            raise
         finally:
             if not self._closed:
                 # Replace now if it died during the flush: the caller's retry goes to a live one.
