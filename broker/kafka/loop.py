@@ -63,7 +63,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, get_current_span
 
 from broker.kafka.deadletter import DeadLetterStage, send_dead_letter, send_dead_letter_reference
-from broker.ledger.events import LedgerEmitter, handover_event
+from broker.ledger.events import EventFacts, LedgerEmitter, handover_event
 from broker.tracing import Tracing, trace_id_of
 from broker.wire.models import HandoverEventType
 from broker.wire.topics import Headers
@@ -157,7 +157,7 @@ class RecordContext:
         self.trace: Context | None = None
         self.futures: list[_Future] = []
         #: Handover events held for a batched ledger (sent once the record's fate is settled).
-        self.events: list[dict[str, Any]] = []
+        self.events: list[EventFacts] = []
         self.dead_lettered = False
         #: Given up on after the first acks (its events are only its dead letter's).
         self.settled_late = False
@@ -212,6 +212,24 @@ class RecordContext:
         if ledger is None:
             return
         record = self.record
+        if ledger.batch:
+            # Plain facts; the batch is encoded once, after the acks (no per-event dict).
+            self.events.append(
+                EventFacts(
+                    HandoverEventType(kind).value,
+                    referral_id,
+                    case_id or "-",
+                    from_party,
+                    to_party,
+                    topic or record.topic,
+                    record.partition,
+                    record.offset,
+                    reason,
+                    trace_id_of(record.headers),
+                    int(time.time() * 1000),
+                )
+            )
+            return
         datum = handover_event(
             kind,
             referral_id=referral_id,
@@ -225,10 +243,7 @@ class RecordContext:
             reason=reason,
             trace_id=trace_id_of(record.headers),
         )
-        if ledger.batch:
-            self.events.append(datum)
-        else:
-            self.track(lambda: ledger.emit(datum))
+        self.track(lambda: ledger.emit(datum))
 
     def dead_letter(self, stage: str, exc: BaseException, referral_id: str | None = None) -> None:
         """Send the record intact to the dead-letter topic with the reason, and say so.
@@ -494,9 +509,8 @@ class ConsumeLoop:
         if ledger is None or not ledger.batch:
             return False
         for ctx in batch.records:
-            if ctx.settled_late or ctx.failure() is None:
-                for datum in ctx.events:
-                    ledger.emit(datum)
+            if ctx.events and (ctx.settled_late or ctx.failure() is None):
+                ledger.hold(ctx.events)
         headers: list[tuple[str, bytes]] = []
         if self.tracing is not None and self.tracing.enabled:
             with self.tracing.send(ledger.topic, headers, links=batch.links[:128]):
