@@ -163,6 +163,12 @@ def worker_router(bootstrap: str, prefix: str, n: int, *, ledger: bool = True) -
         "seconds": stats.last_batch_at - stats.first_batch_at,
         "rss_mb": _peak_rss_mb(),
         "dead_lettered": stats.dead_lettered,
+        # where the loop's time went (seconds, summed over the run)
+        "loop_s": {
+            k: round(getattr(stats, k), 3)
+            for k in ("poll_s", "handle_s", "durable_s", "ack_wait_s", "commit_s")
+        },
+        "batches": stats.batches,
     }
 
 
@@ -279,6 +285,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency-seconds", type=float, default=10.0)
     ap.add_argument("--json", action="store_true", help="print only JSON")
     ap.add_argument(
+        "--router-first",
+        action="store_true",
+        help="run the routers before the baseline (alternate runs to cancel drift)",
+    )
+    ap.add_argument(
         "--worker", choices=["baseline", "router", "router-noledger"], help=argparse.SUPPRESS
     )
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -311,9 +322,11 @@ def main(argv: list[str] | None = None) -> None:
         preload_s = time.monotonic() - t
         size = sum(len(v) for _, v, _ in records) / len(records)
         del records
-        baseline = _run_worker("baseline", broker.bootstrap, prefix, args.n)
-        router = _run_worker("router", broker.bootstrap, prefix, args.n)
-        bare = _run_worker("router-noledger", broker.bootstrap, prefix, args.n)
+        order = ["baseline", "router", "router-noledger"]
+        if args.router_first:
+            order.reverse()
+        side = {kind: _run_worker(kind, broker.bootstrap, prefix, args.n) for kind in order}
+        baseline, router, bare = side["baseline"], side["router"], side["router-noledger"]
         lat: dict[str, Any] = {}
         if args.latency_seconds > 0:
             lat_settings = _settings(broker.bootstrap, "lat.")
@@ -339,6 +352,10 @@ def main(argv: list[str] | None = None) -> None:
         "router_without_ledger_per_s": round(bare_rate),
         "baseline_rss_mb": round(baseline["rss_mb"], 1),
         "router_rss_mb": round(router["rss_mb"], 1),
+        "router_loop_s": router["loop_s"],
+        "router_batches": router["batches"],
+        "order": order,
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
         "latency": lat,
     }
     if args.json:

@@ -39,10 +39,11 @@ partitions revoked mid-batch                nothing to do: the batch is committe
 ==========================================  ===============================================
 
 The router's ledger record of a batch is not awaited on its own (a second
-round trip per batch): the loop polls the next batch meanwhile, then commits
-the previous one once the record is acknowledged — before handling the new
-one — so an offset is still committed only after the destination publishes
-*and* the ledger entry naming them are acknowledged (``pipeline_ledger``).
+round trip per batch): the loop polls the next batch meanwhile, checks the
+record is acknowledged before handling the new batch, and commits the previous
+batch while the new one's publishes travel — so an offset is still committed
+only after the destination publishes *and* the ledger entry naming them are
+acknowledged (``pipeline_ledger``).
 
 Handlers never open consumer spans: tracing is middleware around ``handle``
 (:func:`tracing_middleware`), and the record's trace context reaches the
@@ -438,7 +439,7 @@ class ConsumeLoop:
         Nothing unacknowledged is committed here.
         """
         if self.consumer is not None:
-            self._finish_pending(None)
+            self._finish_pending()
             from broker.kafka.clients import close_consumer
 
             close_consumer(self.consumer, self.actor, log)
@@ -482,9 +483,12 @@ class ConsumeLoop:
         finally:
             t1 = time.perf_counter()
             stats.poll_s += t1 - t0
-        if not self._finish_pending(polled):
+        pending, self._pending = self._pending, None
+        if pending is not None and not self._pending_acked(pending, polled):
             return 0
         if not polled:
+            if pending is not None:
+                self._commit_pending(pending)
             return 0
         if stats.first_batch_at is None:
             stats.first_batch_at = time.monotonic()
@@ -500,6 +504,9 @@ class ConsumeLoop:
                     log.exception("%s handler failed on %s", self.actor, _where(record))
                     ctx.dead_letter(DeadLetterStage.HANDLER, exc)
                 batch.records.append(ctx)
+        if pending is not None:
+            # The previous batch's commit round trip overlaps this batch's publishes.
+            self._commit_pending(pending)
         t2 = time.perf_counter()
         durable = self._make_durable(batch)
         t3 = time.perf_counter()
@@ -530,26 +537,33 @@ class ConsumeLoop:
         stats.commit_s += time.perf_counter() - t4
         return sum(len(r) for r in polled.values())
 
-    def _finish_pending(self, polled: dict[TopicPartition, list[Any]] | None) -> bool:
-        """Commit the previous batch once its ledger record is acknowledged.
+    def _pending_acked(
+        self, pending: _Pending, polled: dict[TopicPartition, list[Any]] | None
+    ) -> bool:
+        """Whether the previous batch's ledger record is acknowledged (waiting if need be).
 
         Not acknowledged: the previous batch and the one just ``polled`` are
-        rewound and handled again (False: do not handle ``polled``).
+        rewound and handled again (do not handle ``polled``).
         """
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return True
         t0 = time.perf_counter()
         if any(not f.is_done for f in pending.futures):
             self._flush()
-        try:
-            if any(not f.is_done or f.failed() for f in pending.futures):
-                self._rewind_all({**(polled or {}), **pending.polled})
-                return False
-            self._commit(pending.offsets, pending.rewound)
-            return True
-        finally:
-            self.stats.commit_s += time.perf_counter() - t0
+        self.stats.ack_wait_s += time.perf_counter() - t0
+        if any(not f.is_done or f.failed() for f in pending.futures):
+            self._rewind_all({**(polled or {}), **pending.polled})
+            return False
+        return True
+
+    def _commit_pending(self, pending: _Pending) -> None:
+        t0 = time.perf_counter()
+        self._commit(pending.offsets, pending.rewound)
+        self.stats.commit_s += time.perf_counter() - t0
+
+    def _finish_pending(self) -> None:
+        """Commit the batch whose ledger record is in flight once it is acknowledged."""
+        pending, self._pending = self._pending, None
+        if pending is not None and self._pending_acked(pending, None):
+            self._commit_pending(pending)
 
     def _make_durable(self, batch: BatchContext) -> bool:
         try:
