@@ -504,10 +504,11 @@ class ConsumeLoop:
                     log.exception("%s handler failed on %s", self.actor, _where(record))
                     ctx.dead_letter(DeadLetterStage.HANDLER, exc)
                 batch.records.append(ctx)
+        t2 = time.perf_counter()
         if pending is not None:
             # The previous batch's commit round trip overlaps this batch's publishes.
             self._commit_pending(pending)
-        t2 = time.perf_counter()
+        t2c = time.perf_counter()
         durable = self._make_durable(batch)
         t3 = time.perf_counter()
         self._flush()
@@ -532,7 +533,7 @@ class ConsumeLoop:
             offsets, rewound = self._offsets(polled, batch)
             self._commit(offsets, rewound)
         stats.handle_s += t2 - t1
-        stats.durable_s += t3 - t2
+        stats.durable_s += t3 - t2c
         stats.ack_wait_s += t4 - t3
         stats.commit_s += time.perf_counter() - t4
         return sum(len(r) for r in polled.values())
