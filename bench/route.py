@@ -109,12 +109,13 @@ def worker_baseline(bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
         settings, names.intake, group_id="bench-baseline", max_poll_records=MAX_POLL
     )
     producer = clients.producer(settings, role="bench-baseline")
-    done, first = 0, None
+    done, first, cpu0 = 0, None, 0.0
     while done < n:
         batch = consumer.poll(timeout_ms=200)
         if not batch:
             continue
-        first = first or time.monotonic()
+        if first is None:
+            first, cpu0 = time.monotonic(), time.process_time()
         offsets = {}
         futures = []
         for tp, records in batch.items():
@@ -131,9 +132,10 @@ def worker_baseline(bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
         assert not any(f.failed() for f in futures)
         consumer.commit(offsets)
     seconds = time.monotonic() - (first or time.monotonic())
+    cpu = time.process_time() - cpu0
     consumer.close()
     producer.close()
-    return {"count": done, "seconds": seconds, "rss_mb": _peak_rss_mb()}
+    return {"count": done, "seconds": seconds, "cpu_s": cpu, "rss_mb": _peak_rss_mb()}
 
 
 def worker_router(bootstrap: str, prefix: str, n: int, *, ledger: bool = True) -> dict[str, Any]:
@@ -148,21 +150,33 @@ def worker_router(bootstrap: str, prefix: str, n: int, *, ledger: bool = True) -
         group_id="router" if ledger else "router-noledger",
     )
     stop = threading.Event()
+    cpu0 = [0.0]
 
     def watch() -> None:
+        while router.stats.first_batch_at is None:
+            time.sleep(0.005)
+        cpu0[0] = time.process_time()  # CPU of every thread of the process from here
         while router.stats.referrals < n or router.stats.last_batch_at is None:
             time.sleep(0.05)
         stop.set()
 
     threading.Thread(target=watch, daemon=True).start()
     stats = router.run(stop)
+    cpu = time.process_time() - cpu0[0]
     assert stats.first_batch_at is not None
     assert stats.last_batch_at is not None
     return {
         "count": stats.referrals,
         "seconds": stats.last_batch_at - stats.first_batch_at,
+        "cpu_s": cpu,
         "rss_mb": _peak_rss_mb(),
         "dead_lettered": stats.dead_lettered,
+        # where the loop's time went (seconds, summed over the run)
+        "loop_s": {
+            k: round(getattr(stats, k), 3)
+            for k in ("poll_s", "handle_s", "durable_s", "ack_wait_s", "commit_s")
+        },
+        "batches": stats.batches,
     }
 
 
@@ -279,6 +293,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency-seconds", type=float, default=10.0)
     ap.add_argument("--json", action="store_true", help="print only JSON")
     ap.add_argument(
+        "--router-first",
+        action="store_true",
+        help="run the routers before the baseline (alternate runs to cancel drift)",
+    )
+    ap.add_argument(
         "--worker", choices=["baseline", "router", "router-noledger"], help=argparse.SUPPRESS
     )
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -311,9 +330,11 @@ def main(argv: list[str] | None = None) -> None:
         preload_s = time.monotonic() - t
         size = sum(len(v) for _, v, _ in records) / len(records)
         del records
-        baseline = _run_worker("baseline", broker.bootstrap, prefix, args.n)
-        router = _run_worker("router", broker.bootstrap, prefix, args.n)
-        bare = _run_worker("router-noledger", broker.bootstrap, prefix, args.n)
+        order = ["baseline", "router", "router-noledger"]
+        if args.router_first:
+            order.reverse()
+        side = {kind: _run_worker(kind, broker.bootstrap, prefix, args.n) for kind in order}
+        baseline, router, bare = side["baseline"], side["router"], side["router-noledger"]
         lat: dict[str, Any] = {}
         if args.latency_seconds > 0:
             lat_settings = _settings(broker.bootstrap, "lat.")
@@ -336,9 +357,20 @@ def main(argv: list[str] | None = None) -> None:
         "baseline_per_s": round(b_rate),
         "router_per_s": round(r_rate),
         "ratio": round(r_rate / b_rate, 3),
+        # CPU per referral (every thread of the worker): steadier than rates on a shared machine
+        "baseline_cpu_us": round(baseline["cpu_s"] / baseline["count"] * 1e6, 1),
+        "router_cpu_us": round(router["cpu_s"] / router["count"] * 1e6, 1),
+        "router_without_ledger_cpu_us": round(bare["cpu_s"] / bare["count"] * 1e6, 1),
+        "cpu_ratio": round(
+            baseline["cpu_s"] / baseline["count"] / (router["cpu_s"] / router["count"]), 3
+        ),
         "router_without_ledger_per_s": round(bare_rate),
         "baseline_rss_mb": round(baseline["rss_mb"], 1),
         "router_rss_mb": round(router["rss_mb"], 1),
+        "router_loop_s": router["loop_s"],
+        "router_batches": router["batches"],
+        "order": order,
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
         "latency": lat,
     }
     if args.json:
@@ -354,6 +386,10 @@ def main(argv: list[str] | None = None) -> None:
     for label, rate, side in rows:
         print(f"{label:29s} {rate:>10,.0f} referrals/s   peak RSS {side['rss_mb']:.0f} MB")
     print(f"ratio router/baseline: {r_rate / b_rate:.2f}")
+    print(
+        f"CPU per referral: baseline {result['baseline_cpu_us']} µs, router "
+        f"{result['router_cpu_us']} µs (ratio {result['cpu_ratio']:.2f})"
+    )
     if lat:
         print(
             f"latency at {lat['rate']}/s: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms "

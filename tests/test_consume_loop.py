@@ -4,6 +4,8 @@
   restart of its consumer it is handled again and its dead letter lands.
 * A record larger than the producer accepts is dead-lettered by reference and
   the records behind it — on its partition and on others — are routed once.
+* The router commits a batch only once its ledger record is acknowledged too
+  (awaited while the next batch is polled).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from broker.kafka.deadletter import (
     H_VALUE_SIZE,
     REFERENCE_PREFIX_BYTES,
 )
+from broker.ledger.events import decode_events
 from broker.network import Network
 from broker.routing.router import Router
 from broker.wire.codec import Codec
@@ -69,6 +72,14 @@ def _step_until(driver: SinkDriver, done: Any, timeout: float = 60) -> None:
             driver.step(stop)
     finally:
         driver.close()
+
+
+def _end_offset(settings: Settings, tp: TopicPartition) -> int:
+    consumer = clients.consumer(settings, group_id=None, role="probe")
+    try:
+        return int(consumer.end_offsets([tp])[tp])
+    finally:
+        consumer.close()
 
 
 def _committed(settings: Settings, group: str, tp: TopicPartition) -> int | None:
@@ -194,3 +205,50 @@ def test_too_large_record_is_dead_lettered_by_reference_and_the_rest_flow(
     assert router.stats.dead_lettered_by_reference == 1
     assert router.stats.redelivered_records == 0
     assert settled < 60
+
+
+def test_router_commits_a_batch_only_after_its_ledger_record_is_acknowledged(
+    provisioned: Settings, network: Network
+) -> None:
+    """The ledger record is awaited during the next poll; unacknowledged, nothing commits."""
+    names = provisioned.topic_names()
+    codec = Codec(EmbeddedRegistry())
+    rids = []
+    group = "router-ledger-ack"
+    tp = TopicPartition(names.intake, 0)
+    start = _end_offset(provisioned, tp)
+    seed = clients.producer(provisioned, role="seed")
+    for _ in range(3):
+        rid, value = _referral(codec, "DE")
+        rids.append(rid)
+        seed.send(names.intake, key=rid.encode(), value=value, partition=0).get(timeout=10)
+    seed.close()
+    router = Router(provisioned, network, codec, group_id=group)
+    assert router.loop.ledger is not None
+    router.loop.ledger.topic = "not a topic name!"  # a ledger send never acknowledged
+    stop = threading.Event()
+    deadline = time.monotonic() + 60
+    router.open()
+    try:
+        while router.stats.retried_batches < 1 and time.monotonic() < deadline:
+            router.loop.step(stop)
+    finally:
+        router.close()
+    assert router.stats.retried_batches >= 1, router.stats
+    assert _committed(provisioned, group, tp) in (None, 0)
+
+    again = Router(provisioned, network, codec, group_id=group)
+    deadline = time.monotonic() + 60
+    again.open()
+    try:
+        while again.stats.batches < 1 and time.monotonic() < deadline:
+            again.loop.step(stop)
+    finally:
+        again.close()
+    assert _committed(provisioned, group, tp) == start + 3, again.stats
+    ledger = [
+        e
+        for r in read_topic(provisioned, names.ledger, at_least=1)
+        for e in decode_events(codec, r.value)
+    ]
+    assert {e["referral_id"] for e in ledger if e["event"] == "ROUTED"} >= set(rids)

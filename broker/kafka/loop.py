@@ -25,13 +25,25 @@ the same record still failing after         if others in the batch got through (
                                             committed unacknowledged
 a batch-level send not acknowledged (the    nothing of the batch is committed; every
 router's ledger batch) or a sink that       partition is rewound and the batch handled
-cannot be made durable                      again (consumers downstream are idempotent)
+cannot be made durable                      again (consumers downstream are idempotent);
+                                            a ledger record awaited during the next poll
+                                            rewinds the batch polled meanwhile too
 commit failed (rebalance, broker away)      logged and counted; the records were acked, so
                                             the next owner repeats them at worst
 partitions revoked mid-batch                nothing to do: the batch is committed before
-                                            the next poll, where kafka-python rebalances;
-                                            a failed commit is the case above
+                                            the next poll, where kafka-python rebalances
+                                            (a router batch right after it: its offsets
+                                            are acked, so a late or refused commit only
+                                            repeats records); a failed commit is the
+                                            case above
 ==========================================  ===============================================
+
+The router's ledger record of a batch is not awaited on its own (a second
+round trip per batch): the loop polls the next batch meanwhile, checks the
+record is acknowledged before handling the new batch, and commits the previous
+batch while the new one's publishes travel — so an offset is still committed
+only after the destination publishes *and* the ledger entry naming them are
+acknowledged (``pipeline_ledger``).
 
 Handlers never open consumer spans: tracing is middleware around ``handle``
 (:func:`tracing_middleware`), and the record's trace context reaches the
@@ -63,7 +75,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, get_current_span
 
 from broker.kafka.deadletter import DeadLetterStage, send_dead_letter, send_dead_letter_reference
-from broker.ledger.events import LedgerEmitter, handover_event
+from broker.ledger.events import EventFacts, LedgerEmitter, handover_event
 from broker.tracing import Tracing, trace_id_of
 from broker.wire.models import HandoverEventType
 from broker.wire.topics import Headers
@@ -140,6 +152,16 @@ class _Failed:
 _Future: TypeAlias = FutureRecordMetadata | _Failed
 
 
+@dataclass
+class _Pending:
+    """A handled batch whose ledger record is still in flight: committed once it is acked."""
+
+    polled: dict[TopicPartition, list[Any]]
+    offsets: dict[TopicPartition, OffsetAndMetadata]
+    futures: list[_Future]
+    rewound: bool
+
+
 def _unsendable(exc: BaseException | None) -> bool:
     return isinstance(exc, _UNSENDABLE)
 
@@ -159,7 +181,7 @@ class RecordContext:
         self.trace: Context | None = None
         self.futures: list[_Future] = []
         #: Handover events held for a batched ledger (sent once the record's fate is settled).
-        self.events: list[dict[str, Any]] = []
+        self.events: list[EventFacts] = []
         self.dead_lettered = False
         #: Given up on after the first acks (its events are only its dead letter's).
         self.settled_late = False
@@ -214,6 +236,24 @@ class RecordContext:
         if ledger is None:
             return
         record = self.record
+        if ledger.batch:
+            # Plain facts; the batch is encoded once, after the acks (no per-event dict).
+            self.events.append(
+                EventFacts(
+                    HandoverEventType(kind).value,
+                    referral_id,
+                    case_id or "-",
+                    from_party,
+                    to_party,
+                    topic or record.topic,
+                    record.partition,
+                    record.offset,
+                    reason,
+                    trace_id_of(record.headers),
+                    int(time.time() * 1000),
+                )
+            )
+            return
         datum = handover_event(
             kind,
             referral_id=referral_id,
@@ -227,10 +267,7 @@ class RecordContext:
             reason=reason,
             trace_id=trace_id_of(record.headers),
         )
-        if ledger.batch:
-            self.events.append(datum)
-        else:
-            self.track(lambda: ledger.emit(datum))
+        self.track(lambda: ledger.emit(datum))
 
     def dead_letter(self, stage: str, exc: BaseException, referral_id: str | None = None) -> None:
         """Send the record intact to the dead-letter topic with the reason, and say so.
@@ -365,6 +402,7 @@ class ConsumeLoop:
         flush_timeout_s: float = 30.0,
         max_attempts: int = 5,
         max_backoff_s: float = 5.0,
+        pipeline_ledger: bool = True,
     ) -> None:
         self.handler = handler
         self.producer = producer
@@ -387,6 +425,9 @@ class ConsumeLoop:
         #: (topic, partition, offset) → handlings that did not get acknowledged
         self._attempts: dict[tuple[str, int, int], int] = {}
         self._backoff = 0.0
+        #: Wait for a batch's ledger record's ack during the next poll (see :meth:`poll_once`).
+        self.pipeline_ledger = pipeline_ledger
+        self._pending: _Pending | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> None:
@@ -395,8 +436,12 @@ class ConsumeLoop:
             self.consumer = self._consumer_factory()
 
     def close(self) -> None:
-        """Leave the group; nothing unacknowledged is committed here."""
+        """Settle the batch whose ledger record is in flight, then leave the group.
+
+        Nothing unacknowledged is committed here.
+        """
         if self.consumer is not None:
+            self._finish_pending()
             from broker.kafka.clients import close_consumer
 
             close_consumer(self.consumer, self.actor, log)
@@ -440,7 +485,12 @@ class ConsumeLoop:
         finally:
             t1 = time.perf_counter()
             stats.poll_s += t1 - t0
+        pending, self._pending = self._pending, None
+        if pending is not None and not self._pending_acked(pending, polled):
+            return 0
         if not polled:
+            if pending is not None:
+                self._commit_pending(pending)
             return 0
         if stats.first_batch_at is None:
             stats.first_batch_at = time.monotonic()
@@ -457,23 +507,66 @@ class ConsumeLoop:
                     ctx.dead_letter(DeadLetterStage.HANDLER, exc)
                 batch.records.append(ctx)
         t2 = time.perf_counter()
+        if pending is not None:
+            # The previous batch's commit round trip overlaps this batch's publishes.
+            self._commit_pending(pending)
+        t2c = time.perf_counter()
         durable = self._make_durable(batch)
         t3 = time.perf_counter()
         self._flush()
+        deferred = False
         if durable:
             self._settle_unsendable(batch)
             if self._send_ledger_batch(batch) or batch.given_up:
-                self._flush()
+                # The ledger record's ack is awaited with the next batch's sends (one
+                # flush per batch), unless a late dead letter is in flight too.
+                deferred = self.pipeline_ledger and not batch.given_up
+                if not deferred:
+                    self._flush()
         t4 = time.perf_counter()
-        if not durable or any(not f.is_done or f.failed() for f in batch.futures):
+        if not durable or (
+            not deferred and any(not f.is_done or f.failed() for f in batch.futures)
+        ):
             self._rewind_all(polled)
+        elif deferred:
+            offsets, rewound = self._offsets(polled, batch)
+            self._pending = _Pending(polled, offsets, batch.futures, rewound)
         else:
-            self._commit(polled, batch)
+            offsets, rewound = self._offsets(polled, batch)
+            self._commit(offsets, rewound)
         stats.handle_s += t2 - t1
-        stats.durable_s += t3 - t2
+        stats.durable_s += t3 - t2c
         stats.ack_wait_s += t4 - t3
         stats.commit_s += time.perf_counter() - t4
         return sum(len(r) for r in polled.values())
+
+    def _pending_acked(
+        self, pending: _Pending, polled: dict[TopicPartition, list[Any]] | None
+    ) -> bool:
+        """Whether the previous batch's ledger record is acknowledged (waiting if need be).
+
+        Not acknowledged: the previous batch and the one just ``polled`` are
+        rewound and handled again (do not handle ``polled``).
+        """
+        t0 = time.perf_counter()
+        if any(not f.is_done for f in pending.futures):
+            self._flush()
+        self.stats.ack_wait_s += time.perf_counter() - t0
+        if any(not f.is_done or f.failed() for f in pending.futures):
+            self._rewind_all({**(polled or {}), **pending.polled})
+            return False
+        return True
+
+    def _commit_pending(self, pending: _Pending) -> None:
+        t0 = time.perf_counter()
+        self._commit(pending.offsets, pending.rewound)
+        self.stats.commit_s += time.perf_counter() - t0
+
+    def _finish_pending(self) -> None:
+        """Commit the batch whose ledger record is in flight once it is acknowledged."""
+        pending, self._pending = self._pending, None
+        if pending is not None and self._pending_acked(pending, None):
+            self._commit_pending(pending)
 
     def _make_durable(self, batch: BatchContext) -> bool:
         try:
@@ -496,9 +589,8 @@ class ConsumeLoop:
         if ledger is None or not ledger.batch:
             return False
         for ctx in batch.records:
-            if ctx.settled_late or ctx.failure() is None:
-                for datum in ctx.events:
-                    ledger.emit(datum)
+            if ctx.events and (ctx.settled_late or ctx.failure() is None):
+                ledger.hold(ctx.events)
         headers: list[tuple[str, bytes]] = []
         if self.tracing is not None and self.tracing.enabled:
             with self.tracing.send(ledger.topic, headers, links=batch.links[:128]):
@@ -563,9 +655,13 @@ class ConsumeLoop:
         )
         ctx._dead_letter_event(DeadLetterStage.UNSENDABLE, exc)
 
-    def _commit(self, polled: dict[TopicPartition, list[Any]], batch: BatchContext) -> None:
-        """Commit each partition up to its first unacknowledged record; rewind to that one."""
-        assert self.consumer is not None
+    def _offsets(
+        self, polled: dict[TopicPartition, list[Any]], batch: BatchContext
+    ) -> tuple[dict[TopicPartition, OffsetAndMetadata], bool]:
+        """Each partition's offset up to its first unacknowledged record; rewind to that one.
+
+        Returns the offsets to commit and whether any partition was rewound.
+        """
         failed = {
             (c.record.topic, c.record.partition, c.record.offset)
             for c in batch.records
@@ -585,6 +681,16 @@ class ConsumeLoop:
                 self._attempts.pop(key, None)
             if next_offset > records[0].offset:
                 offsets[tp] = OffsetAndMetadata(next_offset, "", -1)
+        if rewind:
+            self.stats.redelivered_records += len(rewind)
+            log.warning("%s: %d record(s) not acknowledged, retrying", self.actor, len(rewind))
+            for tp, offset in rewind.items():
+                self._seek(tp, offset)
+        return offsets, bool(rewind)
+
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], rewound: bool) -> None:
+        """Commit acknowledged offsets (a failure is logged and counted, not raised)."""
+        assert self.consumer is not None
         self.stats.batches += 1
         if offsets:
             try:
@@ -597,11 +703,7 @@ class ConsumeLoop:
                     self.actor,
                     type(exc).__name__,
                 )
-        if rewind:
-            self.stats.redelivered_records += len(rewind)
-            log.warning("%s: %d record(s) not acknowledged, retrying", self.actor, len(rewind))
-            for tp, offset in rewind.items():
-                self._seek(tp, offset)
+        if rewound:
             self._grow_backoff()
         else:
             self._backoff = 0.0

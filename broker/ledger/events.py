@@ -12,9 +12,7 @@ contract (defined with the wire models, exported here for every emitter).
 
 from __future__ import annotations
 
-import hashlib
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +20,7 @@ from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
 from broker.errors import SchemaMismatch
+from broker.ledger.batchwriter import BatchWriter, EventFacts, event_id
 from broker.wire.codec import Codec
 from broker.wire.models import HandoverEventType
 from broker.wire.registry import HANDOVER_BATCH, HANDOVER_EVENT
@@ -29,6 +28,7 @@ from broker.wire.registry import HANDOVER_BATCH, HANDOVER_EVENT
 __all__ = [
     "HANDOVER_BATCH",
     "HANDOVER_EVENT",
+    "EventFacts",
     "HandoverEventType",
     "LedgerEmitter",
     "Signer",
@@ -40,9 +40,7 @@ __all__ = [
 UNKNOWN_REFERRAL = "00000000-0000-0000-0000-000000000000"
 
 
-def _event_id(*parts: object) -> str:
-    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=16).digest()
-    return str(uuid.UUID(bytes=digest, version=5))
+_event_id = event_id
 
 
 def handover_event(
@@ -121,10 +119,14 @@ class LedgerEmitter:
         self.batch = batch
         self.actor = actor
         self.signer = signer
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[EventFacts | dict[str, Any]] = []
+        self._writer = BatchWriter(codec, actor) if batch else None
 
     def emit(self, event: dict[str, Any]) -> FutureRecordMetadata | None:
-        """Publish one event (asynchronously; flush the producer to wait)."""
+        """Publish one event (asynchronously; flush the producer to wait).
+
+        Batched: the event is held for :meth:`flush_batch` (``hold`` is the cheap form).
+        """
         if self.batch:
             self._pending.append(event)
             return None
@@ -133,6 +135,10 @@ class LedgerEmitter:
         headers = self.signer(value, 1) if self.signer is not None else []
         return self._producer.send(self.topic, key=key, value=value, headers=headers)
 
+    def hold(self, events: list[EventFacts]) -> None:
+        """Add events to the held batch (``batch=True``: sent by :meth:`flush_batch`)."""
+        self._pending.extend(events)
+
     def flush_batch(
         self, headers: list[tuple[str, bytes]] | None = None
     ) -> FutureRecordMetadata | None:
@@ -140,7 +146,13 @@ class LedgerEmitter:
         if not self._pending:
             return None
         events, self._pending = self._pending, []
-        value = self._codec.encode(HANDOVER_BATCH, {"actor": self.actor, "events": events})
+        writer = self._writer
+        assert writer is not None
+        if all(isinstance(e, EventFacts) for e in events):
+            value = writer.encode(events)  # type: ignore[arg-type]
+        else:
+            datums = [writer.datum(e) if isinstance(e, EventFacts) else e for e in events]
+            value = self._codec.encode(HANDOVER_BATCH, {"actor": self.actor, "events": datums})
         signed = self.signer(value, len(events)) if self.signer is not None else []
         return self._producer.send(
             self.topic, key=self.actor.encode(), value=value, headers=[*(headers or []), *signed]

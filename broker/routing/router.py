@@ -32,13 +32,13 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.partitioner.default import murmur2
 
 from broker.config import Settings
 from broker.errors import CodecError, ReferralError
 from broker.kafka import clients
 from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import BatchContext, ConsumeLoop, LoopStats, RecordContext
+from broker.kafka.partitioning import key_hash as murmur2_key_hash
 from broker.ledger.checkpoint import Checkpoint, Checkpointer
 from broker.ledger.events import HandoverEventType, LedgerEmitter
 from broker.network import Network
@@ -218,7 +218,7 @@ class Router:
             return
         key = referral_id.encode()
         # Hash the key once for every destination (same choice as the default partitioner).
-        key_hash = murmur2(key) & 0x7FFFFFFF
+        key_hash = murmur2_key_hash(key)
         base = _kept_headers(record.headers)
         origin = str(envelope.get("origin_org", ""))
         case_id = str(envelope.get("case_id", ""))

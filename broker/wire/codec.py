@@ -190,6 +190,14 @@ class Codec:
 
     # -- encode / decode -----------------------------------------------------------------------
 
+    def header_of(self, record_name: str) -> bytes:
+        """The wire-format frame (magic byte, schema id) of ``record_name``'s current schema."""
+        return self._current_of(record_name).header
+
+    def check_size(self, size: int) -> None:
+        """Raise RecordTooLarge if a record of ``size`` bytes exceeds ``max_record_bytes``."""
+        self._check_size(size)
+
     def encode(self, record_name: str, datum: dict[str, Any]) -> bytes:
         """Frame and encode ``datum`` with the registry's current schema of ``record_name``."""
         cur = self._current_of(record_name)
