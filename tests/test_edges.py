@@ -123,7 +123,7 @@ def test_redropping_a_corrected_file_gives_one_referral_per_case(
     source = DropFolderSource(DropFolderConfig(path="drop", settle_seconds=0), ready, publisher)
     source.open()
     cases = ["case-rd-1", "case-rd-2", "case-rd-3"]
-    rows = [_row(c, f"https://rd-{i}.example.org/item") for i, c in enumerate(cases)]
+    rows = [_row(c, f"https://rd.example.org/item-{i}") for i, c in enumerate(cases)]
     broken = [*rows[:2], {**rows[2], "url": "ftp://rd-2.example.org/item"}]
     with caplog.at_level(logging.WARNING), recipient(ready, net, codec):
         assert any("accessible by other users" in r.getMessage() for r in caplog.records), (
@@ -261,7 +261,7 @@ def test_files_appended_in_chunks_are_published_whole_and_once(
     refs = [referral_json("hl-a", "NL") for _ in range(4)]
     jsonl = "".join(json.dumps(r) + "\n" for r in refs)
     cases = [f"case-chunk-{i}" for i in range(3)]
-    csv_text = _csv([_row(c, f"https://chunk-{i}.example.org/x") for i, c in enumerate(cases)])
+    csv_text = _csv([_row(c, f"https://chunk.example.org/x-{i}") for i, c in enumerate(cases)])
     want = [r["envelope"]["referral_id"] for r in refs] + [
         referral_id_for("hl-a", c) for c in cases
     ]
