@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -156,6 +157,12 @@ def configure_logging(
 def service_stop_event() -> threading.Event:
     """Set up a long-running command: INFO logging, and an Event set by SIGTERM or Ctrl-C."""
     configure_logging(logging.INFO, "%(asctime)s %(name)s %(message)s")
+    debug = os.environ.get("REFERRAL_DEBUG_LOGGERS", "")
+    for name in filter(None, (n.strip() for n in debug.split(","))):
+        # For a maintainer chasing a client's behaviour: DEBUG for the named loggers only.
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    if debug:
+        _HANDLER.setLevel(logging.DEBUG)
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:

@@ -503,7 +503,10 @@ class StatusDriver(_Driver[StatusSink]):
         self, ctx: RecordContext, stage: str, exc: BaseException, referral_id: str | None
     ) -> None:
         self.refused[stage] = self.refused.get(stage, 0) + 1
-        self.inbox.count_refused_status(stage)
+        record = ctx.record
+        self.inbox.count_refused_status(
+            stage, f"{record.topic}/{record.partition}/{record.offset}"
+        )
         ctx.dead_letter(stage, exc, referral_id)
 
     def _verified(self, record: Any, ctx: RecordContext) -> dict[str, Any] | None:

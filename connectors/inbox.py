@@ -90,6 +90,10 @@ CREATE TABLE IF NOT EXISTS failures (
     at          REAL NOT NULL,
     PRIMARY KEY (origin_org, referral_id, sink)
 );
+CREATE TABLE IF NOT EXISTS refused_statuses (
+    position TEXT PRIMARY KEY,
+    stage    TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sent_statuses (
     origin_org  TEXT NOT NULL,
     referral_id TEXT NOT NULL,
@@ -436,17 +440,35 @@ class Inbox:
         with self._db.transaction() as conn:
             return self._bump(conn, STATUS_DUPLICATES)
 
-    def count_refused_status(self, stage: str) -> int:
-        """Count one status update refused at ``stage`` (``STATUS_VERIFY``, ...); its total."""
+    def count_refused_status(self, stage: str, position: str | None = None) -> int:
+        """Count one status update refused at ``stage`` (``STATUS_VERIFY``, ...); its total.
+
+        ``position`` (``topic/partition/offset``) makes the count exact under
+        redelivery: a record refused again after a rebalance is counted once.
+        """
         with self._db.transaction() as conn:
-            return self._bump(conn, REFUSED_STATUSES + stage)
+            if position is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO refused_statuses (position, stage) VALUES (?, ?)",
+                    (position, stage),
+                )
+            else:
+                self._bump(conn, REFUSED_STATUSES + stage)
+        return self.refused_statuses().get(stage, 0)
 
     def refused_statuses(self) -> dict[str, int]:
         """Refused status updates by stage."""
+        counts: dict[str, int] = {}
         rows = self._db.query(
             "SELECT name, value FROM counters WHERE name LIKE ?", (REFUSED_STATUSES + "%",)
         )
-        return {str(r["name"])[len(REFUSED_STATUSES) :]: int(r["value"]) for r in rows}
+        for r in rows:
+            stage = str(r["name"])[len(REFUSED_STATUSES) :]
+            counts[stage] = counts.get(stage, 0) + int(r["value"])
+        rows = self._db.query("SELECT stage, COUNT(*) AS n FROM refused_statuses GROUP BY stage")
+        for r in rows:
+            counts[str(r["stage"])] = counts.get(str(r["stage"]), 0) + int(r["n"])
+        return counts
 
     def status_state(self, referral_id: str, emitter: str) -> str | None:
         """The lifecycle state of ``emitter``'s copy of one of our referrals (None: no status)."""

@@ -34,6 +34,7 @@ from the beginning again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -60,6 +61,10 @@ consumer_log = logging.getLogger("referral.kafka.consumer")
 _RETIRE_JOIN_S = 5.0
 #: Tries of one ``send`` when the producer was closed or replaced under the caller.
 _SEND_TRIES = 3
+#: How long a flush may wait before the producer's metadata is refreshed and checked.
+PROBE_AFTER_S = 3.0
+#: How long a probe waits for that metadata.
+_PROBE_METADATA_S = 2.0
 #: How long a group member must look stranded before it is told to rejoin (a join
 #: that is just completing looks stranded for an instant).
 STRANDED_GRACE_S = 2.0
@@ -132,8 +137,11 @@ class HealingProducer:
         self._last_replaced = float("-inf")
         #: Topic -> the topic id the current producer produced under.
         self._topic_ids: dict[str, object] = {}
+        self._unrecorded: set[str] = set()
         #: How many times the underlying producer was replaced.
         self.replacements = 0
+        #: Seconds a flush waits before probing the producer's metadata.
+        self.probe_after = PROBE_AFTER_S
 
     # -- the producer interface -----------------------------------------------------------
 
@@ -166,23 +174,58 @@ class HealingProducer:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every record sent so far is acknowledged or failed."""
+        """Wait until every record sent so far is acknowledged or failed.
+
+        A flush that takes longer than ``probe_after`` seconds is probed: the
+        producer's metadata is refreshed and the producer replaced at once if a
+        topic it produced to was created anew (an empty new broker) or it died
+        meanwhile — kafka-python would otherwise retry an ``UnknownProducerId``
+        it takes for a retention-based one until ``timeout``. A flush that times
+        out is replaced too (rate-limited; its records are sent again).
+        """
         producer = self.current()
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            producer.flush(timeout)
-        except KafkaTimeoutError:
-            # kafka-python takes an UnknownProducerId on an empty new broker for a
-            # retention-based one and retries it for ever without a fatal state: a flush
-            # that timed out is replaced too (rate-limited; its records are sent again).
-            with self._lock:
-                stuck = not self._closed and self._producer is producer
-                if stuck and time.monotonic() >= self._next_allowed:
-                    self._replace("flush timed out")
-            raise
+            while True:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                step = self.probe_after if left is None else min(self.probe_after, left)
+                try:
+                    producer.flush(step)
+                    self._record_topic_ids(producer)
+                    return
+                except KafkaTimeoutError:
+                    if left is not None and left <= step:
+                        self._replace_if_current(producer, "flush timed out")
+                        raise
+                    if self._probe(producer):
+                        raise
         finally:
             if not self._closed:
                 # Replace now if it died during the flush: the caller's retry goes to a live one.
                 self.current()
+
+    def _probe(self, producer: KafkaProducer) -> bool:
+        """Refresh ``producer``'s metadata; True if it had to be replaced."""
+        request = getattr(getattr(producer, "_metadata", None), "request_update", None)
+        if request is not None:
+            refreshed = threading.Event()
+            with contextlib.suppress(KafkaError, AttributeError):
+                request().add_both(lambda _: refreshed.set())
+                refreshed.wait(_PROBE_METADATA_S)
+        with self._lock:
+            if self._closed or self._producer is not producer:
+                return True
+            reason = fatal_reason(producer) or self._recreated(list(self._topic_ids))
+        if reason is None:
+            return False
+        self._replace_if_current(producer, reason)
+        raise KafkaTimeoutError(f"producer replaced during flush ({reason})")
+
+    def _replace_if_current(self, producer: KafkaProducer, reason: str) -> None:
+        with self._lock:
+            stuck = not self._closed and self._producer is producer
+            if stuck and time.monotonic() >= self._next_allowed:
+                self._replace(reason)
 
     def partitions_for(self, topic: str) -> set[int]:
         """The partition ids of ``topic`` (waits for metadata, as kafka-python does)."""
@@ -216,7 +259,21 @@ class HealingProducer:
                 known = topic_id(self._producer, topic)
                 if known is not None:
                     self._topic_ids[topic] = known
+                else:
+                    # First send: its metadata arrives with it; recorded after a flush.
+                    self._unrecorded.add(topic)
             return self._producer
+
+    def _record_topic_ids(self, producer: KafkaProducer) -> None:
+        """Record the ids of topics first sent to before their metadata was known."""
+        with self._lock:
+            if self._producer is not producer or not self._unrecorded:
+                return
+            for topic in list(self._unrecorded):
+                known = topic_id(producer, topic)
+                if known is not None:
+                    self._topic_ids.setdefault(topic, known)
+                    self._unrecorded.discard(topic)
 
     def _recreated(self, topics: list[str]) -> str | None:
         """Which of ``topics`` now has another id than the one produced under (lock held)."""
@@ -247,6 +304,7 @@ class HealingProducer:
             return
         old, self._producer = self._producer, fresh
         self._topic_ids.clear()
+        self._unrecorded.clear()
         self._last_replaced = now
         self.replacements += 1
         log.warning("%s producer replaced (%s): new producer id", self.role, reason)
