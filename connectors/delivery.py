@@ -504,9 +504,7 @@ class StatusDriver(_Driver[StatusSink]):
     ) -> None:
         self.refused[stage] = self.refused.get(stage, 0) + 1
         record = ctx.record
-        self.inbox.count_refused_status(
-            stage, f"{record.topic}/{record.partition}/{record.offset}"
-        )
+        self.inbox.count_refused_status(stage, f"{record.topic}/{record.partition}/{record.offset}")
         ctx.dead_letter(stage, exc, referral_id)
 
     def _verified(self, record: Any, ctx: RecordContext) -> dict[str, Any] | None:
