@@ -128,3 +128,29 @@ def test_no_client_creates_a_missing_topic(settings: Settings, topic_names: Topi
         consumer.close()
         producer.close(5)
     assert not {wanted, asked} & _topics(settings), "a client's metadata request created a topic"
+
+
+@pytest.mark.slow
+def test_a_short_poll_sees_a_slow_group_join_through(
+    settings: Settings, topic_names: TopicNames
+) -> None:
+    """A join the broker answers after ~3 s is not lost between two 100 ms polls.
+
+    kafka-python 3.0.12 throws away a JoinGroup that completed between polls and
+    sends a new one; polling every 200 ms against Tansu's delayed join answer, a
+    status feed rejoined every 3 s for minutes. The healing consumer waits for a
+    due join within one poll.
+    """
+    topic = topic_names.status("join-probe")
+    _create(settings, topic)
+    consumer = clients.consumer(settings, topic, group_id="join-probe")
+    try:
+        started = time.monotonic()
+        consumer.poll(timeout_ms=100)
+        assert {tp.partition for tp in consumer.assignment()} == {0, 1, 2}
+        # Joined in one poll, not by luck over many: another short poll changes nothing.
+        consumer.poll(timeout_ms=100)
+        assert len(consumer.assignment()) == 3
+        assert time.monotonic() - started < 15
+    finally:
+        consumer.close()

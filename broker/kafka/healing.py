@@ -65,6 +65,8 @@ _SEND_TRIES = 3
 PROBE_AFTER_S = 3.0
 #: How long a probe waits for that metadata.
 _PROBE_METADATA_S = 2.0
+#: How long one poll may wait for a group (re)join that is due (see HealingConsumer).
+JOIN_WAIT_MS = 5000
 #: How long a group member must look stranded before it is told to rejoin (a join
 #: that is just completing looks stranded for an instant).
 STRANDED_GRACE_S = 2.0
@@ -357,9 +359,34 @@ class HealingConsumer(KafkaConsumer):  # type: ignore[misc]
         self._rejoin_if_stranded()
         self._rewind_recreated_topics()
         records: dict[Any, list[Any]] = super().poll(
-            timeout_ms=timeout_ms, max_records=max_records, update_offsets=update_offsets
+            timeout_ms=self._join_aware(timeout_ms),
+            max_records=max_records,
+            update_offsets=update_offsets,
         )
         return records
+
+    def _join_aware(self, timeout_ms: int) -> int:
+        """The poll timeout: long enough to see a group join through once one is due.
+
+        kafka-python 3.0.12 keeps a JoinGroup in flight across polls, but a join
+        that completes *between* two polls is thrown away and a new JoinGroup sent
+        (``join_group_async`` takes a finished task for a stale one). A broker that
+        answers a JoinGroup after a fixed delay (Tansu: half the session timeout)
+        and a loop polling every 200 ms can fall into step and rejoin for ever —
+        seen after an empty broker restart: a status feed rejoining every 3 s for
+        minutes, assigned nothing. So while a (re)join is due, one poll waits up
+        to ``JOIN_WAIT_MS`` for it (it returns as soon as records arrive).
+        """
+        coordinator = getattr(self, "_coordinator", None)
+        if coordinator is None or getattr(coordinator, "group_id", None) is None:
+            return timeout_ms
+        task = getattr(coordinator, "_join_task", None)
+        joining = task is not None and not task.is_done
+        try:
+            due = joining or bool(coordinator.need_rejoin())
+        except (AttributeError, KafkaError):
+            return timeout_ms
+        return max(timeout_ms, JOIN_WAIT_MS) if due else timeout_ms
 
     def _rejoin_if_stranded(self) -> None:
         if not stranded_in_rebalance(self):
