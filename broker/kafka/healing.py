@@ -63,6 +63,9 @@ _RETIRE_JOIN_S = 5.0
 _SEND_TRIES = 3
 #: How long a flush may wait before the producer's metadata is refreshed and checked.
 PROBE_AFTER_S = 3.0
+#: Sequence resets after ``UnknownProducerId`` within one probe interval that mean the
+#: broker has lost the producer id (one per partition is kafka-python's normal recovery).
+RETENTION_RESETS = 10
 #: How long a probe waits for that metadata.
 _PROBE_METADATA_S = 2.0
 #: How long one poll may wait for a group (re)join that is due (see HealingConsumer).
@@ -133,6 +136,7 @@ class HealingProducer:
         self._max_interval = max_interval
         self._lock = threading.Lock()
         self._producer: KafkaProducer = producer if producer is not None else factory()
+        self._resets = _count_sequence_resets(self._producer)
         self._closed = False
         self._delay = min_interval
         self._next_allowed = 0.0
@@ -207,7 +211,18 @@ class HealingProducer:
                 self.current()
 
     def _probe(self, producer: KafkaProducer) -> bool:
-        """Refresh ``producer``'s metadata; True if it had to be replaced."""
+        """Check a producer whose flush is slow; True if it is no longer the current one.
+
+        It is replaced (and :class:`KafkaTimeoutError` raised) when kafka-python kept
+        resetting sequences for an ``UnknownProducerId`` it takes for a retention-based
+        one (``RETENTION_RESETS`` or more since the last probe: the broker does not know
+        the producer id), when it died, or when a topic it produced to turns out to
+        have been created anew once its metadata is refreshed.
+        """
+        resets = self._resets.take() if self._producer is producer else 0
+        if resets >= RETENTION_RESETS:
+            self._replace_if_current(producer, f"{resets} unknown-producer-id retries")
+            raise KafkaTimeoutError("producer replaced during flush (unknown producer id)")
         request = getattr(getattr(producer, "_metadata", None), "request_update", None)
         if request is not None:
             refreshed = threading.Event()
@@ -305,12 +320,53 @@ class HealingProducer:
             )
             return
         old, self._producer = self._producer, fresh
+        self._resets = _count_sequence_resets(fresh)
         self._topic_ids.clear()
         self._unrecorded.clear()
         self._last_replaced = now
         self.replacements += 1
         log.warning("%s producer replaced (%s): new producer id", self.role, reason)
         _retire(old)
+
+
+class _ResetCounter:
+    """Counts kafka-python's sequence resets of one producer (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._n = 0
+
+    def bump(self) -> None:
+        with self._lock:
+            self._n += 1
+
+    def take(self) -> int:
+        """The resets since the last call."""
+        with self._lock:
+            n, self._n = self._n, 0
+            return n
+
+
+def _count_sequence_resets(producer: KafkaProducer) -> _ResetCounter:
+    """Count ``producer``'s sequence resets after an ``UnknownProducerId``.
+
+    kafka-python 3.0 resets a partition's sequence (and forgets its last acked
+    offset) only when it judges an ``UnknownProducerId`` retention-based, then
+    retries; against a broker that lost the id that repeats every retry backoff
+    until the delivery timeout. Guarded: a release without the hook counts nothing.
+    """
+    counter = _ResetCounter()
+    manager = getattr(producer, "_transaction_manager", None)
+    reset = getattr(manager, "reset_sequence_for_partition", None)
+    if manager is None or reset is None:
+        return counter
+
+    def counted(tp: Any) -> Any:
+        counter.bump()
+        return reset(tp)
+
+    manager.reset_sequence_for_partition = counted
+    return counter
 
 
 def _retire(producer: KafkaProducer) -> None:
