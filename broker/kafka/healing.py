@@ -63,6 +63,8 @@ _RETIRE_JOIN_S = 5.0
 _SEND_TRIES = 3
 #: How long a flush may wait before the producer's metadata is refreshed and checked.
 PROBE_AFTER_S = 3.0
+#: How long a flush may wait in all before its producer is taken for stuck and replaced.
+STUCK_AFTER_S = 10.0
 #: Sequence resets after ``UnknownProducerId`` within one probe interval that mean the
 #: broker has lost the producer id (one per partition is kafka-python's normal recovery).
 RETENTION_RESETS = 10
@@ -148,6 +150,8 @@ class HealingProducer:
         self.replacements = 0
         #: Seconds a flush waits before probing the producer's metadata.
         self.probe_after = PROBE_AFTER_S
+        #: Seconds after which a flush still waiting replaces the producer.
+        self.stuck_after = STUCK_AFTER_S
 
     # -- the producer interface -----------------------------------------------------------
 
@@ -187,10 +191,14 @@ class HealingProducer:
         topic it produced to was created anew (an empty new broker) or it died
         meanwhile — kafka-python would otherwise retry an ``UnknownProducerId``
         it takes for a retention-based one until ``timeout``. A flush that times
-        out is replaced too (rate-limited; its records are sent again).
+        out, or that has waited ``stuck_after`` seconds, is replaced too
+        (rate-limited; its records are sent again): seen after an empty broker
+        restart, a fresh producer waiting half a minute for metadata that a
+        newer one had at once.
         """
         producer = self.current()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         try:
             while True:
                 left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -204,6 +212,9 @@ class HealingProducer:
                         self._replace_if_current(producer, "flush timed out")
                         raise
                     if self._probe(producer):
+                        raise
+                    if time.monotonic() - started >= self.stuck_after:
+                        self._replace_if_current(producer, "flush stuck")
                         raise
         finally:
             if not self._closed:
