@@ -56,6 +56,19 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+def fit_consoles() -> None:
+    """Size the consoles for this invocation: ``COLUMNS`` if set, else the terminal's.
+
+    Rich fixes a console's width from ``COLUMNS`` when the console is built (at
+    import); a command run later in the same process (tests, the console, a
+    long-lived shell) must see the width of its own environment.
+    """
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) > 0 else None
+    for c in (console, err_console):
+        c._width = width  # rich's own per-console override; None: ask the terminal
+
+
 def cell(value: object) -> Text:
     """A table cell showing ``value`` escaped (never interpreted as rich markup)."""
     return Text(escape("" if value is None else value))

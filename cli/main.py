@@ -18,7 +18,7 @@ from cli import (
     schema_cmd,
     topics_cmd,
 )
-from cli.app import App, CliState, configure_logging
+from cli.app import App, CliState, configure_logging, fit_consoles
 
 __all__ = ["app", "main"]
 
@@ -67,6 +67,7 @@ def root(
 ) -> None:
     """Global options; every command reads its settings from here."""
     configure_logging()
+    fit_consoles()
     ctx.obj = CliState(
         overrides={
             "bootstrap_servers": bootstrap_servers,
