@@ -50,6 +50,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -70,10 +71,13 @@ from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import BatchContext, ConsumeLoop, LoopStats, RecordContext
 from broker.ledger.events import HandoverEventType, LedgerEmitter, Signer
 from broker.lifecycle import LifecycleError, advance
+from broker.network import Network
+from broker.outcomes import reroutes, status_reason, summarise
+from broker.routing.decide import country_of_ip
 from broker.security.rules import OriginSecurity, ReceiverSecurity, stage_of
 from broker.tracing import Tracing
 from broker.wire.codec import Codec
-from broker.wire.models import ReferralStatus, StatusUpdate, utc_now_ms
+from broker.wire.models import ItemOutcome, ReferralStatus, StatusUpdate, utc_now_ms
 from broker.wire.registry import REFERRAL, STATUS_UPDATE
 from broker.wire.topics import Headers, TopicNames
 from connectors.base import Delivery, Sink, StatusDelivery, StatusSink, jsonable
@@ -116,7 +120,8 @@ def status_key(status: Mapping[str, Any]) -> str:
         f"{status.get('status')}"
     )
     if status.get("status") == "RECEIVED":
-        return head
+        version = status.get("referral_version")
+        return f"{head}|v{version}" if isinstance(version, int) and version > 1 else head
     at = status.get("emitted_at")
     stamp = int(at.timestamp() * 1000) if isinstance(at, datetime) else at
     return f"{head}|{stamp}"
@@ -179,8 +184,9 @@ class StatusSender:
         case_id: str,
         origin: str,
         parent: Context | None = None,
+        version: int = 1,
     ) -> FutureRecordMetadata:
-        """Publish a RECEIVED receipt from ``org_id`` for one referral."""
+        """Publish a RECEIVED receipt from ``org_id`` for one referral (of ``version``)."""
         update = StatusUpdate(
             referral_id=referral_id,
             case_id=case_id,
@@ -188,6 +194,7 @@ class StatusSender:
             emitted_at=utc_now_ms(),
             status=ReferralStatus.RECEIVED,
             origin_org=origin,
+            referral_version=version if version > 1 else None,
         )
         return self.send(update, parent)
 
@@ -345,6 +352,7 @@ class SinkDriver(_Driver[Sink]):
             referral_id = str(envelope["referral_id"])
             case_id = str(envelope["case_id"])
             origin = str(envelope["origin_org"])
+            version = int(envelope.get("version") or 1)
         except SecurityError as exc:
             ctx.dead_letter(stage_of(exc), exc)
             return
@@ -361,6 +369,7 @@ class SinkDriver(_Driver[Sink]):
             partition=record.partition,
             offset=record.offset,
             route_reason=header_value(record.headers, Headers.ROUTE_REASON) or "",
+            version=version,
         )
         refused = self.inbox.refusal(origin, referral_id)
         if refused is not None:
@@ -376,7 +385,13 @@ class SinkDriver(_Driver[Sink]):
             )
             self._rejection(ctx, refused)
             return
-        pending = [s for s in self.sinks if not self.inbox.has(origin, referral_id, s.kind)]
+        # A version is delivered once per sink; an older or the same one again is a repeat.
+        # (The signature checked above is the origin's: only it can make a newer version.)
+        pending: list[tuple[Sink, int | None]] = []
+        for s in self.sinks:
+            before = self.inbox.version(origin, referral_id, s.kind)
+            if before is None or before < version:
+                pending.append((s, before))
         if not pending:
             self.stats.duplicates += 1
             self.inbox.count_duplicate(
@@ -388,13 +403,14 @@ class SinkDriver(_Driver[Sink]):
                 case_id,
                 from_party=origin,
                 to_party=self.org_id,
+                reason=f"version {version}" if version > 1 else None,
             )
-            self._receipt(ctx, referral_id, case_id, origin)
+            self._receipt(ctx, referral_id, case_id, origin, version)
             return
         delivered = []
-        for sink in pending:
+        for sink, before in pending:
             try:
-                sink.deliver(delivery)
+                sink.deliver(replace(delivery, previous_version=before))
             except DeliveryError as exc:
                 ctx.dead_letter(DeadLetterStage.DELIVER, exc, referral_id)
                 if exc.permanent:
@@ -403,7 +419,7 @@ class SinkDriver(_Driver[Sink]):
                     break
                 self.inbox.record_failure(origin, referral_id, sink.kind)
                 continue
-            self.inbox.record(delivery, sink.kind)
+            self.inbox.record(replace(delivery, previous_version=before), sink.kind)
             delivered.append(sink.kind)
             if self.inbox.resolve_failures(origin, referral_id, sink.kind):
                 ctx.event(
@@ -422,9 +438,9 @@ class SinkDriver(_Driver[Sink]):
                 case_id,
                 from_party=origin,
                 to_party=self.org_id,
-                reason=",".join(delivered),
+                reason=",".join(delivered) + (f" version {version}" if version > 1 else ""),
             )
-            self._receipt(ctx, referral_id, case_id, origin)
+            self._receipt(ctx, referral_id, case_id, origin, version)
 
     def _refused(
         self, ctx: RecordContext, delivery: Delivery, sink: str, exc: DeliveryError
@@ -462,10 +478,14 @@ class SinkDriver(_Driver[Sink]):
         except (ReferralError, ValueError) as exc:
             log.warning("REJECTED for %s not sent: %s", refusal.referral_id, type(exc).__name__)
 
-    def _receipt(self, ctx: RecordContext, referral_id: str, case_id: str, origin: str) -> None:
+    def _receipt(
+        self, ctx: RecordContext, referral_id: str, case_id: str, origin: str, version: int = 1
+    ) -> None:
         try:
             ctx.track(
-                lambda: self.status.received(self.org_id, referral_id, case_id, origin, ctx.trace)
+                lambda: self.status.received(
+                    self.org_id, referral_id, case_id, origin, ctx.trace, version
+                )
             )
         except (ReferralError, ValueError) as exc:
             log.warning("RECEIVED for %s not sent: %s", referral_id, type(exc).__name__)
@@ -487,6 +507,8 @@ class StatusDriver(_Driver[StatusSink]):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("group_id", f"status-{org_id}")
+        #: The network (its served jurisdictions) for re-referring moved items; None: never.
+        self.network: Network | None = kwargs.pop("network", None)
         group_id = kwargs.pop("group_id")
         #: Checks each status before it is acted on (None: no checks at all).
         self.security: OriginSecurity | None = kwargs.pop("security", None)
@@ -544,8 +566,16 @@ class StatusDriver(_Driver[StatusSink]):
             ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
             return
         self.stats.statuses += 1
+        try:
+            outcomes = self._outcomes(datum)
+        except SecurityError as exc:
+            self._refuse(ctx, DeadLetterStage.STATUS_VERIFY, exc, referral_id)
+            return
         if status == ReferralStatus.RECEIVED:
-            self.outbox.mark_received(referral_id, emitted_by)
+            version = datum.get("referral_version")
+            self.outbox.mark_received(
+                referral_id, emitted_by, version=version if isinstance(version, int) else 1
+            )
         elif status == ReferralStatus.REJECTED:
             # A verified refusal from a recipient: republishing to it stops.
             self.outbox.mark_refused(referral_id, emitted_by, datum.get("reason_code"))
@@ -576,6 +606,13 @@ class StatusDriver(_Driver[StatusSink]):
                 failed = True
                 ctx.dead_letter(DeadLetterStage.DELIVER, exc, referral_id)
         if not failed:
+            summary = ""
+            if outcomes:
+                at = datum.get("emitted_at")
+                stamp = int(at.timestamp() * 1000) if isinstance(at, datetime) else 0
+                self.inbox.record_outcomes(referral_id, emitted_by, outcomes, stamp)
+                summary = summarise(outcomes, self._item_count(referral_id))
+                self._queue_reroutes(referral_id, outcomes)
             self.inbox.record_status(key, referral_id)
             if state is not None:
                 self.inbox.set_status_state(referral_id, emitted_by, state.value)
@@ -587,5 +624,49 @@ class StatusDriver(_Driver[StatusSink]):
                 str(datum.get("case_id", "")),
                 from_party=emitted_by,
                 to_party=self.org_id,
-                reason=status,
+                reason=status_reason(status, summary),
             )
+
+    def _outcomes(self, datum: Mapping[str, Any]) -> list[ItemOutcome]:
+        """The update's item outcomes, each about an item of the referral (else SecurityError)."""
+        raw = datum.get("item_outcomes") or []
+        if not raw:
+            return []
+        try:
+            outcomes = [ItemOutcome.model_validate(o) for o in raw]
+        except ValueError as exc:
+            raise SecurityError("status update with an invalid item outcome") from exc
+        entry = self.outbox.get(str(datum["referral_id"]))
+        if entry is None:
+            return outcomes if self.security is None else []
+        known = {i.item_id for i in entry.items}
+        unknown = [o for o in outcomes if o.item_id not in known]
+        if known and unknown:
+            raise SecurityError(
+                f"status update of {datum.get('emitted_by')} names {len(unknown)} item(s)"
+                f" not in referral {datum['referral_id']}"
+            )
+        return outcomes
+
+    def _item_count(self, referral_id: str) -> int | None:
+        entry = self.outbox.get(referral_id)
+        return len(entry.items) if entry is not None and entry.items else None
+
+    def _queue_reroutes(self, referral_id: str, outcomes: Sequence[ItemOutcome]) -> None:
+        """Queue the re-referral of moved items (the publisher sends them on its next sweep)."""
+        entry = self.outbox.get(referral_id)
+        if self.network is None or entry is None:
+            return
+        items = {i.item_id: i for i in entry.items}
+        for reroute in reroutes(
+            referral_id, outcomes, items, self.network.served(), entry.countries, country_of_ip
+        ):
+            if self.outbox.request_reroute(reroute):
+                log.info(
+                    "%s: item %s of %s moved to %s: re-referral %s queued",
+                    self.org_id,
+                    reroute.item_id,
+                    referral_id,
+                    reroute.country,
+                    reroute.child_referral_id,
+                )

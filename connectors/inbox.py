@@ -26,15 +26,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from broker.config import Settings
 from broker.sqlite import Database
+from broker.wire.models import HostingEvidence, ItemOutcome, ItemOutcomeKind
 from connectors.base import Delivery
 
-__all__ = ["DUPLICATES", "Inbox", "InboxRecord", "Received", "Refusal"]
+__all__ = ["DUPLICATES", "Inbox", "InboxRecord", "ItemState", "Received", "Refusal"]
 
 #: Counter of redelivered referrals that were skipped.
 DUPLICATES = "inbox.duplicates"
@@ -94,6 +97,18 @@ CREATE TABLE IF NOT EXISTS refused_statuses (
     position TEXT PRIMARY KEY,
     stage    TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS item_outcomes (
+    referral_id    TEXT NOT NULL,
+    item_id        TEXT NOT NULL,
+    emitter        TEXT NOT NULL,
+    outcome        TEXT NOT NULL,
+    observed_at    TEXT NOT NULL,
+    hosting_ip     TEXT,
+    hosting_country TEXT,
+    assessed_under TEXT,
+    emitted_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (referral_id, item_id, emitter)
+);
 CREATE TABLE IF NOT EXISTS sent_statuses (
     origin_org  TEXT NOT NULL,
     referral_id TEXT NOT NULL,
@@ -106,6 +121,8 @@ CREATE TABLE IF NOT EXISTS sent_statuses (
 _ADDED_COLUMNS = {
     "priority": "TEXT NOT NULL DEFAULT ''",
     "external_refs": "TEXT NOT NULL DEFAULT '[]'",
+    "version": "INTEGER NOT NULL DEFAULT 1",
+    "items": "TEXT NOT NULL DEFAULT '[]'",
 }
 
 #: Earlier inbox files keyed deliveries by referral id alone: copied over once on open.
@@ -142,6 +159,23 @@ def _refs_of(document: dict[str, Any]) -> str:
     return json.dumps(
         [f"{r.get('system', '')}:{r.get('id', '')}" for r in refs if isinstance(r, dict)]
     )
+
+
+def _items_of(document: dict[str, Any]) -> str:
+    items = (document.get("body") or {}).get("items") or []
+    return json.dumps(
+        [str(i["item_id"]) for i in items if isinstance(i, dict) and i.get("item_id")]
+    )
+
+
+@dataclass(frozen=True)
+class ItemState:
+    """The latest verified outcome of one item of one of the origin's referrals, per emitter."""
+
+    referral_id: str
+    item_id: str
+    emitter: str
+    outcome: ItemOutcome
 
 
 @dataclass(frozen=True)
@@ -204,14 +238,39 @@ class Inbox:
         )
         return bool(rows)
 
+    def version(self, origin_org: str, referral_id: str, sink: str) -> int | None:
+        """The version of the referral ``sink`` delivered last (None: not delivered)."""
+        rows = self._db.query(
+            "SELECT version FROM deliveries WHERE origin_org = ? AND referral_id = ? AND sink = ?",
+            (origin_org, referral_id, sink),
+        )
+        return int(rows[0]["version"]) if rows else None
+
+    def item_ids(self, origin_org: str, referral_id: str) -> list[str]:
+        """The item ids of the current version of a referral delivered here."""
+        rows = self._db.query(
+            "SELECT items FROM deliveries WHERE origin_org = ? AND referral_id = ?"
+            " ORDER BY version DESC LIMIT 1",
+            (origin_org, referral_id),
+        )
+        return [str(i) for i in json.loads(rows[0]["items"])] if rows else []
+
     def record(self, delivery: Delivery, sink: str, now: float | None = None) -> bool:
-        """Remember that ``sink`` delivered this referral; False if it already had."""
+        """Remember that ``sink`` delivered this referral (this version); False if it already had.
+
+        A newer version (an amendment) replaces what is remembered of an older one;
+        an older or the same version changes nothing.
+        """
         now = time.time() if now is None else now
         with self._db.transaction() as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO deliveries (origin_org, referral_id, sink, case_id, topic,"
-                ' partition, "offset", delivered_at, priority, external_refs)'
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO deliveries (origin_org, referral_id, sink, case_id, topic,"
+                ' partition, "offset", delivered_at, priority, external_refs, version, items)'
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(origin_org, referral_id, sink) DO UPDATE SET"
+                " version = excluded.version, items = excluded.items,"
+                " priority = excluded.priority, external_refs = excluded.external_refs"
+                " WHERE excluded.version > deliveries.version",
                 (
                     delivery.origin_org,
                     delivery.referral_id,
@@ -223,6 +282,8 @@ class Inbox:
                     now,
                     str((delivery.document.get("envelope") or {}).get("priority") or ""),
                     _refs_of(delivery.document),
+                    delivery.version,
+                    _items_of(delivery.document),
                 ),
             )
             return cur.rowcount == 1
@@ -486,6 +547,63 @@ class Inbox:
                 " ON CONFLICT(referral_id, emitter) DO UPDATE SET state = excluded.state",
                 (referral_id, emitter, state),
             )
+
+    def record_outcomes(
+        self, referral_id: str, emitter: str, outcomes: Iterable[ItemOutcome], emitted_at_ms: int
+    ) -> int:
+        """Remember verified item outcomes (the latest per item and emitter wins); how many."""
+        n = 0
+        with self._db.transaction() as conn:
+            for o in outcomes:
+                hosting = o.hosting
+                cur = conn.execute(
+                    "INSERT INTO item_outcomes (referral_id, item_id, emitter, outcome,"
+                    " observed_at, hosting_ip, hosting_country, assessed_under, emitted_at_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(referral_id, item_id, emitter) DO UPDATE SET"
+                    " outcome = excluded.outcome, observed_at = excluded.observed_at,"
+                    " hosting_ip = excluded.hosting_ip, hosting_country = excluded.hosting_country,"
+                    " assessed_under = excluded.assessed_under,"
+                    " emitted_at_ms = excluded.emitted_at_ms"
+                    " WHERE excluded.emitted_at_ms >= item_outcomes.emitted_at_ms",
+                    (
+                        referral_id,
+                        o.item_id,
+                        emitter,
+                        o.outcome.value,
+                        o.observed_at.isoformat(),
+                        hosting.ip if hosting else None,
+                        hosting.country if hosting else None,
+                        o.assessed_under,
+                        emitted_at_ms,
+                    ),
+                )
+                n += cur.rowcount
+        return n
+
+    def item_states(self, referral_id: str | None = None) -> list[ItemState]:
+        """The latest verified outcome of each item (of one referral, or of all)."""
+        where, params = ("WHERE referral_id = ?", (referral_id,)) if referral_id else ("", ())
+        rows = self._db.query(
+            f"SELECT * FROM item_outcomes {where} ORDER BY referral_id, emitted_at_ms, item_id",
+            params,
+        )
+        out = []
+        for r in rows:
+            hosting = None
+            if r["hosting_ip"] or r["hosting_country"]:
+                hosting = HostingEvidence(ip=r["hosting_ip"], country=r["hosting_country"])
+            outcome = ItemOutcome.model_construct(
+                item_id=str(r["item_id"]),
+                outcome=ItemOutcomeKind(r["outcome"]),
+                observed_at=datetime.fromisoformat(str(r["observed_at"])),
+                hosting=hosting,
+                assessed_under=r["assessed_under"],
+            )
+            out.append(
+                ItemState(str(r["referral_id"]), str(r["item_id"]), str(r["emitter"]), outcome)
+            )
+        return out
 
     # -- statuses this organisation sent (the receiving side) ----------------------------------
 
