@@ -59,6 +59,12 @@ __all__ = [
 CHILD_REFERRAL_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:referral-broker:reroute")
 
 _KINDS = {k.value: k for k in ItemOutcomeKind}
+_RANK = {
+    ItemOutcomeKind.REMOVED: 0,
+    ItemOutcomeKind.STILL_ONLINE: 2,
+    ItemOutcomeKind.NOT_FOUND: 3,
+    ItemOutcomeKind.NOT_ILLEGAL: 4,
+}
 _KEYS = {"ip", "country", "provider", "under"}
 
 
@@ -183,15 +189,18 @@ def _apply_default(
 
 
 def counts(outcomes: Iterable[ItemOutcome]) -> dict[str, int]:
-    """``{"removed": n, "moved to FR": n, "still online": n, ...}`` in a stable order."""
-    out: dict[str, int] = {}
+    """``{"removed": n, "moved to FR": n, "still online": n, ...}``, in that order.
+
+    Removed first, then moved (by country), still online, not found, not illegal.
+    """
+    out: dict[tuple[int, str], int] = {}
     for o in outcomes:
         if o.outcome is ItemOutcomeKind.STILL_ONLINE and o.hosting is not None:
-            label = f"moved to {o.hosting.country}" if o.hosting.country else "moved"
+            key = (1, f"moved to {o.hosting.country}" if o.hosting.country else "moved")
         else:
-            label = o.outcome.value.lower().replace("_", " ")
-        out[label] = out.get(label, 0) + 1
-    return dict(sorted(out.items()))
+            key = (_RANK[o.outcome], o.outcome.value.lower().replace("_", " "))
+        out[key] = out.get(key, 0) + 1
+    return {label: n for (_, label), n in sorted(out.items())}
 
 
 def summarise(outcomes: Sequence[ItemOutcome], total: int | None = None) -> str:
