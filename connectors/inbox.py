@@ -14,9 +14,12 @@ lifecycle in :mod:`broker.lifecycle` decides what may follow). It remembers
 the referrals a sink's system refused for good (:meth:`Inbox.refusal`: a
 republish is answered with the same REJECTED, never delivered or dead-lettered
 again) and the transient failures still open (:meth:`Inbox.record_failure`: a
-later delivery resolves them). On the
-origin's side, remembers the status updates handed on and each recipient's
-current lifecycle state.
+later delivery resolves them). Each delivery remembers the referral's version and
+item ids: a newer version signed by the same origin is an amendment (delivered
+again), the same or an older one a repeat; ``referral status --item`` resolves
+item id prefixes against the current version's items. On the origin's side,
+remembers the status updates handed on, each recipient's current lifecycle
+state and the latest verified outcome of each item (:meth:`Inbox.record_outcomes`).
 
 File: ``<state_dir>/orgs/<org>/inbox.sqlite3``.
 """

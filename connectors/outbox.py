@@ -22,7 +22,16 @@ next sweep.
 Entries are never removed, so the outbox also knows every referral the origin
 ever published, with the fingerprint of its content: the publisher asks it to
 tell a repeat (same id, same content: not sent again) from an amendment (same
-id, other content: refused for now). The file is private (``0600``).
+id, other content). An amendment asked for replaces the stored referral as its
+next version (:meth:`Outbox.amend`: the earlier version kept in ``versions``,
+every destination waiting again for a RECEIVED of the new version;
+:meth:`Outbox.mark_received` ignores a receipt of an older one).
+
+Beside the bytes it keeps what the origin needs to act on item outcomes
+(:class:`ReferralFacts`: item ids and hosting countries, the countries routed
+to, the plain referral) and the queue of re-referrals of moved items
+(:meth:`Outbox.request_reroute`, published by
+:meth:`~connectors.publisher.Publisher.reroute_due`). The file is private (``0600``).
 
 File: ``<state_dir>/orgs/<org>/outbox.sqlite3``.
 """
