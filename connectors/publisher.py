@@ -346,7 +346,7 @@ class Publisher:
                         " without --amend first"
                     ],
                 )
-            return model.envelope.version
+            return 1  # a first publication is version 1, whatever the input says
         if amend and stored.content_sha256 not in (None, fingerprint):
             return stored.version + 1
         return stored.version
