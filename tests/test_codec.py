@@ -247,6 +247,26 @@ def test_an_amended_child_referral_round_trips() -> None:
     assert m.Referral.from_avro(CODEC.decode(data)[1]) == amended
 
 
+@pytest.mark.parametrize(("record", "old_id"), [(REFERRAL, 6), (STATUS_UPDATE, 7)])
+def test_old_consumers_read_the_new_bytes_with_their_own_schema(record: str, old_id: int) -> None:
+    """A consumer on Referral v3 / StatusUpdate v2 reads v4 / v3 bytes (new fields skipped)."""
+    import fastavro
+
+    model = fixed_referral() if record == REFERRAL else fixed_status()
+    data = CODEC.encode(record, model.to_avro())
+    registry = EmbeddedRegistry()
+    writer = fastavro.parse_schema(registry.by_id(CODEC.schema_id_of(data)).schema)
+    reader = fastavro.parse_schema(registry.by_id(old_id).schema)
+    old = fastavro.schemaless_reader(io.BytesIO(data[5:]), writer, reader)
+    assert isinstance(old, dict)
+    if record == REFERRAL:
+        assert "version" not in old["envelope"]
+        assert str(old["envelope"]["referral_id"]) == model.to_avro()["envelope"]["referral_id"]
+    else:
+        assert "referral_version" not in old
+        assert len(old["item_outcomes"]) == 3
+
+
 def test_status_version_2_bytes_decode_about_version_1() -> None:
     v2 = bytes.fromhex(FIXED_STATUS_V2_HEX)
     assert CODEC.schema_id_of(v2) == 7

@@ -311,3 +311,31 @@ def test_trace_reads_outcomes_links_and_versions_from_the_ledger() -> None:
     assert t.to_json()["version"] == 2
     child = trace(records, r.child_referral_id, Deadlines(), names, NOW + timedelta(minutes=1))
     assert child.parent == replace(r, country="")
+
+
+def test_the_origin_refuses_outcomes_of_items_its_referral_does_not_have(tmp_path: Path) -> None:
+    """StatusDriver._outcomes: every outcome must name an item of the referral it published."""
+    from types import SimpleNamespace
+
+    from broker.errors import SecurityError
+    from connectors.delivery import StatusDriver
+
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    box.add(
+        RID, "case-1", "intake", b"v1", [], ["police-de"], about=ReferralFacts(items=(ItemRef(A),))
+    )
+    driver = SimpleNamespace(outbox=box, security=object())
+    datum = {
+        "referral_id": RID,
+        "emitted_by": "police-de",
+        "item_outcomes": [
+            {"item_id": A, "outcome": "REMOVED", "observed_at": NOW},
+        ],
+    }
+    [ok] = StatusDriver._outcomes(driver, datum)  # type: ignore[arg-type]
+    assert ok.item_id == A
+    datum["item_outcomes"] = [{"item_id": B, "outcome": "REMOVED", "observed_at": NOW}]
+    with pytest.raises(SecurityError, match=f"names 1 item\\(s\\) not in referral {RID}"):
+        StatusDriver._outcomes(driver, datum)  # type: ignore[arg-type]
+    datum["referral_id"] = "5c0f8a3e-0000-4000-8000-0000000000ff"  # not ours: nothing to act on
+    assert StatusDriver._outcomes(driver, datum) == []  # type: ignore[arg-type]
