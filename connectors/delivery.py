@@ -11,7 +11,11 @@ sink that has not delivered it yet (the :class:`~connectors.inbox.Inbox`
 remembers, by origin and referral id), then answered with a RECEIVED status,
 signed by the organisation, to status intake and a DELIVERED handover event.
 A repeat is counted and answered with DUPLICATE_SKIPPED and another RECEIVED
-(the first may have been lost; the origin's outbox ignores repeats). What
+(the first may have been lost; the origin's outbox ignores repeats). The
+inbox remembers the version each sink delivered: a newer ``envelope.version``
+(an amendment, signed by the origin like every referral it sends) is
+delivered again, with the version it replaces; the same or an older version is
+a repeat. The RECEIVED names the version (``referral_version``). What
 cannot be decoded goes to the dead-letter topic (stage ``SINK_DECODE``); what
 the checks refuse goes there with the check's stage (``VERIFY``,
 ``SIGNATURE_WINDOW``, ``ROUTE_CHECK``, ``UNSEAL``, ``HANDLING``); what the
@@ -42,7 +46,12 @@ dead-lettered (stage ``STATUS_VERIFY``, or ``SIGNATURE_WINDOW``) and counted
 (``Inbox.refused_statuses``). An update the referral's lifecycle
 (:mod:`broker.lifecycle`) does not allow after the emitter's current status is
 refused too (stage ``STATUS_LIFECYCLE``); a late RECEIVED is a receipt, never
-a step back.
+a step back. Item outcomes in a verified update must name items of the
+referral (else ``STATUS_VERIFY``); they are kept in the inbox (the latest per
+item and emitter), summarised in the DELIVERED event's reason, and an item
+moved to a host in another served jurisdiction is queued in the outbox for
+re-referral (:mod:`broker.outcomes` has the rule;
+:meth:`~connectors.publisher.Publisher.reroute_due` publishes it).
 """
 
 from __future__ import annotations

@@ -330,7 +330,7 @@ class Publisher:
             expected=decision.orgs,
             security_headers=tuple(signed),
             fingerprint=fingerprint,
-            facts=_facts(model, envelope),
+            facts=_facts(model, datum),
         )
 
     def _version(self, model: Referral, fingerprint: str, amend: bool) -> int:
@@ -699,8 +699,9 @@ class Publisher:
         return done
 
 
-def _facts(model: Referral, envelope: Mapping[str, Any]) -> ReferralFacts:
-    """What the outbox keeps of a prepared referral beside its bytes."""
+def _facts(model: Referral, datum: Mapping[str, Any]) -> ReferralFacts:
+    """What the outbox keeps of a prepared referral (its datum as encoded) beside its bytes."""
+    envelope = datum["envelope"]
     items: tuple[ItemRef, ...] = ()
     document = None
     if isinstance(model.body, CaseBody):
@@ -712,7 +713,7 @@ def _facts(model: Referral, envelope: Mapping[str, Any]) -> ReferralFacts:
                 country = country_of_ip(hosting.ip)
             refs.append(ItemRef(str(item.item_id), country))
         items = tuple(refs)
-        document = jsonable(model.to_avro())
+        document = jsonable(datum)
     countries = tuple(dict.fromkeys(str(j["country"]) for j in envelope["jurisdictions"]))
     return ReferralFacts(
         version=int(envelope.get("version") or 1),
