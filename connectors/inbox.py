@@ -155,6 +155,8 @@ class Received:
     duplicates: int
     #: Statuses this organisation sent about it, in order.
     sent: tuple[str, ...]
+    #: The current version delivered (above 1: amended by its origin).
+    version: int = 1
 
 
 def _refs_of(document: dict[str, Any]) -> str:
@@ -376,7 +378,8 @@ class Inbox:
             "SELECT origin_org, referral_id, MIN(case_id) AS case_id, MIN(topic) AS topic,"
             " MAX(priority) AS priority, MAX(external_refs) AS external_refs,"
             " MIN(delivered_at) AS delivered_at, GROUP_CONCAT(sink) AS sinks,"
-            " SUM(duplicates) AS duplicates FROM deliveries GROUP BY origin_org, referral_id"
+            " SUM(duplicates) AS duplicates, MAX(version) AS version"
+            " FROM deliveries GROUP BY origin_org, referral_id"
         )
         sent: dict[tuple[str, str], list[str]] = {}
         for r in self._db.query(
@@ -395,6 +398,7 @@ class Inbox:
                 sinks=tuple(sorted(set(str(r["sinks"] or "").split(",")) - {""})),
                 duplicates=int(r["duplicates"] or 0),
                 sent=tuple(sent.get((r["origin_org"], r["referral_id"]), ())),
+                version=int(r["version"] or 1),
             )
             for r in rows
         ]

@@ -138,8 +138,10 @@ def test_an_amendment_reaches_folder_table_and_webhook_as_the_current_version_on
 
         wait_for(traced, 20, "six deliveries in the trace", step=0.5)
         versions = outbox.versions(rid)
+        listed = json.loads(cli(env, "inbox", "police-nl", "--json"))
 
     assert inbox_versions == dict.fromkeys(RECIPIENTS, 2)
+    assert [(e["referral_id"], e["version"]) for e in listed] == [(rid, 2)]
     # The inbox folder: the current version in the file, the previous one in history/.
     assert current["referral"]["envelope"]["version"] == 2
     assert current["delivery"]["version"] == 2
