@@ -381,7 +381,7 @@ class SinkDriver(_Driver[Sink]):
             version=version,
         )
         refused = self.inbox.refusal(origin, referral_id)
-        if refused is not None:
+        if refused is not None and refused.version >= version:
             # Refused for good before: the same answer again, nothing delivered or dead-lettered.
             self.stats.duplicates += 1
             ctx.event(
@@ -439,6 +439,8 @@ class SinkDriver(_Driver[Sink]):
                     to_party=self.org_id,
                     reason=f"{DeadLetterStage.DELIVER}: delivered by {sink.kind}",
                 )
+        if delivered and refused is not None and self.inbox.refusal(origin, referral_id) == refused:
+            self.inbox.clear_refusal(origin, referral_id)  # the amendment answered the refusal
         if delivered:
             self.stats.delivered += 1
             ctx.event(
@@ -464,6 +466,7 @@ class SinkDriver(_Driver[Sink]):
                 sink=sink,
                 reason=reason_code(exc.reason),
                 emitted_at_ms=int(utc_now_ms().timestamp() * 1000),
+                version=delivery.version,
             )
         )
         self.inbox.record_sent_status(
@@ -481,6 +484,7 @@ class SinkDriver(_Driver[Sink]):
             status=ReferralStatus.REJECTED,
             reason_code=refusal.reason,
             origin_org=refusal.origin_org,
+            referral_version=refusal.version if refusal.version > 1 else None,
         )
         try:
             ctx.track(lambda: self.status.send(update, ctx.trace))
@@ -580,21 +584,22 @@ class StatusDriver(_Driver[StatusSink]):
         except SecurityError as exc:
             self._refuse(ctx, DeadLetterStage.STATUS_VERIFY, exc, referral_id)
             return
+        raw_version = datum.get("referral_version")
+        version = raw_version if isinstance(raw_version, int) else 1
         if status == ReferralStatus.RECEIVED:
-            version = datum.get("referral_version")
-            self.outbox.mark_received(
-                referral_id, emitted_by, version=version if isinstance(version, int) else 1
-            )
+            self.outbox.mark_received(referral_id, emitted_by, version=version)
         elif status == ReferralStatus.REJECTED:
             # A verified refusal from a recipient: republishing to it stops.
-            self.outbox.mark_refused(referral_id, emitted_by, datum.get("reason_code"))
+            self.outbox.mark_refused(
+                referral_id, emitted_by, datum.get("reason_code"), version=version
+            )
         key = status_key(datum)
         if self.inbox.has_status(key):
             self.stats.duplicates += 1
             self.inbox.count_status_duplicate()
             return
         try:
-            state = advance(self.inbox.status_state(referral_id, emitted_by), status)
+            state = advance(self.inbox.status_state(referral_id, emitted_by, version), status)
         except LifecycleError as exc:
             self._refuse(ctx, DeadLetterStage.STATUS_LIFECYCLE, exc, referral_id)
             return
@@ -624,7 +629,7 @@ class StatusDriver(_Driver[StatusSink]):
                 self._queue_reroutes(referral_id, outcomes)
             self.inbox.record_status(key, referral_id)
             if state is not None:
-                self.inbox.set_status_state(referral_id, emitted_by, state.value)
+                self.inbox.set_status_state(referral_id, emitted_by, state.value, version)
             self.stats.delivered += 1
             # The origin's own record that it accepted this status (the trace reads it).
             ctx.event(

@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS status_state (
     referral_id TEXT NOT NULL,
     emitter     TEXT NOT NULL,
     state       TEXT NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (referral_id, emitter)
 );
 CREATE TABLE IF NOT EXISTS refusals (
@@ -86,6 +87,7 @@ CREATE TABLE IF NOT EXISTS refusals (
     sink        TEXT NOT NULL,
     reason      TEXT NOT NULL,
     emitted_at  INTEGER NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (origin_org, referral_id)
 );
 CREATE TABLE IF NOT EXISTS failures (
@@ -127,6 +129,9 @@ _ADDED_COLUMNS = {
     "version": "INTEGER NOT NULL DEFAULT 1",
     "items": "TEXT NOT NULL DEFAULT '[]'",
 }
+
+#: The version column later versions added to ``refusals`` and ``status_state``.
+_VERSION_COLUMN = {"version": "INTEGER NOT NULL DEFAULT 1"}
 
 #: Earlier inbox files keyed deliveries by referral id alone: copied over once on open.
 _MIGRATE = """
@@ -207,6 +212,8 @@ class Refusal:
     reason: str
     #: When the REJECTED was emitted (ms); a repeat answers with the very same update.
     emitted_at_ms: int
+    #: The version refused; a newer one (the origin's amendment) is delivered again.
+    version: int = 1
 
 
 class Inbox:
@@ -223,12 +230,17 @@ class Inbox:
                 for statement in _MIGRATE.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-        have = {r["name"] for r in self._db.query("PRAGMA table_info(deliveries)")}
-        missing = [(n, d) for n, d in _ADDED_COLUMNS.items() if n not in have]
-        if missing:
-            with self._db.transaction() as conn:
-                for name, decl in missing:
-                    conn.execute(f"ALTER TABLE deliveries ADD COLUMN {name} {decl}")
+        for table, added in (
+            ("deliveries", _ADDED_COLUMNS),
+            ("refusals", _VERSION_COLUMN),
+            ("status_state", _VERSION_COLUMN),
+        ):
+            have = {r["name"] for r in self._db.query(f"PRAGMA table_info({table})")}
+            missing = [(n, d) for n, d in added.items() if n not in have]
+            if missing:
+                with self._db.transaction() as conn:
+                    for name, decl in missing:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     @classmethod
     def for_org(cls, settings: Settings, org_id: str) -> Inbox:
@@ -406,11 +418,17 @@ class Inbox:
     # -- refusals and transient failures (the receiving side) ----------------------------------
 
     def record_refusal(self, refusal: Refusal) -> Refusal:
-        """Remember a refusal; the one remembered first if the referral was refused already."""
+        """Remember a refusal; the one remembered first if this version was refused already.
+
+        A refusal of a newer version (an amendment refused again) replaces the older one.
+        """
         with self._db.transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO refusals (origin_org, referral_id, case_id, sink, reason,"
-                " emitted_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO refusals (origin_org, referral_id, case_id, sink, reason,"
+                " emitted_at, version) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(origin_org, referral_id) DO UPDATE SET sink = excluded.sink,"
+                " reason = excluded.reason, emitted_at = excluded.emitted_at,"
+                " version = excluded.version WHERE excluded.version > refusals.version",
                 (
                     refusal.origin_org,
                     refusal.referral_id,
@@ -418,6 +436,7 @@ class Inbox:
                     refusal.sink,
                     refusal.reason,
                     refusal.emitted_at_ms,
+                    refusal.version,
                 ),
             )
         found = self.refusal(refusal.origin_org, refusal.referral_id)
@@ -440,7 +459,17 @@ class Inbox:
             str(r["sink"]),
             str(r["reason"]),
             int(r["emitted_at"]),
+            int(r["version"] or 1),
         )
+
+    def clear_refusal(self, origin_org: str, referral_id: str) -> bool:
+        """Forget a refusal once a newer version was delivered; True if there was one."""
+        with self._db.transaction() as conn:
+            cur = conn.execute(
+                "DELETE FROM refusals WHERE origin_org = ? AND referral_id = ?",
+                (origin_org, referral_id),
+            )
+            return cur.rowcount > 0
 
     def refusals(self) -> list[Refusal]:
         """Every refusal, oldest first."""
@@ -538,21 +567,35 @@ class Inbox:
             counts[str(r["stage"])] = counts.get(str(r["stage"]), 0) + int(r["n"])
         return counts
 
-    def status_state(self, referral_id: str, emitter: str) -> str | None:
-        """The lifecycle state of ``emitter``'s copy of one of our referrals (None: no status)."""
+    def status_state(
+        self, referral_id: str, emitter: str, version: int | None = None
+    ) -> str | None:
+        """The lifecycle state of ``emitter``'s copy of one of our referrals (None: no status).
+
+        Asked about a ``version`` newer than the one a REJECTED was about, None: the
+        amendment starts that recipient's lifecycle again (it answers the refusal).
+        """
         rows = self._db.query(
-            "SELECT state FROM status_state WHERE referral_id = ? AND emitter = ?",
+            "SELECT state, version FROM status_state WHERE referral_id = ? AND emitter = ?",
             (referral_id, emitter),
         )
-        return str(rows[0]["state"]) if rows else None
+        if not rows:
+            return None
+        state = str(rows[0]["state"])
+        if state == "REJECTED" and version is not None and version > int(rows[0]["version"]):
+            return None
+        return state
 
-    def set_status_state(self, referral_id: str, emitter: str, state: str) -> None:
-        """Remember ``emitter``'s lifecycle state for one of our referrals."""
+    def set_status_state(
+        self, referral_id: str, emitter: str, state: str, version: int = 1
+    ) -> None:
+        """Remember ``emitter``'s lifecycle state (reached at ``version``) for a referral."""
         with self._db.transaction() as conn:
             conn.execute(
-                "INSERT INTO status_state (referral_id, emitter, state) VALUES (?, ?, ?)"
-                " ON CONFLICT(referral_id, emitter) DO UPDATE SET state = excluded.state",
-                (referral_id, emitter, state),
+                "INSERT INTO status_state (referral_id, emitter, state, version)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(referral_id, emitter) DO UPDATE SET"
+                " state = excluded.state, version = MAX(version, excluded.version)",
+                (referral_id, emitter, state, version),
             )
 
     def record_outcomes(

@@ -549,7 +549,13 @@ class Outbox:
         return True
 
     def mark_refused(
-        self, referral_id: str, org_id: str, reason: str | None, now: float | None = None
+        self,
+        referral_id: str,
+        org_id: str,
+        reason: str | None,
+        now: float | None = None,
+        *,
+        version: int = 1,
     ) -> bool:
         """Record that ``org_id`` refused the referral for good; True if that changed anything.
 
@@ -558,10 +564,16 @@ class Outbox:
         and ``referral outbox`` shows it as refused with ``reason`` (a code such as
         ``HTTP_422``; anything but printable ASCII is replaced, at most 64
         characters). A refusal from an organisation that was not expected, that
-        already received the referral, or a repeat, changes nothing.
+        already received the referral, or a repeat, changes nothing; nor does the
+        refusal of a version older than the current one (an amendment answered it).
         """
         now = time.time() if now is None else now
         with self._db.transaction() as conn:
+            current = conn.execute(
+                "SELECT version FROM referrals WHERE referral_id = ?", (referral_id,)
+            ).fetchone()
+            if current is not None and version < int(current["version"] or 1):
+                return False
             open_row = conn.execute(
                 "SELECT 1 FROM expected"
                 " WHERE referral_id = ? AND org_id = ? AND received_at IS NULL",

@@ -187,3 +187,47 @@ def runner_output(env: dict[str, str], *args: str) -> str:
     result = CliRunner().invoke(app, list(args), env=env)
     assert result.exit_code != 0, result.output
     return result.output
+
+
+def test_an_amendment_answers_a_refusal(
+    settings: Settings, tmp_path: Path, hook: HookServer
+) -> None:
+    """A case system refuses version 1 for good (HTTP 400); the corrected version 2 is
+    delivered, clears the refusal and completes the origin's outbox."""
+    network = signed_network(settings, tmp_path, hook.url, "hl-a", "police-fr")
+    env = env_for(settings, tmp_path)
+    codec = codec_for(settings)
+    raw = three_items("hl-a")
+    for item in raw["body"]["items"]:
+        item["hosting"] = {"country": "FR", "provider": "Example Hosting"}
+    raw["envelope"]["jurisdictions"] = [{"country": "FR", "basis": "HOSTING", "derived": False}]
+    rid = str(raw["envelope"]["referral_id"])
+    hook.refuse.add(rid)
+    with ExitStack() as stack:
+        stack.callback(start_router(settings, network, codec).stop)
+        rts = {}
+        for org in ("hl-a", "police-fr"):
+            rt = ConnectorRuntime(settings, network, org, codec, env=ENV, republish_after=1)
+            stack.callback(rt.stop)
+            rts[org] = rt.start()
+        outbox, receiver = rts["hl-a"].outbox, rts["police-fr"].inbox
+        (tmp_path / "v1.json").write_text(json.dumps(raw))
+        cli(env, "publish", str(tmp_path / "v1.json"), "--as", "hl-a")
+        wait_for(lambda: [p.referral_id for p in outbox.refused()] == [rid], 30, "the refusal")
+        assert receiver.refusal("hl-a", rid) is not None
+
+        hook.refuse.clear()  # the corrected version passes the case system's checks
+        raw["body"]["classification"]["legal_status"] = "NATIONAL"
+        raw["body"]["classification"]["assessed_under"] = "FR"
+        (tmp_path / "v2.json").write_text(json.dumps(raw))
+        cli(env, "publish", str(tmp_path / "v2.json"), "--as", "hl-a", "--amend")
+        wait_for(lambda: outbox.is_complete(rid) and not outbox.refused(), 30, "version 2 received")
+        refusal = receiver.refusal("hl-a", rid)
+        version = receiver.version("hl-a", rid, "webhook")
+
+    assert refusal is None
+    assert version == 2
+    assert [(r["status"], r["body"]["delivery"]["version"]) for r in hook.requests] == [
+        (400, 1),
+        (200, 2),
+    ]
