@@ -594,7 +594,7 @@ class StatusDriver(_Driver[StatusSink]):
                 referral_id, emitted_by, datum.get("reason_code"), version=version
             )
         key = status_key(datum)
-        if self.inbox.has_status(key):
+        if self.inbox.has_status(key) or self._superseded(referral_id, status, version):
             self.stats.duplicates += 1
             self.inbox.count_status_duplicate()
             return
@@ -640,6 +640,14 @@ class StatusDriver(_Driver[StatusSink]):
                 to_party=self.org_id,
                 reason=status_reason(status, summary),
             )
+
+    def _superseded(self, referral_id: str, status: str, version: int) -> bool:
+        """True for a REJECTED of a version the origin has since amended (the amendment
+        answers it): it changes neither the outbox nor the recipient's lifecycle."""
+        if status != ReferralStatus.REJECTED:
+            return False
+        entry = self.outbox.get(referral_id)
+        return entry is not None and version < entry.version
 
     def _outcomes(self, datum: Mapping[str, Any]) -> list[ItemOutcome]:
         """The update's item outcomes, each about an item of the referral (else SecurityError)."""

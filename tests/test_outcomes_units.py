@@ -339,3 +339,28 @@ def test_the_origin_refuses_outcomes_of_items_its_referral_does_not_have(tmp_pat
         StatusDriver._outcomes(driver, datum)  # type: ignore[arg-type]
     datum["referral_id"] = "5c0f8a3e-0000-4000-8000-0000000000ff"  # not ours: nothing to act on
     assert StatusDriver._outcomes(driver, datum) == []  # type: ignore[arg-type]
+
+
+def test_a_refusal_of_an_amended_version_no_longer_counts(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from connectors.delivery import StatusDriver
+
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    box.add(RID, "case-1", "intake", b"v1", [], ["police-fr"])
+    assert box.mark_refused(RID, "police-fr", "HTTP_422")
+    box.amend(RID, b"v2", [], ["police-fr"], "sha-2", ReferralFacts(version=2))
+    assert not box.mark_refused(RID, "police-fr", "HTTP_422", version=1), "late, superseded"
+    assert box.pending()[0].waiting_for == ("police-fr",)
+    driver = SimpleNamespace(outbox=box)
+    assert StatusDriver._superseded(driver, RID, "REJECTED", 1)  # type: ignore[arg-type]
+    assert not StatusDriver._superseded(driver, RID, "REJECTED", 2)  # type: ignore[arg-type]
+    assert not StatusDriver._superseded(driver, RID, "NTD_SENT", 1)  # type: ignore[arg-type]
+
+    inbox = Inbox(tmp_path / "inbox.sqlite3")
+    inbox.set_status_state(RID, "police-fr", "REJECTED", 1)
+    assert inbox.status_state(RID, "police-fr") == "REJECTED"
+    assert inbox.status_state(RID, "police-fr", 1) == "REJECTED"
+    assert inbox.status_state(RID, "police-fr", 2) is None, "the amendment starts over"
+    inbox.set_status_state(RID, "police-fr", "RECEIVED", 2)
+    assert inbox.status_state(RID, "police-fr", 2) == "RECEIVED"
