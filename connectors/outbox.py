@@ -59,6 +59,7 @@ __all__ = [
     "ReferralFacts",
     "Refusal",
     "RepublishSchedule",
+    "StoredVersion",
     "reason_code",
 ]
 
@@ -175,6 +176,15 @@ class RepublishSchedule:
 
 
 HeaderList = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """What the publisher needs to tell new, repeat and amendment apart."""
+
+    version: int
+    #: Fingerprint of the current version's content (None for entries stored before it was kept).
+    content_sha256: str | None
 
 
 @dataclass(frozen=True)
@@ -362,6 +372,15 @@ class Outbox:
         """The stored referral, or None."""
         rows = self._db.query("SELECT * FROM referrals WHERE referral_id = ?", (referral_id,))
         return self._entry(rows[0]) if rows else None
+
+    def stored(self, referral_id: str) -> StoredVersion | None:
+        """The current version and content fingerprint of a stored referral (a light query)."""
+        rows = self._db.query(
+            "SELECT version, content_sha256 FROM referrals WHERE referral_id = ?", (referral_id,)
+        )
+        if not rows:
+            return None
+        return StoredVersion(int(rows[0]["version"] or 1), rows[0]["content_sha256"])
 
     @staticmethod
     def _entry(row: Any) -> OutboxEntry:

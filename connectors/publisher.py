@@ -335,7 +335,7 @@ class Publisher:
 
     def _version(self, model: Referral, fingerprint: str, amend: bool) -> int:
         """The version to publish: the stored one (new or repeat), or the next (amendment)."""
-        stored = self.outbox.get(model.referral_id)
+        stored = self.outbox.stored(model.referral_id)
         if stored is None:
             if amend:
                 raise ValidationFailed(
@@ -397,7 +397,7 @@ class Publisher:
         out = []
         for label, prepared in ready:
             known = first.setdefault(prepared.referral_id, prepared.fingerprint)
-            stored = self.outbox.get(prepared.referral_id)
+            stored = self.outbox.stored(prepared.referral_id)
             if stored is not None and prepared.version > stored.version:
                 continue  # asked for: the next version
             if stored is not None and stored.content_sha256 is not None:
@@ -436,7 +436,7 @@ class Publisher:
 
     def _known(self, label: str, prepared: Prepared) -> Published | Rejected | None:
         """A repeat or an amendment if the outbox holds the referral id; None if it is new."""
-        stored = self.outbox.get(prepared.referral_id)
+        stored = self.outbox.stored(prepared.referral_id)
         if stored is None or prepared.version > stored.version:
             return None  # new, or the next version (an amendment asked for)
         if stored.content_sha256 not in (None, prepared.fingerprint):
