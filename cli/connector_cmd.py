@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 from kafka.errors import KafkaError
@@ -13,10 +15,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from broker.errors import BrokerError, ConfigError, ValidationFailed
-from broker.ids import resolve_id
+from broker.ids import resolve_id, short_id
 from broker.kafka import clients
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.lifecycle import LifecycleError, advance, allowed_next
+from broker.outcomes import parse_item_specs, summarise
 from broker.security.rules import ReceiverSecurity
 from broker.wire.codec import Codec
 from broker.wire.models import ReferralStatus, StatusUpdate, problems_of, utc_now_ms
@@ -33,7 +36,7 @@ from cli.app import (
 )
 from connectors.delivery import StatusSender
 from connectors.formats import name_fields, read_referral_file
-from connectors.inbox import Inbox
+from connectors.inbox import Inbox, ItemState
 from connectors.outbox import Outbox
 from connectors.publisher import BatchResult, Publisher, Rejected
 from connectors.runtime import ConnectorRuntime
@@ -82,8 +85,19 @@ def publish(
     as_org: str = typer.Option(..., "--as", help="The publishing organisation's id."),
     network_file: Path | None = NETWORK_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    amend: bool = typer.Option(
+        False,
+        "--amend",
+        help="Send referrals ORG already published with other content as their next version.",
+    ),
 ) -> None:
-    """Validate and publish referral files once (same checks and outbox as the sources)."""
+    """Validate and publish referral files once (same checks and outbox as the sources).
+
+    A referral already published with the same content is a repeat (not sent
+    again); with other content it is refused unless ``--amend`` is given, which
+    sends it as the next version of the same referral (signed, to the
+    recipients its envelope routes to; they keep the earlier versions as history).
+    """
     st = state(ctx)
     network = st.network(network_file)
     settings = st.settings
@@ -115,7 +129,7 @@ def publish(
                 result = BatchResult()
                 for i in range(0, len(rows), PUBLISH_CHUNK):
                     chunk = rows[i : i + PUBLISH_CHUNK]
-                    result.extend(publisher.publish(chunk))
+                    result.extend(publisher.publish(chunk, amend=amend))
                     progress.advance(task, len(chunk))
                 results[str(path)] = name_fields(result, path.suffix)
     finally:
@@ -140,6 +154,7 @@ def _report_publish(results: dict[str, BatchResult], as_json: bool) -> None:
                             "referral_id": p.referral_id,
                             "sent": p.sent,
                             "repeat": p.repeat,
+                            "version": p.version,
                         }
                         for p in r.published
                     ],
@@ -166,6 +181,8 @@ def _report_publish(results: dict[str, BatchResult], as_json: bool) -> None:
                 what = (
                     f"repeat of referral {p.referral_id} (already published, not sent again)"
                     if p.repeat
+                    else f"referral {p.referral_id} version {p.version} (amendment)"
+                    if p.version > 1
                     else f"referral {p.referral_id}"
                 )
                 console.print(escape(f"{name} {p.label}: {what}"), markup=False, soft_wrap=True)
@@ -242,29 +259,42 @@ def outbox(
     ctx: typer.Context,
     org: str = typer.Argument(..., help="Organisation id."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    show_all: bool = typer.Option(
+        False, "--all", help="Every referral ORG published, also those every destination has."
+    ),
 ) -> None:
     """List ORG's referrals still waiting for a RECEIVED, or refused, and how often each was sent.
 
     A referral is ``pending`` while some destination has neither received nor
     refused it (it is sent again, less and less often), ``refused`` once every
-    destination left has refused it for good (it is not sent again).
+    destination left has refused it for good (it is not sent again), ``done``
+    (with ``--all``) once every destination received it. Below the table: what
+    the recipients reported of single items (verified), the re-referrals of
+    moved items and the current version of amended referrals.
     """
     settings = state(ctx).settings
     box = Outbox.for_org(settings, org)
+    inbox = Inbox.for_org(settings, org)
     try:
         pending, refused = box.pending(), box.refused()
+        listed = box.all() if show_all else [*pending, *refused]
+        items = {p.referral_id: _item_report(box, inbox, p.referral_id) for p in listed}
     finally:
         box.close()
+        inbox.close()
     now = time.time()
     if as_json:
-        print_json([p.to_json(now) for p in [*pending, *refused]])
+        print_json([{**p.to_json(now), **items[p.referral_id]} for p in listed])
         return
-    table = Table(title=cell(f"outbox of {org}: {len(pending)} pending, {len(refused)} refused"))
+    title = f"outbox of {org}: {len(pending)} pending, {len(refused)} refused"
+    if show_all:
+        title += f", {len(listed) - len(pending) - len(refused)} done"
+    table = Table(title=cell(title))
     for col in ("referral", "case", "state", "waiting for", "received by", "refused by"):
         table.add_column(col)
     for col in ("age", "last sent", "sends"):
         table.add_column(col, justify="right")
-    for p in [*pending, *refused]:
+    for p in listed:
         table.add_row(
             cell(p.referral_id),
             cell(p.case_id),
@@ -277,6 +307,55 @@ def outbox(
             str(p.attempts),
         )
     console.print(table)
+    for p in listed:
+        report = items[p.referral_id]
+        lines = []
+        if p.version > 1:
+            lines.append(f"version {p.version} (amended)")
+        if report["items"]:
+            lines.append(report["items"])
+        lines += [
+            f"item {short_id(c['item_id'])} moved to {c['country']}: re-referred as"
+            f" {c['referral_id']}" + ("" if c["published"] else " (queued)")
+            for c in report["children"]
+        ]
+        if p.parent_referral_id:
+            lines.append(f"re-referral of {p.parent_referral_id}")
+        for line in lines:
+            console.print(
+                escape(f"{short_id(p.referral_id)}: {line}"), markup=False, soft_wrap=True
+            )
+
+
+def _item_report(box: Outbox, inbox: Inbox, referral_id: str) -> dict[str, Any]:
+    """The verified item outcomes (summary and each) and the re-referrals of one referral."""
+    entry = box.get(referral_id)
+    latest: dict[str, ItemState] = {}
+    for state_ in inbox.item_states(referral_id):  # oldest first: the latest report wins
+        latest[state_.item_id] = state_
+    total = len(entry.items) if entry is not None and entry.items else None
+    return {
+        "items": summarise([s.outcome for s in latest.values()], total),
+        "item_outcomes": [
+            {
+                "item_id": s.item_id,
+                "reported_by": s.emitter,
+                "outcome": s.outcome.outcome.value,
+                "observed_at": s.outcome.observed_at.isoformat(),
+                "moved_to": s.outcome.hosting.country if s.outcome.hosting else None,
+            }
+            for s in latest.values()
+        ],
+        "children": [
+            {
+                "referral_id": r.child_referral_id,
+                "item_id": r.item_id,
+                "country": r.country,
+                "published": published,
+            }
+            for r, published in box.children(referral_id)
+        ],
+    }
 
 
 def _age(seconds: float) -> str:
@@ -310,12 +389,35 @@ def status(
     origin: str | None = typer.Option(
         None, "--origin", help="The referral's origin (if several used the same referral id)."
     ),
+    items: list[str] = typer.Option(
+        [],
+        "--item",
+        help="An item's outcome: ITEM_ID=REMOVED|STILL_ONLINE|NOT_FOUND|NOT_ILLEGAL"
+        "[:ip=..,country=..,provider=..,under=..]; repeatable; id prefixes work.",
+    ),
+    new_ip: str | None = typer.Option(
+        None, "--new-ip", help="Where the one STILL_ONLINE item is hosted now (IP)."
+    ),
+    new_country: str | None = typer.Option(
+        None, "--new-country", help="Where the one STILL_ONLINE item is hosted now (country)."
+    ),
+    assessed_under: str | None = typer.Option(
+        None, "--assessed-under", help="Whose law the one NOT_ILLEGAL item was assessed under."
+    ),
+    observed_at: str | None = typer.Option(
+        None,
+        "--observed-at",
+        help="When the item outcomes were observed, ISO 8601 (e.g. 2026-11-23T09:30:00Z);"
+        " default now.",
+    ),
     network_file: Path | None = NETWORK_OPTION,
 ) -> None:
     """Send a status update about a referral ORG received, signed by ORG, back to its origin.
 
     The status must follow the referral's current status in the lifecycle
     (``broker/lifecycle.py``); otherwise one line names the allowed next statuses.
+    ``--item`` adds what became of single items (the same signed update); the
+    origin re-refers an item that moved to a host in another served jurisdiction.
     """
     st = state(ctx)
     network = st.network(network_file)
@@ -335,6 +437,15 @@ def status(
         current = _current_status(inbox, record.origin_org, referral_id)
         if new_status not in allowed_next(current):
             raise LifecycleError(current, new_status)
+        outcomes = parse_item_specs(
+            items,
+            inbox.item_ids(record.origin_org, referral_id),
+            _observed_at(observed_at),
+            new_ip=new_ip,
+            new_country=new_country,
+            assessed_under=assessed_under,
+        )
+        version = inbox.version(record.origin_org, referral_id, record.sink) or 1
     finally:
         inbox.close()
     try:
@@ -348,6 +459,8 @@ def status(
             note=note,
             destination_org=destination,
             origin_org=record.origin_org,
+            item_outcomes=tuple(outcomes),
+            referral_version=version if version > 1 else None,
         )
     except ValidationError as exc:
         problems = problems_of(exc)
@@ -384,6 +497,22 @@ def status(
         inbox.record_sent_status(record.origin_org, referral_id, new_status.value)
     finally:
         inbox.close()
-    console.print(
-        escape(f"{new_status.value} for {referral_id} sent to {record.origin_org}"), markup=False
-    )
+    line = f"{new_status.value} for {referral_id} sent to {record.origin_org}"
+    if outcomes:
+        line += f" with {summarise(outcomes)}"
+    console.print(escape(line), markup=False, soft_wrap=True)
+
+
+def _observed_at(text: str | None) -> datetime:
+    """``--observed-at`` as a UTC time (now if not given); ConfigError with an example."""
+    if text is None:
+        return utc_now_ms()
+    try:
+        at = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            "--observed-at: not an ISO 8601 time; write e.g. 2026-11-23T09:30:00Z"
+        ) from None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at

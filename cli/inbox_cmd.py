@@ -120,7 +120,7 @@ def print_inbox(items: list[InboxEntry], org: str, now: datetime, *, wide: bool 
                 else _compact(e.received_at, now)
             ),
             cell(e.origin_org),
-            cell(e.case_id),
+            cell(e.case_id + (f" (v{e.version})" if e.version > 1 else "")),
             cell(e.status),
             cell(_iso(e.due_at) if wide else _compact(e.due_at, now)),
         ]
@@ -128,4 +128,7 @@ def print_inbox(items: list[InboxEntry], org: str, now: datetime, *, wide: bool 
             row += [cell(", ".join(e.external_refs)), cell(", ".join(e.sinks))]
         table.add_row(*row)
     console.print(table)
-    console.print("U = urgent, ! = overdue; --wide shows whole ids, times and every column")
+    console.print(
+        "U = urgent, ! = overdue, (vN) = amended by its origin;"
+        " --wide shows whole ids, times and every column"
+    )

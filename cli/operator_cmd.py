@@ -378,6 +378,34 @@ def print_trace(t: Trace, now: datetime, *, wide: bool = False) -> None:
             console.print(escape(f"statuses: {each}"), markup=False)
     else:
         console.print("status: none yet")
+    if t.amendments:
+        console.print(
+            escape(
+                f"version {max(t.amendments)} (amended by the origin: versions 1-"
+                f"{max(t.amendments)})"
+            ),
+            markup=False,
+        )
+    for org, summary in sorted(t.outcomes.items()):
+        console.print(escape(f"items from {org}: {summary}"), markup=False)
+    for child in t.children:
+        console.print(
+            escape(
+                f"re-referred: item {short_id(child.item_id)} moved to {child.country}"
+                f" -> referral {child.child_referral_id}"
+            ),
+            markup=False,
+            soft_wrap=True,
+        )
+    if t.parent is not None:
+        console.print(
+            escape(
+                f"re-referral of referral {t.parent.parent_referral_id}"
+                f" (item {short_id(t.parent.item_id)} moved)"
+            ),
+            markup=False,
+            soft_wrap=True,
+        )
     for org, at in sorted(t.received.items()):
         console.print(escape(f"received by {org} at {_when(at)}"), markup=False)
     if not t.awaited:

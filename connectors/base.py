@@ -110,10 +110,19 @@ class Delivery:
     partition: int
     offset: int
     route_reason: str = ""
+    #: The referral's version (``envelope.version``): above 1 for an amendment by its origin.
+    version: int = 1
+    #: The version this sink delivered before (None: this is its first of the referral).
+    previous_version: int | None = None
+
+    @property
+    def is_amendment(self) -> bool:
+        """True if this version replaces one the sink delivered before."""
+        return self.previous_version is not None
 
     def metadata(self) -> dict[str, Any]:
-        """Where the referral came from (no payload content)."""
-        return {
+        """Where the referral came from and which version it is (no payload content)."""
+        meta: dict[str, Any] = {
             "referral_id": self.referral_id,
             "case_id": self.case_id,
             "origin_org": self.origin_org,
@@ -121,7 +130,11 @@ class Delivery:
             "partition": self.partition,
             "offset": self.offset,
             "route_reason": self.route_reason,
+            "version": self.version,
         }
+        if self.previous_version is not None:
+            meta["previous_version"] = self.previous_version
+        return meta
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,11 @@ sink that has not delivered it yet (the :class:`~connectors.inbox.Inbox`
 remembers, by origin and referral id), then answered with a RECEIVED status,
 signed by the organisation, to status intake and a DELIVERED handover event.
 A repeat is counted and answered with DUPLICATE_SKIPPED and another RECEIVED
-(the first may have been lost; the origin's outbox ignores repeats). What
+(the first may have been lost; the origin's outbox ignores repeats). The
+inbox remembers the version each sink delivered: a newer ``envelope.version``
+(an amendment, signed by the origin like every referral it sends) is
+delivered again, with the version it replaces; the same or an older version is
+a repeat. The RECEIVED names the version (``referral_version``). What
 cannot be decoded goes to the dead-letter topic (stage ``SINK_DECODE``); what
 the checks refuse goes there with the check's stage (``VERIFY``,
 ``SIGNATURE_WINDOW``, ``ROUTE_CHECK``, ``UNSEAL``, ``HANDLING``); what the
@@ -42,7 +46,12 @@ dead-lettered (stage ``STATUS_VERIFY``, or ``SIGNATURE_WINDOW``) and counted
 (``Inbox.refused_statuses``). An update the referral's lifecycle
 (:mod:`broker.lifecycle`) does not allow after the emitter's current status is
 refused too (stage ``STATUS_LIFECYCLE``); a late RECEIVED is a receipt, never
-a step back.
+a step back. Item outcomes in a verified update must name items of the
+referral (else ``STATUS_VERIFY``); they are kept in the inbox (the latest per
+item and emitter), summarised in the DELIVERED event's reason, and an item
+moved to a host in another served jurisdiction is queued in the outbox for
+re-referral (:mod:`broker.outcomes` has the rule;
+:meth:`~connectors.publisher.Publisher.reroute_due` publishes it).
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -70,10 +80,13 @@ from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import BatchContext, ConsumeLoop, LoopStats, RecordContext
 from broker.ledger.events import HandoverEventType, LedgerEmitter, Signer
 from broker.lifecycle import LifecycleError, advance
+from broker.network import Network
+from broker.outcomes import reroutes, status_reason, summarise
+from broker.routing.decide import country_of_ip
 from broker.security.rules import OriginSecurity, ReceiverSecurity, stage_of
 from broker.tracing import Tracing
 from broker.wire.codec import Codec
-from broker.wire.models import ReferralStatus, StatusUpdate, utc_now_ms
+from broker.wire.models import ItemOutcome, ReferralStatus, StatusUpdate, utc_now_ms
 from broker.wire.registry import REFERRAL, STATUS_UPDATE
 from broker.wire.topics import Headers, TopicNames
 from connectors.base import Delivery, Sink, StatusDelivery, StatusSink, jsonable
@@ -116,7 +129,8 @@ def status_key(status: Mapping[str, Any]) -> str:
         f"{status.get('status')}"
     )
     if status.get("status") == "RECEIVED":
-        return head
+        version = status.get("referral_version")
+        return f"{head}|v{version}" if isinstance(version, int) and version > 1 else head
     at = status.get("emitted_at")
     stamp = int(at.timestamp() * 1000) if isinstance(at, datetime) else at
     return f"{head}|{stamp}"
@@ -179,8 +193,9 @@ class StatusSender:
         case_id: str,
         origin: str,
         parent: Context | None = None,
+        version: int = 1,
     ) -> FutureRecordMetadata:
-        """Publish a RECEIVED receipt from ``org_id`` for one referral."""
+        """Publish a RECEIVED receipt from ``org_id`` for one referral (of ``version``)."""
         update = StatusUpdate(
             referral_id=referral_id,
             case_id=case_id,
@@ -188,6 +203,7 @@ class StatusSender:
             emitted_at=utc_now_ms(),
             status=ReferralStatus.RECEIVED,
             origin_org=origin,
+            referral_version=version if version > 1 else None,
         )
         return self.send(update, parent)
 
@@ -345,6 +361,7 @@ class SinkDriver(_Driver[Sink]):
             referral_id = str(envelope["referral_id"])
             case_id = str(envelope["case_id"])
             origin = str(envelope["origin_org"])
+            version = int(envelope.get("version") or 1)
         except SecurityError as exc:
             ctx.dead_letter(stage_of(exc), exc)
             return
@@ -361,9 +378,10 @@ class SinkDriver(_Driver[Sink]):
             partition=record.partition,
             offset=record.offset,
             route_reason=header_value(record.headers, Headers.ROUTE_REASON) or "",
+            version=version,
         )
         refused = self.inbox.refusal(origin, referral_id)
-        if refused is not None:
+        if refused is not None and refused.version >= version:
             # Refused for good before: the same answer again, nothing delivered or dead-lettered.
             self.stats.duplicates += 1
             ctx.event(
@@ -376,7 +394,13 @@ class SinkDriver(_Driver[Sink]):
             )
             self._rejection(ctx, refused)
             return
-        pending = [s for s in self.sinks if not self.inbox.has(origin, referral_id, s.kind)]
+        # A version is delivered once per sink; an older or the same one again is a repeat.
+        # (The signature checked above is the origin's: only it can make a newer version.)
+        pending: list[tuple[Sink, int | None]] = []
+        for s in self.sinks:
+            before = self.inbox.version(origin, referral_id, s.kind)
+            if before is None or before < version:
+                pending.append((s, before))
         if not pending:
             self.stats.duplicates += 1
             self.inbox.count_duplicate(
@@ -388,13 +412,14 @@ class SinkDriver(_Driver[Sink]):
                 case_id,
                 from_party=origin,
                 to_party=self.org_id,
+                reason=f"version {version}" if version > 1 else None,
             )
-            self._receipt(ctx, referral_id, case_id, origin)
+            self._receipt(ctx, referral_id, case_id, origin, version)
             return
         delivered = []
-        for sink in pending:
+        for sink, before in pending:
             try:
-                sink.deliver(delivery)
+                sink.deliver(replace(delivery, previous_version=before))
             except DeliveryError as exc:
                 ctx.dead_letter(DeadLetterStage.DELIVER, exc, referral_id)
                 if exc.permanent:
@@ -403,7 +428,7 @@ class SinkDriver(_Driver[Sink]):
                     break
                 self.inbox.record_failure(origin, referral_id, sink.kind)
                 continue
-            self.inbox.record(delivery, sink.kind)
+            self.inbox.record(replace(delivery, previous_version=before), sink.kind)
             delivered.append(sink.kind)
             if self.inbox.resolve_failures(origin, referral_id, sink.kind):
                 ctx.event(
@@ -414,6 +439,8 @@ class SinkDriver(_Driver[Sink]):
                     to_party=self.org_id,
                     reason=f"{DeadLetterStage.DELIVER}: delivered by {sink.kind}",
                 )
+        if delivered and refused is not None and self.inbox.refusal(origin, referral_id) == refused:
+            self.inbox.clear_refusal(origin, referral_id)  # the amendment answered the refusal
         if delivered:
             self.stats.delivered += 1
             ctx.event(
@@ -422,9 +449,9 @@ class SinkDriver(_Driver[Sink]):
                 case_id,
                 from_party=origin,
                 to_party=self.org_id,
-                reason=",".join(delivered),
+                reason=",".join(delivered) + (f" version {version}" if version > 1 else ""),
             )
-            self._receipt(ctx, referral_id, case_id, origin)
+            self._receipt(ctx, referral_id, case_id, origin, version)
 
     def _refused(
         self, ctx: RecordContext, delivery: Delivery, sink: str, exc: DeliveryError
@@ -439,6 +466,7 @@ class SinkDriver(_Driver[Sink]):
                 sink=sink,
                 reason=reason_code(exc.reason),
                 emitted_at_ms=int(utc_now_ms().timestamp() * 1000),
+                version=delivery.version,
             )
         )
         self.inbox.record_sent_status(
@@ -456,16 +484,21 @@ class SinkDriver(_Driver[Sink]):
             status=ReferralStatus.REJECTED,
             reason_code=refusal.reason,
             origin_org=refusal.origin_org,
+            referral_version=refusal.version if refusal.version > 1 else None,
         )
         try:
             ctx.track(lambda: self.status.send(update, ctx.trace))
         except (ReferralError, ValueError) as exc:
             log.warning("REJECTED for %s not sent: %s", refusal.referral_id, type(exc).__name__)
 
-    def _receipt(self, ctx: RecordContext, referral_id: str, case_id: str, origin: str) -> None:
+    def _receipt(
+        self, ctx: RecordContext, referral_id: str, case_id: str, origin: str, version: int = 1
+    ) -> None:
         try:
             ctx.track(
-                lambda: self.status.received(self.org_id, referral_id, case_id, origin, ctx.trace)
+                lambda: self.status.received(
+                    self.org_id, referral_id, case_id, origin, ctx.trace, version
+                )
             )
         except (ReferralError, ValueError) as exc:
             log.warning("RECEIVED for %s not sent: %s", referral_id, type(exc).__name__)
@@ -487,6 +520,8 @@ class StatusDriver(_Driver[StatusSink]):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("group_id", f"status-{org_id}")
+        #: The network (its served jurisdictions) for re-referring moved items; None: never.
+        self.network: Network | None = kwargs.pop("network", None)
         group_id = kwargs.pop("group_id")
         #: Checks each status before it is acted on (None: no checks at all).
         self.security: OriginSecurity | None = kwargs.pop("security", None)
@@ -544,18 +579,27 @@ class StatusDriver(_Driver[StatusSink]):
             ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
             return
         self.stats.statuses += 1
+        try:
+            outcomes = self._outcomes(datum)
+        except SecurityError as exc:
+            self._refuse(ctx, DeadLetterStage.STATUS_VERIFY, exc, referral_id)
+            return
+        raw_version = datum.get("referral_version")
+        version = raw_version if isinstance(raw_version, int) else 1
         if status == ReferralStatus.RECEIVED:
-            self.outbox.mark_received(referral_id, emitted_by)
+            self.outbox.mark_received(referral_id, emitted_by, version=version)
         elif status == ReferralStatus.REJECTED:
             # A verified refusal from a recipient: republishing to it stops.
-            self.outbox.mark_refused(referral_id, emitted_by, datum.get("reason_code"))
+            self.outbox.mark_refused(
+                referral_id, emitted_by, datum.get("reason_code"), version=version
+            )
         key = status_key(datum)
-        if self.inbox.has_status(key):
+        if self.inbox.has_status(key) or self._superseded(referral_id, status, version):
             self.stats.duplicates += 1
             self.inbox.count_status_duplicate()
             return
         try:
-            state = advance(self.inbox.status_state(referral_id, emitted_by), status)
+            state = advance(self.inbox.status_state(referral_id, emitted_by, version), status)
         except LifecycleError as exc:
             self._refuse(ctx, DeadLetterStage.STATUS_LIFECYCLE, exc, referral_id)
             return
@@ -576,9 +620,16 @@ class StatusDriver(_Driver[StatusSink]):
                 failed = True
                 ctx.dead_letter(DeadLetterStage.DELIVER, exc, referral_id)
         if not failed:
+            summary = ""
+            if outcomes:
+                at = datum.get("emitted_at")
+                stamp = int(at.timestamp() * 1000) if isinstance(at, datetime) else 0
+                self.inbox.record_outcomes(referral_id, emitted_by, outcomes, stamp)
+                summary = summarise(outcomes, self._item_count(referral_id))
+                self._queue_reroutes(referral_id, outcomes)
             self.inbox.record_status(key, referral_id)
             if state is not None:
-                self.inbox.set_status_state(referral_id, emitted_by, state.value)
+                self.inbox.set_status_state(referral_id, emitted_by, state.value, version)
             self.stats.delivered += 1
             # The origin's own record that it accepted this status (the trace reads it).
             ctx.event(
@@ -587,5 +638,57 @@ class StatusDriver(_Driver[StatusSink]):
                 str(datum.get("case_id", "")),
                 from_party=emitted_by,
                 to_party=self.org_id,
-                reason=status,
+                reason=status_reason(status, summary),
             )
+
+    def _superseded(self, referral_id: str, status: str, version: int) -> bool:
+        """True for a REJECTED of a version the origin has since amended (the amendment
+        answers it): it changes neither the outbox nor the recipient's lifecycle."""
+        if status != ReferralStatus.REJECTED:
+            return False
+        entry = self.outbox.get(referral_id)
+        return entry is not None and version < entry.version
+
+    def _outcomes(self, datum: Mapping[str, Any]) -> list[ItemOutcome]:
+        """The update's item outcomes, each about an item of the referral (else SecurityError)."""
+        raw = datum.get("item_outcomes") or []
+        if not raw:
+            return []
+        try:
+            outcomes = [ItemOutcome.model_validate(o) for o in raw]
+        except ValueError as exc:
+            raise SecurityError("status update with an invalid item outcome") from exc
+        entry = self.outbox.get(str(datum["referral_id"]))
+        if entry is None:
+            return outcomes if self.security is None else []
+        known = {i.item_id for i in entry.items}
+        unknown = [o for o in outcomes if o.item_id not in known]
+        if known and unknown:
+            raise SecurityError(
+                f"status update of {datum.get('emitted_by')} names {len(unknown)} item(s)"
+                f" not in referral {datum['referral_id']}"
+            )
+        return outcomes
+
+    def _item_count(self, referral_id: str) -> int | None:
+        entry = self.outbox.get(referral_id)
+        return len(entry.items) if entry is not None and entry.items else None
+
+    def _queue_reroutes(self, referral_id: str, outcomes: Sequence[ItemOutcome]) -> None:
+        """Queue the re-referral of moved items (the publisher sends them on its next sweep)."""
+        entry = self.outbox.get(referral_id)
+        if self.network is None or entry is None:
+            return
+        items = {i.item_id: i for i in entry.items}
+        for reroute in reroutes(
+            referral_id, outcomes, items, self.network.served(), entry.countries, country_of_ip
+        ):
+            if self.outbox.request_reroute(reroute):
+                log.info(
+                    "%s: item %s of %s moved to %s: re-referral %s queued",
+                    self.org_id,
+                    reroute.item_id,
+                    referral_id,
+                    reroute.country,
+                    reroute.child_referral_id,
+                )

@@ -14,9 +14,12 @@ lifecycle in :mod:`broker.lifecycle` decides what may follow). It remembers
 the referrals a sink's system refused for good (:meth:`Inbox.refusal`: a
 republish is answered with the same REJECTED, never delivered or dead-lettered
 again) and the transient failures still open (:meth:`Inbox.record_failure`: a
-later delivery resolves them). On the
-origin's side, remembers the status updates handed on and each recipient's
-current lifecycle state.
+later delivery resolves them). Each delivery remembers the referral's version and
+item ids: a newer version signed by the same origin is an amendment (delivered
+again), the same or an older one a repeat; ``referral status --item`` resolves
+item id prefixes against the current version's items. On the origin's side,
+remembers the status updates handed on, each recipient's current lifecycle
+state and the latest verified outcome of each item (:meth:`Inbox.record_outcomes`).
 
 File: ``<state_dir>/orgs/<org>/inbox.sqlite3``.
 """
@@ -26,15 +29,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from broker.config import Settings
 from broker.sqlite import Database
+from broker.wire.models import HostingEvidence, ItemOutcome, ItemOutcomeKind
 from connectors.base import Delivery
 
-__all__ = ["DUPLICATES", "Inbox", "InboxRecord", "Received", "Refusal"]
+__all__ = ["DUPLICATES", "Inbox", "InboxRecord", "ItemState", "Received", "Refusal"]
 
 #: Counter of redelivered referrals that were skipped.
 DUPLICATES = "inbox.duplicates"
@@ -71,6 +77,7 @@ CREATE TABLE IF NOT EXISTS status_state (
     referral_id TEXT NOT NULL,
     emitter     TEXT NOT NULL,
     state       TEXT NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (referral_id, emitter)
 );
 CREATE TABLE IF NOT EXISTS refusals (
@@ -80,6 +87,7 @@ CREATE TABLE IF NOT EXISTS refusals (
     sink        TEXT NOT NULL,
     reason      TEXT NOT NULL,
     emitted_at  INTEGER NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (origin_org, referral_id)
 );
 CREATE TABLE IF NOT EXISTS failures (
@@ -94,6 +102,18 @@ CREATE TABLE IF NOT EXISTS refused_statuses (
     position TEXT PRIMARY KEY,
     stage    TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS item_outcomes (
+    referral_id    TEXT NOT NULL,
+    item_id        TEXT NOT NULL,
+    emitter        TEXT NOT NULL,
+    outcome        TEXT NOT NULL,
+    observed_at    TEXT NOT NULL,
+    hosting_ip     TEXT,
+    hosting_country TEXT,
+    assessed_under TEXT,
+    emitted_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (referral_id, item_id, emitter)
+);
 CREATE TABLE IF NOT EXISTS sent_statuses (
     origin_org  TEXT NOT NULL,
     referral_id TEXT NOT NULL,
@@ -106,7 +126,12 @@ CREATE TABLE IF NOT EXISTS sent_statuses (
 _ADDED_COLUMNS = {
     "priority": "TEXT NOT NULL DEFAULT ''",
     "external_refs": "TEXT NOT NULL DEFAULT '[]'",
+    "version": "INTEGER NOT NULL DEFAULT 1",
+    "items": "TEXT NOT NULL DEFAULT '[]'",
 }
+
+#: The version column later versions added to ``refusals`` and ``status_state``.
+_VERSION_COLUMN = {"version": "INTEGER NOT NULL DEFAULT 1"}
 
 #: Earlier inbox files keyed deliveries by referral id alone: copied over once on open.
 _MIGRATE = """
@@ -135,6 +160,8 @@ class Received:
     duplicates: int
     #: Statuses this organisation sent about it, in order.
     sent: tuple[str, ...]
+    #: The current version delivered (above 1: amended by its origin).
+    version: int = 1
 
 
 def _refs_of(document: dict[str, Any]) -> str:
@@ -142,6 +169,23 @@ def _refs_of(document: dict[str, Any]) -> str:
     return json.dumps(
         [f"{r.get('system', '')}:{r.get('id', '')}" for r in refs if isinstance(r, dict)]
     )
+
+
+def _items_of(document: dict[str, Any]) -> str:
+    items = (document.get("body") or {}).get("items") or []
+    return json.dumps(
+        [str(i["item_id"]) for i in items if isinstance(i, dict) and i.get("item_id")]
+    )
+
+
+@dataclass(frozen=True)
+class ItemState:
+    """The latest verified outcome of one item of one of the origin's referrals, per emitter."""
+
+    referral_id: str
+    item_id: str
+    emitter: str
+    outcome: ItemOutcome
 
 
 @dataclass(frozen=True)
@@ -168,6 +212,8 @@ class Refusal:
     reason: str
     #: When the REJECTED was emitted (ms); a repeat answers with the very same update.
     emitted_at_ms: int
+    #: The version refused; a newer one (the origin's amendment) is delivered again.
+    version: int = 1
 
 
 class Inbox:
@@ -184,12 +230,17 @@ class Inbox:
                 for statement in _MIGRATE.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-        have = {r["name"] for r in self._db.query("PRAGMA table_info(deliveries)")}
-        missing = [(n, d) for n, d in _ADDED_COLUMNS.items() if n not in have]
-        if missing:
-            with self._db.transaction() as conn:
-                for name, decl in missing:
-                    conn.execute(f"ALTER TABLE deliveries ADD COLUMN {name} {decl}")
+        for table, added in (
+            ("deliveries", _ADDED_COLUMNS),
+            ("refusals", _VERSION_COLUMN),
+            ("status_state", _VERSION_COLUMN),
+        ):
+            have = {r["name"] for r in self._db.query(f"PRAGMA table_info({table})")}
+            missing = [(n, d) for n, d in added.items() if n not in have]
+            if missing:
+                with self._db.transaction() as conn:
+                    for name, decl in missing:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     @classmethod
     def for_org(cls, settings: Settings, org_id: str) -> Inbox:
@@ -204,14 +255,39 @@ class Inbox:
         )
         return bool(rows)
 
+    def version(self, origin_org: str, referral_id: str, sink: str) -> int | None:
+        """The version of the referral ``sink`` delivered last (None: not delivered)."""
+        rows = self._db.query(
+            "SELECT version FROM deliveries WHERE origin_org = ? AND referral_id = ? AND sink = ?",
+            (origin_org, referral_id, sink),
+        )
+        return int(rows[0]["version"]) if rows else None
+
+    def item_ids(self, origin_org: str, referral_id: str) -> list[str]:
+        """The item ids of the current version of a referral delivered here."""
+        rows = self._db.query(
+            "SELECT items FROM deliveries WHERE origin_org = ? AND referral_id = ?"
+            " ORDER BY version DESC LIMIT 1",
+            (origin_org, referral_id),
+        )
+        return [str(i) for i in json.loads(rows[0]["items"])] if rows else []
+
     def record(self, delivery: Delivery, sink: str, now: float | None = None) -> bool:
-        """Remember that ``sink`` delivered this referral; False if it already had."""
+        """Remember that ``sink`` delivered this referral (this version); False if it already had.
+
+        A newer version (an amendment) replaces what is remembered of an older one;
+        an older or the same version changes nothing.
+        """
         now = time.time() if now is None else now
         with self._db.transaction() as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO deliveries (origin_org, referral_id, sink, case_id, topic,"
-                ' partition, "offset", delivered_at, priority, external_refs)'
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO deliveries (origin_org, referral_id, sink, case_id, topic,"
+                ' partition, "offset", delivered_at, priority, external_refs, version, items)'
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(origin_org, referral_id, sink) DO UPDATE SET"
+                " version = excluded.version, items = excluded.items,"
+                " priority = excluded.priority, external_refs = excluded.external_refs"
+                " WHERE excluded.version > deliveries.version",
                 (
                     delivery.origin_org,
                     delivery.referral_id,
@@ -223,6 +299,8 @@ class Inbox:
                     now,
                     str((delivery.document.get("envelope") or {}).get("priority") or ""),
                     _refs_of(delivery.document),
+                    delivery.version,
+                    _items_of(delivery.document),
                 ),
             )
             return cur.rowcount == 1
@@ -312,7 +390,8 @@ class Inbox:
             "SELECT origin_org, referral_id, MIN(case_id) AS case_id, MIN(topic) AS topic,"
             " MAX(priority) AS priority, MAX(external_refs) AS external_refs,"
             " MIN(delivered_at) AS delivered_at, GROUP_CONCAT(sink) AS sinks,"
-            " SUM(duplicates) AS duplicates FROM deliveries GROUP BY origin_org, referral_id"
+            " SUM(duplicates) AS duplicates, MAX(version) AS version"
+            " FROM deliveries GROUP BY origin_org, referral_id"
         )
         sent: dict[tuple[str, str], list[str]] = {}
         for r in self._db.query(
@@ -331,6 +410,7 @@ class Inbox:
                 sinks=tuple(sorted(set(str(r["sinks"] or "").split(",")) - {""})),
                 duplicates=int(r["duplicates"] or 0),
                 sent=tuple(sent.get((r["origin_org"], r["referral_id"]), ())),
+                version=int(r["version"] or 1),
             )
             for r in rows
         ]
@@ -338,11 +418,17 @@ class Inbox:
     # -- refusals and transient failures (the receiving side) ----------------------------------
 
     def record_refusal(self, refusal: Refusal) -> Refusal:
-        """Remember a refusal; the one remembered first if the referral was refused already."""
+        """Remember a refusal; the one remembered first if this version was refused already.
+
+        A refusal of a newer version (an amendment refused again) replaces the older one.
+        """
         with self._db.transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO refusals (origin_org, referral_id, case_id, sink, reason,"
-                " emitted_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO refusals (origin_org, referral_id, case_id, sink, reason,"
+                " emitted_at, version) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(origin_org, referral_id) DO UPDATE SET sink = excluded.sink,"
+                " reason = excluded.reason, emitted_at = excluded.emitted_at,"
+                " version = excluded.version WHERE excluded.version > refusals.version",
                 (
                     refusal.origin_org,
                     refusal.referral_id,
@@ -350,6 +436,7 @@ class Inbox:
                     refusal.sink,
                     refusal.reason,
                     refusal.emitted_at_ms,
+                    refusal.version,
                 ),
             )
         found = self.refusal(refusal.origin_org, refusal.referral_id)
@@ -372,7 +459,17 @@ class Inbox:
             str(r["sink"]),
             str(r["reason"]),
             int(r["emitted_at"]),
+            int(r["version"] or 1),
         )
+
+    def clear_refusal(self, origin_org: str, referral_id: str) -> bool:
+        """Forget a refusal once a newer version was delivered; True if there was one."""
+        with self._db.transaction() as conn:
+            cur = conn.execute(
+                "DELETE FROM refusals WHERE origin_org = ? AND referral_id = ?",
+                (origin_org, referral_id),
+            )
+            return cur.rowcount > 0
 
     def refusals(self) -> list[Refusal]:
         """Every refusal, oldest first."""
@@ -470,22 +567,93 @@ class Inbox:
             counts[str(r["stage"])] = counts.get(str(r["stage"]), 0) + int(r["n"])
         return counts
 
-    def status_state(self, referral_id: str, emitter: str) -> str | None:
-        """The lifecycle state of ``emitter``'s copy of one of our referrals (None: no status)."""
+    def status_state(
+        self, referral_id: str, emitter: str, version: int | None = None
+    ) -> str | None:
+        """The lifecycle state of ``emitter``'s copy of one of our referrals (None: no status).
+
+        Asked about a ``version`` newer than the one a REJECTED was about, None: the
+        amendment starts that recipient's lifecycle again (it answers the refusal).
+        """
         rows = self._db.query(
-            "SELECT state FROM status_state WHERE referral_id = ? AND emitter = ?",
+            "SELECT state, version FROM status_state WHERE referral_id = ? AND emitter = ?",
             (referral_id, emitter),
         )
-        return str(rows[0]["state"]) if rows else None
+        if not rows:
+            return None
+        state = str(rows[0]["state"])
+        if state == "REJECTED" and version is not None and version > int(rows[0]["version"]):
+            return None
+        return state
 
-    def set_status_state(self, referral_id: str, emitter: str, state: str) -> None:
-        """Remember ``emitter``'s lifecycle state for one of our referrals."""
+    def set_status_state(
+        self, referral_id: str, emitter: str, state: str, version: int = 1
+    ) -> None:
+        """Remember ``emitter``'s lifecycle state (reached at ``version``) for a referral."""
         with self._db.transaction() as conn:
             conn.execute(
-                "INSERT INTO status_state (referral_id, emitter, state) VALUES (?, ?, ?)"
-                " ON CONFLICT(referral_id, emitter) DO UPDATE SET state = excluded.state",
-                (referral_id, emitter, state),
+                "INSERT INTO status_state (referral_id, emitter, state, version)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(referral_id, emitter) DO UPDATE SET"
+                " state = excluded.state, version = MAX(version, excluded.version)",
+                (referral_id, emitter, state, version),
             )
+
+    def record_outcomes(
+        self, referral_id: str, emitter: str, outcomes: Iterable[ItemOutcome], emitted_at_ms: int
+    ) -> int:
+        """Remember verified item outcomes (the latest per item and emitter wins); how many."""
+        n = 0
+        with self._db.transaction() as conn:
+            for o in outcomes:
+                hosting = o.hosting
+                cur = conn.execute(
+                    "INSERT INTO item_outcomes (referral_id, item_id, emitter, outcome,"
+                    " observed_at, hosting_ip, hosting_country, assessed_under, emitted_at_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(referral_id, item_id, emitter) DO UPDATE SET"
+                    " outcome = excluded.outcome, observed_at = excluded.observed_at,"
+                    " hosting_ip = excluded.hosting_ip, hosting_country = excluded.hosting_country,"
+                    " assessed_under = excluded.assessed_under,"
+                    " emitted_at_ms = excluded.emitted_at_ms"
+                    " WHERE excluded.emitted_at_ms >= item_outcomes.emitted_at_ms",
+                    (
+                        referral_id,
+                        o.item_id,
+                        emitter,
+                        o.outcome.value,
+                        o.observed_at.isoformat(),
+                        hosting.ip if hosting else None,
+                        hosting.country if hosting else None,
+                        o.assessed_under,
+                        emitted_at_ms,
+                    ),
+                )
+                n += cur.rowcount
+        return n
+
+    def item_states(self, referral_id: str | None = None) -> list[ItemState]:
+        """The latest verified outcome of each item (of one referral, or of all)."""
+        where, params = ("WHERE referral_id = ?", (referral_id,)) if referral_id else ("", ())
+        rows = self._db.query(
+            f"SELECT * FROM item_outcomes {where} ORDER BY referral_id, emitted_at_ms, item_id",
+            params,
+        )
+        out = []
+        for r in rows:
+            hosting = None
+            if r["hosting_ip"] or r["hosting_country"]:
+                hosting = HostingEvidence(ip=r["hosting_ip"], country=r["hosting_country"])
+            outcome = ItemOutcome.model_construct(
+                item_id=str(r["item_id"]),
+                outcome=ItemOutcomeKind(r["outcome"]),
+                observed_at=datetime.fromisoformat(str(r["observed_at"])),
+                hosting=hosting,
+                assessed_under=r["assessed_under"],
+            )
+            out.append(
+                ItemState(str(r["referral_id"]), str(r["item_id"]), str(r["emitter"]), outcome)
+            )
+        return out
 
     # -- statuses this organisation sent (the receiving side) ----------------------------------
 

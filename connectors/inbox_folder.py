@@ -12,6 +12,11 @@ A referral's identity is its origin and its id: should a second origin use an id
 already in the folder, its referral goes to ``<referral_id>.<origin>.json`` and
 never replaces the other origin's file.
 
+An **amendment** (a newer ``envelope.version`` signed by the same origin)
+replaces the file, which always holds the current version
+(``delivery.version``; ``delivery.previous_version`` names the one replaced);
+the replaced file is kept as ``<path>/history/<file stem>.v<version>.json``.
+
 The file is written to a hidden temporary name in the same directory, synced,
 then renamed: a reader never sees half a file. Files are ``0600`` in a ``0700``
 folder (the referral is decrypted content). The inbox database makes sure a
@@ -68,11 +73,20 @@ class InboxFolderSink(Sink):
             return plain
         return self.path / f"{referral_id}.{origin_org}.json"
 
+    def history_dir(self) -> Path:
+        """Where the versions an amendment replaced are kept."""
+        return self.path / "history"
+
     def deliver(self, delivery: Delivery) -> None:
-        """Write the referral's file atomically."""
+        """Write the referral's file atomically (an amendment keeps the replaced one)."""
         data = json.dumps(delivery_document(delivery), indent=2, sort_keys=True).encode()
+        target = self.file_for(delivery.referral_id, delivery.origin_org)
         try:
-            write_private(self.file_for(delivery.referral_id, delivery.origin_org), data)
+            if delivery.is_amendment and target.is_file():
+                history = private_dir(self.history_dir(), f"{self.kind}.path/history")
+                old = history / f"{target.stem}.v{delivery.previous_version}.json"
+                write_private(old, target.read_bytes())
+            write_private(target, data)
         except OSError as exc:
             raise DeliveryError(
                 f"inbox folder: cannot write referral {delivery.referral_id}: {exc.strerror}"

@@ -46,6 +46,7 @@ CSV_COLUMNS = (
     "external_refs",
     "topic",
     "sinks",
+    "version",
 )
 
 
@@ -66,6 +67,8 @@ class InboxEntry:
     external_refs: tuple[str, ...]
     topic: str
     sinks: tuple[str, ...]
+    #: The current version (above 1: the origin amended it).
+    version: int = 1
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (times as ISO 8601 UTC)."""
@@ -83,6 +86,7 @@ class InboxEntry:
             "external_refs": list(self.external_refs),
             "topic": self.topic,
             "sinks": list(self.sinks),
+            "version": self.version,
         }
 
     def matches(self, term: str) -> bool:
@@ -136,6 +140,7 @@ def entries(received: Iterable[Received], deadlines: Deadlines, now: datetime) -
                 external_refs=r.external_refs,
                 topic=r.topic,
                 sinks=r.sinks,
+                version=r.version,
             )
         )
     out.sort(key=lambda e: (not e.urgent, not e.overdue, -e.received_at.timestamp()))

@@ -22,7 +22,16 @@ next sweep.
 Entries are never removed, so the outbox also knows every referral the origin
 ever published, with the fingerprint of its content: the publisher asks it to
 tell a repeat (same id, same content: not sent again) from an amendment (same
-id, other content: refused for now). The file is private (``0600``).
+id, other content). An amendment asked for replaces the stored referral as its
+next version (:meth:`Outbox.amend`: the earlier version kept in ``versions``,
+every destination waiting again for a RECEIVED of the new version;
+:meth:`Outbox.mark_received` ignores a receipt of an older one).
+
+Beside the bytes it keeps what the origin needs to act on item outcomes
+(:class:`ReferralFacts`: item ids and hosting countries, the countries routed
+to, the plain referral) and the queue of re-referrals of moved items
+(:meth:`Outbox.request_reroute`, published by
+:meth:`~connectors.publisher.Publisher.reroute_due`). The file is private (``0600``).
 
 File: ``<state_dir>/orgs/<org>/outbox.sqlite3``.
 """
@@ -40,14 +49,17 @@ from pathlib import Path
 from typing import Any
 
 from broker.config import Settings
+from broker.outcomes import ItemRef, Reroute
 from broker.sqlite import Database
 
 __all__ = [
     "Outbox",
     "OutboxEntry",
     "PendingReferral",
+    "ReferralFacts",
     "Refusal",
     "RepublishSchedule",
+    "StoredVersion",
     "reason_code",
 ]
 
@@ -78,7 +90,36 @@ CREATE TABLE IF NOT EXISTS refused (
     PRIMARY KEY (referral_id, org_id)
 );
 CREATE INDEX IF NOT EXISTS referrals_pending ON referrals(completed_at, last_sent_at);
+CREATE TABLE IF NOT EXISTS versions (
+    referral_id    TEXT NOT NULL REFERENCES referrals(referral_id),
+    version        INTEGER NOT NULL,
+    value          BLOB NOT NULL,
+    content_sha256 TEXT,
+    published_at   REAL NOT NULL,
+    superseded_at  REAL NOT NULL,
+    PRIMARY KEY (referral_id, version)
+);
+CREATE TABLE IF NOT EXISTS reroutes (
+    child_referral_id  TEXT PRIMARY KEY,
+    parent_referral_id TEXT NOT NULL REFERENCES referrals(referral_id),
+    item_id            TEXT NOT NULL,
+    country            TEXT NOT NULL,
+    ip                 TEXT,
+    requested_at       REAL NOT NULL,
+    published_at       REAL,
+    problem            TEXT
+);
 """
+
+#: Columns later versions added to ``referrals`` (added to an older file on open).
+_ADDED_COLUMNS = {
+    "content_sha256": "TEXT",
+    "version": "INTEGER NOT NULL DEFAULT 1",
+    "parent_referral_id": "TEXT",
+    "items": "TEXT NOT NULL DEFAULT '[]'",
+    "countries": "TEXT NOT NULL DEFAULT '[]'",
+    "document": "TEXT",
+}
 
 #: Destinations still waiting: neither received nor refused (``e`` is ``expected``).
 _WAITING = (
@@ -137,6 +178,35 @@ class RepublishSchedule:
 HeaderList = list[tuple[str, bytes]]
 
 
+@dataclass(frozen=True)
+class StoredVersion:
+    """What the publisher needs to tell new, repeat and amendment apart."""
+
+    version: int
+    #: Fingerprint of the current version's content (None for entries stored before it was kept).
+    content_sha256: str | None
+
+
+@dataclass(frozen=True)
+class ReferralFacts:
+    """What the outbox keeps about a referral beside its bytes (for outcomes and re-referrals)."""
+
+    version: int = 1
+    parent_referral_id: str | None = None
+    items: tuple[ItemRef, ...] = ()
+    countries: tuple[str, ...] = ()
+    #: The plain referral as JSON (never for a sealed one the origin could not re-read).
+    document: dict[str, Any] | None = None
+
+    def columns(self) -> tuple[str, str, str | None]:
+        """The ``items``, ``countries`` and ``document`` column values."""
+        return (
+            json.dumps([{"item_id": i.item_id, "country": i.country} for i in self.items]),
+            json.dumps(list(self.countries)),
+            json.dumps(self.document, sort_keys=True) if self.document is not None else None,
+        )
+
+
 def _dump_headers(headers: Sequence[tuple[str, bytes]]) -> str:
     return json.dumps([[k, v.decode("latin-1")] for k, v in headers])
 
@@ -159,6 +229,16 @@ class OutboxEntry:
     attempts: int
     #: Fingerprint of the referral's content (None for entries stored before it was kept).
     content_sha256: str | None = None
+    #: The current version (1 until the origin amends it).
+    version: int = 1
+    #: The referral a re-referral came from.
+    parent_referral_id: str | None = None
+    #: The items as referred: id and hosting country.
+    items: tuple[ItemRef, ...] = ()
+    #: The countries the referral was routed for.
+    countries: tuple[str, ...] = ()
+    #: The plain referral (JSON) the origin keeps to re-refer a moved item; None if not kept.
+    document: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -183,11 +263,18 @@ class PendingReferral:
     #: How many times it was sent (the first publication included).
     attempts: int
     refused_by: tuple[Refusal, ...] = ()
+    #: The current version (1 until amended).
+    version: int = 1
+    parent_referral_id: str | None = None
+    #: True once no destination is waiting any more.
+    complete: bool = False
 
     @property
     def state(self) -> str:
-        """``pending`` while a destination is waiting, else ``refused``."""
-        return "pending" if self.waiting_for else "refused"
+        """``pending`` while a destination is waiting, ``refused`` if one refused, else ``done``."""
+        if self.waiting_for:
+            return "pending"
+        return "refused" if self.refused_by else "done"
 
     def age(self, now: float | None = None) -> float:
         """Seconds since the first publication."""
@@ -205,6 +292,8 @@ class PendingReferral:
             "published_at": self.published_at,
             "last_sent_at": self.last_sent_at,
             "attempts": self.attempts,
+            "version": self.version,
+            "parent_referral_id": self.parent_referral_id,
             "age_seconds": round(self.age(now), 3),
         }
 
@@ -215,7 +304,8 @@ class Outbox:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._db = Database(self.path, _SCHEMA)
-        self._add_column("content_sha256", "TEXT")
+        for name, kind in _ADDED_COLUMNS.items():
+            self._add_column(name, kind)
 
     def _add_column(self, name: str, kind: str) -> None:
         """Add a column an older outbox file does not have yet."""
@@ -243,15 +333,18 @@ class Outbox:
         now: float | None = None,
         *,
         content_sha256: str | None = None,
+        about: ReferralFacts | None = None,
     ) -> bool:
         """Store a referral before its first publication; False if already stored."""
         now = time.time() if now is None else now
         orgs = list(dict.fromkeys(expected))
+        facts = about or ReferralFacts()
         with self._db.transaction() as conn:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO referrals (referral_id, case_id, topic, value, headers,"
-                " published_at, last_sent_at, attempts, completed_at, content_sha256)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                " published_at, last_sent_at, attempts, completed_at, content_sha256,"
+                " version, parent_referral_id, items, countries, document)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     referral_id,
                     case_id,
@@ -262,6 +355,9 @@ class Outbox:
                     now,
                     None if orgs else now,
                     content_sha256,
+                    facts.version,
+                    facts.parent_referral_id,
+                    *facts.columns(),
                 ),
             )
             if cur.rowcount == 0:
@@ -277,6 +373,15 @@ class Outbox:
         rows = self._db.query("SELECT * FROM referrals WHERE referral_id = ?", (referral_id,))
         return self._entry(rows[0]) if rows else None
 
+    def stored(self, referral_id: str) -> StoredVersion | None:
+        """The current version and content fingerprint of a stored referral (a light query)."""
+        rows = self._db.query(
+            "SELECT version, content_sha256 FROM referrals WHERE referral_id = ?", (referral_id,)
+        )
+        if not rows:
+            return None
+        return StoredVersion(int(rows[0]["version"] or 1), rows[0]["content_sha256"])
+
     @staticmethod
     def _entry(row: Any) -> OutboxEntry:
         return OutboxEntry(
@@ -289,17 +394,169 @@ class Outbox:
             last_sent_at=row["last_sent_at"],
             attempts=row["attempts"],
             content_sha256=row["content_sha256"],
+            version=int(row["version"] or 1),
+            parent_referral_id=row["parent_referral_id"],
+            items=tuple(
+                ItemRef(str(i["item_id"]), i.get("country")) for i in json.loads(row["items"])
+            ),
+            countries=tuple(json.loads(row["countries"])),
+            document=json.loads(row["document"]) if row["document"] else None,
         )
 
-    def mark_received(self, referral_id: str, org_id: str, now: float | None = None) -> bool:
-        """Record ``org_id``'s RECEIVED; True if it cleared a pending destination.
+    def amend(
+        self,
+        referral_id: str,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]],
+        expected: Iterable[str],
+        content_sha256: str | None,
+        about: ReferralFacts,
+        now: float | None = None,
+    ) -> bool:
+        """Make ``about.version`` the current version of a stored referral; False if not newer.
+
+        The version it replaces goes to the history (``versions``); every
+        destination waits again (for a RECEIVED of the new version) and earlier
+        refusals are forgotten: the new version is sent as if first published.
+        """
+        now = time.time() if now is None else now
+        orgs = list(dict.fromkeys(expected))
+        with self._db.transaction() as conn:
+            row = conn.execute(
+                "SELECT version, value, content_sha256, last_sent_at FROM referrals"
+                " WHERE referral_id = ?",
+                (referral_id,),
+            ).fetchone()
+            if row is None or int(row["version"] or 1) >= about.version:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO versions (referral_id, version, value, content_sha256,"
+                " published_at, superseded_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    referral_id,
+                    int(row["version"] or 1),
+                    row["value"],
+                    row["content_sha256"],
+                    row["last_sent_at"],
+                    now,
+                ),
+            )
+            conn.execute(
+                "UPDATE referrals SET value = ?, headers = ?, content_sha256 = ?, version = ?,"
+                " items = ?, countries = ?, document = ?, last_sent_at = ?, attempts = 1,"
+                " completed_at = ? WHERE referral_id = ?",
+                (
+                    value,
+                    _dump_headers(headers),
+                    content_sha256,
+                    about.version,
+                    *about.columns(),
+                    now,
+                    None if orgs else now,
+                    referral_id,
+                ),
+            )
+            conn.execute("DELETE FROM expected WHERE referral_id = ?", (referral_id,))
+            conn.execute("DELETE FROM refused WHERE referral_id = ?", (referral_id,))
+            conn.executemany(
+                "INSERT INTO expected (referral_id, org_id) VALUES (?, ?)",
+                [(referral_id, org) for org in orgs],
+            )
+        return True
+
+    def versions(self, referral_id: str) -> list[int]:
+        """Every version of a referral the origin published, oldest first."""
+        rows = self._db.query(
+            "SELECT version FROM versions WHERE referral_id = ? UNION"
+            " SELECT version FROM referrals WHERE referral_id = ? ORDER BY version",
+            (referral_id, referral_id),
+        )
+        return [int(r["version"]) for r in rows]
+
+    # -- re-referrals of moved items -------------------------------------------------------------
+
+    def request_reroute(self, reroute: Reroute, now: float | None = None) -> bool:
+        """Queue the re-referral of a moved item; False if it was queued before."""
+        now = time.time() if now is None else now
+        with self._db.transaction() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO reroutes (child_referral_id, parent_referral_id, item_id,"
+                " country, ip, requested_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    reroute.child_referral_id,
+                    reroute.parent_referral_id,
+                    reroute.item_id,
+                    reroute.country,
+                    reroute.ip,
+                    now,
+                ),
+            )
+            return cur.rowcount == 1
+
+    def reroutes_due(self) -> list[Reroute]:
+        """Queued re-referrals not published yet (nor given up), oldest first."""
+        rows = self._db.query(
+            "SELECT * FROM reroutes WHERE published_at IS NULL AND problem IS NULL"
+            " ORDER BY requested_at, child_referral_id"
+        )
+        return [
+            Reroute(
+                r["parent_referral_id"], r["item_id"], r["country"], r["child_referral_id"], r["ip"]
+            )
+            for r in rows
+        ]
+
+    def finish_reroute(
+        self, child_referral_id: str, problem: str | None = None, now: float | None = None
+    ) -> None:
+        """Record a re-referral as published, or as given up with a one-line ``problem``."""
+        now = time.time() if now is None else now
+        with self._db.transaction() as conn:
+            if problem is None:
+                conn.execute(
+                    "UPDATE reroutes SET published_at = ? WHERE child_referral_id = ?",
+                    (now, child_referral_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE reroutes SET problem = ? WHERE child_referral_id = ?",
+                    (problem[:200], child_referral_id),
+                )
+
+    def children(self, referral_id: str) -> list[tuple[Reroute, bool]]:
+        """The re-referrals of a referral's moved items, and whether each was published."""
+        rows = self._db.query(
+            "SELECT * FROM reroutes WHERE parent_referral_id = ? ORDER BY requested_at",
+            (referral_id,),
+        )
+        return [
+            (
+                Reroute(
+                    r["parent_referral_id"], r["item_id"], r["country"], r["child_referral_id"]
+                ),
+                r["published_at"] is not None,
+            )
+            for r in rows
+        ]
+
+    def mark_received(
+        self, referral_id: str, org_id: str, now: float | None = None, *, version: int = 1
+    ) -> bool:
+        """Record ``org_id``'s RECEIVED of ``version``; True if it cleared a pending destination.
 
         A RECEIVED from an organisation that was not expected (or a repeat) changes
-        nothing. One from a destination that had refused counts (it was delivered
-        after all). When no destination is left waiting, the referral is complete.
+        nothing; neither does one of a version older than the current one (the
+        amendment is still on its way). One from a destination that had refused
+        counts (it was delivered after all). When no destination is left waiting,
+        the referral is complete.
         """
         now = time.time() if now is None else now
         with self._db.transaction() as conn:
+            current = conn.execute(
+                "SELECT version FROM referrals WHERE referral_id = ?", (referral_id,)
+            ).fetchone()
+            if current is not None and version < int(current["version"] or 1):
+                return False
             cur = conn.execute(
                 "UPDATE expected SET received_at = ?"
                 " WHERE referral_id = ? AND org_id = ? AND received_at IS NULL",
@@ -311,7 +568,13 @@ class Outbox:
         return True
 
     def mark_refused(
-        self, referral_id: str, org_id: str, reason: str | None, now: float | None = None
+        self,
+        referral_id: str,
+        org_id: str,
+        reason: str | None,
+        now: float | None = None,
+        *,
+        version: int = 1,
     ) -> bool:
         """Record that ``org_id`` refused the referral for good; True if that changed anything.
 
@@ -320,10 +583,16 @@ class Outbox:
         and ``referral outbox`` shows it as refused with ``reason`` (a code such as
         ``HTTP_422``; anything but printable ASCII is replaced, at most 64
         characters). A refusal from an organisation that was not expected, that
-        already received the referral, or a repeat, changes nothing.
+        already received the referral, or a repeat, changes nothing; nor does the
+        refusal of a version older than the current one (an amendment answered it).
         """
         now = time.time() if now is None else now
         with self._db.transaction() as conn:
+            current = conn.execute(
+                "SELECT version FROM referrals WHERE referral_id = ?", (referral_id,)
+            ).fetchone()
+            if current is not None and version < int(current["version"] or 1):
+                return False
             open_row = conn.execute(
                 "SELECT 1 FROM expected"
                 " WHERE referral_id = ? AND org_id = ? AND received_at IS NULL",
@@ -394,6 +663,10 @@ class Outbox:
                 (now, referral_id),
             )
 
+    def all(self) -> list[PendingReferral]:
+        """Every referral the origin published (complete or not), oldest first."""
+        return self._summaries("1 = 1")
+
     def pending(self) -> list[PendingReferral]:
         """Every referral still waiting for at least one destination, oldest first."""
         return self._summaries("r.completed_at IS NULL")
@@ -409,6 +682,7 @@ class Outbox:
     def _summaries(self, where: str) -> list[PendingReferral]:
         rows = self._db.query(
             "SELECT r.referral_id, r.case_id, r.published_at, r.last_sent_at, r.attempts,"
+            " r.version, r.parent_referral_id, r.completed_at,"
             " e.org_id, e.received_at, f.reason, f.refused_at"
             " FROM referrals r JOIN expected e USING (referral_id)"
             " LEFT JOIN refused f ON f.referral_id = e.referral_id AND f.org_id = e.org_id"
@@ -430,6 +704,9 @@ class Outbox:
                     published_at=first["published_at"],
                     last_sent_at=first["last_sent_at"],
                     attempts=first["attempts"],
+                    version=int(first["version"] or 1),
+                    parent_referral_id=first["parent_referral_id"],
+                    complete=first["completed_at"] is not None,
                     refused_by=tuple(
                         Refusal(r["org_id"], r["reason"], r["refused_at"])
                         for r in open_

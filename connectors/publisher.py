@@ -22,12 +22,20 @@ published — recognises it:
 
 * same id, same content → a **repeat**: answered ``repeat`` and not sent again
   (the outbox keeps republishing the first until every destination confirms);
-* same id, other content → an **amendment**: refused with a clear problem and
-  not published. The content compared is :func:`content_fingerprint`: the
-  referral without its id, origin and creation time, and without a
-  ``received_at`` the source filled in. Full amendments (a new version of the
-  same referral) are being built separately; :meth:`Publisher.conflicts` and
-  the ``amendment`` kind of :class:`Rejected` are where they plug in.
+* same id, other content → an **amendment**. Asked for explicitly
+  (``amend=True``: ``referral publish --amend``), it is published as the next
+  *version* of the same referral (``envelope.version``), signed like the first,
+  routed by its own (signed) envelope, stored in the outbox as the current
+  version (the earlier ones kept as history, every destination waiting for a
+  RECEIVED of the new version) and recorded as AMENDED in the ledger. Not asked
+  for (a source re-reading a changed file), it is refused with a clear problem
+  (``Rejected.kind == "amendment"``) and not published. The content compared is
+  :func:`content_fingerprint`: the referral without its id, origin, creation
+  time and version, and without a ``received_at`` the source filled in.
+
+**Re-referrals.** :meth:`Publisher.reroute_due` publishes the child referrals
+the status driver queued for moved items (the rule is in :mod:`broker.outcomes`),
+signed by this origin, and records REROUTED on the parent and on the child.
 
 Problems are reported as ``field.path: message`` lines that never quote URLs,
 hashes or free text.
@@ -53,13 +61,15 @@ from broker.config import Settings
 from broker.errors import CodecError, ConfigError, RoutingError, SecurityError, ValidationFailed
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.network import Network, Organisation
-from broker.routing.decide import add_hosting_jurisdictions, decide
+from broker.outcomes import ItemRef, Reroute, child_reason, parent_reason
+from broker.routing.decide import add_hosting_jurisdictions, country_of_ip, decide
 from broker.security.rules import OriginSecurity
 from broker.tracing import Tracing
 from broker.wire.codec import Codec
-from broker.wire.models import Referral, problems_of, utc_now_ms
-from broker.wire.topics import Headers
-from connectors.outbox import Outbox, OutboxEntry, RepublishSchedule
+from broker.wire.models import CaseBody, Referral, problems_of, utc_now_ms
+from broker.wire.topics import Headers, TopicNames
+from connectors.base import jsonable
+from connectors.outbox import Outbox, OutboxEntry, ReferralFacts, RepublishSchedule
 
 __all__ = [
     "AMENDMENTS_HINT",
@@ -69,6 +79,7 @@ __all__ = [
     "Published",
     "Publisher",
     "Rejected",
+    "child_referral",
     "content_fingerprint",
     "referral_id_for",
 ]
@@ -79,8 +90,8 @@ log = logging.getLogger("referral.connectors.publisher")
 REFERRAL_ID_NAMESPACE = uuid.UUID("0b9d6c84-5e4a-5c1f-9f3e-2a7d1c6e8b40")
 #: Where a refused amendment points the sender.
 AMENDMENTS_HINT = (
-    "amendments of published referrals are not supported yet: see 'One case, one referral' "
-    "in connectors/README.md"
+    "amendments are sent only when asked for: publish it with 'referral publish --amend'"
+    " to send it as the next version (see connectors/README.md)"
 )
 
 
@@ -105,8 +116,10 @@ def content_fingerprint(model: Referral, *, received_at_filled: bool = False) ->
     """
     datum = model.to_avro()
     envelope = datum["envelope"]
-    for name in ("referral_id", "origin_org", "origin_country", "created_at"):
+    for name in ("referral_id", "origin_org", "origin_country", "created_at", "version"):
         envelope.pop(name, None)
+    if envelope.get("parent_referral_id") is None:  # as before re-referrals existed
+        envelope.pop("parent_referral_id", None)
     timeline = datum["body"].get("timeline") if isinstance(datum["body"], dict) else None
     if received_at_filled and isinstance(timeline, dict):
         timeline.pop("received_at", None)
@@ -126,6 +139,13 @@ class Prepared:
     security_headers: tuple[tuple[str, bytes], ...] = ()
     #: :func:`content_fingerprint` of the referral (tells a repeat from an amendment).
     fingerprint: str = ""
+    #: What the outbox keeps beside the bytes (version, items, countries, plain document).
+    facts: ReferralFacts = field(default_factory=ReferralFacts)
+
+    @property
+    def version(self) -> int:
+        """The referral's version (above 1: an amendment)."""
+        return self.facts.version
 
 
 @dataclass(frozen=True)
@@ -141,6 +161,8 @@ class Published:
     #: True if the origin had already published this referral with the same content:
     #: nothing was sent now (the outbox holds the first until every destination has it).
     repeat: bool = False
+    #: The version published (above 1: an amendment).
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -260,8 +282,13 @@ class Publisher:
         data["body"] = {**body, "timeline": {**timeline, "received_at": utc_now_ms()}}
         return True
 
-    def prepare(self, raw: Mapping[str, Any]) -> Prepared:
-        """Validate, add hosting jurisdictions, check routing, encode; ValidationFailed if not."""
+    def prepare(self, raw: Mapping[str, Any], *, amend: bool = False) -> Prepared:
+        """Validate, add hosting jurisdictions, check routing, encode; ValidationFailed if not.
+
+        With ``amend``, a referral the outbox holds with other content becomes its
+        next version (one it holds with the same content stays a repeat); one the
+        origin never published is refused: there is nothing to amend.
+        """
         from pydantic import ValidationError
 
         data, received_filled = self._complete(raw)
@@ -272,8 +299,10 @@ class Publisher:
             raise ValidationFailed(
                 f"invalid referral: {len(problems)} problem(s)", problems
             ) from None
+        fingerprint = content_fingerprint(model, received_at_filled=received_filled)
         datum = model.to_avro()
         envelope = datum["envelope"]
+        envelope["version"] = self._version(model, fingerprint, amend)
         envelope["jurisdictions"] = add_hosting_jurisdictions(
             envelope["jurisdictions"], datum["body"]["items"]
         )
@@ -300,8 +329,27 @@ class Publisher:
             value=value,
             expected=decision.orgs,
             security_headers=tuple(signed),
-            fingerprint=content_fingerprint(model, received_at_filled=received_filled),
+            fingerprint=fingerprint,
+            facts=_facts(model, datum),
         )
+
+    def _version(self, model: Referral, fingerprint: str, amend: bool) -> int:
+        """The version to publish: the stored one (new or repeat), or the next (amendment)."""
+        stored = self.outbox.stored(model.referral_id)
+        if stored is None:
+            if amend:
+                raise ValidationFailed(
+                    "nothing to amend",
+                    [
+                        f"envelope.referral_id: {self.org.id} has not published referral"
+                        f" {model.referral_id} (case {model.envelope.case_id}); publish it"
+                        " without --amend first"
+                    ],
+                )
+            return 1  # a first publication is version 1, whatever the input says
+        if amend and stored.content_sha256 not in (None, fingerprint):
+            return stored.version + 1
+        return stored.version
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -314,13 +362,18 @@ class Publisher:
         ]
 
     def publish(
-        self, rows: Iterable[tuple[str, Mapping[str, Any] | ValidationFailed]]
+        self,
+        rows: Iterable[tuple[str, Mapping[str, Any] | ValidationFailed]],
+        *,
+        amend: bool = False,
     ) -> BatchResult:
         """Validate and publish ``(label, referral dict)`` rows; a row may be a parse error.
 
         Every valid new row is stored in the outbox, then sent; the call returns once
-        the broker acknowledged (or failed) every send. Invalid rows and amendments
-        are reported, never sent; repeats are reported as repeats, not sent again.
+        the broker acknowledged (or failed) every send. Invalid rows and (unless
+        ``amend``) amendments are reported, never sent; repeats are reported as
+        repeats, not sent again. With ``amend`` a changed referral is sent as its
+        next version.
         """
         rejected: list[Rejected] = []
         ready: list[tuple[str, Prepared]] = []
@@ -329,7 +382,7 @@ class Publisher:
                 rejected.append(Rejected(label, tuple(row.problems or [str(row)])))
                 continue
             try:
-                ready.append((label, self.prepare(row)))
+                ready.append((label, self.prepare(row, amend=amend)))
             except ValidationFailed as exc:
                 rejected.append(Rejected(label, tuple(exc.problems or [str(exc)])))
         result = self.publish_prepared(ready)
@@ -344,7 +397,9 @@ class Publisher:
         out = []
         for label, prepared in ready:
             known = first.setdefault(prepared.referral_id, prepared.fingerprint)
-            stored = self.outbox.get(prepared.referral_id)
+            stored = self.outbox.stored(prepared.referral_id)
+            if stored is not None and prepared.version > stored.version:
+                continue  # asked for: the next version
             if stored is not None and stored.content_sha256 is not None:
                 known = stored.content_sha256
             if known != prepared.fingerprint:
@@ -381,13 +436,19 @@ class Publisher:
 
     def _known(self, label: str, prepared: Prepared) -> Published | Rejected | None:
         """A repeat or an amendment if the outbox holds the referral id; None if it is new."""
-        stored = self.outbox.get(prepared.referral_id)
-        if stored is None:
-            return None
+        stored = self.outbox.stored(prepared.referral_id)
+        if stored is None or prepared.version > stored.version:
+            return None  # new, or the next version (an amendment asked for)
         if stored.content_sha256 not in (None, prepared.fingerprint):
             return self._amendment(label, prepared)
         return Published(
-            label, prepared.referral_id, prepared.case_id, prepared.expected, False, True
+            label,
+            prepared.referral_id,
+            prepared.case_id,
+            prepared.expected,
+            False,
+            True,
+            stored.version,
         )
 
     def _store_and_send(
@@ -414,15 +475,26 @@ class Publisher:
                 "referral.origin": self.org.id,
             },
         ):
-            added = self.outbox.add(
-                prepared.referral_id,
-                prepared.case_id,
-                self.names.intake,
-                prepared.value,
-                headers,
-                prepared.expected,
-                content_sha256=prepared.fingerprint or None,
-            )
+            if prepared.version > 1:
+                added = self.outbox.amend(
+                    prepared.referral_id,
+                    prepared.value,
+                    headers,
+                    prepared.expected,
+                    prepared.fingerprint or None,
+                    prepared.facts,
+                )
+            else:
+                added = self.outbox.add(
+                    prepared.referral_id,
+                    prepared.case_id,
+                    self.names.intake,
+                    prepared.value,
+                    headers,
+                    prepared.expected,
+                    content_sha256=prepared.fingerprint or None,
+                    about=prepared.facts,
+                )
             if added:
                 future = self._send(prepared.referral_id, prepared.value, headers)
         if not added:  # another process stored it meanwhile
@@ -435,7 +507,14 @@ class Publisher:
                     label, prepared.referral_id, prepared.case_id, prepared.expected, False, True
                 )
             ), None
-        pub = Published(label, prepared.referral_id, prepared.case_id, prepared.expected, False)
+        pub = Published(
+            label,
+            prepared.referral_id,
+            prepared.case_id,
+            prepared.expected,
+            False,
+            version=prepared.version,
+        )
         return pub, future
 
     def _send(
@@ -467,16 +546,26 @@ class Publisher:
                 meta = future.value
             sent = meta is not None
             result.published.append(
-                Published(pub.label, pub.referral_id, pub.case_id, pub.expected, sent, pub.repeat)
+                Published(
+                    pub.label,
+                    pub.referral_id,
+                    pub.case_id,
+                    pub.expected,
+                    sent,
+                    pub.repeat,
+                    pub.version,
+                )
             )
             if meta is not None:
+                amended = pub.version > 1
                 self._emit(
-                    HandoverEventType.PUBLISHED,
+                    HandoverEventType.AMENDED if amended else HandoverEventType.PUBLISHED,
                     pub.referral_id,
                     pub.case_id,
                     meta.partition,
                     meta.offset,
                     ",".join(pub.expected),
+                    reason=f"version {pub.version}" if amended else None,
                 )
         try:
             self.producer.flush(self.ack_timeout)
@@ -488,9 +577,11 @@ class Publisher:
         event: HandoverEventType,
         referral_id: str,
         case_id: str,
-        partition: int,
-        offset: int,
+        partition: int | None,
+        offset: int | None,
         to: str,
+        *,
+        reason: str | None = None,
     ) -> None:
         try:
             self.ledger.emit(
@@ -504,6 +595,7 @@ class Publisher:
                     topic=self.names.intake,
                     partition=partition,
                     offset=offset,
+                    reason=reason,
                 )
             )
         except (KafkaError, CodecError) as exc:
@@ -543,3 +635,148 @@ class Publisher:
                 )
                 done.append(entry.referral_id)
         return done
+
+    # -- re-referrals of moved items -------------------------------------------------------------
+
+    def reroute_due(self) -> list[str]:
+        """Publish the queued re-referrals of moved items; the child ids published now.
+
+        Each child is built from the parent as the outbox keeps it (see
+        :func:`child_referral`), prepared and published like any referral (signed by
+        this origin, routed by its new hosting country) and recorded as REROUTED on
+        the parent and on the child. One that cannot be built or is refused is
+        given up with a one-line problem (``Outbox.children`` shows it).
+        """
+        done = []
+        for reroute in self.outbox.reroutes_due():
+            parent = self.outbox.get(reroute.parent_referral_id)
+            try:
+                if parent is None or parent.document is None:
+                    raise ValidationFailed(
+                        "parent not kept",
+                        ["(record): the parent referral's plain content is not in the outbox"],
+                    )
+                child = child_referral(parent.document, reroute, self.network, self.names)
+                prepared = self.prepare(child)
+            except ValidationFailed as exc:
+                problem = (exc.problems or [str(exc)])[0]
+                log.warning(
+                    "re-referral %s of %s given up: %s",
+                    reroute.child_referral_id,
+                    reroute.parent_referral_id,
+                    problem.split(":")[0],
+                )
+                self.outbox.finish_reroute(reroute.child_referral_id, problem)
+                continue
+            result = self.publish_prepared([(f"reroute {reroute.item_id}", prepared)])
+            if result.rejected or not any(p.sent or p.repeat for p in result.published):
+                continue  # held in the outbox; the REROUTED events follow on the next sweep
+            to = ",".join(prepared.expected)
+            self._emit(
+                HandoverEventType.REROUTED,
+                reroute.parent_referral_id,
+                prepared.case_id,
+                None,
+                None,
+                to,
+                reason=parent_reason(reroute),
+            )
+            self._emit(
+                HandoverEventType.REROUTED,
+                reroute.child_referral_id,
+                prepared.case_id,
+                None,
+                None,
+                to,
+                reason=child_reason(reroute),
+            )
+            try:
+                self.producer.flush(self.ack_timeout)
+            except KafkaError as exc:
+                log.warning("ledger flush failed: %s", type(exc).__name__)
+            self.outbox.finish_reroute(reroute.child_referral_id)
+            done.append(reroute.child_referral_id)
+        return done
+
+
+def _facts(model: Referral, datum: Mapping[str, Any]) -> ReferralFacts:
+    """What the outbox keeps of a prepared referral (its datum as encoded) beside its bytes."""
+    envelope = datum["envelope"]
+    items: tuple[ItemRef, ...] = ()
+    document = None
+    if isinstance(model.body, CaseBody):
+        refs = []
+        for item in model.body.items:
+            hosting = item.hosting
+            country = hosting.country if hosting is not None else None
+            if country is None and hosting is not None and hosting.ip:
+                country = country_of_ip(hosting.ip)
+            refs.append(ItemRef(str(item.item_id), country))
+        items = tuple(refs)
+        document = jsonable(datum)
+    countries = tuple(dict.fromkeys(str(j["country"]) for j in envelope["jurisdictions"]))
+    return ReferralFacts(
+        version=int(envelope.get("version") or 1),
+        parent_referral_id=model.envelope.parent_referral_id,
+        items=items,
+        countries=countries,
+        document=document,
+    )
+
+
+def child_referral(
+    parent: Mapping[str, Any], reroute: Reroute, network: Network, names: TopicNames
+) -> dict[str, Any]:
+    """The re-referral of one moved item of ``parent`` (the plain referral as JSON).
+
+    One item (same ``item_id``, hosted where the outcome says, with the
+    classification that applied to it), the parent's case id, priority,
+    urgency, handling, external references, timeline, prior actions and summary;
+    ``parent_referral_id`` set, the new hosting country as its one jurisdiction.
+    A TLP RED parent's child names the organisations the new country routes to.
+    """
+    env, body = parent["envelope"], parent["body"]
+    item = next((i for i in body["items"] if i.get("item_id") == reroute.item_id), None)
+    if item is None:
+        raise ValidationFailed(
+            "item not in parent", [f"body.items: no item {reroute.item_id} in the parent"]
+        )
+    hosting = {"ip": reroute.ip, "asn": None, "provider": None, "country": reroute.country}
+    handling = dict(env["handling"])
+    envelope: dict[str, Any] = {
+        "referral_id": reroute.child_referral_id,
+        "case_id": env["case_id"],
+        "jurisdictions": [{"country": reroute.country, "basis": "HOSTING", "derived": False}],
+        "priority": env["priority"],
+        "urgency_reason": env.get("urgency_reason"),
+        "handling": handling,
+        "external_refs": env.get("external_refs") or [],
+        "parent_referral_id": reroute.parent_referral_id,
+    }
+    if handling.get("tlp") == "RED":
+        probe = {
+            **envelope,
+            "origin_org": env["origin_org"],
+            "handling": {**handling, "tlp": "AMBER"},
+        }
+        try:
+            handling["recipients"] = list(decide(probe, network, names).orgs)
+        except RoutingError:
+            handling["recipients"] = []
+    return {
+        "envelope": envelope,
+        "body": {
+            "items": [
+                {
+                    **item,
+                    "hosting": hosting,
+                    "classification": item.get("classification") or body["classification"],
+                }
+            ],
+            "classification": body["classification"],
+            "timeline": body["timeline"],
+            "prior_actions": body["prior_actions"],
+            "duplicate_of": None,
+            "summary": body.get("summary"),
+        },
+    }

@@ -11,7 +11,8 @@ thread, until stopped:
 * one **status driver** feeding the status sinks (``status_folder``,
   ``status_webhook``) and clearing the outbox on RECEIVED;
 * the **outbox republisher**, sending again what no destination has answered,
-  after ``republish_after`` seconds and then less and less often;
+  after ``republish_after`` seconds and then less and less often, and
+  publishing the re-referrals of moved items the status driver queued;
 * the **head watcher**, keeping every signed ledger checkpoint the router
   publishes (``<state_dir>/orgs/<org>/heads.sqlite3``; ``referral ledger
   verify`` checks the ledger against them).
@@ -199,6 +200,8 @@ class ConnectorRuntime:
         self.status_driver: StatusDriver | None = None
         self.heads: HeadWatcher | None = None
         self.republished: list[str] = []
+        #: Child referrals published for moved items (``Publisher.reroute_due``).
+        self.rerouted: list[str] = []
         self.errors: list[str] = []
 
     def _build(self, parsed: dict[str, BaseModel]) -> _Built:
@@ -300,6 +303,7 @@ class ConnectorRuntime:
                 producer=self.producer,
                 tracing=self.tracing,
                 security=self.publisher.security,
+                network=self.network,
             )
             self.status_driver.open()
             self.heads = HeadWatcher(
@@ -362,6 +366,7 @@ class ConnectorRuntime:
 
             def step() -> None:
                 self.republished.extend(self.publisher.republish_due(schedule))
+                self.rerouted.extend(self.publisher.reroute_due())
 
             self._guarded("outbox republish", step)
 

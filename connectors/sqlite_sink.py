@@ -15,6 +15,14 @@ SQL date functions understand them: ``received_at > datetime('now', '-1 day')``.
 A repeat of the same referral updates its row; it never adds a second. A table
 of an earlier version — keyed by referral id alone, or with times as epoch
 numbers — is rebuilt when opened (epoch times converted).
+
+**Versions.** ``version`` (added to an older table on open, default 1) is the
+current version of the referral: an amendment by its origin replaces the row's
+content and never goes back to an older version. Every version delivered is
+also kept in ``<table>_versions`` (``origin_org``, ``referral_id``,
+``version``, ``referral``, ``received_at``; primary key the first three), so
+``SELECT * FROM cases_versions WHERE referral_id = ? ORDER BY version`` is the
+history.
 """
 
 from __future__ import annotations
@@ -84,9 +92,19 @@ class SqliteCaseSink(Sink):
                 PRIMARY KEY (origin_org, referral_id)
             );"""
 
+    def _create_versions(self) -> str:
+        return f"""CREATE TABLE IF NOT EXISTS {self.table}_versions (
+                origin_org  TEXT NOT NULL,
+                referral_id TEXT NOT NULL,
+                version     INTEGER NOT NULL,
+                referral    TEXT NOT NULL,
+                received_at TEXT NOT NULL,
+                PRIMARY KEY (origin_org, referral_id, version)
+            );"""
+
     def open(self) -> None:
-        """Open the database and create the table if missing (rebuilding an old one)."""
-        self._db = Database(self.path, self._create(self.table))
+        """Open the database and create the tables if missing (rebuilding an old one)."""
+        self._db = Database(self.path, self._create(self.table) + self._create_versions())
         info = self._db.query(f"PRAGMA table_info({self.table})")
         keys = [r["name"] for r in sorted(info, key=lambda r: r["pk"]) if r["pk"]]
         types = {r["name"]: str(r["type"]).upper() for r in info}
@@ -99,6 +117,12 @@ class SqliteCaseSink(Sink):
                     f"INSERT INTO {self.table} ({_COLUMNS}) SELECT {_COPY_TIMES} FROM {old}"
                 )
                 conn.execute(f"DROP TABLE {old}")
+        have = {r["name"] for r in self._db.query(f"PRAGMA table_info({self.table})")}
+        if "version" not in have:
+            with self._db.transaction() as conn:
+                conn.execute(
+                    f"ALTER TABLE {self.table} ADD COLUMN version INTEGER NOT NULL DEFAULT 1"
+                )
 
     def close(self) -> None:
         """Close the database."""
@@ -127,14 +151,20 @@ class SqliteCaseSink(Sink):
             with self._db.transaction() as conn:
                 conn.execute(
                     f"INSERT INTO {self.table} (referral_id, case_id, origin_org, priority, tlp,"
-                    " jurisdictions, referral, topic, received_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " jurisdictions, referral, topic, received_at, updated_at, version)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT(origin_org, referral_id) DO UPDATE SET"
                     " case_id = excluded.case_id, priority = excluded.priority,"
                     " tlp = excluded.tlp, jurisdictions = excluded.jurisdictions,"
                     " referral = excluded.referral, topic = excluded.topic,"
-                    " updated_at = excluded.updated_at",
-                    row,
+                    " updated_at = excluded.updated_at, version = excluded.version"
+                    f" WHERE excluded.version >= {self.table}.version",
+                    (*row, delivery.version),
+                )
+                conn.execute(
+                    f"INSERT OR IGNORE INTO {self.table}_versions (origin_org, referral_id,"
+                    " version, referral, received_at) VALUES (?, ?, ?, ?, ?)",
+                    (delivery.origin_org, delivery.referral_id, delivery.version, row[6], now),
                 )
         except Exception as exc:  # sqlite3.Error and OS errors alike
             raise DeliveryError(

@@ -12,13 +12,18 @@ Settings (``[organisations.connectors.webhook]``)::
 The body is JSON (``{"referral": ..., "delivery": ...}``); the
 ``X-Referral-Signature: sha256=<hex>`` header is the HMAC-SHA256 of the exact
 body bytes under the secret, and ``X-Referral-Id`` / ``Idempotency-Key`` carry
-the referral id. A 2xx answer is a delivery. A 5xx answer, a timeout or a
-connection failure is retried with exponential backoff and full jitter; a 4xx
-answer is final at once: a :class:`~broker.errors.DeliveryError` with
-``permanent`` set and the reason code ``HTTP_<code>`` (the driver dead-letters
-it once and answers the origin with a signed REJECTED). A delivery that finally
-fails otherwise raises a transient DeliveryError (dead-lettered, not recorded
-as delivered; the origin's republish tries again). Errors name the status code, never the URL.
+the referral id; ``X-Referral-Version`` the referral's version. An amendment (a
+newer version of a referral delivered before) is POSTed like the first with
+``delivery.version`` / ``delivery.previous_version`` in the body and the
+Idempotency-Key ``<referral id>.v<version>`` (version 1 keeps the bare id), so
+a case system's own de-duplication does not swallow it. A 2xx answer is a
+delivery. A 5xx answer, a timeout or a connection failure is retried with
+exponential backoff and full jitter; a 4xx answer is final at once: a
+:class:`~broker.errors.DeliveryError` with ``permanent`` set and the reason
+code ``HTTP_<code>`` (the driver dead-letters it once and answers the origin
+with a signed REJECTED). A delivery that finally fails otherwise raises a
+transient DeliveryError (dead-lettered, not recorded as delivered; the origin's
+republish tries again). Errors name the status code, never the URL.
 """
 
 from __future__ import annotations
@@ -111,7 +116,14 @@ class SignedPoster:
         ceiling = min(self.config.backoff_max, self.config.backoff_initial * 2 ** (attempt - 1))
         return random.uniform(0, ceiling)
 
-    def post(self, document: Mapping[str, Any], referral_id: str, what: str) -> int:
+    def post(
+        self,
+        document: Mapping[str, Any],
+        referral_id: str,
+        what: str,
+        *,
+        version: int | None = None,
+    ) -> int:
         """POST ``document``; the final status code, or DeliveryError."""
         if self._client is None:
             self.open()
@@ -123,6 +135,10 @@ class SignedPoster:
             "X-Referral-Id": referral_id,
             "Idempotency-Key": referral_id,
         }
+        if version is not None:
+            headers["X-Referral-Version"] = str(version)
+            if version > 1:
+                headers["Idempotency-Key"] = f"{referral_id}.v{version}"
         last = "no attempt"
         for attempt in range(1, self.config.max_attempts + 1):
             self.attempts += 1
@@ -189,4 +205,6 @@ class WebhookSink(PostingSink, Sink):
 
     def deliver(self, delivery: Delivery) -> None:
         """POST the referral; DeliveryError once it finally fails."""
-        self.poster.post(delivery_document(delivery), delivery.referral_id, "webhook")
+        self.poster.post(
+            delivery_document(delivery), delivery.referral_id, "webhook", version=delivery.version
+        )

@@ -45,10 +45,20 @@ from tests.factories import (
 
 FIXED_TS = datetime(2024, 3, 1, 12, 30, 15, 123000, tzinfo=UTC)
 
-#: The wire bytes of fixed_referral() with schema id 6 (Referral version 3: each item ends with
-#: its item_id, union branch 1 + the derived UUID, and its own classification, branch 0 = none).
-#: A change here is a wire change (or a change of the item id derivation).
+#: The wire bytes of fixed_referral() with schema id 10 (Referral version 4: the envelope ends with
+#: its version, 1 = ``02``, and no parent, union branch 0 = ``00``; each item ends with its
+#: item_id and its own classification). A change here is a wire change.
 FIXED_REFERRAL_HEX = (
+    "000000000a4830303030303030302d303030302d343030302d383030302d30303030303030303030303112"
+    "636173652d3030303114686f746c696e652d6e6c044e4c0204444500010000021273796e74686574696308"
+    "0212706f6c6963652d64650004a691f39fbf63020004783100020000023868747470733a2f2f686f73742d"
+    "312e6578616d706c652e6f72672f6104020040303030303030303030303030303030303030303030303030"
+    "3030303030303030000202123139322e302e322e3102e8ef070002044445024864343530643864392d6437"
+    "30612d356234652d623639392d61366230636432333866393500000000000200000600a691f39fbf630000"
+    "02a691f39fbf630002186e65757472616c2074657874"
+)
+#: The same referral as written by Referral version 3 (schema id 6: item ids, no version/parent).
+FIXED_REFERRAL_V3_HEX = (
     "00000000064830303030303030302d303030302d343030302d383030302d30303030303030303030303112"
     "636173652d3030303114686f746c696e652d6e6c044e4c0204444500010000021273796e74686574696308"
     "0212706f6c6963652d64650004a691f39fbf6302000478310000023868747470733a2f2f686f73742d312e"
@@ -158,8 +168,18 @@ def fixed_status() -> m.StatusUpdate:
     )
 
 
-#: The wire bytes of fixed_status() with schema id 7 (StatusUpdate version 2: item outcomes).
+#: The wire bytes of fixed_status() with schema id 11 (StatusUpdate version 3: item outcomes,
+#: then the referral version, null = ``00``).
 FIXED_STATUS_HEX = (
+    "000000000b4830303030303030302d303030302d343030302d383030302d30303030303030303030303112"
+    "636173652d3030303112706f6c6963652d6465a691f39fbf630a0000000014686f746c696e652d6e6c0648"
+    "30303030303030302d303030302d353030302d383030302d30303030303030303030306100a691f39fbf63"
+    "00004830303030303030302d303030302d353030302d383030302d30303030303030303030306202a691f3"
+    "9fbf630202123139322e302e322e39000002044652004830303030303030302d303030302d353030302d38"
+    "3030302d30303030303030303030306306a691f39fbf6300020444450000"
+)
+#: fixed_status() as StatusUpdate version 2 wrote it (schema id 7: no referral version).
+FIXED_STATUS_V2_HEX = (
     "00000000074830303030303030302d303030302d343030302d383030302d30303030303030303030303112"
     "636173652d3030303112706f6c6963652d6465a691f39fbf630a0000000014686f746c696e652d6e6c0648"
     "30303030303030302d303030302d353030302d383030302d30303030303030303030306100a691f39fbf63"
@@ -199,6 +219,60 @@ def test_version_2_bytes_still_decode_to_the_same_referral_with_the_same_item_id
     assert isinstance(referral.body, m.CaseBody)
     assert referral.body.items[0].item_id == FIXED_ITEM_ID
     assert CODEC.decode_envelope(v2) == CODEC.decode_envelope(bytes.fromhex(FIXED_REFERRAL_HEX))
+
+
+def test_version_3_bytes_still_decode_as_version_1_of_the_referral() -> None:
+    """Version 3 writers knew no amendments or re-referrals: the reader's defaults apply."""
+    v3 = bytes.fromhex(FIXED_REFERRAL_V3_HEX)
+    assert CODEC.schema_id_of(v3) == 6
+    _, datum = CODEC.decode(v3, expected=REFERRAL)
+    assert (datum["envelope"]["version"], datum["envelope"]["parent_referral_id"]) == (1, None)
+    assert m.Referral.from_avro(datum) == fixed_referral()
+    envelope = CODEC.decode_envelope(v3)
+    assert envelope == CODEC.decode_envelope(bytes.fromhex(FIXED_REFERRAL_HEX))
+    assert envelope["version"] == 1
+
+
+def test_an_amended_child_referral_round_trips() -> None:
+    parent = "00000000-0000-4000-8000-0000000000aa"
+    amended = fixed_referral().model_copy(
+        update={
+            "envelope": fixed_referral().envelope.model_copy(
+                update={"version": 3, "parent_referral_id": parent}
+            )
+        }
+    )
+    data = CODEC.encode(REFERRAL, amended.to_avro())
+    assert CODEC.decode_envelope(data)["version"] == 3
+    assert m.Referral.from_avro(CODEC.decode(data)[1]) == amended
+
+
+@pytest.mark.parametrize(("record", "old_id"), [(REFERRAL, 6), (STATUS_UPDATE, 7)])
+def test_old_consumers_read_the_new_bytes_with_their_own_schema(record: str, old_id: int) -> None:
+    """A consumer on Referral v3 / StatusUpdate v2 reads v4 / v3 bytes (new fields skipped)."""
+    import fastavro
+
+    model = fixed_referral() if record == REFERRAL else fixed_status()
+    data = CODEC.encode(record, model.to_avro())
+    registry = EmbeddedRegistry()
+    writer = fastavro.parse_schema(registry.by_id(CODEC.schema_id_of(data)).schema)
+    reader = fastavro.parse_schema(registry.by_id(old_id).schema)
+    old = fastavro.schemaless_reader(io.BytesIO(data[5:]), writer, reader)
+    assert isinstance(old, dict)
+    if record == REFERRAL:
+        assert "version" not in old["envelope"]
+        assert str(old["envelope"]["referral_id"]) == model.to_avro()["envelope"]["referral_id"]
+    else:
+        assert "referral_version" not in old
+        assert len(old["item_outcomes"]) == 3
+
+
+def test_status_version_2_bytes_decode_about_version_1() -> None:
+    v2 = bytes.fromhex(FIXED_STATUS_V2_HEX)
+    assert CODEC.schema_id_of(v2) == 7
+    _, datum = CODEC.decode(v2, expected=STATUS_UPDATE)
+    assert datum["referral_version"] is None
+    assert m.StatusUpdate.from_avro(datum) == fixed_status()
 
 
 def test_fixed_status_encodes_to_the_checked_in_bytes() -> None:
@@ -488,7 +562,7 @@ def test_handover_event_version_1_bytes_still_decode_and_version_2_writes_resolv
     assert CODEC.schema_id_of(v1) == 3
     _, datum = CODEC.decode(v1, expected=HANDOVER_EVENT)
     assert (datum["event"], datum["actor"], datum["offset"]) == ("DELIVERED", "police-de", 7)
-    resolved = {**datum, "event": "RESOLVED"}
-    data = CODEC.encode(HANDOVER_EVENT, resolved)
-    assert CODEC.schema_id_of(data) == EmbeddedRegistry().latest(HANDOVER_EVENT).id != 3
-    assert CODEC.decode(data, expected=HANDOVER_EVENT)[1]["event"] == "RESOLVED"
+    for kind in ("RESOLVED", "AMENDED", "REROUTED"):  # version 2 added the first, 3 the others
+        data = CODEC.encode(HANDOVER_EVENT, {**datum, "event": kind})
+        assert CODEC.schema_id_of(data) == EmbeddedRegistry().latest(HANDOVER_EVENT).id == 12
+        assert CODEC.decode(data, expected=HANDOVER_EVENT)[1]["event"] == kind

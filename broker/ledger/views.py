@@ -24,6 +24,14 @@ What the components record (``handover_event`` callers):
 * ``DEAD_LETTERED`` — the router or a sink could not handle the record.
 * ``RESOLVED`` — a sink delivered a referral whose earlier delivery had failed
   for a while (an outage) and was dead-lettered: that dead letter is stale.
+* ``AMENDED`` — the origin published a new version of the referral (``reason``
+  ``version <n>``); a sink's DELIVERED of it ends in ``version <n>``.
+* ``REROUTED`` — the origin re-referred a moved item in a child referral: on the
+  parent ``item <id> moved to <CC>: referral <child id>``, on the child ``child of
+  referral <parent id> (item <id>)`` (:mod:`broker.outcomes`).
+
+A verified status with item outcomes has the reason ``<STATUS>; <summary>``
+(``NTD_SENT; 3 items: 1 moved to FR, 1 removed, 1 still online``).
 
 Output names ids, organisations, jurisdictions and topics only.
 """
@@ -41,6 +49,7 @@ from broker.errors import UnknownReferral
 from broker.ledger.events import HandoverEventType
 from broker.lifecycle import current_status
 from broker.network import Deadlines
+from broker.outcomes import Reroute, parse_reroute, split_status_reason
 from broker.wire.models import ReferralStatus
 from broker.wire.topics import TopicNames
 
@@ -67,7 +76,14 @@ UNKNOWN_REFERRAL = "00000000-0000-0000-0000-000000000000"
 #: The flows matrix column of referrals routed to the unassigned (fallback) topic.
 UNASSIGNED_COLUMN = "unassigned"
 
-_PUBLISHED = frozenset({HandoverEventType.PUBLISHED, HandoverEventType.REPUBLISHED})
+_PUBLISHED = frozenset(
+    {HandoverEventType.PUBLISHED, HandoverEventType.REPUBLISHED, HandoverEventType.AMENDED}
+)
+
+
+def _status(r: HandoverRecord) -> str:
+    """The status of a verified status's DELIVERED reason (without the item outcome summary)."""
+    return split_status_reason(r.reason)[0]
 
 
 @dataclass(frozen=True)
@@ -136,7 +152,7 @@ def _is_accepted_status(r: HandoverRecord, names: TopicNames) -> bool:
 def _is_received(r: HandoverRecord, org: str, names: TopicNames) -> bool:
     return (
         _is_accepted_status(r, names)
-        and r.reason == ReferralStatus.RECEIVED
+        and _status(r) == ReferralStatus.RECEIVED
         and r.from_party == org
     )
 
@@ -214,6 +230,14 @@ class Trace:
     awaited: tuple[Awaited, ...]
     #: Organisation → its current status by lifecycle.
     statuses: dict[str, str] = field(default_factory=dict)
+    #: Organisation → the item outcome summary of its latest verified status that had one.
+    outcomes: dict[str, str] = field(default_factory=dict)
+    #: Child referrals of moved items (item id, country, child referral id).
+    children: tuple[Reroute, ...] = ()
+    #: The re-referral this referral is (its parent and item), if it is one.
+    parent: Reroute | None = None
+    #: Versions the origin published after the first (from AMENDED events), in order.
+    amendments: tuple[int, ...] = ()
 
     @property
     def overdue(self) -> tuple[Awaited, ...]:
@@ -234,6 +258,17 @@ class Trace:
             "received": {org: at.isoformat() for org, at in sorted(self.received.items())},
             "awaited": [a.to_json() for a in self.awaited],
             "statuses": dict(sorted(self.statuses.items())),
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "children": [
+                {"referral_id": c.child_referral_id, "item_id": c.item_id, "country": c.country}
+                for c in self.children
+            ],
+            "parent": (
+                {"referral_id": self.parent.parent_referral_id, "item_id": self.parent.item_id}
+                if self.parent
+                else None
+            ),
+            "version": max((1, *self.amendments)),
         }
 
 
@@ -314,22 +349,47 @@ def trace(
     accepted = [r for r in mine if _is_accepted_status(r, names)]
     received: dict[str, datetime] = {}
     by_org: dict[str, list[tuple[str, datetime]]] = {}
+    outcomes: dict[str, str] = {}
     for r in accepted:
         org = r.from_party or ""
-        if r.reason == ReferralStatus.RECEIVED:
+        status, summary = split_status_reason(r.reason)
+        if status == ReferralStatus.RECEIVED:
             received.setdefault(org, r.at)
-        by_org.setdefault(org, []).append((r.reason or "", r.at))
+        by_org.setdefault(org, []).append((status, r.at))
+        if summary:
+            outcomes[org] = summary
     statuses: dict[str, str] = {}
     for org, updates in by_org.items():
         current = current_status(updates)
         if current is not None:
             statuses[org] = current[0].value
-    overall = current_status((r.reason or "", r.at) for r in accepted)
+    overall = current_status((_status(r), r.at) for r in accepted)
     status_by = None
     if overall is not None:
         status_by = next(
-            r.from_party for r in accepted if (r.reason, r.at) == (overall[0].value, overall[1])
+            r.from_party for r in accepted if (_status(r), r.at) == (overall[0].value, overall[1])
         )
+    links = [
+        link
+        for r in mine
+        if r.event == HandoverEventType.REROUTED
+        and (link := parse_reroute(referral_id, r.reason)) is not None
+    ]
+    children = tuple(
+        dict.fromkeys(x for x in links if x.parent_referral_id == referral_id and x.country)
+    )
+    parent = next((x for x in links if x.child_referral_id == referral_id), None)
+    amendments = tuple(
+        sorted(
+            {
+                int(r.reason.split()[-1])
+                for r in mine
+                if r.event == HandoverEventType.AMENDED
+                and r.reason
+                and r.reason.split()[-1].isdigit()
+            }
+        )
+    )
     case_id = next((r.case_id for r in mine if r.case_id not in ("", "-", "unknown")), "")
     return Trace(
         referral_id=referral_id,
@@ -343,6 +403,10 @@ def trace(
         received=received,
         awaited=awaited(mine, deadlines, names, now),
         statuses=statuses,
+        outcomes=outcomes,
+        children=children,
+        parent=parent,
+        amendments=amendments,
     )
 
 

@@ -250,6 +250,10 @@ class HandoverEventType(StrEnum):
     ACCESSED = "ACCESSED"
     #: a delivery that succeeded after earlier dead-lettered (transient) failures: those are stale
     RESOLVED = "RESOLVED"
+    #: the origin published a new version of a referral it had sent (``reason``: ``version <n>``)
+    AMENDED = "AMENDED"
+    #: a moved item was referred on in a child referral (recorded on the parent and the child)
+    REROUTED = "REROUTED"
 
 
 # -- constrained scalar types ----------------------------------------------------------------
@@ -472,12 +476,18 @@ class ReferralEnvelope(_AvroModel):
     handling: Handling
     created_at: PastTimestamp
     external_refs: tuple[ExternalReference, ...] = ()
+    #: 1 as first published; each amendment by the origin is the next version.
+    version: Annotated[int, Field(ge=1, le=2_147_483_647)] = 1
+    #: The referral a re-referral (of a moved item) came from.
+    parent_referral_id: UuidStr | None = None
 
     @model_validator(mode="after")
     def _distinct_jurisdictions(self) -> Self:
         pairs = [(j.country, j.basis) for j in self.jurisdictions]
         if len(set(pairs)) != len(pairs):
             raise ValueError("a jurisdiction (country, basis) is listed twice")
+        if self.parent_referral_id == self.referral_id:
+            raise ValueError("a referral cannot be its own parent")
         return self
 
 
@@ -781,6 +791,8 @@ class StatusUpdate(_AvroModel):
     destination_org: OrgId | None = None
     origin_org: OrgId
     item_outcomes: tuple[ItemOutcome, ...] = ()
+    #: The version of the referral this update is about (None: version 1).
+    referral_version: Annotated[int, Field(ge=1, le=2_147_483_647)] | None = None
 
     @model_validator(mode="after")
     def _status_rules(self) -> Self:
