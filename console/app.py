@@ -134,6 +134,12 @@ def build_app(console: Console) -> Starlette:
     env.filters["when"] = _when
     env.filters["seconds"] = _seconds
     env.filters["short"] = short_id
+    prefix = console.operator.settings.topic_prefix
+    env.filters["topic"] = lambda name: (
+        name[len(prefix) :]
+        if prefix and isinstance(name, str) and name.startswith(prefix)
+        else name
+    )
     sessions = console.sessions
 
     class Guard(BaseHTTPMiddleware):
