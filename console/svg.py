@@ -98,7 +98,7 @@ def swim_lanes(t: Trace) -> Markup:
         for party in (r.from_party, r.actor, *r.to_orgs):
             if party and party not in lanes:
                 lanes.append(party)
-    lane_h, left, top = 56, 130, 84
+    lane_h, left, top = 56, 130, 96
     # Fit a page of about 1200 pixels where possible; labels alternate between two rows.
     step = max(68, min(104, (1180 - left) // max(len(t.hops), 1)))
     width = left + step * len(t.hops) + 60
@@ -148,14 +148,19 @@ def swim_lanes(t: Trace) -> Markup:
             f'<circle cx="{x:.0f}" cy="{y:.0f}" r="8" fill="{colour}" stroke="#ffffff" '
             'stroke-width="2"/></g>'
         )
-        label_y = top - 50 if k % 2 else top - 20
+        label_y = top - 62 if k % 2 else top - 24
         out.append(
-            f'<line x1="{x:.0f}" y1="{label_y + 4}" x2="{x:.0f}" y2="{top}" stroke="#c7cfd8" '
+            f'<line x1="{x:.0f}" y1="{label_y + 17}" x2="{x:.0f}" y2="{top}" stroke="#c7cfd8" '
             'stroke-width="1"/>'
             f'<text x="{x:.0f}" y="{label_y - 12}" text-anchor="middle" font-weight="bold" '
             f'fill="{colour}">{escape(r.event.replace("_", " "))}</text>'
             f'<text x="{x:.0f}" y="{label_y + 1}" text-anchor="middle" '
             f'fill="#44515e">{escape(when)}</text>'
         )
+        if r.event.startswith("STATUS") or (r.reason and r.reason.isupper() and len(r.reason) < 16):
+            out.append(
+                f'<text x="{x:.0f}" y="{label_y + 13}" text-anchor="middle" font-size="10" '
+                f'fill="#44515e">{escape((r.reason or "")[:15])}</text>'
+            )
     out.append("</svg>")
     return Markup("".join(out))

@@ -33,7 +33,7 @@ from console.server import make_console
 from console.svg import heat_map, swim_lanes
 
 with warnings.catch_warnings():  # starlette's notice about httpx, not about this code
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
 ORG = "police-nl"
