@@ -270,11 +270,13 @@ class LiaisonDesk:
         return {str(r["item_id"]): ItemOutcomeKind(str(r["outcome"])) for r in rows}
 
     def history(self, referral_id: str) -> list[HandoverRecord]:
-        """The ledger's handover events of one referral (synced from the topic first)."""
+        """The ledger's handover events of one referral this organisation took part in."""
         with self._lock, LedgerStore.for_settings(self.settings) as store:
             with suppress(ReferralError):  # the local copy still answers
                 store.sync(self.settings, self.codec)
-            return store.records(referral_id)
+            records = store.records(referral_id)
+        # Only the hops this organisation took part in (and the origin's publication to it).
+        return [r for r in records if self.org in (r.actor, r.from_party) or self.org in r.to_orgs]
 
     def referral(self, given: str, *, reveal: bool = False) -> ReferralView:
         """The referral ``given`` names (id or prefix); its content only with ``reveal``."""

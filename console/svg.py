@@ -36,7 +36,7 @@ def heat_map(flows: Flows) -> Markup:
     cols = flows.columns
     if not rows or not cols:
         return Markup('<p class="empty">No referral routed yet.</p>')
-    cw, ch, left, top = 64, 38, 120, 44
+    cw, ch, left, top = 80, 38, 120, 44
     width, height = left + cw * len(cols) + 10, top + ch * len(rows) + 10
     top_value = max((n for row in flows.matrix.values() for n in row.values()), default=0)
     out = [
@@ -48,7 +48,7 @@ def heat_map(flows: Flows) -> Markup:
         x = left + j * cw + cw / 2
         out.append(
             f'<text x="{x:.0f}" y="{top - 14}" text-anchor="middle" font-weight="bold" '
-            f'fill="#1d2935">{escape(col if len(col) <= 8 else col[:7] + "…")}</text>'
+            f'fill="#1d2935">{escape(col if len(col) <= 10 else col[:9] + "…")}</text>'
         )
     for i, origin in enumerate(rows):
         y = top + i * ch

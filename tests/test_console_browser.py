@@ -30,7 +30,7 @@ from connectors.inbox import Inbox
 from connectors.runtime import ConnectorRuntime
 from console.auth import OPERATOR, token_env
 from console.server import ConsoleServer, make_console
-from tests.kafka_helpers import provision_network, start_router
+from tests.kafka_helpers import provision_network, publish, start_router
 from tests.security_support import give_keys
 from tests.test_connectors_support import ENV, NETWORK_TOML, referral_json, wait_for
 
@@ -152,6 +152,8 @@ def test_liaison_and_operator_in_a_real_browser(
         # The normal one first: the urgent one, newer, must still be listed first.
         assert origin.publisher.publish([("n", normal)]).published[0].sent
         assert origin.publisher.publish([("u", urgent)]).published[0].sent
+        # A legacy client's broken record: a dead letter for the operator to replay.
+        publish(settings, settings.topic_names().intake, [(b"legacy", b"not a referral")])
         inbox = Inbox.for_org(settings, "police-nl")
         stack.callback(inbox.close)
         wait_for(lambda: len(inbox.received()) == 2, 60, "two referrals in police-nl's inbox")
@@ -263,6 +265,19 @@ def test_liaison_and_operator_in_a_real_browser(
         assert "STATUS SENT" in lanes
         page.screenshot(path=str(shots / "trace.png"), full_page=True)
         served.append(page.content())
+
+        # A dead letter is replayed after a confirmation naming who replays.
+        def dead_letter_listed() -> bool:
+            page.goto(f"{base}/operator/deadletters")
+            return page.locator("#deadletters a.button").count() > 0
+
+        wait_for(dead_letter_listed, 30, "the broken record among the dead letters", step=1)
+        page.click("#deadletters a.button")
+        page.fill("#by", "Operator Test")
+        page.check("input[name=confirm]")
+        page.click("#replay")
+        assert "replayed" in page.inner_text("#notice")
+        assert "Operator Test" in page.inner_text("#replays")
         for path in ("/operator/deadletters", "/operator/ledger", "/operator/flows/rows"):
             page.goto(base + path)
             served.append(page.content())
