@@ -23,7 +23,7 @@ path                        what
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +34,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -122,8 +123,12 @@ class _Refused(Exception):
         self.message = message
 
 
-def build_app(console: Console) -> Starlette:
-    """The Starlette application of ``console``."""
+def build_app(console: Console, allowed_hosts: Sequence[str] | None = None) -> Starlette:
+    """The Starlette application of ``console``.
+
+    ``allowed_hosts`` (``Host`` header values; None: any) keeps a page elsewhere from
+    reaching a loopback console through a name that resolves to it (DNS rebinding).
+    """
     env = Environment(
         loader=PackageLoader("console", "templates"),
         autoescape=True,
@@ -459,7 +464,10 @@ def build_app(console: Console) -> Starlette:
         Route("/operator/ledger", handler(ledger)),
         Mount("/static", StaticFiles(packages=[("console", "static")]), name="static"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(Guard)])
+    middleware = [Middleware(Guard)]
+    if allowed_hosts is not None:
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+    return Starlette(routes=routes, middleware=middleware)
 
 
 def _set_cookie(response: Response, sid: str) -> None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pydantic import SecretStr
 
 __all__ = [
+    "ANONYMOUS_SECONDS",
+    "MAX_ANONYMOUS",
     "OPERATOR",
     "SESSION_COOKIE",
     "SESSION_SECONDS",
@@ -38,6 +40,9 @@ OPERATOR = "operator"
 SESSION_COOKIE = "rb_session"
 #: A session ends this long after login.
 SESSION_SECONDS = 8 * 3600
+#: An anonymous session (the login form's) ends sooner; at most this many are kept.
+ANONYMOUS_SECONDS = 3600
+MAX_ANONYMOUS = 10_000
 
 
 def token_env(principal: str) -> str:
@@ -112,8 +117,15 @@ class Sessions:
         sid = secrets.token_urlsafe(32)
         with self._lock:
             now = time.time()
-            self._sessions = {k: s for k, s in self._sessions.items() if s.expires > now}
-            self._sessions[sid] = _Session(principal, now + self._lifetime)
+            live = {k: s for k, s in self._sessions.items() if s.expires > now}
+            anonymous = [k for k, s in live.items() if s.principal is None]
+            for k in anonymous[: max(0, len(anonymous) - MAX_ANONYMOUS + 1)]:
+                del live[k]  # the oldest first: dicts keep insertion order
+            lifetime = (
+                self._lifetime if principal is not None else min(self._lifetime, ANONYMOUS_SECONDS)
+            )
+            live[sid] = _Session(principal, now + lifetime)
+            self._sessions = live
         return sid
 
     def principal(self, sid: str | None) -> Principal | None:

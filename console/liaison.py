@@ -40,7 +40,7 @@ from broker.ledger.store import LedgerStore
 from broker.ledger.views import HandoverRecord
 from broker.lifecycle import LifecycleError, advance, allowed_next
 from broker.network import Network
-from broker.security.keys import LiveKeys, key_dir
+from broker.security.keys import LiveKeys, LiveTrust, key_dir
 from broker.security.rules import ReceiverSecurity
 from broker.security.signing import ledger_signer
 from broker.security.window import SignatureWindow
@@ -64,6 +64,7 @@ __all__ = [
     "ItemView",
     "LiaisonDesk",
     "ReferralView",
+    "items_reportable",
     "status_for_items",
 ]
 
@@ -257,7 +258,7 @@ class LiaisonDesk:
             self.org,
             self.names,
             LiveKeys(key_dir(self.settings, self.org), self.org),
-            ReceiverSecurity._live(self.settings, self.network, self.org)[1],
+            LiveTrust(self.network, self.settings.network_file),
         )
         security.window = SignatureWindow(max_age_days=36500, skew_seconds=86400)
         return security.receive(self.codec, rec.topic, rec.value or b"", rec.headers)

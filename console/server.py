@@ -24,6 +24,8 @@ __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ConsoleServer", "make_console"]
 DEFAULT_HOST = "127.0.0.1"
 #: The console's default port.
 DEFAULT_PORT = 8780
+#: Host names a loopback console answers to (any other ``Host`` header is refused).
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def make_console(
@@ -66,8 +68,9 @@ class ConsoleServer:
 
     def start(self, timeout: float = 10.0) -> ConsoleServer:
         """Start serving; ``port`` is the bound port afterwards (0 picks a free one)."""
+        hosts = None if self.host in ("0.0.0.0", "::") else [self.host, *LOOPBACK_NAMES]
         cfg = uvicorn.Config(
-            build_app(self.console),
+            build_app(self.console, hosts),
             host=self.host,
             port=self.port,
             log_level="warning",

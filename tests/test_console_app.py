@@ -288,3 +288,17 @@ def test_charts_escape_what_they_draw() -> None:
     lanes = swim_lanes(trace(hostile, URGENT, Deadlines(), TopicNames(), NOW))
     assert "&lt;i&gt;x" in lanes
     assert "<i>" not in lanes
+
+
+def test_a_loopback_console_refuses_other_host_names(tmp_path: Path, network: Network) -> None:
+    settings = Settings(state_dir=tmp_path, bootstrap_servers="127.0.0.1:9")
+    codec = Codec(EmbeddedRegistry())
+    console = Console(
+        Tokens.from_env({token_env(OPERATOR): OPERATOR_TOKEN}, None),
+        None,
+        Operator(settings, network, codec),
+        Sessions(),
+    )
+    app = build_app(console, ["127.0.0.1", "localhost"])
+    assert TestClient(app, base_url="http://127.0.0.1:8780").get("/login").status_code == 200
+    assert TestClient(app, base_url="http://rebound.example.org").get("/login").status_code == 400
