@@ -362,6 +362,7 @@ def build_app(console: Console, allowed_hosts: Sequence[str] | None = None) -> S
                 destination=fields.get("destination"),
                 item_id=item_id,
                 outcome=outcome,
+                moved_to=fields.get("moved_to", "").strip() or None,
             )
         )
         sent = update.status.value if item_id is None else f"{outcome} for one item"

@@ -47,6 +47,7 @@ from broker.security.window import SignatureWindow
 from broker.sqlite import Database
 from broker.wire.codec import Codec
 from broker.wire.models import (
+    HostingEvidence,
     ItemOutcome,
     ItemOutcomeKind,
     ReferralStatus,
@@ -83,6 +84,7 @@ CREATE TABLE IF NOT EXISTS item_outcomes (
     referral_id TEXT NOT NULL,
     item_id     TEXT NOT NULL,
     outcome     TEXT NOT NULL,
+    moved_to    TEXT,
     at          REAL NOT NULL,
     PRIMARY KEY (origin_org, referral_id, item_id)
 );
@@ -124,6 +126,8 @@ class ItemView:
     annotations: tuple[str, ...]
     hosting_country: str
     outcome: str | None
+    #: Where a STILL_ONLINE item moved (country code or IP), as reported.
+    moved_to: str | None = None
     #: Filled only by a reveal.
     url: str | None = None
     hashes: tuple[str, ...] = ()
@@ -264,11 +268,18 @@ class LiaisonDesk:
         return security.receive(self.codec, rec.topic, rec.value or b"", rec.headers)
 
     def _outcomes(self, record: InboxRecord) -> dict[str, ItemOutcomeKind]:
+        return {k: v[0] for k, v in self._reported(record).items()}
+
+    def _reported(self, record: InboxRecord) -> dict[str, tuple[ItemOutcomeKind, str | None]]:
+        """Item id → (the outcome this organisation reported last, where it moved)."""
         rows = self._memory.query(
-            "SELECT item_id, outcome FROM item_outcomes WHERE origin_org = ? AND referral_id = ?",
+            "SELECT item_id, outcome, moved_to FROM item_outcomes"
+            " WHERE origin_org = ? AND referral_id = ?",
             (record.origin_org, record.referral_id),
         )
-        return {str(r["item_id"]): ItemOutcomeKind(str(r["outcome"])) for r in rows}
+        return {
+            str(r["item_id"]): (ItemOutcomeKind(str(r["outcome"])), r["moved_to"]) for r in rows
+        }
 
     def history(self, referral_id: str) -> list[HandoverRecord]:
         """The ledger's handover events of one referral this organisation took part in."""
@@ -286,7 +297,7 @@ class LiaisonDesk:
         datum = self._open(rec)
         envelope = datum["envelope"]
         body = datum["body"]
-        outcomes = self._outcomes(record)
+        reported = self._reported(record)
         default = body.get("classification") or {}
         items = []
         for item in body.get("items") or ():
@@ -301,8 +312,11 @@ class LiaisonDesk:
                     victim_age_group=_enum(c.get("victim_age_group")),
                     annotations=tuple(str(a) for a in c.get("annotations") or ()),
                     hosting_country=_enum(hosting.get("country")),
-                    outcome=outcomes[str(item.get("item_id"))].value
-                    if str(item.get("item_id")) in outcomes
+                    outcome=reported[str(item.get("item_id"))][0].value
+                    if str(item.get("item_id")) in reported
+                    else None,
+                    moved_to=reported[str(item.get("item_id"))][1]
+                    if str(item.get("item_id")) in reported
                     else None,
                     url=str(item.get("url")) if reveal else None,
                     hashes=tuple(
@@ -385,9 +399,13 @@ class LiaisonDesk:
         destination: str | None = None,
         item_id: str | None = None,
         outcome: ItemOutcomeKind | None = None,
+        moved_to: str | None = None,
     ) -> StatusUpdate:
         """Send a signed status update, as ``referral status`` does; with ``item_id`` and
-        ``outcome``, one item's outcome (the referral-level status then follows the items)."""
+        ``outcome``, one item's outcome (the referral-level status then follows the items).
+
+        ``moved_to`` (STILL_ONLINE only): where the item is hosted now, a country code or an IP.
+        """
         record, current = self._lookup(given)
         outcomes: list[ItemOutcome] = []
         if item_id is not None:
@@ -399,17 +417,21 @@ class LiaisonDesk:
                 raise ConfigError(f"referral {record.referral_id} has no item {item_id}")
             after = {**self._outcomes(record), item_id: outcome}
             status = status_for_items(current, after, ids)
-            now = utc_now_ms()
-            outcomes.append(
-                ItemOutcome(
-                    item_id=item_id,
-                    outcome=outcome,
-                    observed_at=now,
-                    assessed_under=self.network.organisation(self.org).country
-                    if outcome is ItemOutcomeKind.NOT_ILLEGAL
-                    else None,
+            try:
+                outcomes.append(
+                    ItemOutcome(
+                        item_id=item_id,
+                        outcome=outcome,
+                        observed_at=utc_now_ms(),
+                        hosting=_hosting(moved_to) if moved_to else None,
+                        assessed_under=self.network.organisation(self.org).country
+                        if outcome is ItemOutcomeKind.NOT_ILLEGAL
+                        else None,
+                    )
                 )
-            )
+            except ValidationError as exc:
+                problems = problems_of(exc)
+                raise ValidationFailed("\n".join(problems), problems) from None
         if status is None:
             raise ValidationFailed("a status is required", ["status: required"])
         if status not in allowed_next(current) or status is ReferralStatus.RECEIVED:
@@ -463,14 +485,17 @@ class LiaisonDesk:
             with self._memory.transaction() as conn:
                 for o in outcomes:
                     conn.execute(
-                        "INSERT INTO item_outcomes (origin_org, referral_id, item_id, outcome, at)"
-                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT(origin_org, referral_id, item_id)"
-                        " DO UPDATE SET outcome = excluded.outcome, at = excluded.at",
+                        "INSERT INTO item_outcomes (origin_org, referral_id, item_id, outcome,"
+                        " moved_to, at) VALUES (?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT(origin_org, referral_id, item_id) DO UPDATE SET"
+                        " outcome = excluded.outcome, moved_to = excluded.moved_to,"
+                        " at = excluded.at",
                         (
                             record.origin_org,
                             record.referral_id,
                             o.item_id,
                             o.outcome.value,
+                            (o.hosting.country or o.hosting.ip) if o.hosting else None,
                             o.observed_at.timestamp(),
                         ),
                     )
@@ -483,6 +508,14 @@ class LiaisonDesk:
                 self._producer.close(10)
                 self._producer = None
         self._memory.close()
+
+
+def _hosting(moved_to: str) -> HostingEvidence:
+    """The new hosting of a moved item: a two-letter country code, else an IP address."""
+    text = moved_to.strip()
+    if len(text) == 2 and text.isalpha():
+        return HostingEvidence(country=text.upper())
+    return HostingEvidence(ip=text)
 
 
 def _position(settings: Settings, org: str, record: InboxRecord) -> tuple[int, int]:

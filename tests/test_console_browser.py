@@ -221,6 +221,15 @@ def test_liaison_and_operator_in_a_real_browser(
         assert page.inner_text("#current-status") == "STILL_ONLINE"
         row = page.locator(f'#items tr[data-item="{removed_item}"]')
         assert "REMOVED" in row.inner_text()
+        # The other item is still online, moved to a host in Germany.
+        moved = page.locator("#items tbody tr").nth(1)
+        moved_item = moved.get_attribute("data-item")
+        moved.locator("input[name=moved_to]").fill("de")
+        moved.locator('button[data-outcome="STILL_ONLINE"]').click()
+        page.wait_for_selector("#notice")
+        moved_row = page.locator(f'#items tr[data-item="{moved_item}"]').inner_text()
+        assert "STILL_ONLINE" in moved_row
+        assert "moved to DE" in moved_row
         # TLP AMBER+STRICT: the content needs a typed reason, and the access is recorded.
         page.fill("#reason", "takedown check")
         page.click("#reveal")
@@ -239,7 +248,16 @@ def test_liaison_and_operator_in_a_real_browser(
                 for line in _status_lines(settings, "hl-a", rid)
             )
 
+        def item_moved() -> bool:
+            return any(
+                (o.get("hosting") or {}).get("country") == "DE"
+                for line in _status_lines(settings, "hl-a", rid)
+                for o in line.get("item_outcomes") or ()
+                if o["item_id"] == moved_item
+            )
+
         wait_for(item_removed, 60, "the origin to hear of the removed item")
+        wait_for(item_moved, 30, "the origin to hear where the other item moved")
         assert origin.inbox.status_state(rid, "police-nl") == "STILL_ONLINE"
 
         # The operator: flows, the trace's swim lanes with the hop, no case content anywhere.
