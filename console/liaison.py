@@ -22,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
-from contextlib import closing, suppress
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,11 +32,10 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from broker.config import Settings
-from broker.errors import BrokerError, ConfigError, ReferralError, ValidationFailed
+from broker.errors import BrokerError, ConfigError, ValidationFailed
 from broker.ids import resolve_id
 from broker.kafka import clients
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
-from broker.ledger.store import LedgerStore
 from broker.ledger.views import HandoverRecord
 from broker.lifecycle import LifecycleError, advance, allowed_next
 from broker.network import Network
@@ -58,6 +57,7 @@ from broker.wire.models import (
 from connectors.delivery import StatusSender
 from connectors.inbox import Inbox, InboxRecord
 from connectors.inbox_view import InboxEntry, entries, select
+from console import ledger
 
 __all__ = [
     "ITEM_OUTCOMES",
@@ -283,12 +283,12 @@ class LiaisonDesk:
 
     def history(self, referral_id: str) -> list[HandoverRecord]:
         """The ledger's handover events of one referral this organisation took part in."""
-        with self._lock, LedgerStore.for_settings(self.settings) as store:
-            with suppress(ReferralError):  # the local copy still answers
-                store.sync(self.settings, self.codec)
-            records = store.records(referral_id)
         # Only the hops this organisation took part in (and the origin's publication to it).
-        return [r for r in records if self.org in (r.actor, r.from_party) or self.org in r.to_orgs]
+        return [
+            r
+            for r in ledger.records(self.settings, self.codec, referral_id)
+            if self.org in (r.actor, r.from_party) or self.org in r.to_orgs
+        ]
 
     def referral(self, given: str, *, reveal: bool = False) -> ReferralView:
         """The referral ``given`` names (id or prefix); its content only with ``reveal``."""

@@ -14,8 +14,6 @@ typed) in ``<state_dir>/console/replays.jsonl`` (a private file).
 from __future__ import annotations
 
 import json
-import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 from kafka.errors import KafkaError
 
 from broker.config import Settings
-from broker.errors import BrokerError, ConfigError, ReferralError
+from broker.errors import BrokerError, ConfigError
 from broker.ids import resolve_id
 from broker.kafka import clients
 from broker.kafka.deadletter import DeadLetter, read_dead_letters, replay_dead_letter
@@ -36,11 +34,9 @@ from broker.security.keys import load_trust
 from broker.wire.codec import Codec
 from cli.operator_cmd import held_heads
 from cli.topics_cmd import TopicStats, topic_stats
+from console import ledger
 
 __all__ = ["DeadLetterRow", "OperatorDesk", "Replay"]
-
-#: The ledger is synced from its topic at most this often (seconds).
-SYNC_EVERY = 1.0
 
 
 @dataclass(frozen=True)
@@ -77,20 +73,11 @@ class OperatorDesk:
         self.network = network
         self.codec = codec
         self.names = settings.topic_names()
-        self._lock = threading.Lock()
-        self._synced = 0.0
         self.audit = Path(settings.state_dir) / "console" / "replays.jsonl"
 
     def records(self, referral_id: str | None = None) -> list[HandoverRecord]:
         """Handover records from the local ledger store, synced from the topic first."""
-        with self._lock, LedgerStore.for_settings(self.settings) as store:
-            if time.monotonic() - self._synced >= SYNC_EVERY:
-                try:
-                    store.sync(self.settings, self.codec)
-                    self._synced = time.monotonic()
-                except ReferralError:
-                    pass  # the local copy still answers
-            return store.records(referral_id)
+        return ledger.records(self.settings, self.codec, referral_id)
 
     def flows(self, since: datetime | None = None) -> Flows:
         """The network's flows, as ``referral flows`` computes them."""
@@ -100,10 +87,8 @@ class OperatorDesk:
 
     def trace(self, given: str) -> Trace:
         """The timeline of the referral ``given`` names (id or unambiguous prefix)."""
-        self.records()
-        with LedgerStore.for_settings(self.settings) as store:
-            referral_id = resolve_id(given, store.referral_ids())
-            records = store.records(referral_id)
+        referral_id = resolve_id(given, ledger.referral_ids(self.settings, self.codec))
+        records = self.records(referral_id)
         return trace(records, referral_id, self.network.deadlines, self.names, datetime.now(UTC))
 
     def dead_letters(self) -> list[DeadLetterRow]:

@@ -268,6 +268,7 @@ def test_liaison_and_operator_in_a_real_browser(
         page.wait_for_url(re.compile(r".*/operator$"))
         assert page.locator("svg.heatmap").count() == 1
         assert "hl-a" in page.inner_text("#flows")
+        page.wait_for_selector("#flows[data-refreshed]")  # refreshed in place, no reload
         page.screenshot(path=str(shots / "flows.png"), full_page=True)
         served = [page.content()]
 
