@@ -37,7 +37,7 @@ from broker.ids import resolve_id
 from broker.kafka import clients
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.ledger.views import HandoverRecord
-from broker.lifecycle import LifecycleError, advance, allowed_next
+from broker.lifecycle import LifecycleError, allowed_next
 from broker.network import Network
 from broker.security.keys import LiveKeys, LiveTrust, key_dir
 from broker.security.rules import ReceiverSecurity
@@ -54,9 +54,9 @@ from broker.wire.models import (
     problems_of,
     utc_now_ms,
 )
-from connectors.delivery import StatusSender
 from connectors.inbox import Inbox, InboxRecord
 from connectors.inbox_view import InboxEntry, entries, select
+from connectors.status_update import current_status, send_status_update
 from console import ledger
 
 __all__ = [
@@ -208,15 +208,6 @@ class LiaisonDesk:
             overdue=overdue,
         )
 
-    def _current(self, inbox: Inbox, record: InboxRecord) -> ReferralStatus | None:
-        current: ReferralStatus | None = ReferralStatus.RECEIVED
-        for sent in inbox.sent_statuses(record.origin_org, record.referral_id):
-            try:
-                current = advance(current, sent)
-            except (LifecycleError, ValueError):
-                continue
-        return current
-
     def _lookup(self, given: str) -> tuple[InboxRecord, ReferralStatus | None]:
         inbox = self._inbox()
         try:
@@ -224,7 +215,7 @@ class LiaisonDesk:
             record = inbox.lookup(rid)
             if record is None:
                 raise ConfigError(f"{self.org} has not received referral {rid}")
-            return record, self._current(inbox, record)
+            return record, current_status(inbox, record.origin_org, record.referral_id)
         finally:
             inbox.close()
 
@@ -452,35 +443,7 @@ class LiaisonDesk:
         except ValidationError as exc:
             problems = problems_of(exc)
             raise ValidationFailed("\n".join(problems), problems) from None
-        producer = self._ledger_producer()
-        security = ReceiverSecurity.load(self.settings, self.network, self.org)
-        try:
-            sender = StatusSender(producer, self.codec, self.names, security=security)
-            meta = sender.send(update).get(timeout=30)
-            self._emitter(producer).emit(
-                handover_event(
-                    HandoverEventType.STATUS_SENT,
-                    referral_id=record.referral_id,
-                    case_id=record.case_id,
-                    actor=self.org,
-                    from_party=self.org,
-                    to_party=record.origin_org,
-                    topic=self.names.status_intake,
-                    partition=meta.partition,
-                    offset=meta.offset,
-                    reason=status.value,
-                )
-            )
-            producer.flush(30)
-        except KafkaError as exc:
-            raise BrokerError(f"status not sent: {type(exc).__name__}") from exc
-        finally:
-            security.close()
-        inbox = self._inbox()
-        try:
-            inbox.record_sent_status(record.origin_org, record.referral_id, status.value)
-        finally:
-            inbox.close()
+        send_status_update(self.settings, self.network, self.codec, self._ledger_producer(), update)
         if outcomes:
             with self._memory.transaction() as conn:
                 for o in outcomes:
