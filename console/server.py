@@ -75,6 +75,7 @@ class ConsoleServer:
             port=self.port,
             log_level="warning",
             access_log=False,
+            server_header=False,
             lifespan="off",
             timeout_keep_alive=5,
         )

@@ -302,3 +302,17 @@ def test_a_loopback_console_refuses_other_host_names(tmp_path: Path, network: Ne
     app = build_app(console, ["127.0.0.1", "localhost"])
     assert TestClient(app, base_url="http://127.0.0.1:8780").get("/login").status_code == 200
     assert TestClient(app, base_url="http://rebound.example.org").get("/login").status_code == 400
+
+
+def test_referral_console_names_the_missing_tokens(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    env = {token_env(ORG): "", token_env(OPERATOR): ""}
+    result = CliRunner().invoke(
+        app, ["--state-dir", str(tmp_path), "console", "--org", ORG, "--port", "0"], env=env
+    )
+    assert result.exit_code != 0
+    assert "REFERRAL_CONSOLE_TOKEN_POLICE_NL" in result.output
+    assert "REFERRAL_CONSOLE_TOKEN_OPERATOR" in result.output
