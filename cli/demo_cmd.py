@@ -16,7 +16,8 @@
    accounted for, stop everything, exit 0.
 
 ``--keep`` leaves the broker, router and connectors running (Ctrl-C stops them) so
-the other commands can be tried against ``--state-dir`` of the run.
+the other commands can be tried against ``--state-dir`` of the run, and serves the
+web console (police-nl's view and the operator's; it prints the address and tokens).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from broker.config import Settings
-from broker.errors import ReferralError
+from broker.errors import ConfigError, ReferralError
 from broker.kafka import clients
 from broker.kafka.embedded import EmbeddedBroker
 from broker.kafka.provision import provision
@@ -55,11 +56,16 @@ from broker.wire.registry import REFERRAL
 from cli.app import NETWORK_OPTION, console, err_console, escape, state
 from cli.operator_cmd import held_heads, print_flows, print_trace, topic_heads
 from connectors.runtime import ConnectorRuntime
+from console.auth import OPERATOR, token_env
+from console.server import DEFAULT_PORT as CONSOLE_PORT
+from console.server import ConsoleServer, make_console
 
 __all__ = ["demo"]
 
 TOKEN_ENV = "REFERRAL_TOKEN_HL_DE"
 UNSERVED = ["US", "JP", "BR", "CA", "AU"]
+#: The organisation whose view ``--keep``'s web console serves (besides the operator's).
+CONSOLE_ORG = "police-nl"
 
 
 class DemoFailed(ReferralError):
@@ -132,6 +138,7 @@ def demo(
         console.print(f"demo finished in {time.monotonic() - started:.0f}s")
         if keep:
             broker.write_state(run_dir)
+            _serve_console(settings, network, codec, stack)
             console.print(
                 f"still running: try `referral --state-dir {run_dir} flows` or "
                 f"`referral --state-dir {run_dir} trace ID`; Ctrl-C stops everything"
@@ -485,6 +492,28 @@ def _report(
             f"the flows do not account for every referral: {totals.to_json()}, "
             f"expected {expected} published"
         )
+
+
+def _serve_console(settings: Settings, network: Network, codec: Codec, stack: ExitStack) -> None:
+    """Serve the web console (police-nl's view and the operator's) and print how to log in.
+
+    Tokens come from ``REFERRAL_CONSOLE_TOKEN_POLICE_NL`` / ``..._OPERATOR`` if set, else
+    fresh random ones for this run (printed: they open a demo of synthetic data).
+    """
+    org = CONSOLE_ORG if network.has_organisation(CONSOLE_ORG) else None
+    env = {
+        token_env(who): os.environ.get(token_env(who)) or secrets.token_urlsafe(18)
+        for who in ([org] if org else []) + [OPERATOR]
+    }
+    web = make_console(settings, network, org, env=env, codec=codec)
+    try:
+        server = ConsoleServer(web, port=CONSOLE_PORT).start()
+    except ConfigError:  # the usual port is taken: any free one
+        server = ConsoleServer(web, port=0).start()
+    stack.callback(server.stop)
+    console.print(f"web console at {server.url}", markup=False)
+    for who in ([org] if org else []) + [OPERATOR]:
+        console.print(f"  token of {who}: {env[token_env(who)]}", markup=False)
 
 
 def _wait_for_interrupt() -> None:

@@ -11,6 +11,7 @@ import cli.operator_cmd as operator_cmd
 from cli import (
     broker_cmd,
     config_cmd,
+    console_cmd,
     demo_cmd,
     inbox_cmd,
     keys_cmd,
@@ -42,6 +43,7 @@ app.add_typer(operator_cmd.ledger_app, name="ledger")
 app.command("trace")(operator_cmd.trace_cmd)
 app.command("flows")(operator_cmd.flows_cmd)
 app.command("tail")(operator_cmd.tail)
+app.command("console")(console_cmd.console_cmd)
 
 
 @app.callback()

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from broker.errors import ConfigError
 from broker.kafka import clients
-from broker.kafka.deadletter import read_dead_letters, strip_error_headers
+from broker.kafka.deadletter import read_dead_letters, replay_dead_letter
 from broker.ledger.store import LedgerStore
 from broker.ledger.views import resolved_dead_letters
 from broker.routing.router import Router
@@ -135,23 +135,10 @@ def dlq_replay(
             raise ConfigError(f"no dead letter with id {', '.join(sorted(missing))}")
         sent = 0
         for d in letters:
-            if d.by_reference:
-                console.print(
-                    escape(
-                        f"skipped {d.id}: too large to carry, only its reference is here "
-                        f"(fetch {d.original_topic}[{d.original_partition}]@{d.original_offset})"
-                    ),
-                    markup=False,
-                )
+            skipped = replay_dead_letter(producer, d, allowed)
+            if skipped is not None:
+                console.print(escape(f"skipped {d.id}: {skipped}"), markup=False)
                 continue
-            target = d.original_topic if d.original_topic in allowed else None
-            if target is None:
-                console.print(
-                    escape(f"skipped {d.id}: original topic {d.original_topic} is not replayable"),
-                    markup=False,
-                )
-                continue
-            producer.send(target, key=d.key, value=d.value, headers=strip_error_headers(d.headers))
             sent += 1
         producer.flush()
     finally:

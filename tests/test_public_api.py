@@ -9,10 +9,12 @@ import pkgutil
 import pytest
 
 import broker
+import console
 
 MODULES = sorted(
     m.name
-    for m in pkgutil.walk_packages(broker.__path__, "broker.")
+    for package in (broker, console)
+    for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
     if not m.ispkg and not any(part.startswith("_") for part in m.name.split("."))
 )
 
@@ -37,4 +39,6 @@ def test_every_library_module_is_covered() -> None:
         "broker.routing.decide",
         "broker.wire.codec",
         "broker.network",
+        "console.app",
+        "console.liaison",
     } <= set(MODULES)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -33,6 +33,7 @@ __all__ = [
     "DeadLetterStage",
     "dead_letter_headers",
     "read_dead_letters",
+    "replay_dead_letter",
     "send_dead_letter",
     "strip_error_headers",
 ]
@@ -249,3 +250,25 @@ def read_dead_letters(
         # idle poll once every partition has reached the reported end.
         if not batch and all(consumer.position(tp) >= end.get(tp, 0) for tp in tps):
             break
+
+
+def replay_dead_letter(producer: Any, letter: DeadLetter, replayable: Iterable[str]) -> str | None:
+    """Send ``letter`` back to its original topic, error headers removed (not awaited).
+
+    Returns None when sent, else why it was skipped: a letter carried by reference
+    only, or one whose original topic is not among ``replayable`` (the intakes).
+    """
+    if letter.by_reference:
+        return (
+            f"too large to carry, only its reference is here (fetch {letter.original_topic}"
+            f"[{letter.original_partition}]@{letter.original_offset})"
+        )
+    if letter.original_topic not in set(replayable):
+        return f"original topic {letter.original_topic} is not replayable"
+    producer.send(
+        letter.original_topic,
+        key=letter.key,
+        value=letter.value,
+        headers=strip_error_headers(letter.headers),
+    )
+    return None

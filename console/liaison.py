@@ -1,0 +1,498 @@
+"""The liaison's desk: one organisation's inbox, referrals, reveals and status updates.
+
+Runs in the organisation's own process with its own keys. What it shows comes
+from the library: the inbox (:mod:`connectors.inbox`, :mod:`connectors.inbox_view`),
+the referral record at the position the sink delivered it from (re-read from
+Kafka; the envelope is plain, the body is opened here with the organisation's
+keys), the ledger (:mod:`broker.ledger.store`). Case content — URLs, hashes,
+the summary — is shown only on demand (:meth:`LiaisonDesk.reveal`); revealing
+a TLP RED or AMBER+STRICT body records an ACCESSED handover event with the
+typed reason, signed by the organisation.
+
+Status updates are the ones ``referral status`` sends: the lifecycle
+(:mod:`broker.lifecycle`) decides what may follow, the update is signed by the
+organisation and published to status intake, the hop is recorded as
+STATUS_SENT, and the inbox remembers it. An *item* outcome (one URL removed,
+still online, not found, not illegal) travels in the same update's
+``item_outcomes``; the referral-level status it carries is :func:`status_for_items`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka import TopicPartition
+from kafka.errors import KafkaError
+from pydantic import ValidationError
+
+from broker.config import Settings
+from broker.errors import BrokerError, ConfigError, ValidationFailed
+from broker.ids import resolve_id
+from broker.kafka import clients
+from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
+from broker.ledger.views import HandoverRecord
+from broker.lifecycle import LifecycleError, allowed_next
+from broker.network import Network
+from broker.security.keys import LiveKeys, LiveTrust, key_dir
+from broker.security.rules import ReceiverSecurity
+from broker.security.signing import ledger_signer
+from broker.security.window import SignatureWindow
+from broker.sqlite import Database
+from broker.wire.codec import Codec
+from broker.wire.models import (
+    HostingEvidence,
+    ItemOutcome,
+    ItemOutcomeKind,
+    ReferralStatus,
+    StatusUpdate,
+    problems_of,
+    utc_now_ms,
+)
+from connectors.inbox import Inbox, InboxRecord
+from connectors.inbox_view import InboxEntry, entries, select
+from connectors.status_update import current_status, send_status_update
+from console import ledger
+
+__all__ = [
+    "ITEM_OUTCOMES",
+    "RESTRICTED_TLP",
+    "ItemView",
+    "LiaisonDesk",
+    "ReferralView",
+    "items_reportable",
+    "status_for_items",
+]
+
+#: TLP labels whose reveal is recorded (ACCESSED) and needs a typed reason.
+RESTRICTED_TLP = frozenset({"RED", "AMBER_STRICT"})
+#: Outcomes that end an item's story at this organisation.
+_SETTLED = frozenset(
+    {ItemOutcomeKind.REMOVED, ItemOutcomeKind.NOT_FOUND, ItemOutcomeKind.NOT_ILLEGAL}
+)
+#: The item outcomes a liaison may report.
+ITEM_OUTCOMES = tuple(ItemOutcomeKind)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS item_outcomes (
+    origin_org  TEXT NOT NULL,
+    referral_id TEXT NOT NULL,
+    item_id     TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    moved_to    TEXT,
+    at          REAL NOT NULL,
+    PRIMARY KEY (origin_org, referral_id, item_id)
+);
+"""
+
+
+def status_for_items(
+    current: ReferralStatus | None, outcomes: Mapping[str, ItemOutcomeKind], items: Sequence[str]
+) -> ReferralStatus:
+    """The referral-level status of an update reporting item outcomes.
+
+    Every item settled (removed, not found, not illegal) → ``REMOVED``; otherwise
+    ``STILL_ONLINE`` (something is still to be taken down). Either must be an allowed
+    next step after ``current`` (item outcomes follow a takedown notice: NTD_SENT,
+    STILL_ONLINE, or REFERRED_TO_LE once all are settled); else LifecycleError.
+    """
+    settled = bool(items) and all(outcomes.get(i) in _SETTLED for i in items)
+    wanted = ReferralStatus.REMOVED if settled else ReferralStatus.STILL_ONLINE
+    if wanted not in allowed_next(current):
+        raise LifecycleError(current, wanted)
+    return wanted
+
+
+def items_reportable(current: ReferralStatus | None) -> bool:
+    """True once item outcomes may be reported (after a takedown notice or a referral to LE)."""
+    nxt = allowed_next(current)
+    return ReferralStatus.STILL_ONLINE in nxt or ReferralStatus.REMOVED in nxt
+
+
+@dataclass(frozen=True)
+class ItemView:
+    """One reported item as the liaison sees it before a reveal: identity and classification."""
+
+    item_id: str
+    media_type: str
+    legal_status: str
+    incident_type: str
+    victim_age_group: str
+    annotations: tuple[str, ...]
+    hosting_country: str
+    outcome: str | None
+    #: Where a STILL_ONLINE item moved (country code or IP), as reported.
+    moved_to: str | None = None
+    #: Filled only by a reveal.
+    url: str | None = None
+    hashes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReferralView:
+    """A referral in the liaison's inbox: envelope, items, where it stands, what may follow."""
+
+    record: InboxRecord
+    envelope: dict[str, Any]
+    items: tuple[ItemView, ...]
+    current: ReferralStatus | None
+    allowed: tuple[ReferralStatus, ...]
+    items_reportable: bool
+    history: tuple[HandoverRecord, ...]
+    restricted: bool
+    summary: str | None = None
+    revealed: bool = False
+    problems: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def tlp(self) -> str:
+        """The referral's TLP label."""
+        return str((self.envelope.get("handling") or {}).get("tlp") or "")
+
+
+def _enum(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _classification(item: Mapping[str, Any], default: Mapping[str, Any]) -> Mapping[str, Any]:
+    return item.get("classification") or default or {}
+
+
+class LiaisonDesk:
+    """Everything the console's organisation pages do, for one organisation."""
+
+    def __init__(self, settings: Settings, network: Network, org: str, codec: Codec) -> None:
+        network.organisation(org)  # ConfigError for an unknown organisation
+        self.settings = settings
+        self.network = network
+        self.org = org
+        self.codec = codec
+        self.names = settings.topic_names()
+        self._lock = threading.Lock()
+        self._producer: Any = None
+        self._memory = Database(settings.org_dir(org) / "console.sqlite3", _SCHEMA)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _inbox(self) -> Inbox:
+        return Inbox.for_org(self.settings, self.org)
+
+    def inbox(
+        self,
+        *,
+        search: str | None = None,
+        since: datetime | None = None,
+        unacknowledged: bool = False,
+        overdue: bool = False,
+    ) -> list[InboxEntry]:
+        """The inbox view of ``referral inbox``: urgent first, then overdue, then newest."""
+        path = self.settings.org_dir(self.org) / "inbox.sqlite3"
+        if not path.exists():
+            return []
+        inbox = Inbox(path)
+        try:
+            received = inbox.received()
+        finally:
+            inbox.close()
+        now = datetime.now(UTC)
+        return select(
+            entries(received, self.network.deadlines, now),
+            since=since,
+            search=search or None,
+            unacknowledged=unacknowledged,
+            overdue=overdue,
+        )
+
+    def _lookup(self, given: str) -> tuple[InboxRecord, ReferralStatus | None]:
+        inbox = self._inbox()
+        try:
+            rid = resolve_id(given, inbox.referral_ids())
+            record = inbox.lookup(rid)
+            if record is None:
+                raise ConfigError(f"{self.org} has not received referral {rid}")
+            return record, current_status(inbox, record.origin_org, record.referral_id)
+        finally:
+            inbox.close()
+
+    def _fetch(self, record: InboxRecord) -> Any:
+        """The Kafka record the sink delivered (at its topic, partition and offset)."""
+        consumer = clients.consumer(self.settings, group_id=None, role=f"console-{self.org}")
+        partition, offset = _position(self.settings, self.org, record)
+        tp = TopicPartition(record.topic, partition)
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, offset)
+            for _ in range(50):
+                for recs in consumer.poll(timeout_ms=200).values():
+                    for rec in recs:
+                        if rec.offset == offset:
+                            return rec
+            raise BrokerError(
+                f"referral {record.referral_id} is no longer on {record.topic} (retention?)"
+            )
+        except KafkaError as exc:
+            raise BrokerError(
+                f"cannot read referral {record.referral_id}: {type(exc).__name__}"
+            ) from exc
+        finally:
+            consumer.close()
+
+    def _open(self, rec: Any) -> dict[str, Any]:
+        """The referral datum with its body opened with this organisation's keys.
+
+        The sink checked the signature's freshness when it delivered; a later read
+        checks signature, route and seal again but not the window.
+        """
+        security = ReceiverSecurity(
+            self.network,
+            self.org,
+            self.names,
+            LiveKeys(key_dir(self.settings, self.org), self.org),
+            LiveTrust(self.network, self.settings.network_file),
+        )
+        security.window = SignatureWindow(max_age_days=36500, skew_seconds=86400)
+        return security.receive(self.codec, rec.topic, rec.value or b"", rec.headers)
+
+    def _outcomes(self, record: InboxRecord) -> dict[str, ItemOutcomeKind]:
+        return {k: v[0] for k, v in self._reported(record).items()}
+
+    def _reported(self, record: InboxRecord) -> dict[str, tuple[ItemOutcomeKind, str | None]]:
+        """Item id → (the outcome this organisation reported last, where it moved)."""
+        rows = self._memory.query(
+            "SELECT item_id, outcome, moved_to FROM item_outcomes"
+            " WHERE origin_org = ? AND referral_id = ?",
+            (record.origin_org, record.referral_id),
+        )
+        return {
+            str(r["item_id"]): (ItemOutcomeKind(str(r["outcome"])), r["moved_to"]) for r in rows
+        }
+
+    def history(self, referral_id: str) -> list[HandoverRecord]:
+        """The ledger's handover events of one referral this organisation took part in."""
+        # Only the hops this organisation took part in (and the origin's publication to it).
+        return [
+            r
+            for r in ledger.records(self.settings, self.codec, referral_id)
+            if self.org in (r.actor, r.from_party) or self.org in r.to_orgs
+        ]
+
+    def referral(self, given: str, *, reveal: bool = False) -> ReferralView:
+        """The referral ``given`` names (id or prefix); its content only with ``reveal``."""
+        record, current = self._lookup(given)
+        rec = self._fetch(record)
+        datum = self._open(rec)
+        envelope = datum["envelope"]
+        body = datum["body"]
+        reported = self._reported(record)
+        default = body.get("classification") or {}
+        items = []
+        for item in body.get("items") or ():
+            c = _classification(item, default)
+            hosting = item.get("hosting") or {}
+            items.append(
+                ItemView(
+                    item_id=str(item.get("item_id")),
+                    media_type=_enum(item.get("media_type")),
+                    legal_status=_enum(c.get("legal_status")),
+                    incident_type=_enum(c.get("incident_type")),
+                    victim_age_group=_enum(c.get("victim_age_group")),
+                    annotations=tuple(str(a) for a in c.get("annotations") or ()),
+                    hosting_country=_enum(hosting.get("country")),
+                    outcome=reported[str(item.get("item_id"))][0].value
+                    if str(item.get("item_id")) in reported
+                    else None,
+                    moved_to=reported[str(item.get("item_id"))][1]
+                    if str(item.get("item_id")) in reported
+                    else None,
+                    url=str(item.get("url")) if reveal else None,
+                    hashes=tuple(
+                        f"{h.get('algorithm')}:{h.get('value')}" for h in item.get("hashes") or ()
+                    )
+                    if reveal
+                    else (),
+                )
+            )
+        tlp = str((envelope.get("handling") or {}).get("tlp") or "")
+        return ReferralView(
+            record=record,
+            envelope=envelope,
+            items=tuple(items),
+            current=current,
+            allowed=tuple(s for s in allowed_next(current) if s is not ReferralStatus.RECEIVED),
+            items_reportable=items_reportable(current),
+            history=tuple(self.history(record.referral_id)),
+            restricted=tlp in RESTRICTED_TLP,
+            summary=str(body.get("summary") or "") if reveal else None,
+            revealed=reveal,
+        )
+
+    def reveal(self, given: str, reason: str) -> ReferralView:
+        """The referral with its content; a restricted one needs ``reason`` and is recorded."""
+        reason = " ".join(reason.split())
+        view = self.referral(given)
+        if view.restricted and not reason:
+            raise ValidationFailed(
+                "a reason is required to show TLP RED / AMBER+STRICT content",
+                ["reason: required (it is recorded in the ledger)"],
+            )
+        if view.restricted:
+            self._accessed(view, reason)
+        return self.referral(view.record.referral_id, reveal=True)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _ledger_producer(self) -> Any:
+        with self._lock:
+            if self._producer is None:
+                self._producer = clients.producer(self.settings, role=f"console-{self.org}")
+            return self._producer
+
+    def _emitter(self, producer: Any) -> LedgerEmitter:
+        signer = ledger_signer(LiveKeys(key_dir(self.settings, self.org), self.org), self.org)
+        return LedgerEmitter(producer, self.codec, self.names.ledger, signer=signer)
+
+    def _accessed(self, view: ReferralView, reason: str) -> None:
+        producer = self._ledger_producer()
+        record = view.record
+        partition, offset = _position(self.settings, self.org, record)
+        try:
+            self._emitter(producer).emit(
+                handover_event(
+                    HandoverEventType.ACCESSED,
+                    referral_id=record.referral_id,
+                    case_id=record.case_id,
+                    actor=self.org,
+                    to_party=self.org,
+                    topic=record.topic,
+                    partition=partition,
+                    offset=offset,
+                    reason=f"console reveal: {reason}"[:500],
+                )
+            )
+            producer.flush(30)
+        except KafkaError as exc:
+            raise BrokerError(
+                f"access not recorded, content not shown: {type(exc).__name__}"
+            ) from exc
+
+    def send_status(
+        self,
+        given: str,
+        status: ReferralStatus | None,
+        *,
+        note: str | None = None,
+        reason_code: str | None = None,
+        destination: str | None = None,
+        item_id: str | None = None,
+        outcome: ItemOutcomeKind | None = None,
+        moved_to: str | None = None,
+    ) -> StatusUpdate:
+        """Send a signed status update, as ``referral status`` does; with ``item_id`` and
+        ``outcome``, one item's outcome (the referral-level status then follows the items).
+
+        ``moved_to`` (STILL_ONLINE only): where the item is hosted now, a country code or an IP.
+        """
+        record, current = self._lookup(given)
+        outcomes: list[ItemOutcome] = []
+        if item_id is not None:
+            if outcome is None:
+                raise ValidationFailed("an item needs an outcome", ["outcome: required"])
+            view = self.referral(record.referral_id)
+            ids = [i.item_id for i in view.items]
+            if item_id not in ids:
+                raise ConfigError(f"referral {record.referral_id} has no item {item_id}")
+            after = {**self._outcomes(record), item_id: outcome}
+            status = status_for_items(current, after, ids)
+            try:
+                outcomes.append(
+                    ItemOutcome(
+                        item_id=item_id,
+                        outcome=outcome,
+                        observed_at=utc_now_ms(),
+                        hosting=_hosting(moved_to) if moved_to else None,
+                        assessed_under=self.network.organisation(self.org).country
+                        if outcome is ItemOutcomeKind.NOT_ILLEGAL
+                        else None,
+                    )
+                )
+            except ValidationError as exc:
+                problems = problems_of(exc)
+                raise ValidationFailed("\n".join(problems), problems) from None
+        if status is None:
+            raise ValidationFailed("a status is required", ["status: required"])
+        if status not in allowed_next(current) or status is ReferralStatus.RECEIVED:
+            raise LifecycleError(current, status)
+        try:
+            update = StatusUpdate(
+                referral_id=record.referral_id,
+                case_id=record.case_id,
+                emitted_by=self.org,
+                emitted_at=utc_now_ms(),
+                status=status,
+                reason_code=reason_code or None,
+                note=note or None,
+                destination_org=destination or None,
+                origin_org=record.origin_org,
+                item_outcomes=tuple(outcomes),
+            )
+        except ValidationError as exc:
+            problems = problems_of(exc)
+            raise ValidationFailed("\n".join(problems), problems) from None
+        send_status_update(self.settings, self.network, self.codec, self._ledger_producer(), update)
+        if outcomes:
+            with self._memory.transaction() as conn:
+                for o in outcomes:
+                    conn.execute(
+                        "INSERT INTO item_outcomes (origin_org, referral_id, item_id, outcome,"
+                        " moved_to, at) VALUES (?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT(origin_org, referral_id, item_id) DO UPDATE SET"
+                        " outcome = excluded.outcome, moved_to = excluded.moved_to,"
+                        " at = excluded.at",
+                        (
+                            record.origin_org,
+                            record.referral_id,
+                            o.item_id,
+                            o.outcome.value,
+                            (o.hosting.country or o.hosting.ip) if o.hosting else None,
+                            o.observed_at.timestamp(),
+                        ),
+                    )
+        return update
+
+    def close(self) -> None:
+        """Close the producer and the console's memory."""
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(10)
+                self._producer = None
+        self._memory.close()
+
+
+def _hosting(moved_to: str) -> HostingEvidence:
+    """The new hosting of a moved item: a two-letter country code, else an IP address."""
+    text = moved_to.strip()
+    if len(text) == 2 and text.isalpha():
+        return HostingEvidence(country=text.upper())
+    return HostingEvidence(ip=text)
+
+
+def _position(settings: Settings, org: str, record: InboxRecord) -> tuple[int, int]:
+    """(partition, offset) the first delivery of ``record`` came from (read-only query).
+
+    The inbox keeps them in its ``deliveries`` table; :class:`InboxRecord` does not carry them.
+    """
+    path = settings.org_dir(org) / "inbox.sqlite3"
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        row = db.execute(
+            'SELECT partition, "offset" FROM deliveries WHERE origin_org = ? AND referral_id = ?'
+            " AND topic = ? ORDER BY delivered_at LIMIT 1",
+            (record.origin_org, record.referral_id, record.topic),
+        ).fetchone()
+    if row is None:
+        raise ConfigError(f"{org} has not received referral {record.referral_id}")
+    return int(row[0]), int(row[1])

@@ -1,0 +1,318 @@
+"""The web console without a broker: tokens, sessions, CSRF, security headers, escaping.
+
+The desks are the real ones with their Kafka-facing methods replaced: the
+inbox is a real inbox file, the operator's records are handed in.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.config import Settings
+from broker.errors import ConfigError
+from broker.ledger.store import Verification
+from broker.ledger.views import HandoverRecord, Trace
+from broker.lifecycle import LifecycleError
+from broker.network import Network
+from broker.wire.codec import Codec
+from broker.wire.models import ItemOutcomeKind, ReferralStatus, StatusUpdate
+from broker.wire.registry import EmbeddedRegistry
+from connectors.base import Delivery
+from connectors.inbox import Inbox
+from console.app import CONTENT_SECURITY_POLICY, Console, build_app
+from console.auth import OPERATOR, SESSION_COOKIE, Sessions, Tokens, token_env
+from console.liaison import LiaisonDesk, status_for_items
+from console.operator import DeadLetterRow, OperatorDesk, Replay
+from console.server import make_console
+from console.svg import heat_map, swim_lanes
+
+with warnings.catch_warnings():  # starlette's notice about httpx, not about this code
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+ORG = "police-nl"
+LIAISON = "synthetic-liaison-token"
+OPERATOR_TOKEN = "synthetic-operator-token"
+URGENT = "0b7e4f6c-0000-4000-8000-00000000000a"
+NORMAL = "0b7e4f6c-0000-4000-8000-00000000000b"
+HOSTILE_CASE = "<script>alert(1)</script>\x1b[31m"
+NOW = datetime.now(UTC)
+#: What the test liaison desk was asked to send.
+SENT: list[tuple[str, Any]] = []
+
+
+def _delivery(rid: str, case: str, priority: str) -> Delivery:
+    return Delivery(
+        referral_id=rid,
+        case_id=case,
+        origin_org="hl-nl",
+        value=b"",
+        document={
+            "envelope": {"priority": priority, "external_refs": [{"system": "ICCAM", "id": "7"}]}
+        },
+        topic="referrals.to.NL",
+        partition=0,
+        offset=1,
+    )
+
+
+def _record(event: str, actor: str, seconds: float, **kw: Any) -> HandoverRecord:
+    return HandoverRecord(
+        event_id=f"{event}-{seconds}",
+        referral_id=URGENT,
+        case_id="case-1",
+        event=event,
+        actor=actor,
+        at=NOW - timedelta(seconds=100 - seconds),
+        **kw,
+    )
+
+
+RECORDS = [
+    _record("PUBLISHED", "hl-nl", 0, from_party="hl-nl", to_party=ORG, topic="referrals.intake"),
+    _record(
+        "ROUTED", "router", 1, from_party="hl-nl", to_party=ORG, topic="referrals.to.NL.urgent"
+    ),
+    _record("DELIVERED", ORG, 2, from_party="hl-nl", to_party=ORG, topic="referrals.to.NL.urgent"),
+    _record("STATUS_SENT", ORG, 30, from_party=ORG, to_party="hl-nl", reason="ACCEPTED"),
+]
+
+
+class Liaison(LiaisonDesk):
+    """The real desk; sending is recorded instead of published."""
+
+    def send_status(self, given: str, status: ReferralStatus | None, **kw: Any) -> StatusUpdate:
+        SENT.append((given, status))
+        raise LifecycleError(ReferralStatus.RECEIVED, status or ReferralStatus.CLOSED)
+
+
+class Operator(OperatorDesk):
+    """The real desk over handed-in records; no Kafka."""
+
+    def records(self, referral_id: str | None = None) -> list[HandoverRecord]:
+        return [r for r in RECORDS if referral_id in (None, r.referral_id)]
+
+    def trace(self, given: str) -> Trace:
+        from broker.ledger.views import trace
+
+        return trace(RECORDS, URGENT, self.network.deadlines, self.names, NOW)
+
+    def dead_letters(self) -> list[DeadLetterRow]:
+        return []
+
+    def replays(self) -> list[Replay]:
+        return []
+
+    def verification(self) -> Verification:
+        return Verification(len(RECORDS), None)
+
+    def topics(self) -> dict[str, Any]:
+        return {}
+
+
+@pytest.fixture
+def client(tmp_path: Path, network: Network) -> TestClient:
+    settings = Settings(state_dir=tmp_path / "state", bootstrap_servers="127.0.0.1:9")
+    inbox = Inbox.for_org(settings, ORG)
+    inbox.record(_delivery(NORMAL, "case-normal", "NORMAL"), "inbox_folder", NOW.timestamp())
+    inbox.record(_delivery(URGENT, HOSTILE_CASE, "URGENT"), "inbox_folder", NOW.timestamp() - 60)
+    inbox.close()
+    codec = Codec(EmbeddedRegistry())
+    liaison = Liaison(settings, network, ORG, codec)
+    SENT.clear()
+    console = Console(
+        Tokens.from_env({token_env(ORG): LIAISON, token_env(OPERATOR): OPERATOR_TOKEN}, ORG),
+        liaison,
+        Operator(settings, network, codec),
+        Sessions(),
+    )
+    return TestClient(build_app(console), base_url="http://127.0.0.1", follow_redirects=False)
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found, "no CSRF token in the page"
+    return found.group(1)
+
+
+def _login(client: TestClient, token: str) -> str:
+    csrf = _csrf(client.get("/login").text)
+    r = client.post("/login", data={"csrf": csrf, "token": token})
+    assert r.status_code == 303, r.text
+    return _csrf(client.get(r.headers["location"]).text)
+
+
+def test_security_headers_and_the_session_cookie(client: TestClient) -> None:
+    r = client.get("/login")
+    assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert "default-src 'self'" in CONTENT_SECURITY_POLICY
+    assert "frame-ancestors 'none'" in CONTENT_SECURITY_POLICY
+    assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["cache-control"] == "no-store"
+    cookie = r.headers["set-cookie"].lower()
+    assert f"{SESSION_COOKIE}=" in cookie
+    assert "httponly" in cookie
+    assert "samesite=strict" in cookie
+    assert "<script>" not in r.text.replace('<script src="/static/live.js" defer>', "")
+    static = client.get("/static/live.js")
+    assert static.status_code == 200
+    assert "no-store" not in static.headers.get("cache-control", "")
+
+
+def test_a_wrong_token_sees_nothing(client: TestClient) -> None:
+    csrf = _csrf(client.get("/login").text)
+    r = client.post("/login", data={"csrf": csrf, "token": "not-it"})
+    assert r.status_code == 401
+    assert "not accepted" in r.text
+    for path in ("/inbox", "/inbox.csv", f"/referral/{URGENT}", "/operator", "/operator/ledger"):
+        r = client.get(path)
+        assert r.status_code == 303, path
+        assert r.headers["location"] == "/login", path
+    rows = client.get("/inbox/rows")
+    assert rows.status_code == 401
+    assert URGENT not in rows.text
+
+
+def test_forms_without_the_csrf_token_are_refused(client: TestClient) -> None:
+    client.get("/login")
+    assert client.post("/login", data={"token": LIAISON}).status_code == 403
+    assert client.post("/login", data={"token": LIAISON, "csrf": "0" * 64}).status_code == 403
+    csrf = _login(client, LIAISON)
+    r = client.post(f"/referral/{URGENT}/status", data={"status": "ACCEPTED"})
+    assert r.status_code == 403
+    assert "CSRF" in r.text
+    assert SENT == []
+    r = client.post(f"/referral/{URGENT}/status", data={"status": "ACCEPTED", "csrf": csrf})
+    assert r.status_code == 409  # reached the desk (which refuses here)
+    assert SENT == [(URGENT, ReferralStatus.ACCEPTED)]
+    assert client.post("/logout", data={}).status_code == 403
+    assert client.post("/logout", data={"csrf": csrf}).status_code == 303
+
+
+def test_login_rotates_the_session(client: TestClient) -> None:
+    client.get("/login")
+    before = client.cookies[SESSION_COOKIE]
+    _login(client, LIAISON)
+    assert client.cookies[SESSION_COOKIE] != before
+
+
+def test_the_inbox_lists_urgent_first_escaped_and_exports_csv(client: TestClient) -> None:
+    _login(client, LIAISON)
+    html = client.get("/inbox").text
+    assert html.index(f'data-referral="{URGENT}"') < html.index(f'data-referral="{NORMAL}"')
+    assert "<script>alert" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;\\x1b[31m" in html
+    rows = client.get("/inbox/rows?q=case-normal").text
+    assert NORMAL in rows
+    assert URGENT not in rows
+    csv = client.get("/inbox.csv")
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert csv.text.splitlines()[0].startswith("referral_id,case_id,origin_org")
+    assert client.get("/operator").status_code == 303  # the liaison is not the operator
+
+
+def test_the_operator_sees_metadata_only_and_no_liaison_page(client: TestClient) -> None:
+    _login(client, OPERATOR_TOKEN)
+    flows = client.get("/operator")
+    assert flows.status_code == 200
+    assert "<svg" in flows.text
+    assert "hl-nl" in flows.text
+    trace = client.get(f"/operator/trace?id={URGENT[:8]}")
+    assert "STATUS SENT" in trace.text
+    assert 'class="lanes"' in trace.text
+    assert "ledger intact" in client.get("/operator/ledger").text
+    assert client.get("/inbox").status_code == 303
+    assert client.get(f"/referral/{URGENT}").status_code == 303
+
+
+def test_tokens_come_from_the_environment() -> None:
+    assert token_env("police-nl") == "REFERRAL_CONSOLE_TOKEN_POLICE_NL"
+    assert token_env(OPERATOR) == "REFERRAL_CONSOLE_TOKEN_OPERATOR"
+    tokens = Tokens.from_env({token_env("police-de"): "x" * 20}, "police-nl")
+    assert tokens.principals == []
+    assert tokens.match("x" * 20) is None
+
+
+def test_a_console_needs_a_token(tmp_path: Path, network: Network) -> None:
+    settings = Settings(state_dir=tmp_path, bootstrap_servers="127.0.0.1:9")
+    with pytest.raises(ConfigError, match="REFERRAL_CONSOLE_TOKEN_POLICE_NL"):
+        make_console(settings, network, ORG, env={}, codec=Codec(EmbeddedRegistry()))
+
+
+S, K = ReferralStatus, ItemOutcomeKind
+
+
+@pytest.mark.parametrize(
+    ("current", "outcomes", "expected"),
+    [
+        (S.NTD_SENT, {"a": K.REMOVED}, S.STILL_ONLINE),
+        (S.STILL_ONLINE, {"a": K.REMOVED, "b": K.NOT_FOUND}, S.REMOVED),
+        (S.NTD_SENT, {"a": K.REMOVED, "b": K.STILL_ONLINE}, S.STILL_ONLINE),
+        (S.REFERRED_TO_LE, {"a": K.REMOVED, "b": K.NOT_ILLEGAL}, S.REMOVED),
+        (S.RECEIVED, {"a": K.REMOVED}, None),
+        (S.REFERRED_TO_LE, {"a": K.REMOVED}, None),
+        (S.CLOSED, {"a": K.REMOVED, "b": K.REMOVED}, None),
+    ],
+)
+def test_the_referral_status_an_item_outcome_carries(
+    current: ReferralStatus, outcomes: dict[str, ItemOutcomeKind], expected: ReferralStatus | None
+) -> None:
+    if expected is None:
+        with pytest.raises(LifecycleError):
+            status_for_items(current, outcomes, ["a", "b"])
+    else:
+        assert status_for_items(current, outcomes, ["a", "b"]) is expected
+
+
+def test_charts_escape_what_they_draw() -> None:
+    from broker.ledger.views import Flows
+
+    svg = heat_map(Flows(None, {"<b>org": {"NL": 3, "DE": 1}}, (), (), {}))
+    assert "&lt;b&gt;org" in svg
+    assert "<b>" not in svg
+    assert 'style="' not in svg
+    hostile = [
+        HandoverRecord("e1", URGENT, "c", "PUBLISHED", "<i>x", NOW, from_party="<i>x", to_party="y")
+    ]
+    from broker.ledger.views import trace
+    from broker.network import Deadlines
+    from broker.wire.topics import TopicNames
+
+    lanes = swim_lanes(trace(hostile, URGENT, Deadlines(), TopicNames(), NOW))
+    assert "&lt;i&gt;x" in lanes
+    assert "<i>" not in lanes
+
+
+def test_a_loopback_console_refuses_other_host_names(tmp_path: Path, network: Network) -> None:
+    settings = Settings(state_dir=tmp_path, bootstrap_servers="127.0.0.1:9")
+    codec = Codec(EmbeddedRegistry())
+    console = Console(
+        Tokens.from_env({token_env(OPERATOR): OPERATOR_TOKEN}, None),
+        None,
+        Operator(settings, network, codec),
+        Sessions(),
+    )
+    app = build_app(console, ["127.0.0.1", "localhost"])
+    assert TestClient(app, base_url="http://127.0.0.1:8780").get("/login").status_code == 200
+    assert TestClient(app, base_url="http://rebound.example.org").get("/login").status_code == 400
+
+
+def test_referral_console_names_the_missing_tokens(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    env = {token_env(ORG): "", token_env(OPERATOR): ""}
+    result = CliRunner().invoke(
+        app, ["--state-dir", str(tmp_path), "console", "--org", ORG, "--port", "0"], env=env
+    )
+    assert result.exit_code != 0
+    assert "REFERRAL_CONSOLE_TOKEN_POLICE_NL" in result.output
+    assert "REFERRAL_CONSOLE_TOKEN_OPERATOR" in result.output
