@@ -27,11 +27,16 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The console's browser tests drive Debian's chromium (Playwright never downloads one).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
-	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+	@test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium)
 
+# Two workers, each with its own embedded broker; the suites that run whole networks
+# of processes share one worker (xdist group "processes", tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(STAMP) lint typecheck browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"

@@ -33,11 +33,28 @@ EXAMPLE_NETWORK = ROOT / "examples" / "network.toml"
 GROUP_TIMINGS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 
+#: Suites that run a whole network of processes (or a browser): under pytest-xdist
+#: (``make test``: two workers) they share one worker, so two never compete for the
+#: two cores at once.
+PROCESS_SUITES = frozenset(
+    {
+        "test_faults.py",
+        "test_router_processes.py",
+        "test_broker_restart.py",
+        "test_demo.py",
+        "test_console_browser.py",
+        "test_connectors_cli.py",
+    }
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs a broker as ``integration``."""
+    """Mark every test that needs a broker as ``integration``; group the process suites."""
     for item in items:
         if "bootstrap" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+        if item.path.name in PROCESS_SUITES:
+            item.add_marker(pytest.mark.xdist_group("processes"))
 
 
 @pytest.fixture(scope="session")
