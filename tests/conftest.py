@@ -34,7 +34,7 @@ GROUP_TIMINGS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 
 #: Suites that run a whole network of processes (or a browser): under pytest-xdist
-#: (``make test``: two workers) they share one worker, so two never compete for the
+#: (``make test``: three workers) they share one worker, so two never compete for the
 #: two cores at once.
 PROCESS_SUITES = frozenset(
     {
