@@ -33,8 +33,8 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium)
 
 # Three workers (the tests mostly wait on the broker), each with its own embedded broker;
-# the suites that run whole networks
-# of processes share one worker (xdist group "processes", tests/conftest.py).
+# the suites that run whole networks of processes share one worker (xdist group
+# "processes", tests/conftest.py).
 TEST_WORKERS ?= 3
 test: $(STAMP) lint typecheck browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
