@@ -63,6 +63,8 @@ _RETIRE_JOIN_S = 5.0
 _SEND_TRIES = 3
 #: How long a flush may wait before the producer's metadata is refreshed and checked.
 PROBE_AFTER_S = 3.0
+#: How often a send to a known topic checks the producer's health.
+CHECK_EVERY_S = 0.05
 #: How long a flush may wait in all before its producer is taken for stuck and replaced.
 STUCK_AFTER_S = 10.0
 #: Sequence resets after ``UnknownProducerId`` within one probe interval that mean the
@@ -146,6 +148,7 @@ class HealingProducer:
         #: Topic -> the topic id the current producer produced under.
         self._topic_ids: dict[str, object] = {}
         self._unrecorded: set[str] = set()
+        self._checked_until = 0.0
         #: How many times the underlying producer was replaced.
         self.replacements = 0
         #: Seconds a flush waits before probing the producer's metadata.
@@ -181,6 +184,7 @@ class HealingProducer:
                 # nothing is in flight, so the next producer may take it.
                 if self._closed or attempt == _SEND_TRIES - 1 or fatal_reason(producer) is None:
                     raise
+                self._checked_until = 0.0  # the next current() checks (and replaces) at once
         raise AssertionError("unreachable")  # pragma: no cover
 
     def flush(self, timeout: float | None = None) -> None:
@@ -274,8 +278,15 @@ class HealingProducer:
 
         It is replaced first if it reached a state it cannot leave, or if a topic
         it produced to (``topic``, or any without one) was created anew since.
+        Sends to a topic already known are checked at most every ``CHECK_EVERY_S``
+        (the check costs more than a send's own bookkeeping on the router's hot path);
+        a slow flush probes at once (:meth:`flush`).
         """
+        now = time.monotonic()
+        if topic is not None and now < self._checked_until and topic in self._topic_ids:
+            return self._producer
         with self._lock:
+            self._checked_until = now + CHECK_EVERY_S
             if self._closed:
                 return self._producer  # kafka-python raises on send, as for any closed producer
             reason = fatal_reason(self._producer) or self._recreated(
@@ -334,6 +345,7 @@ class HealingProducer:
         self._resets = _count_sequence_resets(fresh)
         self._topic_ids.clear()
         self._unrecorded.clear()
+        self._checked_until = 0.0
         self._last_replaced = now
         self.replacements += 1
         log.warning("%s producer replaced (%s): new producer id", self.role, reason)
