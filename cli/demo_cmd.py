@@ -44,7 +44,7 @@ from broker.kafka.provision import provision
 from broker.ledger.checkpoint import read_checkpoints
 from broker.ledger.events import HandoverEventType
 from broker.ledger.store import LedgerStore
-from broker.ledger.views import flows, trace
+from broker.ledger.views import flows, role_routes, trace
 from broker.network import Network, load_network
 from broker.private import exposure, private_dir
 from broker.routing.router import Router
@@ -54,7 +54,13 @@ from broker.tracing import setup_tracing
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL
 from cli.app import NETWORK_OPTION, console, err_console, escape, state
-from cli.operator_cmd import held_heads, print_flows, print_trace, topic_heads
+from cli.operator_cmd import (
+    held_heads,
+    print_flows,
+    print_role_routes,
+    print_trace,
+    topic_heads,
+)
 from connectors.runtime import ConnectorRuntime
 from console.auth import OPERATOR, token_env
 from console.server import DEFAULT_PORT as CONSOLE_PORT
@@ -450,6 +456,7 @@ def _report(
             heads=held_heads(settings) + topic_heads(settings),
             reference=LedgerStore.reference(settings, codec),
         )
+        by_role = role_routes(store.records(), network.role_of)
         accepted = sum(
             1
             for r in store.records()
@@ -458,6 +465,7 @@ def _report(
             and r.actor == r.to_party
         )
     print_flows(f, now, "the demo")
+    print_role_routes(by_role)
     totals = f.totals
     kinds = Counter(sent["published"].values())
     console.print(

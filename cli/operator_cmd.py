@@ -37,7 +37,15 @@ from broker.ledger.events import (
     handover_event,
 )
 from broker.ledger.store import LedgerStore, SyncReport
-from broker.ledger.views import Flows, HandoverRecord, Trace, flows, trace
+from broker.ledger.views import (
+    Flows,
+    HandoverRecord,
+    RoleRoute,
+    Trace,
+    flows,
+    role_routes,
+    trace,
+)
 from broker.security.keys import ROUTER, LiveKeys, key_dir, load_trust
 from broker.security.sealing import is_sealed, sealed_for
 from broker.security.signing import ledger_signer
@@ -472,10 +480,31 @@ def flows_cmd(
             _sync(settings, store)
         records = store.records()
     f = flows(records, network.deadlines, settings.topic_names(), now, since=start)
+    by_role = role_routes((r for r in records if start is None or r.at >= start), network.role_of)
     if as_json:
-        print_json(f.to_json())
+        print_json({**f.to_json(), "role_routes": [r.to_json() for r in by_role]})
         return
     print_flows(f, now, since)
+    print_role_routes(by_role)
+
+
+def print_role_routes(routes: list[RoleRoute]) -> None:
+    """Print who received what by role: sender role → receiver role, on which basis."""
+    if not routes:
+        return
+    table = Table(title="routes by role (the network's role rules at work)")
+    for col in ("sender", "basis", "receiver", "referrals", "e.g."):
+        table.add_column(col)
+    for r in routes:
+        more = f" +{len(r.pairs) - 2}" if len(r.pairs) > 2 else ""
+        table.add_row(
+            cell(r.sender_role),
+            cell(r.basis),
+            cell(r.receiver_role),
+            str(r.referrals),
+            cell(", ".join(r.pairs[:2]) + more),
+        )
+    console.print(table)
 
 
 def _seconds(value: float | None) -> str:

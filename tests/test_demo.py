@@ -44,6 +44,9 @@ def test_demo_accounts_for_every_published_referral(tmp_path: Path) -> None:
     assert "ledger intact" in out
     assert re.search(r"raw topic bytes: none of \d+ URLs and hashes readable", out)
     assert "trace of multi-jurisdiction referral" in out
+    # The role rules at work: hosted material goes hotline → the hosting country's hotline.
+    assert "routes by role" in out
+    assert re.search(r"hotline\s*│\s*HOSTING\s*│\s*hotline\s*│\s*\d+", out), out[-3000:]
     # The run's own state: spans were exported, the broker is gone.
     run = next(tmp_path.glob("demo-*"))
     assert (run / "traces.jsonl").stat().st_size > 0

@@ -14,6 +14,7 @@ from broker.ledger.views import (
     UnknownReferral,
     flows,
     percentile,
+    role_routes,
     trace,
 )
 from broker.network import Deadlines
@@ -262,3 +263,31 @@ def test_flows_matrix_times_overdue_dead_letters_and_totals() -> None:
     later = flows(events, DEADLINES, NAMES, now=T0 + timedelta(hours=63))
     assert old in {a.referral_id for a in later.overdue}
     assert later.to_json()["totals"]["published"] == 10
+
+
+def test_role_routes_count_each_referral_once_per_role_route() -> None:
+    roles = {"hl-nl": "hotline", "hl-se": "hotline", "police-nl": "police", "police-se": "police"}
+    a, b, c = (str(uuid.uuid4()) for _ in range(3))
+    records = [
+        rec(a, "ROUTED", 1, "router", from_party="hl-nl", to_party="hl-se",
+            topic=NAMES.jurisdiction("SE"), reason="SE:HOSTING"),
+        # the same decision again (a redelivered intake record): counted once
+        rec(a, "ROUTED", 2, "router", from_party="hl-nl", to_party="hl-se",
+            topic=NAMES.jurisdiction("SE"), reason="SE:HOSTING"),
+        rec(b, "ROUTED", 3, "router", from_party="hl-nl", to_party="police-nl,police-se",
+            topic=NAMES.jurisdiction("NL"), reason="NL:VICTIM_LOCATION"),
+        rec(c, "ROUTED", 4, "router", from_party="hl-se", to_party="hl-se",
+            topic=NAMES.jurisdiction("SE"), reason="SE:HOSTING"),
+        rec(c, "ROUTED", 5, "router", from_party="stranger", to_party="secretariat",
+            topic=NAMES.unassigned, reason="DK:HOSTING"),
+        delivered(c, 6, NAMES.jurisdiction("SE"), "hl-se"),
+    ]  # fmt: skip
+    got = [r.to_json() for r in role_routes(records, roles.get)]
+    assert got == [
+        {"sender_role": "hotline", "basis": "HOSTING", "receiver_role": "hotline",
+         "referrals": 2, "pairs": ["hl-nl → hl-se", "hl-se → hl-se"]},
+        {"sender_role": "hotline", "basis": "VICTIM_LOCATION", "receiver_role": "police",
+         "referrals": 1, "pairs": ["hl-nl → police-nl", "hl-nl → police-se"]},
+        {"sender_role": "unknown", "basis": "HOSTING", "receiver_role": "unknown",
+         "referrals": 1, "pairs": ["stranger → secretariat"]},
+    ]  # fmt: skip

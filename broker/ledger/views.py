@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -61,6 +61,7 @@ __all__ = [
     "Flows",
     "HandoverRecord",
     "Hop",
+    "RoleRoute",
     "RouteTimes",
     "Trace",
     "UnknownReferral",
@@ -68,6 +69,7 @@ __all__ = [
     "flows",
     "percentile",
     "resolved_dead_letters",
+    "role_routes",
     "trace",
 ]
 
@@ -625,3 +627,57 @@ def resolved_dead_letters(
         for letter_id, rid, stage, actor, at_ms in letters
         if rid is not None and stage == "DELIVER" and resolved.get((rid, actor), -1.0) >= at_ms
     }
+
+
+@dataclass(frozen=True)
+class RoleRoute:
+    """How many referrals went from senders of one role to receivers of another, on a basis."""
+
+    sender_role: str
+    basis: str
+    receiver_role: str
+    referrals: int
+    #: The organisation pairs seen on this route (``origin → receiver``), sorted.
+    pairs: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "sender_role": self.sender_role,
+            "basis": self.basis,
+            "receiver_role": self.receiver_role,
+            "referrals": self.referrals,
+            "pairs": list(self.pairs),
+        }
+
+
+def role_routes(
+    records: Iterable[HandoverRecord], role_of: Callable[[str], str | None]
+) -> list[RoleRoute]:
+    """The routing decisions of the ledger by role: who (by role) received what, on which basis.
+
+    Read from the router's ROUTED events (``from_party`` the origin, ``to_party`` the
+    receiving organisations, ``reason`` ``CC:BASIS``); each referral counts once per
+    (sender role, basis, receiver role). ``role_of`` names an organisation's role
+    (``Network.role_of``); organisations outside the network show as ``unknown``.
+    """
+    seen: set[tuple[str, str, str, str]] = set()
+    counts: Counter[tuple[str, str, str]] = Counter()
+    pairs: dict[tuple[str, str, str], set[str]] = {}
+    for r in records:
+        if r.event != HandoverEventType.ROUTED or not r.to_party:
+            continue
+        origin = r.from_party or "?"
+        basis = (r.reason or "").partition(":")[2] or (r.reason or "?")
+        sender = str(role_of(origin) or "unknown")
+        for org in filter(None, r.to_party.split(",")):
+            receiver = str(role_of(org) or "unknown")
+            key = (sender, basis, receiver)
+            pairs.setdefault(key, set()).add(f"{origin} → {org}")
+            if (r.referral_id, *key) not in seen:
+                seen.add((r.referral_id, *key))
+                counts[key] += 1
+    return [
+        RoleRoute(s, b, rcv, n, tuple(sorted(pairs[(s, b, rcv)])))
+        for (s, b, rcv), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
