@@ -46,12 +46,9 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import threading
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import uvicorn
 from pydantic import Field, SecretStr
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -65,6 +62,7 @@ from connectors.formats import json_rows, load_json, normalise, split_problem
 from connectors.http_guard import guarded_h11
 from connectors.idempotency import IdempotencyKeys, valid_key
 from connectors.publisher import BatchResult, Prepared, Publisher, Rejected
+from connectors.serving import ThreadedServer
 
 __all__ = ["HttpIntakeConfig", "HttpIntakeSource", "build_app"]
 
@@ -299,11 +297,6 @@ def build_app(
     )
 
 
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the runtime owns the signals
-        pass
-
-
 class HttpIntakeSource(Source):
     """Serves ``POST /referrals`` in a background thread."""
 
@@ -321,8 +314,7 @@ class HttpIntakeSource(Source):
             ttl=config.idempotency_ttl,
         )
         self.app = build_app(publisher, self._token, config, self.keys)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
         self.port: int | None = None
 
     @property
@@ -334,7 +326,8 @@ class HttpIntakeSource(Source):
 
     def open(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it listens; ``port`` is then the bound port."""
-        cfg = uvicorn.Config(
+        self._server = ThreadedServer(
+            "http_intake",
             self.app,
             host=self.config.host,
             port=self.config.port,
@@ -344,18 +337,7 @@ class HttpIntakeSource(Source):
             http=guarded_h11(self.config.header_timeout, self.config.max_connections),
             timeout_keep_alive=5,
         )
-        self._server = _Server(cfg)
-        self._thread = threading.Thread(target=self._server.run, name="http-intake", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise ConfigError(
-                    f"http_intake: cannot listen on {self.config.host}:{self.config.port}"
-                )
-            time.sleep(0.02)
-        sockets = [s for server in self._server.servers for s in server.sockets]
-        self.port = int(sockets[0].getsockname()[1])
+        self.port = self._server.start(timeout)
         log.info("http intake of %s listening on port %d", self.publisher.org.id, self.port)
 
     def poll(self) -> int:
@@ -365,9 +347,6 @@ class HttpIntakeSource(Source):
     def close(self) -> None:
         """Stop the server and wait for its thread."""
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
+            self._server.stop()
         self._server = None
-        self._thread = None
         self.keys.close()

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Mapping
-
-import uvicorn
 
 from broker.config import Settings
 from broker.errors import ConfigError
 from broker.network import Network
 from broker.wire.codec import Codec
+from connectors.serving import ThreadedServer
 from console.app import Console, build_app
 from console.auth import OPERATOR, Sessions, Tokens, token_env
 from console.liaison import LiaisonDesk
@@ -46,11 +43,6 @@ def make_console(
     return Console(tokens, liaison, OperatorDesk(settings, network, codec), Sessions())
 
 
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the caller owns the signals
-        pass
-
-
 class ConsoleServer:
     """The console served by uvicorn in a thread; :meth:`start` returns once it listens."""
 
@@ -58,8 +50,7 @@ class ConsoleServer:
         self.console = console
         self.host = host
         self.port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
 
     @property
     def url(self) -> str:
@@ -69,7 +60,8 @@ class ConsoleServer:
     def start(self, timeout: float = 10.0) -> ConsoleServer:
         """Start serving; ``port`` is the bound port afterwards (0 picks a free one)."""
         hosts = None if self.host in ("0.0.0.0", "::") else [self.host, *LOOPBACK_NAMES]
-        cfg = uvicorn.Config(
+        self._server = ThreadedServer(
+            "console",
             build_app(self.console, hosts),
             host=self.host,
             port=self.port,
@@ -79,25 +71,13 @@ class ConsoleServer:
             lifespan="off",
             timeout_keep_alive=5,
         )
-        self._server = _Server(cfg)
-        self._thread = threading.Thread(target=self._server.run, name="console", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise ConfigError(f"console: cannot listen on {self.host}:{self.port}")
-            time.sleep(0.02)
-        sockets = [s for server in self._server.servers for s in server.sockets]
-        self.port = int(sockets[0].getsockname()[1])
+        self.port = self._server.start(timeout)
         return self
 
     def stop(self) -> None:
         """Stop serving and close the desks."""
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
+            self._server.stop()
         self._server = None
-        self._thread = None
         if self.console.liaison is not None:
             self.console.liaison.close()
