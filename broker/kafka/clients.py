@@ -261,11 +261,29 @@ def close_producer(producer: KafkaProducer, what: str, logger: logging.Logger) -
         logger.warning("%s producer close failed: %s", what, type(exc).__name__)
 
 
+def _any_listening(bootstrap: str) -> bool:
+    """True if a TCP connection to any of ``bootstrap``'s ``host:port`` pairs opens."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), 0.5):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def wait_for_broker(bootstrap: str, timeout: float = 20.0, **security: Any) -> None:
     """Block until a broker at ``bootstrap`` answers a metadata request, or raise."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if not _any_listening(bootstrap):
+            # Nothing listens yet: no Kafka client (whose connection errors would be
+            # logged at ERROR — the demo's first lines were three of them).
+            last = ConnectionRefusedError()
+            time.sleep(0.1)
+            continue
         try:
             admin = KafkaAdminClient(
                 bootstrap_servers=bootstrap.split(","),
