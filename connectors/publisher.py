@@ -425,13 +425,14 @@ class Publisher:
         """
         result = BatchResult()
         sends: list[tuple[Published, FutureRecordMetadata | None]] = []
+        sent_at_ms = int(time.time() * 1000)  # PUBLISHED is when it went out, not when acked
         for label, prepared in ready:
             outcome = self._store_and_send(label, prepared)
             if isinstance(outcome, Rejected):
                 result.rejected.append(outcome)
             else:
                 sends.append(outcome)
-        self._await(sends, result)
+        self._await(sends, result, sent_at_ms)
         return result
 
     def _known(self, label: str, prepared: Prepared) -> Published | Rejected | None:
@@ -531,7 +532,10 @@ class Publisher:
             return None
 
     def _await(
-        self, sends: list[tuple[Published, FutureRecordMetadata | None]], result: BatchResult
+        self,
+        sends: list[tuple[Published, FutureRecordMetadata | None]],
+        result: BatchResult,
+        sent_at_ms: int,
     ) -> None:
         if not any(future is not None for _, future in sends):  # nothing sent (repeats)
             result.published.extend(pub for pub, _ in sends)
@@ -566,6 +570,7 @@ class Publisher:
                     meta.offset,
                     ",".join(pub.expected),
                     reason=f"version {pub.version}" if amended else None,
+                    at_ms=sent_at_ms,
                 )
         try:
             self.producer.flush(self.ack_timeout)
@@ -582,6 +587,7 @@ class Publisher:
         to: str,
         *,
         reason: str | None = None,
+        at_ms: int | None = None,
     ) -> None:
         try:
             self.ledger.emit(
@@ -596,6 +602,7 @@ class Publisher:
                     partition=partition,
                     offset=offset,
                     reason=reason,
+                    at_ms=at_ms,
                 )
             )
         except (KafkaError, CodecError) as exc:
@@ -612,6 +619,7 @@ class Publisher:
         due = self.outbox.due(schedule)
         if not due:
             return []
+        sent_at_ms = int(time.time() * 1000)
         futures: list[tuple[OutboxEntry, FutureRecordMetadata | None]] = [
             (entry, self._send(entry.referral_id, entry.value, entry.headers)) for entry in due
         ]
@@ -632,6 +640,7 @@ class Publisher:
                     meta.partition,
                     meta.offset,
                     "",
+                    at_ms=sent_at_ms,
                 )
                 done.append(entry.referral_id)
         return done
