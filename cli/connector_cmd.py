@@ -9,20 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from kafka.errors import KafkaError
-from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from broker.errors import BrokerError, ConfigError, ValidationFailed
+from broker.errors import ConfigError, ValidationFailed
 from broker.ids import resolve_id, short_id
 from broker.kafka import clients
-from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
-from broker.lifecycle import LifecycleError, advance, allowed_next
 from broker.outcomes import parse_item_specs, summarise
-from broker.security.rules import ReceiverSecurity
 from broker.wire.codec import Codec
-from broker.wire.models import ReferralStatus, StatusUpdate, problems_of, utc_now_ms
+from broker.wire.models import ReferralStatus, utc_now_ms
 from cli.app import (
     NETWORK_OPTION,
     App,
@@ -34,12 +29,12 @@ from cli.app import (
     service_stop_event,
     state,
 )
-from connectors.delivery import StatusSender
 from connectors.formats import name_fields, read_referral_file
 from connectors.inbox import Inbox, ItemState
 from connectors.outbox import Outbox
 from connectors.publisher import BatchResult, Publisher, Rejected
 from connectors.runtime import ConnectorRuntime
+from connectors.status_update import new_status_update, send_status_update
 
 __all__ = ["app", "outbox", "publish", "status"]
 
@@ -366,14 +361,6 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _current_status(inbox: Inbox, origin: str, referral_id: str) -> ReferralStatus | None:
-    """Where the lifecycle stands after what this organisation sent (RECEIVED came on delivery)."""
-    current: ReferralStatus | None = ReferralStatus.RECEIVED
-    for sent in inbox.sent_statuses(origin, referral_id):
-        current = advance(current, sent)
-    return current
-
-
 def status(
     ctx: typer.Context,
     org: str = typer.Argument(..., help="The organisation reporting the status."),
@@ -434,9 +421,6 @@ def status(
         record = inbox.lookup(referral_id, origin)
         if record is None:
             raise ConfigError(f"{org} has not received referral {referral_id} (not in its inbox)")
-        current = _current_status(inbox, record.origin_org, referral_id)
-        if new_status not in allowed_next(current):
-            raise LifecycleError(current, new_status)
         outcomes = parse_item_specs(
             items,
             inbox.item_ids(record.origin_org, referral_id),
@@ -445,58 +429,23 @@ def status(
             new_country=new_country,
             assessed_under=assessed_under,
         )
-        version = inbox.version(record.origin_org, referral_id, record.sink) or 1
+        update = new_status_update(
+            inbox,
+            org,
+            record,
+            new_status,
+            outcomes,
+            note=note,
+            reason_code=reason_code,
+            destination=destination,
+        )
     finally:
         inbox.close()
-    try:
-        update = StatusUpdate(
-            referral_id=referral_id,
-            case_id=record.case_id,
-            emitted_by=org,
-            emitted_at=utc_now_ms(),
-            status=new_status,
-            reason_code=reason_code,
-            note=note,
-            destination_org=destination,
-            origin_org=record.origin_org,
-            item_outcomes=tuple(outcomes),
-            referral_version=version if version > 1 else None,
-        )
-    except ValidationError as exc:
-        problems = problems_of(exc)
-        raise ValidationFailed("\n".join(problems), problems) from None
-    codec = Codec.from_settings(settings)
-    names = settings.topic_names()
-    security = ReceiverSecurity.load(settings, network, org)
     producer = clients.producer(settings, role=f"status-{org}")
     try:
-        sender = StatusSender(producer, codec, names, security=security)
-        meta = sender.send(update).get(timeout=30)
-        LedgerEmitter(producer, codec, names.ledger, signer=security.ledger_signer()).emit(
-            handover_event(
-                HandoverEventType.STATUS_SENT,
-                referral_id=referral_id,
-                case_id=record.case_id,
-                actor=org,
-                from_party=org,
-                to_party=record.origin_org,
-                topic=names.status_intake,
-                partition=meta.partition,
-                offset=meta.offset,
-                reason=new_status.value,
-            )
-        )
-        producer.flush(30)
-    except KafkaError as exc:
-        raise BrokerError(f"status not sent: {type(exc).__name__}") from exc
+        send_status_update(settings, network, Codec.from_settings(settings), producer, update)
     finally:
         producer.close(10)
-        security.close()
-    inbox = Inbox.for_org(settings, org)
-    try:
-        inbox.record_sent_status(record.origin_org, referral_id, new_status.value)
-    finally:
-        inbox.close()
     line = f"{new_status.value} for {referral_id} sent to {record.origin_org}"
     if outcomes:
         line += f" with {summarise(outcomes)}"
