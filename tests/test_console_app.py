@@ -6,6 +6,7 @@ inbox is a real inbox file, the operator's records are handed in.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -316,3 +317,119 @@ def test_referral_console_names_the_missing_tokens(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert "REFERRAL_CONSOLE_TOKEN_POLICE_NL" in result.output
     assert "REFERRAL_CONSOLE_TOKEN_OPERATOR" in result.output
+
+
+ITEMS_RID = "0b7e4f6c-0000-4000-8000-00000000000c"
+ITEM_A = "1a000000-0000-4000-8000-000000000001"
+ITEM_B = "1b000000-0000-4000-8000-000000000002"
+
+
+def _desk_with_items(
+    tmp_path: Path, network: Network, monkeypatch: pytest.MonkeyPatch
+) -> tuple[LiaisonDesk, list[StatusUpdate], Settings]:
+    """A real desk whose sending stops before Kafka (the inbox still remembers what was sent)."""
+    import console.liaison as liaison_mod
+
+    settings = Settings(state_dir=tmp_path / "state", bootstrap_servers="127.0.0.1:9")
+    delivery = _delivery(ITEMS_RID, "case-items", "NORMAL")
+    delivery.document["body"] = {"items": [{"item_id": ITEM_A}, {"item_id": ITEM_B}]}
+    inbox = Inbox.for_org(settings, ORG)
+    inbox.record(delivery, "inbox_folder", NOW.timestamp())
+    for sent in ("ACCEPTED", "NTD_SENT"):
+        inbox.record_sent_status("hl-nl", ITEMS_RID, sent)
+    inbox.close()
+    sent_updates: list[StatusUpdate] = []
+
+    def fake_send(s: Settings, n: Network, c: Codec, p: Any, update: StatusUpdate) -> None:
+        sent_updates.append(update)
+        box = Inbox.for_org(s, update.emitted_by)
+        try:
+            box.record_sent_status(
+                update.origin_org,
+                update.referral_id,
+                update.status.value,
+                outcomes=update.item_outcomes,
+            )
+        finally:
+            box.close()
+
+    monkeypatch.setattr(liaison_mod, "send_status_update", fake_send)
+    desk = LiaisonDesk(settings, network, ORG, Codec(EmbeddedRegistry()))
+    monkeypatch.setattr(desk, "_ledger_producer", lambda: None)
+    return desk, sent_updates, settings
+
+
+def test_item_actions_send_what_referral_status_item_sends_and_read_back_from_the_inbox(
+    tmp_path: Path, network: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker.outcomes import parse_item_specs
+
+    desk, sent, settings = _desk_with_items(tmp_path, network, monkeypatch)
+    first = desk.send_status(
+        ITEMS_RID[:8], None, item_id=ITEM_A, outcome=ItemOutcomeKind.STILL_ONLINE, moved_to="fr"
+    )
+    # The same outcome as `referral status ... STILL_ONLINE --item ITEM_A=STILL_ONLINE:country=FR`.
+    (cli,) = parse_item_specs(
+        [f"{ITEM_A[:6]}=still_online:country=fr"],
+        [ITEM_A, ITEM_B],
+        first.item_outcomes[0].observed_at,
+    )
+    assert first.item_outcomes == (cli,)
+    assert first.status is ReferralStatus.STILL_ONLINE  # one item still to go
+    assert first.referral_version is None  # version 1
+    assert desk._reported(desk._lookup(ITEMS_RID)[0]) == {
+        ITEM_A: (ItemOutcomeKind.STILL_ONLINE, "FR")
+    }
+    # The next action reads the first one back from the inbox: both settled → REMOVED.
+    desk.send_status(ITEMS_RID, None, item_id=ITEM_A, outcome=ItemOutcomeKind.REMOVED)
+    last = desk.send_status(ITEMS_RID, None, item_id=ITEM_B, outcome=ItemOutcomeKind.NOT_ILLEGAL)
+    assert last.status is ReferralStatus.REMOVED
+    assert last.item_outcomes[0].assessed_under == "NL"
+    inbox = Inbox.for_org(settings, ORG)
+    try:
+        outcomes = inbox.sent_outcomes("hl-nl", ITEMS_RID)
+        assert {k: o.outcome for k, o in outcomes.items()} == {
+            ITEM_A: ItemOutcomeKind.REMOVED,
+            ITEM_B: ItemOutcomeKind.NOT_ILLEGAL,
+        }
+        assert inbox.sent_statuses("hl-nl", ITEMS_RID)[-1] == "REMOVED"
+    finally:
+        inbox.close()
+    assert not (settings.org_dir(ORG) / "console.sqlite3").exists()  # no side table
+    assert len(sent) == 3
+
+
+def test_item_actions_refuse_a_bad_host_and_an_unknown_item(
+    tmp_path: Path, network: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker.errors import ValidationFailed
+
+    desk, sent, _ = _desk_with_items(tmp_path, network, monkeypatch)
+    with pytest.raises(ValidationFailed, match="country code or an IP"):
+        desk.send_status(
+            ITEMS_RID, None, item_id=ITEM_A, outcome=ItemOutcomeKind.STILL_ONLINE, moved_to="x=1,ip"
+        )
+    with pytest.raises(ConfigError, match="has no item"):
+        desk.send_status(ITEMS_RID, None, item_id="nope", outcome=ItemOutcomeKind.REMOVED)
+    with pytest.raises(LifecycleError):
+        desk.send_status(ITEMS_RID, ReferralStatus.ACCEPTED)
+    assert sent == []
+
+
+def test_inbox_records_carry_the_current_versions_position(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state", bootstrap_servers="127.0.0.1:9")
+    inbox = Inbox.for_org(settings, ORG)
+    try:
+        inbox.record(_delivery(NORMAL, "case-normal", "NORMAL"), "inbox_folder", 1000.0)
+        first = inbox.lookup(NORMAL)
+        assert first is not None
+        assert (first.partition, first.offset, first.version) == (0, 1, 1)
+        amended = dataclasses.replace(
+            _delivery(NORMAL, "case-normal", "NORMAL"), partition=2, offset=9, version=2
+        )
+        inbox.record(amended, "inbox_folder", 2000.0)
+        now = inbox.lookup(NORMAL)
+        assert now is not None
+        assert (now.partition, now.offset, now.version, now.delivered_at) == (2, 9, 2, 1000.0)
+    finally:
+        inbox.close()
