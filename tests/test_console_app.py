@@ -7,6 +7,7 @@ inbox is a real inbox file, the operator's records are handed in.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -433,3 +434,41 @@ def test_inbox_records_carry_the_current_versions_position(tmp_path: Path) -> No
         assert (now.partition, now.offset, now.version, now.delivered_at) == (2, 9, 2, 1000.0)
     finally:
         inbox.close()
+
+
+def test_a_long_trace_wraps_so_every_label_fits_the_card() -> None:
+    from broker.ledger.views import trace
+    from broker.network import Deadlines
+    from broker.wire.topics import TopicNames
+    from console.svg import LANES_WIDTH, MIN_STEP, lane_rows
+
+    assert lane_rows(0) == []
+    assert [len(b) for b in lane_rows(5)] == [5]
+    assert [len(b) for b in lane_rows(19)] == [10, 9]  # two balanced bands
+    hops = [
+        HandoverRecord(
+            f"e{i}",
+            URGENT,
+            "c",
+            "STATUS_ROUTED",
+            "router",
+            NOW + timedelta(seconds=i),
+            from_party=ORG,
+            to_party="hl-nl",
+            reason="STILL_ONLINE",
+        )
+        for i in range(19)
+    ]
+    svg = str(swim_lanes(trace(hops, URGENT, Deadlines(), TopicNames(), NOW)))
+    width = int(re.search(r'<svg[^>]* width="(\d+)"', svg).group(1))  # type: ignore[union-attr]
+    assert width <= LANES_WIDTH
+    xs = [
+        float(x)
+        for x in re.findall(r'<text x="([\d.]+)"[^>]*font-weight="bold" fill="#a0661a"', svg)
+    ]
+    assert len(xs) == 19  # every hop labelled
+    assert max(xs) + 60 <= width  # "STATUS ROUTED" (about 110 px) ends inside the chart
+    columns = sorted(set(xs))  # neighbours at least MIN_STEP apart (labels alternate rows)
+    assert all(b - a >= MIN_STEP - 1 for a, b in itertools.pairwise(columns))
+    assert "hops 1–10 of 19" in svg
+    assert "hops 11–19 of 19" in svg
