@@ -41,7 +41,7 @@ from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_even
 from broker.ledger.views import HandoverRecord
 from broker.lifecycle import LifecycleError, allowed_next
 from broker.network import Network
-from broker.outcomes import parse_item_specs
+from broker.outcomes import parse_item_specs, parse_reroute
 from broker.security.keys import LiveKeys, LiveTrust, key_dir
 from broker.security.rules import ReceiverSecurity
 from broker.security.signing import ledger_signer
@@ -57,13 +57,16 @@ from broker.wire.models import (
 from connectors.inbox import Inbox, InboxRecord
 from connectors.inbox_view import InboxEntry, entries, select
 from connectors.status_update import current_status, new_status_update, send_status_update
+from connectors.versions import KeptVersion, kept_versions
 from console import ledger
 
 __all__ = [
     "ITEM_OUTCOMES",
     "RESTRICTED_TLP",
+    "Child",
     "ItemView",
     "LiaisonDesk",
+    "Linked",
     "ReferralView",
     "items_reportable",
     "status_for_items",
@@ -122,6 +125,22 @@ class ItemView:
 
 
 @dataclass(frozen=True)
+class Linked:
+    """Another referral named on a referral page; ``here`` if this organisation received it."""
+
+    referral_id: str
+    here: bool
+
+
+@dataclass(frozen=True)
+class Child(Linked):
+    """A child referral of a moved item (from the parent's REROUTED event)."""
+
+    item_id: str = ""
+    country: str = ""
+
+
+@dataclass(frozen=True)
 class ReferralView:
     """A referral in the liaison's inbox: envelope, items, where it stands, what may follow."""
 
@@ -136,6 +155,14 @@ class ReferralView:
     summary: str | None = None
     revealed: bool = False
     problems: tuple[str, ...] = field(default_factory=tuple)
+    #: The current version (above 1: amended by its origin).
+    version: int = 1
+    #: The earlier versions the organisation's sinks keep (metadata only).
+    earlier: tuple[KeptVersion, ...] = ()
+    #: The referral this one re-refers a moved item of (``parent_referral_id``), if any.
+    parent: Linked | None = None
+    #: The child referrals the origin re-referred moved items of this one in (REROUTED).
+    children: tuple[Child, ...] = ()
 
     @property
     def tlp(self) -> str:
@@ -259,12 +286,44 @@ class LiaisonDesk:
 
     def history(self, referral_id: str) -> list[HandoverRecord]:
         """The ledger's handover events of one referral this organisation took part in."""
+        return self._history(ledger.records(self.settings, self.codec, referral_id))
+
+    def _history(self, records: Sequence[HandoverRecord]) -> list[HandoverRecord]:
         # Only the hops this organisation took part in (and the origin's publication to it).
-        return [
-            r
-            for r in ledger.records(self.settings, self.codec, referral_id)
-            if self.org in (r.actor, r.from_party) or self.org in r.to_orgs
-        ]
+        return [r for r in records if self.org in (r.actor, r.from_party) or self.org in r.to_orgs]
+
+    def _received(self) -> set[str]:
+        inbox = self._inbox()
+        try:
+            return set(inbox.referral_ids())
+        finally:
+            inbox.close()
+
+    def _family(
+        self, record: InboxRecord, envelope: Mapping[str, Any], records: Sequence[HandoverRecord]
+    ) -> tuple[Linked | None, tuple[Child, ...]]:
+        """The parent (``parent_referral_id``) and the children (the ledger's REROUTED)."""
+        here = self._received()
+        parent_id = envelope.get("parent_referral_id")
+        parent = Linked(str(parent_id), str(parent_id) in here) if parent_id else None
+        children: dict[str, Child] = {}
+        for r in records:
+            if r.event != HandoverEventType.REROUTED or r.referral_id != record.referral_id:
+                continue
+            moved = parse_reroute(r.referral_id, r.reason)
+            if moved is not None and moved.parent_referral_id == record.referral_id:
+                cid = moved.child_referral_id
+                children[cid] = Child(cid, cid in here, moved.item_id, moved.country)
+        return parent, tuple(children.values())
+
+    def _earlier(self, record: InboxRecord, version: int) -> tuple[KeptVersion, ...]:
+        kept = kept_versions(
+            self.settings,
+            self.network.organisation(self.org),
+            record.origin_org,
+            record.referral_id,
+        )
+        return tuple(v for v in kept if v.version < version)
 
     def referral(self, given: str, *, reveal: bool = False) -> ReferralView:
         """The referral ``given`` names (id or prefix); its content only with ``reveal``."""
@@ -303,6 +362,9 @@ class LiaisonDesk:
                 )
             )
         tlp = str((envelope.get("handling") or {}).get("tlp") or "")
+        records = ledger.records(self.settings, self.codec, record.referral_id)
+        version = int(envelope.get("version") or record.version or 1)
+        parent, children = self._family(record, envelope, records)
         return ReferralView(
             record=record,
             envelope=envelope,
@@ -310,10 +372,14 @@ class LiaisonDesk:
             current=current,
             allowed=tuple(s for s in allowed_next(current) if s is not ReferralStatus.RECEIVED),
             items_reportable=items_reportable(current),
-            history=tuple(self.history(record.referral_id)),
+            history=tuple(self._history(records)),
             restricted=tlp in RESTRICTED_TLP,
             summary=str(body.get("summary") or "") if reveal else None,
             revealed=reveal,
+            version=version,
+            earlier=self._earlier(record, version),
+            parent=parent,
+            children=children,
         )
 
     def reveal(self, given: str, reason: str) -> ReferralView:

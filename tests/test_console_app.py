@@ -472,3 +472,99 @@ def test_a_long_trace_wraps_so_every_label_fits_the_card() -> None:
     assert all(b - a >= MIN_STEP - 1 for a, b in itertools.pairwise(columns))
     assert "hops 1–10 of 19" in svg
     assert "hops 11–19 of 19" in svg
+
+
+PARENT = "0b7e4f6c-0000-4000-8000-0000000000a1"
+CHILD = "0b7e4f6c-0000-4000-8000-0000000000c1"
+
+
+def test_the_referral_page_shows_versions_parent_and_children_without_content(
+    tmp_path: Path, network: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 2 with version 1 kept by the inbox folder, a parent the organisation received
+    and a child re-referred elsewhere; no URL, hash or summary until a reveal."""
+    import json
+
+    import console.liaison as liaison_mod
+    from connectors.inbox_folder import InboxFolderConfig, InboxFolderSink
+
+    desk, _, settings = _desk_with_items(tmp_path, network, monkeypatch)
+    inbox = Inbox.for_org(settings, ORG)
+    inbox.record(_delivery(PARENT, "case-items", "NORMAL"), "inbox_folder", NOW.timestamp())
+    inbox.record(
+        dataclasses.replace(
+            _delivery(ITEMS_RID, "case-items", "NORMAL"), offset=7, version=2, previous_version=1
+        ),
+        "inbox_folder",
+    )
+    inbox.close()
+    sink = InboxFolderSink(InboxFolderConfig(path="orgs/police-nl/inbox"), settings)
+    sink.open()
+    for version in (1, 2):
+        sink.deliver(
+            dataclasses.replace(
+                _delivery(ITEMS_RID, "case-items", "NORMAL"),
+                version=version,
+                previous_version=version - 1 or None,
+            )
+        )
+    secret = "https://synthetic.example/secret-item"
+    envelope = {
+        "referral_id": ITEMS_RID,
+        "case_id": "case-items",
+        "origin_org": "hl-nl",
+        "version": 2,
+        "parent_referral_id": PARENT,
+        "handling": {"tlp": "AMBER"},
+        "jurisdictions": [],
+        "created_at": NOW,
+        "priority": "NORMAL",
+        "origin_country": "NL",
+    }
+    body = {"items": [{"item_id": ITEM_A, "url": secret, "hashes": []}], "summary": "synthetic"}
+    fetched: list[tuple[int, int]] = []
+
+    def fetch(record: Any) -> Any:
+        fetched.append((record.partition, record.offset))
+        return None
+
+    monkeypatch.setattr(desk, "_fetch", fetch)
+    monkeypatch.setattr(desk, "_open", lambda rec: {"envelope": envelope, "body": body})
+    rerouted = HandoverRecord(
+        "r1", ITEMS_RID, "case-items", "REROUTED", "hl-nl", NOW, from_party="hl-nl",
+        to_party="police-fr", reason=f"item {ITEM_B} moved to FR: referral {CHILD}",
+    )  # fmt: skip
+    monkeypatch.setattr(liaison_mod.ledger, "records", lambda *a, **k: [rerouted])
+
+    view = desk.referral(ITEMS_RID)
+    assert fetched == [(0, 7)]  # the current version's position
+    assert view.version == 2
+    assert [(v.version, v.sinks) for v in view.earlier] == [(1, ("inbox_folder",))]
+    assert view.parent == liaison_mod.Linked(PARENT, True)
+    assert [(c.referral_id, c.item_id, c.country, c.here) for c in view.children] == [
+        (CHILD, ITEM_B, "FR", False)
+    ]
+    assert view.items[0].url is None
+    assert view.summary is None
+
+    client = TestClient(
+        build_app(
+            Console(
+                Tokens.from_env({token_env(ORG): LIAISON, token_env(OPERATOR): "x" * 24}, ORG),
+                desk,
+                Operator(settings, network, Codec(EmbeddedRegistry())),
+                Sessions(),
+            )
+        ),
+        base_url="http://127.0.0.1",
+        follow_redirects=False,
+    )
+    _login(client, LIAISON)
+    html = client.get(f"/referral/{ITEMS_RID}").text
+    assert 'id="version">v2' in html
+    assert 'data-version="1"' in html
+    assert f'<a class="mono" href="/referral/{PARENT}">' in html
+    assert f'moved to FR: <span class="mono">{CHILD}</span>' in html
+    assert secret not in html
+    assert "synthetic.example" not in html
+    assert json.dumps(secret) not in html
