@@ -6,7 +6,6 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -30,10 +29,11 @@ from cli.app import (
     state,
 )
 from connectors.formats import name_fields, read_referral_file
-from connectors.inbox import Inbox, ItemState
+from connectors.inbox import Inbox
 from connectors.outbox import Outbox
 from connectors.publisher import BatchResult, Publisher, Rejected
 from connectors.runtime import ConnectorRuntime
+from connectors.sent_view import item_report
 from connectors.status_update import new_status_update, send_status_update
 
 __all__ = ["app", "outbox", "publish", "status"]
@@ -273,7 +273,7 @@ def outbox(
     try:
         pending, refused = box.pending(), box.refused()
         listed = box.all() if show_all else [*pending, *refused]
-        items = {p.referral_id: _item_report(box, inbox, p.referral_id) for p in listed}
+        items = {p.referral_id: item_report(box, inbox, p.referral_id).to_json() for p in listed}
     finally:
         box.close()
         inbox.close()
@@ -320,37 +320,6 @@ def outbox(
             console.print(
                 escape(f"{short_id(p.referral_id)}: {line}"), markup=False, soft_wrap=True
             )
-
-
-def _item_report(box: Outbox, inbox: Inbox, referral_id: str) -> dict[str, Any]:
-    """The verified item outcomes (summary and each) and the re-referrals of one referral."""
-    entry = box.get(referral_id)
-    latest: dict[str, ItemState] = {}
-    for state_ in inbox.item_states(referral_id):  # oldest first: the latest report wins
-        latest[state_.item_id] = state_
-    total = len(entry.items) if entry is not None and entry.items else None
-    return {
-        "items": summarise([s.outcome for s in latest.values()], total),
-        "item_outcomes": [
-            {
-                "item_id": s.item_id,
-                "reported_by": s.emitter,
-                "outcome": s.outcome.outcome.value,
-                "observed_at": s.outcome.observed_at.isoformat(),
-                "moved_to": s.outcome.hosting.country if s.outcome.hosting else None,
-            }
-            for s in latest.values()
-        ],
-        "children": [
-            {
-                "referral_id": r.child_referral_id,
-                "item_id": r.item_id,
-                "country": r.country,
-                "published": published,
-            }
-            for r, published in box.children(referral_id)
-        ],
-    }
 
 
 def _age(seconds: float) -> str:

@@ -56,6 +56,8 @@ from broker.wire.models import (
 )
 from connectors.inbox import Inbox, InboxRecord
 from connectors.inbox_view import InboxEntry, entries, select
+from connectors.outbox import Outbox, PendingReferral
+from connectors.sent_view import SentItems, item_report
 from connectors.status_update import current_status, new_status_update, send_status_update
 from connectors.versions import KeptVersion, kept_versions
 from console import ledger
@@ -221,6 +223,20 @@ class LiaisonDesk:
             unacknowledged=unacknowledged,
             overdue=overdue,
         )
+
+    def sent(self) -> list[tuple[PendingReferral, SentItems]]:
+        """The referrals this organisation sent (newest first), each with what its recipients
+        reported of its items (verified, from the inbox) and its re-referrals."""
+        if not (self.settings.org_dir(self.org) / "outbox.sqlite3").exists():
+            return []
+        box = Outbox.for_org(self.settings, self.org)
+        inbox = self._inbox()
+        try:
+            listed = sorted(box.all(), key=lambda p: p.published_at, reverse=True)
+            return [(p, item_report(box, inbox, p.referral_id)) for p in listed]
+        finally:
+            box.close()
+            inbox.close()
 
     def _lookup(self, given: str) -> tuple[InboxRecord, ReferralStatus | None]:
         inbox = self._inbox()

@@ -568,3 +568,62 @@ def test_the_referral_page_shows_versions_parent_and_children_without_content(
     assert secret not in html
     assert "synthetic.example" not in html
     assert json.dumps(secret) not in html
+
+
+def test_the_sent_page_shows_the_outcomes_the_origin_verified(
+    tmp_path: Path, network: Network
+) -> None:
+    """The origin's side: its outbox and the item outcomes its inbox verified, no side table."""
+    from broker.outcomes import ItemRef, Reroute
+    from broker.wire.models import HostingEvidence, ItemOutcome
+    from connectors.outbox import Outbox, ReferralFacts
+
+    origin = "hl-nl"
+    settings = Settings(state_dir=tmp_path / "state", bootstrap_servers="127.0.0.1:9")
+    box = Outbox.for_org(settings, origin)
+    box.add(
+        ITEMS_RID, "case-items", "referrals.intake", b"v", [], [ORG],
+        about=ReferralFacts(items=(ItemRef(ITEM_A, "NL"), ItemRef(ITEM_B, "NL"))),
+    )  # fmt: skip
+    box.request_reroute(Reroute(ITEMS_RID, ITEM_B, "FR", CHILD))
+    box.close()
+    inbox = Inbox.for_org(settings, origin)
+    inbox.record_outcomes(
+        ITEMS_RID,
+        ORG,
+        [
+            ItemOutcome(item_id=ITEM_A, outcome=ItemOutcomeKind.REMOVED, observed_at=NOW),
+            ItemOutcome(
+                item_id=ITEM_B,
+                outcome=ItemOutcomeKind.STILL_ONLINE,
+                observed_at=NOW,
+                hosting=HostingEvidence(country="FR"),
+            ),
+        ],
+        int(NOW.timestamp() * 1000),
+    )
+    inbox.close()
+    codec = Codec(EmbeddedRegistry())
+    desk = LiaisonDesk(settings, network, origin, codec)
+    client = TestClient(
+        build_app(
+            Console(
+                Tokens.from_env(
+                    {token_env(origin): LIAISON, token_env(OPERATOR): "y" * 24}, origin
+                ),
+                desk,
+                Operator(settings, network, codec),
+                Sessions(),
+            )
+        ),
+        base_url="http://127.0.0.1",
+        follow_redirects=False,
+    )
+    _login(client, LIAISON)
+    html = client.get("/sent").text
+    assert f'data-referral="{ITEMS_RID}"' in html
+    assert "2 items: 1 removed, 1 moved to FR" in html
+    assert f'data-item="{ITEM_B}"' in html
+    assert "re-referred to FR" in html
+    assert "(queued)" in html
+    assert not (settings.org_dir(origin) / "console.sqlite3").exists()
