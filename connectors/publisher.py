@@ -425,13 +425,15 @@ class Publisher:
         """
         result = BatchResult()
         sends: list[tuple[Published, FutureRecordMetadata | None]] = []
-        sent_at_ms = int(time.time() * 1000)  # PUBLISHED is when it went out, not when acked
+        sent_at_ms: list[int] = []  # PUBLISHED is when each went out, not when the batch was acked
         for label, prepared in ready:
+            at_ms = int(time.time() * 1000)
             outcome = self._store_and_send(label, prepared)
             if isinstance(outcome, Rejected):
                 result.rejected.append(outcome)
             else:
                 sends.append(outcome)
+                sent_at_ms.append(at_ms)
         self._await(sends, result, sent_at_ms)
         return result
 
@@ -535,7 +537,7 @@ class Publisher:
         self,
         sends: list[tuple[Published, FutureRecordMetadata | None]],
         result: BatchResult,
-        sent_at_ms: int,
+        sent_at_ms: Sequence[int],
     ) -> None:
         if not any(future is not None for _, future in sends):  # nothing sent (repeats)
             result.published.extend(pub for pub, _ in sends)
@@ -544,7 +546,7 @@ class Publisher:
             self.producer.flush(self.ack_timeout)
         except KafkaError as exc:
             log.warning("flush failed, the outbox will retry: %s", type(exc).__name__)
-        for pub, future in sends:
+        for (pub, future), at_ms in zip(sends, sent_at_ms, strict=True):
             meta = None
             if future is not None and future.is_done and future.succeeded():
                 meta = future.value
@@ -570,7 +572,7 @@ class Publisher:
                     meta.offset,
                     ",".join(pub.expected),
                     reason=f"version {pub.version}" if amended else None,
-                    at_ms=sent_at_ms,
+                    at_ms=at_ms,
                 )
         try:
             self.producer.flush(self.ack_timeout)
