@@ -6,23 +6,17 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import typer
-from kafka.errors import KafkaError
-from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from broker.errors import BrokerError, ConfigError, ValidationFailed
+from broker.errors import ConfigError, ValidationFailed
 from broker.ids import resolve_id, short_id
 from broker.kafka import clients
-from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
-from broker.lifecycle import LifecycleError, advance, allowed_next
 from broker.outcomes import parse_item_specs, summarise
-from broker.security.rules import ReceiverSecurity
 from broker.wire.codec import Codec
-from broker.wire.models import ReferralStatus, StatusUpdate, problems_of, utc_now_ms
+from broker.wire.models import ReferralStatus, utc_now_ms
 from cli.app import (
     NETWORK_OPTION,
     App,
@@ -34,12 +28,13 @@ from cli.app import (
     service_stop_event,
     state,
 )
-from connectors.delivery import StatusSender
 from connectors.formats import name_fields, read_referral_file
-from connectors.inbox import Inbox, ItemState
+from connectors.inbox import Inbox
 from connectors.outbox import Outbox
 from connectors.publisher import BatchResult, Publisher, Rejected
 from connectors.runtime import ConnectorRuntime
+from connectors.sent_view import item_report
+from connectors.status_update import new_status_update, send_status_update
 
 __all__ = ["app", "outbox", "publish", "status"]
 
@@ -278,7 +273,7 @@ def outbox(
     try:
         pending, refused = box.pending(), box.refused()
         listed = box.all() if show_all else [*pending, *refused]
-        items = {p.referral_id: _item_report(box, inbox, p.referral_id) for p in listed}
+        items = {p.referral_id: item_report(box, inbox, p.referral_id).to_json() for p in listed}
     finally:
         box.close()
         inbox.close()
@@ -327,51 +322,12 @@ def outbox(
             )
 
 
-def _item_report(box: Outbox, inbox: Inbox, referral_id: str) -> dict[str, Any]:
-    """The verified item outcomes (summary and each) and the re-referrals of one referral."""
-    entry = box.get(referral_id)
-    latest: dict[str, ItemState] = {}
-    for state_ in inbox.item_states(referral_id):  # oldest first: the latest report wins
-        latest[state_.item_id] = state_
-    total = len(entry.items) if entry is not None and entry.items else None
-    return {
-        "items": summarise([s.outcome for s in latest.values()], total),
-        "item_outcomes": [
-            {
-                "item_id": s.item_id,
-                "reported_by": s.emitter,
-                "outcome": s.outcome.outcome.value,
-                "observed_at": s.outcome.observed_at.isoformat(),
-                "moved_to": s.outcome.hosting.country if s.outcome.hosting else None,
-            }
-            for s in latest.values()
-        ],
-        "children": [
-            {
-                "referral_id": r.child_referral_id,
-                "item_id": r.item_id,
-                "country": r.country,
-                "published": published,
-            }
-            for r, published in box.children(referral_id)
-        ],
-    }
-
-
 def _age(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
-
-
-def _current_status(inbox: Inbox, origin: str, referral_id: str) -> ReferralStatus | None:
-    """Where the lifecycle stands after what this organisation sent (RECEIVED came on delivery)."""
-    current: ReferralStatus | None = ReferralStatus.RECEIVED
-    for sent in inbox.sent_statuses(origin, referral_id):
-        current = advance(current, sent)
-    return current
 
 
 def status(
@@ -434,9 +390,6 @@ def status(
         record = inbox.lookup(referral_id, origin)
         if record is None:
             raise ConfigError(f"{org} has not received referral {referral_id} (not in its inbox)")
-        current = _current_status(inbox, record.origin_org, referral_id)
-        if new_status not in allowed_next(current):
-            raise LifecycleError(current, new_status)
         outcomes = parse_item_specs(
             items,
             inbox.item_ids(record.origin_org, referral_id),
@@ -445,58 +398,23 @@ def status(
             new_country=new_country,
             assessed_under=assessed_under,
         )
-        version = inbox.version(record.origin_org, referral_id, record.sink) or 1
+        update = new_status_update(
+            inbox,
+            org,
+            record,
+            new_status,
+            outcomes,
+            note=note,
+            reason_code=reason_code,
+            destination=destination,
+        )
     finally:
         inbox.close()
-    try:
-        update = StatusUpdate(
-            referral_id=referral_id,
-            case_id=record.case_id,
-            emitted_by=org,
-            emitted_at=utc_now_ms(),
-            status=new_status,
-            reason_code=reason_code,
-            note=note,
-            destination_org=destination,
-            origin_org=record.origin_org,
-            item_outcomes=tuple(outcomes),
-            referral_version=version if version > 1 else None,
-        )
-    except ValidationError as exc:
-        problems = problems_of(exc)
-        raise ValidationFailed("\n".join(problems), problems) from None
-    codec = Codec.from_settings(settings)
-    names = settings.topic_names()
-    security = ReceiverSecurity.load(settings, network, org)
     producer = clients.producer(settings, role=f"status-{org}")
     try:
-        sender = StatusSender(producer, codec, names, security=security)
-        meta = sender.send(update).get(timeout=30)
-        LedgerEmitter(producer, codec, names.ledger, signer=security.ledger_signer()).emit(
-            handover_event(
-                HandoverEventType.STATUS_SENT,
-                referral_id=referral_id,
-                case_id=record.case_id,
-                actor=org,
-                from_party=org,
-                to_party=record.origin_org,
-                topic=names.status_intake,
-                partition=meta.partition,
-                offset=meta.offset,
-                reason=new_status.value,
-            )
-        )
-        producer.flush(30)
-    except KafkaError as exc:
-        raise BrokerError(f"status not sent: {type(exc).__name__}") from exc
+        send_status_update(settings, network, Codec.from_settings(settings), producer, update)
     finally:
         producer.close(10)
-        security.close()
-    inbox = Inbox.for_org(settings, org)
-    try:
-        inbox.record_sent_status(record.origin_org, referral_id, new_status.value)
-    finally:
-        inbox.close()
     line = f"{new_status.value} for {referral_id} sent to {record.origin_org}"
     if outcomes:
         line += f" with {summarise(outcomes)}"

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -130,6 +130,9 @@ _ADDED_COLUMNS = {
     "items": "TEXT NOT NULL DEFAULT '[]'",
 }
 
+#: The item outcomes later versions added to ``sent_statuses`` (JSON list of ItemOutcome).
+_SENT_OUTCOMES_COLUMN = {"outcomes": "TEXT NOT NULL DEFAULT '[]'"}
+
 #: The version column later versions added to ``refusals`` and ``status_state``.
 _VERSION_COLUMN = {"version": "INTEGER NOT NULL DEFAULT 1"}
 
@@ -190,7 +193,12 @@ class ItemState:
 
 @dataclass(frozen=True)
 class InboxRecord:
-    """What the inbox knows about one delivered referral."""
+    """What the inbox knows about one delivered referral.
+
+    ``topic``, ``partition`` and ``offset`` are where the current ``version`` was
+    delivered from (an amendment moves them to the newer record); ``delivered_at``
+    is when the first version arrived.
+    """
 
     referral_id: str
     sink: str
@@ -199,6 +207,9 @@ class InboxRecord:
     topic: str
     delivered_at: float
     duplicates: int
+    partition: int = 0
+    offset: int = 0
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -234,6 +245,7 @@ class Inbox:
             ("deliveries", _ADDED_COLUMNS),
             ("refusals", _VERSION_COLUMN),
             ("status_state", _VERSION_COLUMN),
+            ("sent_statuses", _SENT_OUTCOMES_COLUMN),
         ):
             have = {r["name"] for r in self._db.query(f"PRAGMA table_info({table})")}
             missing = [(n, d) for n, d in added.items() if n not in have]
@@ -285,7 +297,8 @@ class Inbox:
                 ' partition, "offset", delivered_at, priority, external_refs, version, items)'
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(origin_org, referral_id, sink) DO UPDATE SET"
-                " version = excluded.version, items = excluded.items,"
+                " version = excluded.version, items = excluded.items, topic = excluded.topic,"
+                ' partition = excluded.partition, "offset" = excluded."offset",'
                 " priority = excluded.priority, external_refs = excluded.external_refs"
                 " WHERE excluded.version > deliveries.version",
                 (
@@ -344,12 +357,14 @@ class Inbox:
         return [str(r["origin_org"]) for r in rows]
 
     def lookup(self, referral_id: str, origin_org: str | None = None) -> InboxRecord | None:
-        """The first delivery of ``referral_id`` (of ``origin_org``, if given), or None."""
+        """The delivery of ``referral_id`` (of ``origin_org``, if given) of its newest version
+        (the first sink to deliver that version), or None."""
         where, params = "referral_id = ?", [referral_id]
         if origin_org is not None:
             where, params = "referral_id = ? AND origin_org = ?", [referral_id, origin_org]
         rows = self._db.query(
-            f"SELECT * FROM deliveries WHERE {where} ORDER BY delivered_at LIMIT 1", tuple(params)
+            f"SELECT * FROM deliveries WHERE {where} ORDER BY version DESC, delivered_at LIMIT 1",
+            tuple(params),
         )
         if not rows:
             return None
@@ -362,6 +377,9 @@ class Inbox:
             topic=r["topic"],
             delivered_at=r["delivered_at"],
             duplicates=r["duplicates"],
+            partition=int(r["partition"]),
+            offset=int(r["offset"]),
+            version=int(r["version"] or 1),
         )
 
     def delivered(self, sink: str | None = None) -> list[str]:
@@ -658,25 +676,49 @@ class Inbox:
     # -- statuses this organisation sent (the receiving side) ----------------------------------
 
     def record_sent_status(
-        self, origin_org: str, referral_id: str, status: str, now: float | None = None
+        self,
+        origin_org: str,
+        referral_id: str,
+        status: str,
+        now: float | None = None,
+        outcomes: Sequence[ItemOutcome] = (),
     ) -> None:
-        """Remember a status update this organisation sent about a referral it received."""
+        """Remember a status update this organisation sent about a referral it received,
+        with the item outcomes it carried."""
         now = time.time() if now is None else now
+        carried = json.dumps([o.model_dump(mode="json") for o in outcomes])
         with self._db.transaction() as conn:
             conn.execute(
-                "INSERT INTO sent_statuses (origin_org, referral_id, status, at)"
-                " VALUES (?, ?, ?, ?)",
-                (origin_org, referral_id, status, now),
+                "INSERT INTO sent_statuses (origin_org, referral_id, status, at, outcomes)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (origin_org, referral_id, status, now, carried),
             )
 
     def sent_statuses(self, origin_org: str, referral_id: str) -> list[str]:
         """The statuses sent about one referral, in the order they were sent."""
+        return [status for status, _ in self._sent(origin_org, referral_id)]
+
+    def sent_outcomes(self, origin_org: str, referral_id: str) -> dict[str, ItemOutcome]:
+        """Item id → the outcome this organisation reported last about it (sent order)."""
+        latest: dict[str, ItemOutcome] = {}
+        for _, outcomes in self._sent(origin_org, referral_id):
+            for o in outcomes:
+                latest[o.item_id] = o
+        return latest
+
+    def _sent(self, origin_org: str, referral_id: str) -> list[tuple[str, list[ItemOutcome]]]:
         rows = self._db.query(
-            "SELECT status FROM sent_statuses WHERE origin_org = ? AND referral_id = ?"
+            "SELECT status, outcomes FROM sent_statuses WHERE origin_org = ? AND referral_id = ?"
             " ORDER BY at, rowid",
             (origin_org, referral_id),
         )
-        return [str(r["status"]) for r in rows]
+        return [
+            (
+                str(r["status"]),
+                [ItemOutcome.model_validate(o) for o in json.loads(r["outcomes"] or "[]")],
+            )
+            for r in rows
+        ]
 
     def close(self) -> None:
         """Close the database."""

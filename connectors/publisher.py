@@ -425,13 +425,16 @@ class Publisher:
         """
         result = BatchResult()
         sends: list[tuple[Published, FutureRecordMetadata | None]] = []
+        sent_at_ms: list[int] = []  # PUBLISHED is when each went out, not when the batch was acked
         for label, prepared in ready:
+            at_ms = int(time.time() * 1000)
             outcome = self._store_and_send(label, prepared)
             if isinstance(outcome, Rejected):
                 result.rejected.append(outcome)
             else:
                 sends.append(outcome)
-        self._await(sends, result)
+                sent_at_ms.append(at_ms)
+        self._await(sends, result, sent_at_ms)
         return result
 
     def _known(self, label: str, prepared: Prepared) -> Published | Rejected | None:
@@ -531,7 +534,10 @@ class Publisher:
             return None
 
     def _await(
-        self, sends: list[tuple[Published, FutureRecordMetadata | None]], result: BatchResult
+        self,
+        sends: list[tuple[Published, FutureRecordMetadata | None]],
+        result: BatchResult,
+        sent_at_ms: Sequence[int],
     ) -> None:
         if not any(future is not None for _, future in sends):  # nothing sent (repeats)
             result.published.extend(pub for pub, _ in sends)
@@ -540,7 +546,7 @@ class Publisher:
             self.producer.flush(self.ack_timeout)
         except KafkaError as exc:
             log.warning("flush failed, the outbox will retry: %s", type(exc).__name__)
-        for pub, future in sends:
+        for (pub, future), at_ms in zip(sends, sent_at_ms, strict=True):
             meta = None
             if future is not None and future.is_done and future.succeeded():
                 meta = future.value
@@ -566,6 +572,7 @@ class Publisher:
                     meta.offset,
                     ",".join(pub.expected),
                     reason=f"version {pub.version}" if amended else None,
+                    at_ms=at_ms,
                 )
         try:
             self.producer.flush(self.ack_timeout)
@@ -582,6 +589,7 @@ class Publisher:
         to: str,
         *,
         reason: str | None = None,
+        at_ms: int | None = None,
     ) -> None:
         try:
             self.ledger.emit(
@@ -596,6 +604,7 @@ class Publisher:
                     partition=partition,
                     offset=offset,
                     reason=reason,
+                    at_ms=at_ms,
                 )
             )
         except (KafkaError, CodecError) as exc:
@@ -612,6 +621,7 @@ class Publisher:
         due = self.outbox.due(schedule)
         if not due:
             return []
+        sent_at_ms = int(time.time() * 1000)
         futures: list[tuple[OutboxEntry, FutureRecordMetadata | None]] = [
             (entry, self._send(entry.referral_id, entry.value, entry.headers)) for entry in due
         ]
@@ -632,6 +642,7 @@ class Publisher:
                     meta.partition,
                     meta.offset,
                     "",
+                    at_ms=sent_at_ms,
                 )
                 done.append(entry.referral_id)
         return done

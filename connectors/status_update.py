@@ -1,31 +1,38 @@
 """Sending a status update by hand: what ``referral status`` and the web console both do.
 
-A receiving organisation's person reports where a referral stands. The update is
-signed with the organisation's keys and published to status intake
-(:class:`~connectors.delivery.StatusSender`), the hop is recorded in the
-ledger as STATUS_SENT (signed by the organisation), and the organisation's
-inbox remembers it (the lifecycle of the next update starts from there).
-Checking the lifecycle and building the update are the caller's.
+A receiving organisation's person reports where a referral stands.
+:func:`new_status_update` checks the lifecycle (:mod:`broker.lifecycle`: the
+status must follow what the organisation sent before) and builds the update
+about the referral's current version, with the item outcomes it carries (parsed
+by :func:`broker.outcomes.parse_item_specs`, as ``referral status --item``
+writes them). :func:`send_status_update` signs it with the organisation's keys
+and publishes it to status intake (:class:`~connectors.delivery.StatusSender`),
+records the hop in the ledger as STATUS_SENT (signed by the organisation), and
+the organisation's inbox remembers the status and its item outcomes
+(:meth:`~connectors.inbox.Inbox.sent_outcomes`): the lifecycle of the next
+update starts from there, and the console shows the outcomes from there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from kafka.errors import KafkaError
+from pydantic import ValidationError
 
 from broker.config import Settings
-from broker.errors import BrokerError
+from broker.errors import BrokerError, ValidationFailed
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
-from broker.lifecycle import LifecycleError, advance
+from broker.lifecycle import LifecycleError, advance, allowed_next
 from broker.network import Network
 from broker.security.rules import ReceiverSecurity
 from broker.wire.codec import Codec
-from broker.wire.models import ReferralStatus, StatusUpdate
+from broker.wire.models import ItemOutcome, ReferralStatus, StatusUpdate, problems_of, utc_now_ms
 from connectors.delivery import StatusSender
-from connectors.inbox import Inbox
+from connectors.inbox import Inbox, InboxRecord
 
-__all__ = ["current_status", "send_status_update"]
+__all__ = ["current_status", "new_status_update", "send_status_update"]
 
 
 def current_status(inbox: Inbox, origin_org: str, referral_id: str) -> ReferralStatus | None:
@@ -37,6 +44,46 @@ def current_status(inbox: Inbox, origin_org: str, referral_id: str) -> ReferralS
         except (LifecycleError, ValueError):  # refused at the time: the furthest valid one stands
             continue
     return current
+
+
+def new_status_update(
+    inbox: Inbox,
+    org: str,
+    record: InboxRecord,
+    status: ReferralStatus,
+    outcomes: Sequence[ItemOutcome] = (),
+    *,
+    note: str | None = None,
+    reason_code: str | None = None,
+    destination: str | None = None,
+) -> StatusUpdate:
+    """The update ``org`` sends about the referral of ``record`` (its current version).
+
+    LifecycleError if ``status`` does not follow the referral's current status
+    (RECEIVED is the sink's, never sent by hand); ValidationFailed naming the
+    field if the update is not valid.
+    """
+    current = current_status(inbox, record.origin_org, record.referral_id)
+    if status not in allowed_next(current) or status is ReferralStatus.RECEIVED:
+        raise LifecycleError(current, status)
+    version = inbox.version(record.origin_org, record.referral_id, record.sink) or record.version
+    try:
+        return StatusUpdate(
+            referral_id=record.referral_id,
+            case_id=record.case_id,
+            emitted_by=org,
+            emitted_at=utc_now_ms(),
+            status=status,
+            reason_code=reason_code or None,
+            note=note or None,
+            destination_org=destination or None,
+            origin_org=record.origin_org,
+            item_outcomes=tuple(outcomes),
+            referral_version=version if version > 1 else None,
+        )
+    except ValidationError as exc:
+        problems = problems_of(exc)
+        raise ValidationFailed("\n".join(problems), problems) from None
 
 
 def send_status_update(
@@ -73,6 +120,11 @@ def send_status_update(
         security.close()
     inbox = Inbox.for_org(settings, org)
     try:
-        inbox.record_sent_status(update.origin_org, update.referral_id, update.status.value)
+        inbox.record_sent_status(
+            update.origin_org,
+            update.referral_id,
+            update.status.value,
+            outcomes=update.item_outcomes,
+        )
     finally:
         inbox.close()

@@ -324,6 +324,11 @@ def build_app(console: Console, allowed_hosts: Sequence[str] | None = None) -> S
             headers={"Content-Disposition": f'attachment; filename="inbox-{desk.org}.csv"'},
         )
 
+    async def sent(request: Request) -> Response:
+        desk = need_org(request)
+        rows = await run_in_threadpool(desk.sent)
+        return page(request, "sent.html", rows=rows)
+
     async def referral(request: Request) -> Response:
         desk = need_org(request)
         view = await run_in_threadpool(desk.referral, request.path_params["rid"])
@@ -453,6 +458,7 @@ def build_app(console: Console, allowed_hosts: Sequence[str] | None = None) -> S
         Route("/inbox", handler(inbox)),
         Route("/inbox/rows", handler(inbox_rows)),
         Route("/inbox.csv", handler(inbox_csv)),
+        Route("/sent", handler(sent)),
         Route("/referral/{rid}", handler(referral)),
         Route("/referral/{rid}/reveal", handler(reveal), methods=["POST"]),
         Route("/referral/{rid}/status", handler(status), methods=["POST"]),

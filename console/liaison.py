@@ -9,27 +9,29 @@ the summary — is shown only on demand (:meth:`LiaisonDesk.reveal`); revealing
 a TLP RED or AMBER+STRICT body records an ACCESSED handover event with the
 typed reason, signed by the organisation.
 
-Status updates are the ones ``referral status`` sends: the lifecycle
-(:mod:`broker.lifecycle`) decides what may follow, the update is signed by the
-organisation and published to status intake, the hop is recorded as
-STATUS_SENT, and the inbox remembers it. An *item* outcome (one URL removed,
-still online, not found, not illegal) travels in the same update's
-``item_outcomes``; the referral-level status it carries is :func:`status_for_items`.
+Status updates go the one way ``referral status`` sends them
+(:mod:`connectors.status_update`): the lifecycle (:mod:`broker.lifecycle`)
+decides what may follow, the update is signed by the organisation and
+published to status intake, the hop is recorded as STATUS_SENT, and the inbox
+remembers it with its item outcomes. An *item* outcome (one URL removed, still
+online, not found, not illegal) is parsed as ``referral status --item
+ID=KIND`` is (:func:`broker.outcomes.parse_item_specs`) and travels in the same
+update's ``item_outcomes``; the referral-level status it carries is
+:func:`status_for_items`. What the organisation reported about each item is
+read back from its inbox (:meth:`connectors.inbox.Inbox.sent_outcomes`).
 """
 
 from __future__ import annotations
 
-import sqlite3
+import ipaddress
 import threading
 from collections.abc import Mapping, Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from kafka import TopicPartition
 from kafka.errors import KafkaError
-from pydantic import ValidationError
 
 from broker.config import Settings
 from broker.errors import BrokerError, ConfigError, ValidationFailed
@@ -39,31 +41,34 @@ from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_even
 from broker.ledger.views import HandoverRecord
 from broker.lifecycle import LifecycleError, allowed_next
 from broker.network import Network
+from broker.outcomes import parse_item_specs, parse_reroute
 from broker.security.keys import LiveKeys, LiveTrust, key_dir
 from broker.security.rules import ReceiverSecurity
 from broker.security.signing import ledger_signer
 from broker.security.window import SignatureWindow
-from broker.sqlite import Database
 from broker.wire.codec import Codec
 from broker.wire.models import (
-    HostingEvidence,
     ItemOutcome,
     ItemOutcomeKind,
     ReferralStatus,
     StatusUpdate,
-    problems_of,
     utc_now_ms,
 )
 from connectors.inbox import Inbox, InboxRecord
 from connectors.inbox_view import InboxEntry, entries, select
-from connectors.status_update import current_status, send_status_update
+from connectors.outbox import Outbox, PendingReferral
+from connectors.sent_view import SentItems, item_report
+from connectors.status_update import current_status, new_status_update, send_status_update
+from connectors.versions import KeptVersion, kept_versions
 from console import ledger
 
 __all__ = [
     "ITEM_OUTCOMES",
     "RESTRICTED_TLP",
+    "Child",
     "ItemView",
     "LiaisonDesk",
+    "Linked",
     "ReferralView",
     "items_reportable",
     "status_for_items",
@@ -77,18 +82,6 @@ _SETTLED = frozenset(
 )
 #: The item outcomes a liaison may report.
 ITEM_OUTCOMES = tuple(ItemOutcomeKind)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS item_outcomes (
-    origin_org  TEXT NOT NULL,
-    referral_id TEXT NOT NULL,
-    item_id     TEXT NOT NULL,
-    outcome     TEXT NOT NULL,
-    moved_to    TEXT,
-    at          REAL NOT NULL,
-    PRIMARY KEY (origin_org, referral_id, item_id)
-);
-"""
 
 
 def status_for_items(
@@ -134,6 +127,22 @@ class ItemView:
 
 
 @dataclass(frozen=True)
+class Linked:
+    """Another referral named on a referral page; ``here`` if this organisation received it."""
+
+    referral_id: str
+    here: bool
+
+
+@dataclass(frozen=True)
+class Child(Linked):
+    """A child referral of a moved item (from the parent's REROUTED event)."""
+
+    item_id: str = ""
+    country: str = ""
+
+
+@dataclass(frozen=True)
 class ReferralView:
     """A referral in the liaison's inbox: envelope, items, where it stands, what may follow."""
 
@@ -148,6 +157,14 @@ class ReferralView:
     summary: str | None = None
     revealed: bool = False
     problems: tuple[str, ...] = field(default_factory=tuple)
+    #: The current version (above 1: amended by its origin).
+    version: int = 1
+    #: The earlier versions the organisation's sinks keep (metadata only).
+    earlier: tuple[KeptVersion, ...] = ()
+    #: The referral this one re-refers a moved item of (``parent_referral_id``), if any.
+    parent: Linked | None = None
+    #: The child referrals the origin re-referred moved items of this one in (REROUTED).
+    children: tuple[Child, ...] = ()
 
     @property
     def tlp(self) -> str:
@@ -175,7 +192,6 @@ class LiaisonDesk:
         self.names = settings.topic_names()
         self._lock = threading.Lock()
         self._producer: Any = None
-        self._memory = Database(settings.org_dir(org) / "console.sqlite3", _SCHEMA)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -208,6 +224,20 @@ class LiaisonDesk:
             overdue=overdue,
         )
 
+    def sent(self) -> list[tuple[PendingReferral, SentItems]]:
+        """The referrals this organisation sent (newest first), each with what its recipients
+        reported of its items (verified, from the inbox) and its re-referrals."""
+        if not (self.settings.org_dir(self.org) / "outbox.sqlite3").exists():
+            return []
+        box = Outbox.for_org(self.settings, self.org)
+        inbox = self._inbox()
+        try:
+            listed = sorted(box.all(), key=lambda p: p.published_at, reverse=True)
+            return [(p, item_report(box, inbox, p.referral_id)) for p in listed]
+        finally:
+            box.close()
+            inbox.close()
+
     def _lookup(self, given: str) -> tuple[InboxRecord, ReferralStatus | None]:
         inbox = self._inbox()
         try:
@@ -222,7 +252,7 @@ class LiaisonDesk:
     def _fetch(self, record: InboxRecord) -> Any:
         """The Kafka record the sink delivered (at its topic, partition and offset)."""
         consumer = clients.consumer(self.settings, group_id=None, role=f"console-{self.org}")
-        partition, offset = _position(self.settings, self.org, record)
+        partition, offset = record.partition, record.offset
         tp = TopicPartition(record.topic, partition)
         try:
             consumer.assign([tp])
@@ -258,28 +288,58 @@ class LiaisonDesk:
         security.window = SignatureWindow(max_age_days=36500, skew_seconds=86400)
         return security.receive(self.codec, rec.topic, rec.value or b"", rec.headers)
 
-    def _outcomes(self, record: InboxRecord) -> dict[str, ItemOutcomeKind]:
-        return {k: v[0] for k, v in self._reported(record).items()}
-
     def _reported(self, record: InboxRecord) -> dict[str, tuple[ItemOutcomeKind, str | None]]:
         """Item id → (the outcome this organisation reported last, where it moved)."""
-        rows = self._memory.query(
-            "SELECT item_id, outcome, moved_to FROM item_outcomes"
-            " WHERE origin_org = ? AND referral_id = ?",
-            (record.origin_org, record.referral_id),
-        )
+        inbox = self._inbox()
+        try:
+            sent = inbox.sent_outcomes(record.origin_org, record.referral_id)
+        finally:
+            inbox.close()
         return {
-            str(r["item_id"]): (ItemOutcomeKind(str(r["outcome"])), r["moved_to"]) for r in rows
+            item_id: (o.outcome, (o.hosting.country or o.hosting.ip) if o.hosting else None)
+            for item_id, o in sent.items()
         }
 
     def history(self, referral_id: str) -> list[HandoverRecord]:
         """The ledger's handover events of one referral this organisation took part in."""
+        return self._history(ledger.records(self.settings, self.codec, referral_id))
+
+    def _history(self, records: Sequence[HandoverRecord]) -> list[HandoverRecord]:
         # Only the hops this organisation took part in (and the origin's publication to it).
-        return [
-            r
-            for r in ledger.records(self.settings, self.codec, referral_id)
-            if self.org in (r.actor, r.from_party) or self.org in r.to_orgs
-        ]
+        return [r for r in records if self.org in (r.actor, r.from_party) or self.org in r.to_orgs]
+
+    def _received(self) -> set[str]:
+        inbox = self._inbox()
+        try:
+            return set(inbox.referral_ids())
+        finally:
+            inbox.close()
+
+    def _family(
+        self, record: InboxRecord, envelope: Mapping[str, Any], records: Sequence[HandoverRecord]
+    ) -> tuple[Linked | None, tuple[Child, ...]]:
+        """The parent (``parent_referral_id``) and the children (the ledger's REROUTED)."""
+        here = self._received()
+        parent_id = envelope.get("parent_referral_id")
+        parent = Linked(str(parent_id), str(parent_id) in here) if parent_id else None
+        children: dict[str, Child] = {}
+        for r in records:
+            if r.event != HandoverEventType.REROUTED or r.referral_id != record.referral_id:
+                continue
+            moved = parse_reroute(r.referral_id, r.reason)
+            if moved is not None and moved.parent_referral_id == record.referral_id:
+                cid = moved.child_referral_id
+                children[cid] = Child(cid, cid in here, moved.item_id, moved.country)
+        return parent, tuple(children.values())
+
+    def _earlier(self, record: InboxRecord, version: int) -> tuple[KeptVersion, ...]:
+        kept = kept_versions(
+            self.settings,
+            self.network.organisation(self.org),
+            record.origin_org,
+            record.referral_id,
+        )
+        return tuple(v for v in kept if v.version < version)
 
     def referral(self, given: str, *, reveal: bool = False) -> ReferralView:
         """The referral ``given`` names (id or prefix); its content only with ``reveal``."""
@@ -318,6 +378,9 @@ class LiaisonDesk:
                 )
             )
         tlp = str((envelope.get("handling") or {}).get("tlp") or "")
+        records = ledger.records(self.settings, self.codec, record.referral_id)
+        version = int(envelope.get("version") or record.version or 1)
+        parent, children = self._family(record, envelope, records)
         return ReferralView(
             record=record,
             envelope=envelope,
@@ -325,10 +388,14 @@ class LiaisonDesk:
             current=current,
             allowed=tuple(s for s in allowed_next(current) if s is not ReferralStatus.RECEIVED),
             items_reportable=items_reportable(current),
-            history=tuple(self.history(record.referral_id)),
+            history=tuple(self._history(records)),
             restricted=tlp in RESTRICTED_TLP,
             summary=str(body.get("summary") or "") if reveal else None,
             revealed=reveal,
+            version=version,
+            earlier=self._earlier(record, version),
+            parent=parent,
+            children=children,
         )
 
     def reveal(self, given: str, reason: str) -> ReferralView:
@@ -359,7 +426,6 @@ class LiaisonDesk:
     def _accessed(self, view: ReferralView, reason: str) -> None:
         producer = self._ledger_producer()
         record = view.record
-        partition, offset = _position(self.settings, self.org, record)
         try:
             self._emitter(producer).emit(
                 handover_event(
@@ -369,8 +435,8 @@ class LiaisonDesk:
                     actor=self.org,
                     to_party=self.org,
                     topic=record.topic,
-                    partition=partition,
-                    offset=offset,
+                    partition=record.partition,
+                    offset=record.offset,
                     reason=f"console reveal: {reason}"[:500],
                 )
             )
@@ -398,101 +464,67 @@ class LiaisonDesk:
         ``moved_to`` (STILL_ONLINE only): where the item is hosted now, a country code or an IP.
         """
         record, current = self._lookup(given)
-        outcomes: list[ItemOutcome] = []
-        if item_id is not None:
-            if outcome is None:
-                raise ValidationFailed("an item needs an outcome", ["outcome: required"])
-            view = self.referral(record.referral_id)
-            ids = [i.item_id for i in view.items]
-            if item_id not in ids:
-                raise ConfigError(f"referral {record.referral_id} has no item {item_id}")
-            after = {**self._outcomes(record), item_id: outcome}
-            status = status_for_items(current, after, ids)
-            try:
-                outcomes.append(
-                    ItemOutcome(
-                        item_id=item_id,
-                        outcome=outcome,
-                        observed_at=utc_now_ms(),
-                        hosting=_hosting(moved_to) if moved_to else None,
-                        assessed_under=self.network.organisation(self.org).country
-                        if outcome is ItemOutcomeKind.NOT_ILLEGAL
-                        else None,
-                    )
-                )
-            except ValidationError as exc:
-                problems = problems_of(exc)
-                raise ValidationFailed("\n".join(problems), problems) from None
-        if status is None:
-            raise ValidationFailed("a status is required", ["status: required"])
-        if status not in allowed_next(current) or status is ReferralStatus.RECEIVED:
-            raise LifecycleError(current, status)
+        inbox = self._inbox()
         try:
-            update = StatusUpdate(
-                referral_id=record.referral_id,
-                case_id=record.case_id,
-                emitted_by=self.org,
-                emitted_at=utc_now_ms(),
-                status=status,
-                reason_code=reason_code or None,
-                note=note or None,
-                destination_org=destination or None,
-                origin_org=record.origin_org,
-                item_outcomes=tuple(outcomes),
+            outcomes: list[ItemOutcome] = []
+            if item_id is not None:
+                if outcome is None:
+                    raise ValidationFailed("an item needs an outcome", ["outcome: required"])
+                ids = inbox.item_ids(record.origin_org, record.referral_id)
+                if item_id not in ids:
+                    raise ConfigError(f"referral {record.referral_id} has no item {item_id}")
+                country, ip = _moved_to(moved_to) if moved_to else (None, None)
+                # The shape of ``referral status --item ID=KIND --new-country CC``.
+                outcomes = parse_item_specs(
+                    [f"{item_id}={outcome.value}"],
+                    ids,
+                    utc_now_ms(),
+                    new_ip=ip,
+                    new_country=country,
+                    assessed_under=self.network.organisation(self.org).country
+                    if outcome is ItemOutcomeKind.NOT_ILLEGAL
+                    else None,
+                )
+                sent = inbox.sent_outcomes(record.origin_org, record.referral_id)
+                after = {**{k: o.outcome for k, o in sent.items()}, item_id: outcome}
+                status = status_for_items(current, after, ids)
+            if status is None:
+                raise ValidationFailed("a status is required", ["status: required"])
+            update = new_status_update(
+                inbox,
+                self.org,
+                record,
+                status,
+                outcomes,
+                note=note,
+                reason_code=reason_code,
+                destination=destination,
             )
-        except ValidationError as exc:
-            problems = problems_of(exc)
-            raise ValidationFailed("\n".join(problems), problems) from None
+        finally:
+            inbox.close()
         send_status_update(self.settings, self.network, self.codec, self._ledger_producer(), update)
-        if outcomes:
-            with self._memory.transaction() as conn:
-                for o in outcomes:
-                    conn.execute(
-                        "INSERT INTO item_outcomes (origin_org, referral_id, item_id, outcome,"
-                        " moved_to, at) VALUES (?, ?, ?, ?, ?, ?)"
-                        " ON CONFLICT(origin_org, referral_id, item_id) DO UPDATE SET"
-                        " outcome = excluded.outcome, moved_to = excluded.moved_to,"
-                        " at = excluded.at",
-                        (
-                            record.origin_org,
-                            record.referral_id,
-                            o.item_id,
-                            o.outcome.value,
-                            (o.hosting.country or o.hosting.ip) if o.hosting else None,
-                            o.observed_at.timestamp(),
-                        ),
-                    )
         return update
 
     def close(self) -> None:
-        """Close the producer and the console's memory."""
+        """Close the producer."""
         with self._lock:
             if self._producer is not None:
                 self._producer.close(10)
                 self._producer = None
-        self._memory.close()
 
 
-def _hosting(moved_to: str) -> HostingEvidence:
-    """The new hosting of a moved item: a two-letter country code, else an IP address."""
-    text = moved_to.strip()
-    if len(text) == 2 and text.isalpha():
-        return HostingEvidence(country=text.upper())
-    return HostingEvidence(ip=text)
+def _moved_to(text: str) -> tuple[str | None, str | None]:
+    """(country, ip) of a moved item's new host: a two-letter country code, else an IP.
 
-
-def _position(settings: Settings, org: str, record: InboxRecord) -> tuple[int, int]:
-    """(partition, offset) the first delivery of ``record`` came from (read-only query).
-
-    The inbox keeps them in its ``deliveries`` table; :class:`InboxRecord` does not carry them.
+    ValidationFailed for text that is neither (it would not be an ``--item`` value).
     """
-    path = settings.org_dir(org) / "inbox.sqlite3"
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        row = db.execute(
-            'SELECT partition, "offset" FROM deliveries WHERE origin_org = ? AND referral_id = ?'
-            " AND topic = ? ORDER BY delivered_at LIMIT 1",
-            (record.origin_org, record.referral_id, record.topic),
-        ).fetchone()
-    if row is None:
-        raise ConfigError(f"{org} has not received referral {record.referral_id}")
-    return int(row[0]), int(row[1])
+    text = text.strip()
+    if len(text) == 2 and text.isalpha():
+        return text.upper(), None
+    try:
+        return None, str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValidationFailed(
+            "moved to: a two-letter country code or an IP address, e.g. FR or 203.0.113.7",
+            ["moved_to: a two-letter country code or an IP address, e.g. FR or 203.0.113.7"],
+        ) from None

@@ -14,7 +14,7 @@ from markupsafe import Markup, escape
 
 from broker.ledger.views import Flows, Trace
 
-__all__ = ["heat_map", "swim_lanes"]
+__all__ = ["LANES_WIDTH", "MIN_STEP", "heat_map", "lane_rows", "swim_lanes"]
 
 _FONT = 'font-family="DejaVu Sans, Arial, sans-serif"'
 
@@ -82,6 +82,8 @@ _EVENT_COLOURS = {
     "DEAD_LETTERED": "#c0392b",
     "REJECTED": "#c0392b",
     "ACCESSED": "#5d6d7e",
+    "AMENDED": "#2f6fba",
+    "REROUTED": "#8e44ad",
 }
 
 
@@ -89,21 +91,43 @@ def _clock(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%H:%M:%S")
 
 
+#: Width the lane chart fits in (the trace card at a 1280-pixel window).
+LANES_WIDTH = 1180
+#: Narrowest column per hop: two neighbours' labels (on alternating rows) never touch.
+MIN_STEP = 80
+_LANE_H, _LEFT, _TOP, _RIGHT = 56, 130, 96, 30
+
+
+def lane_rows(hops: int, width: int = LANES_WIDTH) -> list[range]:
+    """The hops (by index) of each band of the chart: as many bands as needed so that
+    each fits ``width`` with at least :data:`MIN_STEP` pixels per hop, balanced."""
+    if hops <= 0:
+        return []
+    fit = max(1, (width - _LEFT - _RIGHT) // MIN_STEP)
+    bands = -(-hops // fit)
+    per_band = -(-hops // bands)
+    return [range(b, min(b + per_band, hops)) for b in range(0, hops, per_band)]
+
+
 def swim_lanes(t: Trace) -> Markup:
     """A case's hops as a timeline: one lane per organisation, a column per hop, arrows for
-    handovers from one organisation to another."""
+    handovers from one organisation to another.
+
+    A long trace wraps: the hops go on in further bands below (each with the lanes
+    again and its hop numbers), so every label is readable without scrolling.
+    """
     lanes: list[str] = []
     for hop in t.hops:
         r = hop.record
         for party in (r.from_party, r.actor, *r.to_orgs):
             if party and party not in lanes:
                 lanes.append(party)
-    lane_h, left, top = 56, 130, 96
-    # Fit a page of about 1200 pixels where possible; labels alternate between two rows.
-    step = max(68, min(104, (1180 - left) // max(len(t.hops), 1)))
-    width = left + step * len(t.hops) + 60
-    height = top + lane_h * len(lanes) + 20
-    y_of = {org: top + i * lane_h + lane_h / 2 for i, org in enumerate(lanes)}
+    bands = lane_rows(len(t.hops))
+    per_band = max((len(b) for b in bands), default=1)
+    step = max(MIN_STEP, min(104, (LANES_WIDTH - _LEFT - _RIGHT) // per_band))
+    width = _LEFT + step * per_band + _RIGHT
+    band_h = _TOP + _LANE_H * len(lanes) + 20
+    height = band_h * max(len(bands), 1)
     out = [
         f'<svg class="lanes" role="img" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" {_FONT} font-size="12" '
@@ -112,17 +136,36 @@ def swim_lanes(t: Trace) -> Markup:
         'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
         'fill="#44515e"/></marker></defs>',
     ]
+    for n, band in enumerate(bands):
+        out.extend(_band(t, band, lanes, n * band_h, step, width, len(bands) > 1))
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def _band(
+    t: Trace, band: range, lanes: list[str], y0: int, step: int, width: int, numbered: bool
+) -> list[str]:
+    """One band of the lane chart: the lanes and the hops ``band``, from ``y0`` down."""
+    top = y0 + _TOP
+    y_of = {org: top + i * _LANE_H + _LANE_H / 2 for i, org in enumerate(lanes)}
+    out = []
+    if numbered:
+        out.append(
+            f'<text x="10" y="{y0 + 16}" fill="#5b6570">hops {band.start + 1}–{band.stop}'
+            f" of {len(t.hops)}</text>"
+        )
     for i, org in enumerate(lanes):
-        lane_y = top + i * lane_h
+        lane_y = top + i * _LANE_H
         fill = "#f7f9fb" if i % 2 == 0 else "#eef2f6"
         out.append(
-            f'<rect x="0" y="{lane_y}" width="{width}" height="{lane_h}" fill="{fill}"/>'
-            f'<text x="10" y="{lane_y + lane_h / 2 + 4:.0f}" font-weight="bold" '
+            f'<rect x="0" y="{lane_y}" width="{width}" height="{_LANE_H}" fill="{fill}"/>'
+            f'<text x="10" y="{lane_y + _LANE_H / 2 + 4:.0f}" font-weight="bold" '
             f'fill="#1d2935">{escape(org)}</text>'
         )
-    for k, hop in enumerate(t.hops):
+    for col, k in enumerate(band):
+        hop = t.hops[k]
         r = hop.record
-        x = left + k * step + step / 2
+        x = _LEFT + col * step + step / 2
         colour = _EVENT_COLOURS.get(r.event, "#44515e")
         y = y_of.get(r.actor, float(top))
         targets = [o for o in r.to_orgs if o in y_of and o != r.actor]
@@ -141,14 +184,14 @@ def swim_lanes(t: Trace) -> Markup:
         since = hop.since_previous.total_seconds() if hop.since_previous is not None else None
         when = _clock(r.at) if since is None else f"+{since:.2f}s"
         out.append(
-            f'<g class="hop"><title>{escape(r.event)} by {escape(r.actor)} at '
+            f'<g class="hop"><title>{k + 1}. {escape(r.event)} by {escape(r.actor)} at '
             f"{escape(r.at.astimezone(UTC).isoformat())}"
             f"{' on ' + str(escape(r.topic)) if r.topic else ''}"
             f"{' (' + str(escape(r.reason)) + ')' if r.reason else ''}</title>"
             f'<circle cx="{x:.0f}" cy="{y:.0f}" r="8" fill="{colour}" stroke="#ffffff" '
             'stroke-width="2"/></g>'
         )
-        label_y = top - 62 if k % 2 else top - 24
+        label_y = top - 62 if col % 2 else top - 24
         out.append(
             f'<line x1="{x:.0f}" y1="{label_y + 17}" x2="{x:.0f}" y2="{top}" stroke="#c7cfd8" '
             'stroke-width="1"/>'
@@ -162,5 +205,4 @@ def swim_lanes(t: Trace) -> Markup:
                 f'<text x="{x:.0f}" y="{label_y + 13}" text-anchor="middle" font-size="10" '
                 f'fill="#44515e">{escape((r.reason or "")[:15])}</text>'
             )
-    out.append("</svg>")
-    return Markup("".join(out))
+    return out

@@ -6,6 +6,8 @@ inbox is a real inbox file, the operator's records are handed in.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import re
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -316,3 +318,312 @@ def test_referral_console_names_the_missing_tokens(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert "REFERRAL_CONSOLE_TOKEN_POLICE_NL" in result.output
     assert "REFERRAL_CONSOLE_TOKEN_OPERATOR" in result.output
+
+
+ITEMS_RID = "0b7e4f6c-0000-4000-8000-00000000000c"
+ITEM_A = "1a000000-0000-4000-8000-000000000001"
+ITEM_B = "1b000000-0000-4000-8000-000000000002"
+
+
+def _desk_with_items(
+    tmp_path: Path, network: Network, monkeypatch: pytest.MonkeyPatch
+) -> tuple[LiaisonDesk, list[StatusUpdate], Settings]:
+    """A real desk whose sending stops before Kafka (the inbox still remembers what was sent)."""
+    import console.liaison as liaison_mod
+
+    settings = Settings(state_dir=tmp_path / "state", bootstrap_servers="127.0.0.1:9")
+    delivery = _delivery(ITEMS_RID, "case-items", "NORMAL")
+    delivery.document["body"] = {"items": [{"item_id": ITEM_A}, {"item_id": ITEM_B}]}
+    inbox = Inbox.for_org(settings, ORG)
+    inbox.record(delivery, "inbox_folder", NOW.timestamp())
+    for sent in ("ACCEPTED", "NTD_SENT"):
+        inbox.record_sent_status("hl-nl", ITEMS_RID, sent)
+    inbox.close()
+    sent_updates: list[StatusUpdate] = []
+
+    def fake_send(s: Settings, n: Network, c: Codec, p: Any, update: StatusUpdate) -> None:
+        sent_updates.append(update)
+        box = Inbox.for_org(s, update.emitted_by)
+        try:
+            box.record_sent_status(
+                update.origin_org,
+                update.referral_id,
+                update.status.value,
+                outcomes=update.item_outcomes,
+            )
+        finally:
+            box.close()
+
+    monkeypatch.setattr(liaison_mod, "send_status_update", fake_send)
+    desk = LiaisonDesk(settings, network, ORG, Codec(EmbeddedRegistry()))
+    monkeypatch.setattr(desk, "_ledger_producer", lambda: None)
+    return desk, sent_updates, settings
+
+
+def test_item_actions_send_what_referral_status_item_sends_and_read_back_from_the_inbox(
+    tmp_path: Path, network: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker.outcomes import parse_item_specs
+
+    desk, sent, settings = _desk_with_items(tmp_path, network, monkeypatch)
+    first = desk.send_status(
+        ITEMS_RID[:8], None, item_id=ITEM_A, outcome=ItemOutcomeKind.STILL_ONLINE, moved_to="fr"
+    )
+    # The same outcome as `referral status ... STILL_ONLINE --item ITEM_A=STILL_ONLINE:country=FR`.
+    (cli,) = parse_item_specs(
+        [f"{ITEM_A[:6]}=still_online:country=fr"],
+        [ITEM_A, ITEM_B],
+        first.item_outcomes[0].observed_at,
+    )
+    assert first.item_outcomes == (cli,)
+    assert first.status is ReferralStatus.STILL_ONLINE  # one item still to go
+    assert first.referral_version is None  # version 1
+    assert desk._reported(desk._lookup(ITEMS_RID)[0]) == {
+        ITEM_A: (ItemOutcomeKind.STILL_ONLINE, "FR")
+    }
+    # The next action reads the first one back from the inbox: both settled → REMOVED.
+    desk.send_status(ITEMS_RID, None, item_id=ITEM_A, outcome=ItemOutcomeKind.REMOVED)
+    last = desk.send_status(ITEMS_RID, None, item_id=ITEM_B, outcome=ItemOutcomeKind.NOT_ILLEGAL)
+    assert last.status is ReferralStatus.REMOVED
+    assert last.item_outcomes[0].assessed_under == "NL"
+    inbox = Inbox.for_org(settings, ORG)
+    try:
+        outcomes = inbox.sent_outcomes("hl-nl", ITEMS_RID)
+        assert {k: o.outcome for k, o in outcomes.items()} == {
+            ITEM_A: ItemOutcomeKind.REMOVED,
+            ITEM_B: ItemOutcomeKind.NOT_ILLEGAL,
+        }
+        assert inbox.sent_statuses("hl-nl", ITEMS_RID)[-1] == "REMOVED"
+    finally:
+        inbox.close()
+    assert not (settings.org_dir(ORG) / "console.sqlite3").exists()  # no side table
+    assert len(sent) == 3
+
+
+def test_item_actions_refuse_a_bad_host_and_an_unknown_item(
+    tmp_path: Path, network: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker.errors import ValidationFailed
+
+    desk, sent, _ = _desk_with_items(tmp_path, network, monkeypatch)
+    with pytest.raises(ValidationFailed, match="country code or an IP"):
+        desk.send_status(
+            ITEMS_RID, None, item_id=ITEM_A, outcome=ItemOutcomeKind.STILL_ONLINE, moved_to="x=1,ip"
+        )
+    with pytest.raises(ConfigError, match="has no item"):
+        desk.send_status(ITEMS_RID, None, item_id="nope", outcome=ItemOutcomeKind.REMOVED)
+    with pytest.raises(LifecycleError):
+        desk.send_status(ITEMS_RID, ReferralStatus.ACCEPTED)
+    assert sent == []
+
+
+def test_inbox_records_carry_the_current_versions_position(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state", bootstrap_servers="127.0.0.1:9")
+    inbox = Inbox.for_org(settings, ORG)
+    try:
+        inbox.record(_delivery(NORMAL, "case-normal", "NORMAL"), "inbox_folder", 1000.0)
+        first = inbox.lookup(NORMAL)
+        assert first is not None
+        assert (first.partition, first.offset, first.version) == (0, 1, 1)
+        amended = dataclasses.replace(
+            _delivery(NORMAL, "case-normal", "NORMAL"), partition=2, offset=9, version=2
+        )
+        inbox.record(amended, "inbox_folder", 2000.0)
+        now = inbox.lookup(NORMAL)
+        assert now is not None
+        assert (now.partition, now.offset, now.version, now.delivered_at) == (2, 9, 2, 1000.0)
+    finally:
+        inbox.close()
+
+
+def test_a_long_trace_wraps_so_every_label_fits_the_card() -> None:
+    from broker.ledger.views import trace
+    from broker.network import Deadlines
+    from broker.wire.topics import TopicNames
+    from console.svg import LANES_WIDTH, MIN_STEP, lane_rows
+
+    assert lane_rows(0) == []
+    assert [len(b) for b in lane_rows(5)] == [5]
+    assert [len(b) for b in lane_rows(19)] == [10, 9]  # two balanced bands
+    hops = [
+        HandoverRecord(
+            f"e{i}",
+            URGENT,
+            "c",
+            "STATUS_ROUTED",
+            "router",
+            NOW + timedelta(seconds=i),
+            from_party=ORG,
+            to_party="hl-nl",
+            reason="STILL_ONLINE",
+        )
+        for i in range(19)
+    ]
+    svg = str(swim_lanes(trace(hops, URGENT, Deadlines(), TopicNames(), NOW)))
+    width = int(re.search(r'<svg[^>]* width="(\d+)"', svg).group(1))  # type: ignore[union-attr]
+    assert width <= LANES_WIDTH
+    xs = [
+        float(x)
+        for x in re.findall(r'<text x="([\d.]+)"[^>]*font-weight="bold" fill="#a0661a"', svg)
+    ]
+    assert len(xs) == 19  # every hop labelled
+    assert max(xs) + 60 <= width  # "STATUS ROUTED" (about 110 px) ends inside the chart
+    columns = sorted(set(xs))  # neighbours at least MIN_STEP apart (labels alternate rows)
+    assert all(b - a >= MIN_STEP - 1 for a, b in itertools.pairwise(columns))
+    assert "hops 1–10 of 19" in svg
+    assert "hops 11–19 of 19" in svg
+
+
+PARENT = "0b7e4f6c-0000-4000-8000-0000000000a1"
+CHILD = "0b7e4f6c-0000-4000-8000-0000000000c1"
+
+
+def test_the_referral_page_shows_versions_parent_and_children_without_content(
+    tmp_path: Path, network: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 2 with version 1 kept by the inbox folder, a parent the organisation received
+    and a child re-referred elsewhere; no URL, hash or summary until a reveal."""
+    import json
+
+    import console.liaison as liaison_mod
+    from connectors.inbox_folder import InboxFolderConfig, InboxFolderSink
+
+    desk, _, settings = _desk_with_items(tmp_path, network, monkeypatch)
+    inbox = Inbox.for_org(settings, ORG)
+    inbox.record(_delivery(PARENT, "case-items", "NORMAL"), "inbox_folder", NOW.timestamp())
+    inbox.record(
+        dataclasses.replace(
+            _delivery(ITEMS_RID, "case-items", "NORMAL"), offset=7, version=2, previous_version=1
+        ),
+        "inbox_folder",
+    )
+    inbox.close()
+    sink = InboxFolderSink(InboxFolderConfig(path="orgs/police-nl/inbox"), settings)
+    sink.open()
+    for version in (1, 2):
+        sink.deliver(
+            dataclasses.replace(
+                _delivery(ITEMS_RID, "case-items", "NORMAL"),
+                version=version,
+                previous_version=version - 1 or None,
+            )
+        )
+    secret = "https://synthetic.example/secret-item"
+    envelope = {
+        "referral_id": ITEMS_RID,
+        "case_id": "case-items",
+        "origin_org": "hl-nl",
+        "version": 2,
+        "parent_referral_id": PARENT,
+        "handling": {"tlp": "AMBER"},
+        "jurisdictions": [],
+        "created_at": NOW,
+        "priority": "NORMAL",
+        "origin_country": "NL",
+    }
+    body = {"items": [{"item_id": ITEM_A, "url": secret, "hashes": []}], "summary": "synthetic"}
+    fetched: list[tuple[int, int]] = []
+
+    def fetch(record: Any) -> Any:
+        fetched.append((record.partition, record.offset))
+        return None
+
+    monkeypatch.setattr(desk, "_fetch", fetch)
+    monkeypatch.setattr(desk, "_open", lambda rec: {"envelope": envelope, "body": body})
+    rerouted = HandoverRecord(
+        "r1", ITEMS_RID, "case-items", "REROUTED", "hl-nl", NOW, from_party="hl-nl",
+        to_party="police-fr", reason=f"item {ITEM_B} moved to FR: referral {CHILD}",
+    )  # fmt: skip
+    monkeypatch.setattr(liaison_mod.ledger, "records", lambda *a, **k: [rerouted])
+
+    view = desk.referral(ITEMS_RID)
+    assert fetched == [(0, 7)]  # the current version's position
+    assert view.version == 2
+    assert [(v.version, v.sinks) for v in view.earlier] == [(1, ("inbox_folder",))]
+    assert view.parent == liaison_mod.Linked(PARENT, True)
+    assert [(c.referral_id, c.item_id, c.country, c.here) for c in view.children] == [
+        (CHILD, ITEM_B, "FR", False)
+    ]
+    assert view.items[0].url is None
+    assert view.summary is None
+
+    client = TestClient(
+        build_app(
+            Console(
+                Tokens.from_env({token_env(ORG): LIAISON, token_env(OPERATOR): "x" * 24}, ORG),
+                desk,
+                Operator(settings, network, Codec(EmbeddedRegistry())),
+                Sessions(),
+            )
+        ),
+        base_url="http://127.0.0.1",
+        follow_redirects=False,
+    )
+    _login(client, LIAISON)
+    html = client.get(f"/referral/{ITEMS_RID}").text
+    assert 'id="version">v2' in html
+    assert 'data-version="1"' in html
+    assert f'<a class="mono" href="/referral/{PARENT}">' in html
+    assert f'moved to FR: <span class="mono">{CHILD}</span>' in html
+    assert secret not in html
+    assert "synthetic.example" not in html
+    assert json.dumps(secret) not in html
+
+
+def test_the_sent_page_shows_the_outcomes_the_origin_verified(
+    tmp_path: Path, network: Network
+) -> None:
+    """The origin's side: its outbox and the item outcomes its inbox verified, no side table."""
+    from broker.outcomes import ItemRef, Reroute
+    from broker.wire.models import HostingEvidence, ItemOutcome
+    from connectors.outbox import Outbox, ReferralFacts
+
+    origin = "hl-nl"
+    settings = Settings(state_dir=tmp_path / "state", bootstrap_servers="127.0.0.1:9")
+    box = Outbox.for_org(settings, origin)
+    box.add(
+        ITEMS_RID, "case-items", "referrals.intake", b"v", [], [ORG],
+        about=ReferralFacts(items=(ItemRef(ITEM_A, "NL"), ItemRef(ITEM_B, "NL"))),
+    )  # fmt: skip
+    box.request_reroute(Reroute(ITEMS_RID, ITEM_B, "FR", CHILD))
+    box.close()
+    inbox = Inbox.for_org(settings, origin)
+    inbox.record_outcomes(
+        ITEMS_RID,
+        ORG,
+        [
+            ItemOutcome(item_id=ITEM_A, outcome=ItemOutcomeKind.REMOVED, observed_at=NOW),
+            ItemOutcome(
+                item_id=ITEM_B,
+                outcome=ItemOutcomeKind.STILL_ONLINE,
+                observed_at=NOW,
+                hosting=HostingEvidence(country="FR"),
+            ),
+        ],
+        int(NOW.timestamp() * 1000),
+    )
+    inbox.close()
+    codec = Codec(EmbeddedRegistry())
+    desk = LiaisonDesk(settings, network, origin, codec)
+    client = TestClient(
+        build_app(
+            Console(
+                Tokens.from_env(
+                    {token_env(origin): LIAISON, token_env(OPERATOR): "y" * 24}, origin
+                ),
+                desk,
+                Operator(settings, network, codec),
+                Sessions(),
+            )
+        ),
+        base_url="http://127.0.0.1",
+        follow_redirects=False,
+    )
+    _login(client, LIAISON)
+    html = client.get("/sent").text
+    assert f'data-referral="{ITEMS_RID}"' in html
+    assert "2 items: 1 removed, 1 moved to FR" in html
+    assert f'data-item="{ITEM_B}"' in html
+    assert "re-referred to FR" in html
+    assert "(queued)" in html
+    assert not (settings.org_dir(origin) / "console.sqlite3").exists()

@@ -230,12 +230,6 @@ def test_liaison_and_operator_in_a_real_browser(
         moved_row = page.locator(f'#items tr[data-item="{moved_item}"]').inner_text()
         assert "STILL_ONLINE" in moved_row
         assert "moved to DE" in moved_row
-        # TLP AMBER+STRICT: the content needs a typed reason, and the access is recorded.
-        page.fill("#reason", "takedown check")
-        page.click("#reveal")
-        page.wait_for_selector("td.content")
-        assert urgent["body"]["items"][0]["url"] in page.inner_text("#items")
-        page.screenshot(path=str(shots / "referral.png"), full_page=True)
 
         # The origin sees it: the signed update with the item's outcome reached its status folder.
         def item_removed() -> bool:
@@ -259,6 +253,22 @@ def test_liaison_and_operator_in_a_real_browser(
         wait_for(item_removed, 60, "the origin to hear of the removed item")
         wait_for(item_moved, 30, "the origin to hear where the other item moved")
         assert origin.inbox.status_state(rid, "police-nl") == "STILL_ONLINE"
+
+        # The origin re-referred the moved item: the referral page names the child (no reload
+        # of content: the page shows ids, versions and links only).
+        def child_linked() -> bool:
+            page.goto(f"{base}/referral/{rid}")
+            return page.locator("#children").count() == 1
+
+        wait_for(child_linked, 30, "the re-referral on the referral page", step=1)
+        assert "moved to DE" in page.inner_text("#children")
+        assert page.inner_text("#version").startswith("v1")
+        # TLP AMBER+STRICT: the content needs a typed reason, and the access is recorded.
+        page.fill("#reason", "takedown check")
+        page.click("#reveal")
+        page.wait_for_selector("td.content")
+        assert urgent["body"]["items"][0]["url"] in page.inner_text("#items")
+        page.screenshot(path=str(shots / "referral.png"), full_page=True)
 
         # The operator: flows, the trace's swim lanes with the hop, no case content anywhere.
         page.click("header .logout button")

@@ -12,6 +12,7 @@ from broker.ledger.views import (
     UNKNOWN_REFERRAL,
     HandoverRecord,
     UnknownReferral,
+    first_published,
     flows,
     percentile,
     role_routes,
@@ -291,3 +292,29 @@ def test_role_routes_count_each_referral_once_per_role_route() -> None:
         {"sender_role": "unknown", "basis": "HOSTING", "receiver_role": "unknown",
          "referrals": 1, "pairs": ["stranger → secretariat"]},
     ]  # fmt: skip
+
+
+def test_flows_measure_from_the_first_publish_never_negative() -> None:
+    """A republish, and a PUBLISHED stamped at the broker's acknowledgement (after the
+    router and the sink had handled it, as the demo's ledger showed): hl-se → DE
+    is measured from the first publication and is not negative."""
+    de, nl = NAMES.jurisdiction("DE"), NAMES.jurisdiction("NL")
+    rid, acked = str(uuid.uuid4()), str(uuid.uuid4())
+    events = [
+        # Published at 0, republished at 30 (the outbox's retry), delivered at 2.
+        published(rid, 0, "hl-se"),
+        routed(rid, 1, de, "police-de", "hl-se"),
+        delivered(rid, 2, de, "police-de"),
+        rec(rid, "REPUBLISHED", 30, "hl-se", from_party="hl-se", topic=NAMES.intake),
+        # PUBLISHED recorded 0.1 min after the router and the sink had it (the ack's time).
+        routed(acked, 0, nl, "police-nl", "hl-se"),
+        delivered(acked, 0.5, nl, "police-nl"),
+        published(acked, 0.6, "hl-se"),
+    ]
+    f = flows(events, DEADLINES, NAMES, now=T0 + timedelta(hours=1))
+    times = {r.destination: r for r in f.routes}
+    assert times["DE"].publish_to_deliver == (120.0,)  # from the first publish, not the retry
+    assert times["NL"].publish_to_deliver == (30.0,)  # from the routing, not −6 s
+    for route in f.routes:
+        assert all(t >= 0 for t in route.publish_to_deliver)
+    assert first_published(events[:4]) == T0

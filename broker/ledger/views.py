@@ -66,6 +66,7 @@ __all__ = [
     "Trace",
     "UnknownReferral",
     "awaited",
+    "first_published",
     "flows",
     "percentile",
     "resolved_dead_letters",
@@ -531,6 +532,25 @@ def _outcome(records: Sequence[HandoverRecord], names: TopicNames) -> str:
     return "pending"
 
 
+def first_published(records: Sequence[HandoverRecord]) -> datetime | None:
+    """When the referral was first put on the intake (None: no publication recorded).
+
+    The earliest PUBLISHED / REPUBLISHED / AMENDED, never later than the first
+    ROUTED or DELIVERED: a referral cannot be routed before it was published, so
+    an origin whose clock runs ahead, or an older publisher that stamped PUBLISHED
+    when the broker acknowledged (after the router and a sink may already have
+    handled it), does not make a handover time negative.
+    """
+    publishes = [r.at for r in records if r.event in _PUBLISHED]
+    if not publishes:
+        return None
+    first = min(publishes)
+    handled = [
+        r.at for r in records if r.event in (HandoverEventType.ROUTED, HandoverEventType.DELIVERED)
+    ]
+    return min(first, *handled) if handled else first
+
+
 def flows(
     records: Iterable[HandoverRecord],
     deadlines: Deadlines,
@@ -561,7 +581,7 @@ def flows(
         outcomes[_outcome(ordered, names)] += 1
         dead.update(_dead_reason(r) for r in ordered if r.event == HandoverEventType.DEAD_LETTERED)
         origin = _origin(ordered) or "unknown"
-        published = next((r.at for r in ordered if r.event in _PUBLISHED), None)
+        published = first_published(ordered)
         columns_seen = set()
         for r in ordered:
             if r.event == HandoverEventType.ROUTED and r.topic:
