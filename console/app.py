@@ -276,7 +276,8 @@ def build_app(console: Console, allowed_hosts: Sequence[str] | None = None) -> S
             "overdue": q.get("overdue") == "1",
         }
 
-    async def inbox(request: Request) -> Response:
+    async def inbox_items(request: Request) -> tuple[LiaisonDesk, dict[str, Any], list[Any]]:
+        """The liaison's desk, the inbox query of ``request`` and what it finds."""
         desk = need_org(request)
         query = _inbox_query(request)
         items = await run_in_threadpool(
@@ -286,6 +287,10 @@ def build_app(console: Console, allowed_hosts: Sequence[str] | None = None) -> S
             unacknowledged=query["unacknowledged"],
             overdue=query["overdue"],
         )
+        return desk, query, items
+
+    async def inbox(request: Request) -> Response:
+        _, query, items = await inbox_items(request)
         return page(
             request,
             "inbox.html",
@@ -297,27 +302,11 @@ def build_app(console: Console, allowed_hosts: Sequence[str] | None = None) -> S
         )
 
     async def inbox_rows(request: Request) -> Response:
-        desk = need_org(request)
-        query = _inbox_query(request)
-        items = await run_in_threadpool(
-            desk.inbox,
-            search=query["search"],
-            since=query["since"],
-            unacknowledged=query["unacknowledged"],
-            overdue=query["overdue"],
-        )
+        _, _, items = await inbox_items(request)
         return page(request, "inbox_rows.html", items=items)
 
     async def inbox_csv(request: Request) -> Response:
-        desk = need_org(request)
-        query = _inbox_query(request)
-        items = await run_in_threadpool(
-            desk.inbox,
-            search=query["search"],
-            since=query["since"],
-            unacknowledged=query["unacknowledged"],
-            overdue=query["overdue"],
-        )
+        desk, _, items = await inbox_items(request)
         return Response(
             to_csv(items),
             media_type="text/csv; charset=utf-8",
