@@ -41,6 +41,7 @@ import time
 from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -177,11 +178,13 @@ def read_times(run_dir: Path, origins: Iterable[str], receiver: WebhookReceiver)
         f.stem: f.stat().st_mtime for f in (run_dir / "orgs" / folder / "inbox").glob("*.json")
     }
     table, _ = SINKS["sqlite"]
-    t.delivered["sqlite"] = dict(
-        _rows(
+    # The case table keeps ISO 8601 UTC text (SQL date functions read it); here: epoch seconds.
+    t.delivered["sqlite"] = {
+        rid: datetime.fromisoformat(str(at)).timestamp()
+        for rid, at in _rows(
             run_dir / "orgs" / table / "cases.sqlite3", "SELECT referral_id, received_at FROM cases"
         )
-    )
+    }
     t.delivered["webhook"] = dict(receiver.arrivals)
     return t
 
