@@ -491,7 +491,7 @@ def test_http_intake_under_hostile_clients_stays_healthy(
 ) -> None:
     publisher = _publisher(ready, net, "hl-b", codec, producer)
     config = HttpIntakeConfig(
-        token_env="TEST_TOKEN_HL_B", header_timeout=1.0, body_timeout=1.0, max_connections=6
+        token_env="TEST_TOKEN_HL_B", header_timeout=3.0, body_timeout=1.0, max_connections=6
     )
     source = HttpIntakeSource(config, publisher, ENV)
     source.open()
@@ -509,7 +509,9 @@ def test_http_intake_under_hostile_clients_stays_healthy(
             )
             assert r.status_code == 415
 
-            # slow headers: cut off after header_timeout; health stays fast meanwhile
+            # slow headers: cut off after header_timeout (3 s); health stays fast meanwhile
+            # (bounds at half the timeout: a server held up by the slow clients would wait
+            # for the timeout, and a busy CI machine still answers well within the bound)
             slow = [_raw(source.port, b"POST /referrals HTTP/1.1\r\nHost: x\r\n") for _ in range(3)]
             slow_body = _raw(
                 source.port,
@@ -520,7 +522,7 @@ def test_http_intake_under_hostile_clients_stays_healthy(
             for _ in range(5):
                 started = time.monotonic()
                 assert client.get("/health").status_code == 200
-                assert time.monotonic() - started < 0.5, "health slowed down by slow clients"
+                assert time.monotonic() - started < 1.5, "health slowed down by slow clients"
             for sock in slow:
                 assert _answer(sock).startswith(b"HTTP/1.1 408 ")
             assert b"408" in _answer(slow_body).split(b"\r\n")[0]
@@ -532,7 +534,7 @@ def test_http_intake_under_hostile_clients_stays_healthy(
             over = _answer(_raw(source.port, b""))
             assert over.startswith(b"HTTP/1.1 503 ")
             assert b"application/problem+json" in over
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 1.5  # at once, not when a slot frees (3 s)
             for sock in idle:
                 sock.close()
             wait_for(lambda: client.get("/health").status_code == 200, 10, "health after the flood")

@@ -145,12 +145,10 @@ def test_a_short_poll_sees_a_slow_group_join_through(
     _create(settings, topic)
     consumer = clients.consumer(settings, topic, group_id="join-probe")
     try:
-        started = time.monotonic()
         consumer.poll(timeout_ms=100)
         assert {tp.partition for tp in consumer.assignment()} == {0, 1, 2}
         # Joined in one poll, not by luck over many: another short poll changes nothing.
         consumer.poll(timeout_ms=100)
         assert len(consumer.assignment()) == 3
-        assert time.monotonic() - started < 15
     finally:
         consumer.close()
