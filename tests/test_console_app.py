@@ -508,7 +508,7 @@ def test_the_referral_page_shows_versions_parent_and_children_without_content(
                 previous_version=version - 1 or None,
             )
         )
-    secret = "https://synthetic.example/secret-item"
+    secret = "https://secret-item.example.org/case/7"
     envelope = {
         "referral_id": ITEMS_RID,
         "case_id": "case-items",
@@ -566,7 +566,7 @@ def test_the_referral_page_shows_versions_parent_and_children_without_content(
     assert f'<a class="mono" href="/referral/{PARENT}">' in html
     assert f'moved to FR: <span class="mono">{CHILD}</span>' in html
     assert secret not in html
-    assert "synthetic.example" not in html
+    assert "secret-item.example.org" not in html
     assert json.dumps(secret) not in html
 
 
