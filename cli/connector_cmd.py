@@ -9,7 +9,6 @@ from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from broker.errors import ConfigError, ValidationFailed
 from broker.ids import resolve_id, short_id
@@ -28,6 +27,7 @@ from cli.app import (
     service_stop_event,
     state,
 )
+from cli.tables import WIDE_OPTION, is_narrow, new_table
 from connectors.formats import name_fields, read_referral_file
 from connectors.inbox import Inbox
 from connectors.outbox import Outbox
@@ -257,6 +257,7 @@ def outbox(
     show_all: bool = typer.Option(
         False, "--all", help="Every referral ORG published, also those every destination has."
     ),
+    wide: bool = WIDE_OPTION,
 ) -> None:
     """List ORG's referrals still waiting for a RECEIVED, or refused, and how often each was sent.
 
@@ -284,23 +285,40 @@ def outbox(
     title = f"outbox of {org}: {len(pending)} pending, {len(refused)} refused"
     if show_all:
         title += f", {len(listed) - len(pending) - len(refused)} done"
-    table = Table(title=cell(title))
-    for col in ("referral", "case", "state", "waiting for", "received by", "refused by"):
-        table.add_column(col)
-    for col in ("age", "last sent", "sends"):
-        table.add_column(col, justify="right")
-    for p in listed:
-        table.add_row(
-            cell(p.referral_id),
-            cell(p.case_id),
+    narrow = is_narrow(wide)
+    columns = ["referral", "case", "state", "waiting for", "received by", "refused by"]
+    columns += ["last sent", "sends"] if narrow else ["age", "last sent", "sends"]
+    rows = [
+        [
+            short_id(p.referral_id) if narrow else p.referral_id,
+            p.case_id,
             p.state,
-            cell(", ".join(p.waiting_for) or "-"),
-            cell(", ".join(p.received_by) or "-"),
-            cell(", ".join(f"{r.org_id} ({r.reason})" for r in p.refused_by) or "-"),
-            _age(p.age(now)),
-            _age(now - p.last_sent_at) + " ago",
+            ", ".join(p.waiting_for) or "-",
+            ", ".join(p.received_by) or "-",
+            ", ".join(f"{r.org_id} ({r.reason})" for r in p.refused_by) or "-",
+            *([] if narrow else [_age(p.age(now))]),
+            _age(now - p.last_sent_at) + ("" if narrow else " ago"),
             str(p.attempts),
+        ]
+        for p in listed
+    ]
+    # Narrow (an 80-column terminal): short ids, no age, and no column that says nothing.
+    keep = [
+        i
+        for i, col in enumerate(columns)
+        if not narrow or col not in ("waiting for", "refused by") or any(r[i] != "-" for r in rows)
+    ]
+    table = new_table(title, narrow)
+    for i in keep:
+        right = columns[i] in ("age", "last sent", "sends")
+        # A long word (a refusal reason) folds onto the next line rather than being cut.
+        table.add_column(
+            columns[i],
+            justify="right" if right else "left",
+            overflow="ellipsis" if right else "fold",
         )
+    for r in rows:
+        table.add_row(*(cell(r[i]) for i in keep))
     console.print(table)
     for p in listed:
         report = items[p.referral_id]

@@ -236,3 +236,10 @@ def test_referral_outbox_shows_sends_and_refusals(tmp_path: Path) -> None:
     assert "police-fr (HTTP_[bold]422)" in line, "the reason is printed as it is, not as markup"
     line = next(ln for ln in res.stdout.splitlines() if _rid(1) in ln)
     assert line.rstrip(" │").endswith("3"), "sends per referral"
+    # At an 80-column terminal: short ids, every line fits, and the refusal still shows.
+    res = runner.invoke(app, ["outbox", "hl-a"], env={**env, "COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert all(len(ln) <= 80 for ln in res.stdout.splitlines()), res.stdout
+    line = next(ln for ln in res.stdout.splitlines() if _rid(1)[:8] in ln)
+    assert _rid(1) not in line and line.rstrip().endswith("3"), line
+    assert "police-fr" in res.stdout and "422" in res.stdout
