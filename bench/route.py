@@ -36,6 +36,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from bench.procstat import cpu_seconds
 from broker.config import Settings
 from broker.kafka import clients
 from broker.kafka.embedded import EmbeddedBroker
@@ -138,6 +139,37 @@ def worker_baseline(bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
     return {"count": done, "seconds": seconds, "cpu_s": cpu, "rss_mb": _peak_rss_mb()}
 
 
+def worker_pipe(bootstrap: str, prefix: str) -> None:
+    """The baseline's consume → produce loop as a long-running process, for the latency run.
+
+    Forwards each intake record to the topic the router would pick for it
+    (``bench.cc`` header), until SIGTERM.
+    """
+    settings = _settings(bootstrap, prefix)
+    names = settings.topic_names()
+    consumer: KafkaConsumer = clients.consumer(
+        settings, names.intake, group_id="bench-pipe", max_poll_records=MAX_POLL
+    )
+    producer = clients.producer(settings, role="bench-pipe")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    topic = {cc: names.jurisdiction(cc) if cc != "US" else names.unassigned for cc in COUNTRIES}
+    while not stop.is_set():
+        batch = consumer.poll(timeout_ms=200)
+        if not batch:
+            continue
+        offsets = {}
+        for tp, records in batch.items():
+            for r in records:
+                cc = next(v for k, v in r.headers if k == CC_HEADER).decode()
+                producer.send(topic[cc], key=r.key, value=r.value, headers=r.headers)
+            offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+        producer.flush()
+        consumer.commit(offsets)
+    consumer.close()
+    producer.close()
+
+
 def worker_router(bootstrap: str, prefix: str, n: int, *, ledger: bool = True) -> dict[str, Any]:
     """The real router until it has routed ``n`` referrals (``ledger=False``: no events)."""
     settings = _settings(bootstrap, prefix)
@@ -204,8 +236,15 @@ def _run_worker(kind: str, bootstrap: str, prefix: str, n: int) -> dict[str, Any
     return result
 
 
-def _latency(settings: Settings, rate: int, seconds: float) -> dict[str, Any]:
-    """Publish at ``rate``/s for ``seconds`` through a ``referral route`` process."""
+def _latency(
+    settings: Settings, rate: int, seconds: float, *, pipe: bool = False, broker_pid: int = 0
+) -> dict[str, Any]:
+    """Publish at ``rate``/s for ``seconds`` through a ``referral route`` process.
+
+    ``pipe``: through the baseline's raw consume → produce loop instead (same
+    client tuning, same flush-then-commit per batch), the floor the router's
+    latency is compared with.
+    """
     names = settings.topic_names()
     codec = Codec(EmbeddedRegistry())
     records = _synthetic(codec, int(rate * seconds), seed=1)
@@ -217,8 +256,17 @@ def _latency(settings: Settings, rate: int, seconds: float) -> dict[str, Any]:
             "REFERRAL_NETWORK_FILE": NETWORK,
         }
     )
+    command = [sys.executable, "-m", "cli", "route"]
+    if pipe:
+        command = [sys.executable, "-m", "bench.route", "--worker", "pipe"]
+        command += [
+            "--bootstrap",
+            str(settings.bootstrap_servers),
+            "--prefix",
+            settings.topic_prefix,
+        ]
     router = subprocess.Popen(
-        [sys.executable, "-m", "cli", "route"],
+        command,
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -253,9 +301,11 @@ def _latency(settings: Settings, rate: int, seconds: float) -> dict[str, Any]:
     drain_deadline = float("inf")
     reader = threading.Thread(target=collect, daemon=True)
     reader.start()
-    producer = clients.producer(settings, role="bench-latency", linger_ms=0)
+    producer = clients.producer(settings, role="bench-latency")
+    pids = {"broker": broker_pid, "router": router.pid, "bench": os.getpid()}
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items() if pid}
     start = time.monotonic()
-    for i, (key, value, _cc) in enumerate(records):
+    for i, (key, value, cc) in enumerate(records):
         target = start + i / rate
         delay = target - time.monotonic()
         if delay > 0:
@@ -264,9 +314,11 @@ def _latency(settings: Settings, rate: int, seconds: float) -> dict[str, Any]:
             names.intake,
             key=key,
             value=value,
-            headers=[(SENT_HEADER, str(time.time_ns()).encode())],
+            headers=[(SENT_HEADER, str(time.time_ns()).encode()), (CC_HEADER, cc.encode())],
         )
     producer.flush()
+    busy = time.monotonic() - start
+    cpu_share = {name: round((cpu_seconds(pids[name]) - cpu0[name]) / busy * 100) for name in cpu0}
     drain_deadline = time.monotonic() + 30
     stop.set()
     reader.join(40)
@@ -282,6 +334,8 @@ def _latency(settings: Settings, rate: int, seconds: float) -> dict[str, Any]:
         "sent": len(records),
         "p50_ms": q[49],
         "p99_ms": q[98],
+        # CPU of each process while publishing, % of one core (the bench: publisher + reader)
+        "cpu_percent": cpu_share,
     }
 
 
@@ -298,11 +352,16 @@ def main(argv: list[str] | None = None) -> None:
         help="run the routers before the baseline (alternate runs to cancel drift)",
     )
     ap.add_argument(
-        "--worker", choices=["baseline", "router", "router-noledger"], help=argparse.SUPPRESS
+        "--worker",
+        choices=["baseline", "router", "router-noledger", "pipe"],
+        help=argparse.SUPPRESS,
     )
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--prefix", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker == "pipe":
+        worker_pipe(args.bootstrap, args.prefix)
+        return
     if args.worker:
         if args.worker == "baseline":
             out = worker_baseline(args.bootstrap, args.prefix, args.n)
@@ -336,12 +395,20 @@ def main(argv: list[str] | None = None) -> None:
         side = {kind: _run_worker(kind, broker.bootstrap, prefix, args.n) for kind in order}
         baseline, router, bare = side["baseline"], side["router"], side["router-noledger"]
         lat: dict[str, Any] = {}
+        pipe_lat: dict[str, Any] = {}
         if args.latency_seconds > 0:
-            lat_settings = _settings(broker.bootstrap, "lat.")
-            admin = clients.admin_client(lat_settings)
-            provision(admin, network, lat_settings.topic_names())
-            admin.close()
-            lat = _latency(lat_settings, args.rate, args.latency_seconds)
+            for name in ("latpipe.", "lat.") if not args.router_first else ("lat.", "latpipe."):
+                lat_settings = _settings(broker.bootstrap, name)
+                admin = clients.admin_client(lat_settings)
+                provision(admin, network, lat_settings.topic_names())
+                admin.close()
+                pid = broker._proc.pid if broker._proc else 0
+                if name == "lat.":
+                    lat = _latency(lat_settings, args.rate, args.latency_seconds, broker_pid=pid)
+                else:
+                    pipe_lat = _latency(
+                        lat_settings, args.rate, args.latency_seconds, pipe=True, broker_pid=pid
+                    )
 
     b_rate = baseline["count"] / baseline["seconds"]
     r_rate = router["count"] / router["seconds"]
@@ -372,6 +439,7 @@ def main(argv: list[str] | None = None) -> None:
         "order": order,
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "latency": lat,
+        "baseline_latency": pipe_lat,
     }
     if args.json:
         print(json.dumps(result))
@@ -390,10 +458,16 @@ def main(argv: list[str] | None = None) -> None:
         f"CPU per referral: baseline {result['baseline_cpu_us']} µs, router "
         f"{result['router_cpu_us']} µs (ratio {result['cpu_ratio']:.2f})"
     )
+    if pipe_lat:
+        print(
+            f"baseline pipe latency at {pipe_lat['rate']}/s: p50 {pipe_lat['p50_ms']:.1f} ms, "
+            f"p99 {pipe_lat['p99_ms']:.1f} ms ({pipe_lat['received']}/{pipe_lat['sent']} received)"
+            f"; CPU % {pipe_lat['cpu_percent']}"
+        )
     if lat:
         print(
             f"latency at {lat['rate']}/s: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms "
-            f"({lat['received']}/{lat['sent']} received)"
+            f"({lat['received']}/{lat['sent']} received); CPU % {lat['cpu_percent']}"
         )
     print(json.dumps(result))
 

@@ -60,6 +60,21 @@ class Settings(BaseSettings):
         description="Where the embedded broker, outboxes, inboxes and the ledger keep state.",
     )
     max_record_bytes: int = Field(default=1024 * 1024, ge=1024, description="Codec size limit.")
+    fetch_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="How long an idle consumer's fetch waits on the broker for records (ms).",
+    )
+    fetch_wait_busy_ms: int = Field(
+        default=10,
+        ge=0,
+        le=10_000,
+        description=(
+            "The fetch wait while records are flowing (ms); 0 = always fetch_wait_ms. "
+            "Low latency on brokers that hold a waiting fetch for its whole wait."
+        ),
+    )
     schema_registry_url: str | None = Field(
         default=None, description="Confluent-compatible Schema Registry; unset = embedded."
     )

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from kafka import TopicPartition
 from kafka.admin import NewTopic
 
 from broker.config import Settings
-from broker.kafka import clients
+from broker.kafka import clients, healing
 from broker.kafka.embedded import EmbeddedBroker
 from broker.kafka.healing import HealingProducer, fatal_reason
 from broker.wire.topics import TopicNames
@@ -152,3 +153,69 @@ def test_a_short_poll_sees_a_slow_group_join_through(
         assert len(consumer.assignment()) == 3
     finally:
         consumer.close()
+
+
+def test_a_busy_consumer_fetches_with_a_short_wait_and_an_idle_one_with_the_long(
+    settings: Settings, topic_names: TopicNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tansu 0.6 sleeps a fetch's whole wait when it first finds nothing, so the
+    wait is added to a hop's latency; while records flow the consumer asks for the
+    short wait, once idle for the long one again (fewer idle fetches)."""
+    monkeypatch.setattr(healing, "BUSY_FOR_S", 0.5)
+    topic = topic_names.status("fetch-pace")
+    _create(settings, topic, partitions=1)
+    paced = Settings(
+        bootstrap_servers=settings.bootstrap_servers,
+        topic_prefix=settings.topic_prefix,
+        fetch_wait_ms=200,
+        fetch_wait_busy_ms=7,
+    )
+    consumer = clients.consumer(paced, group_id=None)
+    consumer.assign([TopicPartition(topic, 0)])
+    producer = clients.producer(settings, role="fetch-pace")
+    try:
+        consumer.poll(timeout_ms=100)
+        assert consumer.fetch_wait_ms == 200, "idle from the start"
+        producer.send(topic, value=b"one")
+        producer.flush(10)
+        got = 0
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            got = sum(len(r) for r in consumer.poll(timeout_ms=200).values())
+        assert got == 1
+        assert consumer.fetch_wait_ms == 7, "records flowing: the short wait"
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:
+            assert not consumer.poll(timeout_ms=100)
+        consumer.poll(timeout_ms=50)
+        assert consumer.fetch_wait_ms == 200, "idle again: the long wait"
+    finally:
+        consumer.close()
+        producer.close(5)
+
+
+def test_busy_pacing_is_off_when_the_busy_wait_is_zero(
+    settings: Settings, topic_names: TopicNames
+) -> None:
+    topic = topic_names.status("fetch-plain")
+    _create(settings, topic, partitions=1)
+    plain = Settings(
+        bootstrap_servers=settings.bootstrap_servers,
+        topic_prefix=settings.topic_prefix,
+        fetch_wait_busy_ms=0,
+    )
+    consumer = clients.consumer(plain, group_id=None)
+    consumer.assign([TopicPartition(topic, 0)])
+    producer = clients.producer(settings, role="fetch-plain")
+    try:
+        producer.send(topic, value=b"one")
+        producer.flush(10)
+        got = 0
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            got = sum(len(r) for r in consumer.poll(timeout_ms=200).values())
+        assert got == 1
+        assert consumer.fetch_wait_ms == 100, "records flowed, but pacing is off"
+    finally:
+        consumer.close()
+        producer.close(5)

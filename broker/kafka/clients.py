@@ -83,7 +83,6 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "session_timeout_ms": 6000,
     "heartbeat_interval_ms": 1000,
     "max_poll_records": 1000,
-    "fetch_max_wait_ms": 100,
     "max_partition_fetch_bytes": 4 * 1024 * 1024,
 }
 
@@ -227,6 +226,8 @@ def consumer(
         **CONSUMER_DEFAULTS,
         "group_id": group,
         "allow_auto_create_topics": False,
+        "fetch_max_wait_ms": settings.fetch_wait_ms,
+        "busy_fetch_wait_ms": settings.fetch_wait_busy_ms,
     }
     args.update(overrides)
     try:

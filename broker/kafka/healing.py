@@ -74,6 +74,8 @@ RETENTION_RESETS = 10
 _PROBE_METADATA_S = 2.0
 #: How long one poll may wait for a group (re)join that is due (see HealingConsumer).
 JOIN_WAIT_MS = 5000
+#: A consumer counts as busy this long after a poll that returned records.
+BUSY_FOR_S = 1.0
 #: How long a group member must look stranded before it is told to rejoin (a join
 #: that is just completing looks stranded for an instant).
 STRANDED_GRACE_S = 2.0
@@ -420,10 +422,21 @@ def stranded_in_rebalance(consumer: KafkaConsumer) -> bool:
 
 
 class HealingConsumer(KafkaConsumer):  # type: ignore[misc]
-    """A :class:`kafka.KafkaConsumer` that rejoins its group when left stranded mid-rebalance."""
+    """A :class:`kafka.KafkaConsumer` that rejoins its group when left stranded mid-rebalance.
 
-    def __init__(self, *topics: str, **configs: Any) -> None:
+    ``busy_fetch_wait_ms`` (default 0: off): while records are flowing, fetches
+    wait at most this long on the broker instead of ``fetch_max_wait_ms``. A
+    broker that finds nothing for a fetch and then sleeps its whole wait before
+    looking again (Tansu 0.6 does) adds up to ``fetch_max_wait_ms`` to every hop;
+    a short wait only while busy keeps hops fast without an idle consumer
+    fetching a hundred times a second.
+    """
+
+    def __init__(self, *topics: str, busy_fetch_wait_ms: int = 0, **configs: Any) -> None:
         super().__init__(*topics, **configs)
+        self._idle_fetch_wait_ms = int(self.config["fetch_max_wait_ms"])
+        self._busy_fetch_wait_ms = int(busy_fetch_wait_ms)
+        self._busy_until = 0.0
         self._stranded_since: float | None = None
         self._topic_ids: dict[str, object] = {}
         #: How many times this consumer asked to rejoin a rebalance left unfinished.
@@ -442,7 +455,28 @@ class HealingConsumer(KafkaConsumer):  # type: ignore[misc]
             max_records=max_records,
             update_offsets=update_offsets,
         )
+        if self._busy_fetch_wait_ms:
+            self._pace_fetches(bool(records))
         return records
+
+    def _pace_fetches(self, got_records: bool) -> None:
+        """Short fetch waits while records flow, the configured wait once idle."""
+        now = time.monotonic()
+        if got_records:
+            self._busy_until = now + BUSY_FOR_S
+        wait = self._busy_fetch_wait_ms if now < self._busy_until else self._idle_fetch_wait_ms
+        fetcher = getattr(self, "_fetcher", None)
+        config = getattr(fetcher, "config", None)
+        if isinstance(config, dict) and config.get("fetch_max_wait_ms") != wait:
+            config["fetch_max_wait_ms"] = wait
+
+    @property
+    def fetch_wait_ms(self) -> int:
+        """The wait the consumer's next fetch asks the broker for (ms)."""
+        config = getattr(getattr(self, "_fetcher", None), "config", None)
+        if isinstance(config, dict):
+            return int(config.get("fetch_max_wait_ms", self._idle_fetch_wait_ms))
+        return self._idle_fetch_wait_ms
 
     def _join_aware(self, timeout_ms: int) -> int:
         """The poll timeout: long enough to see a group join through once one is due.
