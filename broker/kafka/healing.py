@@ -44,7 +44,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError
 from kafka.producer.future import FutureRecordMetadata
-from kafka.structs import MemberState
+from kafka.structs import MemberState, TopicPartition
 
 __all__ = [
     "HealingConsumer",
@@ -97,6 +97,60 @@ def fatal_reason(producer: KafkaProducer) -> str | None:
     if manager is not None and manager.has_fatal_error():
         return _describe(getattr(manager, "last_error", None))
     return None
+
+
+#: Bytes a record batch and a record's framing add at most beyond key, value and headers.
+_FRAMING_BYTES = 512
+
+
+def _append(
+    producer: KafkaProducer,
+    topic: str,
+    partition: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+) -> FutureRecordMetadata | None:
+    """Append one record to an explicit partition straight to the producer's accumulator.
+
+    What :meth:`kafka.KafkaProducer.send` does for such a record, less its per-call
+    checks that a caller with bytes, ``(str, bytes)`` headers and a known partition
+    does not need (≈ 13 µs of kafka-python's ≈ 35 µs per record here). Returns None
+    — and the caller sends the ordinary way, with every check and error — whenever
+    one of its conditions does not hold: a closed or transactional producer, a
+    topic without metadata, a partition outside it, values that are not bytes, or
+    a record that might be near ``max_request_size``. Reads kafka-python 3.0
+    internals (``_accumulator``, ``_sender``, ``_metadata``), each guarded.
+    """
+    accumulator = getattr(producer, "_accumulator", None)
+    sender = getattr(producer, "_sender", None)
+    metadata = getattr(producer, "_metadata", None)
+    if accumulator is None or sender is None or metadata is None:
+        return None
+    if getattr(producer, "_closed", True):
+        return None
+    manager = getattr(producer, "_transaction_manager", None)
+    if manager is not None and manager.is_transactional():
+        return None
+    if type(value) is not bytes or (key is not None and type(key) is not bytes):
+        return None
+    parts = metadata.partitions_for_topic(topic)
+    if not parts or partition not in parts:
+        return None
+    headers = headers or []
+    size = len(value) + (len(key) if key else 0) + _FRAMING_BYTES
+    for name, data in headers:
+        if type(name) is not str or type(data) is not bytes:
+            return None
+        size += len(name) * 4 + len(data) + 10
+    if size > producer.config["max_request_size"]:
+        return None
+    future, batch_is_full, new_batch, _ = accumulator.append(
+        TopicPartition(topic, partition), None, key, value, headers
+    )
+    if batch_is_full or new_batch:
+        sender.wakeup()
+    return future  # type: ignore[no-any-return]
 
 
 def topic_id(client: object, topic: str) -> object | None:
@@ -173,6 +227,10 @@ class HealingProducer:
         for attempt in range(_SEND_TRIES):
             producer = self.current(topic)
             try:
+                if partition is not None and timestamp_ms is None:
+                    future = _append(producer, topic, partition, key, value, headers)
+                    if future is not None:
+                        return future
                 return producer.send(
                     topic,
                     value=value,
