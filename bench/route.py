@@ -8,9 +8,13 @@
    commit-after-ack batching as the router;
 3. (b) the router (``broker.routing.router.Router``, ledger events on, as deployed);
 4. latency: the router as a ``referral route`` process while referrals are published
-   at a steady rate (default 1,000/s); end-to-end p50/p99 from publish to arrival;
-5. prints referrals/s for both, the ratio router/baseline, latency and peak RSS
-   of each worker process, as a table and as JSON (``--json``).
+   at a steady rate (default 1,000/s); end-to-end p50/p99 from publish to arrival —
+   and the same through the baseline's raw consume → produce loop run as a process
+   (the floor a router's latency is compared with), with the CPU share of the
+   broker, the router (or pipe) and the benchmark's own publisher and reader;
+5. prints referrals/s for both, the ratio router/baseline, CPU per referral (every
+   thread, and the consume loop's thread alone), latency and peak RSS of each
+   worker process, as a table and as JSON (``--json``).
 
 Each side runs in its own process, so peak RSS is that side's alone and the
 numbers are comparable within one run. No test asserts on these figures.
