@@ -619,8 +619,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20_000, help="referrals in phase A (throughput)")
     ap.add_argument("--hotlines", type=int, default=2, choices=range(1, len(HOTLINES) + 1))
-    ap.add_argument("--rate", type=float, default=200.0, help="phase B referrals/s (latency)")
-    ap.add_argument("--latency-seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=40.0,
+        help="phase B referrals/s (latency; keep each sink's share below its phase A rate)",
+    )
+    ap.add_argument("--latency-seconds", type=float, default=15.0)
     ap.add_argument("--chunk", type=int, default=200, help="referrals per publish call (phase A)")
     ap.add_argument("--floor-n", type=int, default=2000, help="referrals timed for the floor")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for a phase")
