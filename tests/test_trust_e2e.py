@@ -10,6 +10,7 @@ referral id, a revoked key, and a ledger rewritten behind everyone's back.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 import uuid
@@ -672,3 +673,31 @@ def test_a_rewritten_store_with_a_rewritten_head_is_caught_by_the_heads_others_h
         "ledger broken at entry 4: rewritten (fewer entries than the checkpoint of 8 entries "
         "held by police-de)",
     )
+
+
+def test_a_flood_of_forged_checkpoints_is_refused_in_one_warning_line_per_poll(
+    keyed: tuple[Settings, Network], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone may write to the checkpoints topic: a holder refuses every forgery,
+    keeps none, and says so once per poll, not once per record."""
+    settings, network = keyed
+    topic = settings.topic_names().checkpoints
+    producer = clients.producer(settings, role="forger")
+    forged = [b"not avro at all", b"\x00\x00\x00\x00\x07garbage"] * 25
+    try:
+        for value in forged:
+            producer.send(topic, value=value, headers=[("referral.signature", b"\x01" * 64)])
+        producer.flush(10)
+    finally:
+        producer.close()
+    heads = HeadWatcher(settings, "police-nl", LiveTrust(network, settings.network_file))
+    try:
+        with caplog.at_level(logging.WARNING, logger="referral"):
+            assert heads.poll_once() == 0
+    finally:
+        heads.stop()
+    assert heads.refused == len(forged)
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f"police-nl refused {len(forged)} checkpoint(s)" in lines[0]
+    assert "garbage" not in lines[0]

@@ -385,7 +385,8 @@ class HeadWatcher:
             self._consumer = clients.consumer(
                 self.settings, group_id=None, role=f"heads-{self.org_id}"
             )
-        kept = 0
+        kept = refused = 0
+        first_reason = ""
         position = self.store.next_offset
         for offset, value, headers in read_checkpoints(
             self.settings, start=position, consumer=self._consumer, timeout=5, idle=0.2
@@ -394,11 +395,21 @@ class HeadWatcher:
             try:
                 checkpoint = Checkpoint.verified(value, headers, self.trust.current())
             except (SecurityError, CodecError) as exc:
-                self.refused += 1
-                log.warning("%s refused a checkpoint: %s", self.org_id, str(exc).splitlines()[0])
+                refused += 1
+                first_reason = first_reason or (str(exc).splitlines() or [""])[0][:200]
                 continue
             kept += self.store.add(checkpoint, value, headers)
         self.store.set_next_offset(position)
+        if refused:
+            # One line per poll, however many forgeries a writer to the topic sent.
+            self.refused += refused
+            log.warning(
+                "%s refused %d checkpoint(s) (up to offset %d); the first: %s",
+                self.org_id,
+                refused,
+                position - 1,
+                first_reason,
+            )
         return kept
 
     def _run(self) -> None:
