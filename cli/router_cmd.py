@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from broker.errors import ConfigError
+from broker.ids import short_id
 from broker.kafka import clients
 from broker.kafka.deadletter import read_dead_letters, replay_dead_letter
 from broker.ledger.store import LedgerStore
@@ -25,6 +25,7 @@ from cli.app import (
     service_stop_event,
     state,
 )
+from cli.tables import WIDE_OPTION, is_narrow, new_table
 
 dlq_app = App(help="Inspect and replay dead letters.")
 
@@ -79,8 +80,13 @@ def dlq_list(
     sync: bool = typer.Option(
         True, "--sync/--no-sync", help="Sync the ledger store to mark resolved dead letters."
     ),
+    wide: bool = WIDE_OPTION,
 ) -> None:
-    """Show every dead letter with where it came from and why (and if it was resolved since)."""
+    """Show every dead letter with where it came from and why (and if it was resolved since).
+
+    On a narrow terminal the referral id is shortened, the error class dropped
+    (the reason names it) and the reason folds onto further lines.
+    """
     settings = state(ctx).settings
     consumer = clients.consumer(settings, group_id=None, role="dlq")
     try:
@@ -96,9 +102,25 @@ def dlq_list(
     if as_json:
         print_json([{**d.to_json(), "resolved": d.id in resolved} for d in letters])
         return
-    table = Table(title=f"dead letters ({len(letters)}, {len(resolved)} resolved since)")
+    narrow = is_narrow(wide)
+    title = f"dead letters ({len(letters)}, {len(resolved)} resolved since)"
+    table = new_table(title, narrow)
+    if narrow:
+        # An 80-column terminal: the key columns in the table, where from and why below it.
+        for col in ("id", "stage", "referral", "resolved"):
+            table.add_column(col, overflow="fold")
+        for d in letters:
+            referral = short_id(d.referral_id) if d.referral_id else ""
+            resolved_mark = "yes" if d.id in resolved else ""
+            table.add_row(cell(d.id), cell(d.stage), cell(referral), resolved_mark)
+        console.print(table)
+        for d in letters:
+            where = f"{d.original_topic}[{d.original_partition}]@{d.original_offset}"
+            console.print(f"{cell(d.id)}  from {cell(where)}", soft_wrap=False)
+            console.print(f"    {cell(d.message)}")
+        return
     for col in ("id", "from", "stage", "error", "reason", "referral", "resolved"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for d in letters:
         table.add_row(
             cell(d.id),

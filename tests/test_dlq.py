@@ -42,7 +42,8 @@ def test_dead_letter_is_listed_and_replayed_after_the_fix(
         handling={"tlp": "RED", "recipients": ["police-de-2"], "handling_code": "H2"},
     )
     value = codec.encode(REFERRAL, datum)
-    publish(provisioned, names.intake, [(rid.encode(), value)], [(Headers.ORIGIN, b"hl-nl")])
+    headers = [(Headers.ORIGIN, b"hl-nl"), (Headers.REFERRAL_ID, rid.encode())]
+    publish(provisioned, names.intake, [(rid.encode(), value)], headers)
     # 1. The network does not know the named recipient yet: a dead letter.
     router = start_router(provisioned, network, codec)
     try:
@@ -62,6 +63,21 @@ def test_dead_letter_is_listed_and_replayed_after_the_fix(
     assert letter["error_class"] == "broker.errors.RoutingError"
     assert "not in the network" in letter["message"]
     assert letter["original_topic"] == names.intake
+    assert letter["referral_id"] == rid
+    # The liaison at an 80-column terminal: every line fits, the short id and the
+    # reason are there; --wide brings back the error class and the whole id.
+    narrow = runner.invoke(app, ["dlq", "list", "--no-sync"], env={**env, "COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80, narrow.stdout
+    assert letter["id"] in narrow.stdout
+    assert "ROUTE_DECIDE" in narrow.stdout
+    assert rid[:8] in narrow.stdout
+    assert rid not in narrow.stdout
+    assert "RoutingError" not in narrow.stdout
+    wide = runner.invoke(app, ["dlq", "list", "--no-sync", "--wide"], env={**env, "COLUMNS": "250"})
+    assert wide.exit_code == 0, wide.output
+    assert "RoutingError" in wide.stdout
+    assert rid in wide.stdout
     # Nothing named: a one-line error, nothing sent.
     refused = runner.invoke(app, ["dlq", "replay"], env=env)
     assert refused.exit_code == 2
