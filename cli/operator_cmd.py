@@ -337,6 +337,14 @@ def print_trace(t: Trace, now: datetime, *, wide: bool = False) -> None:
         heads = ["  ".join(heads)]
     for line in heads:
         console.print(escape(line), markup=False)
+    if len(t.origins) > 1:
+        console.print(
+            escape(
+                f"warning: {len(t.origins)} organisations used this referral id "
+                f"({', '.join(t.origins)}); their hops are shown together"
+            ),
+            markup=False,
+        )
     table = new_table(f"{len(t.hops)} hop(s)", narrow)
     if narrow:  # the route reasons follow the table; "since prev" is the least needed
         for col in ("time", "event", "actor", "to", "topic"):

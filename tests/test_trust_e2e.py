@@ -395,6 +395,14 @@ def test_a_member_squatting_another_origins_future_referral_id_does_not_stop_it(
         # add a skipped repeat; never a third delivery).
         assert police.sink_driver.stats.delivered == 2
         assert police.inbox.origins_of(rid) == ["hl-b", "hl-a"]
+    # The operator's trace says the id was used by two organisations.
+    env = cli_env(settings)
+    code, out = _cli(env, "trace", rid)
+    assert code == 0, out
+    assert "warning: 2 organisations used this referral id (hl-b, hl-a)" in out
+    code, out = _cli(env, "trace", rid, "--json", "--no-sync")
+    assert code == 0, out
+    assert json.loads(out)["origins"] == ["hl-b", "hl-a"]
     cases = Path(settings.state_dir) / "orgs" / "police-de" / "cases.sqlite3"
     with sqlite3.connect(cases) as db:
         rows = db.execute("SELECT origin_org, case_id FROM cases WHERE referral_id = ?", (rid,))

@@ -241,6 +241,9 @@ class Trace:
     parent: Reroute | None = None
     #: Versions the origin published after the first (from AMENDED events), in order.
     amendments: tuple[int, ...] = ()
+    #: Every organisation that published or had routed a referral under this id, in
+    #: order; more than one means the id was reused (or squatted by another member).
+    origins: tuple[str, ...] = ()
 
     @property
     def overdue(self) -> tuple[Awaited, ...]:
@@ -253,6 +256,7 @@ class Trace:
             "referral_id": self.referral_id,
             "case_id": self.case_id,
             "origin": self.origin,
+            "origins": list(self.origins),
             "hops": [h.to_json() for h in self.hops],
             "route_reasons": dict(self.route_reasons),
             "status": self.status,
@@ -276,10 +280,16 @@ class Trace:
 
 
 def _origin(records: Sequence[HandoverRecord]) -> str | None:
+    found = _origins(records)
+    return found[0] if found else None
+
+
+def _origins(records: Sequence[HandoverRecord]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
     for r in records:
         if (r.event in _PUBLISHED or r.event == HandoverEventType.ROUTED) and r.from_party:
-            return r.from_party
-    return None
+            seen.setdefault(r.from_party, None)
+    return tuple(seen)
 
 
 def awaited(
@@ -398,6 +408,7 @@ def trace(
         referral_id=referral_id,
         case_id=case_id or mine[0].case_id,
         origin=_origin(mine),
+        origins=_origins(mine),
         hops=tuple(hops),
         route_reasons=reasons,
         status=overall[0].value if overall else None,
