@@ -144,8 +144,12 @@ def inbox_rows(settings: Settings, org: str) -> int:
     path = settings.org_dir(org) / "inbox.sqlite3"
     if not path.exists():
         return 0
-    with closing(sqlite3.connect(path, timeout=30)) as conn:
-        return int(conn.execute("SELECT COUNT(DISTINCT referral_id) FROM delivered").fetchone()[0])
+    try:
+        with closing(sqlite3.connect(path, timeout=30)) as conn:
+            row = conn.execute("SELECT COUNT(DISTINCT referral_id) FROM delivered").fetchone()
+    except sqlite3.OperationalError:  # the connector has not created its tables yet
+        return 0
+    return int(row[0])
 
 
 # -- the runs --------------------------------------------------------------------------------

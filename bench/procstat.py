@@ -98,11 +98,21 @@ class Sampler:
         now = time.time()
         out = {}
         for name, pid in self.pids.items():
-            count = self.progress[name]() if name in self.progress else 0
+            count = self._progress(name)
             sample = Sample(now, cpu_seconds(pid), rss_mb(pid), count)
             self.samples.setdefault(name, []).append(sample)
             out[name] = sample
         return out
+
+    def _progress(self, name: str) -> int:
+        """The progress of ``name`` now; its last reading if the counter failed this time."""
+        if name not in self.progress:
+            return 0
+        try:
+            return self.progress[name]()
+        except Exception:  # a counter that cannot read now must not stop the sampling
+            last = self.samples.get(name)
+            return last[-1].progress if last else 0
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
