@@ -30,8 +30,11 @@ records a RESOLVED handover event, so the dead letter reads as stale.
 
 Both drivers are handlers in the one consume loop (:mod:`broker.kafka.loop`):
 sinks are flushed before any commit, and a record is committed only once its
-receipt, its handover events or its dead letter are acknowledged. Every
-handover event a driver sends is signed by its organisation.
+receipt, its handover events or its dead letter are acknowledged. The sink
+driver sends a batch's receipts (RECEIVED, REJECTED) only after its sinks are
+flushed, so nothing is acknowledged before it is durable. Each driver writes its
+handover events of a consumed batch as one ``HandoverBatch`` record, signed by
+its organisation, after the batch's records are settled.
 
 :class:`StatusDriver` (the origin side) consumes ``status.to.<org>`` and acts
 on a status update — clears a destination in the outbox on RECEIVED, marks it
@@ -71,7 +74,6 @@ from broker.config import Settings
 from broker.errors import (
     CodecError,
     DeliveryError,
-    ReferralError,
     SecurityError,
     SignatureOutOfWindow,
 )
@@ -208,6 +210,34 @@ class StatusSender:
         return self.send(update, parent)
 
 
+def _unique_events(batch: BatchContext) -> None:
+    """Drop a record's repeated handover events (two sinks failing alike say the same thing).
+
+    An event's id is derived from what it says, so a repeat inside one signed
+    HandoverBatch would be one event to the ledger store but two to the signature.
+    """
+    for ctx in batch.records:
+        if len(ctx.events) > 1:
+            seen: set[tuple[Any, ...]] = set()
+            unique = []
+            for event in ctx.events:
+                # What the event id is derived from (not the case id, trace or time).
+                said = (
+                    event.kind,
+                    event.referral_id,
+                    event.from_party,
+                    event.to_party,
+                    event.topic,
+                    event.partition,
+                    event.offset,
+                    event.reason,
+                )
+                if said not in seen:
+                    seen.add(said)
+                    unique.append(event)
+            ctx.events = unique
+
+
 class _Driver(Generic[SinkT]):
     """Shared plumbing: a consume loop over ``topics`` feeding sinks; stop on an Event.
 
@@ -251,7 +281,11 @@ class _Driver(Generic[SinkT]):
             deadletter_topic=self.names.deadletter,
             actor=org_id,
             group=settings.topic_prefix + group_id,
-            ledger=LedgerEmitter(self.producer, codec, self.names.ledger, signer=signer),
+            # One HandoverBatch per consumed batch, signed once, sent after the batch's
+            # records are settled (the loop commits only once it is acknowledged).
+            ledger=LedgerEmitter(
+                self.producer, codec, self.names.ledger, batch=True, actor=org_id, signer=signer
+            ),
             tracing=self.tracing,
             poll_timeout_ms=poll_timeout_ms,
         )
@@ -306,6 +340,7 @@ class _Driver(Generic[SinkT]):
         """Make every sink durable before the offsets are committed."""
         for sink in self.sinks:
             sink.flush()
+        _unique_events(batch)
 
 
 class SinkDriver(_Driver[Sink]):
@@ -334,6 +369,22 @@ class SinkDriver(_Driver[Sink]):
         self.status = StatusSender(
             self.producer, codec, self.names, self.tracing, security=self.security
         )
+        #: The batch's answers (RECEIVED, REJECTED), sent once its sinks are durable.
+        self._answers: list[tuple[RecordContext, Callable[[], FutureRecordMetadata]]] = []
+
+    def before_commit(self, batch: BatchContext) -> None:
+        """Make every sink durable, then answer the batch's records, back to back.
+
+        No receipt leaves before what it acknowledges is durable; if a sink cannot
+        be made durable, nothing is answered and the loop handles the batch again.
+        Sent together, the answers share the producer's batches (one wake-up of its
+        sender, one produce request per partition, not one per record).
+        """
+        answers, self._answers = self._answers, []
+        super().before_commit(batch)
+        self.inbox.flush()
+        for ctx, send in answers:
+            ctx.track(send)
 
     def close(self) -> None:
         """Leave the group, flush and close every sink, then close the security checks."""
@@ -380,7 +431,9 @@ class SinkDriver(_Driver[Sink]):
             route_reason=header_value(record.headers, Headers.ROUTE_REASON) or "",
             version=version,
         )
-        refused = self.inbox.refusal(origin, referral_id)
+        # One look-up: what each sink delivered, the refusal and the open failures.
+        state = self.inbox.state(origin, referral_id)
+        refused = state.refusal
         if refused is not None and refused.version >= version:
             # Refused for good before: the same answer again, nothing delivered or dead-lettered.
             self.stats.duplicates += 1
@@ -398,7 +451,7 @@ class SinkDriver(_Driver[Sink]):
         # (The signature checked above is the origin's: only it can make a newer version.)
         pending: list[tuple[Sink, int | None]] = []
         for s in self.sinks:
-            before = self.inbox.version(origin, referral_id, s.kind)
+            before = state.versions.get(s.kind)
             if before is None or before < version:
                 pending.append((s, before))
         if not pending:
@@ -418,8 +471,9 @@ class SinkDriver(_Driver[Sink]):
             return
         delivered = []
         for sink, before in pending:
+            handed = replace(delivery, previous_version=before) if before is not None else delivery
             try:
-                sink.deliver(replace(delivery, previous_version=before))
+                sink.deliver(handed)
             except DeliveryError as exc:
                 ctx.dead_letter(DeadLetterStage.DELIVER, exc, referral_id)
                 if exc.permanent:
@@ -428,9 +482,11 @@ class SinkDriver(_Driver[Sink]):
                     break
                 self.inbox.record_failure(origin, referral_id, sink.kind)
                 continue
-            self.inbox.record(replace(delivery, previous_version=before), sink.kind)
+            # The delivery and the end of the sink's open failures: one transaction.
+            failed_before = bool(state.failures.get(sink.kind))
+            self.inbox.record(handed, sink.kind, resolve_failures=failed_before)
             delivered.append(sink.kind)
-            if self.inbox.resolve_failures(origin, referral_id, sink.kind):
+            if failed_before:
                 ctx.event(
                     HandoverEventType.RESOLVED,
                     referral_id,
@@ -475,7 +531,8 @@ class SinkDriver(_Driver[Sink]):
         self._rejection(ctx, refusal)
 
     def _rejection(self, ctx: RecordContext, refusal: Refusal) -> None:
-        """Send (again) the signed REJECTED of a refusal: same update, same emission time."""
+        """Answer (again) with the signed REJECTED of a refusal: same update, same emission time
+        (sent by :meth:`before_commit`)."""
         update = StatusUpdate(
             referral_id=refusal.referral_id,
             case_id=refusal.case_id,
@@ -486,22 +543,21 @@ class SinkDriver(_Driver[Sink]):
             origin_org=refusal.origin_org,
             referral_version=refusal.version if refusal.version > 1 else None,
         )
-        try:
-            ctx.track(lambda: self.status.send(update, ctx.trace))
-        except (ReferralError, ValueError) as exc:
-            log.warning("REJECTED for %s not sent: %s", refusal.referral_id, type(exc).__name__)
+        self._answers.append((ctx, lambda: self.status.send(update, ctx.trace)))
 
     def _receipt(
         self, ctx: RecordContext, referral_id: str, case_id: str, origin: str, version: int = 1
     ) -> None:
-        try:
-            ctx.track(
+        """Answer RECEIVED (sent by :meth:`before_commit`; a failure to build or send it is
+        the record's: it is handled again)."""
+        self._answers.append(
+            (
+                ctx,
                 lambda: self.status.received(
                     self.org_id, referral_id, case_id, origin, ctx.trace, version
-                )
+                ),
             )
-        except (ReferralError, ValueError) as exc:
-            log.warning("RECEIVED for %s not sent: %s", referral_id, type(exc).__name__)
+        )
 
 
 class StatusDriver(_Driver[StatusSink]):

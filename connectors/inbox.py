@@ -40,7 +40,15 @@ from broker.sqlite import Database
 from broker.wire.models import HostingEvidence, ItemOutcome, ItemOutcomeKind
 from connectors.base import Delivery
 
-__all__ = ["DUPLICATES", "Inbox", "InboxRecord", "ItemState", "Received", "Refusal"]
+__all__ = [
+    "DUPLICATES",
+    "DeliveryState",
+    "Inbox",
+    "InboxRecord",
+    "ItemState",
+    "Received",
+    "Refusal",
+]
 
 #: Counter of redelivered referrals that were skipped.
 DUPLICATES = "inbox.duplicates"
@@ -227,6 +235,40 @@ class Refusal:
     version: int = 1
 
 
+@dataclass(frozen=True)
+class DeliveryState:
+    """What the inbox knows of one referral before a delivery, read in one statement."""
+
+    #: Sink kind → the version it delivered last.
+    versions: dict[str, int]
+    #: The refusal of the referral, if its system refused it for good.
+    refusal: Refusal | None
+    #: Sink kind → its transient failures still open.
+    failures: dict[str, int]
+
+
+#: A referral's deliveries, refusal and open failures: one look-up before each delivery.
+_STATE = (
+    "SELECT 'd', sink, version, NULL, NULL, NULL FROM deliveries"
+    " WHERE origin_org = ?1 AND referral_id = ?2"
+    " UNION ALL SELECT 'f', sink, failures, NULL, NULL, NULL FROM failures"
+    " WHERE origin_org = ?1 AND referral_id = ?2"
+    " UNION ALL SELECT 'r', sink, version, case_id, reason, emitted_at FROM refusals"
+    " WHERE origin_org = ?1 AND referral_id = ?2"
+)
+
+_RECORD = (
+    "INSERT INTO deliveries (origin_org, referral_id, sink, case_id, topic,"
+    ' partition, "offset", delivered_at, priority, external_refs, version, items)'
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(origin_org, referral_id, sink) DO UPDATE SET"
+    " version = excluded.version, items = excluded.items, topic = excluded.topic,"
+    ' partition = excluded.partition, "offset" = excluded."offset",'
+    " priority = excluded.priority, external_refs = excluded.external_refs"
+    " WHERE excluded.version > deliveries.version"
+)
+
+
 class Inbox:
     """The inbox of one receiving organisation (thread-safe)."""
 
@@ -284,23 +326,54 @@ class Inbox:
         )
         return [str(i) for i in json.loads(rows[0]["items"])] if rows else []
 
-    def record(self, delivery: Delivery, sink: str, now: float | None = None) -> bool:
+    def state(self, origin_org: str, referral_id: str) -> DeliveryState:
+        """Which version each sink delivered, the refusal and the open failures of a referral.
+
+        One statement: what the sink driver asks before each delivery.
+        """
+        versions: dict[str, int] = {}
+        failures: dict[str, int] = {}
+        refusal = None
+        for kind, sink, n, case_id, reason, at in self._db.query(_STATE, (origin_org, referral_id)):
+            if kind == "d":
+                versions[str(sink)] = int(n or 1)
+            elif kind == "f":
+                failures[str(sink)] = int(n)
+            else:
+                refusal = Refusal(
+                    origin_org,
+                    referral_id,
+                    str(case_id),
+                    str(sink),
+                    str(reason),
+                    int(at),
+                    int(n or 1),
+                )
+        return DeliveryState(versions, refusal, failures)
+
+    def record(
+        self,
+        delivery: Delivery,
+        sink: str,
+        now: float | None = None,
+        *,
+        resolve_failures: bool = False,
+    ) -> bool:
         """Remember that ``sink`` delivered this referral (this version); False if it already had.
 
         A newer version (an amendment) replaces what is remembered of an older one;
-        an older or the same version changes nothing.
+        an older or the same version changes nothing. With ``resolve_failures``, the
+        sink's open failures of the referral are forgotten in the same transaction.
         """
         now = time.time() if now is None else now
         with self._db.transaction() as conn:
+            if resolve_failures:
+                conn.execute(
+                    "DELETE FROM failures WHERE origin_org = ? AND referral_id = ? AND sink = ?",
+                    (delivery.origin_org, delivery.referral_id, sink),
+                )
             cur = conn.execute(
-                "INSERT INTO deliveries (origin_org, referral_id, sink, case_id, topic,"
-                ' partition, "offset", delivered_at, priority, external_refs, version, items)'
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(origin_org, referral_id, sink) DO UPDATE SET"
-                " version = excluded.version, items = excluded.items, topic = excluded.topic,"
-                ' partition = excluded.partition, "offset" = excluded."offset",'
-                " priority = excluded.priority, external_refs = excluded.external_refs"
-                " WHERE excluded.version > deliveries.version",
+                _RECORD,
                 (
                     delivery.origin_org,
                     delivery.referral_id,
@@ -719,6 +792,10 @@ class Inbox:
             )
             for r in rows
         ]
+
+    def flush(self) -> None:
+        """Make what was recorded so far durable (before it is acknowledged)."""
+        self._db.sync()
 
     def close(self) -> None:
         """Close the database."""

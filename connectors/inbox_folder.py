@@ -18,14 +18,16 @@ replaces the file, which always holds the current version
 the replaced file is kept as ``<path>/history/<file stem>.v<version>.json``.
 
 The file is written to a hidden temporary name in the same directory, synced,
-then renamed: a reader never sees half a file. Files are ``0600`` in a ``0700``
-folder (the referral is decrypted content). The inbox database makes sure a
-referral is written once, however often it arrives.
+then renamed: a reader never sees half a file; the folder is synced once per
+consumed batch (:meth:`InboxFolderSink.flush`), before the batch is answered.
+Files are ``0600`` in a ``0700`` folder (the referral is decrypted content). The
+inbox database makes sure a referral is written once, however often it arrives.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,10 +63,22 @@ class InboxFolderSink(Sink):
     def __init__(self, config: InboxFolderConfig, settings: Settings) -> None:
         self.config = config
         self.path = resolve_path(settings, config.path)
+        #: Folders with a file renamed into them since the last flush.
+        self._renamed: set[Path] = set()
 
     def open(self) -> None:
         """Create the folder if it is missing."""
         private_dir(self.path, f"{self.kind}.path")
+
+    def flush(self) -> None:
+        """Make the renames so far durable: one fsync of each folder written to."""
+        renamed, self._renamed = self._renamed, set()
+        for folder in sorted(renamed):
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def file_for(self, referral_id: str, origin_org: str | None = None) -> Path:
         """Where a referral's file goes (another origin's under the same id: its own name)."""
@@ -86,7 +100,9 @@ class InboxFolderSink(Sink):
                 history = private_dir(self.history_dir(), f"{self.kind}.path/history")
                 old = history / f"{target.stem}.v{delivery.previous_version}.json"
                 write_private(old, target.read_bytes())
+                self._renamed.add(history)
             write_private(target, data)
+            self._renamed.add(self.path)
         except OSError as exc:
             raise DeliveryError(
                 f"inbox folder: cannot write referral {delivery.referral_id}: {exc.strerror}"

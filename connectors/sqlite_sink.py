@@ -124,6 +124,11 @@ class SqliteCaseSink(Sink):
                     f"ALTER TABLE {self.table} ADD COLUMN version INTEGER NOT NULL DEFAULT 1"
                 )
 
+    def flush(self) -> None:
+        """Make the rows written so far durable (one fsync, before they are acknowledged)."""
+        if self._db is not None:
+            self._db.sync()
+
     def close(self) -> None:
         """Close the database."""
         if self._db is not None:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from broker.config import Settings
 from broker.kafka.deadletter import H_STAGE
-from broker.ledger.events import HANDOVER_EVENT
+from broker.ledger.events import decode_events
 from broker.network import Network
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL, STATUS_UPDATE
@@ -53,9 +53,7 @@ def _publisher(
 def _events(settings: Settings, codec: Codec, kind: str, at_least: int = 0) -> list[dict[str, Any]]:
     out = []
     for rec in read_topic(settings, settings.topic_names().ledger, at_least=at_least, idle=0.5):
-        _, datum = codec.decode(rec.value, expected=HANDOVER_EVENT)
-        if datum["event"] == kind:
-            out.append(datum)
+        out.extend(e for e in decode_events(codec, rec.value) if e["event"] == kind)
     return out
 
 
