@@ -371,6 +371,13 @@ class SinkDriver(_Driver[Sink]):
         )
         #: The batch's answers (RECEIVED, REJECTED), sent once its sinks are durable.
         self._answers: list[tuple[RecordContext, Callable[[], FutureRecordMetadata]]] = []
+        #: The batch's deliveries ``(delivery, sink, resolves failures)``, recorded in the
+        #: inbox in one transaction once the sinks are durable; by (origin, id, sink) the
+        #: version each delivered, which later records of the batch see.
+        self._recorded: list[tuple[Delivery, str, bool]] = []
+        self._batch_versions: dict[tuple[str, str, str], int] = {}
+        #: Repeats of a delivery still unrecorded: counted once it is recorded.
+        self._batch_repeats: list[tuple[str, str, str]] = []
 
     def before_commit(self, batch: BatchContext) -> None:
         """Make every sink durable, then answer the batch's records, back to back.
@@ -378,11 +385,22 @@ class SinkDriver(_Driver[Sink]):
         No receipt leaves before what it acknowledges is durable; if a sink cannot
         be made durable, nothing is answered and the loop handles the batch again.
         Sent together, the answers share the producer's batches (one wake-up of its
-        sender, one produce request per partition, not one per record).
+        sender, one produce request per partition, not one per record). The inbox
+        records the batch's deliveries in one transaction after the sinks are flushed:
+        a crash before leaves them unrecorded and uncommitted, so they are delivered
+        again (at least once), never remembered as delivered yet lost.
         """
         answers, self._answers = self._answers, []
+        recorded, self._recorded = self._recorded, []
+        repeats, self._batch_repeats = self._batch_repeats, []
+        self._batch_versions.clear()
         super().before_commit(batch)
-        self.inbox.flush()
+        if recorded:
+            # Only now: the inbox never says delivered what a sink could still lose.
+            self.inbox.record_many(recorded)
+            for origin, referral_id, kind in repeats:
+                self.inbox.count_duplicate(origin, referral_id, kind)
+            self.inbox.flush()
         for ctx, send in answers:
             ctx.track(send)
 
@@ -431,8 +449,15 @@ class SinkDriver(_Driver[Sink]):
             route_reason=header_value(record.headers, Headers.ROUTE_REASON) or "",
             version=version,
         )
-        # One look-up: what each sink delivered, the refusal and the open failures.
+        # One look-up: what each sink delivered, the refusal and the open failures
+        # (and what the sinks delivered earlier in this batch, not yet recorded).
         state = self.inbox.state(origin, referral_id)
+        if self._batch_versions:
+            for s in self.sinks:
+                v = self._batch_versions.get((origin, referral_id, s.kind))
+                if v is not None:
+                    state.versions[s.kind] = max(v, state.versions.get(s.kind, 0))
+                    state.failures.pop(s.kind, None)
         refused = state.refusal
         if refused is not None and refused.version >= version:
             # Refused for good before: the same answer again, nothing delivered or dead-lettered.
@@ -456,9 +481,11 @@ class SinkDriver(_Driver[Sink]):
                 pending.append((s, before))
         if not pending:
             self.stats.duplicates += 1
-            self.inbox.count_duplicate(
-                origin, referral_id, self.sinks[0].kind if self.sinks else ""
-            )
+            kind = self.sinks[0].kind if self.sinks else ""
+            if (origin, referral_id, kind) in self._batch_versions:
+                self._batch_repeats.append((origin, referral_id, kind))
+            else:
+                self.inbox.count_duplicate(origin, referral_id, kind)
             ctx.event(
                 HandoverEventType.DUPLICATE_SKIPPED,
                 referral_id,
@@ -482,9 +509,11 @@ class SinkDriver(_Driver[Sink]):
                     break
                 self.inbox.record_failure(origin, referral_id, sink.kind)
                 continue
-            # The delivery and the end of the sink's open failures: one transaction.
+            # The delivery and the end of the sink's open failures: recorded with the
+            # batch's, in one transaction, once the sinks are durable (before_commit).
             failed_before = bool(state.failures.get(sink.kind))
-            self.inbox.record(handed, sink.kind, resolve_failures=failed_before)
+            self._recorded.append((handed, sink.kind, failed_before))
+            self._batch_versions[(origin, referral_id, sink.kind)] = version
             delivered.append(sink.kind)
             if failed_before:
                 ctx.event(

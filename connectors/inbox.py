@@ -365,31 +365,44 @@ class Inbox:
         an older or the same version changes nothing. With ``resolve_failures``, the
         sink's open failures of the referral are forgotten in the same transaction.
         """
+        return self.record_many([(delivery, sink, resolve_failures)], now)[0]
+
+    def record_many(
+        self, deliveries: Sequence[tuple[Delivery, str, bool]], now: float | None = None
+    ) -> list[bool]:
+        """:meth:`record` for ``(delivery, sink, resolve_failures)`` each, in one transaction.
+
+        The sink driver records a consumed batch this way once its sinks are durable.
+        """
         now = time.time() if now is None else now
+        out = []
         with self._db.transaction() as conn:
-            if resolve_failures:
-                conn.execute(
-                    "DELETE FROM failures WHERE origin_org = ? AND referral_id = ? AND sink = ?",
-                    (delivery.origin_org, delivery.referral_id, sink),
+            for delivery, sink, resolve_failures in deliveries:
+                if resolve_failures:
+                    conn.execute(
+                        "DELETE FROM failures WHERE origin_org = ? AND referral_id = ?"
+                        " AND sink = ?",
+                        (delivery.origin_org, delivery.referral_id, sink),
+                    )
+                cur = conn.execute(
+                    _RECORD,
+                    (
+                        delivery.origin_org,
+                        delivery.referral_id,
+                        sink,
+                        delivery.case_id,
+                        delivery.topic,
+                        delivery.partition,
+                        delivery.offset,
+                        now,
+                        str((delivery.document.get("envelope") or {}).get("priority") or ""),
+                        _refs_of(delivery.document),
+                        delivery.version,
+                        _items_of(delivery.document),
+                    ),
                 )
-            cur = conn.execute(
-                _RECORD,
-                (
-                    delivery.origin_org,
-                    delivery.referral_id,
-                    sink,
-                    delivery.case_id,
-                    delivery.topic,
-                    delivery.partition,
-                    delivery.offset,
-                    now,
-                    str((delivery.document.get("envelope") or {}).get("priority") or ""),
-                    _refs_of(delivery.document),
-                    delivery.version,
-                    _items_of(delivery.document),
-                ),
-            )
-            return cur.rowcount == 1
+                out.append(cur.rowcount == 1)
+        return out
 
     def count_duplicate(self, origin_org: str, referral_id: str, sink: str) -> int:
         """Count one skipped repeat; returns the organisation's total."""

@@ -97,16 +97,28 @@ class InboxFolderSink(Sink):
         target = self.file_for(delivery.referral_id, delivery.origin_org)
         try:
             if delivery.is_amendment and target.is_file():
-                history = private_dir(self.history_dir(), f"{self.kind}.path/history")
-                old = history / f"{target.stem}.v{delivery.previous_version}.json"
-                write_private(old, target.read_bytes())
-                self._renamed.add(history)
+                current = target.read_bytes()
+                # Handled again (its batch was not committed): the file is this version
+                # already and the replaced one is in the history; keep that one.
+                if _version_of(current) != delivery.version:
+                    history = private_dir(self.history_dir(), f"{self.kind}.path/history")
+                    old = history / f"{target.stem}.v{delivery.previous_version}.json"
+                    write_private(old, current)
+                    self._renamed.add(history)
             write_private(target, data)
             self._renamed.add(self.path)
         except OSError as exc:
             raise DeliveryError(
                 f"inbox folder: cannot write referral {delivery.referral_id}: {exc.strerror}"
             ) from exc
+
+
+def _version_of(data: bytes) -> int | None:
+    """The version of the referral in an inbox file's bytes (None if unreadable)."""
+    try:
+        return int(json.loads(data)["delivery"].get("version") or 1)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _origin_of(path: Path) -> str | None:

@@ -249,6 +249,11 @@ def test_sinks_keep_the_current_version_and_the_history(tmp_path: Path) -> None:
     old = json.loads((tmp_path / "inbox" / "history" / f"{RID}.v1.json").read_text())
     assert old["delivery"]["version"] == 1
     assert "previous_version" not in old["delivery"]
+    # Handled again (its batch was not committed before a crash): the history keeps v1.
+    folder.deliver(_delivery(2, previous=1, items=2))
+    old = json.loads((tmp_path / "inbox" / "history" / f"{RID}.v1.json").read_text())
+    assert old["delivery"]["version"] == 1
+    folder.flush()
 
     table = SqliteCaseSink(SqliteCaseConfig(path="cases.sqlite3"), settings)
     table.open()
