@@ -145,7 +145,7 @@ def run_source(args: argparse.Namespace, settings: Settings, network: Network) -
     try:
         if not wait_for(lambda: Path(args.go_a).exists(), stop):
             return
-        counts: dict[str, int] = {}
+        counts: dict[str, int] = dict.fromkeys(("published", "unsent", "rejected"), 0)
         started, cpu0 = time.time(), time.thread_time()
         with profiled(args.profile):
             for i in range(0, len(feed_a), args.chunk):
@@ -162,7 +162,7 @@ def run_source(args: argparse.Namespace, settings: Settings, network: Network) -
         )
         if not wait_for(lambda: Path(args.go_b).exists(), stop):
             return
-        counts, sent = {}, 0
+        counts, sent = dict.fromkeys(("published", "unsent", "rejected"), 0), 0
         started = time.time()
         while sent < len(feed_b) and not stop.is_set():
             # Everything due by now goes out in one call: a steady rate, small batches.

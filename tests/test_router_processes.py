@@ -92,14 +92,18 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
     finally:
         if first.poll() is None:
             first.kill()
-    second = spawn_cli(provisioned, "route", log=log)
+    log2 = tmp_path / "router-2.log"
+    second = spawn_cli(provisioned, "route", log=log2)
     try:
         seen = delivered_ids(provisioned, len(ids))
+        # Stopped once it is up (the first may have routed everything before the kill:
+        # a SIGTERM while the second is still importing is not the clean stop tested here).
+        wait_for_shared_assignment([log2], 6)
     finally:
         second.send_signal(signal.SIGTERM)
         code = second.wait(30)
-    assert seen == ids, f"{len(ids - seen)} referrals lost: {log.read_text()[-2000:]}"
-    assert code == 0
+    assert seen == ids, f"{len(ids - seen)} referrals lost: {log2.read_text()[-2000:]}"
+    assert code == 0, log2.read_text()[-2000:]
 
 
 def test_two_routers_share_the_intake_and_survive_one_stopping(
