@@ -146,7 +146,7 @@ def inbox_rows(settings: Settings, org: str) -> int:
         return 0
     try:
         with closing(sqlite3.connect(path, timeout=30)) as conn:
-            row = conn.execute("SELECT COUNT(DISTINCT referral_id) FROM delivered").fetchone()
+            row = conn.execute("SELECT COUNT(DISTINCT referral_id) FROM deliveries").fetchone()
     except sqlite3.OperationalError:  # the connector has not created its tables yet
         return 0
     return int(row[0])
