@@ -582,11 +582,13 @@ def print_report(result: dict[str, Any]) -> None:
             print(f"{'  of which the publishing thread':46s} {'':>8s} {'':>8s} {'':>6s} "
                   f"{_fmt(row['publishing_thread_cpu_us']):>10s}")  # fmt: skip
     lat = result["latency"]
-    print(
-        f"\nphase B: latency at {lat['rate']:.0f} referrals/s "
-        f"(achieved {_fmt(lat['achieved_per_s'])}/s, {lat['referrals']} referrals)"
-    )
-
+    if not lat["referrals"]:
+        print("\nphase B: not run (--latency-seconds 0)")
+    else:
+        print(
+            f"\nphase B: latency at {lat['rate']:.0f} referrals/s "
+            f"(achieved {_fmt(lat['achieved_per_s'])}/s, {lat['referrals']} referrals)"
+        )
     if lat["warning"]:
         print(f"  NOTE: {lat['warning']}")
 
@@ -595,11 +597,12 @@ def print_report(result: dict[str, Any]) -> None:
             f"  {label:40s} p50 {q['p50_ms']:8.1f} ms   p99 {q['p99_ms']:8.1f} ms   ({q['count']})"
         )
 
-    line("publish → delivered (every delivery)", lat["publish_to_delivered"])
-    for kind, q in lat["publish_to_delivered_by_sink"].items():
-        line(f"  {kind}", q)
-    line("publish → RECEIVED at origin (each)", lat["publish_to_received_at_origin"])
-    line("publish → both RECEIVED at origin", lat["publish_to_all_received"])
+    if lat["referrals"]:
+        line("publish → delivered (every delivery)", lat["publish_to_delivered"])
+        for kind, q in lat["publish_to_delivered_by_sink"].items():
+            line(f"  {kind}", q)
+        line("publish → RECEIVED at origin (each)", lat["publish_to_received_at_origin"])
+        line("publish → both RECEIVED at origin", lat["publish_to_all_received"])
     print("\npeak RSS MB: " + ", ".join(f"{k} {v}" for k, v in result["peak_rss_mb"].items()))
     a = result["accounting"]
     print(
