@@ -75,7 +75,7 @@ _PROBE_METADATA_S = 2.0
 #: How long one poll may wait for a group (re)join that is due (see HealingConsumer).
 JOIN_WAIT_MS = 5000
 #: A consumer counts as busy this long after a poll that returned records.
-BUSY_FOR_S = 1.0
+BUSY_FOR_S = 0.25
 #: How long a group member must look stranded before it is told to rejoin (a join
 #: that is just completing looks stranded for an instant).
 STRANDED_GRACE_S = 2.0
