@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError
 
@@ -156,6 +156,17 @@ def test_a_short_poll_sees_a_slow_group_join_through(
         consumer.close()
 
 
+def _send_and_poll_one(producer: HealingProducer, consumer: KafkaConsumer, topic: str) -> int:
+    """Send one record and poll until it arrives (10 s at most); how many arrived."""
+    producer.send(topic, value=b"one")
+    producer.flush(10)
+    got = 0
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        got = sum(len(r) for r in consumer.poll(timeout_ms=200).values())
+    return got
+
+
 def test_a_busy_consumer_fetches_with_a_short_wait_and_an_idle_one_with_the_long(
     settings: Settings, topic_names: TopicNames, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -177,13 +188,7 @@ def test_a_busy_consumer_fetches_with_a_short_wait_and_an_idle_one_with_the_long
     try:
         consumer.poll(timeout_ms=100)
         assert consumer.fetch_wait_ms == 200, "idle from the start"
-        producer.send(topic, value=b"one")
-        producer.flush(10)
-        got = 0
-        deadline = time.monotonic() + 10
-        while not got and time.monotonic() < deadline:
-            got = sum(len(r) for r in consumer.poll(timeout_ms=200).values())
-        assert got == 1
+        assert _send_and_poll_one(producer, consumer, topic) == 1
         assert consumer.fetch_wait_ms == 7, "records flowing: the short wait"
         deadline = time.monotonic() + 0.6
         while time.monotonic() < deadline:
@@ -209,13 +214,7 @@ def test_busy_pacing_is_off_when_the_busy_wait_is_zero(
     consumer.assign([TopicPartition(topic, 0)])
     producer = clients.producer(settings, role="fetch-plain")
     try:
-        producer.send(topic, value=b"one")
-        producer.flush(10)
-        got = 0
-        deadline = time.monotonic() + 10
-        while not got and time.monotonic() < deadline:
-            got = sum(len(r) for r in consumer.poll(timeout_ms=200).values())
-        assert got == 1
+        assert _send_and_poll_one(producer, consumer, topic) == 1
         assert consumer.fetch_wait_ms == 100, "records flowed, but pacing is off"
     finally:
         consumer.close()
