@@ -87,11 +87,19 @@ def _free_port() -> int:
 
 
 class CaseSystem:
-    """The webhook's case system on loopback: counts 2xx answers per referral; can fail."""
+    """The webhook's case system on loopback: one case per Idempotency-Key; can fail.
+
+    As a real receiver of the webhook contract does, a POST repeating a key it has
+    answered 2xx opens no second case: it is answered 200 again and counted in
+    ``reposted`` (a sink killed between its POST and its inbox record must post
+    again: at least once). ``accepted`` counts cases per referral id.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.accepted: Counter[str] = Counter()
+        self.reposted: Counter[str] = Counter()
+        self._keys: set[str] = set()
         self.refused_posts: Counter[str] = Counter()
         #: Referral ids answered 400 every time.
         self.refuse: set[str] = set()
@@ -105,14 +113,19 @@ class CaseSystem:
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 rid = self.headers.get("X-Referral-Id") or ""
+                key = self.headers.get("Idempotency-Key") or rid
                 with owner.lock:
                     if time.monotonic() < owner.outage_until:
                         code = 500
                     elif rid in owner.refuse:
                         code = 400
                         owner.refused_posts[rid] += 1
+                    elif key in owner._keys:
+                        code = 200
+                        owner.reposted[rid] += 1
                     else:
                         code = 200
+                        owner._keys.add(key)
                         owner.accepted[rid] += 1
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
@@ -359,6 +372,8 @@ class Row:
     sends_max: int
     settle_s: float | None
     faults: str
+    #: POSTs that repeated an answered Idempotency-Key (no second case; webhook only)
+    reposted: int = 0
 
 
 def _expected(
@@ -458,6 +473,8 @@ def run_scenario(
             time.sleep(0.5)
         got = deliveries(net)
         state = outbox_state(net)
+        with net.hook.lock:
+            reposted = sum(net.hook.reposted.values())
     finally:
         net.stop()
     sends = [s for st in state.values() for s in st[2]]
@@ -479,6 +496,7 @@ def run_scenario(
                 max(sends, default=0),
                 settle_s,
                 "; ".join(log),
+                reposted if org == "police-fr" else 0,
             )
         )
     refused_at_origin = sum(st[1] for st in state.values())
@@ -493,12 +511,13 @@ def markdown(rows: list[Row], n: int, republish_after: float = 5.0) -> str:
     """The table of a run, in Markdown."""
     head = (
         "| scenario | recipient | expected | delivered | duplicated | missing | refused (4xx) "
-        "| outbox pending | sends/referral (mean, max) | settled after last fault (s) | faults |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+        "| reposted (same key) | outbox pending | sends/referral (mean, max) "
+        "| settled after last fault (s) | faults |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
     )
     lines = [
         f"| {r.scenario} | {r.recipient} | {r.expected} | {r.delivered} | {r.duplicated} "
-        f"| {r.missing} | {r.refused} | {r.pending} | {r.sends_mean}, {r.sends_max} "
+        f"| {r.missing} | {r.refused} | {r.reposted} | {r.pending} | {r.sends_mean}, {r.sends_max} "
         f"| {r.settle_s if r.settle_s is not None else 'NOT SETTLED'} | {r.faults} |"
         for r in rows
     ]
@@ -509,6 +528,8 @@ def markdown(rows: list[Row], n: int, republish_after: float = 5.0) -> str:
         "three police sinks; every component its own process; signed network). "
         "Settled = every expected delivery made and no outbox entry pending, counted from the "
         "end of the last fault (from the start where the fault is a standing one, 4xx). "
+        "The webhook's case system opens one case per Idempotency-Key, as the contract asks; "
+        "reposted counts POSTs that repeated a key (a sink killed between POST and record). "
         "Written by `bench/faults.py`.\n\n" + head + "\n".join(lines) + "\n"
     )
 

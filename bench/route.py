@@ -288,6 +288,9 @@ def _latency(
         stderr=subprocess.DEVNULL,
     )
     latencies: list[float] = []
+    #: publish → the router's (or pipe's) send of it, and that send → arrival (ms)
+    first_hop: list[float] = []
+    second_hop: list[float] = []
     consumer: KafkaConsumer = clients.consumer(settings, group_id=None, role="bench-latency")
     tps = [
         TopicPartition(names.jurisdiction(cc) if cc != "US" else names.unassigned, p)
@@ -308,6 +311,9 @@ def _latency(
                     sent = next((v for k, v in r.headers if k == SENT_HEADER), None)
                     if sent is not None:
                         latencies.append((now - int(sent)) / 1e6)
+                        # The forwarded record's timestamp: when the router appended it.
+                        first_hop.append(r.timestamp - int(sent) / 1e6)
+                        second_hop.append(now / 1e6 - r.timestamp)
             if stop.is_set() and time.monotonic() > drain_deadline:
                 break
 
@@ -341,17 +347,30 @@ def _latency(
     router.wait(30)
     consumer.close()
     producer.close()
-    latencies.sort()
-    q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
+    q = _quantiles(latencies)
+    q1, q2 = _quantiles(first_hop), _quantiles(second_hop)
     return {
         "rate": rate,
         "received": len(latencies),
         "sent": len(records),
         "p50_ms": q[49],
         "p99_ms": q[98],
+        # where the time goes: publish → forwarded (intake hop, the router's fetch and
+        # handling), forwarded → arrival (destination hop); ms resolution (record timestamps)
+        "publish_to_forward_p50_ms": q1[49],
+        "publish_to_forward_p99_ms": q1[98],
+        "forward_to_arrival_p50_ms": q2[49],
+        "forward_to_arrival_p99_ms": q2[98],
         # CPU of each process while publishing, % of one core (the bench: publisher + reader)
         "cpu_percent": cpu_share,
     }
+
+
+def _quantiles(values: list[float]) -> list[float]:
+    """The 99 percentiles of ``values`` (NaN for fewer than two)."""
+    if len(values) < 2:
+        return [float("nan")] * 99
+    return statistics.quantiles(sorted(values), n=100)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -478,18 +497,22 @@ def main(argv: list[str] | None = None) -> None:
         f"alone: baseline {result['baseline_loop_cpu_us']} µs, "
         f"router {result['router_loop_cpu_us']} µs"
     )
-    if pipe_lat:
-        print(
-            f"baseline pipe latency at {pipe_lat['rate']}/s: p50 {pipe_lat['p50_ms']:.1f} ms, "
-            f"p99 {pipe_lat['p99_ms']:.1f} ms ({pipe_lat['received']}/{pipe_lat['sent']} received)"
-            f"; CPU % {pipe_lat['cpu_percent']}"
-        )
-    if lat:
-        print(
-            f"latency at {lat['rate']}/s: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms "
-            f"({lat['received']}/{lat['sent']} received); CPU % {lat['cpu_percent']}"
-        )
+    for label, figures in (("baseline pipe latency", pipe_lat), ("latency", lat)):
+        if figures:
+            _print_latency(label, figures)
     print(json.dumps(result))
+
+
+def _print_latency(label: str, f: dict[str, Any]) -> None:
+    print(
+        f"{label} at {f['rate']}/s: p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms "
+        f"({f['received']}/{f['sent']} received); CPU % {f['cpu_percent']}"
+    )
+    print(
+        f"  publish → forwarded p50 {f['publish_to_forward_p50_ms']:.1f} / p99 "
+        f"{f['publish_to_forward_p99_ms']:.1f} ms; forwarded → arrival p50 "
+        f"{f['forward_to_arrival_p50_ms']:.1f} / p99 {f['forward_to_arrival_p99_ms']:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -304,7 +304,7 @@ def run_floor(args: argparse.Namespace, settings: Settings, network: Network) ->
         sealed.append((value, headers, recipients))
     for value, _, _ in sealed:
         with whole.step("router"):
-            codec.decode_envelope(value)
+            codec.decode_routing(value)
     for value, headers, recipients in sealed:
         for org in recipients:
             with whole.step("sink"):

@@ -26,7 +26,7 @@ from broker.errors import (
     UnknownSchemaId,
 )
 from broker.wire import models as m
-from broker.wire.codec import Codec, SerializationContext
+from broker.wire.codec import ROUTING_FIELDS, Codec, SerializationContext
 from broker.wire.registry import (
     HANDOVER_EVENT,
     REFERRAL,
@@ -330,6 +330,8 @@ def test_referral_round_trip(referral: m.Referral) -> None:
     assert name == REFERRAL
     assert m.Referral.from_avro(datum) == referral
     assert m.ReferralEnvelope.from_avro(CODEC.decode_envelope(data)) == referral.envelope
+    envelope = referral.envelope.to_avro()
+    assert CODEC.decode_routing(data) == {k: envelope[k] for k in ROUTING_FIELDS}
 
 
 @settings(max_examples=100, deadline=None)
@@ -374,9 +376,25 @@ def _body_bytes(referral: m.Referral) -> bytes:
     return buf.getvalue()
 
 
+def test_decode_routing_reads_the_envelope_up_to_handling_of_every_version() -> None:
+    hexes = (FIXED_REFERRAL_V1_HEX, FIXED_REFERRAL_V2_HEX, FIXED_REFERRAL_V3_HEX)
+    for data in [bytes.fromhex(h) for h in (*hexes, FIXED_REFERRAL_HEX)]:
+        env = CODEC.decode_envelope(data)
+        assert CODEC.decode_routing(data) == {k: env[k] for k in ROUTING_FIELDS}
+    referral = make_referral()
+    data = CODEC.encode(REFERRAL, referral.to_avro())
+    body_start = len(data) - len(_body_bytes(referral))
+    # Neither the envelope's last fields nor the body are parsed.
+    assert CODEC.decode_routing(data[:body_start] + b"\xff" * 7) == CODEC.decode_routing(data)
+    with pytest.raises(CorruptDatum, match="EOFError"):
+        CODEC.decode_routing(data[: 5 + 1 + 36])
+
+
 def test_decode_envelope_refuses_other_records() -> None:
     with pytest.raises(SchemaMismatch, match="not a Referral"):
         CODEC.decode_envelope(VALID_STATUS)
+    with pytest.raises(SchemaMismatch, match="not a Referral"):
+        CODEC.decode_routing(VALID_STATUS)
     with pytest.raises(SchemaMismatch):
         CODEC.decode(VALID_STATUS, expected="Referral")
 
@@ -404,6 +422,8 @@ def test_size_limit_on_both_sides() -> None:
         small.decode(VALID)
     with pytest.raises(RecordTooLarge):
         small.decode_envelope(VALID)
+    with pytest.raises(RecordTooLarge):
+        small.decode_routing(VALID)
 
 
 def test_encode_error_names_fields_not_values() -> None:
@@ -459,6 +479,7 @@ def test_older_writer_versions_resolve_to_the_current_schema(tmp_path: Path) -> 
     m.Referral.from_avro(decoded)
     env = new_codec.decode_envelope(old_bytes)
     assert env["external_refs"] == []
+    assert new_codec.decode_routing(old_bytes) == {k: env[k] for k in ROUTING_FIELDS}
     new_bytes = new_codec.encode(REFERRAL, make_referral().to_avro())
     assert new_codec.schema_id_of(new_bytes) == 2
 
@@ -490,7 +511,7 @@ def hostile(draw: st.DrawFn) -> bytes:
 
 
 def _only_codec_errors(data: bytes) -> None:
-    for call in (CODEC.decode, CODEC.decode_envelope):
+    for call in (CODEC.decode, CODEC.decode_envelope, CODEC.decode_routing):
         try:
             call(data)
         except CodecError as exc:
@@ -523,6 +544,8 @@ def test_small_hostile_inputs_use_little_memory(tail: bytes) -> None:
             CODEC.decode(data)
         with pytest.raises(CodecError):
             CODEC.decode_envelope(data)
+        with pytest.raises(CodecError):
+            CODEC.decode_routing(data)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -542,6 +565,8 @@ def test_huge_array_count_after_valid_prefix_uses_little_memory() -> None:
     try:
         with pytest.raises(CorruptDatum):
             CODEC.decode_envelope(data)
+        with pytest.raises(CorruptDatum):
+            CODEC.decode_routing(data)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

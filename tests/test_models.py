@@ -14,7 +14,13 @@ from pydantic import BaseModel
 
 from broker.errors import ValidationFailed
 from broker.wire import models as m
-from broker.wire.registry import HANDOVER_EVENT, REFERRAL, STATUS_UPDATE, load_working_schemas
+from broker.wire.registry import (
+    HANDOVER_BATCH,
+    HANDOVER_EVENT,
+    REFERRAL,
+    STATUS_UPDATE,
+    load_working_schemas,
+)
 from tests.factories import (
     handover_events,
     make_handover_event,
@@ -78,7 +84,12 @@ def _compare(schema: dict[str, Any], model: type[BaseModel], named: dict[str, An
 
 @pytest.mark.parametrize(
     ("record", "model"),
-    [(REFERRAL, m.Referral), (STATUS_UPDATE, m.StatusUpdate), (HANDOVER_EVENT, m.HandoverEvent)],
+    [
+        (REFERRAL, m.Referral),
+        (STATUS_UPDATE, m.StatusUpdate),
+        (HANDOVER_EVENT, m.HandoverEvent),
+        (HANDOVER_BATCH, m.HandoverBatch),
+    ],
 )
 def test_every_schema_field_has_a_model_field_and_vice_versa(
     record: str, model: type[BaseModel]
@@ -269,3 +280,28 @@ def test_models_are_frozen() -> None:
     with pytest.raises(Exception, match="frozen"):
         r.envelope.case_id = "other"  # type: ignore[misc]
     hash(r)
+
+
+def test_a_packed_batch_validates_its_columns() -> None:
+    route = {"event": "ROUTED", "from_party": "a", "to_party": "b", "topic": "t", "reason": "r"}
+    packed = {
+        "routes": [route],
+        "route": [0, 0],
+        "referral_id": ["x", "y"],
+        "case_id": ["c", "c"],
+        "partition": [0, 1],
+        "offset": [5, 6],
+        "trace_id": [None, None],
+        "at": [1, 2],
+    }
+    batch = m.HandoverBatch.from_avro({"actor": "router", "events": [], "packed": packed})
+    assert batch.packed is not None
+    assert batch.packed.route == (0, 0)
+    with pytest.raises(ValidationFailed, match="unequal length"):
+        m.HandoverBatch.from_avro(
+            {"actor": "router", "events": [], "packed": {**packed, "at": [1]}}
+        )
+    with pytest.raises(ValidationFailed, match="route index"):
+        m.HandoverBatch.from_avro(
+            {"actor": "router", "events": [], "packed": {**packed, "route": [0, 3]}}
+        )

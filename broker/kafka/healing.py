@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError
@@ -103,8 +103,37 @@ def fatal_reason(producer: KafkaProducer) -> str | None:
 _FRAMING_BYTES = 512
 
 
+class _FastPath(NamedTuple):
+    """The kafka-python internals a record appended straight to the accumulator needs."""
+
+    producer: KafkaProducer
+    accumulator: Any
+    sender: Any
+    metadata: Any
+    max_request_size: int
+
+
+def _fast_path(producer: KafkaProducer) -> _FastPath | None:
+    """The internals :func:`_append` uses, or None when this producer has no fast path.
+
+    Reads kafka-python 3.0 internals (``_accumulator``, ``_sender``, ``_metadata``),
+    each guarded; a transactional producer always takes the ordinary ``send``.
+    """
+    accumulator = getattr(producer, "_accumulator", None)
+    sender = getattr(producer, "_sender", None)
+    metadata = getattr(producer, "_metadata", None)
+    if accumulator is None or sender is None or metadata is None:
+        return None
+    if not callable(getattr(metadata, "partitions_for_topic", None)):
+        return None
+    manager = getattr(producer, "_transaction_manager", None)
+    if manager is not None and manager.is_transactional():
+        return None
+    return _FastPath(producer, accumulator, sender, metadata, producer.config["max_request_size"])
+
+
 def _append(
-    producer: KafkaProducer,
+    fast: _FastPath,
     topic: str,
     partition: int,
     key: bytes | None,
@@ -117,24 +146,15 @@ def _append(
     checks that a caller with bytes, ``(str, bytes)`` headers and a known partition
     does not need (≈ 13 µs of kafka-python's ≈ 35 µs per record here). Returns None
     — and the caller sends the ordinary way, with every check and error — whenever
-    one of its conditions does not hold: a closed or transactional producer, a
-    topic without metadata, a partition outside it, values that are not bytes, or
-    a record that might be near ``max_request_size``. Reads kafka-python 3.0
-    internals (``_accumulator``, ``_sender``, ``_metadata``), each guarded.
+    one of its conditions does not hold: a closed producer, a topic without
+    metadata, a partition outside it, values that are not bytes, or a record that
+    might be near ``max_request_size``.
     """
-    accumulator = getattr(producer, "_accumulator", None)
-    sender = getattr(producer, "_sender", None)
-    metadata = getattr(producer, "_metadata", None)
-    if accumulator is None or sender is None or metadata is None:
-        return None
-    if getattr(producer, "_closed", True):
-        return None
-    manager = getattr(producer, "_transaction_manager", None)
-    if manager is not None and manager.is_transactional():
+    if getattr(fast.producer, "_closed", True):
         return None
     if type(value) is not bytes or (key is not None and type(key) is not bytes):
         return None
-    parts = metadata.partitions_for_topic(topic)
+    parts = fast.metadata.partitions_for_topic(topic)
     if not parts or partition not in parts:
         return None
     headers = headers or []
@@ -143,13 +163,13 @@ def _append(
         if type(name) is not str or type(data) is not bytes:
             return None
         size += len(name) * 4 + len(data) + 10
-    if size > producer.config["max_request_size"]:
+    if size > fast.max_request_size:
         return None
-    future, batch_is_full, new_batch, _ = accumulator.append(
+    future, batch_is_full, new_batch, _ = fast.accumulator.append(
         TopicPartition(topic, partition), None, key, value, headers
     )
     if batch_is_full or new_batch:
-        sender.wakeup()
+        fast.sender.wakeup()
     return future  # type: ignore[no-any-return]
 
 
@@ -205,6 +225,8 @@ class HealingProducer:
         self._topic_ids: dict[str, object] = {}
         self._unrecorded: set[str] = set()
         self._checked_until = 0.0
+        #: The current producer's fast path for records to a known partition (see _append).
+        self._fast: _FastPath | None = None
         #: How many times the underlying producer was replaced.
         self.replacements = 0
         #: Seconds a flush waits before probing the producer's metadata.
@@ -228,7 +250,10 @@ class HealingProducer:
             producer = self.current(topic)
             try:
                 if partition is not None and timestamp_ms is None:
-                    future = _append(producer, topic, partition, key, value, headers)
+                    fast = self._fast
+                    if fast is None or fast.producer is not producer:
+                        fast = self._fast = _fast_path(producer)
+                    future = _append(fast, topic, partition, key, value, headers) if fast else None
                     if future is not None:
                         return future
                 return producer.send(

@@ -3,8 +3,9 @@
 Components emit events to the ledger topic with :class:`LedgerEmitter`; the
 events name ids, organisations, topics, positions and reasons — never payload
 content. A ledger record is either one ``HandoverEvent`` or a ``HandoverBatch``
-(several events of one actor, which the router writes once per consumed batch
-to keep the ledger off its hot path); :func:`decode_events` reads both.
+(several events of one actor, which the router, the sinks and the status feeds
+write once per consumed batch, packed in columns, to keep the ledger off their
+hot path: :mod:`broker.ledger.batchwriter`); :func:`decode_events` reads both.
 
 Event kinds are :class:`HandoverEventType`, the enum of the HandoverEvent Avro
 contract (defined with the wire models, exported here for every emitter).
@@ -20,7 +21,7 @@ from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
 from broker.errors import SchemaMismatch
-from broker.ledger.batchwriter import BatchWriter, EventFacts, event_id
+from broker.ledger.batchwriter import BatchWriter, EventFacts, event_id, unpack
 from broker.wire.codec import Codec
 from broker.wire.models import HandoverEventType
 from broker.wire.registry import HANDOVER_BATCH, HANDOVER_EVENT
@@ -169,5 +170,9 @@ def decode_events(codec: Codec, value: bytes) -> list[dict[str, Any]]:
     if name == HANDOVER_EVENT:
         return [datum]
     if name == HANDOVER_BATCH:
-        return list(datum["events"])
+        events = list(datum["events"])
+        packed = datum.get("packed")
+        if packed is not None:
+            events += unpack(str(datum["actor"]), packed)
+        return events
     raise SchemaMismatch(f"ledger record is a {name}, not a handover event")

@@ -42,7 +42,7 @@ from broker.kafka.partitioning import key_hash as murmur2_key_hash
 from broker.ledger.checkpoint import Checkpoint, Checkpointer
 from broker.ledger.events import HandoverEventType, LedgerEmitter
 from broker.network import Network
-from broker.routing.decide import DecisionCache, status_destination
+from broker.routing.decide import DecisionCache, Destination, status_destination
 from broker.security.keys import ROUTER, LiveKeys, key_dir
 from broker.security.signing import ledger_signer
 from broker.tracing import Tracing
@@ -93,6 +93,7 @@ class Router:
         self._producer = producer or clients.producer(settings, role="router")
         self._own_producer = producer is None
         self._partitions: dict[str, int] = {}
+        self._headers: dict[int, tuple[Destination, str, tuple[tuple[str, bytes], ...]]] = {}
         self._decisions = DecisionCache(network, self.names)
         #: The router's own signing key (ledger batches, checkpoints); re-read on rotation.
         self.keys = keys or LiveKeys(key_dir(settings, ACTOR), ACTOR)
@@ -191,22 +192,25 @@ class Router:
         topic: str,
         key: bytes,
         headers: list[tuple[str, bytes]],
-        partition: int | None = None,
-        attrs: dict[str, Any] | None = None,
+        partition: int | None,
+        attrs: Callable[[], dict[str, Any]],
     ) -> None:
-        """Forward the record's value; with tracing on, under a ``send <topic>`` span."""
+        """Forward the record's value; with tracing on, under a ``send <topic>`` span.
+
+        ``attrs`` makes the span's attributes (only called when tracing is on).
+        """
         value = ctx.record.value
         if ctx.trace is None:
             ctx.send(topic, key=key, value=value, headers=headers, partition=partition)
             return
         headers = [(k, v) for k, v in headers if k not in _TRACE_HEADERS]
-        with self.tracing.send(topic, headers, parent=ctx.trace, attributes=attrs):
+        with self.tracing.send(topic, headers, parent=ctx.trace, attributes=attrs()):
             ctx.send(topic, key=key, value=value, headers=headers, partition=partition)
 
     def _route_referral(self, record: Any, ctx: RecordContext) -> None:
         self.stats.referrals += 1
         try:
-            envelope = self.codec.decode_envelope(record.value or b"")
+            envelope = self.codec.decode_routing(record.value or b"")
         except CodecError as exc:
             ctx.dead_letter(DeadLetterStage.ROUTE_DECODE, exc)
             return
@@ -223,24 +227,18 @@ class Router:
         origin = str(envelope.get("origin_org", ""))
         case_id = str(envelope.get("case_id", ""))
         for dest in decision.destinations:
-            orgs = ",".join(dest.orgs)
-            headers = [
-                *base,
-                (Headers.ROUTE_REASON, dest.basis.encode()),
-                (Headers.DESTINATION_ORGS, orgs.encode()),
-            ]
-            self._send(
-                ctx,
-                dest.topic,
-                key,
-                headers,
-                self._partition(dest.topic, key_hash),
-                {
+            orgs, route = self._route_headers(dest)
+
+            def attrs(dest: Destination = dest, orgs: str = orgs) -> dict[str, Any]:
+                return {
                     "referral.id": referral_id,
                     "referral.origin": origin,
                     "referral.route.reason": dest.basis,
                     "referral.route.orgs": orgs,
-                },
+                }
+
+            self._send(
+                ctx, dest.topic, key, [*base, *route], self._partition(dest.topic, key_hash), attrs
             )
             self.stats.published += 1
             ctx.event(
@@ -252,6 +250,22 @@ class Router:
                 topic=dest.topic,
                 reason=dest.basis,
             )
+
+    def _route_headers(self, dest: Destination) -> tuple[str, tuple[tuple[str, bytes], ...]]:
+        """A destination's organisations and its two route headers (made once per destination).
+
+        Keyed by identity: the decision cache hands out the same destination for the
+        same envelope shape, and the entry keeps it alive so the id is not reused.
+        """
+        found = self._headers.get(id(dest))
+        if found is None or found[0] is not dest:
+            orgs = ",".join(dest.orgs)
+            reason = (Headers.ROUTE_REASON, dest.basis.encode())
+            found = (dest, orgs, (reason, (Headers.DESTINATION_ORGS, orgs.encode())))
+            if len(self._headers) >= 4096:
+                self._headers.clear()
+            self._headers[id(dest)] = found
+        return found[1], found[2]
 
     def _route_status(self, record: Any, ctx: RecordContext) -> None:
         self.stats.statuses += 1
@@ -267,7 +281,8 @@ class Router:
             topic,
             referral_id.encode(),
             _kept_headers(record.headers),
-            attrs={
+            None,
+            lambda: {
                 "referral.id": referral_id,
                 "referral.status": str(status.get("status", "")),
             },

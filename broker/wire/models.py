@@ -63,6 +63,7 @@ __all__ = [
     "HandoverBatch",
     "HandoverEvent",
     "HandoverEventType",
+    "HandoverRoute",
     "Hash",
     "HashAlgorithm",
     "HostingEvidence",
@@ -73,6 +74,7 @@ __all__ = [
     "JurisdictionBasis",
     "LegalStatus",
     "MediaType",
+    "PackedHandovers",
     "PriorActions",
     "Priority",
     "Referral",
@@ -829,11 +831,45 @@ class HandoverEvent(_AvroModel):
     at: PastTimestamp
 
 
+class HandoverRoute(_AvroModel):
+    """What several events of one packed batch have in common."""
+
+    event: HandoverEventType
+    from_party: str | None = None
+    to_party: str | None = None
+    topic: str | None = None
+    reason: str | None = None
+
+
+class PackedHandovers(_AvroModel):
+    """A batch's handover events in columns: the distinct routes once, then one entry each."""
+
+    routes: tuple[HandoverRoute, ...]
+    route: tuple[int, ...]
+    referral_id: tuple[str, ...]
+    case_id: tuple[str, ...]
+    partition: tuple[int, ...]
+    offset: tuple[int, ...]
+    trace_id: tuple[str | None, ...]
+    at: tuple[int, ...]
+
+    @model_validator(mode="after")
+    def _columns_line_up(self) -> Self:
+        n = len(self.route)
+        columns = (self.referral_id, self.case_id, self.partition, self.offset, self.trace_id)
+        if any(len(c) != n for c in (*columns, self.at)):
+            raise ValueError("columns of unequal length")
+        if any(not 0 <= r < len(self.routes) for r in self.route):
+            raise ValueError("a route index outside routes")
+        return self
+
+
 class HandoverBatch(_AvroModel):
-    """Several handover events of one actor in one ledger record."""
+    """Several handover events of one actor in one ledger record (listed, or packed)."""
 
     actor: OrgId
     events: tuple[HandoverEvent, ...]
+    packed: PackedHandovers | None = None
 
 
 #: Record full name → model class.
