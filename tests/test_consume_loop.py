@@ -210,7 +210,7 @@ def test_too_large_record_is_dead_lettered_by_reference_and_the_rest_flow(
 def test_router_commits_a_batch_only_after_its_ledger_record_is_acknowledged(
     provisioned: Settings, network: Network
 ) -> None:
-    """The ledger record is awaited during the next poll; unacknowledged, nothing commits."""
+    """The ledger record is checked with the next batch; unacknowledged, nothing commits."""
     names = provisioned.topic_names()
     codec = Codec(EmbeddedRegistry())
     rids = []
@@ -252,3 +252,15 @@ def test_router_commits_a_batch_only_after_its_ledger_record_is_acknowledged(
         for e in decode_events(codec, r.value)
     ]
     assert {e["referral_id"] for e in ledger if e["event"] == "ROUTED"} >= set(rids)
+
+
+def test_consume_loops_collect_garbage_rarely_and_leave_the_start_up_heap_alone() -> None:
+    import gc
+
+    from broker.kafka.loop import GC_THRESHOLDS, tune_gc
+
+    tune_gc()  # a loop's open() does it once per process
+    tune_gc()
+    assert gc.get_threshold()[0] >= GC_THRESHOLDS[0]
+    assert gc.get_freeze_count() > 0
+    assert gc.isenabled(), "cycles are still collected"

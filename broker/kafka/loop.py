@@ -26,8 +26,8 @@ the same record still failing after         if others in the batch got through (
 a batch-level send not acknowledged (the    nothing of the batch is committed; every
 router's ledger batch) or a sink that       partition is rewound and the batch handled
 cannot be made durable                      again (consumers downstream are idempotent);
-                                            a ledger record awaited during the next poll
-                                            rewinds the batch polled meanwhile too
+                                            a ledger record checked with the next batch
+                                            rewinds that batch too
 commit failed (rebalance, broker away)      logged and counted; the records were acked, so
                                             the next owner repeats them at worst
 partitions revoked mid-batch                nothing to do: the batch is committed before
@@ -39,11 +39,11 @@ partitions revoked mid-batch                nothing to do: the batch is committe
 ==========================================  ===============================================
 
 The router's ledger record of a batch is not awaited on its own (a second
-round trip per batch): the loop polls the next batch meanwhile, checks the
-record is acknowledged before handling the new batch, and commits the previous
-batch while the new one's publishes travel — so an offset is still committed
-only after the destination publishes *and* the ledger entry naming them are
-acknowledged (``pipeline_ledger``).
+round trip per batch): it travels while the loop polls and handles the next
+batch, is checked once that batch's publishes are flushed (by then it is
+acknowledged: no wait), and only then is the previous batch committed — so an
+offset is still committed only after the destination publishes *and* the
+ledger entry naming them are acknowledged (``pipeline_ledger``).
 
 Handlers never open consumer spans: tracing is middleware around ``handle``
 (:func:`tracing_middleware`), and the record's trace context reaches the
@@ -528,10 +528,8 @@ class ConsumeLoop:
             t1 = time.perf_counter()
             stats.poll_s += t1 - t0
         pending, self._pending = self._pending, None
-        if pending is not None and not self._pending_acked(pending, polled):
-            return 0
         if not polled:
-            if pending is not None:
+            if pending is not None and self._pending_acked(pending, None):
                 self._commit_pending(pending)
             return 0
         if stats.first_batch_at is None:
@@ -549,13 +547,15 @@ class ConsumeLoop:
                     ctx.dead_letter(DeadLetterStage.HANDLER, exc)
                 batch.records.append(ctx)
         t2 = time.perf_counter()
-        if pending is not None:
-            # The previous batch's commit round trip overlaps this batch's publishes.
-            self._commit_pending(pending)
-        t2c = time.perf_counter()
         durable = self._make_durable(batch)
         t3 = time.perf_counter()
         self._flush()
+        if pending is not None:
+            # The previous batch's ledger record travelled with this batch's handling and
+            # publishes: acknowledged by now (or waited for), its batch is committed.
+            if not self._pending_acked(pending, polled):
+                return sum(len(r) for r in polled.values())
+            self._commit_pending(pending)
         deferred = False
         if durable:
             self._settle_unsendable(batch)
@@ -577,7 +577,7 @@ class ConsumeLoop:
             offsets, rewound = self._offsets(polled, batch)
             self._commit(offsets, rewound)
         stats.handle_s += t2 - t1
-        stats.durable_s += t3 - t2c
+        stats.durable_s += t3 - t2
         stats.ack_wait_s += t4 - t3
         stats.commit_s += time.perf_counter() - t4
         return sum(len(r) for r in polled.values())
@@ -587,8 +587,9 @@ class ConsumeLoop:
     ) -> bool:
         """Whether the previous batch's ledger record is acknowledged (waiting if need be).
 
-        Not acknowledged: the previous batch and the one just ``polled`` are
-        rewound and handled again (do not handle ``polled``).
+        Not acknowledged: the previous batch and the one just ``polled`` (already
+        handled: its publishes repeat, and every consumer downstream is idempotent)
+        are rewound and handled again.
         """
         t0 = time.perf_counter()
         if any(not f.is_done for f in pending.futures):
