@@ -5,7 +5,8 @@
 1. starts a fresh embedded broker and preloads N synthetic referrals into the intake;
 2. (a) baseline: a raw kafka-python consume → produce of the same bytes to a topic
    picked by a header field, with the same client tuning and the same
-   commit-after-ack batching as the router;
+   commit-after-ack batching as the router (run once as written, and once more
+   with the collector tuned as every consume loop tunes it, ``tune_gc``);
 3. (b) the router (``broker.routing.router.Router``, ledger events on, as deployed);
 4. latency: the router as a ``referral route`` process while referrals are published
    at a steady rate (default 1,000/s); end-to-end p50/p99 from publish to arrival —
@@ -106,14 +107,26 @@ def _peak_rss_mb() -> float:
 
 
 # -- workers (run in their own process) ----------------------------------------------------
-def worker_baseline(bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
-    """Raw consume → produce of the same bytes, topic picked by a header field."""
+def worker_baseline(
+    bootstrap: str, prefix: str, n: int, *, gc_tuned: bool = False
+) -> dict[str, Any]:
+    """Raw consume → produce of the same bytes, topic picked by a header field.
+
+    ``gc_tuned``: with the collector tuned as every consume loop tunes it
+    (:func:`broker.kafka.loop.tune_gc`), so the router's ratio can be read against a
+    raw pipe that got the same process tuning too.
+    """
     settings = _settings(bootstrap, prefix)
     names = settings.topic_names()
+    group = "bench-baseline-gc" if gc_tuned else "bench-baseline"
     consumer: KafkaConsumer = clients.consumer(
-        settings, names.intake, group_id="bench-baseline", max_poll_records=MAX_POLL
+        settings, names.intake, group_id=group, max_poll_records=MAX_POLL
     )
     producer = clients.producer(settings, role="bench-baseline")
+    if gc_tuned:
+        from broker.kafka.loop import tune_gc
+
+        tune_gc()
     done, first, cpu0, main0 = 0, None, 0.0, 0.0
     while done < n:
         batch = consumer.poll(timeout_ms=200)
@@ -387,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--worker",
-        choices=["baseline", "router", "router-noledger", "pipe"],
+        choices=["baseline", "baseline-gc", "router", "router-noledger", "pipe"],
         help=argparse.SUPPRESS,
     )
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -397,8 +410,10 @@ def main(argv: list[str] | None = None) -> None:
         worker_pipe(args.bootstrap, args.prefix)
         return
     if args.worker:
-        if args.worker == "baseline":
-            out = worker_baseline(args.bootstrap, args.prefix, args.n)
+        if args.worker in ("baseline", "baseline-gc"):
+            out = worker_baseline(
+                args.bootstrap, args.prefix, args.n, gc_tuned=args.worker == "baseline-gc"
+            )
         else:
             out = worker_router(args.bootstrap, args.prefix, args.n, ledger=args.worker == "router")
         print(json.dumps(out))
@@ -423,11 +438,12 @@ def main(argv: list[str] | None = None) -> None:
         preload_s = time.monotonic() - t
         size = sum(len(v) for _, v, _ in records) / len(records)
         del records
-        order = ["baseline", "router", "router-noledger"]
+        order = ["baseline", "router", "router-noledger", "baseline-gc"]
         if args.router_first:
             order.reverse()
         side = {kind: _run_worker(kind, broker.bootstrap, prefix, args.n) for kind in order}
         baseline, router, bare = side["baseline"], side["router"], side["router-noledger"]
+        tuned = side["baseline-gc"]
         lat: dict[str, Any] = {}
         pipe_lat: dict[str, Any] = {}
         if args.latency_seconds > 0:
@@ -447,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     b_rate = baseline["count"] / baseline["seconds"]
     r_rate = router["count"] / router["seconds"]
     bare_rate = bare["count"] / bare["seconds"]
+    tuned_rate = tuned["count"] / tuned["seconds"]
     result = {
         "machine": (
             f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -458,6 +475,9 @@ def main(argv: list[str] | None = None) -> None:
         "baseline_per_s": round(b_rate),
         "router_per_s": round(r_rate),
         "ratio": round(r_rate / b_rate, 3),
+        # the same raw pipe with the collector tuned as the router's loop tunes it
+        "baseline_gc_tuned_per_s": round(tuned_rate),
+        "ratio_vs_gc_tuned_baseline": round(r_rate / tuned_rate, 3),
         # CPU per referral (every thread of the worker): steadier than rates on a shared machine
         "baseline_cpu_us": round(baseline["cpu_s"] / baseline["count"] * 1e6, 1),
         "router_cpu_us": round(router["cpu_s"] / router["count"] * 1e6, 1),
@@ -487,10 +507,14 @@ def main(argv: list[str] | None = None) -> None:
         ("baseline", b_rate, baseline),
         ("router", r_rate, router),
         ("router without ledger events", bare_rate, bare),
+        ("baseline, router's GC tuning", tuned_rate, tuned),
     )
     for label, rate, side in rows:
         print(f"{label:29s} {rate:>10,.0f} referrals/s   peak RSS {side['rss_mb']:.0f} MB")
-    print(f"ratio router/baseline: {r_rate / b_rate:.2f}")
+    print(
+        f"ratio router/baseline: {r_rate / b_rate:.2f} "
+        f"(against the baseline with the router's GC tuning: {r_rate / tuned_rate:.2f})"
+    )
     print(
         f"CPU per referral: baseline {result['baseline_cpu_us']} µs, router "
         f"{result['router_cpu_us']} µs (ratio {result['cpu_ratio']:.2f}); the loop's thread "

@@ -28,10 +28,13 @@ router's ledger batch) or a sink that       partition is rewound and the batch h
 cannot be made durable                      again (consumers downstream are idempotent);
                                             a ledger record checked with the next batch
                                             rewinds that batch too
-commit failed (rebalance, broker away)      logged and counted; the records were acked, so
-                                            the next owner repeats them at worst
-partitions revoked mid-batch                nothing to do: the batch is committed before
-                                            the next poll, where kafka-python rebalances
+commit failed (rebalance, broker away)      logged and counted (commits are sent without
+                                            waiting; their answers arrive with a later
+                                            poll); the records were acked, so the next
+                                            owner repeats them at worst
+partitions revoked mid-batch                nothing to do: the batch's commit is sent
+                                            before the next poll, where kafka-python
+                                            rebalances
                                             (a router batch right after it: its offsets
                                             are acked, so a late or refused commit only
                                             repeats records); a failed commit is the
@@ -134,7 +137,7 @@ class LoopStats:
 
 
 #: The collector's thresholds for a process that runs consume loops (see :func:`tune_gc`).
-GC_THRESHOLDS = (50_000, 20, 100)
+GC_THRESHOLDS = (50_000, 20, 10)
 _gc_tuned = False
 
 
@@ -441,8 +444,12 @@ class ConsumeLoop:
         max_backoff_s: float = 5.0,
         pipeline_ledger: bool = True,
         gc_tuning: bool = True,
+        async_commit: bool = True,
     ) -> None:
         self.handler = handler
+        #: Send commits without waiting for their answer (see :meth:`_commit`).
+        self.async_commit = async_commit
+        self._sent_commits: dict[TopicPartition, OffsetAndMetadata] = {}
         #: Tune the process's garbage collector on :meth:`open` (:func:`tune_gc`).
         self.gc_tuning = gc_tuning
         self.producer = producer
@@ -484,6 +491,8 @@ class ConsumeLoop:
         """
         if self.consumer is not None:
             self._finish_pending()
+            if self._sent_commits:
+                self._commit_last()
             from broker.kafka.clients import close_consumer
 
             close_consumer(self.consumer, self.actor, log)
@@ -535,6 +544,24 @@ class ConsumeLoop:
         if stats.first_batch_at is None:
             stats.first_batch_at = time.monotonic()
         batch = BatchContext(self)
+        try:
+            self._run_batch(batch, polled, pending, t1)
+        finally:
+            # A record's context and its batch refer to each other: emptying the batch's
+            # side lets reference counting free a handled batch at once, instead of the
+            # garbage collector finding the cycle (and the batch's records) later.
+            batch.records = []
+        return sum(len(r) for r in polled.values())
+
+    def _run_batch(
+        self,
+        batch: BatchContext,
+        polled: dict[TopicPartition, list[Any]],
+        pending: _Pending | None,
+        t1: float,
+    ) -> None:
+        """Handle a polled batch, make it durable, wait for its acks and commit (or rewind)."""
+        stats = self.stats
         for records in polled.values():
             for record in records:
                 stats.records += 1
@@ -554,7 +581,7 @@ class ConsumeLoop:
             # The previous batch's ledger record travelled with this batch's handling and
             # publishes: acknowledged by now (or waited for), its batch is committed.
             if not self._pending_acked(pending, polled):
-                return sum(len(r) for r in polled.values())
+                return
             self._commit_pending(pending)
         deferred = False
         if durable:
@@ -580,7 +607,6 @@ class ConsumeLoop:
         stats.durable_s += t3 - t2
         stats.ack_wait_s += t4 - t3
         stats.commit_s += time.perf_counter() - t4
-        return sum(len(r) for r in polled.values())
 
     def _pending_acked(
         self, pending: _Pending, polled: dict[TopicPartition, list[Any]] | None
@@ -732,25 +758,51 @@ class ConsumeLoop:
         return offsets, bool(rewind)
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], rewound: bool) -> None:
-        """Commit acknowledged offsets (a failure is logged and counted, not raised)."""
+        """Commit acknowledged offsets (a failure is logged and counted, not raised).
+
+        With ``async_commit`` the commit is sent and the loop goes on (its answer is
+        read during a later poll): acknowledged offsets only, so a lost commit only
+        repeats records; :meth:`close` commits the last offsets and waits.
+        """
         assert self.consumer is not None
         self.stats.batches += 1
         if offsets:
             try:
-                self.consumer.commit(offsets)
+                if self.async_commit:
+                    self._sent_commits.update(offsets)
+                    self.consumer.commit_async(offsets, callback=self._commit_answered)
+                else:
+                    self.consumer.commit(offsets)
             except KafkaError as exc:
-                # Acknowledged but not committed: the next owner repeats them (idempotent).
-                self.stats.commit_failures += 1
-                log.warning(
-                    "%s commit failed (records will be redelivered): %s",
-                    self.actor,
-                    type(exc).__name__,
-                )
+                self._commit_failed(exc)
         if rewound:
             self._grow_backoff()
         else:
             self._backoff = 0.0
             self.stats.last_batch_at = time.monotonic()
+
+    def _commit_answered(self, offsets: Any, response: Any) -> None:
+        if isinstance(response, BaseException):
+            self._commit_failed(response)
+
+    def _commit_failed(self, exc: BaseException) -> None:
+        # Acknowledged but not committed: the next owner repeats them (idempotent).
+        self.stats.commit_failures += 1
+        log.warning(
+            "%s commit failed (records will be redelivered): %s", self.actor, type(exc).__name__
+        )
+
+    def _commit_last(self) -> None:
+        """Commit (and wait for) the last offsets sent asynchronously, of partitions still owned."""
+        assert self.consumer is not None
+        sent, self._sent_commits = self._sent_commits, {}
+        try:
+            owned = self.consumer.assignment()
+            last = {tp: o for tp, o in sent.items() if tp in owned}
+            if last:
+                self.consumer.commit(last)
+        except KafkaError as exc:
+            self._commit_failed(exc)
 
     def _rewind_all(self, polled: dict[TopicPartition, list[Any]]) -> None:
         self.stats.retried_batches += 1
