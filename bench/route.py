@@ -264,6 +264,58 @@ def _run_worker(kind: str, bootstrap: str, prefix: str, n: int) -> dict[str, Any
     return result
 
 
+def worker_reader(bootstrap: str, prefix: str, n: int, deadline_s: float = 60.0) -> None:
+    """The latency run's reader, a process of its own: every destination partition.
+
+    Prints ``ready`` once positioned at the ends, then (after ``n`` records or the
+    deadline) one JSON line: publish → arrival, publish → forwarded and forwarded →
+    arrival percentiles (ms). Its own process, so its polls never wait on the
+    publisher's share of a GIL.
+    """
+    settings = _settings(bootstrap, prefix)
+    names = settings.topic_names()
+    consumer: KafkaConsumer = clients.consumer(settings, group_id=None, role="bench-latency")
+    tps = [
+        TopicPartition(names.jurisdiction(cc) if cc != "US" else names.unassigned, p)
+        for cc in COUNTRIES
+        for p in range(3)
+    ]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)
+    print("ready", flush=True)
+    latencies: list[float] = []
+    #: publish → the router's (or pipe's) send of it, and that send → arrival (ms)
+    first_hop: list[float] = []
+    second_hop: list[float] = []
+    deadline = time.monotonic() + deadline_s
+    while len(latencies) < n and time.monotonic() < deadline:
+        for recs in consumer.poll(timeout_ms=100).values():
+            now = time.time_ns()
+            for r in recs:
+                sent = next((v for k, v in r.headers if k == SENT_HEADER), None)
+                if sent is not None:
+                    latencies.append((now - int(sent)) / 1e6)
+                    # The forwarded record's timestamp: when the router appended it.
+                    first_hop.append(r.timestamp - int(sent) / 1e6)
+                    second_hop.append(now / 1e6 - r.timestamp)
+    consumer.close()
+    q, q1, q2 = _quantiles(latencies), _quantiles(first_hop), _quantiles(second_hop)
+    out = {
+        "received": len(latencies),
+        "p50_ms": q[49],
+        "p99_ms": q[98],
+        # where the time goes: publish → forwarded (intake hop, the router's fetch and
+        # handling), forwarded → arrival (destination hop); ms resolution (record timestamps)
+        "publish_to_forward_p50_ms": q1[49],
+        "publish_to_forward_p99_ms": q1[98],
+        "forward_to_arrival_p50_ms": q2[49],
+        "forward_to_arrival_p99_ms": q2[98],
+    }
+    print(json.dumps(out), flush=True)
+
+
 def _latency(
     settings: Settings, rate: int, seconds: float, *, pipe: bool = False, broker_pid: int = 0
 ) -> dict[str, Any]:
@@ -271,7 +323,8 @@ def _latency(
 
     ``pipe``: through the baseline's raw consume → produce loop instead (same
     client tuning, same flush-then-commit per batch), the floor the router's
-    latency is compared with.
+    latency is compared with. The reader is a process of its own
+    (:func:`worker_reader`).
     """
     names = settings.topic_names()
     codec = Codec(EmbeddedRegistry())
@@ -284,59 +337,35 @@ def _latency(
             "REFERRAL_NETWORK_FILE": NETWORK,
         }
     )
+    where = ["--bootstrap", str(settings.bootstrap_servers), "--prefix", settings.topic_prefix]
     command = [sys.executable, "-m", "cli", "route"]
     if pipe:
-        command = [sys.executable, "-m", "bench.route", "--worker", "pipe"]
-        command += [
-            "--bootstrap",
-            str(settings.bootstrap_servers),
-            "--prefix",
-            settings.topic_prefix,
-        ]
+        command = [sys.executable, "-m", "bench.route", "--worker", "pipe", *where]
     router = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    latencies: list[float] = []
-    #: publish → the router's (or pipe's) send of it, and that send → arrival (ms)
-    first_hop: list[float] = []
-    second_hop: list[float] = []
-    consumer: KafkaConsumer = clients.consumer(settings, group_id=None, role="bench-latency")
-    tps = [
-        TopicPartition(names.jurisdiction(cc) if cc != "US" else names.unassigned, p)
-        for cc in COUNTRIES
-        for p in range(3)
-    ]
-    consumer.assign(tps)
-    consumer.seek_to_end(*tps)
-    for tp in tps:
-        consumer.position(tp)
-    stop = threading.Event()
-
-    def collect() -> None:
-        while not stop.is_set() or len(latencies) < len(records):
-            for recs in consumer.poll(timeout_ms=100).values():
-                now = time.time_ns()
-                for r in recs:
-                    sent = next((v for k, v in r.headers if k == SENT_HEADER), None)
-                    if sent is not None:
-                        latencies.append((now - int(sent)) / 1e6)
-                        # The forwarded record's timestamp: when the router appended it.
-                        first_hop.append(r.timestamp - int(sent) / 1e6)
-                        second_hop.append(now / 1e6 - r.timestamp)
-            if stop.is_set() and time.monotonic() > drain_deadline:
-                break
-
     # Let the router join its group before the clock starts.
     time.sleep(5)
-    drain_deadline = float("inf")
-    reader = threading.Thread(target=collect, daemon=True)
-    reader.start()
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.route",
+            "--worker",
+            "reader",
+            *where,
+            "--n",
+            str(len(records)),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert reader.stdout is not None
+    reader.stdout.readline()  # "ready": positioned at the end of every destination
     producer = clients.producer(settings, role="bench-latency")
-    pids = {"broker": broker_pid, "router": router.pid, "bench": os.getpid()}
+    pids = {"broker": broker_pid, "router": router.pid, "bench": os.getpid(), "reader": reader.pid}
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items() if pid}
     start = time.monotonic()
     for i, (key, value, cc) in enumerate(records):
@@ -353,28 +382,16 @@ def _latency(
     producer.flush()
     busy = time.monotonic() - start
     cpu_share = {name: round((cpu_seconds(pids[name]) - cpu0[name]) / busy * 100) for name in cpu0}
-    drain_deadline = time.monotonic() + 30
-    stop.set()
-    reader.join(40)
+    out, _ = reader.communicate(timeout=90)
     router.send_signal(signal.SIGTERM)
     router.wait(30)
-    consumer.close()
     producer.close()
-    q = _quantiles(latencies)
-    q1, q2 = _quantiles(first_hop), _quantiles(second_hop)
+    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return {
         "rate": rate,
-        "received": len(latencies),
         "sent": len(records),
-        "p50_ms": q[49],
-        "p99_ms": q[98],
-        # where the time goes: publish → forwarded (intake hop, the router's fetch and
-        # handling), forwarded → arrival (destination hop); ms resolution (record timestamps)
-        "publish_to_forward_p50_ms": q1[49],
-        "publish_to_forward_p99_ms": q1[98],
-        "forward_to_arrival_p50_ms": q2[49],
-        "forward_to_arrival_p99_ms": q2[98],
-        # CPU of each process while publishing, % of one core (the bench: publisher + reader)
+        **figures,
+        # CPU of each process while publishing, % of one core (bench: the publisher)
         "cpu_percent": cpu_share,
     }
 
@@ -400,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--worker",
-        choices=["baseline", "baseline-gc", "router", "router-noledger", "pipe"],
+        choices=["baseline", "baseline-gc", "router", "router-noledger", "pipe", "reader"],
         help=argparse.SUPPRESS,
     )
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -408,6 +425,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.worker == "pipe":
         worker_pipe(args.bootstrap, args.prefix)
+        return
+    if args.worker == "reader":
+        worker_reader(args.bootstrap, args.prefix, args.n)
         return
     if args.worker:
         if args.worker in ("baseline", "baseline-gc"):
