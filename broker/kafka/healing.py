@@ -99,6 +99,8 @@ def fatal_reason(producer: KafkaProducer) -> str | None:
     return None
 
 
+#: One TopicPartition per (topic, partition) sent to, reused by every append.
+_PARTITIONS: dict[tuple[str, int], TopicPartition] = {}
 #: Bytes a record batch and a record's framing add at most beyond key, value and headers.
 _FRAMING_BYTES = 512
 
@@ -165,9 +167,12 @@ def _append(
         size += len(name) * 4 + len(data) + 10
     if size > fast.max_request_size:
         return None
-    future, batch_is_full, new_batch, _ = fast.accumulator.append(
-        TopicPartition(topic, partition), None, key, value, headers
-    )
+    tp = _PARTITIONS.get((topic, partition))
+    if tp is None:
+        tp = _PARTITIONS[(topic, partition)] = TopicPartition(topic, partition)
+        if len(_PARTITIONS) > 65_536:
+            _PARTITIONS.clear()
+    future, batch_is_full, new_batch, _ = fast.accumulator.append(tp, None, key, value, headers)
     if batch_is_full or new_batch:
         fast.sender.wakeup()
     return future  # type: ignore[no-any-return]

@@ -206,6 +206,17 @@ class RecordContext:
     record's offset is committed only when all of it is acknowledged.
     """
 
+    __slots__ = (
+        "batch",
+        "dead_lettered",
+        "events",
+        "futures",
+        "loop",
+        "record",
+        "settled_late",
+        "trace",
+    )
+
     def __init__(self, loop: ConsumeLoop, batch: BatchContext, record: Any) -> None:
         self.loop = loop
         self.batch = batch
