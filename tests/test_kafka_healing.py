@@ -254,10 +254,16 @@ def test_a_send_to_a_known_partition_skips_kafka_pythons_checks_and_arrives_inta
         producer.flush(10)
         assert all(f.succeeded() for f in futures)
         assert [f.value.partition for f in futures] == [i % 3 for i in range(30)]
+        # A record that does not wake the sender goes out with the next flush.
+        quiet = producer.send(topic, key=b"quiet", value=b"rides along", partition=2, wake=False)
+        assert ordinary == [topic, topic]
+        producer.flush(10)
+        assert quiet.succeeded()
     finally:
         monkeypatch.undo()
         producer.close(5)
-    got = {r.key: r for r in read_topic(settings, topic, at_least=32)}
+    got = {r.key: r for r in read_topic(settings, topic, at_least=33)}
+    assert got[b"quiet"].value == b"rides along"
     for i in range(30):
         record = got[b"k%d" % i]
         assert record.value == b"v%d" % i

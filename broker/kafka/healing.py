@@ -141,6 +141,7 @@ def _append(
     key: bytes | None,
     value: bytes | None,
     headers: list[tuple[str, bytes]] | None,
+    wake: bool = True,
 ) -> FutureRecordMetadata | None:
     """Append one record to an explicit partition straight to the producer's accumulator.
 
@@ -173,7 +174,7 @@ def _append(
         if len(_PARTITIONS) > 65_536:
             _PARTITIONS.clear()
     future, batch_is_full, new_batch, _ = fast.accumulator.append(tp, None, key, value, headers)
-    if batch_is_full or new_batch:
+    if batch_is_full or (new_batch and wake):
         fast.sender.wakeup()
     return future  # type: ignore[no-any-return]
 
@@ -249,8 +250,14 @@ class HealingProducer:
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
+        *,
+        wake: bool = True,
     ) -> FutureRecordMetadata:
-        """Send one record asynchronously (as :meth:`kafka.KafkaProducer.send`)."""
+        """Send one record asynchronously (as :meth:`kafka.KafkaProducer.send`).
+
+        ``wake=False`` (a record to an explicit partition): do not wake the sender
+        for it; it goes with the next flush or batch sent (or once its linger is up).
+        """
         for attempt in range(_SEND_TRIES):
             producer = self.current(topic)
             try:
@@ -258,7 +265,9 @@ class HealingProducer:
                     fast = self._fast
                     if fast is None or fast.producer is not producer:
                         fast = self._fast = _fast_path(producer)
-                    future = _append(fast, topic, partition, key, value, headers) if fast else None
+                    future = (
+                        _append(fast, topic, partition, key, value, headers, wake) if fast else None
+                    )
                     if future is not None:
                         return future
                 return producer.send(

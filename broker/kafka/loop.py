@@ -456,11 +456,16 @@ class ConsumeLoop:
         pipeline_ledger: bool = True,
         gc_tuning: bool = True,
         async_commit: bool = True,
+        commit_interval_s: float = 0.1,
     ) -> None:
         self.handler = handler
         #: Send commits without waiting for their answer (see :meth:`_commit`).
         self.async_commit = async_commit
+        #: With ``async_commit``, one commit at most this often while records flow.
+        self.commit_interval_s = commit_interval_s
         self._sent_commits: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._unsent_commits: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._last_commit_at = 0.0
         #: Tune the process's garbage collector on :meth:`open` (:func:`tune_gc`).
         self.gc_tuning = gc_tuning
         self.producer = producer
@@ -551,6 +556,8 @@ class ConsumeLoop:
         if not polled:
             if pending is not None and self._pending_acked(pending, None):
                 self._commit_pending(pending)
+            if self._unsent_commits:
+                self._send_commits()  # idle: what is acknowledged gets committed now
             return 0
         if stats.first_batch_at is None:
             stats.first_batch_at = time.monotonic()
@@ -672,11 +679,14 @@ class ConsumeLoop:
             if ctx.events and (ctx.settled_late or ctx.failure() is None):
                 ledger.hold(ctx.events)
         headers: list[tuple[str, bytes]] = []
+        # Pipelined, the record goes out with the next batch's publishes (one produce
+        # request fewer per batch); an idle loop flushes it when it checks it.
+        wake = not self.pipeline_ledger or batch.given_up > 0
         if self.tracing is not None and self.tracing.enabled:
             with self.tracing.send(ledger.topic, headers, links=batch.links[:128]):
-                batch.track(lambda: ledger.flush_batch(headers))
+                batch.track(lambda: ledger.flush_batch(headers, wake=wake))
         else:
-            batch.track(lambda: ledger.flush_batch(headers))
+            batch.track(lambda: ledger.flush_batch(headers, wake=wake))
         return True
 
     def _settle_unsendable(self, batch: BatchContext) -> None:
@@ -772,25 +782,40 @@ class ConsumeLoop:
         """Commit acknowledged offsets (a failure is logged and counted, not raised).
 
         With ``async_commit`` the commit is sent and the loop goes on (its answer is
-        read during a later poll): acknowledged offsets only, so a lost commit only
-        repeats records; :meth:`close` commits the last offsets and waits.
+        read during a later poll), at most every ``commit_interval_s`` while records
+        flow (an idle poll sends what is left): acknowledged offsets only, so a lost
+        or later commit only repeats records; :meth:`close` commits the last offsets
+        and waits.
         """
         assert self.consumer is not None
         self.stats.batches += 1
         if offsets:
-            try:
-                if self.async_commit:
-                    self._sent_commits.update(offsets)
-                    self.consumer.commit_async(offsets, callback=self._commit_answered)
-                else:
+            if self.async_commit:
+                self._sent_commits.update(offsets)
+                self._unsent_commits.update(offsets)
+                if time.monotonic() - self._last_commit_at >= self.commit_interval_s:
+                    self._send_commits()
+            else:
+                try:
                     self.consumer.commit(offsets)
-            except KafkaError as exc:
-                self._commit_failed(exc)
+                except KafkaError as exc:
+                    self._commit_failed(exc)
         if rewound:
             self._grow_backoff()
         else:
             self._backoff = 0.0
             self.stats.last_batch_at = time.monotonic()
+
+    def _send_commits(self) -> None:
+        """Send the acknowledged offsets not sent yet as one commit (not awaited)."""
+        assert self.consumer is not None
+        unsent, self._unsent_commits = self._unsent_commits, {}
+        self._last_commit_at = time.monotonic()
+        if unsent:
+            try:
+                self.consumer.commit_async(unsent, callback=self._commit_answered)
+            except KafkaError as exc:
+                self._commit_failed(exc)
 
     def _commit_answered(self, offsets: Any, response: Any) -> None:
         if isinstance(response, BaseException):
@@ -807,6 +832,7 @@ class ConsumeLoop:
         """Commit (and wait for) the last offsets sent asynchronously, of partitions still owned."""
         assert self.consumer is not None
         sent, self._sent_commits = self._sent_commits, {}
+        self._unsent_commits = {}
         try:
             owned = self.consumer.assignment()
             last = {tp: o for tp, o in sent.items() if tp in owned}

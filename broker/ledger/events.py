@@ -21,6 +21,8 @@ from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
 from broker.errors import SchemaMismatch
+from broker.kafka.healing import HealingProducer
+from broker.kafka.partitioning import key_hash
 from broker.ledger.batchwriter import BatchWriter, EventFacts, event_id, unpack
 from broker.wire.codec import Codec
 from broker.wire.models import HandoverEventType
@@ -122,6 +124,7 @@ class LedgerEmitter:
         self.signer = signer
         self._pending: list[EventFacts | dict[str, Any]] = []
         self._writer = BatchWriter(codec, actor) if batch else None
+        self._partitions: int | None = None
 
     def emit(self, event: dict[str, Any]) -> FutureRecordMetadata | None:
         """Publish one event (asynchronously; flush the producer to wait).
@@ -141,9 +144,14 @@ class LedgerEmitter:
         self._pending.extend(events)
 
     def flush_batch(
-        self, headers: list[tuple[str, bytes]] | None = None
+        self, headers: list[tuple[str, bytes]] | None = None, *, wake: bool = True
     ) -> FutureRecordMetadata | None:
-        """Send the held events as one HandoverBatch (None if there were none)."""
+        """Send the held events as one HandoverBatch (None if there were none).
+
+        ``wake=False``: the record does not wake the producer's sender; it goes out
+        with the next flush (the next batch's publishes), one produce request fewer
+        per consumed batch.
+        """
         if not self._pending:
             return None
         events, self._pending = self._pending, []
@@ -155,9 +163,25 @@ class LedgerEmitter:
             datums = [writer.datum(e) if isinstance(e, EventFacts) else e for e in events]
             value = self._codec.encode(HANDOVER_BATCH, {"actor": self.actor, "events": datums})
         signed = self.signer(value, len(events)) if self.signer is not None else []
-        return self._producer.send(
-            self.topic, key=self.actor.encode(), value=value, headers=[*(headers or []), *signed]
-        )
+        key, all_headers = self.actor.encode(), [*(headers or []), *signed]
+        if not wake and isinstance(self._producer, HealingProducer):
+            partition = self._partition(key)
+            if partition is not None:
+                return self._producer.send(
+                    self.topic,
+                    key=key,
+                    value=value,
+                    headers=all_headers,
+                    partition=partition,
+                    wake=False,
+                )
+        return self._producer.send(self.topic, key=key, value=value, headers=all_headers)
+
+    def _partition(self, key: bytes) -> int | None:
+        """The default partitioner's choice for ``key`` on the ledger topic (None: unknown)."""
+        if self._partitions is None:
+            self._partitions = len(self._producer.partitions_for(self.topic) or ())
+        return key_hash(key) % self._partitions if self._partitions else None
 
     def discard_batch(self) -> None:
         """Drop held events (their batch was not published and will be redone)."""
