@@ -10,8 +10,8 @@ Columns (documented for case systems in ``connectors/README.md``):
 ``(origin_org, referral_id)``: another origin re-using a referral id never
 replaces a case), ``priority``, ``tlp``, ``jurisdictions`` (JSON), ``referral``
 (the whole referral as JSON), ``topic``, ``received_at``, ``updated_at``. The
-times are UTC text in SQLite's form of ISO 8601 (``2026-11-23 13:05:09``), so
-SQL date functions understand them: ``received_at > datetime('now', '-1 day')``.
+times are UTC text in SQLite's form of ISO 8601, to the millisecond
+(``2026-11-23 13:05:09.120``), so SQL date functions understand them: ``received_at > datetime('now', '-1 day')``.
 A repeat of the same referral updates its row; it never adds a second. A table
 of an earlier version — keyed by referral id alone, or with times as epoch
 numbers — is rebuilt when opened (epoch times converted).
@@ -55,8 +55,13 @@ _COPY_TIMES = (
 
 
 def sql_time(epoch: float) -> str:
-    """``epoch`` as UTC text SQLite's date functions read (``2026-11-23 13:05:09``)."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    """``epoch`` as UTC text SQLite's date functions read, to the millisecond.
+
+    ``2026-11-23 13:05:09.120``: ordered as text, and as the case system's clock
+    would show when a referral arrived (a second's resolution hid which of two
+    deliveries came first).
+    """
+    return datetime.fromtimestamp(epoch, UTC).isoformat(sep=" ", timespec="milliseconds")[:23]
 
 
 class SqliteCaseConfig(ConnectorConfig):
