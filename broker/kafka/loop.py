@@ -811,11 +811,15 @@ class ConsumeLoop:
         assert self.consumer is not None
         unsent, self._unsent_commits = self._unsent_commits, {}
         self._last_commit_at = time.monotonic()
-        if unsent:
-            try:
+        try:
+            owned = self.consumer.assignment()
+            # A partition revoked since its offsets were acknowledged: its new owner
+            # goes on from the last commit (and repeats at worst).
+            unsent = {tp: o for tp, o in unsent.items() if tp in owned}
+            if unsent:
                 self.consumer.commit_async(unsent, callback=self._commit_answered)
-            except KafkaError as exc:
-                self._commit_failed(exc)
+        except KafkaError as exc:
+            self._commit_failed(exc)
 
     def _commit_answered(self, offsets: Any, response: Any) -> None:
         if isinstance(response, BaseException):
