@@ -11,7 +11,8 @@ Columns (documented for case systems in ``connectors/README.md``):
 replaces a case), ``priority``, ``tlp``, ``jurisdictions`` (JSON), ``referral``
 (the whole referral as JSON), ``topic``, ``received_at``, ``updated_at``. The
 times are UTC text in SQLite's form of ISO 8601, to the millisecond
-(``2026-11-23 13:05:09.120``), so SQL date functions understand them: ``received_at > datetime('now', '-1 day')``.
+(``2026-11-23 13:05:09.120``), so SQL date functions understand them:
+``received_at > datetime('now', '-1 day')``.
 A repeat of the same referral updates its row; it never adds a second. A table
 of an earlier version — keyed by referral id alone, or with times as epoch
 numbers — is rebuilt when opened (epoch times converted).
