@@ -33,7 +33,15 @@ from broker.wire.codec import Codec
 from broker.wire.models import HandoverEventType
 from broker.wire.registry import HANDOVER_BATCH
 
-__all__ = ["MAX_PACKED_EVENTS", "BatchWriter", "EventFacts", "event_id", "pack", "unpack"]
+__all__ = [
+    "MAX_PACKED_EVENTS",
+    "BatchWriter",
+    "EventFacts",
+    "event_datum",
+    "event_id",
+    "pack",
+    "unpack",
+]
 
 _UNKNOWN_REFERRAL = "00000000-0000-0000-0000-000000000000"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -67,7 +75,7 @@ def event_id(*parts: object) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _datum(
+def event_datum(
     actor: str,
     kind: str,
     referral_id: str,
@@ -80,8 +88,13 @@ def _datum(
     reason: str | None,
     trace_id: str | None,
     at: datetime | int,
+    span_id: str | None = None,
 ) -> dict[str, Any]:
-    """One HandoverEvent datum; the id is derived from the facts as given (raw)."""
+    """One HandoverEvent datum; the id is derived from the facts as given (raw).
+
+    The one place a datum is built: listed events (:func:`handover_event`), the
+    listed fallback of :class:`BatchWriter` and :func:`unpack` all use it.
+    """
     return {
         "event_id": event_id(
             referral_id, kind, actor, from_party, to_party, topic, partition, offset, reason
@@ -97,7 +110,7 @@ def _datum(
         "offset": offset,
         "reason": reason,
         "trace_id": trace_id,
-        "span_id": None,
+        "span_id": span_id,
         "at": at,
     }
 
@@ -161,7 +174,7 @@ def unpack(actor: str, packed: Mapping[str, Any]) -> list[dict[str, Any]]:
         except OverflowError:
             raise CorruptDatum(f"packed handovers: time {at} out of range") from None
         out.append(
-            _datum(
+            event_datum(
                 actor,
                 kind,
                 rid,
@@ -195,7 +208,7 @@ class BatchWriter:
     def datum(self, facts: EventFacts) -> dict[str, Any]:
         """The HandoverEvent datum of one event (as :func:`handover_event` builds it)."""
         kind = HandoverEventType(facts.kind).value
-        return _datum(self.actor, kind, *facts[1:])
+        return event_datum(self.actor, kind, *facts[1:])
 
     def encode(self, events: Sequence[EventFacts]) -> bytes:
         """The framed HandoverBatch of ``events``: packed in columns, or listed."""

@@ -23,7 +23,7 @@ from kafka.producer.future import FutureRecordMetadata
 from broker.errors import SchemaMismatch
 from broker.kafka.healing import HealingProducer
 from broker.kafka.partitioning import key_hash
-from broker.ledger.batchwriter import BatchWriter, EventFacts, event_id, unpack
+from broker.ledger.batchwriter import BatchWriter, EventFacts, event_datum, unpack
 from broker.wire.codec import Codec
 from broker.wire.models import HandoverEventType
 from broker.wire.registry import HANDOVER_BATCH, HANDOVER_EVENT
@@ -41,9 +41,6 @@ __all__ = [
 
 #: The referral id recorded when a record's own id could not be read.
 UNKNOWN_REFERRAL = "00000000-0000-0000-0000-000000000000"
-
-
-_event_id = event_id
 
 
 def handover_event(
@@ -69,24 +66,22 @@ def handover_event(
     materialised ledger can recognise the repeat.
     """
     kind = HandoverEventType(event).value  # ValueError on a kind the schema does not have
-    return {
-        "event_id": _event_id(
-            referral_id, kind, actor, from_party, to_party, topic, partition, offset, reason
-        ),
-        "referral_id": referral_id or UNKNOWN_REFERRAL,
-        "case_id": case_id or "unknown",
-        "event": kind,
-        "actor": actor,
-        "from_party": from_party or None,
-        "to_party": to_party or None,
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "reason": reason,
-        "trace_id": trace_id,
-        "span_id": span_id,
-        "at": at_ms if at_ms is not None else int(time.time() * 1000),
-    }
+    at = at_ms if at_ms is not None else int(time.time() * 1000)
+    return event_datum(
+        actor,
+        kind,
+        referral_id,
+        case_id,
+        from_party,
+        to_party,
+        topic,
+        partition,
+        offset,
+        reason,
+        trace_id,
+        at,
+        span_id,
+    )
 
 
 #: Signs one ledger record: ``(value, number of events) -> signature headers`` ([]: unsigned);
