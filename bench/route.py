@@ -11,8 +11,9 @@
 4. latency: the router as a ``referral route`` process while referrals are published
    at a steady rate (default 1,000/s); end-to-end p50/p99 from publish to arrival —
    and the same through the baseline's raw consume → produce loop run as a process
-   (the floor a router's latency is compared with), with the CPU share of the
-   broker, the router (or pipe) and the benchmark's own publisher and reader;
+   (the floor a router's latency is compared with), split into publish → forwarded
+   and forwarded → arrival, with the CPU share of the broker, the router (or pipe),
+   the publisher and the reader (a process of its own, :func:`worker_reader`);
 5. prints referrals/s for both, the ratio router/baseline, CPU per referral (every
    thread, and the consume loop's thread alone), latency and peak RSS of each
    worker process, as a table and as JSON (``--json``).
