@@ -233,6 +233,7 @@ class HealingProducer:
         self._checked_until = 0.0
         #: The current producer's fast path for records to a known partition (see _append).
         self._fast: _FastPath | None = None
+        self._fast_for: KafkaProducer | None = None  # the producer _fast was read from
         #: How many times the underlying producer was replaced.
         self.replacements = 0
         #: Seconds a flush waits before probing the producer's metadata.
@@ -262,9 +263,9 @@ class HealingProducer:
             producer = self.current(topic)
             try:
                 if partition is not None and timestamp_ms is None:
+                    if self._fast_for is not producer:
+                        self._fast, self._fast_for = _fast_path(producer), producer
                     fast = self._fast
-                    if fast is None or fast.producer is not producer:
-                        fast = self._fast = _fast_path(producer)
                     future = (
                         _append(fast, topic, partition, key, value, headers, wake) if fast else None
                     )

@@ -463,7 +463,8 @@ class ConsumeLoop:
         self.async_commit = async_commit
         #: With ``async_commit``, one commit at most this often while records flow.
         self.commit_interval_s = commit_interval_s
-        self._sent_commits: dict[TopicPartition, OffsetAndMetadata] = {}
+        #: The latest acknowledged offset of each partition (committed and awaited on close)
+        self._last_offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         self._unsent_commits: dict[TopicPartition, OffsetAndMetadata] = {}
         self._last_commit_at = 0.0
         #: Tune the process's garbage collector on :meth:`open` (:func:`tune_gc`).
@@ -507,7 +508,7 @@ class ConsumeLoop:
         """
         if self.consumer is not None:
             self._finish_pending()
-            if self._sent_commits:
+            if self._last_offsets:
                 self._commit_last()
             from broker.kafka.clients import close_consumer
 
@@ -791,7 +792,7 @@ class ConsumeLoop:
         self.stats.batches += 1
         if offsets:
             if self.async_commit:
-                self._sent_commits.update(offsets)
+                self._last_offsets.update(offsets)
                 self._unsent_commits.update(offsets)
                 if time.monotonic() - self._last_commit_at >= self.commit_interval_s:
                     self._send_commits()
@@ -835,7 +836,7 @@ class ConsumeLoop:
     def _commit_last(self) -> None:
         """Commit (and wait for) the last offsets sent asynchronously, of partitions still owned."""
         assert self.consumer is not None
-        sent, self._sent_commits = self._sent_commits, {}
+        sent, self._last_offsets = self._last_offsets, {}
         self._unsent_commits = {}
         try:
             owned = self.consumer.assignment()

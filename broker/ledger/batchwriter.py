@@ -115,6 +115,10 @@ def event_datum(
     }
 
 
+#: The fields of ``PackedHandovers``: the routes, then one column per event fact.
+_COLUMNS = ("routes", "route", "referral_id", "case_id", "partition", "offset", "trace_id", "at")
+
+
 def pack(events: Sequence[EventFacts]) -> dict[str, Any]:
     """The ``PackedHandovers`` datum of ``events`` (columns, routes listed once).
 
@@ -144,9 +148,6 @@ def pack(events: Sequence[EventFacts]) -> dict[str, Any]:
         "trace_id": traces,
         "at": ats,
     }
-
-
-_COLUMNS = ("routes", "route", "referral_id", "case_id", "partition", "offset", "trace_id", "at")
 
 
 def unpack(actor: str, packed: Mapping[str, Any]) -> list[dict[str, Any]]:
