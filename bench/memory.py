@@ -57,13 +57,13 @@ from broker.kafka import clients
 from broker.kafka.embedded import EmbeddedBroker
 from broker.kafka.provision import provision
 from broker.network import Network, load_network
+from broker.origin.outbox import Outbox
+from broker.origin.publisher import Publisher
 from broker.routing.decide import decide
 from broker.security.rules import OriginSecurity
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL
 from broker.wire.topics import Headers
-from connectors.outbox import Outbox
-from connectors.publisher import Publisher
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"

@@ -40,6 +40,7 @@ from bench.sealed_net import avro_datum
 from broker.config import Settings
 from broker.kafka.loop import ConsumeLoop
 from broker.network import Network, load_network
+from broker.receiver.sink_driver import SinkDriver
 from broker.routing.router import Router
 from broker.security.keys import OrgKeys, key_dir, load_trust
 from broker.security.rules import BodyCodec, OriginSecurity, ReceiverSecurity
@@ -48,7 +49,6 @@ from broker.security.signing import SignedContext, sign, verify
 from broker.tracing import setup_tracing
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL
-from connectors.delivery import SinkDriver
 from connectors.runtime import ConnectorRuntime
 
 __all__ = ["main"]
@@ -138,7 +138,7 @@ def run_source(args: argparse.Namespace, settings: Settings, network: Network) -
     runtime = ConnectorRuntime(settings, network, args.org, Codec.from_settings(settings))
     runtime.start()
     feed_a, feed_b = read_feed(args.feed_a), read_feed(args.feed_b)
-    driver = runtime.status_driver
+    driver = runtime.status_feed
     assert driver is not None
     wait_for(lambda: bool(driver.loop.consumer and driver.loop.consumer.assignment()), stop, 0.1)
     emit("ready", org=args.org)

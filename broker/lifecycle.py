@@ -36,6 +36,7 @@ step back. A person cannot send it again (:func:`allowed_next` does not offer it
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -51,6 +52,7 @@ __all__ = [
     "allowed_next",
     "current_status",
     "describe_refusal",
+    "reason_code",
 ]
 
 S = ReferralStatus
@@ -155,3 +157,14 @@ def current_status(
         if best is None or (stage, at) > (best[0], best[1]):
             best = (stage, at, status)
     return (best[2], best[1]) if best is not None else None
+
+
+#: What a stored refusal reason may contain: a code, printable ASCII without spaces.
+_REASON_CHARS = re.compile(r"[^\x21-\x7e]")
+_REASON_MAX = 64
+
+
+def reason_code(text: str | None) -> str:
+    """``text`` as a reason code safe to store and print (``UNSPECIFIED`` if empty)."""
+    code = _REASON_CHARS.sub("_", text or "")[:_REASON_MAX]
+    return code or "UNSPECIFIED"

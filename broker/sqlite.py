@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,6 +82,24 @@ class Database:
         """All rows of one read statement."""
         with self._lock:
             return list(self._conn.execute(sql, params))
+
+    def add_columns(self, table: str, columns: Mapping[str, str]) -> None:
+        """Add the ``columns`` (name → declaration) an older file's ``table`` lacks.
+
+        Safe when another process adds them at the same time: each is added in
+        its own transaction after looking again, and a "duplicate column" loses.
+        """
+        for name, decl in columns.items():
+            with self._lock:
+                have = {r["name"] for r in self.query(f"PRAGMA table_info({table})")}
+                if name in have:
+                    continue
+                try:
+                    with self.transaction() as conn:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def close(self) -> None:
         """Close the connection."""

@@ -44,7 +44,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from broker.config import Settings
 from broker.errors import ConfigError
-from broker.wire.topics import Headers
+from broker.wire.topics import HeaderList, Headers
 
 __all__ = [
     "ALLOWED_ATTRIBUTES",
@@ -59,7 +59,6 @@ __all__ = [
 
 log = logging.getLogger("referral.tracing")
 
-HeaderList = list[tuple[str, bytes]]
 
 #: The only span attributes ever recorded: ids, organisations, jurisdictions, topics, positions.
 ALLOWED_ATTRIBUTES = frozenset(

@@ -13,7 +13,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from broker.errors import ConfigError, ValidationFailed
 from broker.ids import resolve_id, short_id
 from broker.kafka import clients
+from broker.origin.outbox import Outbox
+from broker.origin.publisher import BatchResult, Publisher, Rejected
+from broker.origin.sent_view import item_report
+from broker.origin.status_log import StatusLog
 from broker.outcomes import parse_item_specs, summarise
+from broker.receiver.inbox import Inbox
+from broker.receiver.statuses import new_status_update, send_status_update
 from broker.wire.codec import Codec
 from broker.wire.models import ReferralStatus, utc_now_ms
 from cli.app import (
@@ -29,12 +35,7 @@ from cli.app import (
 )
 from cli.tables import WIDE_OPTION, is_narrow, new_table
 from connectors.formats import name_fields, read_referral_file
-from connectors.inbox import Inbox
-from connectors.outbox import Outbox
-from connectors.publisher import BatchResult, Publisher, Rejected
 from connectors.runtime import ConnectorRuntime
-from connectors.sent_view import item_report
-from connectors.status_update import new_status_update, send_status_update
 
 __all__ = ["app", "outbox", "publish", "status"]
 
@@ -270,14 +271,16 @@ def outbox(
     """
     settings = state(ctx).settings
     box = Outbox.for_org(settings, org)
-    inbox = Inbox.for_org(settings, org)
+    status_log = StatusLog.for_org(settings, org)
     try:
         pending, refused = box.pending(), box.refused()
         listed = box.all() if show_all else [*pending, *refused]
-        items = {p.referral_id: item_report(box, inbox, p.referral_id).to_json() for p in listed}
+        items = {
+            p.referral_id: item_report(box, status_log, p.referral_id).to_json() for p in listed
+        }
     finally:
         box.close()
-        inbox.close()
+        status_log.close()
     now = time.time()
     if as_json:
         print_json([{**p.to_json(now), **items[p.referral_id]} for p in listed])

@@ -486,7 +486,7 @@ def _report(
     )
     refused: Counter[str] = Counter()
     for rt in runtimes.values():
-        refused.update(rt.inbox.refused_statuses())
+        refused.update(rt.status_log.refused_statuses())
     console.print(
         f"statuses: {accepted} verified and acted on by their origins (signature, window, "
         f"sender among the recipients, lifecycle); refused: "

@@ -1,1 +1,1 @@
-"""Source and sink connectors, one small module per kind, on one base interface."""
+"""The plug-in connector kinds (drop folder, HTTP intake, sinks) and the runtime that runs them."""

@@ -61,12 +61,13 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from broker.config import Settings
+from broker.contracts import Source
 from broker.errors import ConfigError
+from broker.origin.publisher import BatchResult, Publisher
 from broker.private import private_dir, write_private
 from broker.terminal import escape
-from connectors.base import ConnectorConfig, Source, resolve_path
+from connectors.base import ConnectorConfig, resolve_path
 from connectors.formats import SUFFIXES, incomplete, name_fields, parse_referrals, receipt_csv
-from connectors.publisher import BatchResult, Publisher
 
 __all__ = ["DropFolderConfig", "DropFolderSource", "FileReport"]
 

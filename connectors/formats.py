@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import ValidationFailed
-from connectors.publisher import BatchResult, Rejected
+from broker.origin.publisher import BatchResult, Rejected
 
 __all__ = [
     "CSV_COLUMNS",

@@ -56,12 +56,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from broker.contracts import Source
 from broker.errors import ConfigError, ValidationFailed
-from connectors.base import ConnectorConfig, Source, secret_from_env
+from broker.origin.publisher import BatchResult, Prepared, Publisher, Rejected
+from connectors.base import ConnectorConfig, secret_from_env
 from connectors.formats import json_rows, load_json, normalise, split_problem
 from connectors.http_guard import guarded_h11
 from connectors.idempotency import IdempotencyKeys, valid_key
-from connectors.publisher import BatchResult, Prepared, Publisher, Rejected
 from connectors.serving import ThreadedServer
 
 __all__ = ["HttpIntakeConfig", "HttpIntakeSource", "build_app"]

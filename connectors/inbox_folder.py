@@ -35,9 +35,10 @@ from typing import Any
 from pydantic import Field
 
 from broker.config import Settings
+from broker.contracts import Delivery, Sink
 from broker.errors import DeliveryError
 from broker.private import private_dir, write_private
-from connectors.base import ConnectorConfig, Delivery, Sink, resolve_path
+from connectors.base import ConnectorConfig, resolve_path
 
 __all__ = ["InboxFolderConfig", "InboxFolderSink"]
 

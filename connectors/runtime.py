@@ -38,30 +38,26 @@ from kafka.errors import KafkaError
 from pydantic import BaseModel, Field, ValidationError
 
 from broker.config import Settings
+from broker.contracts import Sink, Source, StatusSink
 from broker.errors import ConfigError, ReferralError
 from broker.kafka import clients
 from broker.ledger.checkpoint import HeadWatcher
 from broker.network import Network, Organisation
+from broker.origin.outbox import Outbox, RepublishSchedule
+from broker.origin.publisher import Publisher
+from broker.origin.status_feed import StatusFeed
+from broker.origin.status_log import StatusLog
 from broker.private import exposure, private_dir
+from broker.receiver.inbox import Inbox
+from broker.receiver.sink_driver import SinkDriver
 from broker.security.rules import ReceiverSecurity
 from broker.tracing import Tracing, setup_tracing
 from broker.validation import validation_problems
 from broker.wire.codec import Codec
-from connectors.base import (
-    ConnectorConfig,
-    Sink,
-    Source,
-    StatusSink,
-    resolve_path,
-    secret_from_env,
-)
-from connectors.delivery import SinkDriver, StatusDriver
+from connectors.base import ConnectorConfig, resolve_path, secret_from_env
 from connectors.drop_folder import DropFolderConfig, DropFolderSource
 from connectors.http_intake import HttpIntakeConfig, HttpIntakeSource
-from connectors.inbox import Inbox
 from connectors.inbox_folder import InboxFolderConfig, InboxFolderSink
-from connectors.outbox import Outbox, RepublishSchedule
-from connectors.publisher import Publisher
 from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
 from connectors.status_sink import StatusFolderConfig, StatusFolderSink, StatusWebhookSink
 from connectors.webhook import WebhookConfig, WebhookSink
@@ -183,6 +179,7 @@ class ConnectorRuntime:
         self.producer = producer or clients.producer(settings, role=f"connectors-{org_id}")
         self.outbox = Outbox.for_org(settings, org_id)
         self.inbox = Inbox.for_org(settings, org_id)
+        self.status_log = StatusLog.for_org(settings, org_id)
         #: Spans of this organisation's connectors (exporter from the settings by default).
         self._own_tracing = tracing is None
         self.tracing = tracing or setup_tracing(settings, f"connectors-{org_id}")
@@ -197,7 +194,7 @@ class ConnectorRuntime:
                 {**self.built.outbox.model_dump(), "republish_after": republish_after}
             )
         self.sink_driver: SinkDriver | None = None
-        self.status_driver: StatusDriver | None = None
+        self.status_feed: StatusFeed | None = None
         self.heads: HeadWatcher | None = None
         self.republished: list[str] = []
         #: Child referrals published for moved items (``Publisher.reroute_due``).
@@ -293,19 +290,19 @@ class ConnectorRuntime:
                     security=ReceiverSecurity.load(self.settings, self.network, self.org.id),
                 )
                 self.sink_driver.open()
-            self.status_driver = StatusDriver(
+            self.status_feed = StatusFeed(
                 self.settings,
                 self.org.id,
                 self.codec,
                 self.built.status_sinks,
                 self.outbox,
-                self.inbox,
+                self.status_log,
                 producer=self.producer,
                 tracing=self.tracing,
                 security=self.publisher.security,
                 network=self.network,
             )
-            self.status_driver.open()
+            self.status_feed.open()
             self.heads = HeadWatcher(
                 self.settings, self.org.id, self.publisher.security.live_trust
             ).start()
@@ -316,7 +313,7 @@ class ConnectorRuntime:
             self._spawn(f"source-{src.kind}", self._source_loop(src))
         if self.sink_driver is not None:
             self._spawn("sink-driver", self._driver_loop(self.sink_driver.step))
-        self._spawn("status-driver", self._driver_loop(self.status_driver.step))
+        self._spawn("status-driver", self._driver_loop(self.status_feed.step))
         self._spawn("republisher", self._republish_loop)
         log.info(
             "%s: %d source(s), %d sink(s), %d status sink(s) running",
@@ -381,10 +378,10 @@ class ConnectorRuntime:
                 src.flush()
             finally:
                 src.close()
-        for driver in (self.sink_driver, self.status_driver):
+        for driver in (self.sink_driver, self.status_feed):
             if driver is not None:
                 driver.close()
-        self.sink_driver = self.status_driver = None
+        self.sink_driver = self.status_feed = None
         if self.heads is not None:
             self.heads.stop()
             self.heads = None
@@ -393,6 +390,7 @@ class ConnectorRuntime:
         self.publisher.close()
         self.outbox.close()
         self.inbox.close()
+        self.status_log.close()
         if self._own_tracing:
             self.tracing.shutdown()
             self._own_tracing = False

@@ -35,9 +35,10 @@ from datetime import UTC, datetime
 from pydantic import Field
 
 from broker.config import Settings
+from broker.contracts import Delivery, Sink
 from broker.errors import DeliveryError
 from broker.sqlite import Database
-from connectors.base import ConnectorConfig, Delivery, Sink, resolve_path
+from connectors.base import ConnectorConfig, resolve_path
 
 __all__ = ["SqliteCaseConfig", "SqliteCaseSink", "sql_time"]
 
@@ -123,12 +124,7 @@ class SqliteCaseSink(Sink):
                     f"INSERT INTO {self.table} ({_COLUMNS}) SELECT {_COPY_TIMES} FROM {old}"
                 )
                 conn.execute(f"DROP TABLE {old}")
-        have = {r["name"] for r in self._db.query(f"PRAGMA table_info({self.table})")}
-        if "version" not in have:
-            with self._db.transaction() as conn:
-                conn.execute(
-                    f"ALTER TABLE {self.table} ADD COLUMN version INTEGER NOT NULL DEFAULT 1"
-                )
+        self._db.add_columns(self.table, {"version": "INTEGER NOT NULL DEFAULT 1"})
 
     def flush(self) -> None:
         """Make the rows written so far durable (one fsync, before they are acknowledged)."""

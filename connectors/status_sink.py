@@ -17,9 +17,10 @@ import json
 from pydantic import Field
 
 from broker.config import Settings
+from broker.contracts import StatusDelivery, StatusSink
 from broker.errors import DeliveryError
 from broker.private import append_private, private_dir
-from connectors.base import ConnectorConfig, StatusDelivery, StatusSink, resolve_path
+from connectors.base import ConnectorConfig, resolve_path
 from connectors.webhook import PostingSink
 
 __all__ = ["StatusFolderConfig", "StatusFolderSink", "StatusWebhookSink"]

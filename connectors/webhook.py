@@ -40,8 +40,9 @@ import httpx
 from pydantic import Field, SecretStr
 
 from broker.config import Settings
+from broker.contracts import Delivery, Sink
 from broker.errors import DeliveryError
-from connectors.base import ConnectorConfig, Delivery, Sink, check_http_url, secret_from_env
+from connectors.base import ConnectorConfig, check_http_url, secret_from_env
 from connectors.inbox_folder import delivery_document
 
 __all__ = [

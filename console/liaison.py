@@ -41,7 +41,13 @@ from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_even
 from broker.ledger.views import HandoverRecord
 from broker.lifecycle import LifecycleError, allowed_next
 from broker.network import Network
+from broker.origin.outbox import Outbox, PendingReferral
+from broker.origin.sent_view import SentItems, item_report
+from broker.origin.status_log import StatusLog
 from broker.outcomes import parse_item_specs, parse_reroute
+from broker.receiver.inbox import Inbox, InboxRecord
+from broker.receiver.inbox_view import InboxEntry, entries, select
+from broker.receiver.statuses import current_status, new_status_update, send_status_update
 from broker.security.keys import LiveKeys, LiveTrust, key_dir
 from broker.security.rules import ReceiverSecurity
 from broker.security.signing import ledger_signer
@@ -54,11 +60,6 @@ from broker.wire.models import (
     StatusUpdate,
     utc_now_ms,
 )
-from connectors.inbox import Inbox, InboxRecord
-from connectors.inbox_view import InboxEntry, entries, select
-from connectors.outbox import Outbox, PendingReferral
-from connectors.sent_view import SentItems, item_report
-from connectors.status_update import current_status, new_status_update, send_status_update
 from connectors.versions import KeptVersion, kept_versions
 from console import ledger
 
@@ -226,17 +227,17 @@ class LiaisonDesk:
 
     def sent(self) -> list[tuple[PendingReferral, SentItems]]:
         """The referrals this organisation sent (newest first), each with what its recipients
-        reported of its items (verified, from the inbox) and its re-referrals."""
+        reported of its items (verified, from the status log) and its re-referrals."""
         if not (self.settings.org_dir(self.org) / "outbox.sqlite3").exists():
             return []
         box = Outbox.for_org(self.settings, self.org)
-        inbox = self._inbox()
+        status_log = StatusLog.for_org(self.settings, self.org)
         try:
             listed = sorted(box.all(), key=lambda p: p.published_at, reverse=True)
-            return [(p, item_report(box, inbox, p.referral_id)) for p in listed]
+            return [(p, item_report(box, status_log, p.referral_id)) for p in listed]
         finally:
             box.close()
-            inbox.close()
+            status_log.close()
 
     def _lookup(self, given: str) -> tuple[InboxRecord, ReferralStatus | None]:
         inbox = self._inbox()

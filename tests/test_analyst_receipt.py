@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 
 from broker.config import Settings
 from broker.network import Network
+from broker.origin.outbox import Outbox
+from broker.origin.publisher import Publisher
 from broker.wire.codec import Codec
 from cli.main import app
 from connectors.drop_folder import DropFolderConfig, DropFolderSource
 from connectors.formats import CSV_COLUMNS, RECEIPT_COLUMNS, normalise, parse_referrals
-from connectors.outbox import Outbox
-from connectors.publisher import Publisher
 from tests.test_connectors_support import cli_env_for
 
 ROOT = Path(__file__).resolve().parents[1]

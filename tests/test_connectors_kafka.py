@@ -16,17 +16,19 @@ from broker.config import Settings
 from broker.kafka.deadletter import H_STAGE
 from broker.ledger.events import decode_events
 from broker.network import Network
+from broker.origin.outbox import Outbox
+from broker.origin.publisher import Publisher
+from broker.origin.status_feed import StatusFeed
+from broker.origin.status_log import StatusLog
+from broker.receiver.inbox import Inbox
+from broker.receiver.sink_driver import SinkDriver
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL, STATUS_UPDATE
 from broker.wire.topics import Headers
 from cli.main import app
-from connectors.delivery import SinkDriver, StatusDriver
 from connectors.drop_folder import DropFolderConfig, DropFolderSource
 from connectors.http_intake import HttpIntakeConfig, HttpIntakeSource
-from connectors.inbox import Inbox
 from connectors.inbox_folder import InboxFolderConfig, InboxFolderSink
-from connectors.outbox import Outbox
-from connectors.publisher import Publisher
 from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
 from connectors.status_sink import StatusFolderConfig, StatusFolderSink
 from connectors.webhook import WebhookConfig, WebhookSink
@@ -206,7 +208,7 @@ def _address(
     )
 
 
-def _drain(driver: SinkDriver | StatusDriver, done: Any, timeout: float = 30) -> None:
+def _drain(driver: SinkDriver | StatusFeed, done: Any, timeout: float = 30) -> None:
     def step() -> bool:
         driver.poll_once()
         return bool(done())
@@ -353,7 +355,7 @@ def test_webhook_that_finally_fails_is_dead_lettered_not_recorded(
 # -- the origin side ------------------------------------------------------------------------------
 
 
-def test_status_driver_clears_outbox_and_writes_each_status_once(
+def test_status_feed_clears_outbox_and_writes_each_status_once(
     ready: Settings, net: Network, codec: Codec, producer: KafkaProducer
 ) -> None:
     names = ready.topic_names()
@@ -388,8 +390,14 @@ def test_status_driver_clears_outbox_and_writes_each_status_once(
     producer.send(names.status("hl-a"), key=b"x", value=b"\x00garbage")
     producer.flush(10)
     folder = StatusFolderSink(StatusFolderConfig(path="status"), ready)
-    driver = StatusDriver(
-        ready, "hl-a", codec, [folder], pub.outbox, Inbox.for_org(ready, "hl-a"), producer=producer
+    driver = StatusFeed(
+        ready,
+        "hl-a",
+        codec,
+        [folder],
+        pub.outbox,
+        StatusLog.for_org(ready, "hl-a"),
+        producer=producer,
     )
     driver.open()
     try:

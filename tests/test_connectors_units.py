@@ -13,16 +13,16 @@ import pytest
 from pydantic import SecretStr
 
 from broker.config import Settings
+from broker.contracts import Delivery, jsonable
 from broker.errors import ConfigError, DeliveryError, ValidationFailed
-from connectors.base import Delivery, jsonable
+from broker.origin.outbox import Outbox
+from broker.receiver.inbox import Inbox
 from connectors.formats import (
     CSV_COLUMNS,
     csv_column_of,
     csv_row_to_referral,
     read_referral_file,
 )
-from connectors.inbox import Inbox
-from connectors.outbox import Outbox
 from connectors.runtime import ConnectorRuntime, parse_connector_settings
 from connectors.webhook import SignedPoster, WebhookConfig, sign, verify
 from tests.test_connectors_support import hook_server, make_network, referral_json

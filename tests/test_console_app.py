@@ -17,16 +17,17 @@ from typing import Any
 import pytest
 
 from broker.config import Settings
+from broker.contracts import Delivery
 from broker.errors import ConfigError
 from broker.ledger.store import Verification
 from broker.ledger.views import HandoverRecord, Trace
 from broker.lifecycle import LifecycleError
 from broker.network import Network
+from broker.origin.status_log import StatusLog
+from broker.receiver.inbox import Inbox
 from broker.wire.codec import Codec
 from broker.wire.models import ItemOutcomeKind, ReferralStatus, StatusUpdate
 from broker.wire.registry import EmbeddedRegistry
-from connectors.base import Delivery
-from connectors.inbox import Inbox
 from console.app import CONTENT_SECURITY_POLICY, Console, build_app
 from console.auth import OPERATOR, SESSION_COOKIE, Sessions, Tokens, token_env
 from console.liaison import LiaisonDesk, status_for_items
@@ -574,9 +575,9 @@ def test_the_sent_page_shows_the_outcomes_the_origin_verified(
     tmp_path: Path, network: Network
 ) -> None:
     """The origin's side: its outbox and the item outcomes its inbox verified, no side table."""
+    from broker.origin.outbox import Outbox, ReferralFacts
     from broker.outcomes import ItemRef, Reroute
     from broker.wire.models import HostingEvidence, ItemOutcome
-    from connectors.outbox import Outbox, ReferralFacts
 
     origin = "hl-nl"
     settings = Settings(state_dir=tmp_path / "state", bootstrap_servers="127.0.0.1:9")
@@ -587,7 +588,7 @@ def test_the_sent_page_shows_the_outcomes_the_origin_verified(
     )  # fmt: skip
     box.request_reroute(Reroute(ITEMS_RID, ITEM_B, "FR", CHILD))
     box.close()
-    inbox = Inbox.for_org(settings, origin)
+    inbox = StatusLog.for_org(settings, origin)
     inbox.record_outcomes(
         ITEMS_RID,
         ORG,

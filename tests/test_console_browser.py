@@ -24,9 +24,9 @@ import pytest
 from broker.config import Settings
 from broker.ledger.store import LedgerStore
 from broker.network import Network, parse_network
+from broker.receiver.inbox import Inbox
 from broker.security.keys import ROUTER
 from broker.wire.codec import Codec
-from connectors.inbox import Inbox
 from connectors.runtime import ConnectorRuntime
 from console.auth import OPERATOR, token_env
 from console.server import ConsoleServer, make_console
@@ -250,7 +250,7 @@ def test_liaison_and_operator_in_a_real_browser(
 
         wait_for(item_removed, 60, "the origin to hear of the removed item")
         wait_for(item_moved, 30, "the origin to hear where the other item moved")
-        assert origin.inbox.status_state(rid, "police-nl") == "STILL_ONLINE"
+        assert origin.status_log.status_state(rid, "police-nl") == "STILL_ONLINE"
 
         # The origin re-referred the moved item: the referral page names the child (no reload
         # of content: the page shows ids, versions and links only).

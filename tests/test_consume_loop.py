@@ -20,6 +20,7 @@ from typing import Any
 from kafka import TopicPartition
 
 from broker.config import Settings
+from broker.contracts import Delivery, Sink
 from broker.errors import DeliveryError
 from broker.kafka import clients
 from broker.kafka.deadletter import (
@@ -31,13 +32,12 @@ from broker.kafka.deadletter import (
 )
 from broker.ledger.events import decode_events
 from broker.network import Network
+from broker.receiver.inbox import Inbox
+from broker.receiver.sink_driver import SinkDriver
 from broker.routing.router import Router
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL, EmbeddedRegistry
 from broker.wire.topics import Headers
-from connectors.base import Delivery, Sink
-from connectors.delivery import SinkDriver
-from connectors.inbox import Inbox
 from tests.factories import make_referral
 from tests.kafka_helpers import header, read_topic
 

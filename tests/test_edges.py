@@ -32,6 +32,9 @@ from broker.config import Settings
 from broker.kafka.deadletter import DeadLetterStage, send_dead_letter
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.network import Network
+from broker.origin.outbox import Outbox
+from broker.origin.publisher import Publisher, referral_id_for
+from broker.receiver.inbox import Inbox
 from broker.wire.codec import Codec
 from broker.wire.models import Referral
 from broker.wire.registry import REFERRAL
@@ -41,9 +44,6 @@ from cli.main import app
 from connectors.drop_folder import DropFolderConfig, DropFolderSource
 from connectors.formats import csv_row_to_referral
 from connectors.http_intake import HttpIntakeConfig, HttpIntakeSource
-from connectors.inbox import Inbox
-from connectors.outbox import Outbox
-from connectors.publisher import Publisher, referral_id_for
 from connectors.runtime import ConnectorRuntime
 from tests.kafka_helpers import read_topic, start_router
 from tests.test_connectors_support import (

@@ -13,22 +13,22 @@ from pathlib import Path
 import pytest
 
 from broker.config import Settings
+from broker.contracts import Delivery, StatusDelivery
 from broker.errors import ValidationFailed
 from broker.ledger.store import LedgerStore
+from broker.origin.outbox import Outbox
+from broker.origin.publisher import Publisher, referral_id_for
 from broker.private import exposure, private_dir, write_private
+from broker.receiver.inbox import Inbox
 from broker.security.keys import init_keys
 from broker.security.rules import HandlingLog
 from broker.terminal import EscapingFormatter, escape
 from broker.validation import validation_problems
 from broker.wire.codec import Codec
 from broker.wire.models import Referral
-from connectors.base import Delivery, StatusDelivery
 from connectors.formats import csv_row_to_referral, incomplete, load_json, parse_referrals
 from connectors.idempotency import IdempotencyKeys, valid_key
-from connectors.inbox import Inbox
 from connectors.inbox_folder import InboxFolderConfig, InboxFolderSink
-from connectors.outbox import Outbox
-from connectors.publisher import Publisher, referral_id_for
 from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
 from connectors.status_sink import StatusFolderConfig, StatusFolderSink
 from tests.test_connectors_support import make_network, referral_json

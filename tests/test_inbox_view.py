@@ -17,11 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from broker.config import Settings
+from broker.contracts import Delivery
 from broker.errors import ConfigError
 from broker.ids import resolve_id
+from broker.receiver.inbox import Inbox
 from cli.main import app
-from connectors.base import Delivery
-from connectors.inbox import Inbox
 from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
 
 NETWORK = Path(__file__).resolve().parents[1] / "examples" / "network.toml"

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from broker.lifecycle import reason_code
+from broker.origin.outbox import Outbox, RepublishSchedule
 from cli.main import app
-from connectors.outbox import Outbox, RepublishSchedule, reason_code
 from connectors.runtime import OutboxConfig
 
 RID = "7d1c2a9e-0b1f-4c55-9a7e-1f0e6a4c2b10"

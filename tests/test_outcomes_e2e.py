@@ -117,7 +117,7 @@ def test_three_outcomes_reach_the_origin_and_the_moved_item_is_re_referred(
         result = rts["hl-a"].publisher.publish([("row 1", raw)])
         assert result.ok
         assert result.published[0].sent
-        outbox, inbox = rts["hl-a"].outbox, rts["hl-a"].inbox
+        outbox, status_log = rts["hl-a"].outbox, rts["hl-a"].status_log
         wait_for(lambda: outbox.is_complete(rid), 30, "police-de's RECEIVED")
 
         cli(env, "status", "police-de", rid[:8], "ACCEPTED")
@@ -136,7 +136,7 @@ def test_three_outcomes_reach_the_origin_and_the_moved_item_is_re_referred(
         )
         assert "3 items: 1 removed, 1 moved to FR, 1 still online" in out
 
-        wait_for(lambda: len(inbox.item_states(rid)) == 3, 30, "the three verified outcomes")
+        wait_for(lambda: len(status_log.item_states(rid)) == 3, 30, "the three verified outcomes")
         child = outbox.children(rid)
         wait_for(
             lambda: bool(outbox.children(rid)) and outbox.children(rid)[0][1],
@@ -149,7 +149,7 @@ def test_three_outcomes_reach_the_origin_and_the_moved_item_is_re_referred(
         )
         wait_for(lambda: outbox.is_complete(reroute.child_referral_id), 30, "police-fr's RECEIVED")
         child = outbox.children(rid)
-        states = {s.item_id: s for s in inbox.item_states(rid)}
+        states = {s.item_id: s for s in status_log.item_states(rid)}
         outbox_json = json.loads(cli(env, "outbox", "hl-a", "--all", "--json"))
         outbox_text = cli(env, "outbox", "hl-a", "--all")
 

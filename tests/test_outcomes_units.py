@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 
 from broker.config import Settings
+from broker.contracts import Delivery
 from broker.errors import ConfigError
 from broker.ledger.views import HandoverRecord, trace
 from broker.network import Deadlines
+from broker.origin.outbox import Outbox, ReferralFacts
+from broker.origin.publisher import child_referral, content_fingerprint
+from broker.origin.status_log import StatusLog
 from broker.outcomes import (
     ItemRef,
     Reroute,
@@ -26,13 +30,10 @@ from broker.outcomes import (
     status_reason,
     summarise,
 )
+from broker.receiver.inbox import Inbox
 from broker.wire import models as m
 from broker.wire.topics import TopicNames
-from connectors.base import Delivery
-from connectors.inbox import Inbox
 from connectors.inbox_folder import InboxFolderConfig, InboxFolderSink
-from connectors.outbox import Outbox, ReferralFacts
-from connectors.publisher import child_referral, content_fingerprint
 from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
 from tests.factories import make_referral
 from tests.test_connectors_support import make_network, referral_json
@@ -210,8 +211,8 @@ def test_outbox_queues_a_re_referral_once(tmp_path: Path) -> None:
     assert box.children(RID) == [(replace(r, ip=None), True)]
 
 
-def test_inbox_keeps_the_latest_outcome_per_item_and_emitter(tmp_path: Path) -> None:
-    inbox = Inbox(tmp_path / "inbox.sqlite3")
+def test_status_log_keeps_the_latest_outcome_per_item_and_emitter(tmp_path: Path) -> None:
+    inbox = StatusLog(tmp_path / "status_log.sqlite3")
     removed = m.ItemOutcome(item_id=A, outcome=m.ItemOutcomeKind.REMOVED, observed_at=NOW)
     assert inbox.record_outcomes(RID, "police-de", [_moved(A, "FR")], 1000) == 1
     assert inbox.record_outcomes(RID, "police-de", [removed], 2000) == 1
@@ -319,17 +320,14 @@ def test_trace_reads_outcomes_links_and_versions_from_the_ledger() -> None:
 
 
 def test_the_origin_refuses_outcomes_of_items_its_referral_does_not_have(tmp_path: Path) -> None:
-    """StatusDriver._outcomes: every outcome must name an item of the referral it published."""
-    from types import SimpleNamespace
-
+    """Every outcome must name an item of the referral the origin published."""
     from broker.errors import SecurityError
-    from connectors.delivery import StatusDriver
+    from broker.origin.status_feed import verified_outcomes
 
     box = Outbox(tmp_path / "outbox.sqlite3")
     box.add(
         RID, "case-1", "intake", b"v1", [], ["police-de"], about=ReferralFacts(items=(ItemRef(A),))
     )
-    driver = SimpleNamespace(outbox=box, security=object())
     datum = {
         "referral_id": RID,
         "emitted_by": "police-de",
@@ -337,19 +335,17 @@ def test_the_origin_refuses_outcomes_of_items_its_referral_does_not_have(tmp_pat
             {"item_id": A, "outcome": "REMOVED", "observed_at": NOW},
         ],
     }
-    [ok] = StatusDriver._outcomes(driver, datum)  # type: ignore[arg-type]
+    [ok] = verified_outcomes(datum, box.get(RID))
     assert ok.item_id == A
     datum["item_outcomes"] = [{"item_id": B, "outcome": "REMOVED", "observed_at": NOW}]
     with pytest.raises(SecurityError, match=f"names 1 item\\(s\\) not in referral {RID}"):
-        StatusDriver._outcomes(driver, datum)  # type: ignore[arg-type]
+        verified_outcomes(datum, box.get(RID))
     datum["referral_id"] = "5c0f8a3e-0000-4000-8000-0000000000ff"  # not ours: nothing to act on
-    assert StatusDriver._outcomes(driver, datum) == []  # type: ignore[arg-type]
+    assert verified_outcomes(datum, box.get(str(datum["referral_id"]))) == []
 
 
 def test_a_refusal_of_an_amended_version_no_longer_counts(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from connectors.delivery import StatusDriver
+    from broker.origin.status_feed import superseded
 
     box = Outbox(tmp_path / "outbox.sqlite3")
     box.add(RID, "case-1", "intake", b"v1", [], ["police-fr"])
@@ -357,12 +353,11 @@ def test_a_refusal_of_an_amended_version_no_longer_counts(tmp_path: Path) -> Non
     box.amend(RID, b"v2", [], ["police-fr"], "sha-2", ReferralFacts(version=2))
     assert not box.mark_refused(RID, "police-fr", "HTTP_422", version=1), "late, superseded"
     assert box.pending()[0].waiting_for == ("police-fr",)
-    driver = SimpleNamespace(outbox=box)
-    assert StatusDriver._superseded(driver, RID, "REJECTED", 1)  # type: ignore[arg-type]
-    assert not StatusDriver._superseded(driver, RID, "REJECTED", 2)  # type: ignore[arg-type]
-    assert not StatusDriver._superseded(driver, RID, "NTD_SENT", 1)  # type: ignore[arg-type]
+    assert superseded(box.get(RID), "REJECTED", 1)
+    assert not superseded(box.get(RID), "REJECTED", 2)
+    assert not superseded(box.get(RID), "NTD_SENT", 1)
 
-    inbox = Inbox(tmp_path / "inbox.sqlite3")
+    inbox = StatusLog(tmp_path / "status_log.sqlite3")
     inbox.set_status_state(RID, "police-fr", "REJECTED", 1)
     assert inbox.status_state(RID, "police-fr") == "REJECTED"
     assert inbox.status_state(RID, "police-fr", 1) == "REJECTED"

@@ -28,10 +28,10 @@ from broker.kafka.deadletter import H_STAGE
 from broker.ledger.events import decode_events
 from broker.ledger.views import HandoverRecord, resolved_dead_letters
 from broker.network import Network
+from broker.receiver.inbox import Inbox, Refusal
 from broker.security.keys import ROUTER
 from broker.wire.codec import Codec
 from cli.main import app
-from connectors.inbox import Inbox, Refusal
 from connectors.runtime import ConnectorRuntime
 from tests.kafka_helpers import cli_env, header, provision_network, read_topic, start_router
 from tests.security_support import give_keys, keyed_network

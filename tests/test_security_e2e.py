@@ -17,18 +17,18 @@ from typing import Any
 import pytest
 
 from broker.config import Settings
+from broker.contracts import Delivery, Sink
 from broker.kafka.deadletter import H_CONNECTOR, H_MESSAGE, H_STAGE
 from broker.network import Network
+from broker.origin.outbox import Outbox
+from broker.origin.publisher import Publisher
+from broker.receiver.inbox import Inbox
+from broker.receiver.sink_driver import SinkDriver
 from broker.security.rules import ReceiverSecurity
 from broker.security.signing import SIGNATURE_HEADER
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL
 from broker.wire.topics import Headers
-from connectors.base import Delivery, Sink
-from connectors.delivery import SinkDriver
-from connectors.inbox import Inbox
-from connectors.outbox import Outbox
-from connectors.publisher import Publisher
 from connectors.runtime import ConnectorRuntime
 from tests.kafka_helpers import header, provision_network, publish, read_topic, start_router
 from tests.security_support import case_content, give_keys, keyed_network

@@ -18,17 +18,17 @@ import pytest
 from kafka import KafkaProducer
 
 from broker.config import Settings
+from broker.contracts import Delivery, Sink
 from broker.ledger.events import decode_events
 from broker.network import Network
+from broker.origin.outbox import Outbox
+from broker.origin.publisher import Prepared, Publisher
+from broker.receiver.inbox import Inbox
+from broker.receiver.sink_driver import SinkDriver
 from broker.security.rules import ReceiverSecurity
 from broker.security.signing import SIGNATURE_HEADER
 from broker.wire.codec import Codec
 from broker.wire.topics import Headers
-from connectors.base import Delivery, Sink
-from connectors.delivery import SinkDriver
-from connectors.inbox import Inbox
-from connectors.outbox import Outbox
-from connectors.publisher import Prepared, Publisher
 from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
 from tests.kafka_helpers import header, provision_network, read_topic
 from tests.security_support import give_keys, keyed_network

@@ -22,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from broker.config import Settings
+from broker.contracts import Delivery, Sink
 from broker.kafka import clients
 from broker.kafka.deadletter import (
     H_CONNECTOR,
@@ -36,6 +37,11 @@ from broker.ledger.events import LedgerEmitter, handover_event
 from broker.ledger.store import _FIELDS, GENESIS, LedgerStore, entry_hash
 from broker.ledger.views import trace
 from broker.network import Network, parse_network
+from broker.origin.outbox import Outbox
+from broker.origin.publisher import Publisher
+from broker.receiver.inbox import Inbox
+from broker.receiver.sink_driver import SinkDriver
+from broker.receiver.statuses import StatusSender
 from broker.security.keys import (
     RELOAD_CHECK_SECONDS,
     ROUTER,
@@ -52,11 +58,6 @@ from broker.wire.models import ReferralStatus, StatusUpdate, utc_now_ms
 from broker.wire.registry import STATUS_UPDATE
 from broker.wire.topics import Headers
 from cli.main import app
-from connectors.base import Delivery, Sink
-from connectors.delivery import SinkDriver, StatusSender
-from connectors.inbox import Inbox
-from connectors.outbox import Outbox
-from connectors.publisher import Publisher
 from connectors.runtime import ConnectorRuntime
 from tests.kafka_helpers import (
     cli_env,
@@ -221,7 +222,7 @@ def test_forged_receipts_leave_the_outbox_waiting_and_land_in_the_dead_letters(
         assert {header(d, H_CONNECTOR) for d in dead} == {"hl-a"}
         assert {header(d, H_TOPIC) for d in dead} == {names.status("hl-a")}
         assert sorted(d.value for d in dead) == sorted(v for v, _, _ in forgeries)
-        assert origin.inbox.refused_statuses() == {"STATUS_VERIFY": 3}
+        assert origin.status_log.refused_statuses() == {"STATUS_VERIFY": 3}
 
         # The outbox still holds the referral and sends it again after republish_after.
         wait_for(lambda: rid in origin.republished, 30, "the outbox republishing the referral")
@@ -248,7 +249,7 @@ def test_forged_receipts_leave_the_outbox_waiting_and_land_in_the_dead_letters(
         stack.callback(police.stop)
         police.start()
         wait_for(lambda: origin.outbox.is_complete(rid), 60, "the real RECEIVED")
-        assert origin.inbox.refused_statuses() == {"STATUS_VERIFY": 3}
+        assert origin.status_log.refused_statuses() == {"STATUS_VERIFY": 3}
 
         # Later statuses follow the lifecycle; a step back that arrives anyway is refused.
         sender = StatusSender(
@@ -271,8 +272,8 @@ def test_forged_receipts_leave_the_outbox_waiting_and_land_in_the_dead_letters(
         assert header(back, H_MESSAGE) == (
             "ACCEPTED refused after CLOSED: allowed next are none (CLOSED is final)"
         )
-        assert origin.inbox.status_state(rid, "police-de") == "CLOSED"
-        assert origin.inbox.refused_statuses() == {"STATUS_VERIFY": 3, "STATUS_LIFECYCLE": 1}
+        assert origin.status_log.status_state(rid, "police-de") == "CLOSED"
+        assert origin.status_log.refused_statuses() == {"STATUS_VERIFY": 3, "STATUS_LIFECYCLE": 1}
 
 
 def _now() -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.producer.future import FutureRecordMetadata
 
-from broker.wire.topics import HEADER_DLQ_PREFIX, Headers
+from broker.wire.topics import HEADER_DLQ_PREFIX, HeaderList, Headers, RecordHeaders, header
 
 __all__ = [
     "REFERENCE_PREFIX_BYTES",
@@ -90,9 +90,6 @@ class DeadLetterStage(StrEnum):
     SEND = "SEND"
     #: the record could not be sent on as it is (too large): dead-lettered by reference
     UNSENDABLE = "UNSENDABLE"
-
-
-HeaderList = list[tuple[str, bytes]]
 
 
 def dead_letter_headers(record: Any, stage: str, exc: BaseException, actor: str) -> HeaderList:
@@ -199,11 +196,8 @@ class DeadLetter:
         }
 
 
-def _header(headers: Sequence[tuple[str, bytes]], name: str) -> str:
-    for k, v in headers:
-        if k == name:
-            return v.decode("utf-8", "replace")
-    return ""
+def _header(headers: RecordHeaders, name: str) -> str:
+    return header(headers, name) or ""
 
 
 def _int(text: str, default: int = -1) -> int:

@@ -82,7 +82,7 @@ from broker.kafka.deadletter import DeadLetterStage, send_dead_letter, send_dead
 from broker.ledger.events import EventFacts, LedgerEmitter, handover_event
 from broker.tracing import Tracing, trace_id_of
 from broker.wire.models import HandoverEventType
-from broker.wire.topics import Headers
+from broker.wire.topics import Headers, header
 
 __all__ = [
     "GC_THRESHOLDS",
@@ -356,8 +356,8 @@ class RecordContext:
         headers = self.record.headers
         self.event(
             HandoverEventType.DEAD_LETTERED,
-            referral_id or _header(headers, Headers.REFERRAL_ID) or _key_id(self.record.key),
-            _header(headers, Headers.CASE_ID),
+            referral_id or header(headers, Headers.REFERRAL_ID) or _key_id(self.record.key),
+            header(headers, Headers.CASE_ID),
             reason=f"{stage}: {type(exc).__name__}",
         )
 
@@ -876,13 +876,6 @@ def _bind(
         middleware(record, ctx, call_next)
 
     return call
-
-
-def _header(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> str | None:
-    for key, value in headers or ():
-        if key == name:
-            return (value or b"").decode("utf-8", "replace")
-    return None
 
 
 def _key_id(key: bytes | None) -> str:

@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker.errors import SignatureInvalid
 from broker.security.keys import LiveKeys, TrustStore
 from broker.security.window import now_ms
+from broker.wire.topics import RecordHeaders, header_values
 
 __all__ = [
     "CHECKPOINT_DOMAIN",
@@ -329,8 +330,8 @@ def sign(
     ]
 
 
-def _header(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> bytes | None:
-    found = [v or b"" for k, v in headers or () if k == name]
+def _header(headers: RecordHeaders, name: str) -> bytes | None:
+    found = header_values(headers, name)
     if len(found) > 1:
         raise SignatureInvalid(f"header {name} appears {len(found)} times")
     return found[0] if found else None

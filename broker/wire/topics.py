@@ -7,6 +7,7 @@ changing this file only.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -168,6 +169,23 @@ class Headers:
     ROUTE_REASON = "referral.route.reason"
     DESTINATION_ORGS = "referral.route.orgs"
     RECORD_KIND = "referral.kind"
+
+
+#: Record headers as a producer takes them.
+HeaderList = list[tuple[str, bytes]]
+#: Record headers as a consumer hands them (a value may be None; the list may be missing).
+RecordHeaders = Sequence[tuple[str, bytes | None]] | None
+
+
+def header_values(headers: RecordHeaders, name: str) -> list[bytes]:
+    """Every value of header ``name``, in record order (a missing value reads as empty)."""
+    return [value or b"" for key, value in headers or () if key == name]
+
+
+def header(headers: RecordHeaders, name: str) -> str | None:
+    """The first value of header ``name`` as text (undecodable bytes replaced), or None."""
+    found = header_values(headers, name)
+    return found[0].decode("utf-8", "replace") if found else None
 
 
 #: Kafka Connect-style error headers on dead letters start with this prefix.

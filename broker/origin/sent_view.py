@@ -1,10 +1,6 @@
 """The origin's side of item outcomes: what recipients reported of the referrals it sent.
 
-Read from the origin's own stores only: the outbox (:mod:`connectors.outbox`:
-which referrals it sent, their versions, the re-referrals of moved items) and
-its inbox (:meth:`connectors.inbox.Inbox.item_states`: the item outcomes it
-verified in signed status updates). ``referral outbox`` prints it and the
-console's *Sent* page shows it.
+Read from the origin's own stores (outbox, status log); `referral outbox` and the Sent page show it.
 """
 
 from __future__ import annotations
@@ -12,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from broker.origin.outbox import Outbox
+from broker.origin.status_log import ItemState, StatusLog
 from broker.outcomes import summarise
-from connectors.inbox import Inbox, ItemState
-from connectors.outbox import Outbox
 
 __all__ = ["SentChild", "SentItems", "item_report"]
 
@@ -64,11 +60,11 @@ class SentItems:
         }
 
 
-def item_report(box: Outbox, inbox: Inbox, referral_id: str) -> SentItems:
+def item_report(box: Outbox, status_log: StatusLog, referral_id: str) -> SentItems:
     """What the recipients reported of the items of ``referral_id`` and its re-referrals."""
     entry = box.get(referral_id)
     latest: dict[str, ItemState] = {}
-    for state in inbox.item_states(referral_id):  # oldest first: the latest report wins
+    for state in status_log.item_states(referral_id):  # oldest first: the latest report wins
         latest[state.item_id] = state
     total = len(entry.items) if entry is not None and entry.items else None
     return SentItems(

@@ -1,44 +1,6 @@
 """The one publishing path every source shares (drop folder, HTTP intake, ``referral publish``).
 
-validate (pydantic) → add HOSTING jurisdictions from the items → check it can be
-routed → encode (Avro, Confluent frame) → store in the outbox → produce to the
-intake topic (keyed by referral id, with id/case/origin headers) → PUBLISHED
-handover event in the ledger.
-
-Input is the referral's JSON form (``{"envelope": {...}, "body": {...}}``, the
-shape of :class:`broker.wire.models.Referral`). The source fills in what only it
-knows: ``origin_org`` and ``origin_country`` (the publishing organisation), and
-when absent ``created_at`` and ``body.timeline.received_at`` (now) and the
-``referral_id``. A referral naming another organisation as its origin is refused.
-
-**One case, one referral.** A referral's identity never depends on the bytes
-of the file or request it came in. It is the ``referral_id`` the source gives
-(an explicit field or CSV column the source keeps stable), or else
-:func:`referral_id_for` — a UUIDv5 over the origin organisation and the
-origin's ``case_id``. So a corrected file dropped again, a retried POST, or the
-same case through two sources (drop folder, HTTP intake, ``referral publish``)
-gets the same id, and the outbox — which keeps every referral the origin
-published — recognises it:
-
-* same id, same content → a **repeat**: answered ``repeat`` and not sent again
-  (the outbox keeps republishing the first until every destination confirms);
-* same id, other content → an **amendment**. Asked for explicitly
-  (``amend=True``: ``referral publish --amend``), it is published as the next
-  *version* of the same referral (``envelope.version``), signed like the first,
-  routed by its own (signed) envelope, stored in the outbox as the current
-  version (the earlier ones kept as history, every destination waiting for a
-  RECEIVED of the new version) and recorded as AMENDED in the ledger. Not asked
-  for (a source re-reading a changed file), it is refused with a clear problem
-  (``Rejected.kind == "amendment"``) and not published. The content compared is
-  :func:`content_fingerprint`: the referral without its id, origin, creation
-  time and version, and without a ``received_at`` the source filled in.
-
-**Re-referrals.** :meth:`Publisher.reroute_due` publishes the child referrals
-the status driver queued for moved items (the rule is in :mod:`broker.outcomes`),
-signed by this origin, and records REROUTED on the parent and on the child.
-
-Problems are reported as ``field.path: message`` lines that never quote URLs,
-hashes or free text.
+The rules it follows: broker/origin/README.md, section `publisher`.
 """
 
 from __future__ import annotations
@@ -58,9 +20,11 @@ from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 
 from broker.config import Settings
+from broker.contracts import jsonable
 from broker.errors import CodecError, ConfigError, RoutingError, SecurityError, ValidationFailed
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.network import Network, Organisation
+from broker.origin.outbox import Outbox, OutboxEntry, ReferralFacts, RepublishSchedule
 from broker.outcomes import ItemRef, Reroute, child_reason, parent_reason
 from broker.routing.decide import add_hosting_jurisdictions, country_of_ip, decide
 from broker.security.rules import OriginSecurity
@@ -68,8 +32,6 @@ from broker.tracing import Tracing
 from broker.wire.codec import Codec
 from broker.wire.models import CaseBody, Referral, problems_of, utc_now_ms
 from broker.wire.topics import Headers, TopicNames
-from connectors.base import jsonable
-from connectors.outbox import Outbox, OutboxEntry, ReferralFacts, RepublishSchedule
 
 __all__ = [
     "AMENDMENTS_HINT",

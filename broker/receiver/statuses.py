@@ -1,16 +1,6 @@
 """Sending a status update by hand: what ``referral status`` and the web console both do.
 
-A receiving organisation's person reports where a referral stands.
-:func:`new_status_update` checks the lifecycle (:mod:`broker.lifecycle`: the
-status must follow what the organisation sent before) and builds the update
-about the referral's current version, with the item outcomes it carries (parsed
-by :func:`broker.outcomes.parse_item_specs`, as ``referral status --item``
-writes them). :func:`send_status_update` signs it with the organisation's keys
-and publishes it to status intake (:class:`~connectors.delivery.StatusSender`),
-records the hop in the ledger as STATUS_SENT (signed by the organisation), and
-the organisation's inbox remembers the status and its item outcomes
-(:meth:`~connectors.inbox.Inbox.sent_outcomes`): the lifecycle of the next
-update starts from there, and the console shows the outcomes from there.
+The rules it follows: broker/receiver/README.md, section `statuses`.
 """
 
 from __future__ import annotations
@@ -18,7 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.producer.future import FutureRecordMetadata
+from opentelemetry.context import Context
 from pydantic import ValidationError
 
 from broker.config import Settings
@@ -26,13 +19,87 @@ from broker.errors import BrokerError, ValidationFailed
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.lifecycle import LifecycleError, advance, allowed_next
 from broker.network import Network
-from broker.security.rules import ReceiverSecurity
+from broker.receiver.inbox import Inbox, InboxRecord
+from broker.security.rules import OriginSecurity, ReceiverSecurity
+from broker.tracing import Tracing
 from broker.wire.codec import Codec
 from broker.wire.models import ItemOutcome, ReferralStatus, StatusUpdate, problems_of, utc_now_ms
-from connectors.delivery import StatusSender
-from connectors.inbox import Inbox, InboxRecord
+from broker.wire.registry import STATUS_UPDATE
+from broker.wire.topics import Headers, TopicNames
 
-__all__ = ["current_status", "new_status_update", "send_status_update"]
+__all__ = ["StatusSender", "current_status", "new_status_update", "send_status_update"]
+
+
+class StatusSender:
+    """Encodes status updates, signs them and publishes them to status intake.
+
+    Records are keyed by referral id; the signature headers come from
+    ``security`` (the emitting organisation's keys; without them, plain, only
+    where the network allows plain referrals — else SecurityError).
+    """
+
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        codec: Codec,
+        names: TopicNames,
+        tracing: Tracing | None = None,
+        security: OriginSecurity | ReceiverSecurity | None = None,
+    ) -> None:
+        self.producer = producer
+        self.codec = codec
+        self.names = names
+        self.tracing = tracing or Tracing(None, "status")
+        self.security = security
+
+    def send(self, update: StatusUpdate, parent: Context | None = None) -> FutureRecordMetadata:
+        """Publish one (validated) status update asynchronously, in the referral's trace."""
+        datum = update.to_avro()
+        value = self.codec.encode(STATUS_UPDATE, datum)
+        headers = [
+            (Headers.REFERRAL_ID, update.referral_id.encode()),
+            (Headers.CASE_ID, update.case_id.encode()),
+            (Headers.ORIGIN, update.origin_org.encode()),
+        ]
+        if self.security is not None:
+            headers += self.security.sign_status(value, datum)
+        with self.tracing.send(
+            self.names.status_intake,
+            headers,
+            parent=parent,
+            attributes={
+                "referral.id": update.referral_id,
+                "referral.org": update.emitted_by,
+                "referral.status": str(update.status),
+            },
+        ):
+            return self.producer.send(
+                self.names.status_intake,
+                key=update.referral_id.encode(),
+                value=value,
+                headers=headers,
+            )
+
+    def received(
+        self,
+        org_id: str,
+        referral_id: str,
+        case_id: str,
+        origin: str,
+        parent: Context | None = None,
+        version: int = 1,
+    ) -> FutureRecordMetadata:
+        """Publish a RECEIVED receipt from ``org_id`` for one referral (of ``version``)."""
+        update = StatusUpdate(
+            referral_id=referral_id,
+            case_id=case_id,
+            emitted_by=org_id,
+            emitted_at=utc_now_ms(),
+            status=ReferralStatus.RECEIVED,
+            origin_org=origin,
+            referral_version=version if version > 1 else None,
+        )
+        return self.send(update, parent)
 
 
 def current_status(inbox: Inbox, origin_org: str, referral_id: str) -> ReferralStatus | None:

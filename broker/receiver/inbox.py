@@ -1,27 +1,6 @@
 """The receiving side's memory: what each sink has delivered, keyed by (origin, referral id).
 
-A referral may arrive more than once — redelivered after a crash before the
-offset commit, republished by its origin's outbox, or reaching an organisation
-through two topics. The inbox makes delivery idempotent: a referral a sink has
-delivered is never handed to it again; the repeat is counted
-(``inbox.duplicates``) instead. A referral's identity is its origin *and* its
-id: another member that publishes a referral under an id some origin will use
-later cannot make the real one be skipped as a repeat.
-
-The inbox also answers ``referral status`` (which origin and case a referral
-belongs to, and which statuses this organisation has sent about it: the
-lifecycle in :mod:`broker.lifecycle` decides what may follow). It remembers
-the referrals a sink's system refused for good (:meth:`Inbox.refusal`: a
-republish is answered with the same REJECTED, never delivered or dead-lettered
-again) and the transient failures still open (:meth:`Inbox.record_failure`: a
-later delivery resolves them). Each delivery remembers the referral's version and
-item ids: a newer version signed by the same origin is an amendment (delivered
-again), the same or an older one a repeat; ``referral status --item`` resolves
-item id prefixes against the current version's items. On the origin's side,
-remembers the status updates handed on, each recipient's current lifecycle
-state and the latest verified outcome of each item (:meth:`Inbox.record_outcomes`).
-
-File: ``<state_dir>/orgs/<org>/inbox.sqlite3``.
+The rules it follows: broker/receiver/README.md, section `inbox`.
 """
 
 from __future__ import annotations
@@ -29,33 +8,27 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from broker.config import Settings
+from broker.contracts import Delivery
 from broker.sqlite import Database
-from broker.wire.models import HostingEvidence, ItemOutcome, ItemOutcomeKind
-from connectors.base import Delivery
+from broker.wire.models import ItemOutcome
 
 __all__ = [
     "DUPLICATES",
     "DeliveryState",
     "Inbox",
     "InboxRecord",
-    "ItemState",
     "Received",
     "Refusal",
 ]
 
 #: Counter of redelivered referrals that were skipped.
 DUPLICATES = "inbox.duplicates"
-#: Counter of repeated status updates that were skipped.
-STATUS_DUPLICATES = "inbox.status_duplicates"
-#: Counters of refused status updates, by dead-letter stage (this prefix + the stage).
-REFUSED_STATUSES = "inbox.refused_statuses."
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -76,18 +49,6 @@ CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS statuses (
-    key         TEXT PRIMARY KEY,
-    referral_id TEXT NOT NULL,
-    at          REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS status_state (
-    referral_id TEXT NOT NULL,
-    emitter     TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    version     INTEGER NOT NULL DEFAULT 1,
-    PRIMARY KEY (referral_id, emitter)
-);
 CREATE TABLE IF NOT EXISTS refusals (
     origin_org  TEXT NOT NULL,
     referral_id TEXT NOT NULL,
@@ -105,22 +66,6 @@ CREATE TABLE IF NOT EXISTS failures (
     failures    INTEGER NOT NULL,
     at          REAL NOT NULL,
     PRIMARY KEY (origin_org, referral_id, sink)
-);
-CREATE TABLE IF NOT EXISTS refused_statuses (
-    position TEXT PRIMARY KEY,
-    stage    TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS item_outcomes (
-    referral_id    TEXT NOT NULL,
-    item_id        TEXT NOT NULL,
-    emitter        TEXT NOT NULL,
-    outcome        TEXT NOT NULL,
-    observed_at    TEXT NOT NULL,
-    hosting_ip     TEXT,
-    hosting_country TEXT,
-    assessed_under TEXT,
-    emitted_at_ms  INTEGER NOT NULL,
-    PRIMARY KEY (referral_id, item_id, emitter)
 );
 CREATE TABLE IF NOT EXISTS sent_statuses (
     origin_org  TEXT NOT NULL,
@@ -187,16 +132,6 @@ def _items_of(document: dict[str, Any]) -> str:
     return json.dumps(
         [str(i["item_id"]) for i in items if isinstance(i, dict) and i.get("item_id")]
     )
-
-
-@dataclass(frozen=True)
-class ItemState:
-    """The latest verified outcome of one item of one of the origin's referrals, per emitter."""
-
-    referral_id: str
-    item_id: str
-    emitter: str
-    outcome: ItemOutcome
 
 
 @dataclass(frozen=True)
@@ -283,18 +218,9 @@ class Inbox:
                 for statement in _MIGRATE.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-        for table, added in (
-            ("deliveries", _ADDED_COLUMNS),
-            ("refusals", _VERSION_COLUMN),
-            ("status_state", _VERSION_COLUMN),
-            ("sent_statuses", _SENT_OUTCOMES_COLUMN),
-        ):
-            have = {r["name"] for r in self._db.query(f"PRAGMA table_info({table})")}
-            missing = [(n, d) for n, d in added.items() if n not in have]
-            if missing:
-                with self._db.transaction() as conn:
-                    for name, decl in missing:
-                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+        self._db.add_columns("deliveries", _ADDED_COLUMNS)
+        self._db.add_columns("refusals", _VERSION_COLUMN)
+        self._db.add_columns("sent_statuses", _SENT_OUTCOMES_COLUMN)
 
     @classmethod
     def for_org(cls, settings: Settings, org_id: str) -> Inbox:
@@ -620,144 +546,6 @@ class Inbox:
         """Referrals with a transient failure no later delivery has resolved yet."""
         rows = self._db.query("SELECT COUNT(*) AS n FROM failures")
         return int(rows[0]["n"])
-
-    # -- status updates (the origin side) -------------------------------------------------------
-
-    def has_status(self, key: str) -> bool:
-        """True if a status update with this identity was already handed on."""
-        return bool(self._db.query("SELECT 1 FROM statuses WHERE key = ?", (key,)))
-
-    def record_status(self, key: str, referral_id: str, now: float | None = None) -> None:
-        """Remember a handed-on status update."""
-        now = time.time() if now is None else now
-        with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO statuses (key, referral_id, at) VALUES (?, ?, ?)",
-                (key, referral_id, now),
-            )
-
-    def count_status_duplicate(self) -> int:
-        """Count one skipped repeated status update; returns the total."""
-        with self._db.transaction() as conn:
-            return self._bump(conn, STATUS_DUPLICATES)
-
-    def count_refused_status(self, stage: str, position: str | None = None) -> int:
-        """Count one status update refused at ``stage`` (``STATUS_VERIFY``, ...); its total.
-
-        ``position`` (``topic/partition/offset``) makes the count exact under
-        redelivery: a record refused again after a rebalance is counted once.
-        """
-        with self._db.transaction() as conn:
-            if position is not None:
-                conn.execute(
-                    "INSERT OR IGNORE INTO refused_statuses (position, stage) VALUES (?, ?)",
-                    (position, stage),
-                )
-            else:
-                self._bump(conn, REFUSED_STATUSES + stage)
-        return self.refused_statuses().get(stage, 0)
-
-    def refused_statuses(self) -> dict[str, int]:
-        """Refused status updates by stage."""
-        counts: dict[str, int] = {}
-        rows = self._db.query(
-            "SELECT name, value FROM counters WHERE name LIKE ?", (REFUSED_STATUSES + "%",)
-        )
-        for r in rows:
-            stage = str(r["name"])[len(REFUSED_STATUSES) :]
-            counts[stage] = counts.get(stage, 0) + int(r["value"])
-        rows = self._db.query("SELECT stage, COUNT(*) AS n FROM refused_statuses GROUP BY stage")
-        for r in rows:
-            counts[str(r["stage"])] = counts.get(str(r["stage"]), 0) + int(r["n"])
-        return counts
-
-    def status_state(
-        self, referral_id: str, emitter: str, version: int | None = None
-    ) -> str | None:
-        """The lifecycle state of ``emitter``'s copy of one of our referrals (None: no status).
-
-        Asked about a ``version`` newer than the one a REJECTED was about, None: the
-        amendment starts that recipient's lifecycle again (it answers the refusal).
-        """
-        rows = self._db.query(
-            "SELECT state, version FROM status_state WHERE referral_id = ? AND emitter = ?",
-            (referral_id, emitter),
-        )
-        if not rows:
-            return None
-        state = str(rows[0]["state"])
-        if state == "REJECTED" and version is not None and version > int(rows[0]["version"]):
-            return None
-        return state
-
-    def set_status_state(
-        self, referral_id: str, emitter: str, state: str, version: int = 1
-    ) -> None:
-        """Remember ``emitter``'s lifecycle state (reached at ``version``) for a referral."""
-        with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO status_state (referral_id, emitter, state, version)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT(referral_id, emitter) DO UPDATE SET"
-                " state = excluded.state, version = MAX(version, excluded.version)",
-                (referral_id, emitter, state, version),
-            )
-
-    def record_outcomes(
-        self, referral_id: str, emitter: str, outcomes: Iterable[ItemOutcome], emitted_at_ms: int
-    ) -> int:
-        """Remember verified item outcomes (the latest per item and emitter wins); how many."""
-        n = 0
-        with self._db.transaction() as conn:
-            for o in outcomes:
-                hosting = o.hosting
-                cur = conn.execute(
-                    "INSERT INTO item_outcomes (referral_id, item_id, emitter, outcome,"
-                    " observed_at, hosting_ip, hosting_country, assessed_under, emitted_at_ms)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT(referral_id, item_id, emitter) DO UPDATE SET"
-                    " outcome = excluded.outcome, observed_at = excluded.observed_at,"
-                    " hosting_ip = excluded.hosting_ip, hosting_country = excluded.hosting_country,"
-                    " assessed_under = excluded.assessed_under,"
-                    " emitted_at_ms = excluded.emitted_at_ms"
-                    " WHERE excluded.emitted_at_ms >= item_outcomes.emitted_at_ms",
-                    (
-                        referral_id,
-                        o.item_id,
-                        emitter,
-                        o.outcome.value,
-                        o.observed_at.isoformat(),
-                        hosting.ip if hosting else None,
-                        hosting.country if hosting else None,
-                        o.assessed_under,
-                        emitted_at_ms,
-                    ),
-                )
-                n += cur.rowcount
-        return n
-
-    def item_states(self, referral_id: str | None = None) -> list[ItemState]:
-        """The latest verified outcome of each item (of one referral, or of all)."""
-        where, params = ("WHERE referral_id = ?", (referral_id,)) if referral_id else ("", ())
-        rows = self._db.query(
-            f"SELECT * FROM item_outcomes {where} ORDER BY referral_id, emitted_at_ms, item_id",
-            params,
-        )
-        out = []
-        for r in rows:
-            hosting = None
-            if r["hosting_ip"] or r["hosting_country"]:
-                hosting = HostingEvidence(ip=r["hosting_ip"], country=r["hosting_country"])
-            outcome = ItemOutcome.model_construct(
-                item_id=str(r["item_id"]),
-                outcome=ItemOutcomeKind(r["outcome"]),
-                observed_at=datetime.fromisoformat(str(r["observed_at"])),
-                hosting=hosting,
-                assessed_under=r["assessed_under"],
-            )
-            out.append(
-                ItemState(str(r["referral_id"]), str(r["item_id"]), str(r["emitter"]), outcome)
-            )
-        return out
 
     # -- statuses this organisation sent (the receiving side) ----------------------------------
 

@@ -1,16 +1,6 @@
 """The liaison's inbox: what an organisation received, newest urgent work first.
 
-A pure view over :meth:`connectors.inbox.Inbox.received` (what every sink of
-the organisation delivered, with the statuses it sent back) and the network's
-:class:`broker.network.Deadlines`: ``referral inbox ORG`` prints it, exports it
-as JSON or CSV, filters it by time, acknowledgement and search terms.
-
-* **urgent** — the referral's priority is ``URGENT`` (or it came on an urgent lane);
-* **acknowledged** — the organisation sent a status beyond RECEIVED (ACCEPTED, …);
-* **overdue** — not acknowledged, and older than the answer deadline
-  (``urgent_answer_hours`` for urgent referrals, else ``answer_hours``).
-
-Order: urgent first, then overdue, then newest first.
+The rules it follows: broker/receiver/README.md, section `inbox_view`.
 """
 
 from __future__ import annotations
@@ -25,9 +15,9 @@ from typing import Any
 from broker.ids import matches
 from broker.lifecycle import LifecycleError, advance
 from broker.network import Deadlines
+from broker.receiver.inbox import Received
 from broker.wire.models import ReferralStatus
 from connectors.formats import spreadsheet_safe
-from connectors.inbox import Received
 
 __all__ = ["CSV_COLUMNS", "InboxEntry", "entries", "select", "to_csv"]
 

@@ -1,47 +1,12 @@
 """The origin's outbox: every published referral, until each destination has answered.
 
-The embedded broker keeps nothing across a restart, so the guarantee that no
-referral is lost lives here. Each referral is stored (its exact bytes and
-headers) with the organisations expected to receive it — the routing
-decision's ``orgs`` at publish time. Each of them answers in one of two ways:
-
-* **RECEIVED** (:meth:`Outbox.mark_received`): that destination is done;
-* **refused** (:meth:`Outbox.mark_refused`): the destination's system refused
-  the referral for good (a signed REJECTED with a reason code) — sending it
-  again would be refused again, so that destination is done too, and
-  ``referral outbox`` lists the referral as refused, with the reason.
-
-When no destination is left waiting the referral is complete and never sent
-again. Until then it is sent again — same referral id, same bytes; sinks are
-idempotent, so a repeat is harmless — on a :class:`RepublishSchedule`: after
-``republish_after`` seconds, then after twice that, four times… capped at
-``backoff_max``, and never more than ``max_per_sweep`` referrals in one sweep.
-A send the broker did not acknowledge does not count and is tried again at the
-next sweep.
-
-Entries are never removed, so the outbox also knows every referral the origin
-ever published, with the fingerprint of its content: the publisher asks it to
-tell a repeat (same id, same content: not sent again) from an amendment (same
-id, other content). An amendment asked for replaces the stored referral as its
-next version (:meth:`Outbox.amend`: the earlier version kept in ``versions``,
-every destination waiting again for a RECEIVED of the new version;
-:meth:`Outbox.mark_received` ignores a receipt of an older one).
-
-Beside the bytes it keeps what the origin needs to act on item outcomes
-(:class:`ReferralFacts`: item ids and hosting countries, the countries routed
-to, the plain referral) and the queue of re-referrals of moved items
-(:meth:`Outbox.request_reroute`, published by
-:meth:`~connectors.publisher.Publisher.reroute_due`). The file is private (``0600``).
-
-File: ``<state_dir>/orgs/<org>/outbox.sqlite3``.
+The rules it follows: broker/origin/README.md, section `outbox`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -49,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from broker.config import Settings
+from broker.lifecycle import reason_code
 from broker.outcomes import ItemRef, Reroute
 from broker.sqlite import Database
+from broker.wire.topics import HeaderList
 
 __all__ = [
     "Outbox",
@@ -60,7 +27,6 @@ __all__ = [
     "Refusal",
     "RepublishSchedule",
     "StoredVersion",
-    "reason_code",
 ]
 
 _SCHEMA = """
@@ -127,16 +93,6 @@ _WAITING = (
     " WHERE f.referral_id = e.referral_id AND f.org_id = e.org_id)"
 )
 
-#: What a stored refusal reason may contain: a code, printable ASCII without spaces.
-_REASON_CHARS = re.compile(r"[^\x21-\x7e]")
-_REASON_MAX = 64
-
-
-def reason_code(text: str | None) -> str:
-    """``text`` as a reason code safe to store and print (``UNSPECIFIED`` if empty)."""
-    code = _REASON_CHARS.sub("_", text or "")[:_REASON_MAX]
-    return code or "UNSPECIFIED"
-
 
 @dataclass(frozen=True)
 class RepublishSchedule:
@@ -173,9 +129,6 @@ class RepublishSchedule:
     def next_send_at(self, last_sent_at: float, sends: int) -> float:
         """When a referral sent ``sends`` times, last at ``last_sent_at``, is due again."""
         return last_sent_at + self.interval(sends)
-
-
-HeaderList = list[tuple[str, bytes]]
 
 
 @dataclass(frozen=True)
@@ -304,18 +257,7 @@ class Outbox:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._db = Database(self.path, _SCHEMA)
-        for name, kind in _ADDED_COLUMNS.items():
-            self._add_column(name, kind)
-
-    def _add_column(self, name: str, kind: str) -> None:
-        """Add a column an older outbox file does not have yet."""
-        if any(row["name"] == name for row in self._db.query("PRAGMA table_info(referrals)")):
-            return
-        try:
-            with self._db.transaction() as conn:
-                conn.execute(f"ALTER TABLE referrals ADD COLUMN {name} {kind}")
-        except sqlite3.OperationalError:  # another process added it meanwhile
-            pass
+        self._db.add_columns("referrals", _ADDED_COLUMNS)
 
     @classmethod
     def for_org(cls, settings: Settings, org_id: str) -> Outbox:

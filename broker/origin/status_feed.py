@@ -1,0 +1,292 @@
+"""The origin's status feed: acts on the verified status updates of its own referrals.
+
+Rules (who may send what, lifecycle, item outcomes, re-referrals) are in broker/origin/README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from broker.config import Settings
+from broker.contracts import StatusDelivery, StatusSink, jsonable
+from broker.errors import CodecError, DeliveryError, SecurityError, SignatureOutOfWindow
+from broker.kafka.deadletter import DeadLetterStage
+from broker.kafka.loop import BatchContext, RecordContext
+from broker.kafka.service import LoopService
+from broker.ledger.events import HandoverEventType
+from broker.lifecycle import LifecycleError, advance
+from broker.network import Network
+from broker.origin.outbox import Outbox, OutboxEntry
+from broker.origin.status_log import Settled, StatusLog
+from broker.outcomes import reroutes, status_reason, summarise
+from broker.routing.decide import country_of_ip
+from broker.security.rules import OriginSecurity
+from broker.wire.codec import Codec
+from broker.wire.models import ItemOutcome, ReferralStatus
+from broker.wire.registry import STATUS_UPDATE
+from broker.wire.topics import Headers, header
+
+__all__ = ["StatusFeed", "status_key", "superseded", "verified_outcomes"]
+
+log = logging.getLogger("referral.origin.status_feed")
+
+
+def status_key(status: Mapping[str, Any]) -> str:
+    """Identity of a status update for de-duplication at the origin.
+
+    A RECEIVED is the same receipt whenever it is repeated; any other status is
+    one event, identified by who emitted it and when. The referral is named by
+    its origin and id.
+    """
+    head = (
+        f"{status.get('origin_org')}|{status.get('referral_id')}|{status.get('emitted_by')}|"
+        f"{status.get('status')}"
+    )
+    if status.get("status") == "RECEIVED":
+        version = status.get("referral_version")
+        return f"{head}|v{version}" if isinstance(version, int) and version > 1 else head
+    at = status.get("emitted_at")
+    stamp = int(at.timestamp() * 1000) if isinstance(at, datetime) else at
+    return f"{head}|{stamp}"
+
+
+def superseded(entry: OutboxEntry | None, status: str, version: int) -> bool:
+    """True for a REJECTED of a version the origin has since amended (the amendment answers
+    it): it changes neither the outbox nor the recipient's lifecycle."""
+    return status == ReferralStatus.REJECTED and entry is not None and version < entry.version
+
+
+def verified_outcomes(
+    datum: Mapping[str, Any], entry: OutboxEntry | None, *, strict: bool = True
+) -> list[ItemOutcome]:
+    """A status update's item outcomes, each about an item of the referral (else
+    SecurityError); ``strict``: none for a referral the origin does not hold."""
+    raw = datum.get("item_outcomes") or []
+    if not raw:
+        return []
+    try:
+        outcomes = [ItemOutcome.model_validate(o) for o in raw]
+    except ValueError as exc:
+        raise SecurityError("status update with an invalid item outcome") from exc
+    if entry is None:
+        return [] if strict else outcomes
+    known = {i.item_id for i in entry.items}
+    unknown = [o for o in outcomes if o.item_id not in known]
+    if known and unknown:
+        raise SecurityError(
+            f"status update of {datum.get('emitted_by')} names {len(unknown)} item(s)"
+            f" not in referral {datum['referral_id']}"
+        )
+    return outcomes
+
+
+class StatusFeed(LoopService[StatusSink]):
+    """Feeds an origin's outbox and status sinks from ``status.to.<org>``, verified first.
+
+    Each status reads its outbox entry once; the status log is written once per batch.
+    """
+
+    name = "status"
+
+    def __init__(
+        self,
+        settings: Settings,
+        org_id: str,
+        codec: Codec,
+        sinks: Sequence[StatusSink],
+        outbox: Outbox,
+        status_log: StatusLog,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("group_id", f"status-{org_id}")
+        #: The network (its served jurisdictions) for re-referring moved items; None: never.
+        self.network: Network | None = kwargs.pop("network", None)
+        group_id = kwargs.pop("group_id")
+        #: Checks each status before it is acted on (None: no checks at all).
+        self.security: OriginSecurity | None = kwargs.pop("security", None)
+        if self.security is not None:
+            kwargs.setdefault("signer", self.security.ledger_signer())
+        names = settings.topic_names()
+        super().__init__(settings, org_id, codec, [names.status(org_id)], group_id, sinks, **kwargs)
+        self.outbox = outbox
+        self.status_log = status_log
+        #: Refused status updates of this run, by dead-letter stage (persisted in the log too).
+        self.refused: dict[str, int] = {}
+        #: The batch's handed-on statuses and skipped repeats, written once its sinks are
+        #: durable; by (referral, emitter) the state each reached, which later records see.
+        self._settled: list[Settled] = []
+        self._batch_keys: set[str] = set()
+        self._batch_states: dict[tuple[str, str], tuple[str, int]] = {}
+        self._repeats = 0
+
+    def before_commit(self, batch: BatchContext) -> None:
+        """Make the status sinks durable, then record the batch in the status log at once."""
+        settled, self._settled = self._settled, []
+        repeats, self._repeats = self._repeats, 0
+        self._batch_keys.clear()
+        self._batch_states.clear()
+        super().before_commit(batch)
+        if settled or repeats:
+            self.status_log.settle(settled, repeats)
+            self.status_log.flush()
+
+    def _refuse(
+        self, ctx: RecordContext, stage: str, exc: BaseException, referral_id: str | None
+    ) -> None:
+        self.refused[stage] = self.refused.get(stage, 0) + 1
+        record = ctx.record
+        self.status_log.count_refused_status(
+            stage, f"{record.topic}/{record.partition}/{record.offset}"
+        )
+        ctx.dead_letter(stage, exc, referral_id)
+
+    def _verified(
+        self, record: Any, ctx: RecordContext
+    ) -> tuple[dict[str, Any], OutboxEntry | None] | None:
+        """The status update and its outbox entry if it may be acted on; else dead-lettered."""
+        value = record.value or b""
+        rid = header(record.headers, Headers.REFERRAL_ID)
+        try:
+            if self.security is None:
+                _, datum = self.codec.decode(value, expected=STATUS_UPDATE)
+                return dict(datum), self.outbox.get(str(datum["referral_id"]))
+            datum, _ = self.security.receive_status(self.codec, value, record.headers)
+            rid = str(datum["referral_id"])
+            entry = self.outbox.get(rid)
+            envelope = self.codec.decode_envelope(entry.value) if entry is not None else None
+            self.security.check_status_sender(datum, envelope)
+        except SignatureOutOfWindow as exc:
+            self._refuse(ctx, DeadLetterStage.SIGNATURE_WINDOW, exc, rid)
+            return None
+        except SecurityError as exc:
+            self._refuse(ctx, DeadLetterStage.STATUS_VERIFY, exc, rid)
+            return None
+        except (CodecError, KeyError, TypeError) as exc:
+            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
+            return None
+        return datum, entry
+
+    def handle(self, record: Any, ctx: RecordContext) -> None:
+        """Act on a verified status: clear the outbox on RECEIVED, feed the status sinks once."""
+        verified = self._verified(record, ctx)
+        if verified is None:
+            return
+        datum, entry = verified
+        try:
+            referral_id = str(datum["referral_id"])
+            status = str(datum["status"])
+            emitted_by = str(datum["emitted_by"])
+        except (KeyError, TypeError) as exc:
+            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
+            return
+        self.stats.statuses += 1
+        try:
+            outcomes = verified_outcomes(datum, entry, strict=self.security is not None)
+        except SecurityError as exc:
+            self._refuse(ctx, DeadLetterStage.STATUS_VERIFY, exc, referral_id)
+            return
+        raw_version = datum.get("referral_version")
+        version = raw_version if isinstance(raw_version, int) else 1
+        if status == ReferralStatus.RECEIVED:
+            self.outbox.mark_received(referral_id, emitted_by, version=version)
+        elif status == ReferralStatus.REJECTED:
+            # A verified refusal from a recipient: republishing to it stops.
+            self.outbox.mark_refused(
+                referral_id, emitted_by, datum.get("reason_code"), version=version
+            )
+        key = status_key(datum)
+        if (
+            superseded(entry, status, version)
+            or key in self._batch_keys
+            or self.status_log.has_status(key)
+        ):
+            self.stats.duplicates += 1
+            self._repeats += 1
+            return
+        try:
+            state = advance(self._state(referral_id, emitted_by, version), status)
+        except LifecycleError as exc:
+            self._refuse(ctx, DeadLetterStage.STATUS_LIFECYCLE, exc, referral_id)
+            return
+        delivery = StatusDelivery(
+            referral_id=referral_id,
+            status=status,
+            emitted_by=emitted_by,
+            document=jsonable(datum),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        failed = False
+        for sink in self.sinks:
+            try:
+                sink.deliver_status(delivery)
+            except DeliveryError as exc:
+                failed = True
+                ctx.dead_letter(DeadLetterStage.DELIVER, exc, referral_id)
+        if failed:
+            return
+        summary = ""
+        at = datum.get("emitted_at")
+        stamp = int(at.timestamp() * 1000) if isinstance(at, datetime) else 0
+        if outcomes:
+            count = len(entry.items) if entry is not None and entry.items else None
+            summary = summarise(outcomes, count)
+            self._queue_reroutes(entry, referral_id, outcomes)
+        self._settled.append(
+            Settled(
+                key,
+                referral_id,
+                emitted_by,
+                state.value if state is not None else None,
+                version,
+                outcomes,
+                stamp,
+            )
+        )
+        self._batch_keys.add(key)
+        if state is not None:
+            self._batch_states[(referral_id, emitted_by)] = (state.value, version)
+        self.stats.delivered += 1
+        # The origin's own record that it accepted this status (the trace reads it).
+        ctx.event(
+            HandoverEventType.DELIVERED,
+            referral_id,
+            str(datum.get("case_id", "")),
+            from_party=emitted_by,
+            to_party=self.org_id,
+            reason=status_reason(status, summary),
+        )
+
+    def _state(self, referral_id: str, emitter: str, version: int) -> str | None:
+        """The emitter's lifecycle state: reached earlier in this batch, else the log's."""
+        pending = self._batch_states.get((referral_id, emitter))
+        if pending is not None:
+            state, at = pending
+            if not (state == "REJECTED" and version > at):
+                return state
+            return None
+        return self.status_log.status_state(referral_id, emitter, version)
+
+    def _queue_reroutes(
+        self, entry: OutboxEntry | None, referral_id: str, outcomes: Sequence[ItemOutcome]
+    ) -> None:
+        """Queue the re-referral of moved items (the publisher sends them on its next sweep)."""
+        if self.network is None or entry is None:
+            return
+        items = {i.item_id: i for i in entry.items}
+        for reroute in reroutes(
+            referral_id, outcomes, items, self.network.served(), entry.countries, country_of_ip
+        ):
+            if self.outbox.request_reroute(reroute):
+                log.info(
+                    "%s: item %s of %s moved to %s: re-referral %s queued",
+                    self.org_id,
+                    reroute.item_id,
+                    referral_id,
+                    reroute.country,
+                    reroute.child_referral_id,
+                )

@@ -1,0 +1,280 @@
+"""The receiver's sink driver: verify each referral, hand it to every sink once, answer it.
+
+The rules (skips, repeats, amendments, refusals, receipts) are in broker/receiver/README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka.producer.future import FutureRecordMetadata
+
+from broker.config import Settings
+from broker.contracts import Delivery, Sink, jsonable
+from broker.errors import CodecError, DeliveryError, SecurityError
+from broker.kafka.deadletter import DeadLetterStage
+from broker.kafka.loop import BatchContext, RecordContext
+from broker.kafka.service import LoopService
+from broker.ledger.events import HandoverEventType
+from broker.lifecycle import reason_code
+from broker.receiver.inbox import Inbox, Refusal
+from broker.receiver.statuses import StatusSender
+from broker.security.rules import ReceiverSecurity, stage_of
+from broker.wire.codec import Codec
+from broker.wire.models import ReferralStatus, StatusUpdate, utc_now_ms
+from broker.wire.registry import REFERRAL
+from broker.wire.topics import Headers, header
+
+__all__ = ["SinkDriver"]
+
+log = logging.getLogger("referral.receiver.sink_driver")
+
+
+class SinkDriver(LoopService[Sink]):
+    """Feeds an organisation's sinks from its referral topics (group ``sink-<org>``)."""
+
+    name = "sink"
+
+    def __init__(
+        self,
+        settings: Settings,
+        org_id: str,
+        codec: Codec,
+        topics: Sequence[str],
+        sinks: Sequence[Sink],
+        inbox: Inbox,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("group_id", f"sink-{org_id}")
+        group_id = kwargs.pop("group_id")
+        #: Verifies, checks routing, opens and checks handling before delivery (None: no checks).
+        self.security: ReceiverSecurity | None = kwargs.pop("security", None)
+        if self.security is not None:
+            kwargs.setdefault("signer", self.security.ledger_signer())
+        super().__init__(settings, org_id, codec, topics, group_id, sinks, **kwargs)
+        self.inbox = inbox
+        self.status = StatusSender(
+            self.producer, codec, self.names, self.tracing, security=self.security
+        )
+        #: The batch's answers (RECEIVED, REJECTED), sent once its sinks are durable.
+        self._answers: list[tuple[RecordContext, Callable[[], FutureRecordMetadata]]] = []
+        #: The batch's deliveries ``(delivery, sink, resolves failures)``, recorded in the
+        #: inbox in one transaction once the sinks are durable; by (origin, id, sink) the
+        #: version each delivered, which later records of the batch see.
+        self._recorded: list[tuple[Delivery, str, bool]] = []
+        self._batch_versions: dict[tuple[str, str, str], int] = {}
+        #: Repeats of a delivery still unrecorded: counted once it is recorded.
+        self._batch_repeats: list[tuple[str, str, str]] = []
+
+    def before_commit(self, batch: BatchContext) -> None:
+        """Make every sink durable, then answer the batch's records, back to back.
+
+        No receipt leaves before what it acknowledges is durable; if a sink cannot
+        be made durable, nothing is answered and the loop handles the batch again.
+        Sent together, the answers share the producer's batches (one wake-up of its
+        sender, one produce request per partition, not one per record). The inbox
+        records the batch's deliveries in one transaction after the sinks are flushed:
+        a crash before leaves them unrecorded and uncommitted, so they are delivered
+        again (at least once), never remembered as delivered yet lost.
+        """
+        answers, self._answers = self._answers, []
+        recorded, self._recorded = self._recorded, []
+        repeats, self._batch_repeats = self._batch_repeats, []
+        self._batch_versions.clear()
+        super().before_commit(batch)
+        if recorded:
+            # Only now: the inbox never says delivered what a sink could still lose.
+            self.inbox.record_many(recorded)
+            for origin, referral_id, kind in repeats:
+                self.inbox.count_duplicate(origin, referral_id, kind)
+            self.inbox.flush()
+        for ctx, send in answers:
+            ctx.track(send)
+
+    def close(self) -> None:
+        """Leave the group, flush and close every sink, then close the security checks."""
+        try:
+            super().close()
+        finally:
+            if self.security is not None:
+                self.security.close()
+
+    def handle(self, record: Any, ctx: RecordContext) -> None:
+        """Deliver one record addressed to this organisation (idempotently)."""
+        orgs = header(record.headers, Headers.DESTINATION_ORGS)
+        if orgs is None or self.org_id not in orgs.split(","):
+            self.stats.skipped += 1
+            return
+        try:
+            if self.security is not None:
+                # Signature before decoding, then the sealed body and the handling rules.
+                datum = self.security.receive(
+                    self.codec, record.topic, record.value or b"", record.headers
+                )
+            else:
+                _, datum = self.codec.decode(record.value or b"", expected=REFERRAL)
+            envelope = datum["envelope"]
+            referral_id = str(envelope["referral_id"])
+            case_id = str(envelope["case_id"])
+            origin = str(envelope["origin_org"])
+            version = int(envelope.get("version") or 1)
+        except SecurityError as exc:
+            ctx.dead_letter(stage_of(exc), exc)
+            return
+        except (CodecError, KeyError, TypeError) as exc:
+            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
+            return
+        delivery = Delivery(
+            referral_id=referral_id,
+            case_id=case_id,
+            origin_org=origin,
+            value=bytes(record.value),
+            document=jsonable(datum),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            route_reason=header(record.headers, Headers.ROUTE_REASON) or "",
+            version=version,
+        )
+        # One look-up: what each sink delivered, the refusal and the open failures
+        # (and what the sinks delivered earlier in this batch, not yet recorded).
+        state = self.inbox.state(origin, referral_id)
+        if self._batch_versions:
+            for s in self.sinks:
+                v = self._batch_versions.get((origin, referral_id, s.kind))
+                if v is not None:
+                    state.versions[s.kind] = max(v, state.versions.get(s.kind, 0))
+                    state.failures.pop(s.kind, None)
+        refused = state.refusal
+        if refused is not None and refused.version >= version:
+            # Refused for good before: the same answer again, nothing delivered or dead-lettered.
+            self.stats.duplicates += 1
+            ctx.event(
+                HandoverEventType.DUPLICATE_SKIPPED,
+                referral_id,
+                case_id,
+                from_party=origin,
+                to_party=self.org_id,
+                reason=f"REJECTED {refused.reason}",
+            )
+            self._rejection(ctx, refused)
+            return
+        # A version is delivered once per sink; an older or the same one again is a repeat.
+        # (The signature checked above is the origin's: only it can make a newer version.)
+        pending: list[tuple[Sink, int | None]] = []
+        for s in self.sinks:
+            before = state.versions.get(s.kind)
+            if before is None or before < version:
+                pending.append((s, before))
+        if not pending:
+            self.stats.duplicates += 1
+            kind = self.sinks[0].kind if self.sinks else ""
+            if (origin, referral_id, kind) in self._batch_versions:
+                self._batch_repeats.append((origin, referral_id, kind))
+            else:
+                self.inbox.count_duplicate(origin, referral_id, kind)
+            ctx.event(
+                HandoverEventType.DUPLICATE_SKIPPED,
+                referral_id,
+                case_id,
+                from_party=origin,
+                to_party=self.org_id,
+                reason=f"version {version}" if version > 1 else None,
+            )
+            self._receipt(ctx, referral_id, case_id, origin, version)
+            return
+        delivered = []
+        for sink, before in pending:
+            handed = replace(delivery, previous_version=before) if before is not None else delivery
+            try:
+                sink.deliver(handed)
+            except DeliveryError as exc:
+                ctx.dead_letter(DeadLetterStage.DELIVER, exc, referral_id)
+                if exc.permanent:
+                    # Refused for good: the sinks after it are not tried; it is the answer.
+                    self._refused(ctx, delivery, sink.kind, exc)
+                    break
+                self.inbox.record_failure(origin, referral_id, sink.kind)
+                continue
+            # The delivery and the end of the sink's open failures: recorded with the
+            # batch's, in one transaction, once the sinks are durable (before_commit).
+            failed_before = bool(state.failures.get(sink.kind))
+            self._recorded.append((handed, sink.kind, failed_before))
+            self._batch_versions[(origin, referral_id, sink.kind)] = version
+            delivered.append(sink.kind)
+            if failed_before:
+                ctx.event(
+                    HandoverEventType.RESOLVED,
+                    referral_id,
+                    case_id,
+                    from_party=origin,
+                    to_party=self.org_id,
+                    reason=f"{DeadLetterStage.DELIVER}: delivered by {sink.kind}",
+                )
+        if delivered and refused is not None and self.inbox.refusal(origin, referral_id) == refused:
+            self.inbox.clear_refusal(origin, referral_id)  # the amendment answered the refusal
+        if delivered:
+            self.stats.delivered += 1
+            ctx.event(
+                HandoverEventType.DELIVERED,
+                referral_id,
+                case_id,
+                from_party=origin,
+                to_party=self.org_id,
+                reason=",".join(delivered) + (f" version {version}" if version > 1 else ""),
+            )
+            self._receipt(ctx, referral_id, case_id, origin, version)
+
+    def _refused(
+        self, ctx: RecordContext, delivery: Delivery, sink: str, exc: DeliveryError
+    ) -> None:
+        """The organisation's system refused a referral for good: remember it, answer REJECTED."""
+        self.stats.refused += 1
+        refusal = self.inbox.record_refusal(
+            Refusal(
+                origin_org=delivery.origin_org,
+                referral_id=delivery.referral_id,
+                case_id=delivery.case_id,
+                sink=sink,
+                reason=reason_code(exc.reason),
+                emitted_at_ms=int(utc_now_ms().timestamp() * 1000),
+                version=delivery.version,
+            )
+        )
+        self.inbox.record_sent_status(
+            delivery.origin_org, delivery.referral_id, ReferralStatus.REJECTED.value
+        )
+        self._rejection(ctx, refusal)
+
+    def _rejection(self, ctx: RecordContext, refusal: Refusal) -> None:
+        """Answer (again) with the signed REJECTED of a refusal: same update, same emission time
+        (sent by :meth:`before_commit`)."""
+        update = StatusUpdate(
+            referral_id=refusal.referral_id,
+            case_id=refusal.case_id,
+            emitted_by=self.org_id,
+            emitted_at=datetime.fromtimestamp(refusal.emitted_at_ms / 1000, tz=UTC),
+            status=ReferralStatus.REJECTED,
+            reason_code=refusal.reason,
+            origin_org=refusal.origin_org,
+            referral_version=refusal.version if refusal.version > 1 else None,
+        )
+        self._answers.append((ctx, lambda: self.status.send(update, ctx.trace)))
+
+    def _receipt(
+        self, ctx: RecordContext, referral_id: str, case_id: str, origin: str, version: int = 1
+    ) -> None:
+        """Answer RECEIVED (sent by :meth:`before_commit`; a failure to build or send it is
+        the record's: it is handled again)."""
+        self._answers.append(
+            (
+                ctx,
+                lambda: self.status.received(
+                    self.org_id, referral_id, case_id, origin, ctx.trace, version
+                ),
+            )
+        )
