@@ -72,18 +72,11 @@ __all__ = [
 
 
 class ReferralError(Exception):
-    """Root of every error raised by referral-broker.
-
-    ``exit_code`` is what the CLI exits with when this error reaches it.
-    """
-
-    exit_code: int = 1
+    """Root of every error raised by referral-broker (the CLI maps each to an exit code)."""
 
 
 class ConfigError(ReferralError):
     """Settings or connector configuration are invalid."""
-
-    exit_code = 2
 
 
 class NetworkFileError(ConfigError):

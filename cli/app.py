@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.text import Text
 
 from broker.config import Settings, load_settings
-from broker.errors import ReferralError
+from broker.errors import ConfigError, ReferralError
 from broker.network import Network, load_network
 from broker.terminal import EscapingFormatter, escape
 
@@ -74,10 +74,22 @@ def cell(value: object) -> Text:
     return Text(escape("" if value is None else value))
 
 
+#: Exit codes by error class (the nearest class in the error's MRO wins; else 1).
+EXIT_CODES: dict[type[ReferralError], int] = {ConfigError: 2}
+
+
+def exit_code(exc: ReferralError) -> int:
+    """The exit code of a library error: 2 for what the user gave wrong, else 1."""
+    for kind in type(exc).__mro__:
+        if kind in EXIT_CODES:
+            return EXIT_CODES[kind]
+    return 1
+
+
 def _fail(exc: ReferralError) -> typer.Exit:
     for line in str(exc).splitlines() or [type(exc).__name__]:
         err_console.print(f"error: {escape(line)}", markup=False, soft_wrap=True)
-    return typer.Exit(exc.exit_code)
+    return typer.Exit(exit_code(exc))
 
 
 class App(typer.Typer):

@@ -188,7 +188,7 @@ def _report_publish(results: dict[str, BatchResult], as_json: bool) -> None:
                         escape(f"{name} {rej.label}: {problem}"), markup=False, soft_wrap=True
                     )
     if rejected:
-        raise typer.Exit(ValidationFailed.exit_code)
+        raise typer.Exit(1)
 
 
 def check(
@@ -248,7 +248,7 @@ def check(
             publisher.close()
             outbox.close()
     if bad:
-        raise typer.Exit(ValidationFailed.exit_code)
+        raise typer.Exit(1)
 
 
 def outbox(

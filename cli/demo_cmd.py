@@ -41,6 +41,7 @@ from broker.errors import ConfigError, ReferralError
 from broker.kafka import clients
 from broker.kafka.embedded import EmbeddedBroker
 from broker.kafka.provision import provision
+from broker.kafka.reader import TopicReader
 from broker.ledger.checkpoint import read_checkpoints
 from broker.ledger.events import HandoverEventType
 from broker.ledger.store import LedgerStore
@@ -196,26 +197,11 @@ def _check_raw_topics(
     consumer = clients.consumer(settings, group_id=None, role="demo-auditor")
     seen = 0
     try:
-        from kafka import TopicPartition
-
-        tps = [
-            TopicPartition(topic, p)
-            for cc in network.served()
-            for topic in (names.jurisdiction(cc), names.urgent(cc))
-            for p in range(network.topics.partitions_for(topic))
-        ]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            batch_read = consumer.poll(timeout_ms=500)
-            if not batch_read:
-                break
-            for records in batch_read.values():
-                for r in records:
-                    seen += 1
-                    if any(n in (r.value or b"") for n in secrets_in_batch):
-                        raise DemoFailed(f"case content readable in {r.topic}")
+        topics = [t for cc in network.served() for t in (names.jurisdiction(cc), names.urgent(cc))]
+        for r in TopicReader(consumer, *topics, timeout=20, idle=0.5).records():
+            seen += 1
+            if any(n in (r.value or b"") for n in secrets_in_batch):
+                raise DemoFailed(f"case content readable in {r.topic}")
     finally:
         consumer.close()
     console.print(

@@ -128,7 +128,7 @@ def check_cmd(
     if as_json:
         print_json({"mode": mode.value, "compatible": not problems, "records": report})
         if problems:
-            raise typer.Exit(IncompatibleSchema.exit_code)
+            raise typer.Exit(1)
         return
     if problems:
         raise IncompatibleSchema(

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka import TopicPartition
 from kafka.errors import KafkaError
 
 from broker.config import Settings
 from broker.errors import BrokerError, ConfigError, ValidationFailed
 from broker.ids import resolve_id
 from broker.kafka import clients
+from broker.kafka.reader import TopicReader
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.ledger.views import HandoverRecord
 from broker.lifecycle import LifecycleError, allowed_next
@@ -253,23 +253,15 @@ class LiaisonDesk:
     def _fetch(self, record: InboxRecord) -> Any:
         """The Kafka record the sink delivered (at its topic, partition and offset)."""
         consumer = clients.consumer(self.settings, group_id=None, role=f"console-{self.org}")
-        partition, offset = record.partition, record.offset
-        tp = TopicPartition(record.topic, partition)
         try:
-            consumer.assign([tp])
-            consumer.seek(tp, offset)
-            for _ in range(50):
-                for recs in consumer.poll(timeout_ms=200).values():
-                    for rec in recs:
-                        if rec.offset == offset:
-                            return rec
-            raise BrokerError(
-                f"referral {record.referral_id} is no longer on {record.topic} (retention?)"
+            rec = TopicReader(consumer, record.topic, timeout=10).fetch(
+                record.topic, record.partition, record.offset
             )
-        except KafkaError as exc:
-            raise BrokerError(
-                f"cannot read referral {record.referral_id}: {type(exc).__name__}"
-            ) from exc
+            if rec is None:
+                raise BrokerError(
+                    f"referral {record.referral_id} is no longer on {record.topic} (retention?)"
+                )
+            return rec
         finally:
             consumer.close()
 

@@ -28,7 +28,7 @@ from broker.kafka.deadletter import H_STAGE
 from broker.ledger.events import decode_events
 from broker.ledger.views import HandoverRecord, resolved_dead_letters
 from broker.network import Network
-from broker.receiver.inbox import Inbox, Refusal
+from broker.receiver.inbox import Inbox, SinkRefusal
 from broker.security.keys import ROUTER
 from broker.wire.codec import Codec
 from cli.main import app
@@ -146,9 +146,9 @@ def test_a_refused_referral_is_dead_lettered_once_and_answered_with_a_signed_rej
 
 def test_a_refusal_is_remembered_once_with_its_first_emission_time(tmp_path: Path) -> None:
     inbox = Inbox(tmp_path / "inbox.sqlite3")
-    first = Refusal("hl-a", "r-1", "case-1", "webhook", "HTTP_400", 1_000)
+    first = SinkRefusal("hl-a", "r-1", "case-1", "webhook", "HTTP_400", 1_000)
     assert inbox.record_refusal(first) == first
-    again = Refusal("hl-a", "r-1", "case-1", "webhook", "HTTP_422", 2_000)
+    again = SinkRefusal("hl-a", "r-1", "case-1", "webhook", "HTTP_422", 2_000)
     assert inbox.record_refusal(again) == first, "a repeat answers with the first REJECTED"
     assert inbox.refusal("hl-b", "r-1") is None, "another origin's referral is another one"
     assert [r.referral_id for r in inbox.refusals()] == ["r-1"]

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
+from broker.kafka.reader import TopicReader
 from broker.wire.topics import HEADER_DLQ_PREFIX, HeaderList, Headers, RecordHeaders, header
 
 __all__ = [
@@ -211,39 +212,24 @@ def read_dead_letters(
     consumer: KafkaConsumer, topic: str, timeout: float = 10.0
 ) -> Iterator[DeadLetter]:
     """Every dead letter on ``topic`` from the beginning (``consumer`` has no group)."""
-    parts = consumer.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in sorted(parts)]
-    if not tps:
-        return
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    end = consumer.end_offsets(tps)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        batch = consumer.poll(timeout_ms=300)
-        for _tp, records in batch.items():
-            for rec in records:
-                headers = tuple(rec.headers or ())
-                yield DeadLetter(
-                    id=f"{rec.partition}:{rec.offset}",
-                    original_topic=_header(headers, H_TOPIC),
-                    original_partition=_int(_header(headers, H_PARTITION)),
-                    original_offset=_int(_header(headers, H_OFFSET)),
-                    stage=_header(headers, H_STAGE),
-                    error_class=_header(headers, H_CLASS),
-                    message=_header(headers, H_MESSAGE),
-                    actor=_header(headers, H_CONNECTOR),
-                    referral_id=_header(headers, Headers.REFERRAL_ID) or None,
-                    at_ms=_int(_header(headers, H_AT), 0),
-                    key=rec.key,
-                    value=rec.value,
-                    headers=headers,
-                    by_reference=_header(headers, H_REFERENCE) == "1",
-                )
-        # Tansu's ListOffsets(latest) may leave out the last batch: stop only on an
-        # idle poll once every partition has reached the reported end.
-        if not batch and all(consumer.position(tp) >= end.get(tp, 0) for tp in tps):
-            break
+    for rec in TopicReader(consumer, topic, timeout=timeout, idle=0.3, poll_ms=300).records():
+        headers = tuple(rec.headers or ())
+        yield DeadLetter(
+            id=f"{rec.partition}:{rec.offset}",
+            original_topic=_header(headers, H_TOPIC),
+            original_partition=_int(_header(headers, H_PARTITION)),
+            original_offset=_int(_header(headers, H_OFFSET)),
+            stage=_header(headers, H_STAGE),
+            error_class=_header(headers, H_CLASS),
+            message=_header(headers, H_MESSAGE),
+            actor=_header(headers, H_CONNECTOR),
+            referral_id=_header(headers, Headers.REFERRAL_ID) or None,
+            at_ms=_int(_header(headers, H_AT), 0),
+            key=rec.key,
+            value=rec.value,
+            headers=headers,
+            by_reference=_header(headers, H_REFERENCE) == "1",
+        )
 
 
 def replay_dead_letter(producer: Any, letter: DeadLetter, replayable: Iterable[str]) -> str | None:

@@ -20,11 +20,11 @@ from broker.sqlite import Database
 from broker.wire.topics import HeaderList
 
 __all__ = [
+    "DestinationRefusal",
     "Outbox",
     "OutboxEntry",
     "PendingReferral",
     "ReferralFacts",
-    "Refusal",
     "RepublishSchedule",
     "StoredVersion",
 ]
@@ -195,7 +195,7 @@ class OutboxEntry:
 
 
 @dataclass(frozen=True)
-class Refusal:
+class DestinationRefusal:
     """A destination that refused a referral for good, and its reason code."""
 
     org_id: str
@@ -215,7 +215,7 @@ class PendingReferral:
     last_sent_at: float
     #: How many times it was sent (the first publication included).
     attempts: int
-    refused_by: tuple[Refusal, ...] = ()
+    refused_by: tuple[DestinationRefusal, ...] = ()
     #: The current version (1 until amended).
     version: int = 1
     parent_referral_id: str | None = None
@@ -650,7 +650,7 @@ class Outbox:
                     parent_referral_id=first["parent_referral_id"],
                     complete=first["completed_at"] is not None,
                     refused_by=tuple(
-                        Refusal(r["org_id"], r["reason"], r["refused_at"])
+                        DestinationRefusal(r["org_id"], r["reason"], r["refused_at"])
                         for r in open_
                         if r["reason"] is not None
                     ),

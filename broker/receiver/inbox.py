@@ -24,7 +24,7 @@ __all__ = [
     "Inbox",
     "InboxRecord",
     "Received",
-    "Refusal",
+    "SinkRefusal",
 ]
 
 #: Counter of redelivered referrals that were skipped.
@@ -156,7 +156,7 @@ class InboxRecord:
 
 
 @dataclass(frozen=True)
-class Refusal:
+class SinkRefusal:
     """A referral this organisation's system refused for good, and the REJECTED it answered."""
 
     origin_org: str
@@ -177,7 +177,7 @@ class DeliveryState:
     #: Sink kind → the version it delivered last.
     versions: dict[str, int]
     #: The refusal of the referral, if its system refused it for good.
-    refusal: Refusal | None
+    refusal: SinkRefusal | None
     #: Sink kind → its transient failures still open.
     failures: dict[str, int]
 
@@ -266,7 +266,7 @@ class Inbox:
             elif kind == "f":
                 failures[str(sink)] = int(n)
             else:
-                refusal = Refusal(
+                refusal = SinkRefusal(
                     origin_org,
                     referral_id,
                     str(case_id),
@@ -447,7 +447,7 @@ class Inbox:
 
     # -- refusals and transient failures (the receiving side) ----------------------------------
 
-    def record_refusal(self, refusal: Refusal) -> Refusal:
+    def record_refusal(self, refusal: SinkRefusal) -> SinkRefusal:
         """Remember a refusal; the one remembered first if this version was refused already.
 
         A refusal of a newer version (an amendment refused again) replaces the older one.
@@ -473,7 +473,7 @@ class Inbox:
         assert found is not None
         return found
 
-    def refusal(self, origin_org: str, referral_id: str) -> Refusal | None:
+    def refusal(self, origin_org: str, referral_id: str) -> SinkRefusal | None:
         """The refusal of ``origin_org``'s referral ``referral_id`` (None: not refused)."""
         rows = self._db.query(
             "SELECT * FROM refusals WHERE origin_org = ? AND referral_id = ?",
@@ -482,7 +482,7 @@ class Inbox:
         if not rows:
             return None
         r = rows[0]
-        return Refusal(
+        return SinkRefusal(
             str(r["origin_org"]),
             str(r["referral_id"]),
             str(r["case_id"]),
@@ -501,7 +501,7 @@ class Inbox:
             )
             return cur.rowcount > 0
 
-    def refusals(self) -> list[Refusal]:
+    def refusals(self) -> list[SinkRefusal]:
         """Every refusal, oldest first."""
         rows = self._db.query("SELECT origin_org, referral_id FROM refusals ORDER BY emitted_at")
         out = [self.refusal(str(r["origin_org"]), str(r["referral_id"])) for r in rows]

@@ -21,7 +21,7 @@ from broker.kafka.loop import BatchContext, RecordContext
 from broker.kafka.service import LoopService
 from broker.ledger.events import HandoverEventType
 from broker.lifecycle import reason_code
-from broker.receiver.inbox import Inbox, Refusal
+from broker.receiver.inbox import Inbox, SinkRefusal
 from broker.receiver.statuses import StatusSender
 from broker.security.rules import ReceiverSecurity, stage_of
 from broker.wire.codec import Codec
@@ -235,7 +235,7 @@ class SinkDriver(LoopService[Sink]):
         """The organisation's system refused a referral for good: remember it, answer REJECTED."""
         self.stats.refused += 1
         refusal = self.inbox.record_refusal(
-            Refusal(
+            SinkRefusal(
                 origin_org=delivery.origin_org,
                 referral_id=delivery.referral_id,
                 case_id=delivery.case_id,
@@ -250,7 +250,7 @@ class SinkDriver(LoopService[Sink]):
         )
         self._rejection(ctx, refusal)
 
-    def _rejection(self, ctx: RecordContext, refusal: Refusal) -> None:
+    def _rejection(self, ctx: RecordContext, refusal: SinkRefusal) -> None:
         """Answer (again) with the signed REJECTED of a refusal: same update, same emission time
         (sent by :meth:`before_commit`)."""
         update = StatusUpdate(

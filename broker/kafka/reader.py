@@ -1,0 +1,115 @@
+"""The one way to read a topic without a group: to its end from a position, or one record.
+
+Ends are judged by an idle poll as well as by the listed end offsets (Tansu lists them behind).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from broker.errors import BrokerError
+
+__all__ = ["TopicReader"]
+
+
+class TopicReader:
+    """Reads ``topics`` with a group-less ``consumer`` (the caller owns and closes it)."""
+
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        *topics: str,
+        timeout: float = 10.0,
+        idle: float = 0.5,
+        poll_ms: int = 100,
+        wait_for_topic: float = 0.0,
+    ) -> None:
+        self.consumer = consumer
+        self.topics = topics
+        self.timeout = timeout
+        self.idle = idle
+        self.poll_ms = poll_ms
+        #: How long a topic the metadata does not know yet is waited for (just created).
+        self.wait_for_topic = wait_for_topic
+
+    def partitions(self, topic: str, wait: float | None = None) -> list[int]:
+        """The partitions of ``topic`` (waiting up to ``wait`` s for metadata); [] if none."""
+        deadline = time.monotonic() + (self.wait_for_topic if wait is None else wait)
+        parts = self.consumer.partitions_for_topic(topic)
+        while parts is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            parts = self.consumer.partitions_for_topic(topic)
+        return sorted(parts or ())
+
+    def batches(
+        self,
+        start: Mapping[TopicPartition, int] | None = None,
+        *,
+        partitions: Iterable[TopicPartition] | None = None,
+        max_records: int = 2000,
+    ) -> Iterator[list[Any]]:
+        """Record batches from ``start`` (default: the beginning) until every partition is
+        past its listed end and nothing came for ``idle`` s, or ``timeout`` passed."""
+        tps = list(partitions) if partitions is not None else self._all()
+        if not tps:
+            return
+        try:
+            self.consumer.assign(tps)
+            begin = {tp: (start or {}).get(tp) for tp in tps}
+            for tp, offset in begin.items():
+                if offset is None:
+                    self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, offset)
+            end = self.consumer.end_offsets(tps)
+            position = {tp: begin[tp] or 0 for tp in tps}
+            deadline = time.monotonic() + self.timeout
+            last = time.monotonic()
+            while time.monotonic() < deadline:
+                got = self.consumer.poll(timeout_ms=self.poll_ms, max_records=max_records)
+                records = [r for recs in got.values() for r in recs]
+                if records:
+                    for r in records:
+                        tp = TopicPartition(r.topic, r.partition)
+                        position[tp] = max(position.get(tp, 0), r.offset + 1)
+                    last = time.monotonic()
+                    yield records
+                    continue
+                caught_up = all(position[tp] >= int(end.get(tp, 0)) for tp in tps)
+                if caught_up and time.monotonic() - last >= self.idle:
+                    return
+        except KafkaError as exc:
+            raise BrokerError(
+                f"cannot read {', '.join(self.topics)}: {type(exc).__name__}"
+            ) from exc
+
+    def records(self, start: Mapping[TopicPartition, int] | None = None) -> Iterator[Any]:
+        """Every record from ``start`` to the end, in the order the batches came."""
+        for batch in self.batches(start):
+            yield from batch
+
+    def fetch(self, topic: str, partition: int, offset: int) -> Any | None:
+        """The record at ``topic[partition]@offset``, or None if it is no longer there."""
+        tp = TopicPartition(topic, partition)
+        try:
+            self.consumer.assign([tp])
+            self.consumer.seek(tp, offset)
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline:
+                for recs in self.consumer.poll(timeout_ms=self.poll_ms).values():
+                    for rec in recs:
+                        if rec.offset == offset:
+                            return rec
+                        if rec.offset > offset:
+                            return None
+        except KafkaError as exc:
+            raise BrokerError(f"cannot read {topic}: {type(exc).__name__}") from exc
+        return None
+
+    def _all(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in self.topics for p in self.partitions(t)]
