@@ -211,45 +211,22 @@ class StatusFeed(LoopService[StatusSink]):
         except LifecycleError as exc:
             self._refuse(ctx, DeadLetterStage.STATUS_LIFECYCLE, exc, referral_id)
             return
-        delivery = StatusDelivery(
-            referral_id=referral_id,
-            status=status,
-            emitted_by=emitted_by,
-            document=jsonable(datum),
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-        )
-        failed = False
-        for sink in self.sinks:
-            try:
-                sink.deliver_status(delivery)
-            except DeliveryError as exc:
-                failed = True
-                ctx.dead_letter(DeadLetterStage.DELIVER, exc, referral_id)
-        if failed:
+        if not self._hand_on(record, ctx, datum):
             return
-        summary = ""
         at = datum.get("emitted_at")
         stamp = int(at.timestamp() * 1000) if isinstance(at, datetime) else 0
+        summary = ""
         if outcomes:
             count = len(entry.items) if entry is not None and entry.items else None
             summary = summarise(outcomes, count)
             self._queue_reroutes(entry, referral_id, outcomes)
+        reached = state.value if state is not None else None
         self._settled.append(
-            Settled(
-                key,
-                referral_id,
-                emitted_by,
-                state.value if state is not None else None,
-                version,
-                outcomes,
-                stamp,
-            )
+            Settled(key, referral_id, emitted_by, reached, version, outcomes, stamp)
         )
         self._batch_keys.add(key)
-        if state is not None:
-            self._batch_states[(referral_id, emitted_by)] = (state.value, version)
+        if reached is not None:
+            self._batch_states[(referral_id, emitted_by)] = (reached, version)
         self.stats.delivered += 1
         # The origin's own record that it accepted this status (the trace reads it).
         ctx.event(
@@ -260,6 +237,26 @@ class StatusFeed(LoopService[StatusSink]):
             to_party=self.org_id,
             reason=status_reason(status, summary),
         )
+
+    def _hand_on(self, record: Any, ctx: RecordContext, datum: Mapping[str, Any]) -> bool:
+        """Hand a verified status to every status sink; False if one could not take it."""
+        delivery = StatusDelivery(
+            referral_id=str(datum["referral_id"]),
+            status=str(datum["status"]),
+            emitted_by=str(datum["emitted_by"]),
+            document=jsonable(datum),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        handed = True
+        for sink in self.sinks:
+            try:
+                sink.deliver_status(delivery)
+            except DeliveryError as exc:
+                handed = False
+                ctx.dead_letter(DeadLetterStage.DELIVER, exc, delivery.referral_id)
+        return handed
 
     def _state(self, referral_id: str, emitter: str, version: int) -> str | None:
         """The emitter's lifecycle state: reached earlier in this batch, else the log's."""

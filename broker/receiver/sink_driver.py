@@ -21,7 +21,7 @@ from broker.kafka.loop import BatchContext, RecordContext
 from broker.kafka.service import LoopService
 from broker.ledger.events import HandoverEventType
 from broker.lifecycle import reason_code
-from broker.receiver.inbox import Inbox, SinkRefusal
+from broker.receiver.inbox import DeliveryState, Inbox, SinkRefusal
 from broker.receiver.statuses import StatusSender
 from broker.security.rules import ReceiverSecurity, stage_of
 from broker.wire.codec import Codec
@@ -109,6 +109,43 @@ class SinkDriver(LoopService[Sink]):
         if orgs is None or self.org_id not in orgs.split(","):
             self.stats.skipped += 1
             return
+        delivery = self._open(record, ctx)
+        if delivery is None:
+            return
+        state = self._state(delivery)
+        refused = state.refusal
+        if refused is not None and refused.version >= delivery.version:
+            # Refused for good before: the same answer again, nothing delivered or dead-lettered.
+            self.stats.duplicates += 1
+            self._event(
+                ctx, delivery, HandoverEventType.DUPLICATE_SKIPPED, f"REJECTED {refused.reason}"
+            )
+            self._rejection(ctx, refused)
+            return
+        # A version is delivered once per sink; an older or the same one again is a repeat.
+        # (The signature checked above is the origin's: only it can make a newer version.)
+        pending: list[tuple[Sink, int | None]] = []
+        for s in self.sinks:
+            before = state.versions.get(s.kind)
+            if before is None or before < delivery.version:
+                pending.append((s, before))
+        if not pending:
+            self._repeat(ctx, delivery)
+            return
+        delivered = self._deliver(ctx, delivery, pending, state)
+        if not delivered:
+            return
+        origin, referral_id = delivery.origin_org, delivery.referral_id
+        if refused is not None and self.inbox.refusal(origin, referral_id) == refused:
+            self.inbox.clear_refusal(origin, referral_id)  # the amendment answered the refusal
+        self.stats.delivered += 1
+        version = delivery.version
+        said = ",".join(delivered) + (f" version {version}" if version > 1 else "")
+        self._event(ctx, delivery, HandoverEventType.DELIVERED, said)
+        self._receipt(ctx, referral_id, delivery.case_id, origin, version)
+
+    def _open(self, record: Any, ctx: RecordContext) -> Delivery | None:
+        """The record as a delivery once every check passed; else dead-lettered and None."""
         try:
             if self.security is not None:
                 # Signature before decoding, then the sealed body and the handling rules.
@@ -118,30 +155,28 @@ class SinkDriver(LoopService[Sink]):
             else:
                 _, datum = self.codec.decode(record.value or b"", expected=REFERRAL)
             envelope = datum["envelope"]
-            referral_id = str(envelope["referral_id"])
-            case_id = str(envelope["case_id"])
-            origin = str(envelope["origin_org"])
-            version = int(envelope.get("version") or 1)
+            return Delivery(
+                referral_id=str(envelope["referral_id"]),
+                case_id=str(envelope["case_id"]),
+                origin_org=str(envelope["origin_org"]),
+                value=bytes(record.value),
+                document=jsonable(datum),
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                route_reason=header(record.headers, Headers.ROUTE_REASON) or "",
+                version=int(envelope.get("version") or 1),
+            )
         except SecurityError as exc:
             ctx.dead_letter(stage_of(exc), exc)
-            return
         except (CodecError, KeyError, TypeError) as exc:
             ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
-            return
-        delivery = Delivery(
-            referral_id=referral_id,
-            case_id=case_id,
-            origin_org=origin,
-            value=bytes(record.value),
-            document=jsonable(datum),
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            route_reason=header(record.headers, Headers.ROUTE_REASON) or "",
-            version=version,
-        )
-        # One look-up: what each sink delivered, the refusal and the open failures
-        # (and what the sinks delivered earlier in this batch, not yet recorded).
+        return None
+
+    def _state(self, delivery: Delivery) -> DeliveryState:
+        """One look-up: what each sink delivered, the refusal and the open failures (and
+        what the sinks delivered earlier in this batch, not yet recorded)."""
+        origin, referral_id = delivery.origin_org, delivery.referral_id
         state = self.inbox.state(origin, referral_id)
         if self._batch_versions:
             for s in self.sinks:
@@ -149,44 +184,42 @@ class SinkDriver(LoopService[Sink]):
                 if v is not None:
                     state.versions[s.kind] = max(v, state.versions.get(s.kind, 0))
                     state.failures.pop(s.kind, None)
-        refused = state.refusal
-        if refused is not None and refused.version >= version:
-            # Refused for good before: the same answer again, nothing delivered or dead-lettered.
-            self.stats.duplicates += 1
-            ctx.event(
-                HandoverEventType.DUPLICATE_SKIPPED,
-                referral_id,
-                case_id,
-                from_party=origin,
-                to_party=self.org_id,
-                reason=f"REJECTED {refused.reason}",
-            )
-            self._rejection(ctx, refused)
-            return
-        # A version is delivered once per sink; an older or the same one again is a repeat.
-        # (The signature checked above is the origin's: only it can make a newer version.)
-        pending: list[tuple[Sink, int | None]] = []
-        for s in self.sinks:
-            before = state.versions.get(s.kind)
-            if before is None or before < version:
-                pending.append((s, before))
-        if not pending:
-            self.stats.duplicates += 1
-            kind = self.sinks[0].kind if self.sinks else ""
-            if (origin, referral_id, kind) in self._batch_versions:
-                self._batch_repeats.append((origin, referral_id, kind))
-            else:
-                self.inbox.count_duplicate(origin, referral_id, kind)
-            ctx.event(
-                HandoverEventType.DUPLICATE_SKIPPED,
-                referral_id,
-                case_id,
-                from_party=origin,
-                to_party=self.org_id,
-                reason=f"version {version}" if version > 1 else None,
-            )
-            self._receipt(ctx, referral_id, case_id, origin, version)
-            return
+        return state
+
+    def _event(
+        self, ctx: RecordContext, delivery: Delivery, kind: HandoverEventType, reason: str | None
+    ) -> None:
+        ctx.event(
+            kind,
+            delivery.referral_id,
+            delivery.case_id,
+            from_party=delivery.origin_org,
+            to_party=self.org_id,
+            reason=reason,
+        )
+
+    def _repeat(self, ctx: RecordContext, delivery: Delivery) -> None:
+        """Every sink has this version already: count the repeat, answer RECEIVED again."""
+        self.stats.duplicates += 1
+        origin, referral_id, version = delivery.origin_org, delivery.referral_id, delivery.version
+        kind = self.sinks[0].kind if self.sinks else ""
+        if (origin, referral_id, kind) in self._batch_versions:
+            self._batch_repeats.append((origin, referral_id, kind))
+        else:
+            self.inbox.count_duplicate(origin, referral_id, kind)
+        said = f"version {version}" if version > 1 else None
+        self._event(ctx, delivery, HandoverEventType.DUPLICATE_SKIPPED, said)
+        self._receipt(ctx, referral_id, delivery.case_id, origin, version)
+
+    def _deliver(
+        self,
+        ctx: RecordContext,
+        delivery: Delivery,
+        pending: Sequence[tuple[Sink, int | None]],
+        state: DeliveryState,
+    ) -> list[str]:
+        """Hand the delivery to each pending sink; the kinds that took it."""
+        origin, referral_id = delivery.origin_org, delivery.referral_id
         delivered = []
         for sink, before in pending:
             handed = replace(delivery, previous_version=before) if before is not None else delivery
@@ -204,30 +237,12 @@ class SinkDriver(LoopService[Sink]):
             # batch's, in one transaction, once the sinks are durable (before_commit).
             failed_before = bool(state.failures.get(sink.kind))
             self._recorded.append((handed, sink.kind, failed_before))
-            self._batch_versions[(origin, referral_id, sink.kind)] = version
+            self._batch_versions[(origin, referral_id, sink.kind)] = delivery.version
             delivered.append(sink.kind)
             if failed_before:
-                ctx.event(
-                    HandoverEventType.RESOLVED,
-                    referral_id,
-                    case_id,
-                    from_party=origin,
-                    to_party=self.org_id,
-                    reason=f"{DeadLetterStage.DELIVER}: delivered by {sink.kind}",
-                )
-        if delivered and refused is not None and self.inbox.refusal(origin, referral_id) == refused:
-            self.inbox.clear_refusal(origin, referral_id)  # the amendment answered the refusal
-        if delivered:
-            self.stats.delivered += 1
-            ctx.event(
-                HandoverEventType.DELIVERED,
-                referral_id,
-                case_id,
-                from_party=origin,
-                to_party=self.org_id,
-                reason=",".join(delivered) + (f" version {version}" if version > 1 else ""),
-            )
-            self._receipt(ctx, referral_id, case_id, origin, version)
+                said = f"{DeadLetterStage.DELIVER}: delivered by {sink.kind}"
+                self._event(ctx, delivery, HandoverEventType.RESOLVED, said)
+        return delivered
 
     def _refused(
         self, ctx: RecordContext, delivery: Delivery, sink: str, exc: DeliveryError
