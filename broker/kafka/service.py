@@ -87,6 +87,8 @@ class LoopService(Generic[PartT]):
         poll_timeout_ms: int = 200,
         tracing: Tracing | None = None,
         signer: Signer | None = None,
+        emit_ledger: bool = True,
+        trace_records: bool = True,
     ) -> None:
         self.settings = settings
         self.tracing = tracing or Tracing(None, org_id)
@@ -98,7 +100,7 @@ class LoopService(Generic[PartT]):
         self.sinks: list[PartT] = list(sinks)
         self._consumer_factory = consumer_factory or clients.consumer
         self._own_producer = producer is None
-        self.producer = producer or clients.producer(settings, role=f"{self.name}-{org_id}")
+        self.producer = producer or clients.producer(settings, role=self.role)
         self.loop = ConsumeLoop(
             self,
             consumer=self._subscribe,
@@ -108,17 +110,27 @@ class LoopService(Generic[PartT]):
             group=settings.topic_prefix + group_id,
             # One HandoverBatch per consumed batch, signed once, sent after the batch's
             # records are settled (the loop commits only once it is acknowledged).
-            ledger=LedgerEmitter(
-                self.producer, codec, self.names.ledger, batch=True, actor=org_id, signer=signer
+            ledger=(
+                LedgerEmitter(
+                    self.producer, codec, self.names.ledger, batch=True, actor=org_id, signer=signer
+                )
+                if emit_ledger
+                else None
             ),
-            tracing=self.tracing,
+            # ``trace_records`` False: no tracing middleware, trace headers forwarded untouched.
+            tracing=self.tracing if trace_records else None,
             poll_timeout_ms=poll_timeout_ms,
         )
         self.stats: LoopStats = self.loop.stats
 
+    @property
+    def role(self) -> str:
+        """The client role its producer and consumer are named by (``<name>-<org>``)."""
+        return f"{self.name}-{self.org_id}"
+
     def _subscribe(self) -> KafkaConsumer:
         return self._consumer_factory(
-            self.settings, *self.topics, group_id=self.group_id, role=f"{self.name}-{self.org_id}"
+            self.settings, *self.topics, group_id=self.group_id, role=self.role
         )
 
     def open(self) -> None:
@@ -140,12 +152,13 @@ class LoopService(Generic[PartT]):
                 finally:
                     sink.close()
 
-    def run(self, stop: threading.Event) -> LoopStats:
-        """Consume until ``stop`` is set; each batch is committed once its fate is acked."""
+    def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> LoopStats:
+        """Consume until ``stop`` is set (or ``idle_exit_s`` idle); each batch is committed
+        once its fate is acked."""
         if self.loop.consumer is None:
             self.open()
         try:
-            return self.loop.run(stop)
+            return self.loop.run(stop, idle_exit_s=idle_exit_s)
         finally:
             self.close()
 

@@ -35,12 +35,12 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from broker.config import Settings
 from broker.errors import CodecError, ReferralError
-from broker.kafka import clients
 from broker.kafka.deadletter import DeadLetterStage
-from broker.kafka.loop import BatchContext, ConsumeLoop, LoopStats, RecordContext
+from broker.kafka.loop import LoopStats, RecordContext
 from broker.kafka.partitioning import key_hash as murmur2_key_hash
+from broker.kafka.service import Durable, LoopService
 from broker.ledger.checkpoint import Checkpoint, Checkpointer
-from broker.ledger.events import HandoverEventType, LedgerEmitter
+from broker.ledger.events import HandoverEventType
 from broker.network import Network
 from broker.routing.decide import DecisionCache, Destination, status_destination
 from broker.security.keys import ROUTER, LiveKeys, key_dir
@@ -63,8 +63,10 @@ def _kept_headers(headers: Sequence[tuple[str, bytes]] | None) -> list[tuple[str
     return [(k, v) for k, v in headers or () if k not in _ROUTE_HEADERS]
 
 
-class Router:
+class Router(LoopService[Durable]):
     """A member of the router consumer group (run several for scale-out)."""
+
+    name = ACTOR
 
     def __init__(
         self,
@@ -82,70 +84,51 @@ class Router:
         keys: LiveKeys | None = None,
         checkpoint_every: float | None = None,
     ) -> None:
-        self.settings = settings
         self.network = network
-        self.codec = codec
-        self.names = settings.topic_names()
-        self.group_id = group_id
-        self.tracing = tracing or Tracing(None, ACTOR)
-        self._consumer_factory = consumer_factory or clients.consumer
         self._max_records = max_records
-        self._producer = producer or clients.producer(settings, role="router")
-        self._own_producer = producer is None
         self._partitions: dict[str, int] = {}
         self._headers: dict[int, tuple[Destination, str, tuple[tuple[str, bytes], ...]]] = {}
-        self._decisions = DecisionCache(network, self.names)
+        names = settings.topic_names()
+        self._decisions = DecisionCache(network, names)
         #: The router's own signing key (ledger batches, checkpoints); re-read on rotation.
         self.keys = keys or LiveKeys(key_dir(settings, ACTOR), ACTOR)
+        tracing = tracing or Tracing(None, ACTOR)
+        super().__init__(
+            settings,
+            ACTOR,
+            codec,
+            [names.intake, names.status_intake],
+            group_id,
+            [],
+            producer=producer,
+            consumer_factory=consumer_factory,
+            poll_timeout_ms=poll_timeout_ms,
+            tracing=tracing,
+            signer=ledger_signer(self.keys, ACTOR),
+            emit_ledger=emit_ledger,
+            # Disabled tracing forwards the trace headers untouched: no middleware at all.
+            trace_records=tracing.enabled,
+        )
         self.checkpointer = Checkpointer(
-            settings, codec, self.keys, self._producer, interval=checkpoint_every or 30.0
+            settings, codec, self.keys, self.producer, interval=checkpoint_every or 30.0
         )
         self._checkpoint_every = checkpoint_every
-        self.loop = ConsumeLoop(
-            self,
-            consumer=self._subscribe,
-            producer=self._producer,
-            deadletter_topic=self.names.deadletter,
-            actor=ACTOR,
-            group=settings.topic_prefix + group_id,
-            ledger=(
-                LedgerEmitter(
-                    self._producer,
-                    codec,
-                    self.names.ledger,
-                    batch=True,
-                    actor=ACTOR,
-                    signer=ledger_signer(self.keys, ACTOR),
-                )
-                if emit_ledger
-                else None
-            ),
-            # Disabled tracing forwards the trace headers untouched: no middleware at all.
-            tracing=self.tracing if self.tracing.enabled else None,
-            poll_timeout_ms=poll_timeout_ms,
-        )
-        self.stats: LoopStats = self.loop.stats
 
     # -- lifecycle -------------------------------------------------------------------
+    @property
+    def role(self) -> str:
+        """The client role: ``router``."""
+        return ACTOR
+
     def _subscribe(self) -> KafkaConsumer:
         consumer = self._consumer_factory(
             self.settings,
             group_id=self.group_id,
-            role="router",
+            role=self.role,
             max_poll_records=self._max_records,
         )
-        consumer.subscribe([self.names.intake, self.names.status_intake], listener=_AssignmentLog())
+        consumer.subscribe(self.topics, listener=_AssignmentLog())
         return consumer
-
-    def open(self) -> None:
-        """Join the router group on the intake and status-intake topics."""
-        self.loop.open()
-
-    def close(self) -> None:
-        """Leave the group and flush (nothing uncommitted is committed here)."""
-        self.loop.close()
-        if self._own_producer:
-            clients.close_producer(self._producer, ACTOR, log)
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> LoopStats:
         """Route until ``stop`` is set (or, with ``idle_exit_s``, after that long idle).
@@ -173,14 +156,11 @@ class Router:
         elif record.topic == self.names.status_intake:
             self._route_status(record, ctx)
 
-    def before_commit(self, batch: BatchContext) -> None:
-        """Nothing to make durable: every publish is tracked by the loop."""
-
     def _partition(self, topic: str, key_hash: int) -> int | None:
         """The default partitioner's choice for a key hash, without hashing again."""
         count = self._partitions.get(topic)
         if count is None:
-            parts = self._producer.partitions_for(topic)
+            parts = self.producer.partitions_for(topic)
             if not parts:
                 return None
             count = self._partitions[topic] = len(parts)
