@@ -13,6 +13,8 @@ from broker.kafka.embedded import EmbeddedBroker, read_state, stop_detached
 from broker.private import private_dir
 from cli.app import App, console, print_json, state
 
+__all__ = ["app", "down", "status", "up"]
+
 app = App(help="Run the embedded (memory-only) Tansu broker.")
 
 

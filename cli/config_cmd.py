@@ -10,6 +10,8 @@ from rich.table import Table
 from broker.network import load_network
 from cli.app import App, console, print_json, state
 
+__all__ = ["app", "check", "network_app", "show"]
+
 app = App(help="Show the effective configuration.")
 network_app = App(help="Validate the network file.")
 

@@ -27,6 +27,8 @@ from cli.app import (
 )
 from cli.tables import WIDE_OPTION, is_narrow, new_table
 
+__all__ = ["dlq_app", "dlq_list", "dlq_replay", "route"]
+
 dlq_app = App(help="Inspect and replay dead letters.")
 
 

@@ -19,6 +19,8 @@ from broker.kafka.provision import describe_topics, provision
 from cli.app import NETWORK_OPTION, App, cell, console, print_json, state
 from cli.tables import WIDE_OPTION, is_narrow, new_table
 
+__all__ = ["TopicStats", "app", "list_cmd", "provision_cmd", "topic_stats"]
+
 app = App(help="Provision and list the network's topics.")
 
 
