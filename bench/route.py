@@ -68,7 +68,7 @@ def _settings(bootstrap: str, prefix: str) -> Settings:
 def _synthetic(codec: Codec, n: int, seed: int = 0) -> list[tuple[bytes, bytes, str]]:
     """``n`` encoded referrals (~1 KB each) spread over five jurisdictions."""
     sys.path.insert(0, ROOT)
-    from tests.factories import make_referral
+    from tests.support.factories import make_referral
 
     template = make_referral().to_avro()
     out = []

@@ -16,7 +16,25 @@ from pathlib import Path
 from broker.errors import ConfigError
 from broker.private import private_file
 
-__all__ = ["Database"]
+__all__ = ["COUNTERS_TABLE", "Database", "bump_counter"]
+
+#: The named counters a store may keep (add to its schema).
+COUNTERS_TABLE = """
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+def bump_counter(conn: sqlite3.Connection, name: str) -> int:
+    """Count one more under ``name`` (in the caller's transaction); the new total."""
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES (?, 1)"
+        " ON CONFLICT(name) DO UPDATE SET value = value + 1",
+        (name,),
+    )
+    return int(conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
 
 
 class Database:
@@ -100,6 +118,11 @@ class Database:
                 except sqlite3.OperationalError as exc:
                     if "duplicate column" not in str(exc):
                         raise
+
+    def counter(self, name: str) -> int:
+        """The value of a counter of :data:`COUNTERS_TABLE` (0 if never counted)."""
+        rows = self.query("SELECT value FROM counters WHERE name = ?", (name,))
+        return int(rows[0]["value"]) if rows else 0
 
     def close(self) -> None:
         """Close the connection."""

@@ -24,7 +24,7 @@ from broker.kafka.embedded import EmbeddedBroker
 from broker.network import Network, load_network
 from broker.wire.codec import Codec
 from broker.wire.topics import TopicNames
-from tests.kafka_helpers import provision_network
+from tests.support.kafka import provision_network
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_NETWORK = ROOT / "examples" / "network.toml"
@@ -41,9 +41,9 @@ PROCESS_SUITES = frozenset(
         "test_faults.py",
         "test_router_processes.py",
         "test_broker_restart.py",
-        "test_demo.py",
-        "test_console_browser.py",
-        "test_connectors_cli.py",
+        "test_demo_cmd.py",
+        "test_browser.py",
+        "test_connector_cmd.py",
     }
 )
 
@@ -113,8 +113,8 @@ def provisioned(settings: Settings, network: Network) -> Settings:
 
 @pytest.fixture
 def net() -> Network:
-    """The small connector test network (tests/test_connectors_support.py)."""
-    from tests.test_connectors_support import make_network
+    """The small connector test network (tests/support/connectors.py)."""
+    from tests.support.connectors import make_network
 
     return make_network()
 

@@ -5,6 +5,7 @@ The origin half of what used to be the inbox; file ``<state_dir>/orgs/<org>/stat
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -13,17 +14,19 @@ from datetime import datetime
 from pathlib import Path
 
 from broker.config import Settings
-from broker.sqlite import Database
+from broker.sqlite import COUNTERS_TABLE, Database, bump_counter
 from broker.wire.models import HostingEvidence, ItemOutcome, ItemOutcomeKind
 
 __all__ = ["REFUSED_STATUSES", "STATUS_DUPLICATES", "ItemState", "Settled", "StatusLog"]
+
+log = logging.getLogger("referral.origin.status_log")
 
 #: Counter of repeated status updates that were skipped.
 STATUS_DUPLICATES = "inbox.status_duplicates"
 #: Counters of refused status updates, by dead-letter stage (this prefix + the stage).
 REFUSED_STATUSES = "inbox.refused_statuses."
 
-_TABLES = ("statuses", "status_state", "refused_statuses", "item_outcomes", "counters")
+_TABLES = ("statuses", "status_state", "refused_statuses", "item_outcomes")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS statuses (
@@ -53,10 +56,6 @@ CREATE TABLE IF NOT EXISTS item_outcomes (
     assessed_under TEXT,
     emitted_at_ms  INTEGER NOT NULL,
     PRIMARY KEY (referral_id, item_id, emitter)
-);
-CREATE TABLE IF NOT EXISTS counters (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
 );
 """
 
@@ -91,7 +90,7 @@ class StatusLog:
     def __init__(self, path: Path, legacy: Path | None = None) -> None:
         self.path = Path(path)
         fresh = not self.path.exists()
-        self._db = Database(self.path, _SCHEMA)
+        self._db = Database(self.path, _SCHEMA + COUNTERS_TABLE)
         self._db.add_columns("status_state", {"version": "INTEGER NOT NULL DEFAULT 1"})
         if fresh and legacy is not None and legacy.exists():
             self._import(legacy)
@@ -107,11 +106,23 @@ class StatusLog:
             with self._db.transaction() as conn:
                 for table in _TABLES:
                     if table in have:
+                        # By the columns both have (older files lack later columns).
+                        theirs = [r[1] for r in conn.execute(f"PRAGMA legacy.table_info({table})")]
+                        ours = {r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")}
+                        cols = ", ".join(c for c in theirs if c in ours)
                         conn.execute(
-                            f"INSERT OR IGNORE INTO main.{table} SELECT * FROM legacy.{table}"
+                            f"INSERT OR IGNORE INTO main.{table} ({cols})"
+                            f" SELECT {cols} FROM legacy.{table}"
                         )
-        except sqlite3.Error:
-            pass  # an unreadable legacy file: the log starts empty, statuses are re-sent
+                if "counters" in have:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO main.counters SELECT * FROM legacy.counters"
+                        " WHERE name = ? OR name LIKE ?",
+                        (STATUS_DUPLICATES, REFUSED_STATUSES + "%"),
+                    )
+        except sqlite3.Error as exc:
+            # An unreadable older file: the log starts empty (repeated statuses are handed on).
+            log.warning("status log: not imported from %s: %s", legacy.name, type(exc).__name__)
         finally:
             self._db.query("DETACH DATABASE legacy")
 
@@ -121,19 +132,9 @@ class StatusLog:
         folder = settings.org_dir(org_id)
         return cls(folder / "status_log.sqlite3", legacy=folder / "inbox.sqlite3")
 
-    @staticmethod
-    def _bump(conn: sqlite3.Connection, name: str) -> int:
-        conn.execute(
-            "INSERT INTO counters (name, value) VALUES (?, 1)"
-            " ON CONFLICT(name) DO UPDATE SET value = value + 1",
-            (name,),
-        )
-        return int(conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
-
     def counter(self, name: str) -> int:
         """The value of a counter (0 if never counted)."""
-        rows = self._db.query("SELECT value FROM counters WHERE name = ?", (name,))
-        return int(rows[0]["value"]) if rows else 0
+        return self._db.counter(name)
 
     def has_status(self, key: str) -> bool:
         """True if a status update with this identity was already handed on."""
@@ -151,7 +152,7 @@ class StatusLog:
     def count_status_duplicate(self) -> int:
         """Count one skipped repeated status update; returns the total."""
         with self._db.transaction() as conn:
-            return self._bump(conn, STATUS_DUPLICATES)
+            return bump_counter(conn, STATUS_DUPLICATES)
 
     def count_refused_status(self, stage: str, position: str | None = None) -> int:
         """Count one status update refused at ``stage`` (``STATUS_VERIFY``, ...); its total.
@@ -166,7 +167,7 @@ class StatusLog:
                     (position, stage),
                 )
             else:
-                self._bump(conn, REFUSED_STATUSES + stage)
+                bump_counter(conn, REFUSED_STATUSES + stage)
         return self.refused_statuses().get(stage, 0)
 
     def refused_statuses(self) -> dict[str, int]:
@@ -305,7 +306,7 @@ class StatusLog:
                 if s.state is not None:
                     self._set_state(conn, s.referral_id, s.emitter, s.state, s.version)
             for _ in range(duplicates):
-                self._bump(conn, STATUS_DUPLICATES)
+                bump_counter(conn, STATUS_DUPLICATES)
 
     def flush(self) -> None:
         """Make what was recorded so far durable (before it is acknowledged)."""

@@ -6,7 +6,6 @@ The rules it follows: broker/receiver/README.md, section `inbox`.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 
 from broker.config import Settings
 from broker.contracts import Delivery
-from broker.sqlite import Database
+from broker.sqlite import COUNTERS_TABLE, Database, bump_counter
 from broker.wire.models import ItemOutcome
 
 __all__ = [
@@ -44,10 +43,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
     priority     TEXT NOT NULL DEFAULT '',
     external_refs TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (origin_org, referral_id, sink)
-);
-CREATE TABLE IF NOT EXISTS counters (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS refusals (
     origin_org  TEXT NOT NULL,
@@ -209,7 +204,7 @@ class Inbox:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._db = Database(self.path, _SCHEMA)
+        self._db = Database(self.path, _SCHEMA + COUNTERS_TABLE)
         old = self._db.query(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'delivered'"
         )
@@ -338,21 +333,11 @@ class Inbox:
                 " WHERE origin_org = ? AND referral_id = ? AND sink = ?",
                 (origin_org, referral_id, sink),
             )
-            return self._bump(conn, DUPLICATES)
-
-    @staticmethod
-    def _bump(conn: sqlite3.Connection, name: str) -> int:
-        conn.execute(
-            "INSERT INTO counters (name, value) VALUES (?, 1)"
-            " ON CONFLICT(name) DO UPDATE SET value = value + 1",
-            (name,),
-        )
-        return int(conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
+            return bump_counter(conn, DUPLICATES)
 
     def counter(self, name: str) -> int:
         """The value of a counter (0 if never counted)."""
-        rows = self._db.query("SELECT value FROM counters WHERE name = ?", (name,))
-        return int(rows[0]["value"]) if rows else 0
+        return self._db.counter(name)
 
     @property
     def duplicates(self) -> int:

@@ -1,7 +1,7 @@
 """Pydantic models mirroring the Avro schemas, with the semantic checks Avro cannot express.
 
 The ``.avsc`` files are the contract; these models are the Python view of it
-(``tests/test_models.py`` checks that every schema field has a model field and
+(``tests/broker/wire/test_models.py`` checks that every schema field has a model field and
 vice versa). Models convert with :meth:`to_avro` / :meth:`from_avro`; the
 ``parse_*`` helpers turn pydantic errors into
 :class:`~broker.errors.ValidationFailed` whose ``problems`` are
