@@ -283,7 +283,7 @@ def test_a_refused_commit_is_logged_and_counted_and_its_records_repeat(
     seeded = _seed(settings, topics["in"], [(0, []), (0, []), (1, [])])
     group = "refused"
     caplog.set_level(logging.INFO, logger="kafka.coordinator")
-    caplog.set_level(logging.WARNING, logger="referral.loop")
+    caplog.set_level(logging.INFO, logger="referral.loop")  # (sets the capture level too)
 
     def stall_until_dropped() -> None:
         # kafka-python's heartbeat thread leaves the group once the poll interval passes.
@@ -315,6 +315,7 @@ def test_a_refused_commit_is_logged_and_counted_and_its_records_repeat(
     assert sorted(set(handler.handled)) == [(0, 0), (0, 1), (1, 0)]
     assert all(handler.handled.count(w) == 2 for w in set(handler.handled)), "repeated once"
     assert loop.stats.commit_failures >= 1
+    assert loop.stats.dead_lettered == 0, loop.stats
     assert _committed(settings, group, topics["in"]) == [2, 1]
 
 
@@ -355,6 +356,7 @@ def test_partitions_revoked_mid_batch_lose_nothing_and_repeat_at_worst(
     assert not thread.is_alive()
     assert {p for p, _ in first.handled} == {0, 1}, "the first member had both partitions"
     assert second.handled, "the second member took over a partition"
+    assert loop.stats.dead_lettered == rival.stats.dead_lettered == 0
     out = read_topic(settings, topics["out"], at_least=len(plan), idle=0.3)
     assert {r.value for r in out} == {v for _, v in seeded}, "nothing lost"
     assert _committed(settings, group, topics["in"]) == ends, "no commit went back"
