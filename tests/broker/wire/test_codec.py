@@ -322,6 +322,7 @@ def test_apache_avro_decodes_project_bytes_from_the_avsc_alone() -> None:
     assert m.Referral.from_avro(datum) == referral
 
 
+@pytest.mark.slow  # 200 generated referrals: about 2 s alone, a minute on a busy machine
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(referrals)
 def test_referral_round_trip(referral: m.Referral) -> None:
@@ -521,7 +522,8 @@ def _only_codec_errors(data: bytes) -> None:
         # anything else propagates and fails the test
 
 
-@settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+@pytest.mark.slow  # 10,000 inputs: about 9 s alone, two minutes on a busy machine
+@settings(max_examples=10_000, deadline=None)
 @given(hostile())
 def test_hostile_bytes_raise_only_codec_errors(data: bytes) -> None:
     _only_codec_errors(data)
