@@ -79,6 +79,8 @@ BUSY_FOR_S = 0.25
 #: How long a group member must look stranded before it is told to rejoin (a join
 #: that is just completing looks stranded for an instant).
 STRANDED_GRACE_S = 2.0
+#: How often a member assigned nothing looks whether its topics have partitions now (s).
+STARVED_CHECK_S = 2.0
 
 
 def fatal_reason(producer: KafkaProducer) -> str | None:
@@ -537,16 +539,24 @@ class HealingConsumer(KafkaConsumer):  # type: ignore[misc]
         self._busy_until = 0.0
         self._stranded_since: float | None = None
         self._topic_ids: dict[str, object] = {}
+        self._next_starved_check = 0.0
         #: How many times this consumer asked to rejoin a rebalance left unfinished.
         self.rejoins = 0
         #: How many times it read a topic created anew from the beginning.
         self.rewinds = 0
+        #: True once the group gave it nothing from topics that have partitions: the
+        #: consume loop closes it and joins with a new consumer (:meth:`poll` says so once).
+        self.starved = False
+        #: What this member, as the group's leader, last assigned itself (partition count).
+        self._own_share = 0
+        self._watch_assignments()
 
     def poll(
         self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True
     ) -> dict[Any, list[Any]]:
         """Fetch records (as :meth:`kafka.KafkaConsumer.poll`), healing first if needed."""
         self._rejoin_if_stranded()
+        self._rejoin_if_starved()
         self._rewind_recreated_topics()
         records: dict[Any, list[Any]] = super().poll(
             timeout_ms=self._join_aware(timeout_ms),
@@ -614,6 +624,64 @@ class HealingConsumer(KafkaConsumer):  # type: ignore[misc]
                 self.config.get("group_id"),
             )
             self._coordinator.request_rejoin()
+
+    def _watch_assignments(self) -> None:
+        """Remember the share the leader computes for itself (Tansu may hand back another)."""
+        coordinator: Any = getattr(self, "_coordinator", None)
+        perform = getattr(coordinator, "_perform_assignment", None)
+        if perform is None:
+            return
+
+        def performed(leader_id: str, protocol: str, members: Any) -> Any:
+            assignments = perform(leader_id, protocol, members)
+            own = assignments.get(leader_id)
+            parts = getattr(own, "assigned_partitions", None) or []
+            self._own_share = sum(len(p) for _, p in parts)
+            return assignments
+
+        coordinator._perform_assignment = performed
+
+    def _rejoin_if_starved(self) -> None:
+        """Mark the consumer starved when, as the group's leader, it assigned nothing from a
+        topic that has partitions now.
+
+        A group that (re)formed while its topics were missing (an empty broker restart,
+        topics provisioned late) hands out ``[]``, and kafka-python 3.0 does not look
+        again. The leader knows what it assigned from (``_assignment_snapshot``); a
+        member idle only because the group has more members than partitions is left
+        alone (the leader's snapshot had those partitions).
+        """
+        coordinator = getattr(self, "_coordinator", None)
+        if self.starved or coordinator is None or getattr(coordinator, "group_id", None) is None:
+            return
+        if coordinator.generation_if_stable() is None or self.assignment():
+            return
+        now = time.monotonic()
+        if now < self._next_starved_check:
+            return
+        self._next_starved_check = now + STARVED_CHECK_S
+        cluster = self._client.cluster
+        cluster.request_update()  # learn about topics created since the assignment
+        snapshot = getattr(coordinator, "_assignment_snapshot", None)
+        if not isinstance(snapshot, dict):
+            return  # not the leader: the leader of the group rejoins for it
+        grown = sorted(
+            t
+            for t in self.subscription() or ()
+            if self._own_share
+            or len(cluster.partitions_for_topic(t) or ()) > len(snapshot.get(t) or ())
+        )
+        if not grown:
+            return
+        self.rejoins += 1
+        consumer_log.warning(
+            "consumer group %s: assigned nothing while %s has partitions, joining again",
+            self.config.get("group_id"),
+            ", ".join(grown),
+        )
+        # A rejoin is not enough: Tansu answers a lone member's rejoin with the generation
+        # and the empty assignment it had. Its loop replaces this consumer with a new one.
+        self.starved = True
 
     def _rewind_recreated_topics(self) -> None:
         assigned = self.assignment()

@@ -554,6 +554,10 @@ class ConsumeLoop:
             t1 = time.perf_counter()
             stats.poll_s += t1 - t0
         pending, self._pending = self._pending, None
+        if not polled and pending is None and getattr(self.consumer, "starved", False):
+            # Assigned nothing from topics that have partitions: join again, as a new member.
+            self.close()
+            return 0
         if not polled:
             if pending is not None and self._pending_acked(pending, None):
                 self._commit_pending(pending)

@@ -30,7 +30,7 @@ from broker.kafka.deadletter import (
 )
 from broker.kafka.loop import BatchContext, ConsumeLoop, RecordContext
 from tests.conftest import GROUP_TIMINGS
-from tests.kafka_helpers import header, read_topic
+from tests.support.kafka import header, read_topic
 
 #: A header naming where the handler sends the record ("bad": a topic no broker accepts;
 #: "bad-once": that, the first time it handles the record only); the handler raises on
