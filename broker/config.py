@@ -11,17 +11,19 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker.errors import ConfigError
 from broker.validation import validation_problems
 from broker.wire.topics import TopicNames
 
-__all__ = ["SecurityProtocol", "Settings", "load_settings"]
+__all__ = ["SecurityProtocol", "Settings", "Source", "load_settings", "setting_sources"]
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+#: Where a setting's value came from, as ``config show`` says it.
+Source = Literal["flag", "environment", "network file", "state directory", "default"]
 TraceExporter = Literal["none", "console", "otlp", "jsonl"]
 #: What an organisation id looks like (as in the network file); no path separators.
 _ORG_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -122,6 +124,9 @@ class Settings(BaseSettings):
             kwargs["ssl_check_hostname"] = self.ssl_check_hostname
         return kwargs
 
+    #: Where each value came from (:func:`setting_sources`); empty: built directly.
+    _sources: dict[str, Source] = PrivateAttr(default_factory=dict)
+
     def org_dir(self, org_id: str) -> Path:
         """``<state_dir>/orgs/<org>``: an organisation's outbox, inbox, keys and handling log."""
         if not _ORG_ID.match(org_id):
@@ -148,20 +153,37 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Build settings from CLI overrides (None = not given) over the environment.
 
-    Values the network file's ``[broker]`` table names fill in what neither the
-    CLI nor the environment set.
+    A state directory that holds its own ``network.toml`` (a demo run's sealed copy)
+    uses it unless a network file is named; the network file's ``[broker]`` table
+    fills in what neither the CLI nor the environment set. :func:`setting_sources`
+    says where each value came from.
     """
     given = {k: v for k, v in overrides.items() if v is not None}
+    sources: dict[str, Source] = dict.fromkeys(given, "flag")
     try:
         settings = Settings(**given)
+        for name in settings.model_fields_set - set(given):
+            sources[name] = "environment"
+        own = Path(settings.state_dir) / "network.toml"
+        if "network_file" not in settings.model_fields_set and own.is_file():
+            given = {**given, "network_file": own}
+            sources["network_file"] = "state directory"
+            settings = Settings(**given)
         section = _network_broker_section(settings.network_file)
         # The network file fills in only what neither the CLI nor the environment set.
         extra = {k: v for k, v in section.items() if k not in settings.model_fields_set}
         if extra:
             settings = Settings(**{**extra, **given})
+            sources.update(dict.fromkeys(extra, "network file"))
     except ValidationError as exc:
         raise ConfigError(_settings_problems(exc)) from exc
+    settings._sources = sources
     return settings
+
+
+def setting_sources(settings: Settings) -> dict[str, Source]:
+    """Where each setting of ``settings`` (as built by :func:`load_settings`) came from."""
+    return {name: settings._sources.get(name, "default") for name in Settings.model_fields}
 
 
 def _network_broker_section(path: Path) -> dict[str, Any]:

@@ -7,8 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from broker.config import setting_sources
+from broker.kafka.clients import embedded_bootstrap
 from broker.network import load_network
-from cli.app import App, console, print_json, state
+from cli.app import App, cell, console, print_json, state
 
 __all__ = ["app", "check", "network_app", "show"]
 
@@ -21,16 +23,24 @@ def show(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Print the effective settings (secrets masked)."""
-    masked = state(ctx).settings.masked()
+    """Print the effective settings (secrets masked) and where each came from."""
+    settings = state(ctx).settings
+    masked = settings.masked()
+    sources: dict[str, str] = dict(setting_sources(settings))
+    if not settings.bootstrap_servers:
+        embedded = embedded_bootstrap(settings.state_dir)
+        if embedded:
+            masked["bootstrap_servers"] = embedded
+            sources["bootstrap_servers"] = "state directory"
     if as_json:
-        print_json(masked)
+        print_json({k: {"value": v, "from": sources[k]} for k, v in masked.items()})
         return
     table = Table(title="effective settings")
     table.add_column("setting")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")
+    table.add_column("from")
     for key, value in sorted(masked.items()):
-        table.add_row(key, "" if value is None else str(value))
+        table.add_row(cell(key), cell("" if value is None else str(value)), sources[key])
     console.print(table)
 
 

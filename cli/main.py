@@ -61,7 +61,10 @@ def root(
         "--network",
         "-n",
         envvar="REFERRAL_NETWORK_FILE",
-        help="Network file (TOML). Default: examples/network.toml.",
+        help=(
+            "Network file (TOML). Default: the state directory's network.toml, "
+            "else examples/network.toml."
+        ),
     ),
     state_dir: Path | None = typer.Option(
         None, "--state-dir", envvar="REFERRAL_STATE_DIR", help="State directory. Default: .referral"

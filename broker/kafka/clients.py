@@ -59,6 +59,7 @@ __all__ = [
     "close_consumer",
     "close_producer",
     "consumer",
+    "embedded_bootstrap",
     "no_auto_create_client",
     "producer",
     "resolve_bootstrap",
@@ -87,7 +88,8 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _embedded_state_bootstrap(state_dir: Path) -> str | None:
+def embedded_bootstrap(state_dir: Path) -> str | None:
+    """The address of the embedded broker a state directory records (None: none)."""
     state_file = Path(state_dir) / "broker.json"
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
@@ -100,7 +102,7 @@ def resolve_bootstrap(settings: Settings) -> str:
     """The bootstrap servers: the settings', else the detached embedded broker's."""
     if settings.bootstrap_servers:
         return settings.bootstrap_servers
-    found = _embedded_state_bootstrap(settings.state_dir)
+    found = embedded_bootstrap(settings.state_dir)
     if found:
         return found
     raise ConfigError(

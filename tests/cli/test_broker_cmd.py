@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -137,8 +138,10 @@ def test_config_show_masks_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     )
     assert code == 0, out
     assert "hunter2-canary" not in out
-    assert '"sasl_password": "**********"' in out
-    assert '"bootstrap_servers": "broker-a.invalid:9092"' in out
+    shown = json.loads(out)
+    assert shown["sasl_password"] == {"value": "**********", "from": "environment"}
+    assert shown["bootstrap_servers"] == {"value": "broker-a.invalid:9092", "from": "flag"}
+    assert shown["client_id"]["from"] == "default"
 
 
 def test_cli_flag_overrides_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,5 +149,27 @@ def test_cli_flag_overrides_environment(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("REFERRAL_CLIENT_ID", "from-env")
     code, out = invoke("-b", "flaghost:9093", "config", "show", "--json", state_dir=tmp_path)
     assert code == 0, out
-    assert '"bootstrap_servers": "flaghost:9093"' in out
-    assert '"client_id": "from-env"' in out
+    shown = json.loads(out)
+    assert shown["bootstrap_servers"] == {"value": "flaghost:9093", "from": "flag"}
+    assert shown["client_id"] == {"value": "from-env", "from": "environment"}
+
+
+def test_a_state_directory_carries_its_network_file_and_broker(tmp_path: Path) -> None:
+    """A kept demo's state directory: every command against it uses its network and broker."""
+    run = tmp_path / "demo-run"
+    run.mkdir()
+    text = EXAMPLE_NETWORK.read_text(encoding="utf-8").replace(
+        'name = "', 'name = "sealed copy of ', 1
+    )
+    (run / "network.toml").write_text(text, encoding="utf-8")
+    (run / "broker.json").write_text('{"host": "127.0.0.1", "port": 40123}', encoding="utf-8")
+    code, out = invoke("config", "show", "--json", state_dir=run)
+    assert code == 0, out
+    shown = json.loads(out)
+    assert shown["network_file"] == {"value": str(run / "network.toml"), "from": "state directory"}
+    assert shown["bootstrap_servers"] == {"value": "127.0.0.1:40123", "from": "state directory"}
+    code, out = invoke("network", "check", state_dir=run)
+    assert code == 0, out
+    assert str(run / "network.toml") in out
+    code, out = invoke("--network", str(EXAMPLE_NETWORK), "config", "show", "--json", state_dir=run)
+    assert json.loads(out)["network_file"] == {"value": str(EXAMPLE_NETWORK), "from": "flag"}
