@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -10,9 +11,10 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from broker.errors import ConfigError, ValidationFailed
+from broker.errors import ConfigError, UnknownName, ValidationFailed
 from broker.ids import resolve_id, short_id
 from broker.kafka import clients
+from broker.network import Network
 from broker.outcomes import parse_item_specs, summarise
 from broker.wire.codec import Codec
 from broker.wire.models import ReferralStatus, utc_now_ms
@@ -56,6 +58,7 @@ def run(
     """Run every connector configured for ORG until SIGTERM or Ctrl-C."""
     st = state(ctx)
     network = st.network(network_file)
+    network.organisation(org)  # UnknownName before anything starts
     settings = st.settings
     stop = service_stop_event()
     runtime = ConnectorRuntime(
@@ -96,8 +99,7 @@ def publish(
     st = state(ctx)
     network = st.network(network_file)
     settings = st.settings
-    if not network.has_organisation(as_org):
-        raise ConfigError(f"organisation {as_org!r} is not in the network file")
+    network.organisation(as_org)  # UnknownName naming the nearest
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ConfigError("\n".join(f"{m}: no such file" for m in missing))
@@ -204,8 +206,7 @@ def check(
     st = state(ctx)
     network = st.network(network_file)
     settings = st.settings
-    if not network.has_organisation(as_org):
-        raise ConfigError(f"--as: organisation {as_org!r} is not in the network file")
+    network.organisation(as_org)  # UnknownName naming the nearest
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ConfigError("\n".join(f"{m}: no such file" for m in missing))
@@ -268,7 +269,9 @@ def outbox(
     the recipients reported of single items (verified), the re-referrals of
     moved items and the current version of amended referrals.
     """
-    settings = state(ctx).settings
+    st = state(ctx)
+    st.network().organisation(org)  # UnknownName naming the nearest
+    settings = st.settings
     box = Outbox.for_org(settings, org)
     inbox = Inbox.for_org(settings, org)
     try:
@@ -395,6 +398,11 @@ def status(
     """
     st = state(ctx)
     network = st.network(network_file)
+    network.organisation(org)  # UnknownName naming the nearest
+    if destination is not None:
+        check_destination(network, destination)
+    if origin is not None:
+        network.organisation(origin)
     settings = st.settings
     inbox = Inbox.for_org(settings, org)
     try:
@@ -416,16 +424,19 @@ def status(
             new_country=new_country,
             assessed_under=assessed_under,
         )
-        update = new_status_update(
-            inbox,
-            org,
-            record,
-            new_status,
-            outcomes,
-            note=note,
-            reason_code=reason_code,
-            destination=destination,
-        )
+        try:
+            update = new_status_update(
+                inbox,
+                org,
+                record,
+                new_status,
+                outcomes,
+                note=note,
+                reason_code=reason_code,
+                destination=destination,
+            )
+        except ValidationFailed as exc:
+            raise in_flags(exc) from None
     finally:
         inbox.close()
     producer = clients.producer(settings, role=f"status-{org}")
@@ -437,6 +448,30 @@ def status(
     if outcomes:
         line += f" with {summarise(outcomes)}"
     console.print(escape(line), markup=False, soft_wrap=True)
+
+
+#: The status update's fields as ``referral status`` spells them.
+_FLAGS = {"reason_code": "--reason", "destination_org": "--destination", "note": "--note"}
+_FIELD = re.compile(r"\b(?:an? )?(" + "|".join(_FLAGS) + r")\b")
+
+
+def in_flags(exc: ValidationFailed) -> ValidationFailed:
+    """``exc`` with the model's field names replaced by the flags that set them."""
+    problems = [
+        _FIELD.sub(lambda m: _FLAGS[m.group(1)], p.removeprefix("(record): ")) for p in exc.problems
+    ]
+    return ValidationFailed("\n".join(problems), problems)
+
+
+def check_destination(network: Network, destination: str) -> None:
+    """UnknownName (one line, naming the nearest) unless ``destination`` is in the network."""
+    if not network.has_organisation(destination):
+        raise UnknownName(
+            "organisation",
+            destination,
+            (o.id for o in network.organisations),
+            hint=" for --destination",
+        )
 
 
 def _observed_at(text: str | None) -> datetime:
