@@ -203,8 +203,13 @@ def configure_logging(
 
 
 def service_stop_event() -> threading.Event:
-    """Set up a long-running command: INFO logging, and an Event set by SIGTERM or Ctrl-C."""
+    """Set up a long-running command: INFO logging, and an Event set by SIGTERM or Ctrl-C.
+
+    kafka-python logs at WARNING only (its INFO lines were 69 of the router's 74 at start-up);
+    ``REFERRAL_DEBUG_LOGGERS=kafka`` brings them back.
+    """
     configure_logging(logging.INFO, "%(asctime)s %(name)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     debug = os.environ.get("REFERRAL_DEBUG_LOGGERS", "")
     for name in filter(None, (n.strip() for n in debug.split(","))):
         # For a maintainer chasing a client's behaviour: DEBUG for the named loggers only.

@@ -41,6 +41,23 @@ class _SlowTaskFilter(logging.Filter):
         return not str(record.msg).startswith("Task ") or "threshold" not in str(record.msg)
 
 
+class _ClosedSocketFilter(logging.Filter):
+    """Drops kafka-python's traceback for a task that waited on a socket already closed.
+
+    Closing a client while its IO loop still has a read or write pending on a
+    connection (a shutdown: the demo's stop printed it after "demo finished")
+    makes the loop register the closed socket (``fileno() == -1``); the selector
+    raises ``ValueError: Invalid file descriptor: -1`` and the loop logs the dead
+    task with a traceback. The connection is gone either way (kafka-python's own
+    ``unregister_event`` ignores the same error); every other task failure is kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        closed = isinstance(exc, ValueError) and "Invalid file descriptor: -1" in str(exc)
+        return not (closed and str(record.msg).startswith("Unhandled exception in task"))
+
+
 def _cap_kafka_logging() -> None:
     kafka_logger = logging.getLogger("kafka")
     if kafka_logger.level == logging.NOTSET or kafka_logger.level < _KAFKA_LOG_FLOOR:
@@ -48,6 +65,8 @@ def _cap_kafka_logging() -> None:
     selector = logging.getLogger("kafka.net.selector")
     if not any(isinstance(f, _SlowTaskFilter) for f in selector.filters):
         selector.addFilter(_SlowTaskFilter())
+    if not any(isinstance(f, _ClosedSocketFilter) for f in selector.filters):
+        selector.addFilter(_ClosedSocketFilter())
 
 
 _cap_kafka_logging()
