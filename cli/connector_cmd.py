@@ -414,6 +414,16 @@ def status(
                 f"({', '.join(origins)}); name one with --origin"
             )
         record = inbox.lookup(referral_id, origin)
+        if record is None and not origins:
+            raise UnknownName(
+                "referral",
+                referral_id,
+                inbox.referral_ids(),
+                f" in the inbox of {org}",
+                cutoff=0.8,
+                empty=f"{org} has received nothing yet",
+                list_known=False,
+            )
         if record is None:
             raise ConfigError(f"{org} has not received referral {referral_id} (not in its inbox)")
         outcomes = parse_item_specs(

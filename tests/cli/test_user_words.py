@@ -142,3 +142,13 @@ def test_an_empty_required_cell_is_named_as_its_column(tmp_path: Path) -> None:
     code, _, err = check(tmp_path, "case_id,url\nc-1,\n")
     assert code == 1
     assert err.strip().endswith("row 2: url: empty: this column needs a value")
+
+
+def test_a_mistyped_referral_id_gets_the_nearest_one_of_the_inbox(
+    received: tuple[dict[str, str | None], str],
+) -> None:
+    env, rid = received
+    typo = rid[:-1] + ("0" if rid[-1] != "0" else "1")
+    code, line = one_line(["status", ORG, typo, "ACCEPTED"], env)
+    assert code == 2
+    assert line == f"error: unknown referral '{typo}' in the inbox of {ORG}; did you mean {rid}?"
