@@ -99,7 +99,7 @@ def publish(
     st = state(ctx)
     network = st.network(network_file)
     settings = st.settings
-    network.organisation(as_org)  # UnknownName naming the nearest
+    known_org(network, as_org, "--as")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ConfigError("\n".join(f"{m}: no such file" for m in missing))
@@ -206,7 +206,7 @@ def check(
     st = state(ctx)
     network = st.network(network_file)
     settings = st.settings
-    network.organisation(as_org)  # UnknownName naming the nearest
+    known_org(network, as_org, "--as")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ConfigError("\n".join(f"{m}: no such file" for m in missing))
@@ -400,9 +400,9 @@ def status(
     network = st.network(network_file)
     network.organisation(org)  # UnknownName naming the nearest
     if destination is not None:
-        check_destination(network, destination)
+        known_org(network, destination, "--destination")
     if origin is not None:
-        network.organisation(origin)
+        known_org(network, origin, "--origin")
     settings = st.settings
     inbox = Inbox.for_org(settings, org)
     try:
@@ -473,14 +473,11 @@ def in_flags(exc: ValidationFailed) -> ValidationFailed:
     return ValidationFailed("\n".join(problems), problems)
 
 
-def check_destination(network: Network, destination: str) -> None:
-    """UnknownName (one line, naming the nearest) unless ``destination`` is in the network."""
-    if not network.has_organisation(destination):
+def known_org(network: Network, org: str, flag: str) -> None:
+    """UnknownName (one line, naming ``flag`` and the nearest) unless ``org`` is in the network."""
+    if not network.has_organisation(org):
         raise UnknownName(
-            "organisation",
-            destination,
-            (o.id for o in network.organisations),
-            hint=" for --destination",
+            "organisation", org, (o.id for o in network.organisations), hint=f" for {flag}"
         )
 
 
