@@ -231,10 +231,10 @@ def test_trace_flows_ledger_topics_and_tail_after_routing(
 
     missing = str(uuid.uuid4())
     code, out = cli(env, "trace", missing, "--no-sync")
-    assert code == 1
-    assert out.strip().splitlines() == [
-        f"error: no handover event for referral {missing} in the ledger"
-    ]
+    assert code == 2  # an unknown id, as every unknown name (issue 29)
+    [line] = out.strip().splitlines()
+    assert line.startswith(f"error: unknown referral '{missing}' in the local ledger; ")
+    assert line.endswith(" known, none close")
 
     # -- flows ----------------------------------------------------------------------------
     code, out = cli(env, "flows", "--json", "--since", "1h")
