@@ -9,7 +9,8 @@ organisations, jurisdictions, topics, sizes and positions.
 
     ReferralError
     ├── ConfigError                  bad settings or connector configuration
-    │   └── NetworkFileError         the network file has problems (all listed)
+    │   ├── NetworkFileError         the network file has problems (all listed)
+    │   └── UnknownName              no organisation/topic/id of that name (names the nearest)
     ├── BrokerError                  talking to Kafka failed
     │   ├── BrokerUnavailable        no broker answered in time
     │   └── EmbeddedBrokerError      the embedded Tansu could not start or stop
@@ -39,6 +40,9 @@ organisations, jurisdictions, topics, sizes and positions.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
     "BrokerError",
     "BrokerUnavailable",
@@ -64,6 +68,7 @@ __all__ = [
     "SecurityError",
     "SignatureInvalid",
     "SignatureOutOfWindow",
+    "UnknownName",
     "UnknownReferral",
     "UnknownSchema",
     "UnknownSchemaId",
@@ -85,7 +90,47 @@ class NetworkFileError(ConfigError):
     def __init__(self, path: str, problems: list[str]) -> None:
         self.path = path
         self.problems = list(problems)
-        super().__init__(f"{path}: {len(self.problems)} problem(s)\n" + "\n".join(self.problems))
+        if len(self.problems) == 1:  # one problem, one line (it names the file itself)
+            only = self.problems[0]
+            super().__init__(only if only.startswith(path) else f"{path}: {only}")
+        else:
+            head = f"{path}: {len(self.problems)} problem(s)\n"
+            super().__init__(head + "\n".join(self.problems))
+
+
+class UnknownName(ConfigError, KeyError):
+    """No ``kind`` called ``name``; the message names the nearest valid ones.
+
+    Also a ``KeyError``, so a lookup that used to raise one still satisfies its callers.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        valid: Iterable[str],
+        hint: str = "",
+        *,
+        cutoff: float = 0.5,
+        empty: str = "",
+        list_known: bool = True,
+    ) -> None:
+        self.kind, self.name = kind, name
+        self.valid = sorted(set(valid))
+        nearest = difflib.get_close_matches(name, self.valid, n=3, cutoff=cutoff)
+        if nearest:
+            known = "did you mean " + ", ".join(nearest) + "?"
+        elif self.valid and not list_known:
+            known = f"{len(self.valid)} known, none close"
+        elif self.valid:
+            shown = self.valid[:6]
+            known = "known: " + ", ".join(shown) + (", ..." if len(self.valid) > 6 else "")
+        else:
+            known = empty or f"there is no {kind} yet"
+        super().__init__(f"unknown {kind} {name!r}{hint}; {known}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class BrokerError(ReferralError):

@@ -53,7 +53,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from broker.errors import NetworkFileError
+from broker.errors import NetworkFileError, UnknownName
 from broker.validation import validation_errors
 from broker.wire import topics
 from broker.wire.countries import is_country
@@ -198,11 +198,11 @@ class Network(_Frozen):
     routing: Routing
 
     def organisation(self, org_id: str) -> Organisation:
-        """The organisation with id ``org_id`` (KeyError if there is none)."""
+        """The organisation with id ``org_id`` (UnknownName, a KeyError, if there is none)."""
         for org in self.organisations:
             if org.id == org_id:
                 return org
-        raise KeyError(org_id)
+        raise UnknownName("organisation", org_id, (o.id for o in self.organisations))
 
     def has_organisation(self, org_id: str) -> bool:
         """True if an organisation with that id is in the network."""

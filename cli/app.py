@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperGroup
 
 from broker.config import Settings, load_settings
 from broker.errors import ConfigError, ReferralError
@@ -92,11 +93,45 @@ def _fail(exc: ReferralError) -> typer.Exit:
     return typer.Exit(exit_code(exc))
 
 
+def _usage_line(exc: typer.TyperException) -> typer.Exit:
+    """Print a usage error (bad flag, bad value, unknown command) as one line."""
+    message = " ".join(exc.format_message().replace("Value error, ", "").split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:  # the command as typed (the root's name is always `referral`)
+        words = ["referral", *ctx.command_path.split()[1:]]
+        message += f" (see `{' '.join(words)} --help`)"
+    err_console.print(f"error: {escape(message)}", markup=False, soft_wrap=True)
+    return typer.Exit(getattr(exc, "exit_code", 2))
+
+
+class OneLineErrors(TyperGroup):
+    """A command group that reports usage errors in one line instead of a usage panel."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        """Parse the group's own options; a usage error becomes one line."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except typer.TyperException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # the help itself, shown as usual
+                raise
+            raise _usage_line(exc) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        """Run the chosen subcommand; a usage error in its parsing becomes one line."""
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                raise
+            raise _usage_line(exc) from None
+
+
 class App(typer.Typer):
     """A Typer whose commands map library errors to one-line messages and exit codes."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("no_args_is_help", True)
+        kwargs.setdefault("cls", OneLineErrors)
         kwargs.setdefault("pretty_exceptions_show_locals", False)
         super().__init__(**kwargs)
 
@@ -180,8 +215,13 @@ def configure_logging(
 
 
 def service_stop_event() -> threading.Event:
-    """Set up a long-running command: INFO logging, and an Event set by SIGTERM or Ctrl-C."""
+    """Set up a long-running command: INFO logging, and an Event set by SIGTERM or Ctrl-C.
+
+    kafka-python logs at WARNING only (its INFO lines were 69 of the router's 74 at start-up);
+    ``REFERRAL_DEBUG_LOGGERS=kafka`` brings them back.
+    """
     configure_logging(logging.INFO, "%(asctime)s %(name)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     debug = os.environ.get("REFERRAL_DEBUG_LOGGERS", "")
     for name in filter(None, (n.strip() for n in debug.split(","))):
         # For a maintainer chasing a client's behaviour: DEBUG for the named loggers only.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -10,9 +11,10 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from broker.errors import ConfigError, ValidationFailed
+from broker.errors import ConfigError, UnknownName, ValidationFailed
 from broker.ids import resolve_id, short_id
 from broker.kafka import clients
+from broker.network import Network
 from broker.origin.outbox import Outbox
 from broker.origin.publisher import BatchResult, Publisher, Rejected
 from broker.origin.sent_view import item_report
@@ -57,6 +59,7 @@ def run(
     """Run every connector configured for ORG until SIGTERM or Ctrl-C."""
     st = state(ctx)
     network = st.network(network_file)
+    network.organisation(org)  # UnknownName before anything starts
     settings = st.settings
     stop = service_stop_event()
     runtime = ConnectorRuntime(
@@ -97,8 +100,7 @@ def publish(
     st = state(ctx)
     network = st.network(network_file)
     settings = st.settings
-    if not network.has_organisation(as_org):
-        raise ConfigError(f"organisation {as_org!r} is not in the network file")
+    known_org(network, as_org, "--as")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ConfigError("\n".join(f"{m}: no such file" for m in missing))
@@ -205,8 +207,7 @@ def check(
     st = state(ctx)
     network = st.network(network_file)
     settings = st.settings
-    if not network.has_organisation(as_org):
-        raise ConfigError(f"--as: organisation {as_org!r} is not in the network file")
+    known_org(network, as_org, "--as")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ConfigError("\n".join(f"{m}: no such file" for m in missing))
@@ -269,7 +270,9 @@ def outbox(
     the recipients reported of single items (verified), the re-referrals of
     moved items and the current version of amended referrals.
     """
-    settings = state(ctx).settings
+    st = state(ctx)
+    st.network().organisation(org)  # UnknownName naming the nearest
+    settings = st.settings
     box = Outbox.for_org(settings, org)
     status_log = StatusLog.for_org(settings, org)
     try:
@@ -398,6 +401,11 @@ def status(
     """
     st = state(ctx)
     network = st.network(network_file)
+    network.organisation(org)  # UnknownName naming the nearest
+    if destination is not None:
+        known_org(network, destination, "--destination")
+    if origin is not None:
+        known_org(network, origin, "--origin")
     settings = st.settings
     inbox = Inbox.for_org(settings, org)
     try:
@@ -409,6 +417,16 @@ def status(
                 f"({', '.join(origins)}); name one with --origin"
             )
         record = inbox.lookup(referral_id, origin)
+        if record is None and not origins:
+            raise UnknownName(
+                "referral",
+                referral_id,
+                inbox.referral_ids(),
+                f" in the inbox of {org}",
+                cutoff=0.8,
+                empty=f"{org} has received nothing yet",
+                list_known=False,
+            )
         if record is None:
             raise ConfigError(f"{org} has not received referral {referral_id} (not in its inbox)")
         outcomes = parse_item_specs(
@@ -419,16 +437,19 @@ def status(
             new_country=new_country,
             assessed_under=assessed_under,
         )
-        update = new_status_update(
-            inbox,
-            org,
-            record,
-            new_status,
-            outcomes,
-            note=note,
-            reason_code=reason_code,
-            destination=destination,
-        )
+        try:
+            update = new_status_update(
+                inbox,
+                org,
+                record,
+                new_status,
+                outcomes,
+                note=note,
+                reason_code=reason_code,
+                destination=destination,
+            )
+        except ValidationFailed as exc:
+            raise in_flags(exc) from None
     finally:
         inbox.close()
     producer = clients.producer(settings, role=f"status-{org}")
@@ -440,6 +461,27 @@ def status(
     if outcomes:
         line += f" with {summarise(outcomes)}"
     console.print(escape(line), markup=False, soft_wrap=True)
+
+
+#: The status update's fields as ``referral status`` spells them.
+_FLAGS = {"reason_code": "--reason", "destination_org": "--destination", "note": "--note"}
+_FIELD = re.compile(r"\b(?:an? )?(" + "|".join(_FLAGS) + r")\b")
+
+
+def in_flags(exc: ValidationFailed) -> ValidationFailed:
+    """``exc`` with the model's field names replaced by the flags that set them."""
+    problems = [
+        _FIELD.sub(lambda m: _FLAGS[m.group(1)], p.removeprefix("(record): ")) for p in exc.problems
+    ]
+    return ValidationFailed("\n".join(problems), problems)
+
+
+def known_org(network: Network, org: str, flag: str) -> None:
+    """UnknownName (one line, naming ``flag`` and the nearest) unless ``org`` is in the network."""
+    if not network.has_organisation(org):
+        raise UnknownName(
+            "organisation", org, (o.id for o in network.organisations), hint=f" for {flag}"
+        )
 
 
 def _observed_at(text: str | None) -> datetime:

@@ -152,6 +152,7 @@ def demo(
         if keep:
             broker.write_state(run_dir)
             _serve_console(settings, network, codec, stack)
+            _print_intake(network, runtimes, env)
             console.print(
                 f"still running: try `referral --state-dir {run_dir} flows` or "
                 f"`referral --state-dir {run_dir} trace ID`; Ctrl-C stops everything"
@@ -514,6 +515,23 @@ def _serve_console(settings: Settings, network: Network, codec: Codec, stack: Ex
     console.print(f"web console at {server.url}", markup=False)
     for who in ([org] if org else []) + [OPERATOR]:
         console.print(f"  token of {who}: {env[token_env(who)]}", markup=False)
+
+
+def _print_intake(
+    network: Network, runtimes: dict[str, ConnectorRuntime], env: dict[str, str]
+) -> None:
+    """Where each HTTP intake of the run listens, and the token it takes (synthetic run only)."""
+    for org, runtime in runtimes.items():
+        config = network.organisation(org).connectors.get("http_intake")
+        if runtime.http_port is not None and config is not None:
+            token_env, host = config["token_env"], config.get("host", "127.0.0.1")
+            token = env.get(token_env, f"${token_env}")
+            console.print(
+                f"http intake of {org} at http://{host}:{runtime.http_port}/referrals"
+                f" (POST JSON; header Authorization: Bearer {token})",
+                markup=False,
+                soft_wrap=True,
+            )
 
 
 def _wait_for_interrupt() -> None:

@@ -40,8 +40,8 @@ JSON_OPTION: Any = typer.Option(False, "--json", help="Machine-readable output."
 
 
 def _org(network: Network, org: str) -> None:
-    if org != ROUTER and not network.has_organisation(org):
-        raise ConfigError(f"organisation {org!r} is not in the network file")
+    if org != ROUTER:
+        network.organisation(org)  # UnknownName naming the nearest
 
 
 def _table_snippet(keys: list[PublicKey]) -> str:

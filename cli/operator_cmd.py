@@ -26,7 +26,7 @@ from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from broker.config import Settings
-from broker.errors import BrokerError, CodecError, ConfigError
+from broker.errors import BrokerError, BrokerUnavailable, CodecError, ConfigError, UnknownName
 from broker.ids import resolve_id, short_id
 from broker.kafka import clients
 from broker.ledger.checkpoint import Checkpointer, HeadStore, HeldHead, read_checkpoints
@@ -57,7 +57,7 @@ from broker.wire.registry import (
     STATUS_UPDATE,
 )
 from broker.wire.topics import HEADER_DLQ_PREFIX, Headers
-from cli.app import App, cell, console, escape, print_json, state
+from cli.app import App, cell, console, err_console, escape, print_json, state
 from cli.tables import WIDE_OPTION, compact_time, is_narrow, new_table
 
 __all__ = [
@@ -89,6 +89,48 @@ _SHOWN_HEADERS = (
     HEADER_DLQ_PREFIX + "stage",
     HEADER_DLQ_PREFIX + "exception.class.name",
 )
+
+
+def sync_if_reachable(settings: Settings, store: LedgerStore) -> str | None:
+    """Sync the local ledger store; if no broker is configured or answers, say why (else None).
+
+    ``trace`` and ``flows`` then answer from what the store holds.
+    """
+    try:
+        bootstrap = clients.resolve_bootstrap(settings)
+    except ConfigError:
+        return "no broker configured"
+    try:
+        _sync(settings, store)
+    except BrokerUnavailable:
+        return f"no broker answered at {bootstrap}"
+    return None
+
+
+def local_note(why: str | None) -> None:
+    """One line on stderr when an answer comes from the local ledger only."""
+    if why is not None:
+        err_console.print(
+            escape(f"note: from the local ledger only ({why}; not synced)"),
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def known_referral(given: str, ids: list[str], why: str | None = None) -> str:
+    """The referral id ``given`` names (whole or a prefix); UnknownName if the ledger has none."""
+    referral_id = resolve_id(given, ids)
+    if referral_id not in set(ids):
+        raise UnknownName(
+            "referral",
+            referral_id,
+            ids,
+            " in the local ledger" + (f" ({why}; not synced)" if why else ""),
+            cutoff=0.8,  # ids differ in every character; only a near-miss is worth naming
+            empty="it holds no referral yet (run `referral ledger sync`)",
+            list_known=False,
+        )
+    return referral_id
 
 
 def _sync(settings: Settings, store: LedgerStore) -> SyncReport:
@@ -260,7 +302,7 @@ def ledger_show(
     settings = state(ctx).settings
     with LedgerStore.for_settings(settings) as store:
         if referral is not None:
-            referral = resolve_id(referral, store.referral_ids())
+            referral = known_referral(referral, store.referral_ids())
         entries = store.entries(referral)
     if as_json:
         print_json([{**e.record.to_json(), "ledger_offset": e.ledger_offset} for e in entries])
@@ -317,10 +359,10 @@ def trace_cmd(
     settings = st.settings
     network = st.network()
     with LedgerStore.for_settings(settings) as store:
-        if sync:
-            _sync(settings, store)
-        referral_id = resolve_id(referral_id, store.referral_ids())
+        why = sync_if_reachable(settings, store) if sync else None
+        referral_id = known_referral(referral_id, store.referral_ids(), why)
         records = store.records(referral_id)
+    local_note(why)
     now = datetime.now(UTC)
     t = trace(records, referral_id, network.deadlines, settings.topic_names(), now)
     if as_json:
@@ -484,9 +526,9 @@ def flows_cmd(
     now = datetime.now(UTC)
     start = parse_since(since, now)
     with LedgerStore.for_settings(settings) as store:
-        if sync:
-            _sync(settings, store)
+        why = sync_if_reachable(settings, store) if sync else None
         records = store.records()
+    local_note(why)
     f = flows(records, network.deadlines, settings.topic_names(), now, since=start)
     by_role = role_routes((r for r in records if start is None or r.at >= start), network.role_of)
     if as_json:
@@ -732,9 +774,12 @@ def tail(
     ),
 ) -> None:
     """Follow a topic; undecodable records are shown with their size, never fatal."""
-    settings = state(ctx).settings
+    st = state(ctx)
+    settings = st.settings
     if reveal and not (reason and reason.strip()):
         raise ConfigError('--reveal needs --reason "..." (every revealed body is recorded)')
+    if as_org is not None:
+        st.network().organisation(as_org)  # UnknownName before the broker is asked
     prefix = settings.topic_prefix
     name = topic if not prefix or topic.startswith(prefix) else prefix + topic
     access = _AccessLog(settings, reason or "", as_org) if reveal else None
@@ -745,7 +790,9 @@ def tail(
     try:
         parts = consumer.partitions_for_topic(name)
         if not parts:
-            raise ConfigError(f"no topic {name} on {clients.resolve_bootstrap(settings)}")
+            on = f" on {clients.resolve_bootstrap(settings)}"
+            ours = [t for t in consumer.topics() if t.startswith(prefix)]  # this deployment's
+            raise UnknownName("topic", name, ours, on)
         tps = [TopicPartition(name, p) for p in sorted(parts)]
         consumer.assign(tps)
         if from_beginning:

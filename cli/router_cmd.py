@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -145,6 +146,9 @@ def dlq_replay(
     """Send chosen dead letters back to their original topic, headers cleaned."""
     if not ids and not all_:
         raise ConfigError("name dead letters with --id PARTITION:OFFSET, or pass --all")
+    malformed = [i for i in ids if not re.fullmatch(r"\d+:\d+", i.strip())]
+    if malformed:
+        raise ConfigError(f"--id {malformed[0]!r}: expected PARTITION:OFFSET, e.g. 0:42")
     settings = state(ctx).settings
     names = settings.topic_names()
     allowed = {names.intake, names.status_intake}

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from broker.errors import IncompatibleSchema, UnknownSchema
+from broker.errors import ConfigError, IncompatibleSchema, UnknownName, UnknownSchema
 from broker.wire.compat import CompatibilityMode, check_compatibility
 from broker.wire.registry import (
     RECORD_NAMES,
@@ -35,6 +35,8 @@ JSON_OPTION: Any = typer.Option(False, "--json", help="Machine-readable output."
 
 
 def _registry(ctx: typer.Context, schema_dir: Path | None) -> Registry:
+    if schema_dir is not None and not schema_dir.is_dir():
+        raise ConfigError(f"--schema-dir {schema_dir}: no such directory")
     if schema_dir is not None:
         return EmbeddedRegistry(schema_dir=schema_dir)
     return registry_from_settings(state(ctx).settings)
@@ -101,7 +103,8 @@ def show_cmd(
     else:
         working = load_working_schemas(schema_dir)
         if full_name(name) not in working:
-            raise UnknownSchema(f"no schema {full_name(name)}; known: {', '.join(working)}")
+            short = [n.rpartition(".")[2] for n in working]
+            raise UnknownName("schema", name.rpartition(".")[2], short)
         schema = working[full_name(name)]
     typer.echo(json.dumps(schema, indent=2, ensure_ascii=False))
 

@@ -66,6 +66,7 @@ carries an example of the right form (:func:`with_example`).
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import re
@@ -367,10 +368,16 @@ def csv_column_of(path: str) -> str:
     return parts[0] if parts and parts[0] else path
 
 
+#: What pydantic says of a value that is not there (a CSV cell is always a string when given).
+_ABSENT = ("Input should be a valid string", "Field required")
+
+
 def _csv_problem(problem: str) -> str:
     where, sep, message = problem.partition(": ")
     if not sep or where.startswith("("):
         return problem
+    if message in _ABSENT:
+        message = "empty: this column needs a value"
     return f"{csv_column_of(where)}: {message}"
 
 
@@ -579,9 +586,20 @@ def _read_jsonl(text: str) -> list[Row]:
 _COLUMN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 
 
+#: The columns every CSV file must have (the others are optional).
+REQUIRED_CSV_COLUMNS = ("case_id", "url")
+
+
+def _column_key(name: str) -> str:
+    """A header cell as the column it names: case and spaces or dashes do not matter."""
+    key = re.sub(r"[\s-]+", "_", name.strip().lower())
+    return key if key in CSV_COLUMNS else name.strip()
+
+
 def _unknown_column(position: int, name: str) -> str:
     if _COLUMN_NAME.match(name):
-        return f"{name}: unknown column"
+        near = difflib.get_close_matches(name.lower(), CSV_COLUMNS, n=1, cutoff=0.6)
+        return f"{name}: unknown column" + (f"; did you mean {near[0]}?" if near else "")
     return f"(column {position}): unknown column (its name is not shown: not a column name)"
 
 
@@ -599,10 +617,13 @@ def _read_csv(text: str) -> list[Row]:
     header = [h.strip() for h in reader.fieldnames or []]
     if not header:
         return [("file", _fail("(file): empty CSV, no header row"))]
+    header = [_column_key(h) for h in header]
     reader.fieldnames = header
     unknown = [(i, h) for i, h in enumerate(header, start=1) if h not in CSV_COLUMNS]
-    if unknown:
-        return [("header", _fail(*(_unknown_column(i, h) for i, h in unknown)))]
+    problems = [_unknown_column(i, h) for i, h in unknown]
+    problems += [f"{c}: missing column" for c in REQUIRED_CSV_COLUMNS if c not in header]
+    if problems:
+        return [("header", _fail(*problems))]
     rows: list[Row] = []
     try:
         for record in reader:

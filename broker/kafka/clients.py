@@ -10,6 +10,7 @@ import json
 import logging
 import socket
 import ssl
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,23 @@ class _SlowTaskFilter(logging.Filter):
         return not str(record.msg).startswith("Task ") or "threshold" not in str(record.msg)
 
 
+class _ClosedSocketFilter(logging.Filter):
+    """Drops kafka-python's traceback for a task that waited on a socket already closed.
+
+    Closing a client while its IO loop still has a read or write pending on a
+    connection (a shutdown: the demo's stop printed it after "demo finished")
+    makes the loop register the closed socket (``fileno() == -1``); the selector
+    raises ``ValueError: Invalid file descriptor: -1`` and the loop logs the dead
+    task with a traceback. The connection is gone either way (kafka-python's own
+    ``unregister_event`` ignores the same error); every other task failure is kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        closed = isinstance(exc, ValueError) and "Invalid file descriptor: -1" in str(exc)
+        return not (closed and str(record.msg).startswith("Unhandled exception in task"))
+
+
 def _cap_kafka_logging() -> None:
     kafka_logger = logging.getLogger("kafka")
     if kafka_logger.level == logging.NOTSET or kafka_logger.level < _KAFKA_LOG_FLOOR:
@@ -47,11 +65,14 @@ def _cap_kafka_logging() -> None:
     selector = logging.getLogger("kafka.net.selector")
     if not any(isinstance(f, _SlowTaskFilter) for f in selector.filters):
         selector.addFilter(_SlowTaskFilter())
+    if not any(isinstance(f, _ClosedSocketFilter) for f in selector.filters):
+        selector.addFilter(_ClosedSocketFilter())
 
 
 _cap_kafka_logging()
 
 __all__ = [
+    "BOOTSTRAP_TIMEOUT_MS",
     "CONSUMER_DEFAULTS",
     "PRODUCER_DEFAULTS",
     "admin_client",
@@ -61,6 +82,7 @@ __all__ = [
     "consumer",
     "embedded_bootstrap",
     "no_auto_create_client",
+    "probe",
     "producer",
     "resolve_bootstrap",
     "wait_for_broker",
@@ -126,13 +148,64 @@ def no_auto_create_client(**configs: Any) -> KafkaNetClient:
     return client
 
 
+#: How long a new client waits for its first metadata answer (kafka-python's own default,
+#: 30 s, made every command against an unreachable broker hang that long). :func:`probe`
+#: has already seen something answer by then; this only bounds a broker that is very slow.
+BOOTSTRAP_TIMEOUT_MS = 10_000
+#: How long :func:`probe` waits for a bootstrap server to accept a connection and answer.
+PROBE_TIMEOUT_S = 2.0
+#: An ApiVersions v0 request (correlation id 0, client id "probe"): every Kafka broker answers
+#: it before authentication; a TLS listener answers it with an alert, which counts as alive.
+_API_VERSIONS_V0 = struct.pack(">ihhih5s", 15, 18, 0, 0, 5, b"probe")
+
+
+def probe(bootstrap: list[str], timeout: float = PROBE_TIMEOUT_S) -> None:
+    """BrokerUnavailable (one line, naming the servers) unless one of them answers in time.
+
+    A refused port fails at once; a port that drops the handshake, or accepts and
+    never answers a request, is given up after ``timeout`` in all. For plaintext
+    listeners; :func:`check_tls` does the same for TLS ones.
+    """
+    deadline = time.monotonic() + timeout
+    reason = "no server"
+    for server in bootstrap:
+        host, _, port = server.strip().rpartition(":")
+        try:
+            addr = (host.strip("[]") or "localhost", int(port))
+            left = max(0.05, deadline - time.monotonic())
+            with socket.create_connection(addr, left) as conn:
+                conn.settimeout(max(0.05, deadline - time.monotonic()))
+                conn.sendall(_API_VERSIONS_V0)
+                conn.recv(4)  # any answer, or the peer closing, means something is there
+                return
+        except TimeoutError:
+            reason = f"no answer within {timeout:g} s"
+        except ConnectionRefusedError:
+            reason = "connection refused"
+        except ConnectionResetError:
+            return  # it answered by hanging up: let the client say what it is
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+    raise BrokerUnavailable(_unreachable(",".join(bootstrap), reason))
+
+
+def _unreachable(servers: str, reason: str) -> str:
+    return (
+        f"no broker answered at {servers} ({reason}); is it running at that address? "
+        "(--bootstrap-servers or REFERRAL_BOOTSTRAP_SERVERS)"
+    )
+
+
 def _common(settings: Settings, role: str) -> dict[str, Any]:
     security = settings.kafka_security_kwargs()
     bootstrap = resolve_bootstrap(settings).split(",")
     if settings.security_protocol in ("SSL", "SASL_SSL"):
-        check_tls(bootstrap, security)
+        check_tls(bootstrap, security)  # shakes hands: a bare probe would be a failed one
+    else:
+        probe(bootstrap)
     return {
         "bootstrap_servers": bootstrap,
+        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
         "client_id": f"{settings.client_id}-{role}",
         "kafka_client": no_auto_create_client,
         **security,
@@ -154,12 +227,13 @@ def check_tls(bootstrap: list[str], security: dict[str, Any], timeout: float = 5
 
     kafka-python retries a failing handshake until its request timeout and then
     reports only a timeout; one direct handshake (bounded by ``timeout``) names
-    the real cause. Unreachable servers are left to the client's own retries.
+    the real cause. If no server can be reached at all: BrokerUnavailable, in one line.
     """
     try:
         ctx = _tls_context(security)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"TLS: cannot load the CA or client certificate: {exc}") from exc
+    reason = "no server"
     for server in bootstrap:
         host, _, port = server.rpartition(":")
         try:
@@ -179,12 +253,21 @@ def check_tls(bootstrap: list[str], security: dict[str, Any], timeout: float = 5
                 f"TLS handshake with {server} failed ({exc.reason or type(exc).__name__}); "
                 "is the listener TLS, and are the client certificate and key right?"
             ) from exc
-        except (OSError, ValueError):
-            continue  # not reachable now: the client retries and reports it
+        except TimeoutError:
+            reason = f"no TLS answer within {timeout:g} s"
+        except ConnectionRefusedError:
+            reason = "connection refused"
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+    raise BrokerUnavailable(_unreachable(",".join(bootstrap), reason))
 
 
 def _translate(exc: Exception, bootstrap: Any) -> BrokerUnavailable:
     servers = ",".join(bootstrap) if isinstance(bootstrap, list) else str(bootstrap)
+    if type(exc).__name__ == "KafkaTimeoutError":
+        return BrokerUnavailable(
+            _unreachable(servers, f"no Kafka answer within {BOOTSTRAP_TIMEOUT_MS / 1000:g} s")
+        )
     return BrokerUnavailable(f"no broker answered at {servers}: {type(exc).__name__}")
 
 

@@ -158,8 +158,11 @@ def send_status_update(
 ) -> None:
     """Sign and publish ``update`` as its emitter, record STATUS_SENT, remember it in the inbox.
 
-    Waits for the broker's acknowledgements; BrokerError if they do not come.
+    Waits for the broker's acknowledgements; BrokerError if they do not come. A
+    destination not in the network is refused before anything is signed (UnknownName).
     """
+    if update.destination_org is not None:
+        network.organisation(update.destination_org)
     org = update.emitted_by
     names = settings.topic_names()
     security = ReceiverSecurity.load(settings, network, org)

@@ -43,7 +43,7 @@ def test_connector_run_names_each_config_problem_on_one_line(tmp_path: Path) -> 
     )
     res = CliRunner().invoke(app, ["connector", "run", "nobody"], env=env)
     assert res.exit_code == 2
-    assert "organisation 'nobody' is not in the network file" in res.output
+    assert res.output.startswith("error: unknown organisation 'nobody'; ")
 
 
 def test_connector_run_process_publishes_and_stops_cleanly_on_sigterm(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import ROOT
@@ -51,3 +55,56 @@ def test_demo_accounts_for_every_published_referral(tmp_path: Path) -> None:
     run = next(tmp_path.glob("demo-*"))
     assert (run / "traces.jsonl").stat().st_size > 0
     assert not (run / "broker.json").exists()
+
+
+def test_kept_demo_prints_a_reachable_intake_and_console_and_stops_without_noise(
+    tmp_path: Path,
+) -> None:
+    """``--keep``: the printed HTTP intake address and token work; Ctrl-C stops it quietly."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFERRAL_")}
+    env["COLUMNS"] = "300"
+    args = ["--state-dir", str(tmp_path), "demo", "--keep", "--count", "20"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "stderr.log").open("w"),
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("still running"):
+                break
+        out = "".join(lines)
+        intake = re.search(
+            r"http intake of hl-de at (http://\S+/referrals) \(POST JSON; header "
+            r"Authorization: Bearer (\S+)\)",
+            out,
+        )
+        assert intake, out[-3000:]
+        console_url = re.search(r"web console at (http://\S+)", out)
+        assert console_url, out[-3000:]
+        url, token = intake.groups()
+        referral = json.loads((ROOT / "examples" / "referral.json").read_text(encoding="utf-8"))
+        referral["envelope"]["case_id"] = f"kept-{uuid.uuid4()}"
+        assert (
+            httpx.post(url, json=referral, headers={"Authorization": "Bearer nope"}).status_code
+            == 401
+        )
+        answer = httpx.post(url, json=referral, headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 202, answer.text
+        assert httpx.get(console_url.group(1)).status_code in (200, 302, 303)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, rest[-3000:]
+    err = (tmp_path / "stderr.log").read_text(encoding="utf-8")
+    assert "Traceback" not in err + rest
+    assert "Invalid file descriptor" not in err

@@ -74,7 +74,8 @@ def test_keys_init_show_revoke(tmp_path: Path) -> None:
     assert revoked == {ids[0]: True, ids[1]: False}
 
     code, out = _run(tmp_path, network, "keys", "init", "nobody")
-    assert (code, out.strip()) == (2, "error: organisation 'nobody' is not in the network file")
+    assert code == 2
+    assert out.strip().startswith("error: unknown organisation 'nobody'; ")
 
 
 def test_keys_init_without_a_trust_file_prints_the_table_to_add(tmp_path: Path) -> None:

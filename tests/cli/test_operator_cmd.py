@@ -231,10 +231,10 @@ def test_trace_flows_ledger_topics_and_tail_after_routing(
 
     missing = str(uuid.uuid4())
     code, out = cli(env, "trace", missing, "--no-sync")
-    assert code == 1
-    assert out.strip().splitlines() == [
-        f"error: no handover event for referral {missing} in the ledger"
-    ]
+    assert code == 2  # an unknown id, as every unknown name (issue 29)
+    [line] = out.strip().splitlines()
+    assert line.startswith(f"error: unknown referral '{missing}' in the local ledger; ")
+    assert line.endswith(" known, none close")
 
     # -- flows ----------------------------------------------------------------------------
     code, out = cli(env, "flows", "--json", "--since", "1h")
@@ -318,10 +318,10 @@ def test_tail_follows_new_records_and_survives_garbage(
     assert (code, out) == (0, "")
     code, out = cli(env, "tail", "no.such.topic", "--max", "1")
     assert code == 2
-    assert (
-        out.strip()
-        == f"error: no topic {names.prefix}no.such.topic on {provisioned.bootstrap_servers}"
+    assert out.strip().startswith(
+        f"error: unknown topic '{names.prefix}no.such.topic' on {provisioned.bootstrap_servers}; "
     )
+    assert len(out.strip().splitlines()) == 1
     publish(provisioned, names.jurisdiction("FR"), [(None, b"\x00\x00\x00\x00\x63garbage")])
     code, out = cli(env, "tail", "referrals.to.FR", "--decode", "--from-beginning", "--max", "2")
     assert code == 0, out

@@ -122,5 +122,6 @@ def test_list_and_show() -> None:
 
 def test_show_unknown_schema_is_a_one_line_error() -> None:
     result = runner.invoke(app, ["schema", "show", "Nope"])
-    assert result.exit_code == 1
-    assert result.output.startswith("error: no schema org.referralbroker.v1.Nope")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: unknown schema 'Nope'; known: HandoverBatch")
+    assert len(result.output.splitlines()) == 1

@@ -440,7 +440,8 @@ def test_cli_publish_outbox_and_status(
     rid = good["envelope"]["referral_id"]
     res = runner.invoke(app, ["status", "police-nl", rid, "ACCEPTED"], env=env)
     assert res.exit_code == 2, "police-nl has not received it yet"
-    assert "not in its inbox" in res.output
+    assert "unknown referral" in res.output
+    assert "in the inbox of police-nl" in res.output
 
     # police-nl receives it (addressed by hand), then reports a status
     records = read_topic(ready, ready.topic_names().intake, at_least=1)
