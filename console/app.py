@@ -43,9 +43,9 @@ from starlette.staticfiles import StaticFiles
 from broker.errors import ConfigError, ReferralError, UnknownReferral, ValidationFailed
 from broker.ids import short_id
 from broker.lifecycle import LifecycleError
+from broker.operator.since import parse_since
 from broker.terminal import escape as visible
 from broker.wire.models import ItemOutcomeKind, ReferralStatus
-from cli.operator_cmd import parse_since
 from connectors.inbox_view import to_csv
 from console.auth import SESSION_COOKIE, Principal, Sessions, Tokens
 from console.liaison import ITEM_OUTCOMES, LiaisonDesk
