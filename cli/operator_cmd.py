@@ -276,6 +276,14 @@ def print_trace(t: Trace, now: datetime, *, wide: bool = False) -> None:
             ),
             markup=False,
         )
+    console.print(_hop_table(t, now, narrow))
+    if narrow:
+        console.print("times UTC; --wide adds positions, senders, intervals and reasons")
+    _print_trace_notes(t, now)
+
+
+def _hop_table(t: Trace, now: datetime, narrow: bool) -> Table:
+    """The trace's hops as a table (narrow: fewer columns, compact times)."""
     table = new_table(f"{len(t.hops)} hop(s)", narrow)
     if narrow:  # the route reasons follow the table; "since prev" is the least needed
         for col in ("time", "event", "actor", "to", "topic"):
@@ -307,9 +315,11 @@ def print_trace(t: Trace, now: datetime, *, wide: bool = False) -> None:
             cell(topic),
             cell(r.reason),
         )
-    console.print(table)
-    if narrow:
-        console.print("times UTC; --wide adds positions, senders, intervals and reasons")
+    return table
+
+
+def _print_trace_notes(t: Trace, now: datetime) -> None:
+    """What follows the hops: route reasons, status, versions, items, family, what is awaited."""
     for topic, reason in sorted(t.route_reasons.items()):
         console.print(escape(f"routed to {topic}: {reason}"), markup=False)
     if t.status is not None and t.status_at is not None:
@@ -578,19 +588,7 @@ def tail(
                 # The embedded broker's end offset may lie inside the last batch: skip older ones.
                 if not from_beginning and record.timestamp < started_ms:
                     continue
-                info = (
-                    decoded(codec, record.value, body=body, reveal=reveal)
-                    if codec is not None
-                    else None
-                )
-                if access is not None and info is not None and info.get("revealed"):
-                    access.accessed(codec, info, record)
-                line = record_view(record, info)
-                if as_json:
-                    sys.stdout.write(json.dumps(line, sort_keys=True, default=str) + "\n")
-                else:
-                    console.print(escape(_human(line)), markup=False, soft_wrap=True)
-                sys.stdout.flush()
+                _show(record, codec, access, body=body, reveal=reveal, as_json=as_json)
                 seen += 1
                 if max_records is not None and seen >= max_records:
                     break
@@ -602,6 +600,27 @@ def tail(
         consumer.close()
         if access is not None:
             access.close()
+
+
+def _show(
+    record: Any,
+    codec: Codec | None,
+    access: _AccessLog | None,
+    *,
+    body: bool,
+    reveal: bool,
+    as_json: bool,
+) -> None:
+    """Print one record as ``tail`` shows it, recording a revealed restricted body first."""
+    info = decoded(codec, record.value, body=body, reveal=reveal) if codec is not None else None
+    if access is not None and info is not None and info.get("revealed"):
+        access.accessed(codec, info, record)
+    line = record_view(record, info)
+    if as_json:
+        sys.stdout.write(json.dumps(line, sort_keys=True, default=str) + "\n")
+    else:
+        console.print(escape(_human(line)), markup=False, soft_wrap=True)
+    sys.stdout.flush()
 
 
 class _AccessLog:
