@@ -5,25 +5,28 @@ from __future__ import annotations
 import re
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from broker.config import Settings
 from broker.errors import ConfigError, UnknownName, ValidationFailed
 from broker.ids import resolve_id, short_id
 from broker.kafka import clients
 from broker.network import Network
-from broker.origin.outbox import Outbox
+from broker.origin.outbox import Outbox, PendingReferral
 from broker.origin.publisher import BatchResult, Publisher, Rejected
 from broker.origin.sent_view import item_report
 from broker.origin.status_log import StatusLog
 from broker.outcomes import parse_item_specs, summarise
-from broker.receiver.inbox import Inbox
+from broker.receiver.inbox import Inbox, InboxRecord
 from broker.receiver.statuses import new_status_update, send_status_update
 from broker.wire.codec import Codec
-from broker.wire.models import ReferralStatus, utc_now_ms
+from broker.wire.models import ItemOutcome, ReferralStatus, StatusUpdate, utc_now_ms
 from cli.app import (
     NETWORK_OPTION,
     App,
@@ -326,6 +329,11 @@ def outbox(
     for r in rows:
         table.add_row(*(cell(r[i]) for i in keep))
     console.print(table)
+    _print_outbox_notes(listed, items)
+
+
+def _print_outbox_notes(listed: list[PendingReferral], items: dict[str, Any]) -> None:
+    """Below the outbox table: versions, item reports, re-referrals, parents."""
     for p in listed:
         report = items[p.referral_id]
         lines = []
@@ -407,6 +415,54 @@ def status(
     if origin is not None:
         known_org(network, origin, "--origin")
     settings = st.settings
+    record, outcomes, update = _status_update(
+        settings,
+        org,
+        referral_id,
+        new_status,
+        origin,
+        items,
+        _ItemFacts(new_ip, new_country, assessed_under, observed_at),
+        note=note,
+        reason_code=reason_code,
+        destination=destination,
+    )
+    referral_id = record.referral_id
+    producer = clients.producer(settings, role=f"status-{org}")
+    try:
+        send_status_update(settings, network, Codec.from_settings(settings), producer, update)
+    finally:
+        producer.close(10)
+    line = f"{new_status.value} for {referral_id} sent to {record.origin_org}"
+    if outcomes:
+        line += f" with {summarise(outcomes)}"
+    console.print(escape(line), markup=False, soft_wrap=True)
+
+
+@dataclass(frozen=True)
+class _ItemFacts:
+    """The ``--new-ip``, ``--new-country``, ``--assessed-under`` and ``--observed-at`` values."""
+
+    new_ip: str | None
+    new_country: str | None
+    assessed_under: str | None
+    observed_at: str | None
+
+
+def _status_update(
+    settings: Settings,
+    org: str,
+    referral_id: str,
+    new_status: ReferralStatus,
+    origin: str | None,
+    items: list[str],
+    facts: _ItemFacts,
+    *,
+    note: str | None,
+    reason_code: str | None,
+    destination: str | None,
+) -> tuple[InboxRecord, list[ItemOutcome], StatusUpdate]:
+    """The inbox record the status is about, its item outcomes and the signed-to-be update."""
     inbox = Inbox.for_org(settings, org)
     try:
         referral_id = resolve_id(referral_id, inbox.referral_ids())
@@ -432,10 +488,10 @@ def status(
         outcomes = parse_item_specs(
             items,
             inbox.item_ids(record.origin_org, referral_id),
-            _observed_at(observed_at),
-            new_ip=new_ip,
-            new_country=new_country,
-            assessed_under=assessed_under,
+            _observed_at(facts.observed_at),
+            new_ip=facts.new_ip,
+            new_country=facts.new_country,
+            assessed_under=facts.assessed_under,
         )
         try:
             update = new_status_update(
@@ -452,15 +508,7 @@ def status(
             raise in_flags(exc) from None
     finally:
         inbox.close()
-    producer = clients.producer(settings, role=f"status-{org}")
-    try:
-        send_status_update(settings, network, Codec.from_settings(settings), producer, update)
-    finally:
-        producer.close(10)
-    line = f"{new_status.value} for {referral_id} sent to {record.origin_org}"
-    if outcomes:
-        line += f" with {summarise(outcomes)}"
-    console.print(escape(line), markup=False, soft_wrap=True)
+    return record, outcomes, update
 
 
 #: The status update's fields as ``referral status`` spells them.

@@ -47,6 +47,7 @@ from broker.ledger.events import HandoverEventType
 from broker.ledger.store import LedgerStore
 from broker.ledger.views import flows, role_routes, trace
 from broker.network import Network, load_network
+from broker.operator.heads import held_heads, topic_heads
 from broker.private import exposure, private_dir
 from broker.routing.router import Router
 from broker.security.keys import ROUTER, add_to_trust_file, init_keys, key_dir, load_trust
@@ -55,13 +56,7 @@ from broker.tracing import setup_tracing
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL
 from cli.app import NETWORK_OPTION, console, err_console, escape, state
-from cli.operator_cmd import (
-    held_heads,
-    print_flows,
-    print_role_routes,
-    print_trace,
-    topic_heads,
-)
+from cli.operator_cmd import print_flows, print_role_routes, print_trace
 from connectors.runtime import ConnectorRuntime
 from console.auth import OPERATOR, token_env
 from console.server import DEFAULT_PORT as CONSOLE_PORT

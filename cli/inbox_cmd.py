@@ -16,10 +16,10 @@ import typer
 
 from broker.errors import ConfigError
 from broker.ids import short_id
+from broker.operator.since import parse_since
 from broker.receiver.inbox import Inbox
 from broker.receiver.inbox_view import InboxEntry, entries, select, to_csv
 from cli.app import NETWORK_OPTION, cell, console, escape, print_json, state
-from cli.operator_cmd import parse_since
 from cli.tables import WIDE_OPTION, is_narrow, new_table
 
 __all__ = ["inbox_cmd", "print_inbox"]

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import getpass
 import json
-import re
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -26,69 +24,37 @@ from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from broker.config import Settings
-from broker.errors import BrokerError, BrokerUnavailable, CodecError, ConfigError, UnknownName
+from broker.errors import BrokerError, BrokerUnavailable, ConfigError, UnknownName
 from broker.ids import resolve_id, short_id
 from broker.kafka import clients
-from broker.ledger.checkpoint import Checkpointer, HeadStore, HeldHead, read_checkpoints
-from broker.ledger.events import (
-    HandoverEventType,
-    LedgerEmitter,
-    decode_events,
-    handover_event,
-)
+from broker.ledger.checkpoint import Checkpointer
 from broker.ledger.store import LedgerStore, SyncReport
 from broker.ledger.views import (
     Flows,
     HandoverRecord,
     RoleRoute,
     Trace,
-    flows,
-    role_routes,
-    trace,
 )
-from broker.security.keys import ROUTER, LiveKeys, key_dir, load_trust
-from broker.security.sealing import is_sealed, sealed_for
+from broker.operator.access import AccessRecorder
+from broker.operator.since import parse_since
+from broker.operator.tail import decoded, record_view
+from broker.operator.views import flows_view, role_routes_since, trace_view, verify_ledger
+from broker.security.keys import ROUTER, LiveKeys, key_dir
 from broker.security.signing import ledger_signer
 from broker.wire.codec import Codec
-from broker.wire.registry import (
-    HANDOVER_BATCH,
-    HANDOVER_EVENT,
-    REFERRAL,
-    STATUS_UPDATE,
-)
-from broker.wire.topics import HEADER_DLQ_PREFIX, Headers
 from cli.app import App, cell, console, err_console, escape, print_json, state
 from cli.tables import WIDE_OPTION, compact_time, is_narrow, new_table
 
 __all__ = [
     "flows_cmd",
-    "held_heads",
     "ledger_app",
     "print_flows",
     "print_trace",
     "tail",
-    "topic_heads",
     "trace_cmd",
 ]
 
 ledger_app = App(help="The materialised, hash-chained handover ledger.")
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-#: Headers ``tail`` shows (ids, organisations, routing and dead-letter positions only).
-_SHOWN_HEADERS = (
-    Headers.REFERRAL_ID,
-    Headers.CASE_ID,
-    Headers.ORIGIN,
-    Headers.ROUTE_REASON,
-    Headers.DESTINATION_ORGS,
-    Headers.RECORD_KIND,
-    HEADER_DLQ_PREFIX + "topic",
-    HEADER_DLQ_PREFIX + "partition",
-    HEADER_DLQ_PREFIX + "offset",
-    HEADER_DLQ_PREFIX + "stage",
-    HEADER_DLQ_PREFIX + "exception.class.name",
-)
 
 
 def sync_if_reachable(settings: Settings, store: LedgerStore) -> str | None:
@@ -187,26 +153,6 @@ def ledger_sync(
     )
 
 
-def held_heads(settings: Settings) -> list[HeldHead]:
-    """The checkpoints every organisation's connector under the state directory holds."""
-    out: list[HeldHead] = []
-    for path in sorted((Path(settings.state_dir) / "orgs").glob("*/heads.sqlite3")):
-        heads = HeadStore(path, path.parent.name)
-        try:
-            out += heads.heads()
-        finally:
-            heads.close()
-    return out
-
-
-def topic_heads(settings: Settings) -> list[HeldHead]:
-    """The checkpoint records on the checkpoints topic, as the topic holds them."""
-    return [
-        HeldHead(value, headers, "the topic")
-        for _, value, headers in read_checkpoints(settings, timeout=15)
-    ]
-
-
 @ledger_app.command("verify")
 def ledger_verify(
     ctx: typer.Context,
@@ -219,22 +165,7 @@ def ledger_verify(
     topic; exit 1 naming the first entry that fails."""
     st = state(ctx)
     settings = st.settings
-    network = st.network()
-    trust = load_trust(network, settings.network_file)
-    codec = Codec.from_settings(settings)
-    heads = held_heads(settings)
-    reference = None
-    if not offline:
-        heads += topic_heads(settings)
-        reference = LedgerStore.reference(settings, codec)
-    with LedgerStore.for_settings(settings) as store:
-        result = store.verify(
-            trust,
-            codec=codec,
-            allow_plain=network.network.allow_plain,
-            heads=heads,
-            reference=reference,
-        )
+    result = verify_ledger(settings, st.network(), Codec.from_settings(settings), offline=offline)
     if as_json:
         breach = result.breach
         print_json(
@@ -364,7 +295,7 @@ def trace_cmd(
         records = store.records(referral_id)
     local_note(why)
     now = datetime.now(UTC)
-    t = trace(records, referral_id, network.deadlines, settings.topic_names(), now)
+    t = trace_view(settings, network, records, referral_id, now)
     if as_json:
         print_json(t.to_json())
         return
@@ -387,6 +318,14 @@ def print_trace(t: Trace, now: datetime, *, wide: bool = False) -> None:
             ),
             markup=False,
         )
+    console.print(_hop_table(t, now, narrow))
+    if narrow:
+        console.print("times UTC; --wide adds positions, senders, intervals and reasons")
+    _print_trace_notes(t, now)
+
+
+def _hop_table(t: Trace, now: datetime, narrow: bool) -> Table:
+    """The trace's hops as a table (narrow: fewer columns, compact times)."""
     table = new_table(f"{len(t.hops)} hop(s)", narrow)
     if narrow:  # the route reasons follow the table; "since prev" is the least needed
         for col in ("time", "event", "actor", "to", "topic"):
@@ -418,9 +357,11 @@ def print_trace(t: Trace, now: datetime, *, wide: bool = False) -> None:
             cell(topic),
             cell(r.reason),
         )
-    console.print(table)
-    if narrow:
-        console.print("times UTC; --wide adds positions, senders, intervals and reasons")
+    return table
+
+
+def _print_trace_notes(t: Trace, now: datetime) -> None:
+    """What follows the hops: route reasons, status, versions, items, family, what is awaited."""
     for topic, reason in sorted(t.route_reasons.items()):
         console.print(escape(f"routed to {topic}: {reason}"), markup=False)
     if t.status is not None and t.status_at is not None:
@@ -491,26 +432,6 @@ def print_trace(t: Trace, now: datetime, *, wide: bool = False) -> None:
 # -- flows ------------------------------------------------------------------------------------
 
 
-def parse_since(text: str, now: datetime) -> datetime | None:
-    """``24h``, ``7d``, ``90s`` → that long before ``now``; an ISO date → it; ``all`` → None.
-
-    An ISO date or time without a zone (``2026-11-22``, ``2026-11-22T08:00``) is UTC.
-    """
-    if text.strip().lower() == "all":
-        return None
-    m = _DURATION.match(text)
-    if not m:
-        try:
-            at = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ConfigError(
-                "--since: expected a duration like 24h, 30m, 7d, an ISO date like 2026-11-22"
-                f" or 2026-11-22T08:00Z, or 'all', not {escape(text)!r}"
-            ) from None
-        return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-    return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
-
-
 def flows_cmd(
     ctx: typer.Context,
     since: str = typer.Option(
@@ -529,8 +450,8 @@ def flows_cmd(
         why = sync_if_reachable(settings, store) if sync else None
         records = store.records()
     local_note(why)
-    f = flows(records, network.deadlines, settings.topic_names(), now, since=start)
-    by_role = role_routes((r for r in records if start is None or r.at >= start), network.role_of)
+    f = flows_view(settings, network, records, now, start)
+    by_role = role_routes_since(network, records, start)
     if as_json:
         print_json({**f.to_json(), "role_routes": [r.to_json() for r in by_role]})
         return
@@ -625,105 +546,6 @@ def print_flows(f: Flows, now: datetime, since: str) -> None:
 # -- tail -------------------------------------------------------------------------------------
 
 
-def _safe_key(key: bytes | None) -> str | None:
-    if key is None:
-        return None
-    try:
-        text = key.decode("ascii")
-    except UnicodeDecodeError:
-        return f"({len(key)} bytes)"
-    return text if text.isprintable() and len(text) <= 100 else f"({len(key)} bytes)"
-
-
-def _event_fields(e: dict[str, Any]) -> dict[str, Any]:
-    out = {
-        k: e.get(k)
-        for k in (
-            "event_id", "referral_id", "case_id", "event", "actor", "from_party", "to_party",
-            "topic", "partition", "offset", "reason", "trace_id",
-        )
-    }  # fmt: skip
-    at = e.get("at")
-    out["at"] = at.isoformat() if isinstance(at, datetime) else at
-    return out
-
-
-#: TLP labels whose bodies ``tail`` shows only with ``--reveal --reason``.
-RESTRICTED_TLP = frozenset({"RED", "AMBER_STRICT"})
-
-
-def _body_view(datum_body: Any, tlp: Any, reveal: bool) -> tuple[Any, bool]:
-    """What ``tail --body`` shows of a referral body, and whether a restricted one was revealed."""
-    if is_sealed(datum_body):
-        return {"sealed_for": sealed_for(datum_body)}, False
-    if tlp in RESTRICTED_TLP and not reveal:
-        return f'(redacted: TLP {tlp}; --reveal --reason "..." shows it, on record)', False
-    return json.loads(json.dumps(datum_body, default=str)), tlp in RESTRICTED_TLP
-
-
-def decoded(
-    codec: Codec, value: bytes | None, *, body: bool = False, reveal: bool = False
-) -> dict[str, Any]:
-    """What ``tail --decode`` shows of one record value; never raises on bad bytes.
-
-    A body marked TLP RED or AMBER_STRICT is redacted unless ``reveal``; a
-    revealed one is flagged ``revealed`` (the caller records the access).
-    """
-    data = value or b""
-    try:
-        name, datum = codec.decode(data)
-    except CodecError as exc:
-        return {"undecodable": type(exc).__name__, "size": len(data)}
-    out: dict[str, Any] = {"record": name.rsplit(".", 1)[-1]}
-    try:
-        if name == REFERRAL:
-            env = datum["envelope"]
-            handling = env.get("handling") or {}
-            out.update(
-                referral_id=env["referral_id"],
-                case_id=env["case_id"],
-                origin_org=env["origin_org"],
-                origin_country=env["origin_country"],
-                jurisdictions=[j["country"] for j in env.get("jurisdictions") or ()],
-                priority=env["priority"],
-                tlp=handling.get("tlp"),
-                handling_code=handling.get("handling_code"),
-            )
-            if body:
-                out["body"], revealed = _body_view(datum["body"], handling.get("tlp"), reveal)
-                if revealed:
-                    out["revealed"] = True
-        elif name == STATUS_UPDATE:
-            keys = ("referral_id", "case_id", "emitted_by", "status", "reason_code")
-            out.update({k: datum.get(k) for k in keys})
-            out.update(destination_org=datum.get("destination_org"), origin_org=datum["origin_org"])
-            if body:
-                out["note"] = datum.get("note")
-        elif name in (HANDOVER_EVENT, HANDOVER_BATCH):
-            out["events"] = [_event_fields(e) for e in decode_events(codec, data)]
-    except (KeyError, TypeError, CodecError) as exc:
-        return {"undecodable": type(exc).__name__, "size": len(data)}
-    return out
-
-
-def _line(record: Any, info: dict[str, Any] | None) -> dict[str, Any]:
-    headers = {
-        k: v.decode("utf-8", "replace") for k, v in record.headers or () if k in _SHOWN_HEADERS
-    }
-    out: dict[str, Any] = {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "timestamp": datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat(),
-        "key": _safe_key(record.key),
-        "size": len(record.value or b""),
-        "headers": headers,
-    }
-    if info is not None:
-        out["value"] = info
-    return out
-
-
 def _human(line: dict[str, Any]) -> str:
     head = (
         f"{line['topic']}[{line['partition']}]@{line['offset']} key={line['key']} {line['size']}B"
@@ -813,19 +635,7 @@ def tail(
                 # The embedded broker's end offset may lie inside the last batch: skip older ones.
                 if not from_beginning and record.timestamp < started_ms:
                     continue
-                info = (
-                    decoded(codec, record.value, body=body, reveal=reveal)
-                    if codec is not None
-                    else None
-                )
-                if access is not None and info is not None and info.get("revealed"):
-                    access.accessed(codec, info, record)
-                line = _line(record, info)
-                if as_json:
-                    sys.stdout.write(json.dumps(line, sort_keys=True, default=str) + "\n")
-                else:
-                    console.print(escape(_human(line)), markup=False, soft_wrap=True)
-                sys.stdout.flush()
+                _show(record, codec, access, body=body, reveal=reveal, as_json=as_json)
                 seen += 1
                 if max_records is not None and seen >= max_records:
                     break
@@ -839,6 +649,27 @@ def tail(
             access.close()
 
 
+def _show(
+    record: Any,
+    codec: Codec | None,
+    access: _AccessLog | None,
+    *,
+    body: bool,
+    reveal: bool,
+    as_json: bool,
+) -> None:
+    """Print one record as ``tail`` shows it, recording a revealed restricted body first."""
+    info = decoded(codec, record.value, body=body, reveal=reveal) if codec is not None else None
+    if access is not None and info is not None and info.get("revealed"):
+        access.accessed(codec, info, record)
+    line = record_view(record, info)
+    if as_json:
+        sys.stdout.write(json.dumps(line, sort_keys=True, default=str) + "\n")
+    else:
+        console.print(escape(_human(line)), markup=False, soft_wrap=True)
+    sys.stdout.flush()
+
+
 class _AccessLog:
     """Records each revealed restricted body as an ACCESSED handover event in the ledger.
 
@@ -850,33 +681,33 @@ class _AccessLog:
         self.settings = settings
         self.reason = " ".join(reason.split())
         self.user = getpass.getuser()
-        self.actor = org or "operator"
-        self._signer = (
+        signer = (
             ledger_signer(LiveKeys(key_dir(settings, org), org), org) if org is not None else None
         )
         self._producer: Any = None
-        self._ledger: LedgerEmitter | None = None
+        self._recorder: AccessRecorder | None = None
+        self._actor = org or "operator"
+        self._signer = signer
+
+    def _open(self) -> Any:
+        if self._producer is None:
+            self._producer = clients.producer(self.settings, role="tail-access")
+        return self._producer
 
     def accessed(self, codec: Codec | None, info: dict[str, Any], record: Any) -> None:
         """Emit ACCESSED for the referral ``info`` describes (sent before ``close`` returns)."""
         assert codec is not None
-        if self._ledger is None:
-            self._producer = clients.producer(self.settings, role="tail-access")
-            self._ledger = LedgerEmitter(
-                self._producer, codec, self.settings.topic_names().ledger, signer=self._signer
+        if self._recorder is None:
+            ledger = self.settings.topic_names().ledger
+            signer = self._signer
+            self._recorder = AccessRecorder(
+                codec, ledger, self._actor, self._open, signer=lambda: signer
             )
-        self._ledger.emit(
-            handover_event(
-                HandoverEventType.ACCESSED,
-                referral_id=str(info["referral_id"]),
-                case_id=str(info["case_id"]),
-                actor=self.actor,
-                to_party=self.actor,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                reason=f"tail --reveal by {self.user}: {self.reason}"[:500],
-            )
+        self._recorder.accessed(
+            referral_id=str(info["referral_id"]),
+            case_id=str(info["case_id"]),
+            at=(record.topic, record.partition, record.offset),
+            reason=f"tail --reveal by {self.user}: {self.reason}",
         )
 
     def close(self) -> None:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import getpass
 import re
 from pathlib import Path
 
 import typer
 
+from broker.config import Settings
 from broker.errors import ConfigError
 from broker.ids import short_id
 from broker.kafka import clients
-from broker.kafka.deadletter import read_dead_letters, replay_dead_letter
 from broker.ledger.store import LedgerStore
-from broker.ledger.views import resolved_dead_letters
+from broker.operator.deadletters import DeadLetters, with_resolved
 from broker.routing.router import Router
 from broker.tracing import setup_tracing
 from broker.wire.codec import Codec
@@ -91,17 +92,11 @@ def dlq_list(
     (the reason names it) and the reason folds onto further lines.
     """
     settings = state(ctx).settings
-    consumer = clients.consumer(settings, group_id=None, role="dlq")
-    try:
-        letters = list(read_dead_letters(consumer, settings.topic_names().deadletter))
-    finally:
-        consumer.close()
+    letters = _dead_letters(settings).read()
     with LedgerStore.for_settings(settings) as store:
         if sync:
             store.sync(settings, Codec.from_settings(settings))
-        resolved = resolved_dead_letters(
-            ((d.id, d.referral_id, d.stage, d.actor, d.at_ms) for d in letters), store.records()
-        )
+        resolved = {r.letter.id for r in with_resolved(letters, store.records()) if r.resolved}
     if as_json:
         print_json([{**d.to_json(), "resolved": d.id in resolved} for d in letters])
         return
@@ -142,34 +137,36 @@ def dlq_replay(
     ctx: typer.Context,
     ids: list[str] = typer.Option([], "--id", help="Dead letter id (partition:offset); repeat."),
     all_: bool = typer.Option(False, "--all", help="Replay every dead letter."),
+    by: str = typer.Option(
+        "", "--by", help="Who replays, as recorded (default: the login name).", show_default=False
+    ),
 ) -> None:
-    """Send chosen dead letters back to their original topic, headers cleaned."""
+    """Send chosen dead letters back to their original topic, headers cleaned; each replay is
+    recorded with who replayed it, as the console records it."""
     if not ids and not all_:
         raise ConfigError("name dead letters with --id PARTITION:OFFSET, or pass --all")
     malformed = [i for i in ids if not re.fullmatch(r"\d+:\d+", i.strip())]
     if malformed:
         raise ConfigError(f"--id {malformed[0]!r}: expected PARTITION:OFFSET, e.g. 0:42")
-    settings = state(ctx).settings
-    names = settings.topic_names()
-    allowed = {names.intake, names.status_intake}
-    consumer = clients.consumer(settings, group_id=None, role="dlq")
-    producer = clients.producer(settings, role="dlq")
+    desk = _dead_letters(state(ctx).settings)
+    letters = desk.chosen(ids, every=all_)
+    done = desk.replay(letters, by or _login_name())
+    for r in done:
+        if not r.sent:
+            console.print(escape(f"skipped {r.letter_id}: {r.skipped}"), markup=False)
+    console.print(f"replayed {sum(r.sent for r in done)} dead letter(s)")
+
+
+def _dead_letters(settings: Settings) -> DeadLetters:
+    return DeadLetters(
+        settings,
+        consumer=lambda: clients.consumer(settings, group_id=None, role="dlq"),
+        producer=lambda: clients.producer(settings, role="dlq"),
+    )
+
+
+def _login_name() -> str:
     try:
-        letters = [
-            d for d in read_dead_letters(consumer, names.deadletter) if all_ or d.id in set(ids)
-        ]
-        missing = set(ids) - {d.id for d in letters}
-        if missing:
-            raise ConfigError(f"no dead letter with id {', '.join(sorted(missing))}")
-        sent = 0
-        for d in letters:
-            skipped = replay_dead_letter(producer, d, allowed)
-            if skipped is not None:
-                console.print(escape(f"skipped {d.id}: {skipped}"), markup=False)
-                continue
-            sent += 1
-        producer.flush()
-    finally:
-        consumer.close()
-        producer.close()
-    console.print(f"replayed {sent} dead letter(s)")
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name: ``--by`` must say who
+        return ""

@@ -30,17 +30,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka.errors import KafkaError
-
 from broker.config import Settings
 from broker.errors import BrokerError, ConfigError, ValidationFailed
 from broker.ids import resolve_id
 from broker.kafka import clients
 from broker.kafka.reader import TopicReader
-from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
+from broker.ledger.events import HandoverEventType
 from broker.ledger.views import HandoverRecord
 from broker.lifecycle import LifecycleError, allowed_next
 from broker.network import Network
+from broker.operator.access import AccessRecorder
+from broker.operator.tail import RESTRICTED_TLP
 from broker.origin.outbox import Outbox, PendingReferral
 from broker.origin.sent_view import SentItems, item_report
 from broker.origin.status_log import StatusLog
@@ -75,8 +75,6 @@ __all__ = [
     "status_for_items",
 ]
 
-#: TLP labels whose reveal is recorded (ACCESSED) and needs a typed reason.
-RESTRICTED_TLP = frozenset({"RED", "AMBER_STRICT"})
 #: Outcomes that end an item's story at this organisation.
 _SETTLED = frozenset(
     {ItemOutcomeKind.REMOVED, ItemOutcomeKind.NOT_FOUND, ItemOutcomeKind.NOT_ILLEGAL}
@@ -412,32 +410,23 @@ class LiaisonDesk:
                 self._producer = clients.producer(self.settings, role=f"console-{self.org}")
             return self._producer
 
-    def _emitter(self, producer: Any) -> LedgerEmitter:
-        signer = ledger_signer(LiveKeys(key_dir(self.settings, self.org), self.org), self.org)
-        return LedgerEmitter(producer, self.codec, self.names.ledger, signer=signer)
-
     def _accessed(self, view: ReferralView, reason: str) -> None:
-        producer = self._ledger_producer()
         record = view.record
-        try:
-            self._emitter(producer).emit(
-                handover_event(
-                    HandoverEventType.ACCESSED,
-                    referral_id=record.referral_id,
-                    case_id=record.case_id,
-                    actor=self.org,
-                    to_party=self.org,
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    reason=f"console reveal: {reason}"[:500],
-                )
-            )
-            producer.flush(30)
-        except KafkaError as exc:
-            raise BrokerError(
-                f"access not recorded, content not shown: {type(exc).__name__}"
-            ) from exc
+        keys = LiveKeys(key_dir(self.settings, self.org), self.org)
+        recorder = AccessRecorder(
+            self.codec,
+            self.names.ledger,
+            self.org,
+            self._ledger_producer,
+            signer=lambda: ledger_signer(keys, self.org),
+        )
+        recorder.accessed(
+            referral_id=record.referral_id,
+            case_id=record.case_id,
+            at=(record.topic, record.partition, record.offset),
+            reason=f"console reveal: {reason}",
+            wait=True,
+        )
 
     def send_status(
         self,

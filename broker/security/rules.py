@@ -89,6 +89,7 @@ from broker.wire.registry import REFERRAL, STATUS_UPDATE, Registry
 from broker.wire.topics import TopicNames
 
 __all__ = [
+    "RESTRICTED_TLP",
     "BodyCodec",
     "HandlingLog",
     "OriginSecurity",
@@ -97,8 +98,10 @@ __all__ = [
     "stage_of",
 ]
 
-#: Handling labels whose cases may not leave the receiving organisation again.
-_NO_ONWARD_TLP = frozenset({"AMBER_STRICT", "RED"})
+#: TLP labels whose cases may not leave the receiving organisation again; revealing
+#: their bodies needs a reason and is recorded (ACCESSED).
+RESTRICTED_TLP = frozenset({"AMBER_STRICT", "RED"})
+#: Handling codes whose cases may not leave the receiving organisation again.
 _NO_ONWARD_CODES = frozenset({"H2"})
 
 
@@ -215,7 +218,7 @@ class HandlingLog:
 
 def _describe(tlp: str, code: str) -> str:
     label = {"AMBER_STRICT": "TLP:AMBER+STRICT", "RED": "TLP:RED"}.get(tlp)
-    return label if label is not None and tlp in _NO_ONWARD_TLP else f"handling code {code}"
+    return label if label is not None and tlp in RESTRICTED_TLP else f"handling code {code}"
 
 
 class _OrgSecurity:
@@ -315,7 +318,7 @@ class OriginSecurity(_OrgSecurity):
         if self.handling is None:
             return
         for origin, tlp, code in self.handling.restrictions(str(envelope.get("case_id"))):
-            if tlp in _NO_ONWARD_TLP or code in _NO_ONWARD_CODES:
+            if tlp in RESTRICTED_TLP or code in _NO_ONWARD_CODES:
                 raise SecurityError(
                     f"re-referral refused: {self.org_id} received this case from {origin} "
                     f"under {_describe(tlp, code)}, which may not be forwarded beyond {self.org_id}"
