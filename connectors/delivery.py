@@ -86,6 +86,7 @@ from broker.network import Network
 from broker.outcomes import reroutes, status_reason, summarise
 from broker.routing.decide import country_of_ip
 from broker.security.rules import OriginSecurity, ReceiverSecurity, stage_of
+from broker.shapes import check_ids
 from broker.tracing import Tracing
 from broker.wire.codec import Codec
 from broker.wire.models import ItemOutcome, ReferralStatus, StatusUpdate, utc_now_ms
@@ -427,6 +428,7 @@ class SinkDriver(_Driver[Sink]):
             else:
                 _, datum = self.codec.decode(record.value or b"", expected=REFERRAL)
             envelope = datum["envelope"]
+            check_ids(envelope, "envelope.")
             referral_id = str(envelope["referral_id"])
             case_id = str(envelope["case_id"])
             origin = str(envelope["origin_org"])
@@ -657,10 +659,11 @@ class StatusDriver(_Driver[StatusSink]):
         if datum is None:
             return
         try:
+            check_ids(datum)
             referral_id = str(datum["referral_id"])
             status = str(datum["status"])
             emitted_by = str(datum["emitted_by"])
-        except (KeyError, TypeError) as exc:
+        except (CodecError, KeyError, TypeError) as exc:
             ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
             return
         self.stats.statuses += 1
