@@ -22,9 +22,10 @@ path                        what
 
 from __future__ import annotations
 
+import math
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +52,7 @@ from console.auth import SESSION_COOKIE, Principal, Sessions, Tokens
 from console.liaison import ITEM_OUTCOMES, LiaisonDesk
 from console.operator import OperatorDesk
 from console.svg import heat_map, swim_lanes
+from console.throttle import LoginThrottle
 
 __all__ = ["CONTENT_SECURITY_POLICY", "Console", "build_app"]
 
@@ -107,6 +109,8 @@ class Console:
     liaison: LiaisonDesk | None
     operator: OperatorDesk
     sessions: Sessions
+    #: Failed logins by client address: slowed down, then locked out.
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
     @property
     def org(self) -> str | None:
@@ -243,11 +247,25 @@ def build_app(console: Console, allowed_hosts: Sequence[str] | None = None) -> S
 
     async def login(request: Request) -> Response:
         fields = await form(request)
+        address = request.client.host if request.client is not None else "unknown"
+        wait = console.throttle.wait(address)
+        if wait > 0:
+            refusal = page(
+                request,
+                "login.html",
+                429,
+                principals=console.tokens.principals,
+                locked=math.ceil(wait),
+            )
+            refusal.headers["Retry-After"] = str(math.ceil(wait))
+            return refusal
         principal = console.tokens.match(fields.get("token", ""))
         if principal is None:
+            console.throttle.failed(address)
             return page(
                 request, "login.html", 401, principals=console.tokens.principals, wrong=True
             )
+        console.throttle.succeeded(address)
         sessions.end(request.state.sid)
         sid = sessions.new(principal)
         response = RedirectResponse(
