@@ -1,4 +1,4 @@
-"""Issue 23 at the edges: escaped exports, ids re-checked on receipt (the embedded broker).
+"""Issue 23 at the edges: escaped exports, ids re-checked on receipt, half-open floods.
 
 The recipient is real: police-nl's connector runtime reads ``referrals.to.NL``
 from the embedded broker; a hostile member writes straight to that topic.
@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+import pytest
 from kafka import KafkaProducer
 from typer.testing import CliRunner
 
@@ -22,10 +27,14 @@ from broker.wire.registry import REFERRAL
 from broker.wire.topics import Headers
 from cli.main import app
 from connectors.base import Delivery
+from connectors.http_guard import PER_ADDRESS
+from connectors.http_intake import HttpIntakeConfig, HttpIntakeSource
 from connectors.inbox import Inbox
+from connectors.outbox import Outbox
+from connectors.publisher import Publisher
 from connectors.runtime import ConnectorRuntime
 from tests.kafka_helpers import read_topic
-from tests.test_connectors_support import ENV, inbox_files, referral_json, wait_for
+from tests.test_connectors_support import ENV, TOKEN, inbox_files, referral_json, wait_for
 
 #: ESC, BEL, CR, a C1 control (CSI) and a bidi override, planted in a case id.
 HOSTILE = "\x1b[31m\x07\r\x9b\u202e"
@@ -111,3 +120,112 @@ def test_sink_refuses_a_misshapen_case_id_on_receipt(
         assert all(inbox.state("hl-a", rid).versions == {} for rid in bad)
     finally:
         inbox.close()
+
+
+# -- the HTTP intake under a flood of half-open connections ---------------------------------------
+
+
+def _half_open(port: int, source: str) -> socket.socket:
+    """A connection from ``source`` that never sends a byte."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def _first_line(sock: socket.socket) -> bytes:
+    """The first line of what the server sends before closing (b'' if it only closed)."""
+    out = b""
+    try:
+        while chunk := sock.recv(4096):
+            out += chunk
+    except ConnectionResetError:
+        pass
+    sock.close()
+    return out.split(b"\r\n")[0]
+
+
+@contextmanager
+def _intake(
+    ready: Settings, net: Network, codec: Codec, producer: KafkaProducer
+) -> Iterator[HttpIntakeSource]:
+    publisher = Publisher(ready, net, "hl-b", codec, producer, Outbox.for_org(ready, "hl-b"))
+    source = HttpIntakeSource(HttpIntakeConfig(token_env="TEST_TOKEN_HL_B"), publisher, ENV)
+    source.open()
+    try:
+        yield source
+    finally:
+        source.close()
+        publisher.close()
+
+
+def _hotline(source: HttpIntakeSource) -> httpx.Client:
+    """The hotline's own system: the right token, from another loopback address."""
+    return httpx.Client(
+        base_url=source.url,
+        transport=httpx.HTTPTransport(local_address="127.0.0.2"),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+
+
+def _post_all(client: httpx.Client, n: int) -> list[int]:
+    """``n`` POSTs on a kept-alive connection and ``n`` each on a new one, then ``/health``."""
+    out = []
+    for _ in range(n):
+        out.append(client.post("/referrals", json=referral_json("hl-b", "NL")).status_code)
+        with httpx.Client(
+            base_url=client.base_url,
+            transport=httpx.HTTPTransport(local_address="127.0.0.2"),
+            headers=client.headers,
+            timeout=10,
+        ) as fresh:
+            out.append(fresh.post("/referrals", json=referral_json("hl-b", "NL")).status_code)
+    with httpx.Client(
+        base_url=client.base_url, transport=httpx.HTTPTransport(local_address="127.0.0.2")
+    ) as fresh:
+        out.append(fresh.get("/health").status_code)
+    return out
+
+
+@pytest.mark.parametrize("flood", [64, 200])
+def test_half_open_flood_from_one_address_does_not_lock_the_hotline_out(
+    ready: Settings, net: Network, codec: Codec, producer: KafkaProducer, flood: int
+) -> None:
+    with _intake(ready, net, codec, producer) as source, _hotline(source) as hotline:
+        assert source.port is not None
+        answers = _post_all(hotline, 2)  # a kept-alive, authenticated connection
+        socks = [_half_open(source.port, "127.0.0.1") for _ in range(flood // 2)]
+        answers += _post_all(hotline, 7)
+        socks += [_half_open(source.port, "127.0.0.1") for _ in range(flood - flood // 2)]
+        answers += _post_all(hotline, 7)
+        assert answers == [202] * 4 + [200] + ([202] * 14 + [200]) * 2
+        # From one address at most 16 are kept: the oldest were shed with a 503 ...
+        kept = PER_ADDRESS
+        for sock in socks[: flood - kept]:
+            assert _first_line(sock) == b"HTTP/1.1 503 Service Unavailable"
+        # ... and the newest are still open and served.
+        for sock in socks[flood - kept :]:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _first_line(sock) == b"HTTP/1.1 200 OK"
+
+
+def test_half_open_flood_from_many_addresses_leaves_room_for_the_hotline(
+    ready: Settings, net: Network, codec: Codec, producer: KafkaProducer
+) -> None:
+    with _intake(ready, net, codec, producer) as source, _hotline(source) as hotline:
+        assert source.port is not None
+        answers = _post_all(hotline, 1)
+        # 200 silent connections from 200 addresses: the total limit (64) is reached
+        socks = [_half_open(source.port, f"127.0.{1 + n // 200}.{1 + n % 200}") for n in range(200)]
+        answers += _post_all(hotline, 14)
+        assert answers == [202, 202, 200] + [202] * 28 + [200]
+        # the oldest were shed; the hotline's authenticated connection was kept throughout
+        assert _first_line(socks[0]) == b"HTTP/1.1 503 Service Unavailable"
+        open_now = socks[-(64 - 64 // 4) + 2 :]
+        for sock in open_now:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _first_line(sock) == b"HTTP/1.1 200 OK"
+        for sock in socks:
+            sock.close()
