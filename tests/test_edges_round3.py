@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +29,7 @@ from broker.wire.registry import REFERRAL
 from broker.wire.topics import Headers
 from cli.main import app
 from connectors.base import Delivery
+from connectors.drop_folder import DropFolderConfig, DropFolderSource
 from connectors.http_guard import PER_ADDRESS
 from connectors.http_intake import HttpIntakeConfig, HttpIntakeSource
 from connectors.inbox import Inbox
@@ -229,3 +232,45 @@ def test_half_open_flood_from_many_addresses_leaves_room_for_the_hotline(
             assert _first_line(sock) == b"HTTP/1.1 200 OK"
         for sock in socks:
             sock.close()
+
+
+# -- the drop folder never moves a file that changed after it was read ----------------------------
+
+
+def test_a_file_appended_while_published_is_not_moved_until_read_whole(
+    ready: Settings, net: Network, codec: Codec, producer: KafkaProducer
+) -> None:
+    publisher = Publisher(ready, net, "hl-a", codec, producer, Outbox.for_org(ready, "hl-a"))
+    source = DropFolderSource(DropFolderConfig(path="drop", settle_seconds=0), ready, publisher)
+    source.open()
+    refs = [referral_json("hl-a", "NL") for _ in range(8)]
+    export = source.path / "export.jsonl"
+    export.write_text("".join(json.dumps(r) + "\n" for r in refs[:2]))
+    publish = publisher.publish
+    appended: list[int] = []
+
+    def publish_while_the_writer_appends(rows: Any) -> Any:
+        result = publish(rows)
+        if not appended:  # the writer resumes while the first rows are being published
+            with export.open("a", encoding="utf-8") as fh:
+                fh.write("".join(json.dumps(r) + "\n" for r in refs[2:]))
+            appended.append(1)
+        return result
+
+    publisher.publish = publish_while_the_writer_appends  # type: ignore[method-assign,assignment]
+    try:
+        assert source.poll() == 2
+        assert export.exists(), "a file that changed after it was read was moved"
+        assert not (source.path / "done" / "export.jsonl").exists()
+        assert source.reports == []
+        assert source.poll() == 6, "read again whole: the 2 published are repeats"
+    finally:
+        publisher.close()
+    assert not export.exists()
+    done = source.path / "done" / "export.jsonl"
+    assert done.read_text().count("\n") == 8
+    receipt_text = (done.parent / "export.jsonl.receipt.csv").read_text()
+    receipt = list(csv.DictReader(io.StringIO(receipt_text)))
+    assert [r["status"] for r in receipt] == ["repeat"] * 2 + ["new"] * 6
+    keys = [r.key.decode() for r in read_topic(ready, ready.topic_names().intake, at_least=8)]
+    assert sorted(keys) == sorted(r["envelope"]["referral_id"] for r in refs), "each once"
