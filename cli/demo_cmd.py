@@ -498,7 +498,7 @@ def _serve_console(settings: Settings, network: Network, codec: Codec, stack: Ex
     """
     org = CONSOLE_ORG if network.has_organisation(CONSOLE_ORG) else None
     env = {
-        token_env(who): os.environ.get(token_env(who)) or secrets.token_urlsafe(18)
+        token_env(who): os.environ.get(token_env(who)) or secrets.token_urlsafe(32)
         for who in ([org] if org else []) + [OPERATOR]
     }
     web = make_console(settings, network, org, env=env, codec=codec)

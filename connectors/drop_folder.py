@@ -20,7 +20,10 @@ nothing of it is published. The atomic way to drop a file is to write it under
 a dot-name (or any other suffix, e.g. ``export.jsonl.part``) in the same folder
 and rename it when it is complete: the folder never shows half a file. A writer
 that appends in place and pauses longer than ``settle_seconds`` exactly at the
-end of a line cannot be told from a finished file — use the rename.
+end of a line cannot be told from a finished file — use the rename. A file whose
+size or modification time changed after it was read is never moved: what was
+read is published, the file stays and is read again whole once it settles (the
+rows already published are then repeats).
 
 **Only regular files inside the folder.** Every entry is looked at without
 following links (``lstat``) and opened with ``O_NOFOLLOW | O_NONBLOCK``, then
@@ -102,6 +105,8 @@ class FileReport:
     errors_file: Path | None = None
     #: Why the whole file was refused or rejected unread (None: it was read row by row).
     refused: str | None = None
+    #: True if the file changed after it was read: published as read, left in the folder.
+    left_in_place: bool = False
 
     @property
     def rejected(self) -> bool:
@@ -320,14 +325,33 @@ class DropFolderSource(Source):
                 "(write the file under a dot-name and rename it when it is complete)",
             )
         self._watch.pop(name, None)
-        return self._publish(name, raw, suffix)
+        return self._publish(name, raw, suffix, watch.key)
 
     # -- outcomes ------------------------------------------------------------------------------
 
-    def _publish(self, name: str, raw: bytes, suffix: str) -> FileReport:
-        """Publish a file's valid referrals, then move it to done/ or rejected/."""
+    def _changed(self, name: str, key: tuple[int, int, int, int]) -> bool:
+        """True if ``name`` is no longer the file of ``key`` (same inode, size and mtime)."""
+        try:
+            st = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+        except OSError:
+            return True
+        return _key(st) != key
+
+    def _publish(
+        self, name: str, raw: bytes, suffix: str, key: tuple[int, int, int, int]
+    ) -> FileReport:
+        """Publish a file's valid referrals, then move it to done/ or rejected/ unless it
+        changed since it was read (then it stays, to be read again whole once it settles)."""
         path = self.path / name
         result = name_fields(self.publisher.publish(parse_referrals(raw, suffix)), suffix)
+        if self._changed(name, key):
+            log.warning(
+                "%s: changed while it was published (%d row(s) as read); left in the folder,"
+                " read again once it settles (write under a dot-name and rename it instead)",
+                name,
+                len(result.published) + len(result.rejected),
+            )
+            return FileReport(path, path, result, left_in_place=True)
         if result.rejected:
             target = _free_name(self.rejected, name)
             path.rename(target)

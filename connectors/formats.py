@@ -77,6 +77,7 @@ from typing import Any
 
 from broker.errors import ValidationFailed
 from broker.origin.publisher import BatchResult, Rejected
+from broker.terminal import escape
 
 __all__ = [
     "CSV_COLUMNS",
@@ -428,9 +429,12 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def spreadsheet_safe(cell: object) -> object:
-    """``cell`` for a CSV export: text a spreadsheet would run as a formula gets a ``'``."""
-    if isinstance(cell, str) and cell.startswith(_FORMULA_START):
-        return "'" + cell
+    """``cell`` for a CSV export: control and bidi characters escaped (:mod:`broker.terminal`),
+    and text a spreadsheet would run as a formula prefixed with ``'``."""
+    if isinstance(cell, str):
+        cell = escape(cell)
+        if cell.startswith(_FORMULA_START):
+            return "'" + cell
     return cell
 
 

@@ -1,33 +1,45 @@
-"""The HTTP intake's connection guard: a header timeout and a connection limit.
+"""The HTTP intake's connection guard: a header timeout and connection limits.
 
 uvicorn bounds the idle time between requests (``timeout_keep_alive``) but not
 how long a client may take to send a request's line and headers, so a client
 sending one byte at a time could hold a connection for ever. :func:`guarded_h11`
-builds uvicorn's h11 protocol with two more rules:
+builds uvicorn's h11 protocol with more rules:
 
 * a request's line and headers must arrive within ``header_timeout`` seconds of
   the connection (or of the first byte after a previous response); otherwise
   ``408`` and the connection is closed;
-* at most ``max_connections`` connections at once; one more is answered ``503``
-  (``application/problem+json``, ``Retry-After``) and closed at once.
+* at most ``per_address`` connections from one client address and
+  ``max_connections`` in all. A connection over either limit sheds the oldest
+  *idle* connection in its way (no request being served: silent, half-sent
+  headers, or between requests), those of clients that never gave the right
+  token first; the shed one is answered ``503`` and closed. Only when nothing
+  can be shed is the newcomer answered ``503`` (``application/problem+json``,
+  ``Retry-After``) and closed at once;
+* connections of clients that never gave the right token (:class:`ConnectionGuard`
+  learns who did from the application) may hold at most ``max_connections``
+  less a reserve, so authenticated clients always find room.
 
-The body has its own deadline in the application (``body_timeout``). Both
-answers are immediate, so ``GET /health`` stays fast while slow clients are
-cut off.
+The body has its own deadline in the application (``body_timeout``). Every
+answer is immediate, so ``GET /health`` stays fast while slow clients are cut off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["guarded_h11"]
+__all__ = ["PER_ADDRESS", "ConnectionGuard", "guarded_h11"]
 
 log = logging.getLogger("referral.connectors.http_intake")
+
+#: How many connections from one client address, unless told otherwise.
+PER_ADDRESS = 16
 
 
 def _raw_problem(status: int, reason: str, detail: str) -> bytes:
@@ -43,32 +55,98 @@ def _raw_problem(status: int, reason: str, detail: str) -> bytes:
     return head.encode() + b"\r\n" + body
 
 
-def guarded_h11(header_timeout: float, max_connections: int) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a header timeout and a connection limit."""
+class ConnectionGuard:
+    """The limits, and the peers (``(host, port)``) that gave the right token on a connection."""
+
+    def __init__(self, max_connections: int, per_address: int = PER_ADDRESS) -> None:
+        self.max_connections = max_connections
+        self.per_address = max(1, min(per_address, max_connections))
+        #: Connections kept for clients that gave the right token.
+        self.reserve = max_connections // 4
+        self.proven: set[tuple[str, int]] = set()
+
+    def prove(self, client: tuple[str, int] | None) -> None:
+        """Remember that the connection of ``client`` carried the right token."""
+        if client is not None:
+            self.proven.add(client)
+
+
+def guarded_h11(
+    header_timeout: float, max_connections: int, guard: ConnectionGuard | None = None
+) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a header timeout and per-address and total limits."""
+    limits = guard or ConnectionGuard(max_connections)
     busy = _raw_problem(503, "Service Unavailable", "too many connections; try again")
     slow = _raw_problem(408, "Request Timeout", f"headers not received in {header_timeout:g}s")
+    order = itertools.count()
 
     class GuardedH11(H11Protocol):
-        """One connection: refused over the limit, closed if its headers are too slow."""
+        """One connection: sheds an idle one or is refused over a limit; slow headers closed."""
 
         _header_timer: asyncio.TimerHandle | None = None
+        _shed = False
+        _seq = 0
+        _peer: tuple[str, int] | None = None
+
+        @property
+        def _proven(self) -> bool:
+            return self._peer in limits.proven
+
+        @property
+        def _idle(self) -> bool:
+            """No request of this connection is being served (none arrived, or answered)."""
+            return self.cycle is None or self.cycle.response_complete
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            if len(self.connections) >= max_connections:
+            peer: Any = transport.get_extra_info("peername")
+            self._peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+            self._seq = next(order)
+            live = [c for c in self.connections if isinstance(c, GuardedH11) and not c._shed]
+            host = self._peer[0] if self._peer else None
+            mine = [c for c in live if c._peer is not None and c._peer[0] == host]
+            if len(mine) >= limits.per_address:
+                room = self._shed_one(mine, "from one address")
+            elif len(live) >= limits.max_connections:
+                room = self._shed_one(live, "in all")
+            elif sum(not c._proven for c in live) >= limits.max_connections - limits.reserve:
+                room = self._shed_one([c for c in live if not c._proven], "unauthenticated")
+            else:
+                room = True
+            if not room:
                 self.transport = transport  # connection_lost closes it
+                self._shed = True
                 transport.write(busy)
                 transport.close()
-                log.warning("http intake: connection refused, %d open", len(self.connections))
+                log.warning("http intake: connection refused, %d open", len(live))
                 return
             super().connection_made(transport)
             self._arm()
 
+        @staticmethod
+        def _shed_one(among: list[GuardedH11], limit: str) -> bool:
+            """Close the oldest idle connection ``among`` (unauthenticated first); False if none."""
+            idle = [c for c in among if c._idle]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda c: (c._proven, c._seq))
+            victim._shed = True
+            victim._disarm()
+            if not victim.transport.is_closing():
+                victim.transport.write(busy)
+                victim.transport.close()
+            log.info("http intake: oldest idle connection shed (limit %s)", limit)
+            return True
+
         def data_received(self, data: bytes) -> None:
+            if self._shed:
+                return
             super().data_received(data)
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._peer is not None:
+                limits.proven.discard(self._peer)
             super().connection_lost(exc)
 
         def _arm(self) -> None:

@@ -9,7 +9,8 @@ Settings (``[organisations.connectors.http_intake]``)::
     max_batch = 1000
     header_timeout = 10.0         # request line and headers must arrive within this
     body_timeout = 30.0           # the whole body must arrive within this
-    max_connections = 64          # more at once are answered 503
+    max_connections = 64          # in all; over it the oldest idle one is shed (else 503)
+    max_connections_per_address = 16   # from one client address, likewise
     idempotency_ttl = 86400       # how long Idempotency-Key answers are remembered
 
 Endpoints:
@@ -61,7 +62,7 @@ from broker.errors import ConfigError, ValidationFailed
 from broker.origin.publisher import BatchResult, Prepared, Publisher, Rejected
 from connectors.base import ConnectorConfig, secret_from_env
 from connectors.formats import json_rows, load_json, normalise, split_problem
-from connectors.http_guard import guarded_h11
+from connectors.http_guard import PER_ADDRESS, ConnectionGuard, guarded_h11
 from connectors.idempotency import IdempotencyKeys, valid_key
 from connectors.serving import ThreadedServer
 
@@ -84,6 +85,7 @@ class HttpIntakeConfig(ConnectorConfig):
     header_timeout: float = Field(default=10.0, gt=0, le=600)
     body_timeout: float = Field(default=30.0, gt=0, le=3600)
     max_connections: int = Field(default=64, ge=1, le=10000)
+    max_connections_per_address: int = Field(default=PER_ADDRESS, ge=1, le=10000)
     idempotency_ttl: float = Field(default=86400.0, gt=0)
 
 
@@ -172,8 +174,10 @@ def build_app(
     token: SecretStr,
     config: HttpIntakeConfig,
     keys: IdempotencyKeys | None = None,
+    guard: ConnectionGuard | None = None,
 ) -> Starlette:
-    """The Starlette app of the intake (separate from the server for tests)."""
+    """The Starlette app of the intake (separate from the server for tests); it tells
+    ``guard`` which connections carried the right token."""
     expected = f"Bearer {token.get_secret_value()}".encode()
     too_large = f"body exceeds {config.max_body_bytes} bytes"
 
@@ -268,6 +272,8 @@ def build_app(
         given = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(given, expected):
             return _problem(401, "Unauthorized", "a valid bearer token is required")
+        if guard is not None:
+            guard.prove(request.client)
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media != "application/json":
             return _problem(415, "Unsupported Media Type", "the body must be application/json")
@@ -314,7 +320,8 @@ class HttpIntakeSource(Source):
             publisher.settings.org_dir(publisher.org.id) / "http_intake.sqlite3",
             ttl=config.idempotency_ttl,
         )
-        self.app = build_app(publisher, self._token, config, self.keys)
+        self.guard = ConnectionGuard(config.max_connections, config.max_connections_per_address)
+        self.app = build_app(publisher, self._token, config, self.keys, self.guard)
         self._server: ThreadedServer | None = None
         self.port: int | None = None
 
@@ -335,7 +342,7 @@ class HttpIntakeSource(Source):
             log_level="warning",
             access_log=False,
             lifespan="off",
-            http=guarded_h11(self.config.header_timeout, self.config.max_connections),
+            http=guarded_h11(self.config.header_timeout, self.config.max_connections, self.guard),
             timeout_keep_alive=5,
         )
         self.port = self._server.start(timeout)

@@ -82,6 +82,10 @@ class Tokens:
                 found[who] = SecretStr(value)
         return cls(found)
 
+    def weak(self, shortest: int) -> list[str]:
+        """The principals whose token is shorter than ``shortest`` characters."""
+        return sorted(w for w, t in self._tokens.items() if len(t.get_secret_value()) < shortest)
+
     @property
     def principals(self) -> list[str]:
         """The principals that can log in."""

@@ -14,6 +14,7 @@ from console.app import Console, build_app
 from console.auth import OPERATOR, Sessions, Tokens, token_env
 from console.liaison import LiaisonDesk
 from console.operator import OperatorDesk
+from console.throttle import MIN_TOKEN_LENGTH, TOKEN_HINT
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ConsoleServer", "make_console"]
 
@@ -38,6 +39,13 @@ def make_console(
     if not tokens.principals:
         wanted = ([token_env(org)] if org else []) + [token_env(OPERATOR)]
         raise ConfigError(f"no console token: set {' or '.join(wanted)}")
+    weak = tokens.weak(MIN_TOKEN_LENGTH)
+    if weak:
+        names = ", ".join(token_env(w) for w in weak)
+        raise ConfigError(
+            f"console token too short: {names} must be at least {MIN_TOKEN_LENGTH} characters;"
+            f" {TOKEN_HINT}"
+        )
     codec = codec or Codec.from_settings(settings)
     liaison = LiaisonDesk(settings, network, org, codec) if org else None
     return Console(tokens, liaison, OperatorDesk(settings, network, codec), Sessions())

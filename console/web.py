@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ from broker.terminal import escape as visible
 from console.auth import SESSION_COOKIE, Principal, Sessions, Tokens
 from console.liaison import LiaisonDesk
 from console.operator import OperatorDesk
+from console.throttle import LoginThrottle
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",
@@ -76,6 +77,8 @@ class Console:
     liaison: LiaisonDesk | None
     operator: OperatorDesk
     sessions: Sessions
+    #: Failed logins by client address: slowed down, then locked out.
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
     @property
     def org(self) -> str | None:

@@ -24,6 +24,7 @@ from broker.origin.status_log import Settled, StatusLog
 from broker.outcomes import reroutes, status_reason, summarise
 from broker.routing.decide import country_of_ip
 from broker.security.rules import OriginSecurity
+from broker.shapes import check_ids
 from broker.wire.codec import Codec
 from broker.wire.models import ItemOutcome, ReferralStatus
 from broker.wire.registry import STATUS_UPDATE
@@ -176,10 +177,11 @@ class StatusFeed(LoopService[StatusSink]):
             return
         datum, entry = verified
         try:
+            check_ids(datum)
             referral_id = str(datum["referral_id"])
             status = str(datum["status"])
             emitted_by = str(datum["emitted_by"])
-        except (KeyError, TypeError) as exc:
+        except (CodecError, KeyError, TypeError) as exc:
             ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
             return
         self.stats.statuses += 1

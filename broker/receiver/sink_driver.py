@@ -24,6 +24,7 @@ from broker.lifecycle import reason_code
 from broker.receiver.inbox import DeliveryState, Inbox, SinkRefusal
 from broker.receiver.statuses import StatusSender
 from broker.security.rules import ReceiverSecurity, stage_of
+from broker.shapes import check_ids
 from broker.wire.codec import Codec
 from broker.wire.models import ReferralStatus, StatusUpdate, utc_now_ms
 from broker.wire.registry import REFERRAL
@@ -155,6 +156,7 @@ class SinkDriver(LoopService[Sink]):
             else:
                 _, datum = self.codec.decode(record.value or b"", expected=REFERRAL)
             envelope = datum["envelope"]
+            check_ids(envelope, "envelope.")
             return Delivery(
                 referral_id=str(envelope["referral_id"]),
                 case_id=str(envelope["case_id"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -28,9 +30,20 @@ async def login(request: Request) -> Response:
     """A matching token starts a new session (the old one ends); a wrong one is told so."""
     fields = await form(request)
     console = web(request).console
+    address = request.client.host if request.client is not None else "unknown"
+    wait = console.throttle.wait(address)
+    if wait > 0:
+        locked = math.ceil(wait)
+        refusal = page(
+            request, "login.html", 429, principals=console.tokens.principals, locked=locked
+        )
+        refusal.headers["Retry-After"] = str(locked)
+        return refusal
     principal = console.tokens.match(fields.get("token", ""))
     if principal is None:
+        console.throttle.failed(address)
         return page(request, "login.html", 401, principals=console.tokens.principals, wrong=True)
+    console.throttle.succeeded(address)
     console.sessions.end(request.state.sid)
     sid = console.sessions.new(principal)
     response = RedirectResponse("/operator" if principal.is_operator else "/inbox", status_code=303)
