@@ -14,6 +14,7 @@ from broker.known.errors import EvaluationRefused, OprfError
 
 __all__ = [
     "TOKEN_BYTES",
+    "EvaluationRecord",
     "EvaluationRequest",
     "EvaluationResponse",
     "Evaluator",
@@ -144,6 +145,17 @@ class KeyRing:
 
 
 @dataclass(frozen=True)
+class EvaluationRecord:
+    """What the ledger keeps of one evaluation: who, how many, which key, when, refused or not."""
+
+    organisation: str
+    items: int
+    key_id: str | None
+    at: float
+    refused: str | None = None  # the refusal's reason, None when evaluated
+
+
+@dataclass(frozen=True)
 class RateLimit:
     """At most ``items`` evaluations per organisation per ``per_seconds`` (a token bucket)."""
 
@@ -154,10 +166,17 @@ class RateLimit:
 class Evaluator:
     """The key holder's side: evaluates blinded batches, rate-limited per organisation."""
 
-    def __init__(self, keys: KeyRing, limit: RateLimit, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        keys: KeyRing,
+        limit: RateLimit,
+        clock: Callable[[], float],
+        record: Callable[[EvaluationRecord], None] | None = None,
+    ) -> None:
         self._keys = keys
         self._limit = limit
         self._clock = clock
+        self._record = record  # e.g. a ledger emitter; told of every evaluation and refusal
         self._buckets: dict[str, tuple[float, float]] = {}  # org -> (allowance, at)
 
     def allowance(self, organisation: str) -> float:
@@ -171,16 +190,27 @@ class Evaluator:
 
     def evaluate(self, request: EvaluationRequest) -> EvaluationResponse:
         """BlindEvaluate every element, or refuse the whole batch (over the rate, bad element)."""
-        key = self._keys.get(request.key_id)
-        elements = [oprf.deserialize_element(b) for b in request.blinded]
         now = self._clock()
-        available = self._allowance(request.organisation, now)
-        if len(elements) > available:
-            raise EvaluationRefused(
-                f"evaluation refused for {request.organisation}: {len(elements)} items over its"
-                f" rate of {self._limit.items} per {self._limit.per_seconds:g} s"
-            )
+        try:
+            key = self._keys.get(request.key_id)
+            elements = [oprf.deserialize_element(b) for b in request.blinded]
+            available = self._allowance(request.organisation, now)
+            if len(elements) > available:
+                raise EvaluationRefused(
+                    f"evaluation refused for {request.organisation}: {len(elements)} items over"
+                    f" its rate of {self._limit.items} per {self._limit.per_seconds:g} s"
+                )
+        except (EvaluationRefused, OprfError) as exc:
+            self._tell(request, request.key_id, now, str(exc))
+            raise
         self._buckets[request.organisation] = (available - len(elements), now)
-        return EvaluationResponse(
-            key.key_id, tuple(oprf.blind_evaluate(key.secret, e) for e in elements)
-        )
+        evaluated = tuple(oprf.blind_evaluate(key.secret, e) for e in elements)
+        self._tell(request, key.key_id, now, None)
+        return EvaluationResponse(key.key_id, evaluated)
+
+    def _tell(
+        self, request: EvaluationRequest, key_id: str | None, at: float, refused: str | None
+    ) -> None:
+        if self._record is not None:
+            items = len(request.blinded)
+            self._record(EvaluationRecord(request.organisation, items, key_id, at, refused))

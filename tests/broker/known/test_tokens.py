@@ -12,6 +12,7 @@ from broker.known import oprf
 from broker.known.errors import BadMatchInput, EvaluationRefused, OprfError
 from broker.known.normalise import hash_input, normalise_hash, normalise_url, url_input
 from broker.known.tokens import (
+    EvaluationRecord,
     EvaluationRequest,
     EvaluationResponse,
     Evaluator,
@@ -241,3 +242,41 @@ def test_reprs_never_show_inputs_blinds_or_keys() -> None:
     assert key.secret.hex() not in repr(key)
     assert "aaaa" not in repr(pending)
     assert pending.blinds[0].hex() not in repr(pending)
+
+
+def test_every_evaluation_and_refusal_is_recorded_without_content() -> None:
+    clock = SimClock()
+    records: list[EvaluationRecord] = []
+    key = EvaluatorKey.derive("k1", os.urandom(32))
+    evaluator = Evaluator(KeyRing(key), RateLimit(10, 60.0), clock, records.append)
+    _tokenise(evaluator, "hl-de", [b"sha1:" + b"0" * 40] * 8)
+    clock.now += 1
+    with pytest.raises(EvaluationRefused):
+        _tokenise(evaluator, "hl-de", [b"x"] * 5)
+    with pytest.raises(EvaluationRefused):
+        evaluator.evaluate(EvaluationRequest("hl-nl", (), key_id="gone"))
+    assert records[0] == EvaluationRecord("hl-de", 8, "k1", clock.now - 1)
+    assert (records[1].organisation, records[1].items) == ("hl-de", 5)
+    assert (
+        records[1].refused == "evaluation refused for hl-de: 5 items over its rate of 10 per 60 s"
+    )
+    assert records[2].refused == "key gone is unknown or retired"
+    assert b"0" * 40 not in repr(records).encode()
+
+
+def test_an_attacker_without_the_key_confirms_no_guessed_hash() -> None:
+    # The attacker holds every token on the topic and the 1,000 true hashes as guesses,
+    # but not the evaluator's key: its own key, plain hashes and HashToGroup all miss.
+    evaluator = _evaluator(SimClock())
+    digests = [os.urandom(32).hex() for _ in range(1000)]
+    inputs = [hash_input("sha256", d) for d in digests]
+    published = {t.value for t in _tokenise(evaluator, "hl-de", inputs)}
+    attacker_key = EvaluatorKey.derive("k1", os.urandom(32))  # same key id, other secret
+    guesses: set[bytes] = set()
+    for item in inputs:
+        guesses.add(attacker_key.token(item).value)
+        guesses.add(hashlib.sha256(item).digest())
+        guesses.add(hashlib.sha512(item).digest()[:32])
+        guesses.add(oprf.hash_to_group(item))
+    assert not published & guesses
+    assert len(published) == 1000
