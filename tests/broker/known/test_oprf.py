@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +103,20 @@ def test_bad_scalars_are_refused(scalar: bytes) -> None:
 def test_overlong_input_is_refused() -> None:
     with pytest.raises(OprfError):
         oprf.blind(bytes(0x10000))
+
+
+def test_a_missing_libsodium_is_one_clear_error() -> None:
+    # pysodium raises at import when the system has no libsodium; stand that in for it.
+    code = (
+        "import sys; sys.modules['pysodium'] = None\n"
+        "from broker.known.errors import SodiumMissing\n"
+        "try:\n    import broker.known.oprf\n"
+        "except SodiumMissing as exc:\n    print(exc)\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert done.stdout == (
+        "libsodium is not installed: install Debian's libsodium23 (`make install` does it)\n"
+    )
