@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-memory faults install clean browser
+.PHONY: demo test lint typecheck unit bench bench-memory faults install clean browser sodium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) sodium
 
 demo: $(STAMP)
 	$(BIN)/referral demo
@@ -32,14 +32,21 @@ browser:
 	@test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium)
 
+# The OPRF of broker/known calls ristretto255 in Debian's libsodium23 (through pysodium).
+SODIUM_OK = dpkg-query -W -f='$${Status}' libsodium23 2>/dev/null | grep -q 'install ok installed'
+sodium:
+	@$(SODIUM_OK) || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libsodium23) || true
+	@$(SODIUM_OK) || (echo "libsodium23 is missing: install it with 'apt-get install libsodium23'" >&2; exit 1)
+
 # Three workers (the tests mostly wait on the broker), each with its own embedded broker;
 # the suites that run whole networks of processes share one worker (xdist group
 # "processes", tests/conftest.py).
 TEST_WORKERS ?= 3
-test: $(STAMP) lint typecheck browser
+test: $(STAMP) sodium lint typecheck browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
-unit: $(STAMP)
+unit: $(STAMP) sodium
 	$(BIN)/python -m pytest -m "not integration"
 
 bench: $(STAMP)
