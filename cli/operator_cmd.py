@@ -162,7 +162,7 @@ def ledger_verify(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Check every entry's signature, the chain, and every checkpoint held locally and on the
-    topic; exit 1 naming the first entry that fails."""
+    topic; exit 1 naming every entry that fails, one line each."""
     st = state(ctx)
     settings = st.settings
     result = verify_ledger(settings, st.network(), Codec.from_settings(settings), offline=offline)
@@ -179,10 +179,14 @@ def ledger_verify(
                 "breach": None
                 if breach is None
                 else {"index": breach.index, "kind": breach.kind, "detail": breach.detail},
+                "breaches": [
+                    {"index": b.index, "kind": b.kind, "detail": b.detail} for b in result.breaches
+                ],
             }
         )
     else:
-        console.print(escape(str(result)), markup=False)
+        for line in str(result).splitlines():
+            console.print(escape(line), markup=False)
         for line in result.ignored_heads:
             console.print(escape(f"ignored checkpoint: {line}"), markup=False)
     if not result.intact:

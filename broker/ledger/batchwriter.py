@@ -95,16 +95,19 @@ def event_datum(
     The one place a datum is built: listed events (:func:`handover_event`), the
     listed fallback of :class:`BatchWriter` and :func:`unpack` all use it.
     """
+    # The id is derived from the facts as stored, so anyone can derive it again from them.
+    referral_id = referral_id or _UNKNOWN_REFERRAL
+    from_party, to_party = from_party or None, to_party or None
     return {
         "event_id": event_id(
             referral_id, kind, actor, from_party, to_party, topic, partition, offset, reason
         ),
-        "referral_id": referral_id or _UNKNOWN_REFERRAL,
+        "referral_id": referral_id,
         "case_id": case_id or "unknown",
         "event": kind,
         "actor": actor,
-        "from_party": from_party or None,
-        "to_party": to_party or None,
+        "from_party": from_party,
+        "to_party": to_party,
         "topic": topic,
         "partition": partition,
         "offset": offset,

@@ -13,24 +13,31 @@ is kept too, with its signature (every record is signed by the actor of its
 events: one HandoverEvent by a connector, one HandoverBatch by the router), and
 so are the signed checkpoints read from ``handover.checkpoints``.
 
-:meth:`LedgerStore.verify` names the first entry that fails, in the order of
-the chain:
+:meth:`LedgerStore.verify` names every entry that fails, in the order of the
+chain, checking on past each one:
 
 * ``altered`` / ``missing`` / ``reordered`` — the chain does not hold, or an
   entry no longer says what its signed record says;
 * ``unsigned`` / ``forged`` — its record is not signed where the network
   requires it (or its actor has a key on record), or not by its actor's key;
+* ``pre-empted`` — an entry under an event id its own facts do not give: a
+  member took the id of another's event (derived from public facts) first; it
+  is kept as evidence, never shown as a handover, and the real event is kept;
+* ``conflict`` — one honest event id twice, from records signed by two keys;
 * ``rewritten`` — the chain is internally sound but disagrees with a signed
   checkpoint (held by this store, by an organisation's connector, or on the
   topic) or with the ledger topic itself: a store rewritten together with its
-  own stored head is caught by the heads others hold.
+  own stored head is caught by the heads others hold;
+* ``truncated`` — the store is behind a checkpoint it knows of (a cut tail):
+  ``referral ledger sync`` reads the entries again.
 
 That is the record of who saw and passed on what, when, that law-enforcement
 data protection (EU Directive 2016/680, Art. 25) asks for.
 
 Events are deterministic (a redelivered hop repeats its event id), so an event
-id already in the store is skipped. :meth:`LedgerStore.sync` resumes from the
-last ledger offset stored and is idempotent.
+id already in the store from a record signed by the same key is skipped; the
+same id under another key is kept (``conflict`` or ``pre-empted``).
+:meth:`LedgerStore.sync` resumes from the last ledger offset stored and is idempotent.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from kafka.errors import KafkaError
 from broker.config import Settings
 from broker.errors import BrokerError, CodecError, ConfigError, LedgerStoreError, SecurityError
 from broker.kafka import clients
+from broker.ledger.batchwriter import event_id
 from broker.ledger.checkpoint import Checkpoint, HeldHead, read_checkpoints
 from broker.ledger.events import decode_events
 from broker.ledger.views import HandoverRecord
@@ -104,7 +112,7 @@ _FIELDS = (
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     idx INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
+    event_id TEXT NOT NULL,
     referral_id TEXT NOT NULL,
     case_id TEXT NOT NULL,
     event TEXT NOT NULL,
@@ -123,6 +131,7 @@ CREATE TABLE IF NOT EXISTS entries (
     entry_hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_referral ON entries (referral_id);
+CREATE INDEX IF NOT EXISTS entries_event ON entries (event_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
     ledger_offset INTEGER PRIMARY KEY,
@@ -168,9 +177,29 @@ class LedgerEntry:
     entry_hash: str
 
 
-BreachKind = Literal["altered", "missing", "reordered", "unsigned", "forged", "rewritten"]
+BreachKind = Literal[
+    "altered",
+    "missing",
+    "reordered",
+    "unsigned",
+    "forged",
+    "pre-empted",
+    "conflict",
+    "rewritten",
+    "truncated",
+]
 #: Which breach is named first when two fail at the same entry.
-_PRECEDENCE = ("missing", "reordered", "altered", "unsigned", "forged", "rewritten")
+_PRECEDENCE = (
+    "missing",
+    "reordered",
+    "altered",
+    "unsigned",
+    "forged",
+    "pre-empted",
+    "conflict",
+    "rewritten",
+    "truncated",
+)
 
 
 @dataclass(frozen=True)
@@ -203,6 +232,8 @@ class Verification:
     signed: int = 0
     #: Checkpoint records that were ignored (unsigned, badly signed, or not by the router).
     ignored_heads: tuple[str, ...] = field(default=())
+    #: Every breach found, in chain order (``breach`` is the first of them).
+    breaches: tuple[Breach, ...] = field(default=())
 
     @property
     def intact(self) -> bool:
@@ -211,7 +242,7 @@ class Verification:
 
     def __str__(self) -> str:
         if self.breach:
-            return str(self.breach)
+            return "\n".join(str(b) for b in self.breaches or (self.breach,))
         text = f"ledger intact: {self.entries} entries"
         if self.signed:
             text += f", {self.signed} signed"
@@ -277,6 +308,21 @@ class LedgerStore:
             self._db = Database(self.path, _SCHEMA)
         except ConfigError as exc:
             raise LedgerStoreError(f"the ledger store: {exc}") from exc
+        self._drop_unique_event_ids()
+
+    def _drop_unique_event_ids(self) -> None:
+        """Earlier stores kept one entry per event id: rebuilt once so conflicts can be kept."""
+        rows = self._db.query("SELECT sql FROM sqlite_master WHERE name = 'entries'")
+        if not rows or "UNIQUE" not in str(rows[0][0]):
+            return
+        with self._db.transaction() as conn:
+            conn.execute("ALTER TABLE entries RENAME TO entries_unique")
+            conn.execute("DROP INDEX IF EXISTS entries_referral")
+            for statement in _SCHEMA.split(";"):
+                if "entries" in statement and statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO entries SELECT * FROM entries_unique")
+            conn.execute("DROP TABLE entries_unique")
 
     @classmethod
     def for_settings(cls, settings: Settings) -> LedgerStore:
@@ -354,11 +400,9 @@ class LedgerStore:
             )
         count, prev = self._head()
         added = repeated = 0
+        signer = signature_key_id(headers)
         for event in events:
-            exists = conn.execute(
-                "SELECT 1 FROM entries WHERE event_id = ?", (event["event_id"],)
-            ).fetchone()
-            if exists:
+            if self._repeats(conn, str(event["event_id"]), signer):
                 repeated += 1
                 continue
             fields = _fields_of(event, ledger_offset)
@@ -373,6 +417,17 @@ class LedgerStore:
         self._set_meta(conn, "head_count", count)
         self._set_meta(conn, "head_hash", prev)
         return added, repeated
+
+    @staticmethod
+    def _repeats(conn: sqlite3.Connection, event_id: str, signer: str | None) -> bool:
+        """True if an entry with this id came in a record signed by the same key (or, both
+        unsigned): a redelivered hop. The same id under another key is kept (a conflict)."""
+        stored = conn.execute(
+            "SELECT r.headers FROM entries e LEFT JOIN records r"
+            " ON r.ledger_offset = e.ledger_offset WHERE e.event_id = ?",
+            (event_id,),
+        ).fetchall()
+        return any(signature_key_id(_load_signature(h[0] or "[]")) == signer for h in stored)
 
     def sync(
         self,
@@ -525,8 +580,13 @@ class LedgerStore:
         ]
 
     def records(self, referral_id: str | None = None) -> list[HandoverRecord]:
-        """The handover records (of one referral, if given), in chain order."""
-        return [_record_of(row) for row in self._rows(referral_id)]
+        """The handover records (of one referral, if given), in chain order; an entry under
+        an event id that is not its own (``pre-empted``) is evidence, not a handover."""
+        return [
+            _record_of(row)
+            for row in self._rows(referral_id)
+            if derived_event_id(row) == row["event_id"]
+        ]
 
     # -- verifying -----------------------------------------------------------------------------
     def verify(
@@ -556,43 +616,58 @@ class LedgerStore:
           entry no consistent checkpoint covers).
         """
         rows = list(self._rows())
-        breaches = [b for b in (self._chain_breach(rows),) if b is not None]
+        breaches = self._chain_breaches(rows)
+        breaches += _identity_breaches(rows)
         held = [*self.held_heads(), *heads]
         valid, ignored = self._valid_heads(held, trust)
         covered = max((c.count for c, _ in valid if c.count <= len(rows)), default=0)
         signed = 0
         if trust is not None:
             codec = codec or _embedded_codec()
-            breach, signed = self._signature_breach(rows, codec, trust, allow_plain, covered)
-            if breach is not None:
-                breaches.append(breach)
+            found, signed = self._signature_breaches(rows, codec, trust, allow_plain, covered)
+            breaches += found
         breaches += self._head_breaches(rows, valid, reference)
-        first = min(breaches, key=Breach.order) if breaches else None
+        ordered = _one_per_place(breaches)
+        first = ordered[0] if ordered else None
         holders = tuple(sorted({holder for _, hs in valid for holder in hs}))
-        return Verification(len(rows), first, len(valid), holders, signed, tuple(ignored))
+        return Verification(len(rows), first, len(valid), holders, signed, tuple(ignored), ordered)
 
-    def _chain_breach(self, rows: list[sqlite3.Row]) -> Breach | None:
+    def _chain_breaches(self, rows: list[sqlite3.Row]) -> list[Breach]:
+        """Every place the chain does not hold, checked on past each bad entry; a broken
+        link right after another (or after a gap) is the same breach, named once."""
+        out: list[Breach] = []
         hashes = {row["entry_hash"] for row in rows}
         prev = GENESIS
-        for position, row in enumerate(rows):
-            if row["idx"] != position:
-                return Breach(position, "missing")
+        expected = 0
+        link_broken = False
+        for row in rows:
+            index = int(row["idx"])
+            gap = index != expected
+            if gap:
+                span = f"entries {expected}-{index - 1}" if index - 1 > expected else ""
+                out.append(Breach(expected, "missing", span))
             if entry_hash(row["prev_hash"], _row_fields(row)) != row["entry_hash"]:
-                return Breach(position, "altered")
-            if row["prev_hash"] != prev:
-                kind: Literal["missing", "reordered"] = (
-                    "reordered" if row["prev_hash"] in hashes else "missing"
-                )
-                return Breach(position, kind)
+                out.append(Breach(index, "altered"))
+                link_broken = True  # the next entry's link to it fails because of it
+            elif row["prev_hash"] != prev:
+                if not (gap or link_broken):
+                    kind: Literal["missing", "reordered"] = (
+                        "reordered" if row["prev_hash"] in hashes else "missing"
+                    )
+                    out.append(Breach(index, kind))
+                link_broken = True
+            else:
+                link_broken = False
             prev = row["entry_hash"]
+            expected = index + 1
         head_count, head_hash = self._head()
-        if head_count > len(rows):
-            return Breach(len(rows), "missing")
-        if head_count < len(rows):
-            return Breach(head_count, "altered")
-        if head_hash != prev:
-            return Breach(max(len(rows) - 1, 0), "altered")
-        return None
+        if head_count > expected and not any(b.kind == "missing" for b in out):
+            out.append(Breach(expected, "missing"))
+        elif head_count < expected:
+            out.append(Breach(head_count, "altered"))
+        elif head_count == expected and head_hash != prev and rows:
+            out.append(Breach(max(expected - 1, 0), "altered"))
+        return out
 
     @staticmethod
     def _valid_heads(
@@ -614,17 +689,18 @@ class LedgerStore:
         rows = self._db.query("SELECT ledger_offset, value, headers FROM records")
         return {int(o): (bytes(v), _load_signature(h)) for o, v, h in rows}
 
-    def _signature_breach(
+    def _signature_breaches(
         self,
         rows: list[sqlite3.Row],
         codec: Codec,
         trust: TrustStore,
         allow_plain: bool,
         covered: int,
-    ) -> tuple[Breach | None, int]:
-        """The first entry whose signed record does not vouch for it; entries checked."""
+    ) -> tuple[list[Breach], int]:
+        """Every entry whose signed record does not vouch for it; entries signed."""
         records = self._records()
         checked: dict[int, _RecordCheck] = {}
+        out: list[Breach] = []
         signed = 0
         for position, row in enumerate(rows):
             offset = int(row["ledger_offset"])
@@ -634,15 +710,18 @@ class LedgerStore:
                 )
             check = checked[offset]
             if check.failure is not None:
-                return Breach(position, check.failure.kind, check.failure.detail), signed
+                out.append(Breach(position, check.failure.kind, check.failure.detail))
+                continue
             if check.revoked and position >= covered:
                 detail = "signed with a key revoked since, after the last checkpoint"
-                return Breach(position, "forged", detail), signed
+                out.append(Breach(position, "forged", detail))
+                continue
             event = check.events.get(row["event_id"])
             if event is None or _fields_of(event, offset) != _row_fields(row):
-                return Breach(position, "altered", "not what its signed record says"), signed
+                out.append(Breach(position, "altered", "not what its signed record says"))
+                continue
             signed += check.signed
-        return None, signed
+        return out, signed
 
     def _head_breaches(
         self,
@@ -663,6 +742,12 @@ class LedgerStore:
                 if checkpoint.ledger_offset <= self.next_offset:
                     out.append(Breach(consistent, "rewritten", f"fewer entries than the {who}"))
                     break
+                # The store is behind a checkpoint it knows of: a cut tail, or not synced.
+                detail = (
+                    f"entries {len(rows)}-{checkpoint.count - 1} missing: the {who}"
+                    " covers them; `referral ledger sync` reads them again"
+                )
+                out.append(Breach(len(rows), "truncated", detail))
                 continue
             if checkpoint.count and rows[checkpoint.count - 1]["entry_hash"] != checkpoint.head:
                 out.append(Breach(consistent, "rewritten", f"does not match the {who}"))
@@ -676,6 +761,55 @@ class LedgerStore:
                     detail = "; ".join(["differs from the ledger topic", *(b.detail for b in out)])
                     return [Breach(position, "rewritten", detail)]
         return out
+
+
+def _one_per_place(breaches: Iterable[Breach]) -> tuple[Breach, ...]:
+    """One breach per entry and kind (the most detailed), in chain order."""
+    best: dict[tuple[int, str], Breach] = {}
+    for b in breaches:
+        kept = best.get((b.index, b.kind))
+        if kept is None or len(b.detail) > len(kept.detail):
+            best[(b.index, b.kind)] = b
+    return tuple(sorted(best.values(), key=Breach.order))
+
+
+def _identity_breaches(rows: Sequence[sqlite3.Row]) -> list[Breach]:
+    """Entries whose id is not the one their facts derive (another's event id taken first:
+    ``pre-empted``), and honest ids that stand twice with other content (``conflict``).
+    An entry whose own hash fails is ``altered``, not judged here."""
+    out: list[Breach] = []
+    first: dict[str, sqlite3.Row] = {}
+    for position, row in enumerate(rows):
+        if entry_hash(row["prev_hash"], _row_fields(row)) != row["entry_hash"]:
+            continue
+        derived = derived_event_id(row)
+        if derived != row["event_id"]:
+            detail = f"event id {row['event_id'][:8]} sent by {row['actor']} (not its own)"
+            out.append(Breach(position, "pre-empted", detail))
+            continue
+        earlier = first.setdefault(derived, row)
+        if earlier is not row:
+            detail = (
+                f"event id {derived[:8]} also at entry {earlier['idx']}"
+                f" ({earlier['actor']} and {row['actor']})"
+            )
+            out.append(Breach(position, "conflict", detail))
+    return out
+
+
+def derived_event_id(row: Any) -> str:
+    """The event id an entry's facts give (what an honest emitter used)."""
+    return event_id(
+        row["referral_id"],
+        row["event"],
+        row["actor"],
+        row["from_party"],
+        row["to_party"],
+        row["topic"],
+        row["partition"],
+        row["offset"],
+        row["reason"],
+    )
 
 
 @dataclass(frozen=True)

@@ -303,7 +303,10 @@ def test_trace_flows_ledger_topics_and_tail_after_routing(
     db.commit()
     db.close()
     code, out = cli(env, "ledger", "verify")
-    assert (code, out.strip()) == (1, "ledger broken at entry 4: altered")
+    assert (code, out.strip()) == (
+        1,
+        "ledger broken at entry 4: altered (not what its signed record says)",
+    )
 
 
 def test_tail_follows_new_records_and_survives_garbage(

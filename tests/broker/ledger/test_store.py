@@ -156,7 +156,11 @@ def _swap(db: sqlite3.Connection, i: int, j: int) -> None:
             "DELETE FROM entries WHERE idx = 1; UPDATE entries SET idx = idx - 1 WHERE idx > 1",
             "ledger broken at entry 1: missing",
         ),
-        ("swap 1 4", "ledger broken at entry 1: reordered"),
+        # Every breach is named: both displaced entries.
+        (
+            "swap 1 4",
+            "ledger broken at entry 1: reordered\nledger broken at entry 4: reordered",
+        ),
         ("swap 2 3", "ledger broken at entry 2: reordered"),
     ],
 )
