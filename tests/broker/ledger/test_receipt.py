@@ -14,8 +14,10 @@ from types import ModuleType
 import pytest
 
 from broker.config import Settings
-from broker.ledger.receipt import canonical
+from broker.ledger.receipt import LedgerTree, canonical, receipt
 from broker.ledger.store import LedgerStore
+from broker.ledger.treehead import TreeHead, sign_tree_head, witness_cosign
+from broker.security.keys import ROUTER, OrgKeys, PublicKey, TrustStore, key_dir
 from tests.test_trust_e2e import _cli, keyed, signed_ledger
 
 __all__ = ["keyed", "signed_ledger"]  # the fixtures this module uses
@@ -142,3 +144,47 @@ def test_a_receipt_in_a_ten_million_entry_log_stays_under_2_kb(
     doc["checkpoint"] = doc["checkpoint"].replace("\n8\n", "\n10000000\n", 1)
     size = len(canonical(doc)) + 1
     assert size <= 2048, size
+
+
+def test_a_witness_cosignature_travels_in_the_receipt_and_is_checked(
+    signed_ledger: tuple[Settings, dict[str, str]], tmp_path: Path
+) -> None:
+    settings, _ = signed_ledger
+    router = OrgKeys.load(key_dir(settings, ROUTER), ROUTER)
+    witness = OrgKeys.load(key_dir(settings, "police-de"), "police-de")
+    assert router is not None
+    assert witness is not None
+    with LedgerStore(Path(settings.state_dir) / "ledger.sqlite3") as store:
+        tree = LedgerTree.of(store)
+        head = TreeHead("referral-broker/ledger/x", len(tree.tree), tree.tree.root())
+        note = sign_tree_head(head, ROUTER, router.signing)
+        cosig, _ = witness_cosign(
+            None, note, ROUTER, router.signing.public_key(), [], "police-de", witness.signing, 7
+        )
+        raw = witness.public_keys()[0].raw
+        doc = receipt(
+            store,
+            3,
+            origin=head.origin,
+            log_name=ROUTER,
+            log_key=router.signing,
+            trust=TrustStore(k for o in ("hl-a", "police-de") for k in _public(settings, o)),
+            cosignatures=(("police-de", raw, cosig.signature),),
+        )
+    data = canonical(doc) + b"\n"
+    verifier = _verifier()
+    assert verifier.verify(data).startswith("receipt holds: DELIVERED of referral ")
+    assert ", signed by router, cosigned by 1 (police-de); " in verifier.verify(data)
+    line = doc["checkpoint"].splitlines()[-1]
+    assert line.startswith("\u2014 police-de ")
+    forged = doc["checkpoint"].replace(
+        line, line[:-6] + ("A" if line[-6] != "A" else "B") + line[-5:]
+    )
+    with pytest.raises(verifier.Invalid, match="police-de"):
+        verifier.verify(canonical({**doc, "checkpoint": forged}) + b"\n")
+
+
+def _public(settings: Settings, org: str) -> list[PublicKey]:
+    keys = OrgKeys.load(key_dir(settings, org), org)
+    assert keys is not None
+    return keys.public_keys()
