@@ -15,6 +15,7 @@ from cli import (
     demo_cmd,
     inbox_cmd,
     keys_cmd,
+    receipt_cmd,
     router_cmd,
     schema_cmd,
     topics_cmd,
@@ -41,6 +42,7 @@ app.command("status")(connector_cmd.status)
 app.command("inbox")(inbox_cmd.inbox_cmd)
 app.add_typer(operator_cmd.ledger_app, name="ledger")
 app.command("trace")(operator_cmd.trace_cmd)
+app.command("receipt")(receipt_cmd.receipt_cmd)
 app.command("flows")(operator_cmd.flows_cmd)
 app.command("tail")(operator_cmd.tail)
 app.command("console")(console_cmd.console_cmd)

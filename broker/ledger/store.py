@@ -685,6 +685,13 @@ class LedgerStore:
             by_value.setdefault(h.value, (checkpoint, set()))[1].add(h.holder)
         return sorted(by_value.values(), key=lambda v: v[0].count), ignored
 
+    def record(self, ledger_offset: int) -> tuple[bytes, tuple[tuple[str, bytes], ...]] | None:
+        """The stored ledger record at ``ledger_offset``: its value and signature headers."""
+        rows = self._db.query(
+            "SELECT value, headers FROM records WHERE ledger_offset = ?", (ledger_offset,)
+        )
+        return (bytes(rows[0][0]), _load_signature(rows[0][1])) if rows else None
+
     def _records(self) -> dict[int, tuple[bytes, tuple[tuple[str, bytes], ...]]]:
         rows = self._db.query("SELECT ledger_offset, value, headers FROM records")
         return {int(o): (bytes(v), _load_signature(h)) for o, v, h in rows}

@@ -1,0 +1,145 @@
+"""A portable receipt: one ledger entry, proved included in a signed Merkle tree head.
+
+The tree (:mod:`broker.ledger.merkle`) is computed over the entries of the local
+ledger store, in index order; leaf ``i`` is the canonical JSON (sorted keys, no
+spaces, ASCII) of entry ``i``'s fields — those the store chains, with ``at_ms``
+and ``ledger_offset`` — plus ``record_sha256``, the SHA-256 of the ledger record
+it was read from. The receipt carries that entry, its index, its inclusion proof,
+the router-signed checkpoint (:mod:`broker.ledger.treehead`) with any witness
+cosignatures, the signed ledger record itself, and the public keys all of these
+need. ``schemas/verify_receipt.py`` checks one with only the standard library and
+``cryptography``; the format is in ``schemas/README.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.errors import LedgerStoreError
+from broker.ledger.merkle import MerkleTree
+from broker.ledger.store import LedgerEntry, LedgerStore
+from broker.ledger.treehead import NoteSignature, SignedNote, TreeHead, sign_tree_head
+from broker.security.keys import TrustStore
+from broker.security.signing import CONTEXT_HEADER, KEY_HEADER, SIGNATURE_HEADER
+
+__all__ = ["RECEIPT_FORMAT", "LedgerTree", "canonical", "entry_leaf", "ledger_origin", "receipt"]
+
+#: The ``format`` of a receipt document.
+RECEIPT_FORMAT = "referral-broker/receipt/v1"
+
+_FIELDS = (
+    "event_id", "referral_id", "case_id", "event", "actor", "from_party", "to_party",
+    "topic", "partition", "offset", "reason", "trace_id", "span_id",
+)  # fmt: skip
+
+
+def canonical(data: Any) -> bytes:
+    """Canonical JSON: sorted keys, no spaces, ASCII only."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def ledger_origin(ledger_topic: str) -> str:
+    """The checkpoint origin line of the log over ``ledger_topic``."""
+    return f"referral-broker/ledger/{ledger_topic}"
+
+
+def entry_leaf(entry: LedgerEntry, record_value: bytes) -> dict[str, Any]:
+    """The leaf object of one entry (its canonical JSON is the leaf's bytes)."""
+    r = entry.record
+    out: dict[str, Any] = {name: getattr(r, name) for name in _FIELDS}
+    out["at_ms"] = round(r.at.timestamp() * 1000)
+    out["ledger_offset"] = entry.ledger_offset
+    out["record_sha256"] = hashlib.sha256(record_value).hexdigest()
+    return out
+
+
+@dataclass
+class LedgerTree:
+    """The Merkle tree over a store's entries, with each entry's leaf and record."""
+
+    tree: MerkleTree
+    entries: list[LedgerEntry]
+    leaves: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, store: LedgerStore) -> LedgerTree:
+        """The tree over every entry of ``store``, in index order."""
+        tree, entries, leaves = MerkleTree(), store.entries(), []
+        records: dict[int, bytes] = {}
+        for position, entry in enumerate(entries):
+            if entry.index != position:
+                raise LedgerStoreError(f"the ledger store has no entry {position}")
+            if entry.ledger_offset not in records:
+                record = store.record(entry.ledger_offset)
+                records[entry.ledger_offset] = record[0] if record else b""
+            leaf = entry_leaf(entry, records[entry.ledger_offset])
+            tree.append(canonical(leaf))
+            leaves.append(leaf)
+        return cls(tree, entries, leaves)
+
+
+def _raw(key: Ed25519PrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def receipt(
+    store: LedgerStore,
+    index: int,
+    *,
+    origin: str,
+    log_name: str,
+    log_key: Ed25519PrivateKey,
+    trust: TrustStore,
+    cosignatures: tuple[tuple[str, bytes, NoteSignature], ...] = (),
+    with_record: bool = True,
+) -> dict[str, Any]:
+    """The receipt of entry ``index``: the tree head over the whole store, signed by ``log_key``.
+
+    ``cosignatures`` are witnesses' cosignatures of that very head (none until witnesses run).
+    Without ``with_record`` the record is left out (``null``): the entry still names its hash.
+    """
+    built = LedgerTree.of(store)
+    tree, entry = built.tree, built.entries[index]
+    note: SignedNote = sign_tree_head(TreeHead(origin, len(tree), tree.root()), log_name, log_key)
+    keys = {log_name: _raw(log_key)}
+    for name, raw, line in cosignatures:  # (witness, its raw public key, its cosignature)
+        note = note.with_signature(line)
+        keys[name] = base64.b64encode(raw).decode()
+    stored = store.record(entry.ledger_offset)
+    if stored is None:
+        raise LedgerStoreError(f"entry {index}: its ledger record is not stored")
+    value, headers = stored
+    head = dict(headers)
+    record: dict[str, Any] = {"value": base64.b64encode(value).decode()}
+    if SIGNATURE_HEADER in head:
+        record.update(
+            sig=head[SIGNATURE_HEADER].decode("ascii"),
+            key=head[KEY_HEADER].decode("ascii"),
+            ctx=head[CONTEXT_HEADER].decode("ascii"),
+        )
+        actor = entry.record.actor
+        for k in trust.keys_of(actor):
+            if k.id == record["key"] and k.use == "sign":
+                keys[actor] = base64.b64encode(k.raw).decode()
+    proof = b"".join(tree.inclusion_proof(index))
+    if not with_record:
+        keys = {k: v for k, v in keys.items() if k != entry.record.actor or k == log_name}
+    return {
+        "format": RECEIPT_FORMAT,
+        "entry": built.leaves[index],
+        "index": index,
+        "size": len(tree),
+        "proof": base64.b64encode(proof).decode(),
+        "log": log_name,
+        "checkpoint": note.encode().decode(),
+        "record": record if with_record else None,
+        "keys": keys,
+    }
