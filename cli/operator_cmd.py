@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import typer
-from kafka import TopicPartition
 from kafka.errors import KafkaError
 from rich.markup import escape as rich_escape
 from rich.table import Table
@@ -27,6 +26,7 @@ from broker.config import Settings
 from broker.errors import BrokerError, BrokerUnavailable, ConfigError, UnknownName
 from broker.ids import resolve_id, short_id
 from broker.kafka import clients
+from broker.kafka.reader import TopicReader
 from broker.ledger.checkpoint import Checkpointer
 from broker.ledger.store import LedgerStore, SyncReport
 from broker.ledger.views import (
@@ -619,22 +619,11 @@ def tail(
             on = f" on {clients.resolve_bootstrap(settings)}"
             ours = [t for t in consumer.topics() if t.startswith(prefix)]  # this deployment's
             raise UnknownName("topic", name, ours, on)
-        tps = [TopicPartition(name, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        if from_beginning:
-            consumer.seek_to_beginning(*tps)
-        else:
-            consumer.seek_to_end(*tps)
-        last = time.monotonic()
-        while max_records is None or seen < max_records:
-            batch = consumer.poll(timeout_ms=200)
-            records = sorted(
-                (r for rs in batch.values() for r in rs), key=lambda r: (r.timestamp, r.partition)
-            )
-            if records:
-                last = time.monotonic()
-            elif idle_exit is not None and time.monotonic() - last >= idle_exit:
-                break
+        batches = TopicReader(consumer, name, poll_ms=200).follow(
+            from_beginning=from_beginning, idle_exit=idle_exit
+        )
+        for batch in batches:
+            records = sorted(batch, key=lambda r: (r.timestamp, r.partition))
             for record in records:
                 # The embedded broker's end offset may lie inside the last batch: skip older ones.
                 if not from_beginning and record.timestamp < started_ms:
@@ -643,6 +632,8 @@ def tail(
                 seen += 1
                 if max_records is not None and seen >= max_records:
                     break
+            if max_records is not None and seen >= max_records:
+                break
     except KafkaError as exc:
         raise BrokerError(f"cannot read {name}: {type(exc).__name__}") from exc
     except KeyboardInterrupt:

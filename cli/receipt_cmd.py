@@ -32,15 +32,18 @@ def receipt_cmd(
     st = state(ctx)
     settings = st.settings
     trust = load_trust(st.network(), settings.network_file)
-    keys = LiveKeys(key_dir(settings, ROUTER), ROUTER).current()
-    if keys is None:
-        raise ConfigError(f"no router key in {key_dir(settings, ROUTER)}: the log signs its heads")
+    if out is not None and not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: no such directory {out.parent}")
     kind = event.strip().upper()
     with LedgerStore.for_settings(settings) as store:
         rid = resolve_id(referral_id, store.referral_ids())
         found = [e for e in store.entries(rid) if e.record.event == kind]
         if not found:
             raise ConfigError(f"the local ledger holds no {kind} event of referral {referral_id}")
+        keys = LiveKeys(key_dir(settings, ROUTER), ROUTER).current()
+        if keys is None:
+            where = key_dir(settings, ROUTER)
+            raise ConfigError(f"no router key in {where}: the log signs its heads")
         doc = receipt(
             store,
             found[-1].index,

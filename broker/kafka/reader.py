@@ -88,6 +88,33 @@ class TopicReader:
                 f"cannot read {', '.join(self.topics)}: {type(exc).__name__}"
             ) from exc
 
+    def follow(
+        self, *, from_beginning: bool = False, idle_exit: float | None = None
+    ) -> Iterator[list[Any]]:
+        """Record batches as they come (from the beginning or the end) until the caller
+        stops, or nothing came for ``idle_exit`` s; an idle poll yields nothing."""
+        tps = self._all()
+        if not tps:
+            return
+        try:
+            self.consumer.assign(tps)
+            if from_beginning:
+                self.consumer.seek_to_beginning(*tps)
+            else:
+                self.consumer.seek_to_end(*tps)
+            last = time.monotonic()
+            while True:
+                got = self.consumer.poll(timeout_ms=self.poll_ms)
+                records = [r for recs in got.values() for r in recs]
+                if records:
+                    last = time.monotonic()
+                    yield records
+                elif idle_exit is not None and time.monotonic() - last >= idle_exit:
+                    return
+        except KafkaError as exc:
+            names = ", ".join(self.topics)
+            raise BrokerError(f"cannot read {names}: {type(exc).__name__}") from exc
+
     def records(self, start: Mapping[TopicPartition, int] | None = None) -> Iterator[Any]:
         """Every record from ``start`` to the end, in the order the batches came."""
         for batch in self.batches(start):

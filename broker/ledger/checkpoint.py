@@ -23,7 +23,6 @@ import json
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from kafka.producer.future import FutureRecordMetadata
 from broker.config import Settings
 from broker.errors import BrokerError, CodecError, ReferralError, SecurityError, SignatureInvalid
 from broker.kafka import clients
+from broker.kafka.reader import TopicReader
 from broker.security.keys import ROUTER, LiveKeys, LiveTrust, OrgKeys, TrustStore
 from broker.security.signing import (
     SIGNATURE_HEADERS,
@@ -236,28 +236,15 @@ def read_checkpoints(
     own = consumer is None
     reader = consumer or clients.consumer(settings, group_id=None, role="checkpoints")
     try:
-        deadline = time.monotonic() + timeout
-        parts = reader.partitions_for_topic(topic)
-        while parts is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-            parts = reader.partitions_for_topic(topic)
-        if not parts:
+        topic_reader = TopicReader(
+            reader, topic, timeout=timeout, idle=idle, wait_for_topic=timeout
+        )
+        if not topic_reader.partitions(topic):
             return
         tp = TopicPartition(topic, 0)
-        reader.assign([tp])
-        reader.seek(tp, start)
-        end = int(reader.end_offsets([tp]).get(tp, 0))
-        last = time.monotonic()
-        position = start
-        while time.monotonic() < deadline:
-            got = reader.poll(timeout_ms=100).get(tp, [])
-            for rec in got:
-                position = rec.offset + 1
+        for batch in topic_reader.batches({tp: start}, partitions=[tp]):
+            for rec in batch:
                 yield rec.offset, bytes(rec.value or b""), tuple(rec.headers or ())
-            if got:
-                last = time.monotonic()
-            elif position >= end and time.monotonic() - last >= idle:
-                break
     except KafkaError as exc:
         raise BrokerError(f"cannot read the checkpoints {topic}: {type(exc).__name__}") from exc
     finally:

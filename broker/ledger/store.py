@@ -46,7 +46,6 @@ import hashlib
 import json
 import sqlite3
 import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,6 +58,7 @@ from kafka.errors import KafkaError
 from broker.config import Settings
 from broker.errors import BrokerError, CodecError, ConfigError, LedgerStoreError, SecurityError
 from broker.kafka import clients
+from broker.kafka.reader import TopicReader
 from broker.ledger.batchwriter import event_id
 from broker.ledger.checkpoint import Checkpoint, HeldHead, read_checkpoints
 from broker.ledger.events import decode_events
@@ -466,33 +466,22 @@ class LedgerStore:
     def _sync(
         self, reader: KafkaConsumer, topic: str, codec: Codec, timeout: float, idle: float
     ) -> SyncReport:
-        deadline = time.monotonic() + timeout
-        parts = reader.partitions_for_topic(topic)
-        while parts is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-            parts = reader.partitions_for_topic(topic)
+        topic_reader = TopicReader(
+            reader, topic, timeout=timeout, idle=idle, wait_for_topic=min(timeout, 10.0)
+        )
+        parts = topic_reader.partitions(topic)
         if not parts:
             raise LedgerStoreError(f"the ledger topic {topic} does not exist")
-        if parts != {0}:
+        if parts != [0]:
             raise LedgerStoreError(
                 f"the ledger topic {topic} has {len(parts)} partitions; "
                 "it needs one for a total order"
             )
         tp = TopicPartition(topic, 0)
-        reader.assign([tp])
         start = self.next_offset
-        reader.seek(tp, start)
-        listed_end = int(reader.end_offsets([tp]).get(tp, 0))
         records = added = repeated = undecodable = 0
         next_offset = start
-        last_new = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = reader.poll(timeout_ms=100, max_records=2000)
-            got = batch.get(tp, [])
-            if not got:
-                if next_offset >= listed_end and time.monotonic() - last_new >= idle:
-                    break
-                continue
+        for got in topic_reader.batches({tp: start}, partitions=[tp]):
             bad = 0
             # One transaction per batch: the entries and the offset they advance to.
             with self._db.transaction() as conn:
@@ -511,7 +500,6 @@ class LedgerStore:
                 self._set_meta(conn, "topic", topic)
                 self._set_meta(conn, "next_offset", next_offset)
                 self._set_meta(conn, "undecodable", int(self._meta("undecodable") or 0) + bad)
-            last_new = time.monotonic()
         if records == 0:
             with self._db.transaction() as conn:
                 self._set_meta(conn, "topic", topic)

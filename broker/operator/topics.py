@@ -6,7 +6,6 @@ caller hands in the Kafka clients (an admin client and a group-less consumer).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +14,7 @@ from kafka.errors import KafkaError
 
 from broker.errors import BrokerError
 from broker.kafka.provision import describe_topics
+from broker.kafka.reader import TopicReader
 
 __all__ = ["SMALL_TOPIC", "TopicStats", "deployment_topics", "topic_stats"]
 
@@ -69,21 +69,13 @@ def _read_ends(
     """(records read, true end offset) per partition, reading from the start until idle."""
     counts = dict.fromkeys(tps, 0)
     ends = {tp: int(listed_end.get(tp, 0)) for tp in tps}
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    deadline = time.monotonic() + 30
-    last_new = time.monotonic()
-    while time.monotonic() < deadline:
-        batch = consumer.poll(timeout_ms=200, max_records=5000)
-        for tp, records in batch.items():
-            counts[tp] += len(records)
-            ends[tp] = max(ends[tp], records[-1].offset + 1)
-        if batch:
-            last_new = time.monotonic()
-        elif time.monotonic() - last_new >= 0.5 and all(
-            consumer.position(tp) >= listed_end.get(tp, 0) for tp in tps
-        ):
-            break
+    topics = sorted({tp.topic for tp in tps})
+    reader = TopicReader(consumer, *topics, timeout=30, idle=0.5, poll_ms=200)
+    for batch in reader.batches(partitions=tps, max_records=5000):
+        for r in batch:
+            tp = TopicPartition(r.topic, r.partition)
+            counts[tp] += 1
+            ends[tp] = max(ends[tp], r.offset + 1)
     return counts, ends
 
 

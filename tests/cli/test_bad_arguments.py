@@ -91,9 +91,15 @@ def bad_value(param: Any, tmp_path: Path) -> str:
         return WRONG_KIND[ann]
     if is_enum(param):
         return "NOPE"
+    if ann is Path and param.name in OUTPUTS:
+        return str(tmp_path / "no-such-dir" / "out.json")  # written, so its folder must exist
     if ann is Path:
         return str(tmp_path / "no-such-file.toml")
     return UNKNOWN.get(param.name, "nope")
+
+
+#: Path parameters that name a file to write, not one to read.
+OUTPUTS = frozenset({"out"})
 
 
 def invocation(words: list[str], cmd: Any, tmp_path: Path, bad: Any = None) -> list[str]:
