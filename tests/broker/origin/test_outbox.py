@@ -210,7 +210,7 @@ def test_an_outbox_file_from_before_refusals_opens_and_refuses(tmp_path: Path) -
 
 def test_referral_outbox_shows_sends_and_refusals(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    box = Outbox(state / "orgs" / "hl-a" / "outbox.sqlite3")
+    box = Outbox(state / "orgs" / "hl-nl" / "outbox.sqlite3")
     box.add(_rid(1), "case-1", "referrals.intake", b"v", [], ["police-nl"])
     box.mark_sent(_rid(1))
     box.mark_sent(_rid(1))
@@ -222,7 +222,7 @@ def test_referral_outbox_shows_sends_and_refusals(tmp_path: Path) -> None:
     env = {"REFERRAL_STATE_DIR": str(state), "COLUMNS": "250"}
     runner = CliRunner()
 
-    res = runner.invoke(app, ["outbox", "hl-a", "--json"], env=env)
+    res = runner.invoke(app, ["outbox", "hl-nl", "--json"], env=env)
     assert res.exit_code == 0, res.output
     rows = {r["referral_id"]: r for r in json.loads(res.stdout)}
     assert set(rows) == {_rid(1), _rid(2)}, "a received referral is not listed"
@@ -230,7 +230,7 @@ def test_referral_outbox_shows_sends_and_refusals(tmp_path: Path) -> None:
     assert rows[_rid(2)]["state"] == "refused"
     assert rows[_rid(2)]["refused_by"] == [{"org_id": "police-fr", "reason": "HTTP_[bold]422"}]
 
-    res = runner.invoke(app, ["outbox", "hl-a"], env=env)
+    res = runner.invoke(app, ["outbox", "hl-nl"], env=env)
     assert res.exit_code == 0, res.output
     assert "1 pending, 1 refused" in res.stdout
     line = next(ln for ln in res.stdout.splitlines() if _rid(2) in ln)
@@ -238,7 +238,7 @@ def test_referral_outbox_shows_sends_and_refusals(tmp_path: Path) -> None:
     line = next(ln for ln in res.stdout.splitlines() if _rid(1) in ln)
     assert line.rstrip(" │").endswith("3"), "sends per referral"
     # At an 80-column terminal: short ids, every line fits, and the refusal still shows.
-    res = runner.invoke(app, ["outbox", "hl-a"], env={**env, "COLUMNS": "80"})
+    res = runner.invoke(app, ["outbox", "hl-nl"], env={**env, "COLUMNS": "80"})
     assert res.exit_code == 0, res.output
     assert all(len(ln) <= 80 for ln in res.stdout.splitlines()), res.stdout
     line = next(ln for ln in res.stdout.splitlines() if _rid(1)[:8] in ln)
