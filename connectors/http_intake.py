@@ -169,42 +169,48 @@ def _accepted(result: BatchResult) -> JSONResponse:
     )
 
 
-def build_app(
-    publisher: Publisher,
-    token: SecretStr,
-    config: HttpIntakeConfig,
-    keys: IdempotencyKeys | None = None,
-    guard: ConnectionGuard | None = None,
-) -> Starlette:
-    """The Starlette app of the intake (separate from the server for tests); it tells
-    ``guard`` which connections carried the right token."""
-    expected = f"Bearer {token.get_secret_value()}".encode()
-    too_large = f"body exceeds {config.max_body_bytes} bytes"
+class _Intake:
+    """The intake's request handlers over one publisher, token and configuration."""
 
-    async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "org": publisher.org.id})
+    def __init__(
+        self,
+        publisher: Publisher,
+        token: SecretStr,
+        config: HttpIntakeConfig,
+        keys: IdempotencyKeys | None,
+        guard: ConnectionGuard | None,
+    ) -> None:
+        self.publisher = publisher
+        self.config = config
+        self.keys = keys
+        self.guard = guard
+        self.expected = f"Bearer {token.get_secret_value()}".encode()
+        self.too_large = f"body exceeds {config.max_body_bytes} bytes"
 
-    async def read_body(request: Request) -> bytes | JSONResponse:
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "org": self.publisher.org.id})
+
+    async def read_body(self, request: Request) -> bytes | JSONResponse:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
-            return _problem(413, "Payload Too Large", too_large, close=True)
+        if length is not None and length.isdigit() and int(length) > self.config.max_body_bytes:
+            return _problem(413, "Payload Too Large", self.too_large, close=True)
         body = bytearray()
         try:
-            async with asyncio.timeout(config.body_timeout):
+            async with asyncio.timeout(self.config.body_timeout):
                 async for chunk in request.stream():
                     body.extend(chunk)
-                    if len(body) > config.max_body_bytes:
-                        return _problem(413, "Payload Too Large", too_large, close=True)
+                    if len(body) > self.config.max_body_bytes:
+                        return _problem(413, "Payload Too Large", self.too_large, close=True)
         except TimeoutError:
             return _problem(
                 408,
                 "Request Timeout",
-                f"body not received in {config.body_timeout:g}s",
+                f"body not received in {self.config.body_timeout:g}s",
                 close=True,
             )
         return bytes(body)
 
-    async def process(body: bytes) -> JSONResponse:
+    async def process(self, body: bytes) -> JSONResponse:
         try:
             data = load_json(body)
         except ValidationFailed as exc:
@@ -214,10 +220,12 @@ def build_app(
             return _problem(
                 400, "Bad Request", "body must be a referral object or a non-empty list"
             )
-        if len(items) > config.max_batch:
-            return _problem(413, "Payload Too Large", f"batch exceeds {config.max_batch} referrals")
+        if len(items) > self.config.max_batch:
+            return _problem(
+                413, "Payload Too Large", f"batch exceeds {self.config.max_batch} referrals"
+            )
         rows = json_rows(data) if isinstance(data, list) else [("[0]", normalise(data))]
-        prepared, problems = await run_in_threadpool(_prepare_all, publisher, rows)
+        prepared, problems = await run_in_threadpool(_prepare_all, self.publisher, rows)
         if problems:
             return _problem(
                 422,
@@ -226,19 +234,19 @@ def build_app(
                 "nothing was published",
                 problems,
             )
-        amendments = await run_in_threadpool(publisher.conflicts, prepared)
+        amendments = await run_in_threadpool(self.publisher.conflicts, prepared)
         if amendments:
             return _conflict(amendments)
-        result = await run_in_threadpool(publisher.publish_prepared, prepared)
+        result = await run_in_threadpool(self.publisher.publish_prepared, prepared)
         if result.rejected:
             return _conflict(result.rejected, result)
         return _accepted(result)
 
     async def once(
-        key: str, body: bytes, handle: Callable[[bytes], Awaitable[JSONResponse]]
+        self, key: str, body: bytes, handle: Callable[[bytes], Awaitable[JSONResponse]]
     ) -> Response:
-        assert keys is not None
-        claim = await run_in_threadpool(keys.claim, key, hashlib.sha256(body).hexdigest())
+        assert self.keys is not None
+        claim = await run_in_threadpool(self.keys.claim, key, hashlib.sha256(body).hexdigest())
         if claim.state == "replay":
             return Response(
                 claim.answer,
@@ -258,48 +266,59 @@ def build_app(
         finally:
             if response is not None and response.status_code in _REPLAYED:
                 await run_in_threadpool(
-                    keys.answer,
+                    self.keys.answer,
                     key,
                     response.status_code,
                     response.media_type or "application/json",
                     bytes(response.body),
                 )
             else:
-                await run_in_threadpool(keys.release, key)
+                await run_in_threadpool(self.keys.release, key)
         return response
 
-    async def referrals(request: Request) -> Response:
+    async def referrals(self, request: Request) -> Response:
         given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        if not hmac.compare_digest(given, self.expected):
             return _problem(401, "Unauthorized", "a valid bearer token is required")
-        if guard is not None:
-            guard.prove(request.client)
+        if self.guard is not None:
+            self.guard.prove(request.client)
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media != "application/json":
             return _problem(415, "Unsupported Media Type", "the body must be application/json")
         key = request.headers.get("idempotency-key")
-        if key is not None and (keys is None or not valid_key(key)):
+        if key is not None and (self.keys is None or not valid_key(key)):
             return _problem(
                 400, "Bad Request", "Idempotency-Key must be 1 to 255 visible ASCII characters"
             )
         try:
-            body = await read_body(request)
+            body = await self.read_body(request)
         except ClientDisconnect:
             return _problem(400, "Bad Request", "the client went away")
         if isinstance(body, JSONResponse):
             return body
         try:
             if key is not None:
-                return await once(key, body, process)
-            return await process(body)
+                return await self.once(key, body, self.process)
+            return await self.process(body)
         except Exception:  # never a traceback to the client
             log.exception("http intake: unexpected failure")
             return _problem(500, "Internal Server Error", "the referral was not processed")
 
+
+def build_app(
+    publisher: Publisher,
+    token: SecretStr,
+    config: HttpIntakeConfig,
+    keys: IdempotencyKeys | None = None,
+    guard: ConnectionGuard | None = None,
+) -> Starlette:
+    """The Starlette app of the intake (separate from the server for tests); it tells
+    ``guard`` which connections carried the right token."""
+    intake = _Intake(publisher, token, config, keys, guard)
     return Starlette(
         routes=[
-            Route("/health", health, methods=["GET"]),
-            Route("/referrals", referrals, methods=["POST"]),
+            Route("/health", intake.health, methods=["GET"]),
+            Route("/referrals", intake.referrals, methods=["POST"]),
         ]
     )
 

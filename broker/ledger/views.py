@@ -343,55 +343,21 @@ def trace(
     mine = _order(r for r in records if r.referral_id == referral_id)
     if not mine:
         raise UnknownReferral(f"no handover event for referral {referral_id} in the ledger")
-    hops = []
-    previous: datetime | None = None
-    for r in mine:
-        hops.append(
-            Hop(
-                record=r,
-                since_previous=(r.at - previous) if previous is not None else None,
-                jurisdiction=names.jurisdiction_of(r.topic) if r.topic else None,
-            )
-        )
-        previous = r.at
+    hops = _hops(mine, names)
     reasons = {
         r.topic: r.reason
         for r in mine
         if r.event == HandoverEventType.ROUTED and r.topic and r.reason
     }
     accepted = [r for r in mine if _is_accepted_status(r, names)]
-    received: dict[str, datetime] = {}
-    by_org: dict[str, list[tuple[str, datetime]]] = {}
-    outcomes: dict[str, str] = {}
-    for r in accepted:
-        org = r.from_party or ""
-        status, summary = split_status_reason(r.reason)
-        if status == ReferralStatus.RECEIVED:
-            received.setdefault(org, r.at)
-        by_org.setdefault(org, []).append((status, r.at))
-        if summary:
-            outcomes[org] = summary
-    statuses: dict[str, str] = {}
-    for org, updates in by_org.items():
-        current = current_status(updates)
-        if current is not None:
-            statuses[org] = current[0].value
+    received, statuses, outcomes = _per_recipient(accepted)
     overall = current_status((_status(r), r.at) for r in accepted)
     status_by = None
     if overall is not None:
         status_by = next(
             r.from_party for r in accepted if (_status(r), r.at) == (overall[0].value, overall[1])
         )
-    links = [
-        link
-        for r in mine
-        if r.event == HandoverEventType.REROUTED
-        and (link := parse_reroute(referral_id, r.reason)) is not None
-    ]
-    children = tuple(
-        dict.fromkeys(x for x in links if x.parent_referral_id == referral_id and x.country)
-    )
-    parent = next((x for x in links if x.child_referral_id == referral_id), None)
+    children, parent = _family(mine, referral_id)
     amendments = tuple(
         sorted(
             {
@@ -422,6 +388,62 @@ def trace(
         parent=parent,
         amendments=amendments,
     )
+
+
+def _hops(mine: Sequence[HandoverRecord], names: TopicNames) -> list[Hop]:
+    """Each record as a hop, with the time since the one before and its jurisdiction."""
+    hops = []
+    previous: datetime | None = None
+    for r in mine:
+        hops.append(
+            Hop(
+                record=r,
+                since_previous=(r.at - previous) if previous is not None else None,
+                jurisdiction=names.jurisdiction_of(r.topic) if r.topic else None,
+            )
+        )
+        previous = r.at
+    return hops
+
+
+def _per_recipient(
+    accepted: Sequence[HandoverRecord],
+) -> tuple[dict[str, datetime], dict[str, str], dict[str, str]]:
+    """By recipient: when it answered RECEIVED, its current status, its items' summary."""
+    received: dict[str, datetime] = {}
+    by_org: dict[str, list[tuple[str, datetime]]] = {}
+    outcomes: dict[str, str] = {}
+    for r in accepted:
+        org = r.from_party or ""
+        status, summary = split_status_reason(r.reason)
+        if status == ReferralStatus.RECEIVED:
+            received.setdefault(org, r.at)
+        by_org.setdefault(org, []).append((status, r.at))
+        if summary:
+            outcomes[org] = summary
+    statuses: dict[str, str] = {}
+    for org, updates in by_org.items():
+        current = current_status(updates)
+        if current is not None:
+            statuses[org] = current[0].value
+    return received, statuses, outcomes
+
+
+def _family(
+    mine: Sequence[HandoverRecord], referral_id: str
+) -> tuple[tuple[Reroute, ...], Reroute | None]:
+    """The child referrals of moved items, and the parent this one was re-referred from."""
+    links = [
+        link
+        for r in mine
+        if r.event == HandoverEventType.REROUTED
+        and (link := parse_reroute(referral_id, r.reason)) is not None
+    ]
+    children = tuple(
+        dict.fromkeys(x for x in links if x.parent_referral_id == referral_id and x.country)
+    )
+    parent = next((x for x in links if x.child_referral_id == referral_id), None)
+    return children, parent
 
 
 # -- the network -------------------------------------------------------------------------------
