@@ -401,8 +401,7 @@ def _network(
     )  # fmt: skip
 
 
-def _figures(
-    args: argparse.Namespace,
+def _stages(
     origins: list[str],
     phase_a: list[BenchReferral],
     phase_b: list[BenchReferral],
@@ -412,12 +411,11 @@ def _figures(
     sources: list[Worker],
     results: dict[str, dict[str, Any]],
     cpu: dict[str, dict[str, float]],
-    peak: dict[str, float],
-    receiver: WebhookReceiver,
-) -> dict[str, Any]:
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], dict[str, list[float]], int]:
+    """Phase A's rate per stage, and what phase B's latencies and the accounting need."""
     src_us, router_us, sink_us = floor["source_us"], floor["router_us"], floor["sink_us"]
     network_us = round(src_us + router_us + 2 * sink_us, 2)
-    rows = []
+    rows: list[dict[str, Any]] = []
     starts, ends = [], []
     for org, w in zip(origins, sources, strict=True):
         ev = w.wait("published", 0, phase="A")
@@ -475,6 +473,17 @@ def _figures(
         stage("end to end (first publish to last RECEIVED)", e2e, network_us, None, len(done_a))
     )
 
+    return rows, ids_a, ids_b, delivered_lat, missing
+
+
+def _latency_figures(
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    ids_b: dict[str, Any],
+    delivered_lat: dict[str, list[float]],
+    times: Times,
+) -> dict[str, Any]:
+    """Phase B's latencies at the steady rate (with a warning where sinks were saturated)."""
     pub_b = [times.published[rid] for rid in ids_b if rid in times.published]
     received_b = [
         at - times.published[rid] for (rid, _), at in times.received.items() if rid in ids_b
@@ -500,6 +509,29 @@ def _figures(
         "publish_to_received_at_origin": ms_quantiles(received_b),
         "publish_to_all_received": ms_quantiles(complete_b),
     }
+    return latency
+
+
+def _figures(
+    args: argparse.Namespace,
+    origins: list[str],
+    phase_a: list[BenchReferral],
+    phase_b: list[BenchReferral],
+    published_a: int,
+    floor: dict[str, Any],
+    times: Times,
+    sources: list[Worker],
+    results: dict[str, dict[str, Any]],
+    cpu: dict[str, dict[str, float]],
+    peak: dict[str, float],
+    receiver: WebhookReceiver,
+) -> dict[str, Any]:
+    src_us, router_us, sink_us = floor["source_us"], floor["router_us"], floor["sink_us"]
+    network_us = round(src_us + router_us + 2 * sink_us, 2)
+    rows, ids_a, ids_b, delivered_lat, missing = _stages(
+        origins, phase_a, phase_b, published_a, floor, times, sources, results, cpu
+    )
+    latency = _latency_figures(args, rows, ids_b, delivered_lat, times)
     expected_deliveries = sum(len(to) for to in [*ids_a.values(), *ids_b.values()])
     accounting = {
         "published": len(times.published),

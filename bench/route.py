@@ -404,8 +404,7 @@ def _quantiles(values: list[float]) -> list[float]:
     return statistics.quantiles(sorted(values), n=100)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark (or one worker, with ``--worker``)."""
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000, help="referrals to preload")
     ap.add_argument("--rate", type=int, default=1000, help="steady rate for the latency run")
@@ -423,13 +422,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--prefix", default="", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _run_as_worker(args: argparse.Namespace) -> bool:
+    """Run one worker if ``--worker`` names one (its figures on stdout); True if it did."""
     if args.worker == "pipe":
         worker_pipe(args.bootstrap, args.prefix)
-        return
+        return True
     if args.worker == "reader":
         worker_reader(args.bootstrap, args.prefix, args.n)
-        return
+        return True
     if args.worker:
         if args.worker in ("baseline", "baseline-gc"):
             out = worker_baseline(
@@ -438,8 +441,37 @@ def main(argv: list[str] | None = None) -> None:
         else:
             out = worker_router(args.bootstrap, args.prefix, args.n, ledger=args.worker == "router")
         print(json.dumps(out))
-        return
+        return True
 
+    return False
+
+
+def _latency_runs(
+    args: argparse.Namespace, network: Any, broker: EmbeddedBroker
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The steady-rate latency through the router and through the raw pipe (in turn)."""
+    lat: dict[str, Any] = {}
+    pipe_lat: dict[str, Any] = {}
+    if args.latency_seconds <= 0:
+        return lat, pipe_lat
+    for name in ("latpipe.", "lat.") if not args.router_first else ("lat.", "latpipe."):
+        lat_settings = _settings(broker.bootstrap, name)
+        admin = clients.admin_client(lat_settings)
+        provision(admin, network, lat_settings.topic_names())
+        admin.close()
+        pid = broker._proc.pid if broker._proc else 0
+        if name == "lat.":
+            lat = _latency(lat_settings, args.rate, args.latency_seconds, broker_pid=pid)
+        else:
+            pipe_lat = _latency(
+                lat_settings, args.rate, args.latency_seconds, pipe=True, broker_pid=pid
+            )
+    return lat, pipe_lat
+
+
+def _measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Preload the broker, run every side and the latency runs; the figures as one dict,
+    and each side's own."""
     network = load_network(NETWORK)
     with EmbeddedBroker() as broker:
         prefix = "bench."
@@ -465,27 +497,13 @@ def main(argv: list[str] | None = None) -> None:
         side = {kind: _run_worker(kind, broker.bootstrap, prefix, args.n) for kind in order}
         baseline, router, bare = side["baseline"], side["router"], side["router-noledger"]
         tuned = side["baseline-gc"]
-        lat: dict[str, Any] = {}
-        pipe_lat: dict[str, Any] = {}
-        if args.latency_seconds > 0:
-            for name in ("latpipe.", "lat.") if not args.router_first else ("lat.", "latpipe."):
-                lat_settings = _settings(broker.bootstrap, name)
-                admin = clients.admin_client(lat_settings)
-                provision(admin, network, lat_settings.topic_names())
-                admin.close()
-                pid = broker._proc.pid if broker._proc else 0
-                if name == "lat.":
-                    lat = _latency(lat_settings, args.rate, args.latency_seconds, broker_pid=pid)
-                else:
-                    pipe_lat = _latency(
-                        lat_settings, args.rate, args.latency_seconds, pipe=True, broker_pid=pid
-                    )
+        lat, pipe_lat = _latency_runs(args, network, broker)
 
     b_rate = baseline["count"] / baseline["seconds"]
     r_rate = router["count"] / router["seconds"]
     bare_rate = bare["count"] / bare["seconds"]
     tuned_rate = tuned["count"] / tuned["seconds"]
-    result = {
+    return {
         "machine": (
             f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
         ),
@@ -518,7 +536,22 @@ def main(argv: list[str] | None = None) -> None:
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "latency": lat,
         "baseline_latency": pipe_lat,
-    }
+    }, side
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (or one worker, with ``--worker``)."""
+    args = _parse(argv)
+    if _run_as_worker(args):
+        return
+    result, side = _measure(args)
+    preload_s, lat, pipe_lat = result["preload_s"], result["latency"], result["baseline_latency"]
+    baseline, router, bare = side["baseline"], side["router"], side["router-noledger"]
+    tuned = side["baseline-gc"]
+    b_rate = baseline["count"] / baseline["seconds"]
+    r_rate = router["count"] / router["seconds"]
+    bare_rate = bare["count"] / bare["seconds"]
+    tuned_rate = tuned["count"] / tuned["seconds"]
     if args.json:
         print(json.dumps(result))
         return
@@ -530,8 +563,8 @@ def main(argv: list[str] | None = None) -> None:
         ("router without ledger events", bare_rate, bare),
         ("baseline, router's GC tuning", tuned_rate, tuned),
     )
-    for label, rate, side in rows:
-        print(f"{label:29s} {rate:>10,.0f} referrals/s   peak RSS {side['rss_mb']:.0f} MB")
+    for label, rate, figures in rows:
+        print(f"{label:29s} {rate:>10,.0f} referrals/s   peak RSS {figures['rss_mb']:.0f} MB")
     print(
         f"ratio router/baseline: {r_rate / b_rate:.2f} "
         f"(against the baseline with the router's GC tuning: {r_rate / tuned_rate:.2f})"

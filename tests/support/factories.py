@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from hypothesis import strategies as st
 
@@ -152,8 +152,9 @@ uuids = st.uuids().map(str)
 timestamps = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2024, 12, 31), timezones=st.just(UTC)
 ).map(lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000))
+_SURROGATES: tuple[Literal["Cs"]] = ("Cs",)
 text = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40
+    alphabet=st.characters(codec="utf-8", exclude_categories=_SURROGATES), min_size=1, max_size=40
 )
 visible = st.text(
     alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=30
