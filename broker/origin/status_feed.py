@@ -192,6 +192,13 @@ class StatusFeed(LoopService[StatusSink]):
             return
         raw_version = datum.get("referral_version")
         version = raw_version if isinstance(raw_version, int) else 1
+        if entry is not None and not 1 <= version <= entry.version:
+            unpublished = SecurityError(
+                f"status of {emitted_by} names version {version} of referral {referral_id},"
+                f" which its origin never published (latest {entry.version})"
+            )
+            self._refuse(ctx, DeadLetterStage.STATUS_VERIFY, unpublished, referral_id)
+            return
         if status == ReferralStatus.RECEIVED:
             self.outbox.mark_received(referral_id, emitted_by, version=version)
         elif status == ReferralStatus.REJECTED:

@@ -819,3 +819,50 @@ def test_verify_names_every_breach_not_only_the_first(
     assert lines[0].startswith("ledger broken at entry 0: unsigned"), out
     assert any(ln.startswith("ledger broken at entry 3: unsigned") for ln in lines), out
     assert any(ln.startswith("ledger broken at entry 6: altered") for ln in lines), out
+
+
+def test_a_status_for_a_version_never_published_is_refused(
+    keyed: tuple[Settings, Network],
+) -> None:
+    """police-de, a real recipient, signs a RECEIVED for version 7 of a referral whose origin
+    published only version 1: refused (STATUS_VERIFY), and its replay is refused again."""
+    settings, network = keyed
+    names = settings.topic_names()
+    codec = codec_for(settings)
+    with ExitStack() as stack:
+        stack.callback(start_router(settings, network, codec).stop)
+        origin = ConnectorRuntime(settings, network, "hl-a", codec, env=ENV)
+        stack.callback(origin.stop)
+        origin.start()
+        data = referral_json("hl-a", "DE")
+        rid, case = data["envelope"]["referral_id"], data["envelope"]["case_id"]
+        assert origin.publisher.publish([("row", data)]).published[0].sent
+        producer = clients.producer(settings, role="test-police")
+        stack.callback(producer.close)
+        sender = StatusSender(
+            producer, codec, names, security=ReceiverSecurity.load(settings, network, "police-de")
+        )
+        update = StatusUpdate(
+            referral_id=rid,
+            case_id=case,
+            emitted_by="police-de",
+            emitted_at=utc_now_ms(),
+            status=ReferralStatus.RECEIVED,
+            origin_org="hl-a",
+            referral_version=7,
+        )
+        sender.send(update).get(timeout=10)
+        [dead] = _dead(settings, "STATUS_VERIFY", 1)
+        assert "names version 7 of referral" in (header(dead, H_MESSAGE) or "")
+        assert "never published (latest 1)" in (header(dead, H_MESSAGE) or "")
+        # Replayed byte for byte by someone without keys: refused again, never a receipt.
+        publish(settings, names.status_intake, [(rid.encode(), dead.value)], _signature(dead))
+        _dead(settings, "STATUS_VERIFY", 2)
+        [pending] = origin.outbox.pending()
+        assert pending.waiting_for == ("police-de",)
+        assert origin.status_log.refused_statuses() == {"STATUS_VERIFY": 2}
+
+
+def _signature(record: Any) -> list[tuple[str, bytes]]:
+    """The signature headers a dead letter kept of the original record."""
+    return [(k, v) for k, v in record.headers or () if k.startswith("referral.sig")]
