@@ -12,7 +12,8 @@ attribute not on an allow-list.
 
 Exporters are chosen by settings: ``none`` (the default: no SDK, near-zero
 cost; incoming trace context is still passed on unchanged), ``console``,
-``otlp`` (OTLP over HTTP to any collector) and ``jsonl`` (one JSON object per
+``otlp`` (OTLP over HTTP to any collector; the endpoint and resource follow the
+OpenTelemetry ``OTEL_*`` variables, see :func:`otlp_traces_url`) and ``jsonl`` (one JSON object per
 finished span in a local file).
 """
 
@@ -26,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -52,8 +54,11 @@ __all__ = [
     "Tracing",
     "extract",
     "inject",
+    "otlp_traces_url",
+    "resource_attributes",
     "safe_attributes",
     "setup_tracing",
+    "trace_exporter_of",
     "trace_id_of",
 ]
 
@@ -275,9 +280,76 @@ class Tracing:
             self.provider.shutdown()
 
 
+#: Where spans go when OTLP is chosen and no endpoint is set (the specification's default).
+DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
+_TRACES_PATH = "/v1/traces"
+
+
+def _signal_url(base: str) -> str:
+    """``base`` with ``/v1/traces`` appended, as the specification says for a base URL."""
+    return base.rstrip("/") + _TRACES_PATH
+
+
+def otlp_traces_url(settings: Settings) -> str:
+    """The URL OTLP/HTTP spans are posted to.
+
+    The project's ``otlp_endpoint`` (``REFERRAL_OTLP_ENDPOINT``) wins when set: a base
+    URL gets ``/v1/traces`` appended, one already ending in it (the earlier form) is
+    kept. Otherwise ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is used as it is, then
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` as a base URL, then ``http://localhost:4318``.
+    """
+    own = settings.otlp_endpoint
+    if own:
+        return own if own.rstrip("/").endswith(_TRACES_PATH) else _signal_url(own)
+    if settings.otel_exporter_otlp_traces_endpoint:
+        return settings.otel_exporter_otlp_traces_endpoint
+    return _signal_url(settings.otel_exporter_otlp_endpoint or DEFAULT_OTLP_ENDPOINT)
+
+
+def trace_exporter_of(settings: Settings) -> str:
+    """The exporter in effect: the project's setting, else ``OTEL_TRACES_EXPORTER``, else
+    ``otlp`` when any OTLP endpoint is set, else ``none``."""
+    if settings.trace_exporter is not None:
+        return settings.trace_exporter
+    chosen = (settings.otel_traces_exporter or "").strip().lower()
+    if chosen:
+        if chosen not in ("otlp", "console", "none"):
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER={chosen[:32]!r} is not supported (otlp, console or none)"
+            )
+        return chosen
+    endpoints = (
+        settings.otlp_endpoint,
+        settings.otel_exporter_otlp_endpoint,
+        settings.otel_exporter_otlp_traces_endpoint,
+    )
+    return "otlp" if any(endpoints) else "none"
+
+
+def resource_attributes(settings: Settings, service: str) -> dict[str, str]:
+    """The resource of ``service``'s spans: ``OTEL_RESOURCE_ATTRIBUTES``, then the service name.
+
+    ``service.name`` is ``OTEL_SERVICE_NAME``, else the one in the attributes, else the
+    component's own name; ``referral.component`` always names the component.
+    """
+    attrs: dict[str, str] = {}
+    for part in (settings.otel_resource_attributes or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                "OTEL_RESOURCE_ATTRIBUTES must be key=value pairs separated by commas"
+            )
+        attrs[unquote(key.strip())] = unquote(value.strip())
+    attrs["service.name"] = settings.otel_service_name or attrs.get("service.name") or service
+    attrs["referral.component"] = service
+    return attrs
+
+
 def setup_tracing(settings: Settings, service: str) -> Tracing:
-    """Tracing for ``service`` with the exporter the settings name."""
-    kind = settings.trace_exporter
+    """Tracing for ``service`` with the exporter the settings (or the OTEL_* variables) name."""
+    kind = trace_exporter_of(settings)
     if kind == "none":
         return Tracing(None, service)
     exporter: SpanExporter
@@ -293,11 +365,10 @@ def setup_tracing(settings: Settings, service: str) -> Tracing:
             raise ConfigError(
                 "trace_exporter=otlp needs opentelemetry-exporter-otlp-proto-http"
             ) from exc
-        endpoint = settings.otlp_endpoint or "http://127.0.0.1:4318/v1/traces"
-        exporter = OTLPSpanExporter(endpoint=endpoint)
+        exporter = OTLPSpanExporter(endpoint=otlp_traces_url(settings))
     else:  # pragma: no cover - Settings restricts the values
         raise ConfigError(f"unknown trace exporter {kind!r}")
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider = TracerProvider(resource=Resource.create(resource_attributes(settings, service)))
     processor = SimpleSpanProcessor(exporter) if kind == "jsonl" else BatchSpanProcessor(exporter)
     provider.add_span_processor(processor)
     return Tracing(provider, service)

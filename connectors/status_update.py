@@ -27,6 +27,7 @@ from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_even
 from broker.lifecycle import LifecycleError, advance, allowed_next
 from broker.network import Network
 from broker.security.rules import ReceiverSecurity
+from broker.tracing import Tracing
 from broker.wire.codec import Codec
 from broker.wire.models import ItemOutcome, ReferralStatus, StatusUpdate, problems_of, utc_now_ms
 from connectors.delivery import StatusSender
@@ -87,17 +88,23 @@ def new_status_update(
 
 
 def send_status_update(
-    settings: Settings, network: Network, codec: Codec, producer: Any, update: StatusUpdate
+    settings: Settings,
+    network: Network,
+    codec: Codec,
+    producer: Any,
+    update: StatusUpdate,
+    tracing: Tracing | None = None,
 ) -> None:
     """Sign and publish ``update`` as its emitter, record STATUS_SENT, remember it in the inbox.
 
-    Waits for the broker's acknowledgements; BrokerError if they do not come.
+    Waits for the broker's acknowledgements; BrokerError if they do not come. With
+    ``tracing``, the send is a PRODUCER span (the root of the status's trace).
     """
     org = update.emitted_by
     names = settings.topic_names()
     security = ReceiverSecurity.load(settings, network, org)
     try:
-        sender = StatusSender(producer, codec, names, security=security)
+        sender = StatusSender(producer, codec, names, tracing=tracing, security=security)
         meta = sender.send(update).get(timeout=30)
         LedgerEmitter(producer, codec, names.ledger, signer=security.ledger_signer()).emit(
             handover_event(

@@ -7,14 +7,25 @@ import json
 import uuid
 from pathlib import Path
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from broker.config import Settings
+from broker.errors import ConfigError
 from broker.network import Network
-from broker.tracing import Tracing, extract, inject, safe_attributes, setup_tracing
+from broker.tracing import (
+    Tracing,
+    extract,
+    inject,
+    otlp_traces_url,
+    resource_attributes,
+    safe_attributes,
+    setup_tracing,
+    trace_exporter_of,
+)
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL, EmbeddedRegistry
 from broker.wire.topics import Headers
@@ -129,3 +140,51 @@ def test_router_spans_continue_the_publishers_trace(
         assert traceparent.startswith(f"00-{trace_id:032x}-{send.context.span_id:016x}-")
     ledger_send = by_name[f"send {names.ledger}"]
     assert [link.context.span_id for link in ledger_send.links] == [process.context.span_id]
+
+
+def test_otlp_endpoint_is_a_base_url_unless_signal_specific() -> None:
+    base = Settings(otel_exporter_otlp_endpoint="http://collector.invalid:4318/")
+    assert otlp_traces_url(base) == "http://collector.invalid:4318/v1/traces"
+    assert trace_exporter_of(base) == "otlp"
+    specific = Settings(
+        otel_exporter_otlp_endpoint="http://collector.invalid:4318",
+        otel_exporter_otlp_traces_endpoint="http://traces.invalid:9/custom",
+    )
+    assert otlp_traces_url(specific) == "http://traces.invalid:9/custom"
+    # The project's own variable is an alias of the base URL, and wins over every OTEL_* one.
+    own = specific.model_copy(update={"otlp_endpoint": "http://own.invalid:4318"})
+    assert otlp_traces_url(own) == "http://own.invalid:4318/v1/traces"
+    # Its earlier form, the full /v1/traces URL, is kept as it is.
+    full = Settings(otlp_endpoint="http://own.invalid:4318/v1/traces")
+    assert otlp_traces_url(full) == "http://own.invalid:4318/v1/traces"
+    assert otlp_traces_url(Settings()) == "http://localhost:4318/v1/traces"
+    assert trace_exporter_of(Settings()) == "none"
+    assert trace_exporter_of(Settings(otel_traces_exporter="console")) == "console"
+    assert trace_exporter_of(base.model_copy(update={"trace_exporter": "none"})) == "none"
+
+
+def test_otel_variables_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env.invalid:4318")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "referrals-eu")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,team=ops%20eu")
+    settings = Settings()
+    assert otlp_traces_url(settings) == "http://env.invalid:4318/v1/traces"
+    assert resource_attributes(settings, "router") == {
+        "deployment.environment": "test",
+        "team": "ops eu",
+        "service.name": "referrals-eu",
+        "referral.component": "router",
+    }
+
+
+def test_service_name_falls_back_to_the_resource_attributes_then_the_component() -> None:
+    named = Settings(otel_resource_attributes="service.name=from-attrs")
+    assert resource_attributes(named, "router")["service.name"] == "from-attrs"
+    assert resource_attributes(Settings(), "router")["service.name"] == "router"
+
+
+def test_bad_otel_values_are_one_line_errors() -> None:
+    with pytest.raises(ConfigError, match="OTEL_RESOURCE_ATTRIBUTES must be key=value"):
+        resource_attributes(Settings(otel_resource_attributes="novalue"), "router")
+    with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER='zipkin' is not supported"):
+        trace_exporter_of(Settings(otel_traces_exporter="zipkin"))
