@@ -13,12 +13,14 @@ attribute not on an allow-list.
 Exporters are chosen by settings: ``none`` (the default: no SDK, near-zero
 cost; incoming trace context is still passed on unchanged), ``console``,
 ``otlp`` (OTLP over HTTP to any collector; the endpoint and resource follow the
-OpenTelemetry ``OTEL_*`` variables, see :func:`otlp_traces_url`) and ``jsonl`` (one JSON object per
-finished span in a local file).
+OpenTelemetry ``OTEL_*`` variables, see :func:`otlp_traces_url`) and ``jsonl``
+(OTLP JSON in a local file: one ``ExportTraceServiceRequest`` per line, as the
+collector's file receiver reads).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import random
@@ -29,8 +31,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from google.protobuf.json_format import MessageToDict
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -54,6 +58,7 @@ __all__ = [
     "Tracing",
     "extract",
     "inject",
+    "otlp_json",
     "otlp_traces_url",
     "resource_attributes",
     "safe_attributes",
@@ -131,8 +136,37 @@ def safe_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if k in ALLOWED_ATTRIBUTES and v not in (None, "")}
 
 
+#: Span fields the OTLP JSON encoding writes as hex strings, not protobuf JSON's base64.
+_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+
+
+def _hex_ids(message: dict[str, Any]) -> None:
+    for name in _ID_FIELDS:
+        if name in message:
+            message[name] = base64.b64decode(message[name]).hex()
+
+
+def otlp_json(spans: Sequence[ReadableSpan]) -> str:
+    """``spans`` as one OTLP JSON ``ExportTraceServiceRequest`` (one line).
+
+    The protobuf JSON mapping with OTLP's rules: camelCase names, trace and span ids
+    as hex strings, enums as integers, 64-bit integers (the times) as strings.
+    """
+    request = MessageToDict(encode_spans(spans), use_integers_for_enums=True)
+    for resource_spans in request.get("resourceSpans", ()):
+        for scope_spans in resource_spans.get("scopeSpans", ()):
+            for span in scope_spans.get("spans", ()):
+                _hex_ids(span)
+                for link in span.get("links", ()):
+                    _hex_ids(link)
+    return json.dumps(request, separators=(",", ":"), sort_keys=True)
+
+
 class JsonLinesSpanExporter(SpanExporter):
-    """Appends each finished span as one JSON object per line to a local file."""
+    """Appends each export as one OTLP JSON ``ExportTraceServiceRequest`` per line to a file.
+
+    The OpenTelemetry collector's file receiver (``otlpjsonfile``) reads the file as it is.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -141,38 +175,12 @@ class JsonLinesSpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Write the spans; never raises."""
-        lines = []
-        for span in spans:
-            ctx = span.get_span_context()
-            parent = span.parent
-            lines.append(
-                json.dumps(
-                    {
-                        "name": span.name,
-                        "kind": span.kind.name,
-                        "trace_id": f"{ctx.trace_id:032x}" if ctx else None,
-                        "span_id": f"{ctx.span_id:016x}" if ctx else None,
-                        "parent_span_id": f"{parent.span_id:016x}" if parent else None,
-                        "links": [
-                            {
-                                "trace_id": f"{link.context.trace_id:032x}",
-                                "span_id": f"{link.context.span_id:016x}",
-                            }
-                            for link in span.links
-                        ],
-                        "start_ns": span.start_time,
-                        "end_ns": span.end_time,
-                        "status": span.status.status_code.name,
-                        "attributes": dict(span.attributes or {}),
-                        "service": (span.resource.attributes or {}).get("service.name"),
-                    },
-                    sort_keys=True,
-                    default=str,
-                )
-            )
+        if not spans:
+            return SpanExportResult.SUCCESS
+        line = otlp_json(spans)
         try:
             with self._lock, self.path.open("a", encoding="utf-8") as out:
-                out.write("".join(line + "\n" for line in lines))
+                out.write(line + "\n")
         except OSError as exc:
             # The SDK's span processors drop a FAILURE silently: say it once per batch.
             log.warning(
