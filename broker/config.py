@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         description="none, console, otlp or jsonl; unset: otlp if an OTLP endpoint is set",
     )
     trace_file: Path | None = None
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus /metrics on 127.0.0.1 at this port (0: a free one).",
+    )
     otlp_endpoint: str | None = Field(
         default=None,
         description=(

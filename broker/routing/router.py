@@ -41,6 +41,7 @@ from broker.kafka.loop import BatchContext, ConsumeLoop, LoopStats, RecordContex
 from broker.kafka.partitioning import key_hash as murmur2_key_hash
 from broker.ledger.checkpoint import Checkpoint, Checkpointer
 from broker.ledger.events import HandoverEventType, LedgerEmitter
+from broker.metrics import Metrics
 from broker.network import Network
 from broker.routing.decide import DecisionCache, Destination, status_destination
 from broker.security.keys import ROUTER, LiveKeys, key_dir
@@ -79,6 +80,7 @@ class Router:
         max_records: int = 2000,
         emit_ledger: bool = True,
         tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
         keys: LiveKeys | None = None,
         checkpoint_every: float | None = None,
     ) -> None:
@@ -122,6 +124,7 @@ class Router:
             ),
             # Disabled tracing forwards the trace headers untouched: no middleware at all.
             tracing=self.tracing if self.tracing.enabled else None,
+            metrics=metrics.loop(ACTOR, settings.topic_prefix + group_id) if metrics else None,
             poll_timeout_ms=poll_timeout_ms,
         )
         self.stats: LoopStats = self.loop.stats
