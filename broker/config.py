@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker.errors import ConfigError
@@ -82,9 +82,45 @@ class Settings(BaseSettings):
     )
     schema_registry_password: SecretStr | None = None
     schema_registry_username: str | None = None
-    trace_exporter: TraceExporter = "none"
+    trace_exporter: TraceExporter | None = Field(
+        default=None,
+        description="none, console, otlp or jsonl; unset: otlp if an OTLP endpoint is set",
+    )
     trace_file: Path | None = None
-    otlp_endpoint: str | None = None
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus /metrics on 127.0.0.1 at this port (0: a free one).",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description=(
+            "OTLP/HTTP base URL (``/v1/traces`` appended; a URL already ending so is kept): "
+            "the project's alias of OTEL_EXPORTER_OTLP_ENDPOINT, and it wins over every OTEL_* one."
+        ),
+    )
+    # The OpenTelemetry SDK's own variables (no REFERRAL_ prefix), as the specification names them.
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("otel_exporter_otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "otel_exporter_otlp_traces_endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        ),
+    )
+    otel_traces_exporter: str | None = Field(
+        default=None, validation_alias=AliasChoices("otel_traces_exporter", "OTEL_TRACES_EXPORTER")
+    )
+    otel_service_name: str | None = Field(
+        default=None, validation_alias=AliasChoices("otel_service_name", "OTEL_SERVICE_NAME")
+    )
+    otel_resource_attributes: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("otel_resource_attributes", "OTEL_RESOURCE_ATTRIBUTES"),
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod

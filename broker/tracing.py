@@ -12,12 +12,15 @@ attribute not on an allow-list.
 
 Exporters are chosen by settings: ``none`` (the default: no SDK, near-zero
 cost; incoming trace context is still passed on unchanged), ``console``,
-``otlp`` (OTLP over HTTP to any collector) and ``jsonl`` (one JSON object per
-finished span in a local file).
+``otlp`` (OTLP over HTTP to any collector; the endpoint and resource follow the
+OpenTelemetry ``OTEL_*`` variables, see :func:`otlp_traces_url`) and ``jsonl``
+(OTLP JSON in a local file: one ``ExportTraceServiceRequest`` per line, as the
+collector's file receiver reads).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import random
@@ -26,9 +29,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
+from google.protobuf.json_format import MessageToDict
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -52,8 +58,12 @@ __all__ = [
     "Tracing",
     "extract",
     "inject",
+    "otlp_json",
+    "otlp_traces_url",
+    "resource_attributes",
     "safe_attributes",
     "setup_tracing",
+    "trace_exporter_of",
     "trace_id_of",
 ]
 
@@ -125,8 +135,37 @@ def safe_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if k in ALLOWED_ATTRIBUTES and v not in (None, "")}
 
 
+#: Span fields the OTLP JSON encoding writes as hex strings, not protobuf JSON's base64.
+_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+
+
+def _hex_ids(message: dict[str, Any]) -> None:
+    for name in _ID_FIELDS:
+        if name in message:
+            message[name] = base64.b64decode(message[name]).hex()
+
+
+def otlp_json(spans: Sequence[ReadableSpan]) -> str:
+    """``spans`` as one OTLP JSON ``ExportTraceServiceRequest`` (one line).
+
+    The protobuf JSON mapping with OTLP's rules: camelCase names, trace and span ids
+    as hex strings, enums as integers, 64-bit integers (the times) as strings.
+    """
+    request = MessageToDict(encode_spans(spans), use_integers_for_enums=True)
+    for resource_spans in request.get("resourceSpans", ()):
+        for scope_spans in resource_spans.get("scopeSpans", ()):
+            for span in scope_spans.get("spans", ()):
+                _hex_ids(span)
+                for link in span.get("links", ()):
+                    _hex_ids(link)
+    return json.dumps(request, separators=(",", ":"), sort_keys=True)
+
+
 class JsonLinesSpanExporter(SpanExporter):
-    """Appends each finished span as one JSON object per line to a local file."""
+    """Appends each export as one OTLP JSON ``ExportTraceServiceRequest`` per line to a file.
+
+    The OpenTelemetry collector's file receiver (``otlpjsonfile``) reads the file as it is.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -135,38 +174,12 @@ class JsonLinesSpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Write the spans; never raises."""
-        lines = []
-        for span in spans:
-            ctx = span.get_span_context()
-            parent = span.parent
-            lines.append(
-                json.dumps(
-                    {
-                        "name": span.name,
-                        "kind": span.kind.name,
-                        "trace_id": f"{ctx.trace_id:032x}" if ctx else None,
-                        "span_id": f"{ctx.span_id:016x}" if ctx else None,
-                        "parent_span_id": f"{parent.span_id:016x}" if parent else None,
-                        "links": [
-                            {
-                                "trace_id": f"{link.context.trace_id:032x}",
-                                "span_id": f"{link.context.span_id:016x}",
-                            }
-                            for link in span.links
-                        ],
-                        "start_ns": span.start_time,
-                        "end_ns": span.end_time,
-                        "status": span.status.status_code.name,
-                        "attributes": dict(span.attributes or {}),
-                        "service": (span.resource.attributes or {}).get("service.name"),
-                    },
-                    sort_keys=True,
-                    default=str,
-                )
-            )
+        if not spans:
+            return SpanExportResult.SUCCESS
+        line = otlp_json(spans)
         try:
             with self._lock, self.path.open("a", encoding="utf-8") as out:
-                out.write("".join(line + "\n" for line in lines))
+                out.write(line + "\n")
         except OSError as exc:
             # The SDK's span processors drop a FAILURE silently: say it once per batch.
             log.warning(
@@ -274,9 +287,76 @@ class Tracing:
             self.provider.shutdown()
 
 
+#: Where spans go when OTLP is chosen and no endpoint is set (the specification's default).
+DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
+_TRACES_PATH = "/v1/traces"
+
+
+def _signal_url(base: str) -> str:
+    """``base`` with ``/v1/traces`` appended, as the specification says for a base URL."""
+    return base.rstrip("/") + _TRACES_PATH
+
+
+def otlp_traces_url(settings: Settings) -> str:
+    """The URL OTLP/HTTP spans are posted to.
+
+    The project's ``otlp_endpoint`` (``REFERRAL_OTLP_ENDPOINT``) wins when set: a base
+    URL gets ``/v1/traces`` appended, one already ending in it (the earlier form) is
+    kept. Otherwise ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is used as it is, then
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` as a base URL, then ``http://localhost:4318``.
+    """
+    own = settings.otlp_endpoint
+    if own:
+        return own if own.rstrip("/").endswith(_TRACES_PATH) else _signal_url(own)
+    if settings.otel_exporter_otlp_traces_endpoint:
+        return settings.otel_exporter_otlp_traces_endpoint
+    return _signal_url(settings.otel_exporter_otlp_endpoint or DEFAULT_OTLP_ENDPOINT)
+
+
+def trace_exporter_of(settings: Settings) -> str:
+    """The exporter in effect: the project's setting, else ``OTEL_TRACES_EXPORTER``, else
+    ``otlp`` when any OTLP endpoint is set, else ``none``."""
+    if settings.trace_exporter is not None:
+        return settings.trace_exporter
+    chosen = (settings.otel_traces_exporter or "").strip().lower()
+    if chosen:
+        if chosen not in ("otlp", "console", "none"):
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER={chosen[:32]!r} is not supported (otlp, console or none)"
+            )
+        return chosen
+    endpoints = (
+        settings.otlp_endpoint,
+        settings.otel_exporter_otlp_endpoint,
+        settings.otel_exporter_otlp_traces_endpoint,
+    )
+    return "otlp" if any(endpoints) else "none"
+
+
+def resource_attributes(settings: Settings, service: str) -> dict[str, str]:
+    """The resource of ``service``'s spans: ``OTEL_RESOURCE_ATTRIBUTES``, then the service name.
+
+    ``service.name`` is ``OTEL_SERVICE_NAME``, else the one in the attributes, else the
+    component's own name; ``referral.component`` always names the component.
+    """
+    attrs: dict[str, str] = {}
+    for part in (settings.otel_resource_attributes or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                "OTEL_RESOURCE_ATTRIBUTES must be key=value pairs separated by commas"
+            )
+        attrs[unquote(key.strip())] = unquote(value.strip())
+    attrs["service.name"] = settings.otel_service_name or attrs.get("service.name") or service
+    attrs["referral.component"] = service
+    return attrs
+
+
 def setup_tracing(settings: Settings, service: str) -> Tracing:
-    """Tracing for ``service`` with the exporter the settings name."""
-    kind = settings.trace_exporter
+    """Tracing for ``service`` with the exporter the settings (or the OTEL_* variables) name."""
+    kind = trace_exporter_of(settings)
     if kind == "none":
         return Tracing(None, service)
     exporter: SpanExporter
@@ -292,11 +372,10 @@ def setup_tracing(settings: Settings, service: str) -> Tracing:
             raise ConfigError(
                 "trace_exporter=otlp needs opentelemetry-exporter-otlp-proto-http"
             ) from exc
-        endpoint = settings.otlp_endpoint or "http://127.0.0.1:4318/v1/traces"
-        exporter = OTLPSpanExporter(endpoint=endpoint)
+        exporter = OTLPSpanExporter(endpoint=otlp_traces_url(settings))
     else:  # pragma: no cover - Settings restricts the values
         raise ConfigError(f"unknown trace exporter {kind!r}")
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider = TracerProvider(resource=Resource.create(resource_attributes(settings, service)))
     processor = SimpleSpanProcessor(exporter) if kind == "jsonl" else BatchSpanProcessor(exporter)
     provider.add_span_processor(processor)
     return Tracing(provider, service)

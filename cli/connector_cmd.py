@@ -25,6 +25,7 @@ from broker.origin.status_log import StatusLog
 from broker.outcomes import parse_item_specs, summarise
 from broker.receiver.inbox import Inbox, InboxRecord
 from broker.receiver.statuses import new_status_update, send_status_update
+from broker.tracing import setup_tracing
 from broker.wire.codec import Codec
 from broker.wire.models import ItemOutcome, ReferralStatus, StatusUpdate, utc_now_ms
 from cli.app import (
@@ -107,13 +108,20 @@ def publish(
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ConfigError("\n".join(f"{m}: no such file" for m in missing))
+    tracing = setup_tracing(settings, f"publish-{as_org}")
     producer = clients.producer(settings, role=f"publish-{as_org}")
     outbox = Outbox.for_org(settings, as_org)
     results: dict[str, BatchResult] = {}
     publisher: Publisher | None = None
     try:
         publisher = Publisher(
-            settings, network, as_org, Codec.from_settings(settings), producer, outbox
+            settings,
+            network,
+            as_org,
+            Codec.from_settings(settings),
+            producer,
+            outbox,
+            tracing=tracing,
         )
         rows_by_file = {f: read_referral_file(f) for f in files}
         total = sum(len(r) for r in rows_by_file.values())
@@ -140,6 +148,8 @@ def publish(
             if publisher is not None:
                 publisher.close()
             outbox.close()
+            # The root spans of the published referrals' traces: exported before exiting.
+            tracing.shutdown()
     _report_publish(results, as_json)
 
 
@@ -428,11 +438,17 @@ def status(
         destination=destination,
     )
     referral_id = record.referral_id
+    tracing = setup_tracing(settings, f"status-{org}")
     producer = clients.producer(settings, role=f"status-{org}")
     try:
-        send_status_update(settings, network, Codec.from_settings(settings), producer, update)
+        send_status_update(
+            settings, network, Codec.from_settings(settings), producer, update, tracing=tracing
+        )
     finally:
-        producer.close(10)
+        try:
+            producer.close(10)
+        finally:
+            tracing.shutdown()
     line = f"{new_status.value} for {referral_id} sent to {record.origin_org}"
     if outcomes:
         line += f" with {summarise(outcomes)}"

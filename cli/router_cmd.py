@@ -13,6 +13,7 @@ from broker.errors import ConfigError
 from broker.ids import short_id
 from broker.kafka import clients
 from broker.ledger.store import LedgerStore
+from broker.metrics import setup_metrics
 from broker.operator.deadletters import DeadLetters, with_resolved
 from broker.routing.router import Router
 from broker.tracing import setup_tracing
@@ -47,6 +48,13 @@ def route(
         min=0,
         help="Seconds between signed ledger checkpoints (0: none; needs the router's key).",
     ),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve Prometheus /metrics on 127.0.0.1 at this port (REFERRAL_METRICS_PORT).",
+    ),
 ) -> None:
     """Run a router (join the group; SIGTERM or Ctrl-C finishes the batch and exits 0)."""
     st = state(ctx)
@@ -55,22 +63,31 @@ def route(
     stop = service_stop_event()
     codec = Codec.from_settings(settings)
     tracing = setup_tracing(settings, "router")
+    metrics = setup_metrics(
+        metrics_port if metrics_port is not None else settings.metrics_port, "router"
+    )
     router = Router(
         settings,
         network,
         codec,
         group_id=group,
         tracing=tracing,
+        metrics=metrics,
         checkpoint_every=checkpoint_every or None,
     )
     console.print(
         f"router joined group {settings.topic_prefix}{group} on "
         f"{clients.resolve_bootstrap(settings)}"
     )
+    if metrics.port is not None:
+        console.print(f"metrics on http://127.0.0.1:{metrics.port}/metrics")
     try:
         stats = router.run(stop, idle_exit_s=idle_exit)
     finally:
-        tracing.shutdown()
+        try:
+            tracing.shutdown()
+        finally:
+            metrics.shutdown()
     console.print(
         f"router stopped: {stats.referrals} referrals, {stats.statuses} statuses, "
         f"{stats.published} published, {stats.dead_lettered} dead-lettered"

@@ -80,6 +80,7 @@ from opentelemetry.trace import Link, get_current_span
 
 from broker.kafka.deadletter import DeadLetterStage, send_dead_letter, send_dead_letter_reference
 from broker.ledger.events import EventFacts, LedgerEmitter, handover_event
+from broker.metrics import LoopMetrics
 from broker.tracing import Tracing, trace_id_of
 from broker.wire.models import HandoverEventType
 from broker.wire.topics import Headers, header
@@ -265,6 +266,9 @@ class RecordContext:
             return
         if future is not None:
             self.futures.append(future)
+        metrics = self.loop.metrics
+        if metrics is not None:
+            metrics.record_produced(topic)
 
     def event(
         self,
@@ -329,6 +333,8 @@ class RecordContext:
         record = self.record
         self.dead_lettered = True
         self.loop.stats.dead_lettered += 1
+        if self.loop.metrics is not None:
+            self.loop.metrics.record_dead_lettered(record.topic, stage, type(exc).__name__)
         log.info(
             "%s dead-lettered %s[%d]@%d at %s: %s",
             self.loop.actor,
@@ -447,6 +453,7 @@ class ConsumeLoop:
         group: str = "",
         ledger: LedgerEmitter | None = None,
         tracing: Tracing | None = None,
+        metrics: LoopMetrics | None = None,
         stats: LoopStats | None = None,
         middlewares: Sequence[Middleware] = (),
         poll_timeout_ms: int = 200,
@@ -475,6 +482,8 @@ class ConsumeLoop:
         self.group = group
         self.ledger = ledger
         self.tracing = tracing
+        #: Counters and histograms of this loop (None: metrics off, no cost).
+        self.metrics = metrics
         self.stats = stats or LoopStats()
         self.poll_timeout_ms = poll_timeout_ms
         self.flush_timeout_s = flush_timeout_s
@@ -585,9 +594,12 @@ class ConsumeLoop:
     ) -> None:
         """Handle a polled batch, make it durable, wait for its acks and commit (or rewind)."""
         stats = self.stats
+        metrics = self.metrics
         for records in polled.values():
             for record in records:
                 stats.records += 1
+                if metrics is not None:
+                    metrics.record_consumed(record.topic)
                 ctx = RecordContext(self, batch, record)
                 try:
                     self._call(record, ctx)
@@ -626,10 +638,13 @@ class ConsumeLoop:
         else:
             offsets, rewound = self._offsets(polled, batch)
             self._commit(offsets, rewound)
+        t5 = time.perf_counter()
         stats.handle_s += t2 - t1
         stats.durable_s += t3 - t2
         stats.ack_wait_s += t4 - t3
-        stats.commit_s += time.perf_counter() - t4
+        stats.commit_s += t5 - t4
+        if metrics is not None:
+            metrics.record_batch(t2 - t1, t5 - t4)
 
     def _pending_acked(
         self, pending: _Pending, polled: dict[TopicPartition, list[Any]] | None
@@ -729,6 +744,10 @@ class ConsumeLoop:
         self, batch: BatchContext, ctx: RecordContext, exc: BaseException
     ) -> None:
         self.stats.dead_lettered_by_reference += 1
+        if self.metrics is not None:
+            self.metrics.record_dead_lettered(
+                ctx.record.topic, DeadLetterStage.UNSENDABLE, type(exc).__name__
+            )
         log.warning(
             "%s dead-lettered %s by reference: %s",
             self.actor,

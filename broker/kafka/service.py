@@ -16,6 +16,7 @@ from broker.config import Settings
 from broker.kafka import clients
 from broker.kafka.loop import BatchContext, ConsumeLoop, LoopStats, RecordContext
 from broker.ledger.events import LedgerEmitter, Signer
+from broker.metrics import Metrics
 from broker.tracing import Tracing
 from broker.wire.codec import Codec
 
@@ -89,6 +90,7 @@ class LoopService(Generic[PartT]):
         signer: Signer | None = None,
         emit_ledger: bool = True,
         trace_records: bool = True,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.tracing = tracing or Tracing(None, org_id)
@@ -119,6 +121,7 @@ class LoopService(Generic[PartT]):
             ),
             # ``trace_records`` False: no tracing middleware, trace headers forwarded untouched.
             tracing=self.tracing if trace_records else None,
+            metrics=metrics.loop(org_id, settings.topic_prefix + group_id) if metrics else None,
             poll_timeout_ms=poll_timeout_ms,
         )
         self.stats: LoopStats = self.loop.stats

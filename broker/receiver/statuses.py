@@ -154,12 +154,18 @@ def new_status_update(
 
 
 def send_status_update(
-    settings: Settings, network: Network, codec: Codec, producer: Any, update: StatusUpdate
+    settings: Settings,
+    network: Network,
+    codec: Codec,
+    producer: Any,
+    update: StatusUpdate,
+    tracing: Tracing | None = None,
 ) -> None:
     """Sign and publish ``update`` as its emitter, record STATUS_SENT, remember it in the inbox.
 
     Waits for the broker's acknowledgements; BrokerError if they do not come. A
     destination not in the network is refused before anything is signed (UnknownName).
+    With ``tracing``, the send is a PRODUCER span (the root of the status's trace).
     """
     if update.destination_org is not None:
         network.organisation(update.destination_org)
@@ -167,7 +173,7 @@ def send_status_update(
     names = settings.topic_names()
     security = ReceiverSecurity.load(settings, network, org)
     try:
-        sender = StatusSender(producer, codec, names, security=security)
+        sender = StatusSender(producer, codec, names, tracing=tracing, security=security)
         meta = sender.send(update).get(timeout=30)
         LedgerEmitter(producer, codec, names.ledger, signer=security.ledger_signer()).emit(
             handover_event(

@@ -41,6 +41,7 @@ from broker.kafka.partitioning import key_hash as murmur2_key_hash
 from broker.kafka.service import Durable, LoopService
 from broker.ledger.checkpoint import Checkpoint, Checkpointer
 from broker.ledger.events import HandoverEventType
+from broker.metrics import Metrics
 from broker.network import Network
 from broker.routing.decide import DecisionCache, Destination, status_destination
 from broker.security.keys import ROUTER, LiveKeys, key_dir
@@ -81,6 +82,7 @@ class Router(LoopService[Durable]):
         max_records: int = 2000,
         emit_ledger: bool = True,
         tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
         keys: LiveKeys | None = None,
         checkpoint_every: float | None = None,
     ) -> None:
@@ -108,6 +110,7 @@ class Router(LoopService[Durable]):
             emit_ledger=emit_ledger,
             # Disabled tracing forwards the trace headers untouched: no middleware at all.
             trace_records=tracing.enabled,
+            metrics=metrics,
         )
         self.checkpointer = Checkpointer(
             settings, codec, self.keys, self.producer, interval=checkpoint_every or 30.0

@@ -112,7 +112,7 @@ def test_canary_content_never_leaks(
     assert "DELIVERED" in {h["event"] for h in json.loads(results[0].stdout)["hops"]}
     # Telemetry collected: spans, log records, rejection messages, dead-letter headers.
     spans = spans_file.read_text()
-    assert f'"referral.id": "{rid}"' in spans
+    assert f'"key":"referral.id","value":{{"stringValue":"{rid}"}}' in spans
     logs = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
     assert caplog.records, "no log lines were captured"
     headers = [

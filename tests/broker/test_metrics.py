@@ -1,0 +1,119 @@
+"""Metrics: a real ``referral route --metrics-port`` process scraped while referrals flow."""
+
+from __future__ import annotations
+
+import re
+import signal
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from broker.config import Settings
+from broker.errors import ConfigError
+from broker.metrics import setup_metrics
+from broker.wire.codec import Codec
+from broker.wire.registry import EmbeddedRegistry
+from tests.broker.routing.test_router_processes import batch
+from tests.support.connectors import wait_for
+from tests.support.kafka import publish, spawn_cli
+
+pytestmark = pytest.mark.slow
+
+#: The only labels a metric may carry (besides the exporter's own otel_scope_* ones).
+LABELS = {"topic", "group", "organisation", "jurisdiction", "stage", "reason", "le"}
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Samples:
+    """Every sample of ``/metrics`` by (name, labels without the scope ones)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = tuple(
+                sorted((k, v) for k, v in sample.labels.items() if not k.startswith("otel_"))
+            )
+            out[(sample.name, labels)] = sample.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+def test_router_metrics_move_while_referrals_flow(provisioned: Settings, tmp_path: Path) -> None:
+    names = provisioned.topic_names()
+    group = provisioned.topic_prefix + "router"
+    codec = Codec(EmbeddedRegistry())
+    first, first_ids = batch(codec, 8)
+    publish(provisioned, names.intake, first)
+    log = tmp_path / "router.log"
+    proc = spawn_cli(provisioned, "route", "--metrics-port", "0", log=log)
+    try:
+        wait_for(lambda: "metrics on http://127.0.0.1:" in log.read_text(), 30, "the endpoint")
+        found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", log.read_text())
+        assert found is not None
+        port = int(found.group(1))
+        consumed = "messaging_client_consumed_messages_total"
+        sent = "messaging_client_sent_messages_total"
+        dead = "referral_dead_lettered_total"
+        batches = "messaging_process_duration_seconds_count"
+        to_de = {"topic": names.jurisdiction("DE"), "group": group}
+
+        def first_settled() -> bool:
+            now = scrape(port)
+            return (
+                value(now, consumed, topic=names.intake, group=group) >= 8
+                and value(now, batches, group=group) > 0
+            )
+
+        wait_for(first_settled, 60, "8 referrals consumed and their batch timed")
+        before = scrape(port)
+        # More flow, and one record nobody can decode: the counters move, the dead letter counts.
+        second, _ = batch(codec, 5)
+        publish(provisioned, names.intake, [*second, (b"garbage-key", b"\x07not avro")])
+
+        def second_settled() -> bool:
+            now = scrape(port)
+            return (
+                value(now, consumed, topic=names.intake) >= 14
+                and value(now, dead) >= 1
+                and value(now, sent, **to_de) > value(before, sent, **to_de)
+                and value(now, batches, group=group) > value(before, batches, group=group)
+            )
+
+        wait_for(second_settled, 60, "the second batch counted")
+        after = scrape(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    assert value(before, consumed, topic=names.intake) == 8
+    assert value(after, consumed, topic=names.intake) == 14
+    assert value(before, sent, **to_de) > 0
+    assert value(before, dead) == 0
+    assert value(after, dead, topic=names.intake, stage="ROUTE_DECODE") == 1
+    assert value(after, "referral_commit_duration_seconds_count", group=group) > 0
+    # No label but the allowed ones, and no referral id anywhere in a label value.
+    for name, labels in after:
+        if name == "target_info":  # the resource: service name, SDK version
+            continue
+        assert {k for k, _ in labels} <= LABELS, name
+        assert not any(rid in v for rid in first_ids for _, v in labels)
+
+
+def test_a_taken_metrics_port_is_a_one_line_error() -> None:
+    metrics = setup_metrics(0, "unit")
+    try:
+        assert metrics.port is not None
+        with pytest.raises(ConfigError, match=f"metrics port {metrics.port}: "):
+            setup_metrics(metrics.port, "unit")
+    finally:
+        metrics.shutdown()
+    assert setup_metrics(None, "unit").enabled is False
