@@ -438,17 +438,7 @@ def status(
         destination=destination,
     )
     referral_id = record.referral_id
-    tracing = setup_tracing(settings, f"status-{org}")
-    producer = clients.producer(settings, role=f"status-{org}")
-    try:
-        send_status_update(
-            settings, network, Codec.from_settings(settings), producer, update, tracing=tracing
-        )
-    finally:
-        try:
-            producer.close(10)
-        finally:
-            tracing.shutdown()
+    _send_status(settings, network, org, update)
     line = f"{new_status.value} for {referral_id} sent to {record.origin_org}"
     if outcomes:
         line += f" with {summarise(outcomes)}"
@@ -546,6 +536,21 @@ def known_org(network: Network, org: str, flag: str) -> None:
         raise UnknownName(
             "organisation", org, (o.id for o in network.organisations), hint=f" for {flag}"
         )
+
+
+def _send_status(settings: Settings, network: Network, org: str, update: StatusUpdate) -> None:
+    """Sign and publish ``update`` as ``org``, its send a PRODUCER span (the trace's root)."""
+    tracing = setup_tracing(settings, f"status-{org}")
+    producer = clients.producer(settings, role=f"status-{org}")
+    try:
+        send_status_update(
+            settings, network, Codec.from_settings(settings), producer, update, tracing=tracing
+        )
+    finally:
+        try:
+            producer.close(10)
+        finally:
+            tracing.shutdown()
 
 
 def _observed_at(text: str | None) -> datetime:
