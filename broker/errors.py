@@ -11,8 +11,8 @@ organisations, jurisdictions, topics, sizes and positions.
     ├── ConfigError                  bad settings or connector configuration
     │   ├── NetworkFileError         the network file has problems (all listed)
     │   └── UnknownName              no organisation/topic/id of that name (names the nearest)
-    ├── BrokerError                  talking to Kafka failed
-    │   ├── BrokerUnavailable        no broker answered in time
+    ├── KafkaBrokerError                  talking to Kafka failed
+    │   ├── KafkaUnavailable        no broker answered in time
     │   └── EmbeddedBrokerError      the embedded Tansu could not start or stop
     ├── SchemaError                  schemas, registry and compatibility
     │   ├── UnknownSchema            no schema with that name or id
@@ -44,14 +44,14 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
-    "BrokerError",
-    "BrokerUnavailable",
     "CodecError",
     "ConfigError",
     "CorruptDatum",
     "DeliveryError",
     "EmbeddedBrokerError",
     "IncompatibleSchema",
+    "KafkaBrokerError",
+    "KafkaUnavailable",
     "LedgerError",
     "LedgerStoreError",
     "Misrouted",
@@ -133,15 +133,15 @@ class UnknownName(ConfigError, KeyError):
         return str(self.args[0])
 
 
-class BrokerError(ReferralError):
-    """A Kafka operation failed."""
+class KafkaBrokerError(ReferralError):
+    """The Kafka broker (the server) failed an operation: unreachable, refused, not acked."""
 
 
-class BrokerUnavailable(BrokerError):
+class KafkaUnavailable(KafkaBrokerError):
     """No broker answered at the configured bootstrap servers in time."""
 
 
-class EmbeddedBrokerError(BrokerError):
+class EmbeddedBrokerError(KafkaBrokerError):
     """The embedded Tansu broker could not be started, found or stopped."""
 
 

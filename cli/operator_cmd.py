@@ -23,7 +23,7 @@ from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from broker.config import Settings
-from broker.errors import BrokerError, BrokerUnavailable, ConfigError, UnknownName
+from broker.errors import ConfigError, KafkaBrokerError, KafkaUnavailable, UnknownName
 from broker.ids import resolve_id, short_id
 from broker.kafka import clients
 from broker.kafka.reader import TopicReader
@@ -68,7 +68,7 @@ def sync_if_reachable(settings: Settings, store: LedgerStore) -> str | None:
         return "no broker configured"
     try:
         _sync(settings, store)
-    except BrokerUnavailable:
+    except KafkaUnavailable:
         return f"no broker answered at {bootstrap}"
     return None
 
@@ -635,7 +635,7 @@ def tail(
             if max_records is not None and seen >= max_records:
                 break
     except KafkaError as exc:
-        raise BrokerError(f"cannot read {name}: {type(exc).__name__}") from exc
+        raise KafkaBrokerError(f"cannot read {name}: {type(exc).__name__}") from exc
     except KeyboardInterrupt:
         pass
     finally:

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.config import Settings
-from broker.errors import BrokerError, ConfigError, ValidationFailed
+from broker.errors import ConfigError, KafkaBrokerError, ValidationFailed
 from broker.ids import resolve_id
 from broker.kafka import clients
 from broker.kafka.reader import TopicReader
@@ -256,7 +256,7 @@ class LiaisonDesk:
                 record.topic, record.partition, record.offset
             )
             if rec is None:
-                raise BrokerError(
+                raise KafkaBrokerError(
                     f"referral {record.referral_id} is no longer on {record.topic} (retention?)"
                 )
             return rec

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from kafka.errors import KafkaError
 
 from broker.config import Settings
-from broker.errors import BrokerError, ConfigError
+from broker.errors import ConfigError, KafkaBrokerError
 from broker.ids import resolve_id
 from broker.kafka import clients
 from broker.ledger.store import Verification
@@ -99,6 +99,6 @@ class OperatorDesk:
             finally:
                 consumer.close()
         except KafkaError as exc:
-            raise BrokerError(f"cannot list topics: {type(exc).__name__}") from exc
+            raise KafkaBrokerError(f"cannot list topics: {type(exc).__name__}") from exc
         finally:
             admin.close()

@@ -1,7 +1,7 @@
 """Kafka client factories: every client gets the same bootstrap and security settings.
 
 Kafka errors are translated here into the project's own tree; callers see
-:class:`~broker.errors.BrokerError` subclasses only.
+:class:`~broker.errors.KafkaBrokerError` subclasses only.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from kafka.errors import KafkaError
 from kafka.net.compat import KafkaNetClient
 
 from broker.config import Settings
-from broker.errors import BrokerUnavailable, ConfigError
+from broker.errors import ConfigError, KafkaUnavailable
 from broker.kafka.healing import HealingConsumer, HealingProducer
 
 #: kafka-python logs whole records (key, value, headers) at DEBUG. Referral values
@@ -160,7 +160,7 @@ _API_VERSIONS_V0 = struct.pack(">ihhih5s", 15, 18, 0, 0, 5, b"probe")
 
 
 def probe(bootstrap: list[str], timeout: float = PROBE_TIMEOUT_S) -> None:
-    """BrokerUnavailable (one line, naming the servers) unless one of them answers in time.
+    """KafkaUnavailable (one line, naming the servers) unless one of them answers in time.
 
     A refused port fails at once; a port that drops the handshake, or accepts and
     never answers a request, is given up after ``timeout`` in all. For plaintext
@@ -186,7 +186,7 @@ def probe(bootstrap: list[str], timeout: float = PROBE_TIMEOUT_S) -> None:
             return  # it answered by hanging up: let the client say what it is
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "strerror", None) or type(exc).__name__
-    raise BrokerUnavailable(_unreachable(",".join(bootstrap), reason))
+    raise KafkaUnavailable(_unreachable(",".join(bootstrap), reason))
 
 
 def _unreachable(servers: str, reason: str) -> str:
@@ -227,7 +227,7 @@ def check_tls(bootstrap: list[str], security: dict[str, Any], timeout: float = 5
 
     kafka-python retries a failing handshake until its request timeout and then
     reports only a timeout; one direct handshake (bounded by ``timeout``) names
-    the real cause. If no server can be reached at all: BrokerUnavailable, in one line.
+    the real cause. If no server can be reached at all: KafkaUnavailable, in one line.
     """
     try:
         ctx = _tls_context(security)
@@ -259,16 +259,16 @@ def check_tls(bootstrap: list[str], security: dict[str, Any], timeout: float = 5
             reason = "connection refused"
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "strerror", None) or type(exc).__name__
-    raise BrokerUnavailable(_unreachable(",".join(bootstrap), reason))
+    raise KafkaUnavailable(_unreachable(",".join(bootstrap), reason))
 
 
-def _translate(exc: Exception, bootstrap: Any) -> BrokerUnavailable:
+def _translate(exc: Exception, bootstrap: Any) -> KafkaUnavailable:
     servers = ",".join(bootstrap) if isinstance(bootstrap, list) else str(bootstrap)
     if type(exc).__name__ == "KafkaTimeoutError":
-        return BrokerUnavailable(
+        return KafkaUnavailable(
             _unreachable(servers, f"no Kafka answer within {BOOTSTRAP_TIMEOUT_MS / 1000:g} s")
         )
-    return BrokerUnavailable(f"no broker answered at {servers}: {type(exc).__name__}")
+    return KafkaUnavailable(f"no broker answered at {servers}: {type(exc).__name__}")
 
 
 def producer(settings: Settings, role: str = "producer", **overrides: Any) -> HealingProducer:
@@ -385,6 +385,6 @@ def wait_for_broker(bootstrap: str, timeout: float = 20.0, **security: Any) -> N
             last = exc
             time.sleep(0.2)
     reason = type(last).__name__ if last else "timeout"
-    raise BrokerUnavailable(
+    raise KafkaUnavailable(
         f"no broker answered a metadata request at {bootstrap} within {timeout:.0f}s ({reason})"
     )

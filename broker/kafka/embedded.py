@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
-from broker.errors import BrokerUnavailable, EmbeddedBrokerError
+from broker.errors import EmbeddedBrokerError, KafkaUnavailable
 from broker.kafka.clients import wait_for_broker
 
 __all__ = [
@@ -231,7 +231,7 @@ class EmbeddedBroker:
             try:
                 wait_for_broker(self.bootstrap, timeout=1.0)
                 return
-            except BrokerUnavailable:
+            except KafkaUnavailable:
                 continue
         raise EmbeddedBrokerError(
             f"embedded broker on {self.bootstrap} did not answer within {self.start_timeout:.0f}s"

@@ -8,7 +8,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from broker.errors import BrokerError
+from broker.errors import KafkaBrokerError
 from broker.network import Network
 from broker.wire.topics import TopicNames
 
@@ -39,7 +39,7 @@ def describe_topics(admin: KafkaAdminClient, names: list[str] | None = None) -> 
             return {}
         described = admin.describe_topics(wanted)
     except KafkaError as exc:
-        raise BrokerError(f"cannot describe topics: {type(exc).__name__}") from exc
+        raise KafkaBrokerError(f"cannot describe topics: {type(exc).__name__}") from exc
     out = {}
     for topic in described:
         if topic.get("error_code", 0) == 0:
@@ -56,7 +56,7 @@ def provision(
     try:
         present = set(admin.list_topics())
     except KafkaError as exc:
-        raise BrokerError(f"cannot list topics: {type(exc).__name__}") from exc
+        raise KafkaBrokerError(f"cannot list topics: {type(exc).__name__}") from exc
     missing = {name: n for name, n in required.items() if name not in present}
     if missing:
         new = [NewTopic(name, n, network.topics.replication_factor) for name, n in missing.items()]
@@ -65,12 +65,12 @@ def provision(
         except TopicAlreadyExistsError:
             pass  # created concurrently by another provisioner: fine
         except KafkaError as exc:
-            raise BrokerError(f"cannot create topics: {type(exc).__name__}: {exc}") from exc
+            raise KafkaBrokerError(f"cannot create topics: {type(exc).__name__}: {exc}") from exc
     actual = describe_topics(admin, list(required))
     for name, wanted in required.items():
         have = actual.get(name)
         if have is None:
-            raise BrokerError(f"topic {name} is missing after provisioning")
+            raise KafkaBrokerError(f"topic {name} is missing after provisioning")
         if name in missing:
             report.created[name] = have
         else:

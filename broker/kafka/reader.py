@@ -12,7 +12,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from broker.errors import BrokerError
+from broker.errors import KafkaBrokerError
 
 __all__ = ["TopicReader"]
 
@@ -84,7 +84,7 @@ class TopicReader:
                 if caught_up and time.monotonic() - last >= self.idle:
                     return
         except KafkaError as exc:
-            raise BrokerError(
+            raise KafkaBrokerError(
                 f"cannot read {', '.join(self.topics)}: {type(exc).__name__}"
             ) from exc
 
@@ -113,7 +113,7 @@ class TopicReader:
                     return
         except KafkaError as exc:
             names = ", ".join(self.topics)
-            raise BrokerError(f"cannot read {names}: {type(exc).__name__}") from exc
+            raise KafkaBrokerError(f"cannot read {names}: {type(exc).__name__}") from exc
 
     def records(self, start: Mapping[TopicPartition, int] | None = None) -> Iterator[Any]:
         """Every record from ``start`` to the end, in the order the batches came."""
@@ -135,7 +135,7 @@ class TopicReader:
                         if rec.offset > offset:
                             return None
         except KafkaError as exc:
-            raise BrokerError(f"cannot read {topic}: {type(exc).__name__}") from exc
+            raise KafkaBrokerError(f"cannot read {topic}: {type(exc).__name__}") from exc
         return None
 
     def _all(self) -> list[TopicPartition]:

@@ -33,7 +33,13 @@ from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 
 from broker.config import Settings
-from broker.errors import BrokerError, CodecError, ReferralError, SecurityError, SignatureInvalid
+from broker.errors import (
+    CodecError,
+    KafkaBrokerError,
+    ReferralError,
+    SecurityError,
+    SignatureInvalid,
+)
 from broker.kafka import clients
 from broker.kafka.reader import TopicReader
 from broker.security.keys import ROUTER, LiveKeys, LiveTrust, OrgKeys, TrustStore
@@ -246,7 +252,9 @@ def read_checkpoints(
             for rec in batch:
                 yield rec.offset, bytes(rec.value or b""), tuple(rec.headers or ())
     except KafkaError as exc:
-        raise BrokerError(f"cannot read the checkpoints {topic}: {type(exc).__name__}") from exc
+        raise KafkaBrokerError(
+            f"cannot read the checkpoints {topic}: {type(exc).__name__}"
+        ) from exc
     finally:
         if own:
             reader.close()
@@ -308,7 +316,9 @@ class Checkpointer:
             future = publish_checkpoint(self.producer, self.topic, checkpoint, keys)
             self.producer.flush(30)
             if future.failed():
-                raise BrokerError(f"checkpoint not published: {type(future.exception).__name__}")
+                raise KafkaBrokerError(
+                    f"checkpoint not published: {type(future.exception).__name__}"
+                )
             self._last = checkpoint
             self.published.append(checkpoint)
             log.info("checkpoint published: %d entries", checkpoint.count)

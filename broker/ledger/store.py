@@ -56,7 +56,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from broker.config import Settings
-from broker.errors import BrokerError, CodecError, ConfigError, LedgerStoreError, SecurityError
+from broker.errors import CodecError, ConfigError, KafkaBrokerError, LedgerStoreError, SecurityError
 from broker.kafka import clients
 from broker.kafka.reader import TopicReader
 from broker.ledger.batchwriter import event_id
@@ -458,7 +458,7 @@ class LedgerStore:
                 self._sync_heads(settings, reader)
             return report
         except KafkaError as exc:
-            raise BrokerError(f"cannot read the ledger {topic}: {type(exc).__name__}") from exc
+            raise KafkaBrokerError(f"cannot read the ledger {topic}: {type(exc).__name__}") from exc
         finally:
             if own:
                 reader.close()

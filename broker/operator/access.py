@@ -11,7 +11,7 @@ from typing import Any
 
 from kafka.errors import KafkaError
 
-from broker.errors import BrokerError
+from broker.errors import KafkaBrokerError
 from broker.ledger.events import HandoverEventType, LedgerEmitter, Signer, handover_event
 from broker.wire.codec import Codec
 
@@ -51,7 +51,7 @@ class AccessRecorder:
     ) -> None:
         """Record that ``actor`` saw the body at ``at`` (topic, partition, offset) for ``reason``.
 
-        With ``wait`` the event is acknowledged before this returns (BrokerError if not).
+        With ``wait`` the event is acknowledged before this returns (KafkaBrokerError if not).
         """
         topic, partition, offset = at
         producer = self._producer()
@@ -75,6 +75,6 @@ class AccessRecorder:
         except KafkaError as exc:
             if not wait:
                 raise
-            raise BrokerError(
+            raise KafkaBrokerError(
                 f"access not recorded, content not shown: {type(exc).__name__}"
             ) from exc

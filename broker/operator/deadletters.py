@@ -17,7 +17,7 @@ from typing import Any
 from kafka.errors import KafkaError
 
 from broker.config import Settings
-from broker.errors import BrokerError, ConfigError
+from broker.errors import ConfigError, KafkaBrokerError
 from broker.kafka.deadletter import DeadLetter, read_dead_letters, replay_dead_letter
 from broker.ledger.views import HandoverRecord, resolved_dead_letters
 from broker.private import append_private, private_dir
@@ -85,12 +85,12 @@ class DeadLetters:
         self.audit = Path(settings.state_dir) / "console" / "replays.jsonl"
 
     def read(self, timeout: float = 10.0) -> list[DeadLetter]:
-        """Every dead letter on the topic (BrokerError when Kafka cannot be read)."""
+        """Every dead letter on the topic (KafkaBrokerError when Kafka cannot be read)."""
         consumer = self._consumer()
         try:
             return list(read_dead_letters(consumer, self.names.deadletter, timeout=timeout))
         except KafkaError as exc:
-            raise BrokerError(f"cannot read dead letters: {type(exc).__name__}") from exc
+            raise KafkaBrokerError(f"cannot read dead letters: {type(exc).__name__}") from exc
         finally:
             consumer.close()
 
@@ -112,7 +112,7 @@ class DeadLetters:
             skipped = [replay_dead_letter(producer, d, allowed) for d in letters]
             producer.flush(30)
         except KafkaError as exc:
-            raise BrokerError(f"replay not sent: {type(exc).__name__}") from exc
+            raise KafkaBrokerError(f"replay not sent: {type(exc).__name__}") from exc
         finally:
             producer.close(10)
         at = datetime.now(UTC).isoformat()

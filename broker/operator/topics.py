@@ -12,7 +12,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from broker.errors import BrokerError
+from broker.errors import KafkaBrokerError
 from broker.kafka.provision import describe_topics
 from broker.kafka.reader import TopicReader
 
@@ -93,7 +93,7 @@ def _counts(
         to_read = [tp for tp in tps if exact or listed[tp.topic] <= SMALL_TOPIC]
         counts, true_end = _read_ends(consumer, to_read, end) if to_read else ({}, {})
     except KafkaError as exc:
-        raise BrokerError(f"cannot count topic messages: {type(exc).__name__}") from exc
+        raise KafkaBrokerError(f"cannot count topic messages: {type(exc).__name__}") from exc
     stats: dict[str, TopicStats] = {}
     read_topics = {tp.topic for tp in to_read}
     for name, parts in topics.items():

@@ -15,7 +15,7 @@ from opentelemetry.context import Context
 from pydantic import ValidationError
 
 from broker.config import Settings
-from broker.errors import BrokerError, ValidationFailed
+from broker.errors import KafkaBrokerError, ValidationFailed
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.lifecycle import LifecycleError, advance, allowed_next
 from broker.network import Network
@@ -163,7 +163,7 @@ def send_status_update(
 ) -> None:
     """Sign and publish ``update`` as its emitter, record STATUS_SENT, remember it in the inbox.
 
-    Waits for the broker's acknowledgements; BrokerError if they do not come. A
+    Waits for the broker's acknowledgements; KafkaBrokerError if they do not come. A
     destination not in the network is refused before anything is signed (UnknownName).
     With ``tracing``, the send is a PRODUCER span (the root of the status's trace).
     """
@@ -191,7 +191,7 @@ def send_status_update(
         )
         producer.flush(30)
     except KafkaError as exc:
-        raise BrokerError(f"status not sent: {type(exc).__name__}") from exc
+        raise KafkaBrokerError(f"status not sent: {type(exc).__name__}") from exc
     finally:
         security.close()
     inbox = Inbox.for_org(settings, org)
