@@ -236,6 +236,8 @@ class HealingProducer:
         #: The current producer's fast path for records to a known partition (see _append).
         self._fast: _FastPath | None = None
         self._fast_for: KafkaProducer | None = None  # the producer _fast was read from
+        #: Records that took the fast path (the rest went through ``KafkaProducer.send``).
+        self.fast_sends = 0
         #: How many times the underlying producer was replaced.
         self.replacements = 0
         #: Seconds a flush waits before probing the producer's metadata.
@@ -272,6 +274,7 @@ class HealingProducer:
                         _append(fast, topic, partition, key, value, headers, wake) if fast else None
                     )
                     if future is not None:
+                        self.fast_sends += 1
                         return future
                 return producer.send(
                     topic,

@@ -30,6 +30,7 @@ from broker.kafka.deadletter import (
 )
 from broker.kafka.loop import BatchContext, ConsumeLoop, RecordContext
 from tests.conftest import GROUP_TIMINGS
+from tests.support.connectors import wait_for
 from tests.support.kafka import header, read_topic
 
 #: A header naming where the handler sends the record ("bad": a topic no broker accepts;
@@ -288,13 +289,15 @@ def test_a_refused_commit_is_logged_and_counted_and_its_records_repeat(
 
     def stall_until_dropped() -> None:
         # kafka-python's heartbeat thread leaves the group once the poll interval passes.
-        deadline = time.monotonic() + 15
-        while not any(
-            "LeaveGroup request for group" in r.getMessage() and group in r.getMessage()
-            for r in caplog.records
-        ):
-            assert time.monotonic() < deadline, "the stalled consumer never left its group"
-            time.sleep(0.05)
+        wait_for(
+            lambda: any(
+                "LeaveGroup request for group" in r.getMessage() and group in r.getMessage()
+                for r in caplog.records
+            ),
+            15,
+            "the stalled consumer leaving its group",
+            step=0.05,
+        )
 
     handler = Echo(topics["out"], on_first=stall_until_dropped)
     loop = _loop(
@@ -335,10 +338,8 @@ def test_partitions_revoked_mid_batch_lose_nothing_and_repeat_at_worst(
 
     def join_rival() -> None:
         thread.start()
-        deadline = time.monotonic() + 10
-        while rival.stats.poll_s == 0.0:  # its first poll asks the group to rebalance
-            assert time.monotonic() < deadline, "the second member never polled"
-            time.sleep(0.05)
+        # Its first poll asks the group to rebalance.
+        wait_for(lambda: rival.stats.poll_s > 0.0, 10, "the second member's first poll", step=0.05)
 
     first = Echo(topics["out"], on_first=join_rival, failed_once=failed_once)
     loop = _loop(settings, first, topics, out_producer, group)

@@ -123,7 +123,13 @@ def test_urls_normalise_by_the_documented_rule(url: str, canonical: str) -> None
 
 
 @pytest.mark.parametrize(
-    "url", ["example.org/x", "mailto:someone@example.org", "http://:80/", "http://e.org:99999/"]
+    "url",
+    [
+        "example.org/x",
+        "mailto:someone@example.org",
+        "http://:80/",
+        "http://host.example.org:99999/",
+    ],
 )
 def test_bad_urls_are_refused_in_one_line(url: str) -> None:
     with pytest.raises(BadMatchInput) as info:
