@@ -186,6 +186,7 @@ def test_liaison_and_operator_in_a_real_browser(
         assert first.get_attribute("data-referral") == rid
         assert "URGENT" in first.inner_text()
         page.screenshot(path=str(shots / "inbox.png"), full_page=True)
+        _narrow_shot(page, shots / "inbox-800.png")
 
         # The inbox refreshes without a reload: a referral arriving now appears.
         assert origin.publisher.publish([("l", late)]).published[0].sent
@@ -267,6 +268,7 @@ def test_liaison_and_operator_in_a_real_browser(
         page.wait_for_selector("td.content")
         assert urgent["body"]["items"][0]["url"] in page.inner_text("#items")
         page.screenshot(path=str(shots / "referral.png"), full_page=True)
+        _narrow_shot(page, shots / "referral-800.png")
 
         # The operator: flows, the trace's swim lanes with the hop, no case content anywhere.
         page.click("header .logout button")
@@ -331,3 +333,12 @@ def _no_proxy() -> Iterator[None]:
     for name, value in zip(("HTTP_PROXY", "http_proxy"), old, strict=True):
         if value is not None:
             os.environ[name] = value
+
+
+def _narrow_shot(page: Any, path: Path) -> None:
+    """A screenshot at 800 px wide (nothing wider than the window), then back to 1280."""
+    page.set_viewport_size({"width": 800, "height": 900})
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    assert overflow <= 0, f"{path.name}: the page is {overflow}px wider than 800 px"
