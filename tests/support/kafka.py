@@ -22,6 +22,7 @@ from broker.kafka.provision import provision
 from broker.network import Network
 from broker.routing.router import Router
 from broker.wire.codec import Codec
+from broker.wire.topics import header as record_header
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,10 +93,7 @@ def read_topic(
 
 def header(record: Any, name: str) -> str | None:
     """A header of a consumed record as text (None if absent)."""
-    for k, v in record.headers or ():
-        if k == name:
-            return str(v.decode())
-    return None
+    return record_header(record.headers, name)
 
 
 @dataclass
