@@ -182,9 +182,17 @@ def _classification(item: Mapping[str, Any], default: Mapping[str, Any]) -> Mapp
 class LiaisonDesk:
     """Everything the console's organisation pages do, for one organisation."""
 
-    def __init__(self, settings: Settings, network: Network, org: str, codec: Codec) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        network: Network,
+        org: str,
+        codec: Codec,
+        kafka: clients.Clients | None = None,
+    ) -> None:
         network.organisation(org)  # ConfigError for an unknown organisation
         self.settings = settings
+        self.kafka = kafka or clients.Clients(settings, f"console-{org}")
         self.network = network
         self.org = org
         self.codec = codec
@@ -250,7 +258,7 @@ class LiaisonDesk:
 
     def _fetch(self, record: InboxRecord) -> Any:
         """The Kafka record the sink delivered (at its topic, partition and offset)."""
-        consumer = clients.consumer(self.settings, group_id=None, role=f"console-{self.org}")
+        consumer = self.kafka.reader()
         try:
             rec = TopicReader(consumer, record.topic, timeout=10).fetch(
                 record.topic, record.partition, record.offset
@@ -407,7 +415,7 @@ class LiaisonDesk:
     def _ledger_producer(self) -> Any:
         with self._lock:
             if self._producer is None:
-                self._producer = clients.producer(self.settings, role=f"console-{self.org}")
+                self._producer = self.kafka.producer()
             return self._producer
 
     def _accessed(self, view: ReferralView, reason: str) -> None:

@@ -12,6 +12,7 @@ import socket
 import ssl
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,22 @@ def consumer(
         return HealingConsumer(*topics, **args)
     except KafkaError as exc:
         raise _translate(exc, args["bootstrap_servers"]) from exc
+
+
+@dataclass(frozen=True)
+class Clients:
+    """Makes one role's Kafka clients; components take one, so tests hand in their own."""
+
+    settings: Settings
+    role: str
+
+    def producer(self) -> HealingProducer:
+        """A new producer of this role (the caller closes it)."""
+        return producer(self.settings, role=self.role)
+
+    def reader(self) -> KafkaConsumer:
+        """A new group-less consumer of this role, for reading at offsets."""
+        return consumer(self.settings, group_id=None, role=self.role)
 
 
 def admin_client(settings: Settings, **overrides: Any) -> KafkaAdminClient:

@@ -1,7 +1,7 @@
-"""The web console without a broker: tokens, sessions, CSRF, security headers, escaping.
+"""The web console: tokens, sessions, CSRF, security headers, escaping, the desks' actions.
 
-The desks are the real ones with their Kafka-facing methods replaced: the
-inbox is a real inbox file, the operator's records are handed in.
+The page tests use the real desks over real inbox files with the operator's records
+handed in; the status actions send through the real status path on the test broker.
 """
 
 from __future__ import annotations
@@ -326,13 +326,8 @@ ITEM_A = "1a000000-0000-4000-8000-000000000001"
 ITEM_B = "1b000000-0000-4000-8000-000000000002"
 
 
-def _desk_with_items(
-    tmp_path: Path, network: Network, monkeypatch: pytest.MonkeyPatch
-) -> tuple[LiaisonDesk, list[StatusUpdate], Settings]:
-    """A real desk whose sending stops before Kafka (the inbox still remembers what was sent)."""
-    import console.liaison as liaison_mod
-
-    settings = Settings(state_dir=tmp_path / "state", bootstrap_servers="127.0.0.1:9")
+def _desk_with_items(settings: Settings, network: Network) -> LiaisonDesk:
+    """A real desk over a real inbox that received ITEMS_RID and sent ACCEPTED, NTD_SENT."""
     delivery = _delivery(ITEMS_RID, "case-items", "NORMAL")
     delivery.document["body"] = {"items": [{"item_id": ITEM_A}, {"item_id": ITEM_B}]}
     inbox = Inbox.for_org(settings, ORG)
@@ -340,33 +335,28 @@ def _desk_with_items(
     for sent in ("ACCEPTED", "NTD_SENT"):
         inbox.record_sent_status("hl-nl", ITEMS_RID, sent)
     inbox.close()
-    sent_updates: list[StatusUpdate] = []
+    return LiaisonDesk(settings, network, ORG, Codec(EmbeddedRegistry()))
 
-    def fake_send(s: Settings, n: Network, c: Codec, p: Any, update: StatusUpdate) -> None:
-        sent_updates.append(update)
-        box = Inbox.for_org(s, update.emitted_by)
-        try:
-            box.record_sent_status(
-                update.origin_org,
-                update.referral_id,
-                update.status.value,
-                outcomes=update.item_outcomes,
-            )
-        finally:
-            box.close()
 
-    monkeypatch.setattr(liaison_mod, "send_status_update", fake_send)
-    desk = LiaisonDesk(settings, network, ORG, Codec(EmbeddedRegistry()))
-    monkeypatch.setattr(desk, "_ledger_producer", lambda: None)
-    return desk, sent_updates, settings
+def _offline(tmp_path: Path) -> Settings:
+    return Settings(state_dir=tmp_path / "state", bootstrap_servers="127.0.0.1:9")
 
 
 def test_item_actions_send_what_referral_status_item_sends_and_read_back_from_the_inbox(
-    tmp_path: Path, network: Network, monkeypatch: pytest.MonkeyPatch
+    provisioned: Settings, network: Network
 ) -> None:
+    """Through the real status path on the test broker: signed records on status.intake,
+    STATUS_SENT in the ledger, and the inbox's memory of what was sent read back."""
+    from broker.kafka.clients import Clients
     from broker.outcomes import parse_item_specs
+    from broker.wire.topics import Headers
+    from console.ledger import records
+    from tests.support.kafka import header, read_topic
 
-    desk, sent, settings = _desk_with_items(tmp_path, network, monkeypatch)
+    settings = provisioned
+    _desk_with_items(settings, network).close()
+    sender = Clients(settings, "test-console")
+    desk = LiaisonDesk(settings, network, ORG, Codec(EmbeddedRegistry()), kafka=sender)
     first = desk.send_status(
         ITEMS_RID[:8], None, item_id=ITEM_A, outcome=ItemOutcomeKind.STILL_ONLINE, moved_to="fr"
     )
@@ -383,7 +373,7 @@ def test_item_actions_send_what_referral_status_item_sends_and_read_back_from_th
         ITEM_A: (ItemOutcomeKind.STILL_ONLINE, "FR")
     }
     # The next action reads the first one back from the inbox: both settled → REMOVED.
-    desk.send_status(ITEMS_RID, None, item_id=ITEM_A, outcome=ItemOutcomeKind.REMOVED)
+    middle = desk.send_status(ITEMS_RID, None, item_id=ITEM_A, outcome=ItemOutcomeKind.REMOVED)
     last = desk.send_status(ITEMS_RID, None, item_id=ITEM_B, outcome=ItemOutcomeKind.NOT_ILLEGAL)
     assert last.status is ReferralStatus.REMOVED
     assert last.item_outcomes[0].assessed_under == "NL"
@@ -398,15 +388,22 @@ def test_item_actions_send_what_referral_status_item_sends_and_read_back_from_th
     finally:
         inbox.close()
     assert not (settings.org_dir(ORG) / "console.sqlite3").exists()  # no side table
-    assert len(sent) == 3
+    desk.close()
+    names = settings.topic_names()
+    on_topic = read_topic(settings, names.status_intake, at_least=3)
+    assert [header(r, Headers.REFERRAL_ID) for r in on_topic] == [ITEMS_RID] * 3
+    events = records(settings, Codec(EmbeddedRegistry()), ITEMS_RID)
+    assert [(e.event, e.actor, e.to_party) for e in events] == [("STATUS_SENT", ORG, "hl-nl")] * 3
+    assert [e.reason for e in events] == [first.status.value, middle.status.value, "REMOVED"]
 
 
 def test_item_actions_refuse_a_bad_host_and_an_unknown_item(
-    tmp_path: Path, network: Network, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, network: Network
 ) -> None:
     from broker.errors import ValidationFailed
 
-    desk, sent, _ = _desk_with_items(tmp_path, network, monkeypatch)
+    settings = _offline(tmp_path)  # nothing may reach a broker: there is none
+    desk = _desk_with_items(settings, network)
     with pytest.raises(ValidationFailed, match="country code or an IP"):
         desk.send_status(
             ITEMS_RID, None, item_id=ITEM_A, outcome=ItemOutcomeKind.STILL_ONLINE, moved_to="x=1,ip"
@@ -415,7 +412,12 @@ def test_item_actions_refuse_a_bad_host_and_an_unknown_item(
         desk.send_status(ITEMS_RID, None, item_id="nope", outcome=ItemOutcomeKind.REMOVED)
     with pytest.raises(LifecycleError):
         desk.send_status(ITEMS_RID, ReferralStatus.ACCEPTED)
-    assert sent == []
+    inbox = Inbox.for_org(settings, ORG)
+    try:
+        assert inbox.sent_statuses("hl-nl", ITEMS_RID) == ["ACCEPTED", "NTD_SENT"]
+        assert inbox.sent_outcomes("hl-nl", ITEMS_RID) == {}
+    finally:
+        inbox.close()
 
 
 def test_inbox_records_carry_the_current_versions_position(tmp_path: Path) -> None:
@@ -489,7 +491,8 @@ def test_the_referral_page_shows_versions_parent_and_children_without_content(
     import console.liaison as liaison_mod
     from connectors.inbox_folder import InboxFolderConfig, InboxFolderSink
 
-    desk, _, settings = _desk_with_items(tmp_path, network, monkeypatch)
+    settings = _offline(tmp_path)
+    desk = _desk_with_items(settings, network)
     inbox = Inbox.for_org(settings, ORG)
     inbox.record(_delivery(PARENT, "case-items", "NORMAL"), "inbox_folder", NOW.timestamp())
     inbox.record(
