@@ -1,27 +1,7 @@
-"""The connector runtime: runs every connector one organisation has configured.
+"""The connector runtime: every connector one organisation configured, run in threads.
 
-``referral connector run ORG`` builds a :class:`ConnectorRuntime` from the
-organisation's ``[organisations.connectors.<kind>]`` tables and runs, each in a
-thread, until stopped:
-
-* every **source** (``drop_folder``, ``http_intake``) polling on its interval,
-  publishing through one shared :class:`~connectors.publisher.Publisher`;
-* one **sink driver** feeding every referral sink (``inbox_folder``,
-  ``webhook``, ``sqlite``) from the organisation's referral topics;
-* one **status driver** feeding the status sinks (``status_folder``,
-  ``status_webhook``) and clearing the outbox on RECEIVED;
-* the **outbox republisher**, sending again what no destination has answered,
-  after ``republish_after`` seconds and then less and less often, and
-  publishing the re-referrals of moved items the status driver queued;
-* the **head watcher**, keeping every signed ledger checkpoint the router
-  publishes (``<state_dir>/orgs/<org>/heads.sqlite3``; ``referral ledger
-  verify`` checks the ledger against them).
-
-The reserved ``[organisations.connectors.outbox]`` table tunes the outbox
-(``republish_after``, default 300 s, doubling per send up to ``backoff_max``,
-default 3600 s; ``max_per_sweep``, default 500; ``check_interval``, default 1 s).
-Settings are validated before anything starts; every problem is one line of a
-single :class:`~broker.errors.ConfigError`.
+Sources, the sink driver, the status feed, the outbox republisher and the head watcher
+(connectors/README.md); each kind is one entry of :data:`KINDS`.
 """
 
 from __future__ import annotations
@@ -31,7 +11,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -65,6 +45,7 @@ from connectors.webhook import WebhookConfig, WebhookSink
 __all__ = [
     "KINDS",
     "ConnectorRuntime",
+    "Kind",
     "OutboxConfig",
     "parse_connector_settings",
 ]
@@ -93,16 +74,67 @@ class OutboxConfig(ConnectorConfig):
         )
 
 
-#: Connector kind → (role, settings model).
-KINDS: dict[str, tuple[str, type[ConnectorConfig]]] = {
-    "drop_folder": ("source", DropFolderConfig),
-    "http_intake": ("source", HttpIntakeConfig),
-    "inbox_folder": ("sink", InboxFolderConfig),
-    "webhook": ("sink", WebhookConfig),
-    "sqlite": ("sink", SqliteCaseConfig),
-    "status_folder": ("status", StatusFolderConfig),
-    "status_webhook": ("status", WebhookConfig),
-    "outbox": ("outbox", OutboxConfig),
+class _Context(Protocol):
+    """What a kind's builder reads from the runtime."""
+
+    settings: Settings
+    env: Mapping[str, str]
+    publisher: Publisher
+
+
+def _private_folder(rt: _Context, kind: str, config: Any) -> None:
+    private_dir(resolve_path(rt.settings, config.path), f"{kind}.path")
+
+
+def _private_parent(rt: _Context, kind: str, config: Any) -> None:
+    private_dir(resolve_path(rt.settings, config.path).parent, f"{kind}.path")
+
+
+def _token_set(rt: _Context, kind: str, config: Any) -> None:
+    secret_from_env(rt.env, config.token_env, "http_intake.token_env")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One connector kind: its role, its settings model, its start-up check and its builder."""
+
+    role: str  # "source", "sink", "status" (the origin's status sinks) or "outbox"
+    config: type[ConnectorConfig]
+    build: Callable[[_Context, Any], Any] | None = None
+    check: Callable[[_Context, str, Any], None] | None = None
+
+
+#: Connector kind → how it is configured and built; adding a kind is one entry here.
+KINDS: dict[str, Kind] = {
+    "drop_folder": Kind(
+        "source",
+        DropFolderConfig,
+        lambda rt, c: DropFolderSource(c, rt.settings, rt.publisher),
+        _private_folder,
+    ),
+    "http_intake": Kind(
+        "source",
+        HttpIntakeConfig,
+        lambda rt, c: HttpIntakeSource(c, rt.publisher, rt.env),
+        _token_set,
+    ),
+    "inbox_folder": Kind(
+        "sink", InboxFolderConfig, lambda rt, c: InboxFolderSink(c, rt.settings), _private_folder
+    ),
+    "webhook": Kind("sink", WebhookConfig, lambda rt, c: WebhookSink(c, rt.settings, rt.env)),
+    "sqlite": Kind(
+        "sink", SqliteCaseConfig, lambda rt, c: SqliteCaseSink(c, rt.settings), _private_parent
+    ),
+    "status_folder": Kind(
+        "status",
+        StatusFolderConfig,
+        lambda rt, c: StatusFolderSink(c, rt.settings),
+        _private_folder,
+    ),
+    "status_webhook": Kind(
+        "status", WebhookConfig, lambda rt, c: StatusWebhookSink(c, rt.settings, rt.env)
+    ),
+    "outbox": Kind("outbox", OutboxConfig),
 }
 
 
@@ -123,7 +155,7 @@ def parse_connector_settings(org: Organisation) -> tuple[dict[str, BaseModel], l
             problems.append(f"{prefix}: unknown connector kind (known: {', '.join(sorted(KINDS))})")
             continue
         try:
-            parsed[kind] = KINDS[kind][1].model_validate(raw)
+            parsed[kind] = KINDS[kind].config.model_validate(raw)
         except ValidationError as exc:
             problems.extend(_pydantic_lines(prefix, exc))
     return parsed, problems
@@ -166,7 +198,7 @@ class ConnectorRuntime:
         self._started = False
         parsed, problems = parse_connector_settings(self.org)
         self.topics = network.subscriptions(self.org.id, self.names)
-        sink_kinds = [k for k in parsed if KINDS[k][0] == "sink"]
+        sink_kinds = [k for k in parsed if KINDS[k].role == "sink"]
         if sink_kinds and not self.topics:
             problems.append(
                 f"{self.org.id}: connectors.{sink_kinds[0]}: the organisation receives no "
@@ -187,8 +219,9 @@ class ConnectorRuntime:
             settings, network, org_id, codec, self.producer, self.outbox, tracing=self.tracing
         )
         for kind, config in parsed.items():
-            if KINDS[kind][0] == "source":
-                self.built.sources.append(self._source(kind, config))
+            build = KINDS[kind].build
+            if KINDS[kind].role == "source" and build is not None:
+                self.built.sources.append(build(self, config))
         if republish_after is not None:
             self.built.outbox = OutboxConfig.model_validate(
                 {**self.built.outbox.model_dump(), "republish_after": republish_after}
@@ -216,30 +249,15 @@ class ConnectorRuntime:
         return built
 
     def _add(self, built: _Built, kind: str, config: Any) -> None:
-        """Build a sink (or check a source's settings; sources are built later)."""
-        s = self.settings
-        if isinstance(config, DropFolderConfig | InboxFolderConfig | StatusFolderConfig):
-            private_dir(resolve_path(s, config.path), f"{kind}.path")
-        if kind == "http_intake":
-            secret_from_env(self.env, config.token_env, "http_intake.token_env")
-        elif kind == "inbox_folder":
-            built.sinks.append(InboxFolderSink(config, s))
-        elif kind == "webhook":
-            built.sinks.append(WebhookSink(config, s, self.env))
-        elif kind == "sqlite":
-            private_dir(resolve_path(s, config.path).parent, "sqlite.path")
-            built.sinks.append(SqliteCaseSink(config, s))
-        elif kind == "status_folder":
-            built.status_sinks.append(StatusFolderSink(config, s))
-        elif kind == "status_webhook":
-            built.status_sinks.append(StatusWebhookSink(config, s, self.env))
-        elif kind == "outbox":
+        """Check a kind's settings and build it if it is a sink (sources are built later)."""
+        spec = KINDS[kind]
+        if spec.check is not None:
+            spec.check(self, kind, config)
+        if spec.role == "outbox":
             built.outbox = config
-
-    def _source(self, kind: str, config: Any) -> Source:
-        if kind == "drop_folder":
-            return DropFolderSource(config, self.settings, self.publisher)
-        return HttpIntakeSource(config, self.publisher, self.env)
+        elif spec.build is not None and spec.role in ("sink", "status"):
+            made = spec.build(self, config)
+            (built.sinks if spec.role == "sink" else built.status_sinks).append(made)
 
     # -- accessors -------------------------------------------------------------------------------
 
