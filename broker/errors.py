@@ -1,42 +1,4 @@
-"""The project's exception tree.
-
-Every error the library raises derives from :class:`ReferralError`. Kafka and
-fastavro errors are translated at the boundary (``raise ... from exc``), and no
-message ever quotes payload content (URLs, hashes, narratives): only ids,
-organisations, jurisdictions, topics, sizes and positions.
-
-::
-
-    ReferralError
-    ├── ConfigError                  bad settings or connector configuration
-    │   ├── NetworkFileError         the network file has problems (all listed)
-    │   └── UnknownName              no organisation/topic/id of that name (names the nearest)
-    ├── KafkaBrokerError                  talking to Kafka failed
-    │   ├── KafkaUnavailable        no broker answered in time
-    │   └── EmbeddedBrokerError      the embedded Tansu could not start or stop
-    ├── SchemaError                  schemas, registry and compatibility
-    │   ├── UnknownSchema            no schema with that name or id
-    │   ├── RegistryError            the schema registry failed or refused
-    │   └── IncompatibleSchema       a change breaks the compatibility rule
-    ├── CodecError                   a message could not be encoded or decoded
-    │   ├── NotFramed                no Confluent magic byte / frame too short
-    │   ├── UnknownSchemaId          the frame names a schema id we do not know
-    │   ├── CorruptDatum             truncated or corrupt Avro datum
-    │   ├── RecordTooLarge           over the configured size limit
-    │   └── SchemaMismatch           decodes, but not as the expected record
-    ├── ValidationFailed             a referral or status fails semantic checks
-    ├── RoutingError                 no destination can be derived
-    ├── DeliveryError                a sink could not deliver (.permanent: refused for good)
-    ├── SecurityError                keys, signatures, sealing, handling rules
-    │   ├── SignatureInvalid         bad, missing or revoked signature
-    │   │   └── SignatureOutOfWindow signed too long ago, or in the future
-    │   ├── SealError                a sealed body cannot be opened for us
-    │   ├── Misrouted                a referral arrived where its signed envelope does not route it
-    │   └── NotARecipient            a status from an organisation the referral was not routed to
-    └── LedgerError                  the handover ledger as the operator reads it
-        ├── LedgerStoreError         the materialised ledger cannot be opened, synced or read
-        └── UnknownReferral          the ledger holds no event about a referral id
-"""
+"""The project's exception tree."""
 
 from __future__ import annotations
 

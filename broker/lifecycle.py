@@ -1,38 +1,4 @@
-"""The status lifecycle of a referral at one receiving organisation: a pure state machine.
-
-Each receiving organisation moves its copy of a referral through these stages
-(the statuses of :class:`~broker.wire.models.ReferralStatus`); the table says
-which status may follow which:
-
-=================  =========================================================  ======
-current            allowed next statuses                                      stage
-=================  =========================================================  ======
-(none yet)         RECEIVED, or anything RECEIVED allows (a status implies    0
-                   receipt; the receipt itself may still be on its way)
-RECEIVED           ASSESSED, ACCEPTED, REJECTED, REROUTED, DELAYED            1
-ASSESSED           ACCEPTED, REJECTED, REROUTED, DELAYED                      2
-ACCEPTED           NTD_SENT, REFERRED_TO_LE, REROUTED, CLOSED, DELAYED        3
-NTD_SENT           NTD_SENT, STILL_ONLINE, REMOVED, CLOSED, DELAYED           4
-STILL_ONLINE       NTD_SENT, STILL_ONLINE, REMOVED, REFERRED_TO_LE, CLOSED,   4
-                   DELAYED
-REFERRED_TO_LE     REMOVED, CLOSED, DELAYED                                   4
-REMOVED            CLOSED, DELAYED                                            5
-REJECTED           — (final)                                                  6
-REROUTED           — (final: the referral went to ``destination_org``)        6
-CLOSED             — (final)                                                  6
-=================  =========================================================  ======
-
-``DELAYED`` announces a delay (with a reason code) and leaves the referral at
-the stage it was at; it is allowed wherever a next step is still due. No
-transition lowers the stage, so "the current status" of a referral is the one
-of the highest stage (ties: the latest), whatever order the updates arrived in
-(:func:`current_status`).
-
-``RECEIVED`` is a receipt as well as a stage: a sink answers every redelivery
-with another one, so a RECEIVED that arrives after the referral moved on is
-taken as a (late) receipt that changes nothing (:func:`advance`), never as a
-step back. A person cannot send it again (:func:`allowed_next` does not offer it).
-"""
+"""The status lifecycle of a referral at one receiving organisation: a pure state machine."""
 
 from __future__ import annotations
 

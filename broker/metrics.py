@@ -1,13 +1,4 @@
-"""OpenTelemetry metrics: one meter per component, scraped by Prometheus on loopback.
-
-Names follow the OpenTelemetry messaging conventions where they exist
-(``messaging.client.consumed.messages``, ``messaging.client.sent.messages``,
-``messaging.process.duration``); the project's own are ``referral.*``. Labels are
-topic, group, stage and reason only — never a referral id, URL, hash or person data.
-
-Off by default (no SDK, no cost): ``--metrics-port`` / ``REFERRAL_METRICS_PORT``
-serves ``/metrics`` on 127.0.0.1 with ``prometheus-client`` for a long-running process.
-"""
+"""OpenTelemetry metrics: one meter per component, scraped by Prometheus on loopback."""
 
 from __future__ import annotations
 

@@ -1,48 +1,4 @@
-"""The network file: organisations, the routing table and topic layout.
-
-A network file is TOML::
-
-    [network]
-    name = "Demo network"
-    allow_plain = false       # every referral must be sealed and signed
-    trust_file = "trust.toml" # public keys (broker.security.keys), relative to this file
-    signature_max_age_days = 30          # older signatures are refused
-    signature_clock_skew_seconds = 300   # and those further in the future
-
-    [topics]
-    partitions = 3            # per topic unless overridden below
-    [topics.overrides]
-    "referrals.intake" = 6
-
-    [[organisations]]
-    id = "police-de"
-    name = "Bundes Demo Kontaktstelle"
-    role = "police"           # hotline | police | fallback
-    country = "DE"
-    [organisations.connectors.inbox_folder]
-    path = "demo/police-de/inbox"
-
-    [routing]
-    fallback = "secretariat"
-    [routing.jurisdictions]   # who serves each country, by role
-    DE = { hotline = ["hl-de"], police = ["police-de"] }
-    FR = ["police-fr"]        # a list: each organisation under its own role
-
-    [[routing.rules]]         # who receives what: first matching rule wins
-    from = "hotline"          # the sender's role (or "any")
-    basis = ["HOSTING"]       # the jurisdiction's basis (omitted: every basis)
-    where = "abroad"          # "home" (the sender's own country), "abroad" or "any"
-    to = ["hotline"]          # receiving roles in that country, first one served wins
-
-Without ``[[routing.rules]]`` routing is *flat*: every organisation listed for a
-jurisdiction receives all its referrals, whoever sent them (the only form of
-earlier network files). With rules, each (country, basis) of a referral goes to
-the roles the first matching rule names; no rule, or nobody of those roles in
-the country, means the fallback (:mod:`broker.routing.decide` has the details).
-
-:func:`load_network` validates the whole file and reports *every* problem with
-its location in one :class:`~broker.errors.NetworkFileError`.
-"""
+"""The network file: organisations, the routing table and topic layout."""
 
 from __future__ import annotations
 

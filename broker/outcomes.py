@@ -1,30 +1,4 @@
-"""Per-item outcomes and the re-referral rule: pure functions, no Kafka, no files.
-
-A receiving organisation reports what became of each item of a referral
-(:class:`~broker.wire.models.ItemOutcome`: removed, still online — at another
-host if it moved —, not found, not illegal). This module
-
-* turns the ``--item`` specifications of ``referral status`` into outcomes
-  (:func:`parse_item_specs`, item ids by unambiguous prefix);
-* summarises outcomes the way people read them (:func:`summarise`:
-  ``3 items: 1 removed, 1 moved to FR, 1 still online``), for the ledger and the
-  origin's ``referral outbox``;
-* decides which moved items are re-referred (:func:`reroutes`).
-
-**The re-referral rule.** The *origin* re-refers a moved item, not the receiver:
-it holds the case and the item's evidence, it is the one accountable for where
-the case goes (a SIENA H2 handling code forbids the receiver onward
-dissemination), and it signs with its own keys, so every recipient keeps
-checking one origin's signature. When the origin has verified a STILL_ONLINE
-outcome whose ``hosting`` names a country (given, or resolved offline from the
-IP) that the network serves, that differs from the country the item was
-referred for, and that the parent referral was not already routed to, it
-publishes a child referral: one item (same ``item_id``, the new hosting
-evidence), the parent's classification of that item, case id, priority and
-handling, ``parent_referral_id`` set, a ``HOSTING`` jurisdiction for the new
-country. Its id is :func:`child_referral_id` of (parent, item, country), so a
-repeated outcome re-refers once.
-"""
+"""Per-item outcomes and the re-referral rule: pure functions, no Kafka, no files."""
 
 from __future__ import annotations
 

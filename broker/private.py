@@ -1,14 +1,4 @@
-"""Private files and directories: decrypted case content stays with its organisation.
-
-Inbox files, SQLite case tables, status folders, outboxes, inboxes, the handling
-log and private keys are created through these helpers: files ``0600`` in
-directories ``0700``, whatever the process umask (the mode is set explicitly
-after creation). Files are opened with ``O_NOFOLLOW``, so a symlink planted
-where a private file belongs is refused instead of written through.
-
-:func:`exposure` says whether a directory (the state directory) can be read by
-other local users; ``referral demo`` and the connectors warn when it can.
-"""
+"""Private files and directories: decrypted case content stays with its organisation."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""The shape of the ids a sink acts on, checked again on receipt.
-
-A member's signature proves who wrote a record, not that its ids are sane: a
-signed case id may carry ESC, bidi overrides or a megabyte of text. Sinks check
-every id against the shape the models allow (:mod:`broker.wire.models`) before
-storing or showing it, and dead-letter a record whose ids do not fit with a
-one-line reason that names the field, never the value.
-"""
+"""The shape of the ids a sink acts on, checked again on receipt."""
 
 from __future__ import annotations
 

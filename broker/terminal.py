@@ -1,13 +1,4 @@
-"""Text that is safe for a terminal: control characters escaped, never passed through.
-
-Ids, case ids, headers, reasons and file names can come from anyone who can
-write to a topic or a drop folder. :func:`escape` turns every control or
-invisible formatting character (ESC, CR, BEL, NUL, DEL, C1 controls, bidi
-overrides, zero-width characters, line and paragraph separators) into a
-visible ``\\xNN`` / ``\\uNNNN`` escape, so nothing printed can move the cursor,
-rewrite a line, ring a bell or change colours. The CLI applies it to every
-field it prints, and :class:`EscapingFormatter` to every log line.
-"""
+"""Text that is safe for a terminal: control characters escaped, never passed through."""
 
 from __future__ import annotations
 

@@ -1,22 +1,4 @@
-"""OpenTelemetry tracing: one trace per referral across every hop.
-
-Spans follow the messaging semantic conventions: ``send <topic>`` PRODUCER
-spans and ``process <topic>`` CONSUMER spans with ``messaging.system=kafka``,
-``messaging.destination.name``, partition, offset and consumer group. The W3C
-``traceparent`` travels in Kafka headers (source → router → sink → status back
-to the origin), so every hop of one referral joins one trace.
-
-Attributes carry ids, organisations, jurisdictions and topics only — never
-URLs, hashes, summaries or personal data: :func:`safe_attributes` drops any
-attribute not on an allow-list.
-
-Exporters are chosen by settings: ``none`` (the default: no SDK, near-zero
-cost; incoming trace context is still passed on unchanged), ``console``,
-``otlp`` (OTLP over HTTP to any collector; the endpoint and resource follow the
-OpenTelemetry ``OTEL_*`` variables, see :func:`otlp_traces_url`) and ``jsonl``
-(OTLP JSON in a local file: one ``ExportTraceServiceRequest`` per line, as the
-collector's file receiver reads).
-"""
+"""OpenTelemetry tracing: one trace per referral across every hop."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""The one formatter of pydantic validation errors: ``where: message`` lines, never quoting input.
-
-Settings, connector settings and referrals all report their problems through
-:func:`validation_problems`; each caller only decides how a location is
-prefixed. Input values are never included, and a location part that did not
-come from the model (an unknown key someone sent) is named only if it looks
-like a field name.
-"""
+"""The one formatter of pydantic validation errors: `where: message` lines, never quoting input."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""Shared CLI plumbing: error mapping, settings from the context, output helpers.
-
-Everything a command prints for people goes through :func:`escape` (control
-characters in ids, headers, reasons and file names become visible escapes);
-table cells through :func:`cell` (escaped, and never read as rich markup); log
-lines through :func:`configure_logging`'s escaping formatter. ``--json``
-output is escaped by the JSON encoder itself.
-"""
+"""Shared CLI plumbing: error mapping, settings from the context, output helpers."""
 
 from __future__ import annotations
 

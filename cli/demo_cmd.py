@@ -1,24 +1,4 @@
-"""``referral demo``: the whole network on one machine, end to end, in under two minutes.
-
-1. start the embedded broker and provision the demo network (``examples/network.toml``);
-2. run the router and every organisation's connectors (threads in this process);
-3. publish a synthetic batch through every kind of source — hl-nl's drop folder,
-   hl-de's HTTP intake, hl-se's publisher (as ``referral publish`` does) — with
-   urgent, multi-jurisdiction, unassigned, derived-hosting, TLP RED and
-   deliberately invalid referrals, plus a few broken records written straight to
-   the intake by a "legacy client" (they end as dead letters);
-4. wait until every valid referral has its RECEIVED from every destination —
-   each RECEIVED signed by its recipient and verified by the origin;
-5. have the router publish a signed checkpoint of the ledger, check the ledger
-   (every record's signature, the chain, every checkpoint the organisations
-   hold and the topic), print the flows view and the trace of one
-   multi-jurisdiction referral, check that every published referral is
-   accounted for, stop everything, exit 0.
-
-``--keep`` leaves the broker, router and connectors running (Ctrl-C stops them) so
-the other commands can be tried against ``--state-dir`` of the run, and serves the
-web console (police-nl's view and the operator's; it prints the address and tokens).
-"""
+"""``referral demo``: the whole network on one machine, end to end, in under two minutes."""
 
 from __future__ import annotations
 

@@ -1,12 +1,4 @@
-"""``referral keys init|show|revoke``: an organisation's signing and encryption keys.
-
-Private keys stay in ``<state_dir>/orgs/<org>/keys/`` and are never printed;
-only public key ids (and, for the trust file, the public keys) leave it.
-``router`` is accepted beside the network's organisations: the routers sign
-their ledger batches and checkpoints with it. Running connectors and routers
-re-read the trust file when it changes, so a revocation or rotation is in force
-without a restart (within ``RELOAD_CHECK_SECONDS`` plus one batch).
-"""
+"""``referral keys init|show|revoke``: an organisation's signing and encryption keys."""
 
 from __future__ import annotations
 

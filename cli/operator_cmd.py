@@ -1,11 +1,5 @@
 """The operator's commands: ``referral ledger sync|verify|show|checkpoint``, ``trace``, ``flows``,
 ``tail``.
-
-Thin: the ledger store (:mod:`broker.ledger.store`) and the pure views
-(:mod:`broker.ledger.views`) do the work. Output names ids, organisations,
-jurisdictions and topics; a referral body is printed only by ``tail --body`` (a sealed
-body as its recipients; TLP RED / AMBER_STRICT only with ``--reveal --reason``, and that
-access is recorded as an ACCESSED handover event).
 """
 
 from __future__ import annotations

@@ -1,11 +1,4 @@
-"""Tables that fit the terminal: short ids, compact times, least important columns dropped.
-
-Below :data:`WIDE_AT` columns (an 80-column terminal) the operator's tables
-(``trace``, ``topics list``, ``ledger show``, ``inbox``) show ids by their first
-8 characters (any unambiguous prefix is accepted back, :mod:`broker.ids`),
-times as ``HH:MM:SS`` and only their key columns; ``--wide`` shows everything
-whatever the width. Cells still go through :func:`cli.app.cell` (escaped).
-"""
+"""Tables that fit the terminal: short ids, compact times, least important columns dropped."""
 
 from __future__ import annotations
 

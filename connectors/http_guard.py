@@ -1,27 +1,4 @@
-"""The HTTP intake's connection guard: a header timeout and connection limits.
-
-uvicorn bounds the idle time between requests (``timeout_keep_alive``) but not
-how long a client may take to send a request's line and headers, so a client
-sending one byte at a time could hold a connection for ever. :func:`guarded_h11`
-builds uvicorn's h11 protocol with more rules:
-
-* a request's line and headers must arrive within ``header_timeout`` seconds of
-  the connection (or of the first byte after a previous response); otherwise
-  ``408`` and the connection is closed;
-* at most ``per_address`` connections from one client address and
-  ``max_connections`` in all. A connection over either limit sheds the oldest
-  *idle* connection in its way (no request being served: silent, half-sent
-  headers, or between requests), those of clients that never gave the right
-  token first; the shed one is answered ``503`` and closed. Only when nothing
-  can be shed is the newcomer answered ``503`` (``application/problem+json``,
-  ``Retry-After``) and closed at once;
-* connections of clients that never gave the right token (:class:`ConnectionGuard`
-  learns who did from the application) may hold at most ``max_connections``
-  less a reserve, so authenticated clients always find room.
-
-The body has its own deadline in the application (``body_timeout``). Every
-answer is immediate, so ``GET /health`` stays fast while slow clients are cut off.
-"""
+"""The HTTP intake's connection guard: a header timeout and connection limits."""
 
 from __future__ import annotations
 

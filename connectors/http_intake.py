@@ -1,45 +1,4 @@
-"""HTTP intake source: a hotline's system POSTs referrals over HTTP.
-
-Settings (``[organisations.connectors.http_intake]``)::
-
-    host = "127.0.0.1"            # loopback by default
-    port = 0                      # 0 = a free port (see ``HttpIntakeSource.port``)
-    token_env = "REFERRAL_TOKEN_HL_DE"   # env var holding the bearer token
-    max_body_bytes = 1048576
-    max_batch = 1000
-    header_timeout = 10.0         # request line and headers must arrive within this
-    body_timeout = 30.0           # the whole body must arrive within this
-    max_connections = 64          # in all; over it the oldest idle one is shed (else 503)
-    max_connections_per_address = 16   # from one client address, likewise
-    idempotency_ttl = 86400       # how long Idempotency-Key answers are remembered
-
-Endpoints:
-
-``POST /referrals``
-    ``Authorization: Bearer <token>``, ``Content-Type: application/json``; body:
-    one referral object or a list. All-or-nothing: **202**
-    ``{"accepted": [{"referral_id", "sent", "repeat"}...]}`` when every referral
-    is valid (each is in the outbox; ``sent`` says the broker acknowledged it
-    now; ``repeat`` that the origin had already published it with the same
-    content, so it was not sent again), else nothing is published and the answer
-    is a JSON problem (RFC 9457: ``type``, ``title``, ``status``, ``detail``,
-    ``problems``): **400** not JSON, nested deeper than 32 levels, not an object
-    or list, or a bad ``Idempotency-Key``; **401** missing or wrong token;
-    **408** body not received in time; **409** an amendment (a referral already
-    published with other content) or an ``Idempotency-Key`` reused with another
-    body; **413** body or batch too large; **415** not ``application/json``;
-    **422** invalid referrals, each problem as ``{"index", "field", "message"}``.
-    Problems never quote the submitted values. With an ``Idempotency-Key``, a
-    repeated request gets the first answer (see :mod:`connectors.idempotency`).
-``GET /health``
-    ``{"status": "ok", "org": ...}`` (no authentication).
-
-Hostile clients: headers and body each have a deadline, connections are
-limited (:mod:`connectors.http_guard`), JSON nesting is bounded before parsing,
-and an unexpected failure is a ``500`` problem without details, never a
-traceback. The server is uvicorn in a background thread; ``open()`` returns
-once it listens.
-"""
+"""HTTP intake source: a hotline's system POSTs referrals over HTTP."""
 
 from __future__ import annotations
 

@@ -1,21 +1,4 @@
-"""``Idempotency-Key`` for the HTTP intake: a retried POST gets the first answer.
-
-A client that is not sure its POST arrived sends it again with the same
-``Idempotency-Key`` header. The intake remembers, per key, the SHA-256 of the
-body and the answer it gave (for answers that depend only on the body: 202,
-409, 422):
-
-* same key, same body → the first answer again (``Idempotent-Replayed: true``),
-  nothing is published twice;
-* same key, another body → ``409`` problem (the key was used for something else);
-* same key while the first request is still being processed → ``409`` problem.
-
-Keys are remembered for ``ttl`` seconds (default one day) in
-``<state_dir>/orgs/<org>/http_intake.sqlite3`` (private, like every store). A
-key is 1–255 visible ASCII characters. Without the header a re-POST is still
-recognised by the referral ids (``repeat`` in the answer), see
-:mod:`connectors.publisher`.
-"""
+"""``Idempotency-Key`` for the HTTP intake: a retried POST gets the first answer."""
 
 from __future__ import annotations
 

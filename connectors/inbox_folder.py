@@ -1,28 +1,4 @@
-"""Inbox folder sink: one JSON file per referral, named by referral id.
-
-Settings (``[organisations.connectors.inbox_folder]``)::
-
-    path = "orgs/police-nl/inbox"   # relative to the state directory; created if missing
-
-Each referral becomes ``<path>/<referral_id>.json``::
-
-    {"referral": {"envelope": {...}, "body": {...}}, "delivery": {topic, partition, ...}}
-
-A referral's identity is its origin and its id: should a second origin use an id
-already in the folder, its referral goes to ``<referral_id>.<origin>.json`` and
-never replaces the other origin's file.
-
-An **amendment** (a newer ``envelope.version`` signed by the same origin)
-replaces the file, which always holds the current version
-(``delivery.version``; ``delivery.previous_version`` names the one replaced);
-the replaced file is kept as ``<path>/history/<file stem>.v<version>.json``.
-
-The file is written to a hidden temporary name in the same directory, synced,
-then renamed: a reader never sees half a file; the folder is synced once per
-consumed batch (:meth:`InboxFolderSink.flush`), before the batch is answered.
-Files are ``0600`` in a ``0700`` folder (the referral is decrypted content). The
-inbox database makes sure a referral is written once, however often it arrives.
-"""
+"""Inbox folder sink: one JSON file per referral, named by referral id."""
 
 from __future__ import annotations
 

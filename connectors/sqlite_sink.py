@@ -1,30 +1,4 @@
-"""SQLite case-table sink: one row per referral, upserted by (origin, referral id).
-
-Settings (``[organisations.connectors.sqlite]``)::
-
-    path = "orgs/police-de/cases.sqlite3"   # relative to the state directory
-    table = "cases"                          # created if missing
-
-Columns (documented for case systems in ``connectors/README.md``):
-``referral_id``, ``case_id``, ``origin_org`` (the primary key is
-``(origin_org, referral_id)``: another origin re-using a referral id never
-replaces a case), ``priority``, ``tlp``, ``jurisdictions`` (JSON), ``referral``
-(the whole referral as JSON), ``topic``, ``received_at``, ``updated_at``. The
-times are UTC text in SQLite's form of ISO 8601, to the millisecond
-(``2026-11-23 13:05:09.120``), so SQL date functions understand them:
-``received_at > datetime('now', '-1 day')``.
-A repeat of the same referral updates its row; it never adds a second. A table
-of an earlier version — keyed by referral id alone, or with times as epoch
-numbers — is rebuilt when opened (epoch times converted).
-
-**Versions.** ``version`` (added to an older table on open, default 1) is the
-current version of the referral: an amendment by its origin replaces the row's
-content and never goes back to an older version. Every version delivered is
-also kept in ``<table>_versions`` (``origin_org``, ``referral_id``,
-``version``, ``referral``, ``received_at``; primary key the first three), so
-``SELECT * FROM cases_versions WHERE referral_id = ? ORDER BY version`` is the
-history.
-"""
+"""SQLite case-table sink: one row per referral, upserted by (origin, referral id)."""
 
 from __future__ import annotations
 

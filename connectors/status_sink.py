@@ -1,14 +1,4 @@
-"""Status sinks (the origin side): where a hotline hears back about its referrals.
-
-``status_folder`` (``path`` relative to the state directory) appends one JSON
-line per status update to ``<path>/<referral_id>.jsonl`` (``0600`` files in a
-``0700`` folder). ``status_webhook``
-POSTs each status update, signed exactly like the referral webhook (same
-settings: ``url``, ``secret_env``, ``timeout``, ``max_attempts``, backoff).
-
-The status driver hands each update over once (a repeated RECEIVED from the
-same organisation is recognised and skipped).
-"""
+"""Status sinks (the origin side): where a hotline hears back about its referrals."""
 
 from __future__ import annotations
 

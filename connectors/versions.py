@@ -1,13 +1,4 @@
-"""The versions of an amended referral that an organisation's sinks keep (metadata only).
-
-An amendment replaces what a sink shows with the newer version and keeps the
-replaced one (:mod:`connectors.inbox_folder`: ``history/<stem>.v<n>.json``;
-:mod:`connectors.sqlite_sink`: the ``<table>_versions`` table). A webhook's
-receiver keeps its own history; nothing is kept here for it.
-:func:`kept_versions` lists which versions are kept, when each arrived and in
-which sinks — never their content (the console shows no case content unless a
-person asks for it).
-"""
+"""The versions of an amended referral that an organisation's sinks keep (metadata only)."""
 
 from __future__ import annotations
 

@@ -1,30 +1,4 @@
-"""Webhook sink: POST each referral to the organisation's case system, signed.
-
-Settings (``[organisations.connectors.webhook]``)::
-
-    url = "https://cases.police.example.org/referrals"
-    secret_env = "REFERRAL_WEBHOOK_SECRET_POLICE_FR"   # env var holding the HMAC secret
-    timeout = 10.0          # seconds per attempt
-    max_attempts = 5        # 1 = no retry
-    backoff_initial = 0.5   # seconds; doubles per attempt, capped at backoff_max
-    backoff_max = 30.0
-
-The body is JSON (``{"referral": ..., "delivery": ...}``); the
-``X-Referral-Signature: sha256=<hex>`` header is the HMAC-SHA256 of the exact
-body bytes under the secret, and ``X-Referral-Id`` / ``Idempotency-Key`` carry
-the referral id; ``X-Referral-Version`` the referral's version. An amendment (a
-newer version of a referral delivered before) is POSTed like the first with
-``delivery.version`` / ``delivery.previous_version`` in the body and the
-Idempotency-Key ``<referral id>.v<version>`` (version 1 keeps the bare id), so
-a case system's own de-duplication does not swallow it. A 2xx answer is a
-delivery. A 5xx answer, a timeout or a connection failure is retried with
-exponential backoff and full jitter; a 4xx answer is final at once: a
-:class:`~broker.errors.DeliveryError` with ``permanent`` set and the reason
-code ``HTTP_<code>`` (the driver dead-letters it once and answers the origin
-with a signed REJECTED). A delivery that finally fails otherwise raises a
-transient DeliveryError (dead-lettered, not recorded as delivered; the origin's
-republish tries again). Errors name the status code, never the URL.
-"""
+"""Webhook sink: POST each referral to the organisation's case system, signed."""
 
 from __future__ import annotations
 

@@ -1,25 +1,4 @@
-"""The console's web application: routes, sessions, CSRF and security headers.
-
-Server-rendered HTML (Jinja2, autoescaped, every control character made
-visible), charts as inline SVG (:mod:`console.svg`), one small static script
-that refreshes the live parts (no inline script or style: the CSP is
-``default-src 'self'``). Every response carries the security headers; every
-page but the static files is ``Cache-Control: no-store``. The handlers live per
-page group in :mod:`console.pages`, their shared plumbing in :mod:`console.web`.
-
-=========================  ======================================================
-path                        what
-=========================  ======================================================
-``/login`` ``/logout``      the token form; a session cookie (HttpOnly, Strict)
-``/inbox``                  the organisation's inbox (``rows``: the live table)
-``/inbox.csv``              the inbox as CSV (as ``referral inbox --csv``)
-``/referral/{id}``          envelope, items, history, status actions, reveal
-``/operator``               flows: heat map, handover times, overdue receipts
-``/operator/trace``         one case's swim lanes (``?id=`` an id or prefix)
-``/operator/deadletters``   dead letters, replay with confirmation
-``/operator/ledger``        ledger verification, topic counts and group lag
-=========================  ======================================================
-"""
+"""The console's web application: routes, sessions, CSRF and security headers."""
 
 from __future__ import annotations
 

@@ -1,13 +1,4 @@
-"""Who may see what: tokens from the environment, server-side sessions, CSRF tokens.
-
-An organisation's view opens with that organisation's token, the operator's
-view with the operator's (:func:`token_env`); both come from environment
-variables, as the HTTP intake's bearer token does. A correct token at the
-login form starts a session: a random id in an ``HttpOnly``, ``SameSite=Strict``
-cookie, the principal kept on the server. Every form carries a CSRF token, an
-HMAC of the session id under a secret of this process (:meth:`Sessions.csrf`);
-a POST without the right one is refused before anything happens.
-"""
+"""Who may see what: tokens from the environment, server-side sessions, CSRF tokens."""
 
 from __future__ import annotations
 

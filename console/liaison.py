@@ -1,25 +1,4 @@
-"""The liaison's desk: one organisation's inbox, referrals, reveals and status updates.
-
-Runs in the organisation's own process with its own keys. What it shows comes
-from the library: the inbox (:mod:`connectors.inbox`, :mod:`connectors.inbox_view`),
-the referral record at the position the sink delivered it from (re-read from
-Kafka; the envelope is plain, the body is opened here with the organisation's
-keys), the ledger (:mod:`broker.ledger.store`). Case content — URLs, hashes,
-the summary — is shown only on demand (:meth:`LiaisonDesk.reveal`); revealing
-a TLP RED or AMBER+STRICT body records an ACCESSED handover event with the
-typed reason, signed by the organisation.
-
-Status updates go the one way ``referral status`` sends them
-(:mod:`connectors.status_update`): the lifecycle (:mod:`broker.lifecycle`)
-decides what may follow, the update is signed by the organisation and
-published to status intake, the hop is recorded as STATUS_SENT, and the inbox
-remembers it with its item outcomes. An *item* outcome (one URL removed, still
-online, not found, not illegal) is parsed as ``referral status --item
-ID=KIND`` is (:func:`broker.outcomes.parse_item_specs`) and travels in the same
-update's ``item_outcomes``; the referral-level status it carries is
-:func:`status_for_items`. What the organisation reported about each item is
-read back from its inbox (:meth:`connectors.inbox.Inbox.sent_outcomes`).
-"""
+"""The liaison's desk: one organisation's inbox, referrals, reveals and status updates."""
 
 from __future__ import annotations
 

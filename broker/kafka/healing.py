@@ -1,36 +1,4 @@
-"""Long-lived Kafka clients that get out of the states kafka-python 3.0 never leaves.
-
-kafka-python's idempotent producer has states it never leaves. After the
-embedded broker restarts empty, the producer id it holds is unknown there: a
-produce answers ``UnknownProducerIdError`` (or ``OutOfOrderSequenceNumberError``),
-kafka-python tries to bump the epoch of that id (KIP-360), the broker answers
-the ``InitProducerId`` with an error, and the transaction manager goes to
-``FATAL_ERROR``, from which every later send fails. A stopped sender thread or a
-producer closed under its users is just as final. Worse, the new broker hands
-out producer ids from 1 again: an old producer whose id a new one now holds
-gets ``DUPLICATE_SEQUENCE_NUMBER`` for records the broker never stored, which
-kafka-python reports as *delivered*. And an ``UnknownProducerIdError`` it judges
-"retention-based" is retried for ever in a healthy state: a flush that times out
-replaces the producer too. So a producer is also replaced as soon as a
-topic it produced to is seen with another topic id (it was created anew).
-
-:class:`HealingProducer` keeps the interface the project uses (``send`` returning
-a future, ``flush``, ``partitions_for``, ``close``) and, when it finds its producer
-in such a state, builds a new one (a new producer id) and retires the old one.
-Futures of the old producer still fail — callers are at-least-once and send
-again — and one WARNING line per replacement names the role, never a record.
-
-:class:`HealingConsumer` is a :class:`kafka.KafkaConsumer` that notices when its
-group membership was left half-done: when the subscribed topics vanish (an empty
-broker) and come back with the same partitions while a rejoin is in flight,
-kafka-python stops awaiting that rejoin (``need_rejoin()`` is false again) and
-the member stays ``REBALANCING`` with nothing assigned, fetching nothing, until
-the topics' metadata changes again. It asks the coordinator to rejoin. And
-when an assigned topic is seen with another topic id (created anew: its offsets
-start again at 0, while a fetch beyond the end of a Tansu partition returns
-nothing rather than an out-of-range error), it reads that topic's partitions
-from the beginning again.
-"""
+"""Long-lived Kafka clients that get out of the states kafka-python 3.0 never leaves."""
 
 from __future__ import annotations
 

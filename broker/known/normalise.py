@@ -1,23 +1,4 @@
-"""What gets tokenised: exact hashes and URLs in one canonical form (equal content, equal input).
-
-Exact hashes become ``b"<kind>:<lower-hex>"`` for kind md5, sha1 or sha256 (``SHA-256``,
-``sha_256`` and upper-case hex are accepted). URLs become ``b"url:" + normalise_url(url)``.
-
-The URL rule (RFC 3986 §6.2.2 syntax-based normalisation, plus the scheme-based drops):
-
-1. surrounding white space is stripped; the URL must be absolute (``scheme://host...``);
-2. scheme and host are lower-cased; an international host is written in IDNA (punycode),
-   a trailing dot of the host is dropped;
-3. the port is dropped when it is the scheme's default (http 80, https 443, ftp 21,
-   ws 80, wss 443);
-4. the fragment (``#...``) is dropped, and so is an empty query (a bare ``?``);
-5. an empty path becomes ``/``; ``.`` and ``..`` segments are removed (RFC 3986 §5.2.4);
-6. percent-encoding: escapes of unreserved characters (``A-Z a-z 0-9 - . _ ~``) are
-   decoded, the remaining escapes get upper-case hex digits, and every character that may
-   not appear raw (space, controls, non-ASCII, a ``%`` not starting an escape) is
-   percent-encoded as UTF-8. Reserved characters and their escapes are left as they are
-   (``%2F`` is not ``/``), and the query keeps its order and its ``+``.
-"""
+"""What gets tokenised: exact hashes and URLs in one canonical form (equal content, equal input)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""PDQ near-duplicates by multi-index tokens: 32 chunks of 8 bits, each tokenised with its index.
-
-Pigeonhole: two 256-bit hashes at Hamming distance ≤ 31 differ in at most 31 of the 32
-chunks, so at least one (index, chunk) token is equal. Equal tokens only make a candidate;
-the holder of both real hashes confirms it with the real distance (``confirm``).
-Known limit: only 32 × 256 chunk inputs exist, so a member who has all 8,192 evaluated
-can read every PDQ hash in the index back from its chunk tokens.
-"""
+"""PDQ near-duplicates by multi-index tokens: 32 chunks of 8 bits, each tokenised with its index."""
 
 from __future__ import annotations
 

@@ -1,25 +1,4 @@
-"""The ledger's batch form: a consumed batch's handover events packed in columns, encoded once.
-
-The router records one handover event per routed destination, a sink one per
-delivery. Building a dict per event and handing thousands of them to fastavro's
-generic writer cost more than the routing itself, so a component holds each
-event as a plain :class:`EventFacts` tuple, and once per batch :class:`BatchWriter`
-writes them as one ``HandoverBatch`` whose ``packed`` field
-(``PackedHandovers``, HandoverBatch version 4) holds them in columns: the few
-distinct routes of the batch (event, from, to, topic, reason) once, then per
-event an index into them, the referral and case ids, the position, the trace
-id and the time. Columns of strings and integers are written by fastavro's
-compiled writer in one call, with no per-event Python work beyond the
-transposition, and take about half the bytes of listed events.
-
-Nothing is lost by packing: an event's id is derived from its facts
-(:func:`event_id`), so :func:`unpack` gives readers exactly the HandoverEvent
-datums that the listed form carries (:meth:`BatchWriter.datum`), in order, and
-``referral trace``, ``flows``, ``ledger verify`` and the signed checkpoints read
-either form through :func:`broker.ledger.events.decode_events`. Unpacking
-bytes from the topic is bounded (:data:`MAX_PACKED_EVENTS`) and checks that the
-columns line up, since anyone who can write to the ledger topic can write them.
-"""
+"""The ledger's batch form: a consumed batch's handover events packed in columns, encoded once."""
 
 from __future__ import annotations
 

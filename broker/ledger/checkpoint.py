@@ -1,20 +1,5 @@
 """Signed checkpoints of the ledger: entry count + chain head, like Certificate Transparency's
 signed tree heads.
-
-The router materialises the ledger topic in a hash-chained store of its own
-(:class:`~broker.ledger.store.LedgerStore`, the same chain every organisation
-computes) and publishes, periodically and on demand, a **checkpoint** of it to
-``handover.checkpoints``: the number of entries, the hash of the last one and
-the ledger offset it read to, signed with the router's key. A checkpoint record
-is canonical ASCII text (not Avro), with the usual signature headers::
-
-    checkpoint-v1;count=<entries>;head=<64 hex>;offset=<next ledger offset>;by=router;at=<ms>
-
-Every organisation's connector keeps the checkpoints it sees
-(:class:`HeadWatcher` → :class:`HeadStore`, ``<state_dir>/orgs/<org>/heads.sqlite3``).
-``referral ledger verify`` checks the local ledger store against every head held
-locally and on the topic: a store rewritten together with its own stored head
-no longer matches the heads other organisations hold.
 """
 
 from __future__ import annotations

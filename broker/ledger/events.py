@@ -1,15 +1,4 @@
-"""The handover ledger: every hop of every referral, as ``HandoverEvent`` records.
-
-Components emit events to the ledger topic with :class:`LedgerEmitter`; the
-events name ids, organisations, topics, positions and reasons — never payload
-content. A ledger record is either one ``HandoverEvent`` or a ``HandoverBatch``
-(several events of one actor, which the router, the sinks and the status feeds
-write once per consumed batch, packed in columns, to keep the ledger off their
-hot path: :mod:`broker.ledger.batchwriter`); :func:`decode_events` reads both.
-
-Event kinds are :class:`HandoverEventType`, the enum of the HandoverEvent Avro
-contract (defined with the wire models, exported here for every emitter).
-"""
+"""The handover ledger: every hop of every referral, as ``HandoverEvent`` records."""
 
 from __future__ import annotations
 

@@ -1,14 +1,4 @@
-"""An append-only Merkle tree as RFC 9162 §2.1 (Certificate Transparency) defines it.
-
-Hashes are SHA-256 with domain separation: a leaf is ``SHA-256(0x00 || data)``,
-an inner node ``SHA-256(0x01 || left || right)``, and the empty tree hashes to
-``SHA-256("")``. :class:`MerkleTree` keeps every complete subtree (one
-contiguous byte array per level, 2 hashes per leaf in all), so appending costs
-one leaf hash plus one node hash on average, and a root, an inclusion proof
-(§2.1.3.1) or a consistency proof (§2.1.4.1) for any earlier size costs
-O(log² n) hashes. :func:`verify_inclusion` and :func:`verify_consistency`
-are the verification algorithms of §2.1.3.2 and §2.1.4.2.
-"""
+"""An append-only Merkle tree as RFC 9162 §2.1 (Certificate Transparency) defines it."""
 
 from __future__ import annotations
 

@@ -1,15 +1,4 @@
-"""A portable receipt: one ledger entry, proved included in a signed Merkle tree head.
-
-The tree (:mod:`broker.ledger.merkle`) is computed over the entries of the local
-ledger store, in index order; leaf ``i`` is the canonical JSON (sorted keys, no
-spaces, ASCII) of entry ``i``'s fields — those the store chains, with ``at_ms``
-and ``ledger_offset`` — plus ``record_sha256``, the SHA-256 of the ledger record
-it was read from. The receipt carries that entry, its index, its inclusion proof,
-the router-signed checkpoint (:mod:`broker.ledger.treehead`) with any witness
-cosignatures, the signed ledger record itself, and the public keys all of these
-need. ``schemas/verify_receipt.py`` checks one with only the standard library and
-``cryptography``; the format is in ``schemas/README.md``.
-"""
+"""A portable receipt: one ledger entry, proved included in a signed Merkle tree head."""
 
 from __future__ import annotations
 

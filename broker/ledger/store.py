@@ -1,44 +1,4 @@
-"""The materialised ledger: the ledger topic in a local, hash-chained SQLite store.
-
-Every handover event read from the ledger topic (one partition, so the order
-is total) becomes one entry; each entry carries the hash of the one before it::
-
-    entry_hash = SHA-256(prev_hash || canonical JSON of the entry's fields)
-
-where the fields are the event's own (ids, parties, topic, position, reason,
-time) plus the ledger offset it was read from, and ``index`` is the entry's
-position in the chain. The store's head (entry count and last hash) is kept
-beside the entries, so removing the last entry shows too. Each ledger record
-is kept too, with its signature (every record is signed by the actor of its
-events: one HandoverEvent by a connector, one HandoverBatch by the router), and
-so are the signed checkpoints read from ``handover.checkpoints``.
-
-:meth:`LedgerStore.verify` names every entry that fails, in the order of the
-chain, checking on past each one:
-
-* ``altered`` / ``missing`` / ``reordered`` — the chain does not hold, or an
-  entry no longer says what its signed record says;
-* ``unsigned`` / ``forged`` — its record is not signed where the network
-  requires it (or its actor has a key on record), or not by its actor's key;
-* ``pre-empted`` — an entry under an event id its own facts do not give: a
-  member took the id of another's event (derived from public facts) first; it
-  is kept as evidence, never shown as a handover, and the real event is kept;
-* ``conflict`` — one honest event id twice, from records signed by two keys;
-* ``rewritten`` — the chain is internally sound but disagrees with a signed
-  checkpoint (held by this store, by an organisation's connector, or on the
-  topic) or with the ledger topic itself: a store rewritten together with its
-  own stored head is caught by the heads others hold;
-* ``truncated`` — the store is behind a checkpoint it knows of (a cut tail):
-  ``referral ledger sync`` reads the entries again.
-
-That is the record of who saw and passed on what, when, that law-enforcement
-data protection (EU Directive 2016/680, Art. 25) asks for.
-
-Events are deterministic (a redelivered hop repeats its event id), so an event
-id already in the store from a record signed by the same key is skipped; the
-same id under another key is kept (``conflict`` or ``pre-empted``).
-:meth:`LedgerStore.sync` resumes from the last ledger offset stored and is idempotent.
-"""
+"""The materialised ledger: the ledger topic in a local, hash-chained SQLite store."""
 
 from __future__ import annotations
 

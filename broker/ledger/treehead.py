@@ -1,27 +1,4 @@
-"""Signed tree heads of the ledger's Merkle tree, as C2SP signed notes, and witness cosignatures.
-
-A **checkpoint** (C2SP ``tlog-checkpoint``) is the text::
-
-    <origin>\\n<tree size, decimal>\\n<root hash, base64>\\n
-
-signed as a C2SP ``signed-note``: the text, an empty line, then one line per
-signature, ``— <name> <base64(key hash[4] || Ed25519 signature)>``, where the
-signature is over the text and the key hash is the first 4 bytes of
-``SHA-256(name || 0x0A || 0x01 || raw public key)``. The log signs with its
-ledger-signing key (the router's), under its signer name.
-
-A **cosignature** (C2SP ``tlog-cosignature``, ``cosignature/v1``) is a
-witness's statement that it saw this checkpoint and that it is consistent with
-every checkpoint it cosigned before. Its signature line carries
-``base64(key hash[4] || uint64_be(timestamp) || signature)`` with key hash over
-``name || 0x0A || 0x04 || public key``, and the signature is over::
-
-    cosignature/v1\\ntime <timestamp>\\n<checkpoint text>
-
-:func:`witness_cosign` is the witness's rule as a pure function: verify the
-log's signature, refuse a smaller tree or another root for the same size, and
-accept a larger one only with a consistency proof from the last one cosigned.
-"""
+"""Signed tree heads of the ledger's Merkle tree, as C2SP signed notes, and witness cosignatures."""
 
 from __future__ import annotations
 

@@ -1,40 +1,4 @@
-"""The operator's view of the ledger: one case's timeline and the network's flows.
-
-Pure functions over handover records (as the ledger store returns them); no
-Kafka, no files. :func:`trace` answers "how was this case handed over, by whom,
-when, and where is it stuck?"; :func:`flows` gives the network at a glance.
-
-What the components record (``handover_event`` callers):
-
-* ``PUBLISHED`` / ``REPUBLISHED`` — the origin's publisher put the referral on
-  the intake (``from_party`` = origin, ``to_party`` = the organisations it expects).
-* ``ROUTED`` — the router handed it to a destination topic (``to_party`` = the
-  organisations meant to receive it there, ``reason`` = the routing basis; an
-  urgent-lane topic ends in ``.urgent``).
-* ``DELIVERED`` / ``DUPLICATE_SKIPPED`` — a sink delivered it (or recognised a repeat).
-* ``STATUS_SENT`` — an organisation sent a status by hand (``referral status``).
-* ``STATUS_ROUTED`` — the router passed a status back to the origin
-  (``from_party`` = the organisation that emitted it, ``reason`` = the status).
-  The router checks nothing: this is transit, not proof.
-* ``DELIVERED`` on ``status.to.<origin>`` by the origin — the origin verified a
-  status (signature, and that its emitter is a recipient of the referral) and
-  acted on it. Only these count as a receipt or a status in :func:`trace`,
-  :func:`awaited` and :func:`flows`; the current status is the furthest one in
-  the lifecycle (:func:`broker.lifecycle.current_status`), not the last to arrive.
-* ``DEAD_LETTERED`` — the router or a sink could not handle the record.
-* ``RESOLVED`` — a sink delivered a referral whose earlier delivery had failed
-  for a while (an outage) and was dead-lettered: that dead letter is stale.
-* ``AMENDED`` — the origin published a new version of the referral (``reason``
-  ``version <n>``); a sink's DELIVERED of it ends in ``version <n>``.
-* ``REROUTED`` — the origin re-referred a moved item in a child referral: on the
-  parent ``item <id> moved to <CC>: referral <child id>``, on the child ``child of
-  referral <parent id> (item <id>)`` (:mod:`broker.outcomes`).
-
-A verified status with item outcomes has the reason ``<STATUS>; <summary>``
-(``NTD_SENT; 3 items: 1 moved to FR, 1 removed, 1 still online``).
-
-Output names ids, organisations, jurisdictions and topics only.
-"""
+"""The operator's view of the ledger: one case's timeline and the network's flows."""
 
 from __future__ import annotations
 

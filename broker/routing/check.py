@@ -1,16 +1,4 @@
-"""Routing checked where it is acted on: pure checks of a decision against what arrived.
-
-The router's headers (``referral.route.*``) say where a record was meant to go,
-but anyone who can write to a topic can write headers. The organisations that
-act on a referral therefore recompute :func:`~broker.routing.decide.decide`
-from the signed envelope and check the record against it:
-
-* a **sink** delivers a referral only if the decision has a destination on the
-  topic it arrived on (its jurisdiction and its lane: urgent only for URGENT)
-  that names the sink's organisation (:func:`check_arrival`);
-* an **origin** acts on a status update only from an organisation the decision
-  sends the referral to (:func:`check_recipient`).
-"""
+"""Routing checked where it is acted on: pure checks of a decision against what arrived."""
 
 from __future__ import annotations
 

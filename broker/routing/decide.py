@@ -1,40 +1,4 @@
-"""The routing decision: a pure function of a referral envelope and the network.
-
-Input is the envelope as the codec decodes it (a plain dict in Avro form), so the
-router never builds models or touches the case body. Rules, in order:
-
-1. Every jurisdiction's country code is normalised (case, whitespace); an
-   unknown code is a :class:`~broker.errors.RoutingError`, never a new topic.
-2. The sender is the envelope's ``origin_org``; its role and country come from
-   the network file (an origin not in the network has no role, and its country
-   is the envelope's ``origin_country``).
-3. Each (country, basis) of the referral finds its receivers. With
-   ``[[routing.rules]]`` the first rule matching the sender's role, the basis
-   and where the country lies (``home``: the sender's own) names the receiving
-   roles in order of preference, and the first role with an organisation
-   serving the country receives it. Without rules (flat routing) every
-   organisation listed for the country receives it.
-4. The sender never receives its own referral: a part whose only receiver is
-   the sender stays with the sender (``sender-kept`` in the reason).
-5. A part nobody receives — no matching rule, nobody of the named roles in the
-   country, or a country nobody serves — goes to the unassigned topic, for the
-   fallback recipient (unless the fallback is the sender: then it is kept).
-6. The parts of one country that have receivers share that country's topic; an
-   ``URGENT`` referral uses the country's urgent lane.
-7. TLP ``RED`` goes only to its named recipients: destinations without one are
-   dropped, and each destination names only the recipients it may reach.
-8. Nothing left to send (no jurisdiction at all, every part kept by the sender,
-   or RED recipients that serve none of it) is a ``RoutingError`` (→ dead letter).
-
-Every destination says why (the basis of each jurisdiction, ``(derived)`` where
-the country came from a hosting IP, and the numbers of the rules that chose its
-receivers); :attr:`RoutingDecision.reason` is the header-safe summary.
-
-Hosting countries reach the envelope at the source: :func:`add_hosting_jurisdictions`
-turns each reported item's hosting country (or its IP, resolved offline with
-``iptocc``) into a ``HOSTING`` jurisdiction, so routing never needs the body —
-which may be sealed.
-"""
+"""The routing decision: a pure function of a referral envelope and the network."""
 
 from __future__ import annotations
 

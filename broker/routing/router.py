@@ -1,27 +1,4 @@
-"""The router service: intake → jurisdiction topics, status intake → origin status topics.
-
-For each intake record it decodes only the envelope, decides the destinations
-(:func:`broker.routing.decide.decide`) and publishes the **original value bytes**
-unchanged to each, keyed by referral id, with the original headers (trace
-context, origin) plus the routing reason and the organisations meant to receive
-it. Status updates are forwarded unchanged to the status topic of the
-referral's origin. What cannot be decoded or routed goes to the dead-letter
-topic with its original bytes; the partition keeps flowing.
-
-The router is a :class:`~broker.kafka.loop.Handler`: the one consume loop
-(:mod:`broker.kafka.loop`) decides every record's fate — committed only once
-each publish (or its dead letter) is acknowledged, never retried forever.
-``stop`` (SIGTERM in ``referral route``) finishes the batch in hand, commits
-what was published and returns.
-
-The router verifies nothing on its hot path (the organisations that act on a
-record do): it signs its ledger — once per consumed batch, the whole
-``HandoverBatch`` — with its own key (``<state_dir>/orgs/router/keys``, made by
-``referral keys init router``), and, with ``checkpoint_every``, a
-:class:`~broker.ledger.checkpoint.Checkpointer` in a thread of its own
-publishes signed heads of the ledger chain periodically (and on
-:meth:`Router.checkpoint`).
-"""
+"""The router service: intake → jurisdiction topics, status intake → origin status topics."""
 
 from __future__ import annotations
 

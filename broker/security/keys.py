@@ -1,31 +1,4 @@
-"""Organisation keys: private keys on disk, public keys in a trust store.
-
-Each organisation has an **Ed25519 signing key** (it signs what it publishes)
-and an **X25519 encryption key** (case bodies are sealed for it). A key is
-named by its *key id*: the first 16 hex digits of the SHA-256 of the raw
-32-byte public key.
-
-* **Private keys** live in the organisation's key directory,
-  ``<state_dir>/orgs/<org>/keys/`` (mode 0700): one PKCS#8 PEM file per key,
-  ``sign-<kid>.pem`` / ``enc-<kid>.pem``, mode 0600, plus ``keys.json`` listing
-  the key ids in order of creation (the last is the current one). They are
-  never printed or logged, and a key file readable by others is refused.
-* **Public keys** are in the *trust store*: the trust file the network file
-  names (``[network] trust_file = "trust.toml"``, relative to the network
-  file) and each organisation's ``keys`` table in the network file. Both have
-  the same shape::
-
-      [orgs."police-de"]                  # trust file; in the network file:
-      revoked = ["0123456789abcdef"]      #   [organisations.keys] revoked = [...]
-      [[orgs."police-de".public]]         #   [[organisations.keys.public]]
-      id = "89abcdef01234567"
-      use = "sign"                        # sign | enc
-      public = "<base64 of the raw 32-byte public key>"
-
-  Several keys of one organisation may be valid at once (rotation): any valid
-  signing key is accepted, bodies are sealed for the organisation's last listed
-  encryption key. A revoked key id is refused everywhere.
-"""
+"""Organisation keys: private keys on disk, public keys in a trust store."""
 
 from __future__ import annotations
 

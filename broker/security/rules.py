@@ -1,48 +1,4 @@
-"""The security rules at both ends: the origin seals and signs, the receiver verifies and opens.
-
-:class:`OriginSecurity` (used by the publisher) refuses what the handling rules
-forbid, seals the case body for exactly the organisations the routing decision
-names (when the origin has keys) and signs the encoded bytes. Without keys the
-referral goes plain and unsigned, but only where the network allows plain
-referrals (``[network] allow_plain``).
-
-:class:`ReceiverSecurity` (used by the sink driver) checks a consumed record
-before anything is delivered, in this order, raising an error whose class names
-the dead-letter stage (:func:`stage_of`):
-
-1. the signature over the raw bytes (before decoding them) → ``VERIFY``; its
-   creation time within the network's window → ``SIGNATURE_WINDOW``;
-2. the decoded envelope against the signed context; a signature is required
-   for sealed bodies, for origins with keys on record and wherever plain
-   referrals are not allowed → ``VERIFY``;
-3. the routing decision recomputed from the (signed) envelope has a
-   destination on the topic the record arrived on — its jurisdiction and its
-   lane — that names this organisation → ``ROUTE_CHECK``
-   (:func:`broker.routing.check.check_arrival`; the router's headers are hints);
-4. (no step: the jurisdiction check of the signed context is part of 3)
-5. the sealed body opens for this organisation (a plain body is refused where
-   the network requires sealing) → ``UNSEAL``; a plain body must be addressed
-   to this organisation in the signed context → ``VERIFY``;
-6. TLP:RED must name this organisation → ``HANDLING``.
-
-What a receiver accepted is remembered in its :class:`HandlingLog` (keyed by
-origin and referral id), so the publisher of that organisation can refuse to
-forward a TLP:AMBER+STRICT, RED or H2 case in a re-referral.
-
-Status updates are signed by the organisation that emits them
-(:meth:`_OrgSecurity.sign_status`) and checked by the origin before it acts on
-them (:meth:`OriginSecurity.receive_status`, :meth:`OriginSecurity.check_status_sender`):
-signature (or plain, only where plain referrals are allowed and the emitter
-has no key on record), window, the update against its signed context, that it
-is about one of this origin's referrals, and that the emitter is among the
-organisations the referral's signed envelope is routed to. Every refusal but
-the window's is stage ``STATUS_VERIFY``.
-
-Keys and the trust store follow their files while running
-(:class:`~broker.security.keys.LiveKeys`, :class:`~broker.security.keys.LiveTrust`):
-a revocation or rotation is in force within
-:data:`~broker.security.keys.RELOAD_CHECK_SECONDS` plus one batch.
-"""
+"""The security rules at both ends: the origin seals and signs, the receiver verifies and opens."""
 
 from __future__ import annotations
 

@@ -1,23 +1,4 @@
-"""Sealed case bodies: encrypted for exactly the organisations a referral is sent to.
-
-The plaintext is the CaseBody's Avro binary datum, written with the CaseBody
-branch of the Referral schema the frame names (so a receiver decodes it with
-that writer schema, like any Avro datum). Sealing (suite :data:`SUITE`):
-
-1. a random 32-byte content key ``K`` and a random 12-byte ``nonce``;
-2. ``ciphertext = AES-256-GCM(K, nonce, plaintext, aad=context)``;
-3. for each recipient organisation ``org`` with encryption key ``kid``:
-   ``wrapped_key = HPKE.SingleShotSeal(pk, info=context || lp(org) || lp(kid), pt=K)``
-   with HPKE base mode, KEM DHKEM(X25519, HKDF-SHA256), KDF HKDF-SHA256, AEAD
-   AES-256-GCM (RFC 9180) — the 32-byte encapsulated key followed by the
-   48-byte ciphertext of ``K``.
-
-``context = b"referral-broker/v1/seal\\n" || lp(referral_id) || lp(origin) ||
-lp(comma-joined sorted recipient org ids)``, ``lp(x) = uint32_be(len(x)) || x``.
-Binding the recipient set means the list in clear cannot be altered without
-every recipient noticing. Recipient org ids and key ids are in clear: the
-router and an operator see who may read a referral, never what it says.
-"""
+"""Sealed case bodies: encrypted for exactly the organisations a referral is sent to."""
 
 from __future__ import annotations
 

@@ -1,39 +1,4 @@
-"""Signatures: whoever sends a record signs its value bytes together with a context.
-
-Four kinds of record are signed, each with its own **domain** (so a signature
-over one kind is never valid for another) and its own **context** — canonical
-ASCII text in a header that binds what the bytes alone cannot:
-
-==========  ===============================  ==================================================
-kind        signer                           context
-==========  ===============================  ==================================================
-referral    the origin                       ``v2;id=<referral>;origin=<org>;schema=5;``
-                                             ``created=<ms>;signed=<ms>;to=<orgs>;cc=<CCs>``
-status      the emitting organisation        ``status-v1;id=<referral>;origin=<org>;``
-                                             ``by=<emitter>;status=<STATUS>;signed=<ms>``
-ledger      the actor of the events          ``ledger-v1;actor=<actor>;signed=<ms>;events=<n>``
-checkpoint  the router                       ``checkpoint-v1;by=<router>;signed=<ms>``
-==========  ===============================  ==================================================
-
-(``to`` = the organisations the routing decision sends the referral to,
-sorted; ``cc`` = the envelope's jurisdictions, upper-case, sorted, distinct;
-``signed`` = when the signature was made, checked against the network's window
-by :mod:`broker.security.window`. A ``v1`` referral context, without
-``signed``, is still read: its creation time stands in.)
-
-The signed message is (see ``schemas/README.md`` for other languages)::
-
-    domain                                      # e.g. b"referral-broker/v1/signature\\n"
-    || uint32_be(len(context)) || context
-    || uint32_be(len(value))   || value          # the Kafka record value, framed
-
-and the signature is Ed25519 over it with the signer's key. Headers:
-``referral.sig`` (base64 signature), ``referral.sig.key`` (key id),
-``referral.sig.ctx`` (the context). A receiver verifies the signature first
-(before decoding a byte), against the key the trust store holds for the signer
-the context names, then that the decoded record agrees with the context
-(:func:`check_envelope`, :func:`check_status`).
-"""
+"""Signatures: whoever sends a record signs its value bytes together with a context."""
 
 from __future__ import annotations
 

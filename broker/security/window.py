@@ -1,13 +1,4 @@
-"""When a signature may be accepted: a pure check of its creation time.
-
-Every signature carries the time it was made (``signed=`` in its context). A
-receiver refuses one made longer ago than the network's window
-(``[network] signature_max_age_days``, default 30) — an old signed record
-replayed — or more than a small clock skew in the future
-(``[network] signature_clock_skew_seconds``, default 300). The refusal is a
-:class:`~broker.errors.SignatureOutOfWindow`; its dead-letter stage is
-``SIGNATURE_WINDOW``.
-"""
+"""When a signature may be accepted: a pure check of its creation time."""
 
 from __future__ import annotations
 

@@ -1,13 +1,4 @@
-"""Confluent wire format: magic byte 0, 4-byte big-endian schema id, schemaless Avro datum.
-
-Any Confluent-compatible client in any language decodes these bytes with the
-schema the id names. Parsed schemas are cached per id; nothing here talks to
-the network except through the registry's (cached) lookups.
-
-Decoded data is what fastavro gives, except that ``uuid`` strings stay plain
-``str`` (ids are used as keys and headers); ``timestamp-millis`` values are
-tz-aware UTC datetimes. Errors never quote payload content.
-"""
+"""Confluent wire format: magic byte 0, 4-byte big-endian schema id, schemaless Avro datum."""
 
 from __future__ import annotations
 

@@ -1,12 +1,4 @@
-"""Schema evolution gate: Confluent-style compatibility modes over Apache Avro's checker.
-
-The judge is ``avro.compatibility.ReaderWriterCompatibilityChecker`` (the Apache
-``avro`` package); this module only chooses which (reader, writer) pairs a mode
-requires and turns the checker's findings into one line per broken field::
-
-    org.referralbroker.v1.StatusUpdate: working schema cannot read version 1 (BACKWARD):
-        field 'extra': reader_field_missing_default_value (extra)
-"""
+"""Schema evolution gate: Confluent-style compatibility modes over Apache Avro's checker."""
 
 from __future__ import annotations
 

@@ -1,25 +1,4 @@
-"""Pydantic models mirroring the Avro schemas, with the semantic checks Avro cannot express.
-
-The ``.avsc`` files are the contract; these models are the Python view of it
-(``tests/broker/wire/test_models.py`` checks that every schema field has a model field and
-vice versa). Models convert with :meth:`to_avro` / :meth:`from_avro`; the
-``parse_*`` helpers turn pydantic errors into
-:class:`~broker.errors.ValidationFailed` whose ``problems`` are
-``field.path: message`` lines that never quote URLs, hashes or free text.
-
-Hash values are lower-case hex: MD5 32, SHA1 40, SHA256 64, PDQ 64 and PHOTODNA
-288 hex digits (the 144-byte PhotoDNA hash). Upper-case input is normalised.
-Timestamps are tz-aware UTC with millisecond precision (what Avro
-``timestamp-millis`` carries) and may not lie in the future beyond
-:data:`CLOCK_SKEW` (except ``next_update_due``, which is a deadline).
-
-Every reported item of a :class:`Referral` has a stable ``item_id``: the one the
-origin gave, or else :func:`derive_item_id` of the referral id and the item's
-normalised URL, so the origin, every recipient and every later status update
-name the same item the same way (also for version 1 and 2 bytes, which carry
-none). An item's own ``classification`` overrides the referral's
-(:meth:`CaseBody.classification_of`).
-"""
+"""Pydantic models mirroring the Avro schemas, with the semantic checks Avro cannot express."""
 
 from __future__ import annotations
 

@@ -1,17 +1,4 @@
-"""Schema ids for every schema version: the embedded file-backed registry and an HTTP client.
-
-The working schemas live as ``.avsc`` files in the ``schemas`` package, one named
-type per file, named ``<namespace>.<Name>.avsc`` (the layout fastavro's
-``load_schema`` understands). A file may refer to a type of another file by its
-full name; :func:`load_working_schemas` expands every reference into one
-self-contained schema, which is what a registry stores and serves.
-
-:class:`EmbeddedRegistry` keeps every version ever registered, with its id, in
-``schemas/registry.json`` (committed), so ids are the same on every machine.
-:class:`HttpRegistry` talks to a Confluent-compatible Schema Registry, subject =
-the record's full name (RecordNameStrategy). Registration is always explicit
-(``referral schema register``); nothing registers on first use.
-"""
+"""Schema ids for every schema version: the embedded file-backed registry and an HTTP client."""
 
 from __future__ import annotations
 
