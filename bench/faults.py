@@ -12,6 +12,9 @@ jurisdictions, while one fault is injected:
 * ``connectors-killed`` — every police connector and one hotline are SIGKILLed and started again;
 * ``broker-empty-restart`` — the broker is SIGKILLed and an empty one started on the
   same port, the topics provisioned again; no other process is restarted;
+* ``broker-late-topics-40`` / ``-120`` — the same, the topics provisioned only 40 / 120 s
+  after the broker is back (publishing goes on meanwhile);
+* ``broker-restart-burners`` — the same with three CPU-burning processes beside it;
 * ``webhook-500`` — the case system answers 500 for a while;
 * ``sink-4xx`` — the case system refuses some referrals for good (400): each must come
   back to its origin as REJECTED and leave the outbox refused, never pending.
@@ -74,9 +77,21 @@ SCENARIOS = (
     "router-killed",
     "connectors-killed",
     "broker-empty-restart",
+    "broker-late-topics-40",
+    "broker-late-topics-120",
+    "broker-restart-burners",
     "webhook-500",
     "sink-4xx",
 )
+#: Broker-restart scenarios → (seconds from the broker's return to the provisioning, CPU burners).
+RESTARTS = {
+    "broker-empty-restart": (0.0, 0),
+    "broker-late-topics-40": (40.0, 0),
+    "broker-late-topics-120": (120.0, 0),
+    "broker-restart-burners": (0.0, 3),
+}
+#: A process that burns one CPU until killed.
+BURNER = "while True: pass"
 WAVES = 6
 
 
@@ -194,6 +209,10 @@ class Net:
     intake_port: int
     settings: Settings
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    burners: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: When the topics were provisioned after the broker's restart (monotonic seconds).
+    provisioned_at: float | None = None
+    provisioner: threading.Thread | None = None
 
     def env(self) -> dict[str, str]:
         """Environment of every process of the network."""
@@ -236,8 +255,27 @@ class Net:
         finally:
             admin.close()
 
+    def burn(self, n: int) -> None:
+        """Start ``n`` processes that each burn a CPU until :meth:`stop`."""
+        for _ in range(n):
+            self.burners.append(subprocess.Popen([sys.executable, "-c", BURNER]))
+
+    def provision_later(self, delay: float) -> None:
+        """Provision the topics ``delay`` seconds from now, in a thread; note when."""
+
+        def later() -> None:
+            time.sleep(delay)
+            self.provision()
+            self.provisioned_at = time.monotonic()
+
+        self.provisioner = threading.Thread(target=later, name="provision-later", daemon=True)
+        self.provisioner.start()
+
     def stop(self) -> None:
         """SIGTERM every process (SIGKILL after 15 s), then the broker and the case system."""
+        for burner in self.burners:
+            burner.kill()
+            burner.wait(5)
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
@@ -414,7 +452,9 @@ def _fault(net: Net, scenario: str, wave: int, log: list[str]) -> None:
         time.sleep(2)
         for name in victims:
             net.start(name)
-    elif scenario == "broker-empty-restart" and wave == 3:
+    elif scenario in RESTARTS and wave == 3:
+        delay, burners = RESTARTS[scenario]
+        net.burn(burners)
         port = net.broker.port
         assert net.broker.pid is not None
         os.kill(net.broker.pid, signal.SIGKILL)
@@ -422,8 +462,16 @@ def _fault(net: Net, scenario: str, wave: int, log: list[str]) -> None:
         time.sleep(3)
         net.broker = EmbeddedBroker(port=port, log_path=net.run / "broker-2.log").start()
         time.sleep(2)  # clients reconnect before the operator provisions
-        net.provision()
-        log.append(f"broker empty restart w{wave}")
+        if delay:
+            net.provision_later(delay)
+        else:
+            net.provision()
+            net.provisioned_at = time.monotonic()
+        log.append(
+            f"broker empty restart w{wave}"
+            + (f", topics {delay:g} s later" if delay else "")
+            + (f", {burners} CPU burners" if burners else "")
+        )
     elif scenario == "webhook-500" and wave == 2:
         with net.hook.lock:
             net.hook.outage_until = time.monotonic() + 10
@@ -464,6 +512,10 @@ def run_scenario(
             time.sleep(1)
         if scenario == "webhook-500":
             last_fault = max(last_fault, net.hook.outage_until)
+        if net.provisioner is not None:
+            net.provisioner.join()
+        if net.provisioned_at is not None:
+            last_fault = max(last_fault, net.provisioned_at)
         last = max(last_fault, time.monotonic())
         deadline = last + settle_budget
         while time.monotonic() < deadline:
@@ -557,18 +609,24 @@ def main(argv: list[str] | None = None) -> None:
         "--republish-after", type=float, default=5.0, help="Outbox republish interval (s)."
     )
     parser.add_argument("--work", type=Path, help="Keep the runs' state and logs here.")
+    parser.add_argument("--repeat", type=int, default=1, help="Runs of each scenario in a row.")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="faults-"))
     rows: list[Row] = []
     for scenario in args.scenario or SCENARIOS:
-        rows += run_scenario(
-            scenario,
-            args.n,
-            work,
-            settle_budget=args.settle_budget,
-            republish_after=args.republish_after,
-        )
-        print(f"{scenario}: done", file=sys.stderr, flush=True)
+        for run in range(1, args.repeat + 1):
+            got = run_scenario(
+                scenario,
+                args.n,
+                work / f"run-{run}",
+                settle_budget=args.settle_budget,
+                republish_after=args.republish_after,
+            )
+            if args.repeat > 1:
+                for row in got:
+                    row.scenario = f"{scenario} (run {run})"
+            rows += got
+            print(f"{scenario} run {run}: done", file=sys.stderr, flush=True)
     table = markdown(rows, args.n, args.republish_after)
     if args.out:
         args.out.write_text(table, encoding="utf-8")

@@ -2,11 +2,12 @@
 
 Each scenario runs a fresh broker and a signed network whose router and
 connectors are their own processes, injects its fault (routers or connectors
-SIGKILLed, the broker restarted empty, a webhook answering 500, a webhook
-refusing some referrals with 400) and must end with every expected delivery
+SIGKILLed, the broker restarted empty — its topics provisioned at once, 40 s or
+120 s later, or with three CPU burners beside it —, a webhook answering 500, a
+webhook refusing some referrals with 400) and must end with every expected delivery
 made exactly once, no outbox entry pending, refusals answered, and everything
-settled within 60 s of the last fault. ``make faults`` runs the same with more
-referrals and writes ``bench/FAULTS.md``.
+settled within 60 s of the last fault (30 s of the provisioning after a restart).
+``make faults`` runs the same with more referrals and writes ``bench/FAULTS.md``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.faults import SCENARIOS, failures, markdown, run_scenario
+from bench.faults import RESTARTS, SCENARIOS, failures, markdown, run_scenario
 
 pytestmark = pytest.mark.slow
 
@@ -23,13 +24,13 @@ pytestmark = pytest.mark.slow
 N = 60
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(400)
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_no_referral_is_lost_or_duplicated_under_the_fault(scenario: str, tmp_path: Path) -> None:
     rows = run_scenario(scenario, N, tmp_path)
     table = markdown(rows, N)
     assert [r.recipient for r in rows] == ["police-nl", "police-de", "police-fr"]
-    assert failures(rows, 60.0) == [], table
+    assert failures(rows, 30.0 if scenario in RESTARTS else 60.0) == [], table
     for r in rows:
         assert r.delivered == r.expected > 0, table
         assert (r.missing, r.duplicated, r.pending) == (0, 0, 0), table
