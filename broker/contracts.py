@@ -125,6 +125,13 @@ class Sink(_Lifecycle):
     def deliver(self, delivery: Delivery) -> None:
         """Hand one referral to the organisation's system, or raise DeliveryError."""
 
+    def erase(self, origin_org: str, referral_id: str) -> int:
+        """Remove every copy of one referral the kind keeps (its history too); how many.
+
+        A kind that keeps content overrides it; DeliveryError if it cannot erase now.
+        """
+        return 0
+
 
 class StatusSink(_Lifecycle):
     """An origin's way out for status updates of its own referrals."""
@@ -132,3 +139,7 @@ class StatusSink(_Lifecycle):
     @abstractmethod
     def deliver_status(self, status: StatusDelivery) -> None:
         """Hand one status update to the organisation's system, or raise DeliveryError."""
+
+    def erase_statuses(self, referral_id: str) -> int:
+        """Remove what the kind kept of one referral's status updates; how many copies."""
+        return 0

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from broker.errors import NetworkFileError, UnknownName
+from broker.retention import Retention
 from broker.validation import validation_errors
 from broker.wire import topics
 from broker.wire.countries import is_country
@@ -150,6 +151,7 @@ class Network(_Frozen):
     broker: dict[str, Any] = Field(default_factory=dict)
     topics: TopicLayout = Field(default_factory=TopicLayout)
     deadlines: Deadlines = Field(default_factory=Deadlines)
+    retention: Retention = Field(default_factory=Retention)
     organisations: list[Organisation]
     routing: Routing
 

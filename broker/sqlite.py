@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,6 +64,8 @@ class Database:
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
+            # A deleted row's bytes are overwritten, not left in a free page (erasure).
+            self._conn.execute("PRAGMA secure_delete=ON")
             self._conn.executescript(schema)
 
     @contextmanager
@@ -118,6 +120,25 @@ class Database:
                 except sqlite3.OperationalError as exc:
                     if "duplicate column" not in str(exc):
                         raise
+
+    def erase(
+        self,
+        statements: Sequence[tuple[str, tuple[object, ...]]],
+        then: Sequence[tuple[str, tuple[object, ...]]] = (),
+    ) -> int:
+        """Run the DELETE ``statements`` (and ``then``) in one transaction, then empty the WAL;
+        the rows the DELETEs removed.
+
+        With ``secure_delete`` the deleted bytes are zeroed in the pages, and the
+        checkpoint truncates the WAL that still held them.
+        """
+        with self._lock:
+            with self.transaction() as conn:
+                gone = sum(conn.execute(sql, params).rowcount for sql, params in statements)
+                for sql, params in then:
+                    conn.execute(sql, params)
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return gone
 
     def counter(self, name: str) -> int:
         """The value of a counter of :data:`COUNTERS_TABLE` (0 if never counted)."""

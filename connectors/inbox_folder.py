@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from datetime import UTC, datetime
@@ -88,6 +89,30 @@ class InboxFolderSink(Sink):
             raise DeliveryError(
                 f"inbox folder: cannot write referral {delivery.referral_id}: {exc.strerror}"
             ) from exc
+
+    def erase(self, origin_org: str, referral_id: str) -> int:
+        """Delete the referral's file of ``origin_org`` and the versions kept in the history."""
+        stems = [f"{referral_id}.{origin_org}"]
+        if _origin_of(self.path / f"{referral_id}.json") == origin_org:
+            stems.append(referral_id)
+        doomed = [self.path / f"{stem}.json" for stem in stems]
+        history = self.history_dir()
+        if history.is_dir():
+            doomed += [p for stem in stems for p in history.glob(f"{glob.escape(stem)}.v*.json")]
+        gone = 0
+        for path in doomed:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise DeliveryError(
+                    f"inbox folder: cannot erase referral {referral_id}: {exc.strerror}"
+                ) from exc
+            self._renamed.add(path.parent)
+            gone += 1
+        self.flush()
+        return gone
 
 
 def _version_of(data: bytes) -> int | None:

@@ -111,6 +111,25 @@ class SqliteCaseSink(Sink):
             self._db.close()
             self._db = None
 
+    def erase(self, origin_org: str, referral_id: str) -> int:
+        """Delete the referral's case row and every version kept of it."""
+        opened = self._db is None
+        if opened:
+            self.open()
+        assert self._db is not None
+        key = (origin_org, referral_id)
+        where = "WHERE origin_org = ? AND referral_id = ?"
+        try:
+            return self._db.erase(
+                [
+                    (f"DELETE FROM {self.table}_versions {where}", key),
+                    (f"DELETE FROM {self.table} {where}", key),
+                ]
+            )
+        finally:
+            if opened:
+                self.close()
+
     def deliver(self, delivery: Delivery) -> None:
         """Insert the referral's row, or update it if the referral id is already there."""
         assert self._db is not None, "open() first"

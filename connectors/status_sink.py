@@ -45,6 +45,14 @@ class StatusFolderSink(StatusSink):
                 f"status folder: cannot append for referral {status.referral_id}: {exc.strerror}"
             ) from exc
 
+    def erase_statuses(self, referral_id: str) -> int:
+        """Delete ``<referral_id>.jsonl``."""
+        try:
+            (self.path / f"{referral_id}.jsonl").unlink()
+        except FileNotFoundError:
+            return 0
+        return 1
+
 
 class StatusWebhookSink(PostingSink, StatusSink):
     """POSTs each status update, signed, to the origin's system."""

@@ -98,6 +98,7 @@ class SignedPoster:
         what: str,
         *,
         version: int | None = None,
+        idempotency: str | None = None,
     ) -> int:
         """POST ``document``; the final status code, or DeliveryError."""
         if self._client is None:
@@ -114,6 +115,8 @@ class SignedPoster:
             headers["X-Referral-Version"] = str(version)
             if version > 1:
                 headers["Idempotency-Key"] = f"{referral_id}.v{version}"
+        if idempotency is not None:
+            headers["Idempotency-Key"] = idempotency
         last = "no attempt"
         for attempt in range(1, self.config.max_attempts + 1):
             self.attempts += 1
@@ -183,3 +186,13 @@ class WebhookSink(PostingSink, Sink):
         self.poster.post(
             delivery_document(delivery), delivery.referral_id, "webhook", version=delivery.version
         )
+
+    def erase(self, origin_org: str, referral_id: str) -> int:
+        """POST an erase request (``{"erase": ...}``, signed like a delivery); 1 once answered 2xx.
+
+        The case system deletes the referral and its history; a 4xx is a refusal
+        (DeliveryError, permanent), anything else is retried as a delivery is.
+        """
+        document = {"erase": {"origin_org": origin_org, "referral_id": referral_id}}
+        self.poster.post(document, referral_id, "webhook erase", idempotency=f"{referral_id}.erase")
+        return 1

@@ -669,6 +669,20 @@ class Outbox:
         """How many referrals the outbox holds (complete or not)."""
         return int(self._db.query("SELECT COUNT(*) AS n FROM referrals")[0]["n"])
 
+    def erase(self, referral_id: str) -> int:
+        """Forget one referral the origin published: every version, its plain content, its
+        expected answers, refusals and re-referrals; rows gone."""
+        key = (referral_id,)
+        return self._db.erase(
+            [
+                ("DELETE FROM reroutes WHERE parent_referral_id = ?", key),
+                ("DELETE FROM versions WHERE referral_id = ?", key),
+                ("DELETE FROM refused WHERE referral_id = ?", key),
+                ("DELETE FROM expected WHERE referral_id = ?", key),
+                ("DELETE FROM referrals WHERE referral_id = ?", key),
+            ]
+        )
+
     def close(self) -> None:
         """Close the database."""
         self._db.close()

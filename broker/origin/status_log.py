@@ -312,6 +312,16 @@ class StatusLog:
         """Make what was recorded so far durable (before it is acknowledged)."""
         self._db.sync()
 
+    def erase(self, referral_id: str) -> int:
+        """Forget what the recipients said about one referral; rows gone."""
+        key = (referral_id,)
+        return self._db.erase(
+            [
+                (f"DELETE FROM {table} WHERE referral_id = ?", key)
+                for table in ("statuses", "status_state", "item_outcomes")
+            ]
+        )
+
     def close(self) -> None:
         """Close the database."""
         self._db.close()

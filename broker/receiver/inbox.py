@@ -9,11 +9,13 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from broker.config import Settings
 from broker.contracts import Delivery
+from broker.retention import Candidate
 from broker.sqlite import COUNTERS_TABLE, Database, bump_counter
 from broker.wire.models import ItemOutcome
 
@@ -62,6 +64,13 @@ CREATE TABLE IF NOT EXISTS failures (
     at          REAL NOT NULL,
     PRIMARY KEY (origin_org, referral_id, sink)
 );
+CREATE TABLE IF NOT EXISTS erased (
+    origin_org  TEXT NOT NULL,
+    referral_id TEXT NOT NULL,
+    at          REAL NOT NULL,
+    why         TEXT NOT NULL,
+    PRIMARY KEY (origin_org, referral_id)
+);
 CREATE TABLE IF NOT EXISTS sent_statuses (
     origin_org  TEXT NOT NULL,
     referral_id TEXT NOT NULL,
@@ -76,6 +85,7 @@ _ADDED_COLUMNS = {
     "external_refs": "TEXT NOT NULL DEFAULT '[]'",
     "version": "INTEGER NOT NULL DEFAULT 1",
     "items": "TEXT NOT NULL DEFAULT '[]'",
+    "tlp": "TEXT NOT NULL DEFAULT ''",
 }
 
 #: The item outcomes later versions added to ``sent_statuses`` (JSON list of ItemOutcome).
@@ -175,6 +185,8 @@ class DeliveryState:
     refusal: SinkRefusal | None
     #: Sink kind → its transient failures still open.
     failures: dict[str, int]
+    #: Erased here (by rule or on request): never delivered again.
+    erased: bool = False
 
 
 #: A referral's deliveries, refusal and open failures: one look-up before each delivery.
@@ -185,18 +197,26 @@ _STATE = (
     " WHERE origin_org = ?1 AND referral_id = ?2"
     " UNION ALL SELECT 'r', sink, version, case_id, reason, emitted_at FROM refusals"
     " WHERE origin_org = ?1 AND referral_id = ?2"
+    " UNION ALL SELECT 'e', NULL, NULL, NULL, NULL, NULL FROM erased"
+    " WHERE origin_org = ?1 AND referral_id = ?2"
 )
 
 _RECORD = (
     "INSERT INTO deliveries (origin_org, referral_id, sink, case_id, topic,"
-    ' partition, "offset", delivered_at, priority, external_refs, version, items)'
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ' partition, "offset", delivered_at, priority, external_refs, version, items, tlp)'
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT(origin_org, referral_id, sink) DO UPDATE SET"
     " version = excluded.version, items = excluded.items, topic = excluded.topic,"
+    " tlp = excluded.tlp,"
     ' partition = excluded.partition, "offset" = excluded."offset",'
     " priority = excluded.priority, external_refs = excluded.external_refs"
     " WHERE excluded.version > deliveries.version"
 )
+
+
+def _tlp_of(document: dict[str, Any]) -> str:
+    handling = (document.get("envelope") or {}).get("handling") or {}
+    return str(handling.get("tlp") or "")
 
 
 class Inbox:
@@ -255,8 +275,11 @@ class Inbox:
         versions: dict[str, int] = {}
         failures: dict[str, int] = {}
         refusal = None
+        erased = False
         for kind, sink, n, case_id, reason, at in self._db.query(_STATE, (origin_org, referral_id)):
-            if kind == "d":
+            if kind == "e":
+                erased = True
+            elif kind == "d":
                 versions[str(sink)] = int(n or 1)
             elif kind == "f":
                 failures[str(sink)] = int(n)
@@ -270,7 +293,7 @@ class Inbox:
                     int(at),
                     int(n or 1),
                 )
-        return DeliveryState(versions, refusal, failures)
+        return DeliveryState(versions, refusal, failures, erased)
 
     def record(
         self,
@@ -320,6 +343,7 @@ class Inbox:
                         _refs_of(delivery.document),
                         delivery.version,
                         _items_of(delivery.document),
+                        _tlp_of(delivery.document),
                     ),
                 )
                 out.append(cur.rowcount == 1)
@@ -579,6 +603,54 @@ class Inbox:
             for r in rows
         ]
 
+    def erase(self, origin_org: str, referral_id: str, why: str, now: float | None = None) -> int:
+        """Forget everything about one referral (deliveries, refusals, statuses); rows gone.
+
+        What stays is that it was erased and why (a code, no content): it is never
+        delivered again.
+        """
+        at = time.time() if now is None else now
+        keep = (
+            "INSERT OR IGNORE INTO erased (origin_org, referral_id, at, why) VALUES (?, ?, ?, ?)",
+            (origin_org, referral_id, at, why[:64]),
+        )
+        return self._db.erase(_erase_statements(origin_org, referral_id), then=[keep])
+
+    def erased(self) -> list[tuple[str, str, float, str]]:
+        """(origin, referral id, when, why) of every referral erased here."""
+        rows = self._db.query("SELECT origin_org, referral_id, at, why FROM erased ORDER BY at")
+        return [(str(r[0]), str(r[1]), float(r[2]), str(r[3])) for r in rows]
+
+    def retention_candidates(self) -> list[Candidate]:
+        """Every referral held, as the retention rules see it (label, outcome, times)."""
+        rows = self._db.query(
+            "SELECT origin_org, referral_id, MAX(tlp) AS tlp, MIN(delivered_at) AS at"
+            " FROM deliveries GROUP BY origin_org, referral_id"
+        )
+        out = []
+        for r in rows:
+            origin, rid = str(r["origin_org"]), str(r["referral_id"])
+            outcome, outcome_at = self._outcome(origin, rid)
+            out.append(
+                Candidate(origin, rid, str(r["tlp"] or ""), outcome, outcome_at, _utc(r["at"]))
+            )
+        return out
+
+    def _outcome(self, origin_org: str, referral_id: str) -> tuple[str | None, datetime | None]:
+        """The last status this organisation sent, or every item's common outcome, and when."""
+        rows = self._db.query(
+            "SELECT status, at FROM sent_statuses WHERE origin_org = ? AND referral_id = ?"
+            " ORDER BY at DESC, rowid DESC LIMIT 1",
+            (origin_org, referral_id),
+        )
+        if not rows:
+            return None, None
+        sent = self.sent_outcomes(origin_org, referral_id)
+        items = {o.outcome.value for o in sent.values()}
+        every = bool(sent) and set(sent) >= set(self.item_ids(origin_org, referral_id))
+        outcome = next(iter(items)) if every and len(items) == 1 else str(rows[0]["status"])
+        return outcome, _utc(rows[0]["at"])
+
     def flush(self) -> None:
         """Make what was recorded so far durable (before it is acknowledged)."""
         self._db.sync()
@@ -586,3 +658,15 @@ class Inbox:
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(float(epoch), UTC)
+
+
+def _erase_statements(origin_org: str, referral_id: str) -> list[tuple[str, tuple[object, ...]]]:
+    key = (origin_org, referral_id)
+    return [
+        (f"DELETE FROM {table} WHERE origin_org = ? AND referral_id = ?", key)
+        for table in ("deliveries", "refusals", "failures", "sent_statuses")
+    ]

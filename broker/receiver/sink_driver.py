@@ -114,6 +114,11 @@ class SinkDriver(LoopService[Sink]):
         if delivery is None:
             return
         state = self._state(delivery)
+        if state.erased:
+            # Erased here (by a retention rule or on request): never delivered again.
+            self.stats.duplicates += 1
+            self._event(ctx, delivery, HandoverEventType.DUPLICATE_SKIPPED, "ERASED")
+            return
         refused = state.refusal
         if refused is not None and refused.version >= delivery.version:
             # Refused for good before: the same answer again, nothing delivered or dead-lettered.

@@ -167,6 +167,17 @@ class HandlingLog:
         )
         return [(str(o), str(t), str(h)) for o, t, h in rows]
 
+    def erase(self, origin_org: str, referral_id: str) -> int:
+        """Forget one referral's handling record; rows gone."""
+        return self._db.erase(
+            [
+                (
+                    "DELETE FROM handled WHERE origin = ? AND referral_id = ?",
+                    (origin_org, referral_id),
+                )
+            ]
+        )
+
     def close(self) -> None:
         """Close the database."""
         self._db.close()

@@ -1,0 +1,79 @@
+"""Erasing a received referral from every store of its recipient, by rule or on request."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from broker.config import Settings
+from broker.contracts import Sink
+from broker.receiver.inbox import Inbox
+from broker.retention import Due, Retention, due
+from broker.security.rules import HandlingLog
+
+__all__ = ["Erased", "ReceiverEraser", "RetentionSweep"]
+
+log = logging.getLogger("referral.receiver.erasure")
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What one erasure removed, per store (counts only)."""
+
+    origin_org: str
+    referral_id: str
+    removed: dict[str, int] = field(default_factory=dict)
+
+
+class ReceiverEraser:
+    """Removes one referral from the organisation's sinks, handling log and inbox."""
+
+    def __init__(self, settings: Settings, org_id: str, sinks: Sequence[Sink], inbox: Inbox):
+        self.settings = settings
+        self.org_id = org_id
+        self.sinks = list(sinks)
+        self.inbox = inbox
+
+    def erase(self, origin_org: str, referral_id: str, why: str) -> Erased:
+        """Erase everywhere; the inbox last, so a failure part-way is retried whole.
+
+        ``why`` is a code (``retention:30d``, ``request``), never free text about the case.
+        """
+        removed = {s.kind: s.erase(origin_org, referral_id) for s in self.sinks}
+        handling = HandlingLog.for_org(self.settings, self.org_id)
+        try:
+            removed["handling_log"] = handling.erase(origin_org, referral_id)
+        finally:
+            handling.close()
+        removed["inbox"] = self.inbox.erase(origin_org, referral_id, why)
+        log.info("erased referral %s of %s at %s (%s)", referral_id, origin_org, self.org_id, why)
+        return Erased(origin_org, referral_id, removed)
+
+
+class RetentionSweep:
+    """Applies the network's retention rules to what one organisation received."""
+
+    def __init__(
+        self,
+        eraser: ReceiverEraser,
+        retention: Retention,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.eraser = eraser
+        self.retention = retention
+        self.clock = clock
+
+    def due(self) -> list[Due]:
+        """What the rules make due now."""
+        return due(self.eraser.inbox.retention_candidates(), self.retention, self.clock())
+
+    def sweep(self) -> list[Erased]:
+        """Erase everything due now; what was erased."""
+        out = []
+        for d in self.due():
+            c = d.candidate
+            why = f"retention:{d.rule.after_days:g}d"
+            out.append(self.eraser.erase(c.origin_org, c.referral_id, why))
+        return out
