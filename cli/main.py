@@ -16,6 +16,7 @@ from cli import (
     inbox_cmd,
     keys_cmd,
     receipt_cmd,
+    retention_cmd,
     router_cmd,
     schema_cmd,
     topics_cmd,
@@ -40,6 +41,7 @@ app.command("check")(connector_cmd.check)
 app.command("outbox")(connector_cmd.outbox)
 app.command("status")(connector_cmd.status)
 app.command("inbox")(inbox_cmd.inbox_cmd)
+app.command("retention")(retention_cmd.retention_cmd)
 app.add_typer(operator_cmd.ledger_app, name="ledger")
 app.command("trace")(operator_cmd.trace_cmd)
 app.command("receipt")(receipt_cmd.receipt_cmd)

@@ -1,6 +1,6 @@
 """The connector runtime: every connector one organisation configured, run in threads.
 
-Sources, the sink driver, the status feed, the outbox republisher and the head watcher
+Sources, sink driver, status feed, outbox republisher, head watcher, retention sweep
 (connectors/README.md); each kind is one entry of :data:`KINDS`.
 """
 
@@ -28,6 +28,7 @@ from broker.origin.publisher import Publisher
 from broker.origin.status_feed import StatusFeed
 from broker.origin.status_log import StatusLog
 from broker.private import exposure, private_dir
+from broker.receiver.erasure import Erased, ReceiverEraser, RetentionSweep
 from broker.receiver.inbox import Inbox
 from broker.receiver.sink_driver import SinkDriver
 from broker.security.rules import ReceiverSecurity
@@ -47,6 +48,7 @@ __all__ = [
     "ConnectorRuntime",
     "Kind",
     "OutboxConfig",
+    "build_sinks",
     "parse_connector_settings",
 ]
 
@@ -162,6 +164,28 @@ def parse_connector_settings(org: Organisation) -> tuple[dict[str, BaseModel], l
 
 
 @dataclass
+class _SinkContext:
+    settings: Settings
+    env: Mapping[str, str]
+    publisher: Any = None
+
+
+def build_sinks(
+    settings: Settings, network: Network, org_id: str, env: Mapping[str, str] | None = None
+) -> list[Sink]:
+    """The referral sinks ``org_id`` configured (not opened), for a one-off command."""
+    parsed, problems = parse_connector_settings(network.organisation(org_id))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    ctx = _SinkContext(settings, dict(os.environ) if env is None else env)
+    return [
+        KINDS[kind].build(ctx, config)  # type: ignore[misc]
+        for kind, config in parsed.items()
+        if KINDS[kind].role == "sink" and KINDS[kind].build is not None
+    ]
+
+
+@dataclass
 class _Built:
     sources: list[Source] = field(default_factory=list)
     sinks: list[Sink] = field(default_factory=list)
@@ -230,6 +254,9 @@ class ConnectorRuntime:
         self.status_feed: StatusFeed | None = None
         self.heads: HeadWatcher | None = None
         self.republished: list[str] = []
+        #: The retention rules applied to what this organisation received (if it has rules).
+        self.retention: RetentionSweep | None = None
+        self.erased: list[Erased] = []
         #: Child referrals published for moved items (``Publisher.reroute_due``).
         self.rerouted: list[str] = []
         self.errors: list[str] = []
@@ -333,6 +360,10 @@ class ConnectorRuntime:
             self._spawn("sink-driver", self._driver_loop(self.sink_driver.step))
         self._spawn("status-driver", self._driver_loop(self.status_feed.step))
         self._spawn("republisher", self._republish_loop)
+        if self.network.retention.rules and self.built.sinks:
+            eraser = ReceiverEraser(self.settings, self.org.id, self.built.sinks, self.inbox)
+            self.retention = RetentionSweep(eraser, self.network.retention)
+            self._spawn("retention", self._retention_loop)
         log.info(
             "%s: %d source(s), %d sink(s), %d status sink(s) running",
             self.org.id,
@@ -384,6 +415,15 @@ class ConnectorRuntime:
                 self.rerouted.extend(self.publisher.reroute_due())
 
             self._guarded("outbox republish", step)
+
+    def _retention_loop(self) -> None:
+        every = self.network.retention.check_hours * 3600
+        sweep = self.retention
+        assert sweep is not None
+        while True:
+            self._guarded("retention", lambda: self.erased.extend(sweep.sweep()))
+            if self._stop.wait(every):
+                return
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every thread, then close connectors, drivers and stores (idempotent)."""

@@ -12,7 +12,7 @@ from broker.errors import KafkaBrokerError
 from broker.network import Network
 from broker.wire.topics import TopicNames
 
-__all__ = ["ProvisionReport", "describe_topics", "provision"]
+__all__ = ["ProvisionReport", "describe_topics", "provision", "retention_configs"]
 
 
 @dataclass
@@ -23,6 +23,8 @@ class ProvisionReport:
     existing: dict[str, int] = field(default_factory=dict)
     #: topic -> (wanted partitions, actual partitions) where they differ
     mismatched: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: topic -> the configs it was created with (retention)
+    configs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -47,6 +49,18 @@ def describe_topics(admin: KafkaAdminClient, names: list[str] | None = None) -> 
     return dict(sorted(out.items()))
 
 
+def retention_configs(
+    network: Network, topic: str, names: TopicNames | None = None
+) -> dict[str, str]:
+    """``retention.ms`` matching the network's longest retention rule; the ledger and its
+    checkpoints (ids, parties and times only) are kept for good."""
+    names = names or TopicNames()
+    if topic in (names.ledger, names.checkpoints):
+        return {"retention.ms": "-1"}
+    longest = network.retention.longest_days
+    return {} if longest is None else {"retention.ms": str(int(longest * 86_400_000))}
+
+
 def provision(
     admin: KafkaAdminClient, network: Network, names: TopicNames | None = None
 ) -> ProvisionReport:
@@ -59,7 +73,11 @@ def provision(
         raise KafkaBrokerError(f"cannot list topics: {type(exc).__name__}") from exc
     missing = {name: n for name, n in required.items() if name not in present}
     if missing:
-        new = [NewTopic(name, n, network.topics.replication_factor) for name, n in missing.items()]
+        rf = network.topics.replication_factor
+        report.configs = {name: retention_configs(network, name, names) for name in missing}
+        new = [
+            NewTopic(name, n, rf, topic_configs=report.configs[name]) for name, n in missing.items()
+        ]
         try:
             admin.create_topics(new)
         except TopicAlreadyExistsError:
