@@ -19,6 +19,7 @@ from broker.errors import CodecError, DeliveryError, SecurityError
 from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import BatchContext, RecordContext
 from broker.kafka.service import LoopService
+from broker.kafka.tally import attributable
 from broker.ledger.events import HandoverEventType
 from broker.lifecycle import reason_code
 from broker.receiver.inbox import DeliveryState, Inbox, SinkRefusal
@@ -170,10 +171,15 @@ class SinkDriver(LoopService[Sink]):
                 version=int(envelope.get("version") or 1),
             )
         except SecurityError as exc:
-            ctx.dead_letter(stage_of(exc), exc)
+            ctx.dead_letter(stage_of(exc), exc, recorded=self._attributable(record, exc))
         except (CodecError, KeyError, TypeError) as exc:
-            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
+            recorded = self._attributable(record, exc)
+            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc, recorded=recorded)
         return None
+
+    def _attributable(self, record: Any, exc: BaseException) -> bool:
+        """Whether the refused record gets a ledger event of its own (see broker.kafka.tally)."""
+        return attributable(exc, record.headers, verified=self.security is not None)
 
     def _state(self, delivery: Delivery) -> DeliveryState:
         """One look-up: what each sink delivered, the refusal and the open failures (and

@@ -34,7 +34,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from broker.config import Settings
-from broker.errors import CodecError, ReferralError
+from broker.errors import CodecError, ReferralError, SignatureInvalid
 from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import LoopStats, RecordContext
 from broker.kafka.partitioning import key_hash as murmur2_key_hash
@@ -45,7 +45,7 @@ from broker.metrics import Metrics
 from broker.network import Network
 from broker.routing.decide import DecisionCache, Destination, status_destination
 from broker.security.keys import ROUTER, LiveKeys, key_dir
-from broker.security.signing import ledger_signer
+from broker.security.signing import has_signature, ledger_signer
 from broker.tracing import Tracing
 from broker.wire.codec import Codec
 from broker.wire.registry import STATUS_UPDATE
@@ -195,7 +195,8 @@ class Router(LoopService[Durable]):
         try:
             envelope = self.codec.decode_routing(record.value or b"")
         except CodecError as exc:
-            ctx.dead_letter(DeadLetterStage.ROUTE_DECODE, exc)
+            # Verified by no one yet: junk gets no ledger event of its own (a summary counts it).
+            ctx.dead_letter(DeadLetterStage.ROUTE_DECODE, exc, recorded=False)
             return
         referral_id = str(envelope.get("referral_id", ""))
         try:
@@ -251,12 +252,21 @@ class Router(LoopService[Durable]):
         return found[1], found[2]
 
     def _route_status(self, record: Any, ctx: RecordContext) -> None:
+        """Forward a status update to its origin's status topic (STATUS_ROUTED).
+
+        Undecodable, unaddressable, or unsigned where the network requires
+        signatures: dead-lettered (``STATUS_ROUTE``), counted in the batch's
+        summary event, none of its own (the router verifies no signature, so it
+        can hold no one to it).
+        """
         self.stats.statuses += 1
         try:
             _, status = self.codec.decode(record.value or b"", expected=STATUS_UPDATE)
+            if not self.network.network.allow_plain and not has_signature(record.headers):
+                raise SignatureInvalid("unsigned status update on a network that requires them")
             topic = status_destination(status, self.network, self.names)
         except ReferralError as exc:
-            ctx.dead_letter(DeadLetterStage.STATUS_ROUTE, exc)
+            ctx.dead_letter(DeadLetterStage.STATUS_ROUTE, exc, recorded=False)
             return
         referral_id = str(status.get("referral_id", ""))
         self._send(
