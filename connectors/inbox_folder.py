@@ -17,6 +17,12 @@ replaces the file, which always holds the current version
 (``delivery.version``; ``delivery.previous_version`` names the one replaced);
 the replaced file is kept as ``<path>/history/<file stem>.v<version>.json``.
 
+A **withdrawal** (an amendment by the origin no longer sends the referral here)
+moves the file to the history the same way and writes
+``<path>/withdrawn/<file stem>.json`` (``{"withdrawal": {...}}``: the version
+withdrawn, when, by which origin; no case content): the folder holds no case
+that is not current for this organisation.
+
 The file is written to a hidden temporary name in the same directory, synced,
 then renamed: a reader never sees half a file; the folder is synced once per
 consumed batch (:meth:`InboxFolderSink.flush`), before the batch is answered.
@@ -35,7 +41,7 @@ from typing import Any
 from pydantic import Field
 
 from broker.config import Settings
-from broker.contracts import Delivery, Sink
+from broker.contracts import Delivery, Sink, Withdrawal
 from broker.errors import DeliveryError
 from broker.private import private_dir, write_private
 from connectors.base import ConnectorConfig, resolve_path
@@ -111,6 +117,28 @@ class InboxFolderSink(Sink):
         except OSError as exc:
             raise DeliveryError(
                 f"inbox folder: cannot write referral {delivery.referral_id}: {exc.strerror}"
+            ) from exc
+
+    def withdraw(self, withdrawal: Withdrawal) -> None:
+        """Move the withdrawn referral's file to the history; leave a withdrawal note."""
+        target = self.file_for(withdrawal.referral_id, withdrawal.origin_org)
+        note = json.dumps({"withdrawal": withdrawal.metadata()}, indent=2, sort_keys=True)
+        try:
+            if target.is_file():
+                current = target.read_bytes()
+                history = private_dir(self.history_dir(), f"{self.kind}.path/history")
+                version = _version_of(current) or withdrawal.version
+                write_private(history / f"{target.stem}.v{version}.json", current)
+                self._renamed.add(history)
+            folder = private_dir(self.path / "withdrawn", f"{self.kind}.path/withdrawn")
+            write_private(folder / f"{target.stem}.json", note.encode())
+            self._renamed.add(folder)
+            if target.is_file():
+                target.unlink()
+                self._renamed.add(self.path)
+        except OSError as exc:
+            raise DeliveryError(
+                f"inbox folder: cannot withdraw referral {withdrawal.referral_id}: {exc.strerror}"
             ) from exc
 
 

@@ -5,7 +5,8 @@ For each intake record it decodes only the envelope, decides the destinations
 unchanged to each, keyed by referral id, with the original headers (trace
 context, origin) plus the routing reason and the organisations meant to receive
 it. Status updates are forwarded unchanged to the status topic of the
-referral's origin. What cannot be decoded or routed goes to the dead-letter
+referral's origin (a withdrawal, :mod:`broker.origin.withdrawal`, to the
+referral topic of the recipient it names). What cannot be decoded or routed goes to the dead-letter
 topic with its original bytes; the partition keeps flowing.
 
 The router is a :class:`~broker.kafka.loop.Handler`: the one consume loop
@@ -27,14 +28,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from broker.config import Settings
-from broker.errors import CodecError, ReferralError, SignatureInvalid
+from broker.errors import CodecError, ReferralError, RoutingError, SignatureInvalid
 from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import LoopStats, RecordContext
 from broker.kafka.partitioning import key_hash as murmur2_key_hash
@@ -43,6 +44,7 @@ from broker.ledger.checkpoint import Checkpoint, Checkpointer
 from broker.ledger.events import HandoverEventType
 from broker.metrics import Metrics
 from broker.network import Network
+from broker.origin.withdrawal import WITHDRAWAL_KIND, is_withdrawal, withdrawal_reason
 from broker.routing.decide import DecisionCache, Destination, status_destination
 from broker.security.keys import ROUTER, LiveKeys, key_dir
 from broker.security.signing import has_signature, ledger_signer
@@ -56,8 +58,9 @@ __all__ = ["STATUS_UPDATE", "Router"]
 log = logging.getLogger("referral.router")
 
 ACTOR = ROUTER
-_ROUTE_HEADERS = frozenset({Headers.ROUTE_REASON, Headers.DESTINATION_ORGS})
+_ROUTE_HEADERS = frozenset({Headers.ROUTE_REASON, Headers.DESTINATION_ORGS, Headers.RECORD_KIND})
 _TRACE_HEADERS = frozenset({Headers.TRACEPARENT, Headers.TRACESTATE})
+_WITHDRAWAL = (Headers.RECORD_KIND, WITHDRAWAL_KIND)
 
 
 def _kept_headers(headers: Sequence[tuple[str, bytes]] | None) -> list[tuple[str, bytes]]:
@@ -252,7 +255,8 @@ class Router(LoopService[Durable]):
         return found[1], found[2]
 
     def _route_status(self, record: Any, ctx: RecordContext) -> None:
-        """Forward a status update to its origin's status topic (STATUS_ROUTED).
+        """Forward a status update to its origin's status topic (STATUS_ROUTED); a
+        withdrawal by the origin to the dropped recipient's referral topic instead.
 
         Undecodable, unaddressable, or unsigned where the network requires
         signatures: dead-lettered (``STATUS_ROUTE``), counted in the batch's
@@ -264,16 +268,27 @@ class Router(LoopService[Durable]):
             _, status = self.codec.decode(record.value or b"", expected=STATUS_UPDATE)
             if not self.network.network.allow_plain and not has_signature(record.headers):
                 raise SignatureInvalid("unsigned status update on a network that requires them")
-            topic = status_destination(status, self.network, self.names)
+            withdrawal = is_withdrawal(status)
+            if withdrawal:
+                topic, to_party = self._withdrawal_topic(status), str(status["destination_org"])
+            else:
+                topic = status_destination(status, self.network, self.names)
+                to_party = str(status.get("origin_org", ""))
         except ReferralError as exc:
             ctx.dead_letter(DeadLetterStage.STATUS_ROUTE, exc, recorded=False)
             return
         referral_id = str(status.get("referral_id", ""))
+        headers = _kept_headers(record.headers)
+        reason = str(status.get("status", ""))
+        if withdrawal:
+            # A withdrawal, on the dropped recipient's referral topic, for it alone.
+            headers += [(Headers.DESTINATION_ORGS, to_party.encode()), _WITHDRAWAL]
+            reason = withdrawal_reason(int(status.get("referral_version") or 1))
         self._send(
             ctx,
             topic,
             referral_id.encode(),
-            _kept_headers(record.headers),
+            headers,
             None,
             lambda: {
                 "referral.id": referral_id,
@@ -286,10 +301,22 @@ class Router(LoopService[Durable]):
             referral_id,
             str(status.get("case_id", "")),
             from_party=str(status.get("emitted_by", "")),
-            to_party=str(status.get("origin_org", "")),
+            to_party=to_party,
             topic=topic,
-            reason=str(status.get("status", "")),
+            reason=reason,
         )
+
+    def _withdrawal_topic(self, status: Mapping[str, Any]) -> str:
+        """The referral topic of a withdrawal's recipient (its first jurisdiction's lane)."""
+        org = str(status["destination_org"])
+        topics = (
+            self.network.subscriptions(org, self.names)
+            if self.network.has_organisation(org)
+            else []
+        )
+        if not topics:
+            raise RoutingError("withdrawal for an organisation that receives no referrals")
+        return topics[0]
 
 
 class _AssignmentLog(ConsumerRebalanceListener):  # type: ignore[misc]
