@@ -1,11 +1,12 @@
 """Junk costs the attacker more than the network (issue 21's "no amplification").
 
 A member floods ``status.intake`` and ``status.to.hl-a`` with records nobody
-can be held to: unsigned status updates and bytes that decode to nothing. Every
-one of them is dead-lettered with its original bytes, but none gets a signed
-ledger entry of its own: the router and hl-a's status feed each record one
-summary event per consumed batch (count, topic, stage, offsets), and the ledger
-still verifies.
+can be held to — unsigned status updates and bytes that decode to nothing —
+and ``referrals.intake`` and police-nl's lane with bytes. Every one of them is
+dead-lettered with its original bytes, but none gets a signed ledger entry of
+its own: the router, hl-a's status feed and police-nl's sink driver each record
+one summary event per consumed batch (count, topic, stage, offsets), and the
+ledger still verifies.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 
 from broker.config import Settings
 from broker.kafka.deadletter import H_OFFSET, H_PARTITION, H_STAGE, H_TOPIC
+from broker.kafka.service import LoopService
 from broker.kafka.tally import UNATTRIBUTED_REFERRAL, summarised
 from broker.ledger.store import LedgerStore
 from broker.network import Network, parse_network
@@ -29,6 +31,7 @@ from broker.security.keys import ROUTER
 from broker.wire.codec import Codec
 from broker.wire.models import ReferralStatus, StatusUpdate, utc_now_ms
 from broker.wire.registry import STATUS_UPDATE
+from broker.wire.topics import Headers
 from cli.main import app
 from connectors.runtime import ConnectorRuntime
 from tests.support.connectors import ENV, NETWORK_TOML, codec_for, wait_for
@@ -44,15 +47,15 @@ from tests.support.security import give_keys
 
 pytestmark = pytest.mark.slow
 
-#: Junk records of each kind, per topic (four kinds: 4 * JUNK in all).
-JUNK = 1250
+#: Junk records of each status kind per status topic (5 * JUNK in all, with the referral junk).
+JUNK = 1000
 
 
 @pytest.fixture
 def keyed(provisioned: Settings, tmp_path: Path) -> tuple[Settings, Network]:
-    """Keys for hl-a, police-de and the router; a network that allows no plain records."""
+    """Keys for hl-a, police-de, police-nl and the router; a network with no plain records."""
     trust = tmp_path / "trust.toml"
-    give_keys(provisioned, trust, "hl-a", "police-de", ROUTER)
+    give_keys(provisioned, trust, "hl-a", "police-de", "police-nl", ROUTER)
     text = (
         NETWORK_TOML.replace("{webhook_url}", "http://127.0.0.1:9/hook")
         .replace("{republish_after}", "300")
@@ -102,42 +105,51 @@ def test_a_junk_flood_is_dead_lettered_whole_with_a_summary_not_an_entry_each(
     settings, network = keyed
     names = settings.topic_names()
     codec = codec_for(settings)
+    intake, status, status_hl_a, nl = (
+        names.intake,
+        names.status_intake,
+        names.status("hl-a"),
+        names.jurisdiction("NL"),
+    )
     unsigned = [_unsigned_status(codec) for _ in range(2 * JUNK)]
-    garbage = [b"junk-" + os.urandom(8 + i % 40) for i in range(2 * JUNK)]
+    garbage = [b"junk-" + os.urandom(8 + i % 40) for i in range(3 * JUNK)]
     sent = {
-        names.status_intake: unsigned[:JUNK] + garbage[:JUNK],
-        names.status("hl-a"): unsigned[JUNK:] + garbage[JUNK:],
+        status: unsigned[:JUNK] + garbage[:JUNK],
+        status_hl_a: unsigned[JUNK:] + garbage[JUNK : 2 * JUNK],
+        intake: garbage[2 * JUNK : 5 * JUNK // 2],
+        nl: garbage[5 * JUNK // 2 :],
     }
+    total = 5 * JUNK
     with ExitStack() as stack:
         router = start_router(settings, network, codec)
         stack.callback(router.stop)
-        origin = ConnectorRuntime(settings, network, "hl-a", codec, env=ENV)
-        stack.callback(origin.stop)
-        origin.start()
+        loops: list[LoopService[Any] | None] = [router.router]
+        for org in ("hl-a", "police-nl"):
+            rt = ConnectorRuntime(settings, network, org, codec, env=ENV)
+            stack.callback(rt.stop)
+            rt.start()
+            loops += [rt.status_feed] if org == "hl-a" else [rt.sink_driver]
         for topic, values in sent.items():
-            publish(settings, topic, [(None, v) for v in values])
-        dead = _dead_letters(settings, 4 * JUNK)
-        feed = origin.status_feed
-        assert feed is not None
+            # On police-nl's lane, addressed to it (a header anyone can write).
+            to_nl = [(Headers.DESTINATION_ORGS, b"police-nl")] if topic == nl else []
+            publish(settings, topic, [(None, v) for v in values], to_nl)
+        dead = _dead_letters(settings, total)
         wait_for(
-            lambda: (
-                feed.stats.dead_lettered_unrecorded + router.router.stats.dead_lettered_unrecorded
-                >= 4 * JUNK
-            ),
+            lambda: sum(x.stats.dead_lettered_unrecorded for x in loops if x is not None) >= total,
             30,
             "every junk record counted",
         )
 
     # Nothing lost: every junk record is on the dead-letter topic, byte for byte.
-    assert len(dead) == 4 * JUNK
-    by_topic = Counter(k[0] for k in dead)
-    assert by_topic == {names.status_intake: 2 * JUNK, names.status("hl-a"): 2 * JUNK}
+    assert len(dead) == total
     assert Counter(d.value for d in dead.values()) == Counter(v for vs in sent.values() for v in vs)
     stages = Counter((k[0], header(d, H_STAGE)) for k, d in dead.items())
     assert stages == {
-        (names.status_intake, "STATUS_ROUTE"): 2 * JUNK,
-        (names.status("hl-a"), "STATUS_VERIFY"): JUNK,
-        (names.status("hl-a"), "SINK_DECODE"): JUNK,
+        (status, "STATUS_ROUTE"): 2 * JUNK,
+        (status_hl_a, "STATUS_VERIFY"): JUNK,
+        (status_hl_a, "SINK_DECODE"): JUNK,
+        (intake, "ROUTE_DECODE"): JUNK // 2,
+        (nl, "SINK_DECODE"): JUNK // 2,
     }
 
     # No amplification: a few summary events, about no referral, that count them all.
@@ -148,26 +160,28 @@ def test_a_junk_flood_is_dead_lettered_whole_with_a_summary_not_an_entry_each(
         def synced() -> bool:
             store.sync(settings, codec, timeout=10, idle=0.3, checkpoints=False)
             said = [summarised(r.reason) for r in store.records()]
-            return sum(s[1] for s in said if s is not None) >= 4 * JUNK
+            return sum(s[1] for s in said if s is not None) >= total
 
         wait_for(synced, 60, "the summaries in the ledger", step=0.5)
         entries = store.records()
     assert {r.referral_id for r in entries} == {UNATTRIBUTED_REFERRAL}
     assert {r.event for r in entries} == {"DEAD_LETTERED"}
-    assert {r.actor for r in entries} == {ROUTER, "hl-a"}
+    assert {r.actor for r in entries} == {ROUTER, "hl-a", "police-nl"}
     counted: Counter[tuple[str | None, str]] = Counter()
     for r in entries:
         what = summarised(r.reason)
         assert what is not None, r.reason
         counted[(r.topic, what[0])] += what[1]
     assert counted == {
-        (names.status_intake, "STATUS_ROUTE: SignatureInvalid"): JUNK,
-        (names.status_intake, "STATUS_ROUTE: NotFramed"): JUNK,
-        (names.status("hl-a"), "STATUS_VERIFY: SignatureInvalid"): JUNK,
-        (names.status("hl-a"), "SINK_DECODE: NotFramed"): JUNK,
+        (status, "STATUS_ROUTE: SignatureInvalid"): JUNK,
+        (status, "STATUS_ROUTE: NotFramed"): JUNK,
+        (status_hl_a, "STATUS_VERIFY: SignatureInvalid"): JUNK,
+        (status_hl_a, "SINK_DECODE: NotFramed"): JUNK,
+        (intake, "ROUTE_DECODE: NotFramed"): JUNK // 2,
+        (nl, "SINK_DECODE: NotFramed"): JUNK // 2,
     }
     # One per topic, partition, stage and error of a consumed batch: far fewer than the junk.
-    assert len(entries) <= 4 * JUNK // 50, len(entries)
+    assert len(entries) <= total // 50, len(entries)
     result = CliRunner().invoke(app, ["ledger", "verify"], env={**env, "COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"ledger intact: {len(entries)} entries"), result.stdout
