@@ -16,6 +16,7 @@ __all__ = [
     "Source",
     "StatusDelivery",
     "StatusSink",
+    "Withdrawal",
     "jsonable",
 ]
 
@@ -78,6 +79,38 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Withdrawal:
+    """The origin's signed word that a referral it sent this organisation no longer concerns it.
+
+    Sent when an amendment drops the organisation from the referral's recipients;
+    ``version`` is the version withdrawn.
+    """
+
+    referral_id: str
+    case_id: str
+    origin_org: str
+    version: int
+    #: When the origin withdrew it (UTC, ISO 8601).
+    withdrawn_at: str
+    topic: str
+    partition: int
+    offset: int
+
+    def metadata(self) -> dict[str, Any]:
+        """What a sink records of the withdrawal (no case content)."""
+        return {
+            "referral_id": self.referral_id,
+            "case_id": self.case_id,
+            "origin_org": self.origin_org,
+            "withdrawn_version": self.version,
+            "withdrawn_at": self.withdrawn_at,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+        }
+
+
+@dataclass(frozen=True)
 class StatusDelivery:
     """One status update of one of the organisation's own referrals."""
 
@@ -131,6 +164,9 @@ class Sink(_Lifecycle):
         A kind that keeps content overrides it; DeliveryError if it cannot erase now.
         """
         return 0
+
+    def withdraw(self, withdrawal: Withdrawal) -> None:
+        """Mark a delivered referral withdrawn by its origin (default: nothing to mark)."""
 
 
 class StatusSink(_Lifecycle):

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field
 
 from broker.config import Settings
-from broker.contracts import Delivery, Sink
+from broker.contracts import Delivery, Sink, Withdrawal
 from broker.errors import DeliveryError
 from broker.private import private_dir, write_private
 from connectors.base import ConnectorConfig, resolve_path
@@ -96,6 +96,7 @@ class InboxFolderSink(Sink):
         if _origin_of(self.path / f"{referral_id}.json") == origin_org:
             stems.append(referral_id)
         doomed = [self.path / f"{stem}.json" for stem in stems]
+        doomed += [self.path / "withdrawn" / f"{stem}.json" for stem in stems]
         history = self.history_dir()
         if history.is_dir():
             doomed += [p for stem in stems for p in history.glob(f"{glob.escape(stem)}.v*.json")]
@@ -113,6 +114,28 @@ class InboxFolderSink(Sink):
             gone += 1
         self.flush()
         return gone
+
+    def withdraw(self, withdrawal: Withdrawal) -> None:
+        """Move the withdrawn referral's file to the history; leave a withdrawal note."""
+        target = self.file_for(withdrawal.referral_id, withdrawal.origin_org)
+        note = json.dumps({"withdrawal": withdrawal.metadata()}, indent=2, sort_keys=True)
+        try:
+            if target.is_file():
+                current = target.read_bytes()
+                history = private_dir(self.history_dir(), f"{self.kind}.path/history")
+                version = _version_of(current) or withdrawal.version
+                write_private(history / f"{target.stem}.v{version}.json", current)
+                self._renamed.add(history)
+            folder = private_dir(self.path / "withdrawn", f"{self.kind}.path/withdrawn")
+            write_private(folder / f"{target.stem}.json", note.encode())
+            self._renamed.add(folder)
+            if target.is_file():
+                target.unlink()
+                self._renamed.add(self.path)
+        except OSError as exc:
+            raise DeliveryError(
+                f"inbox folder: cannot withdraw referral {withdrawal.referral_id}: {exc.strerror}"
+            ) from exc
 
 
 def _version_of(data: bytes) -> int | None:

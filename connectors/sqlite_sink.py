@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pydantic import Field
 
 from broker.config import Settings
-from broker.contracts import Delivery, Sink
+from broker.contracts import Delivery, Sink, Withdrawal
 from broker.errors import DeliveryError
 from broker.sqlite import Database
 from connectors.base import ConnectorConfig, resolve_path
@@ -98,7 +98,14 @@ class SqliteCaseSink(Sink):
                     f"INSERT INTO {self.table} ({_COLUMNS}) SELECT {_COPY_TIMES} FROM {old}"
                 )
                 conn.execute(f"DROP TABLE {old}")
-        self._db.add_columns(self.table, {"version": "INTEGER NOT NULL DEFAULT 1"})
+        self._db.add_columns(
+            self.table,
+            {
+                "version": "INTEGER NOT NULL DEFAULT 1",
+                "withdrawn_version": "INTEGER",
+                "withdrawn_at": "TEXT",
+            },
+        )
 
     def flush(self) -> None:
         """Make the rows written so far durable (one fsync, before they are acknowledged)."""
@@ -157,7 +164,11 @@ class SqliteCaseSink(Sink):
                     " case_id = excluded.case_id, priority = excluded.priority,"
                     " tlp = excluded.tlp, jurisdictions = excluded.jurisdictions,"
                     " referral = excluded.referral, topic = excluded.topic,"
-                    " updated_at = excluded.updated_at, version = excluded.version"
+                    " updated_at = excluded.updated_at, version = excluded.version,"
+                    f" withdrawn_version = CASE WHEN excluded.version > {self.table}.version"
+                    f" THEN NULL ELSE {self.table}.withdrawn_version END,"
+                    f" withdrawn_at = CASE WHEN excluded.version > {self.table}.version"
+                    f" THEN NULL ELSE {self.table}.withdrawn_at END"
                     f" WHERE excluded.version >= {self.table}.version",
                     (*row, delivery.version),
                 )
@@ -169,4 +180,27 @@ class SqliteCaseSink(Sink):
         except Exception as exc:  # sqlite3.Error and OS errors alike
             raise DeliveryError(
                 f"case table: cannot store referral {delivery.referral_id}: {type(exc).__name__}"
+            ) from exc
+
+    def withdraw(self, withdrawal: Withdrawal) -> None:
+        """Mark the referral's row withdrawn (if the row is not of a newer version)."""
+        assert self._db is not None, "open() first"
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(
+                    f"UPDATE {self.table} SET withdrawn_version = ?, withdrawn_at = ?,"
+                    " updated_at = ? WHERE origin_org = ? AND referral_id = ? AND version <= ?",
+                    (
+                        withdrawal.version,
+                        withdrawal.withdrawn_at,
+                        sql_time(time.time()),
+                        withdrawal.origin_org,
+                        withdrawal.referral_id,
+                        withdrawal.version,
+                    ),
+                )
+        except Exception as exc:  # sqlite3.Error and OS errors alike
+            raise DeliveryError(
+                f"case table: cannot withdraw referral {withdrawal.referral_id}:"
+                f" {type(exc).__name__}"
             ) from exc

@@ -26,6 +26,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, get_current_span
 
 from broker.kafka.deadletter import DeadLetterStage, send_dead_letter, send_dead_letter_reference
+from broker.kafka.tally import DeadLetterTally
 from broker.ledger.events import EventFacts, LedgerEmitter, handover_event
 from broker.metrics import LoopMetrics
 from broker.tracing import Tracing, trace_id_of
@@ -68,6 +69,8 @@ class LoopStats:
     refused: int = 0
     skipped: int = 0
     dead_lettered: int = 0
+    #: of those, unattributable: counted in one summary event per batch, none of their own
+    dead_lettered_unrecorded: int = 0
     dead_lettered_by_reference: int = 0
     batches: int = 0
     retried_batches: int = 0
@@ -163,6 +166,7 @@ class RecordContext:
         "record",
         "settled_late",
         "trace",
+        "unrecorded",
     )
 
     def __init__(self, loop: ConsumeLoop, batch: BatchContext, record: Any) -> None:
@@ -177,6 +181,8 @@ class RecordContext:
         self.dead_lettered = False
         #: Given up on after the first acks (its events are only its dead letter's).
         self.settled_late = False
+        #: Dead-lettered without an event of its own: (stage, error class) for the summary.
+        self.unrecorded: tuple[str, str] | None = None
 
     @property
     def producer(self) -> KafkaProducer:
@@ -271,11 +277,21 @@ class RecordContext:
         )
         self.track(lambda: ledger.emit(datum))
 
-    def dead_letter(self, stage: str, exc: BaseException, referral_id: str | None = None) -> None:
+    def dead_letter(
+        self,
+        stage: str,
+        exc: BaseException,
+        referral_id: str | None = None,
+        *,
+        recorded: bool = True,
+    ) -> None:
         """Send the record intact to the dead-letter topic with the reason, and say so.
 
         The ledger records ``DEAD_LETTERED`` under ``referral_id`` (else the
         record's referral-id header, else its key if that is a referral id).
+        ``recorded=False`` (a record nobody can be held to: unsigned, badly signed,
+        undecodable): no event of its own, it is counted in the batch's summary
+        event instead (:mod:`broker.kafka.tally`; needs a batched ledger).
         """
         record = self.record
         self.dead_lettered = True
@@ -301,6 +317,11 @@ class RecordContext:
                 self.loop.actor,
             )
         )
+        ledger = self.loop.ledger
+        if not recorded and ledger is not None and ledger.batch:
+            self.unrecorded = (stage, type(exc).__name__)
+            return
+        self.unrecorded = None
         self._dead_letter_event(stage, exc, referral_id)
 
     def _dead_letter_event(
@@ -642,9 +663,15 @@ class ConsumeLoop:
         ledger = self.ledger
         if ledger is None or not ledger.batch:
             return False
+        tally = DeadLetterTally()
         for ctx in batch.records:
             if ctx.events and (ctx.settled_late or ctx.failure() is None):
                 ledger.hold(ctx.events)
+            if ctx.unrecorded is not None and ctx.failure() is None:
+                tally.add(ctx.record, *ctx.unrecorded)
+        if tally:
+            self.stats.dead_lettered_unrecorded += len(tally)
+            ledger.hold(tally.events(int(time.time() * 1000)))
         headers: list[tuple[str, bytes]] = []
         # Pipelined, the record goes out with the next batch's publishes (one produce
         # request fewer per batch); an idle loop flushes it when it checks it.
@@ -703,6 +730,7 @@ class ConsumeLoop:
         )
         ctx.futures, ctx.events = [], []
         ctx.settled_late = True
+        ctx.unrecorded = None
         batch.given_up += 1
         ctx.track(
             functools.partial(

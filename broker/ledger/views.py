@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from broker.errors import UnknownReferral
+from broker.kafka.tally import summarised
 from broker.ledger.events import HandoverEventType
 from broker.lifecycle import current_status
 from broker.network import Deadlines
@@ -568,8 +569,11 @@ def flows(
     matrix: dict[str, Counter[str]] = {}
     times: dict[tuple[str, str], tuple[set[str], list[float], list[float]]] = {}
     overdue: list[Awaited] = []
-    dead: Counter[str] = Counter(_dead_reason(r) for r in anonymous)
-    outcomes: Counter[str] = Counter({"dead_lettered": len(anonymous)})
+    dead: Counter[str] = Counter()
+    for r in anonymous:  # a summary event counts the unattributable records it stands for
+        said = summarised(r.reason)
+        dead[said[0] if said else _dead_reason(r)] += said[1] if said else 1
+    outcomes: Counter[str] = Counter({"dead_lettered": sum(dead.values())})
 
     for rid, mine in by_referral.items():
         ordered = _order(mine)

@@ -25,6 +25,7 @@ from broker.errors import CodecError, ConfigError, RoutingError, SecurityError, 
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.network import Network, Organisation
 from broker.origin.outbox import Outbox, OutboxEntry, ReferralFacts, RepublishSchedule
+from broker.origin.withdrawal import Withdrawer, dropped_recipients
 from broker.outcomes import ItemRef, Reroute, child_reason, parent_reason
 from broker.routing.decide import add_hosting_jurisdictions, country_of_ip, decide
 from broker.security.rules import OriginSecurity
@@ -189,6 +190,10 @@ class Publisher:
         self.security = security or OriginSecurity.load(settings, network, self.org.id)
         self.ledger = LedgerEmitter(
             producer, codec, self.names.ledger, signer=self.security.ledger_signer()
+        )
+        #: Tells a recipient an amendment dropped that its earlier version is withdrawn.
+        self.withdrawer = Withdrawer(
+            producer, codec, self.names, self.security, self.ledger, ack_timeout=ack_timeout
         )
 
     def close(self) -> None:
@@ -431,6 +436,7 @@ class Publisher:
         # The root span of the referral's trace (the PRODUCER span of its first send);
         # its context is stored with the outbox entry, so a republish continues the trace.
         future: FutureRecordMetadata | None = None
+        previous = self.outbox.get(prepared.referral_id) if prepared.version > 1 else None
         with self.tracing.send(
             self.names.intake,
             headers,
@@ -462,6 +468,11 @@ class Publisher:
                 )
             if added:
                 future = self._send(prepared.referral_id, prepared.value, headers)
+        dropped = dropped_recipients(
+            previous, self.codec, self.network, self.names, prepared.expected
+        )
+        if added and previous is not None and dropped:
+            self.withdrawer.withdraw(previous, dropped)
         if not added:  # another process stored it meanwhile
             known = self._known(label, prepared)
             if isinstance(known, Rejected):

@@ -16,6 +16,7 @@ from broker.errors import CodecError, DeliveryError, SecurityError, SignatureOut
 from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import BatchContext, RecordContext
 from broker.kafka.service import LoopService
+from broker.kafka.tally import attributable
 from broker.ledger.events import HandoverEventType
 from broker.lifecycle import LifecycleError, advance
 from broker.network import Network
@@ -142,7 +143,11 @@ class StatusFeed(LoopService[StatusSink]):
         self.status_log.count_refused_status(
             stage, f"{record.topic}/{record.partition}/{record.offset}"
         )
-        ctx.dead_letter(stage, exc, referral_id)
+        ctx.dead_letter(stage, exc, referral_id, recorded=self._attributable(record, exc))
+
+    def _attributable(self, record: Any, exc: BaseException) -> bool:
+        """Whether the refused record gets a ledger event of its own (see broker.kafka.tally)."""
+        return attributable(exc, record.headers, verified=self.security is not None)
 
     def _verified(
         self, record: Any, ctx: RecordContext
@@ -166,7 +171,8 @@ class StatusFeed(LoopService[StatusSink]):
             self._refuse(ctx, DeadLetterStage.STATUS_VERIFY, exc, rid)
             return None
         except (CodecError, KeyError, TypeError) as exc:
-            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
+            recorded = self._attributable(record, exc)
+            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc, recorded=recorded)
             return None
         return datum, entry
 
@@ -182,7 +188,8 @@ class StatusFeed(LoopService[StatusSink]):
             status = str(datum["status"])
             emitted_by = str(datum["emitted_by"])
         except (CodecError, KeyError, TypeError) as exc:
-            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
+            recorded = self._attributable(record, exc)
+            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc, recorded=recorded)
             return
         self.stats.statuses += 1
         try:

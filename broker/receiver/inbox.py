@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.config import Settings
-from broker.contracts import Delivery
+from broker.contracts import Delivery, Withdrawal
 from broker.retention import Candidate
 from broker.sqlite import COUNTERS_TABLE, Database, bump_counter
 from broker.wire.models import ItemOutcome
@@ -71,6 +71,14 @@ CREATE TABLE IF NOT EXISTS erased (
     why         TEXT NOT NULL,
     PRIMARY KEY (origin_org, referral_id)
 );
+CREATE TABLE IF NOT EXISTS withdrawals (
+    origin_org   TEXT NOT NULL,
+    referral_id  TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    withdrawn_at TEXT NOT NULL,
+    recorded_at  REAL NOT NULL,
+    PRIMARY KEY (origin_org, referral_id)
+);
 CREATE TABLE IF NOT EXISTS sent_statuses (
     origin_org  TEXT NOT NULL,
     referral_id TEXT NOT NULL,
@@ -123,6 +131,8 @@ class Received:
     sent: tuple[str, ...]
     #: The current version delivered (above 1: amended by its origin).
     version: int = 1
+    #: The version its origin withdrew (an amendment dropped this organisation); None: none.
+    withdrawn: int | None = None
 
 
 def _refs_of(document: dict[str, Any]) -> str:
@@ -437,6 +447,10 @@ class Inbox:
             "SELECT origin_org, referral_id, status FROM sent_statuses ORDER BY at, rowid"
         ):
             sent.setdefault((r["origin_org"], r["referral_id"]), []).append(str(r["status"]))
+        withdrawn = {
+            (str(r["origin_org"]), str(r["referral_id"])): int(r["version"])
+            for r in self._db.query("SELECT origin_org, referral_id, version FROM withdrawals")
+        }
         return [
             Received(
                 referral_id=str(r["referral_id"]),
@@ -450,9 +464,38 @@ class Inbox:
                 duplicates=int(r["duplicates"] or 0),
                 sent=tuple(sent.get((r["origin_org"], r["referral_id"]), ())),
                 version=int(r["version"] or 1),
+                withdrawn=withdrawn.get((str(r["origin_org"]), str(r["referral_id"]))),
             )
             for r in rows
         ]
+
+    # -- withdrawals (an amendment dropped this organisation) ----------------------------------
+
+    def record_withdrawal(self, withdrawal: Withdrawal, now: float | None = None) -> None:
+        """Remember that the origin withdrew this version (a newer withdrawal replaces it)."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO withdrawals (origin_org, referral_id, version, withdrawn_at,"
+                " recorded_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(origin_org, referral_id) DO UPDATE SET"
+                " version = excluded.version, withdrawn_at = excluded.withdrawn_at,"
+                " recorded_at = excluded.recorded_at WHERE excluded.version > withdrawals.version",
+                (
+                    withdrawal.origin_org,
+                    withdrawal.referral_id,
+                    withdrawal.version,
+                    withdrawal.withdrawn_at,
+                    time.time() if now is None else now,
+                ),
+            )
+
+    def withdrawn_version(self, origin_org: str, referral_id: str) -> int | None:
+        """The version of the referral its origin withdrew from here (None: not withdrawn)."""
+        rows = self._db.query(
+            "SELECT version FROM withdrawals WHERE origin_org = ? AND referral_id = ?",
+            (origin_org, referral_id),
+        )
+        return int(rows[0]["version"]) if rows else None
 
     # -- refusals and transient failures (the receiving side) ----------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 from broker.ids import matches
 from broker.lifecycle import LifecycleError, advance
 from broker.network import Deadlines
+from broker.origin.withdrawal import WITHDRAWN
 from broker.receiver.inbox import Received
 from broker.wire.models import ReferralStatus
 from connectors.formats import spreadsheet_safe
@@ -59,6 +60,8 @@ class InboxEntry:
     sinks: tuple[str, ...]
     #: The current version (above 1: the origin amended it).
     version: int = 1
+    #: Its origin withdrew it from this organisation (an amendment dropped it): status WITHDRAWN.
+    withdrawn: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (times as ISO 8601 UTC)."""
@@ -77,6 +80,7 @@ class InboxEntry:
             "topic": self.topic,
             "sinks": list(self.sinks),
             "version": self.version,
+            "withdrawn": self.withdrawn,
         }
 
     def matches(self, term: str) -> bool:
@@ -113,8 +117,9 @@ def entries(received: Iterable[Received], deadlines: Deadlines, now: datetime) -
         at = datetime.fromtimestamp(r.delivered_at, UTC)
         hours = deadlines.urgent_answer_hours if urgent else deadlines.answer_hours
         due = at + timedelta(hours=hours)
-        status = _status(r.sent)
-        acknowledged = status != ReferralStatus.RECEIVED.value
+        withdrawn = r.withdrawn is not None and r.withdrawn >= r.version
+        status = WITHDRAWN if withdrawn else _status(r.sent)
+        acknowledged = status != ReferralStatus.RECEIVED.value  # withdrawn: nothing to answer
         out.append(
             InboxEntry(
                 referral_id=r.referral_id,
@@ -131,6 +136,7 @@ def entries(received: Iterable[Received], deadlines: Deadlines, now: datetime) -
                 topic=r.topic,
                 sinks=r.sinks,
                 version=r.version,
+                withdrawn=withdrawn,
             )
         )
     out.sort(key=lambda e: (not e.urgent, not e.overdue, -e.received_at.timestamp()))

@@ -19,10 +19,12 @@ from broker.errors import CodecError, DeliveryError, SecurityError
 from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import BatchContext, RecordContext
 from broker.kafka.service import LoopService
+from broker.kafka.tally import attributable
 from broker.ledger.events import HandoverEventType
 from broker.lifecycle import reason_code
 from broker.receiver.inbox import DeliveryState, Inbox, SinkRefusal
 from broker.receiver.statuses import StatusSender
+from broker.receiver.withdrawals import Withdrawals, is_withdrawal_record
 from broker.security.rules import ReceiverSecurity, stage_of
 from broker.shapes import check_ids
 from broker.wire.codec import Codec
@@ -70,6 +72,8 @@ class SinkDriver(LoopService[Sink]):
         self._batch_versions: dict[tuple[str, str, str], int] = {}
         #: Repeats of a delivery still unrecorded: counted once it is recorded.
         self._batch_repeats: list[tuple[str, str, str]] = []
+        #: Withdrawals by the origins of referrals an amendment no longer sends here.
+        self.withdrawals = Withdrawals(org_id, codec, self.security, sinks, inbox, self.stats)
 
     def before_commit(self, batch: BatchContext) -> None:
         """Make every sink durable, then answer the batch's records, back to back.
@@ -85,8 +89,10 @@ class SinkDriver(LoopService[Sink]):
         answers, self._answers = self._answers, []
         recorded, self._recorded = self._recorded, []
         repeats, self._batch_repeats = self._batch_repeats, []
+        withdrawn = self.withdrawals.take()
         self._batch_versions.clear()
         super().before_commit(batch)
+        self.withdrawals.record(withdrawn)
         if recorded:
             # Only now: the inbox never says delivered what a sink could still lose.
             self.inbox.record_many(recorded)
@@ -109,6 +115,9 @@ class SinkDriver(LoopService[Sink]):
         orgs = header(record.headers, Headers.DESTINATION_ORGS)
         if orgs is None or self.org_id not in orgs.split(","):
             self.stats.skipped += 1
+            return
+        if is_withdrawal_record(record):
+            self.withdrawals.handle(record, ctx)
             return
         delivery = self._open(record, ctx)
         if delivery is None:
@@ -175,10 +184,15 @@ class SinkDriver(LoopService[Sink]):
                 version=int(envelope.get("version") or 1),
             )
         except SecurityError as exc:
-            ctx.dead_letter(stage_of(exc), exc)
+            ctx.dead_letter(stage_of(exc), exc, recorded=self._attributable(record, exc))
         except (CodecError, KeyError, TypeError) as exc:
-            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc)
+            recorded = self._attributable(record, exc)
+            ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc, recorded=recorded)
         return None
+
+    def _attributable(self, record: Any, exc: BaseException) -> bool:
+        """Whether the refused record gets a ledger event of its own (see broker.kafka.tally)."""
+        return attributable(exc, record.headers, verified=self.security is not None)
 
     def _state(self, delivery: Delivery) -> DeliveryState:
         """One look-up: what each sink delivered, the refusal and the open failures (and

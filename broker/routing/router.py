@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from broker.config import Settings
-from broker.errors import CodecError, ReferralError
+from broker.errors import CodecError, ReferralError, RoutingError, SignatureInvalid
 from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import LoopStats, RecordContext
 from broker.kafka.partitioning import key_hash as murmur2_key_hash
@@ -20,9 +20,10 @@ from broker.ledger.checkpoint import Checkpoint, Checkpointer
 from broker.ledger.events import HandoverEventType
 from broker.metrics import Metrics
 from broker.network import Network
+from broker.origin.withdrawal import WITHDRAWAL_KIND, is_withdrawal, withdrawal_reason
 from broker.routing.decide import DecisionCache, Destination, status_destination
 from broker.security.keys import ROUTER, LiveKeys, key_dir
-from broker.security.signing import ledger_signer
+from broker.security.signing import has_signature, ledger_signer
 from broker.tracing import Tracing
 from broker.wire.codec import Codec
 from broker.wire.registry import STATUS_UPDATE
@@ -33,8 +34,9 @@ __all__ = ["STATUS_UPDATE", "Router"]
 log = logging.getLogger("referral.router")
 
 ACTOR = ROUTER
-_ROUTE_HEADERS = frozenset({Headers.ROUTE_REASON, Headers.DESTINATION_ORGS})
+_ROUTE_HEADERS = frozenset({Headers.ROUTE_REASON, Headers.DESTINATION_ORGS, Headers.RECORD_KIND})
 _TRACE_HEADERS = frozenset({Headers.TRACEPARENT, Headers.TRACESTATE})
+_WITHDRAWAL = (Headers.RECORD_KIND, WITHDRAWAL_KIND)
 
 
 def _kept_headers(headers: Sequence[tuple[str, bytes]] | None) -> list[tuple[str, bytes]]:
@@ -172,7 +174,8 @@ class Router(LoopService[Durable]):
         try:
             envelope = self.codec.decode_routing(record.value or b"")
         except CodecError as exc:
-            ctx.dead_letter(DeadLetterStage.ROUTE_DECODE, exc)
+            # Verified by no one yet: junk gets no ledger event of its own (a summary counts it).
+            ctx.dead_letter(DeadLetterStage.ROUTE_DECODE, exc, recorded=False)
             return
         referral_id = str(envelope.get("referral_id", ""))
         try:
@@ -228,19 +231,40 @@ class Router(LoopService[Durable]):
         return found[1], found[2]
 
     def _route_status(self, record: Any, ctx: RecordContext) -> None:
+        """Forward a status update to its origin's status topic (STATUS_ROUTED); a
+        withdrawal by the origin to the dropped recipient's referral topic instead.
+
+        Undecodable, unaddressable, or unsigned where the network requires
+        signatures: dead-lettered (``STATUS_ROUTE``), counted in the batch's
+        summary event, none of its own (the router verifies no signature, so it
+        can hold no one to it).
+        """
         self.stats.statuses += 1
         try:
             _, status = self.codec.decode(record.value or b"", expected=STATUS_UPDATE)
-            topic = status_destination(status, self.network, self.names)
+            if not self.network.network.allow_plain and not has_signature(record.headers):
+                raise SignatureInvalid("unsigned status update on a network that requires them")
+            withdrawal = is_withdrawal(status)
+            if withdrawal:
+                topic, to_party = self._withdrawal_topic(status), str(status["destination_org"])
+            else:
+                topic = status_destination(status, self.network, self.names)
+                to_party = str(status.get("origin_org", ""))
         except ReferralError as exc:
-            ctx.dead_letter(DeadLetterStage.STATUS_ROUTE, exc)
+            ctx.dead_letter(DeadLetterStage.STATUS_ROUTE, exc, recorded=False)
             return
         referral_id = str(status.get("referral_id", ""))
+        headers = _kept_headers(record.headers)
+        reason = str(status.get("status", ""))
+        if withdrawal:
+            # A withdrawal, on the dropped recipient's referral topic, for it alone.
+            headers += [(Headers.DESTINATION_ORGS, to_party.encode()), _WITHDRAWAL]
+            reason = withdrawal_reason(int(status.get("referral_version") or 1))
         self._send(
             ctx,
             topic,
             referral_id.encode(),
-            _kept_headers(record.headers),
+            headers,
             None,
             lambda: {
                 "referral.id": referral_id,
@@ -253,10 +277,22 @@ class Router(LoopService[Durable]):
             referral_id,
             str(status.get("case_id", "")),
             from_party=str(status.get("emitted_by", "")),
-            to_party=str(status.get("origin_org", "")),
+            to_party=to_party,
             topic=topic,
-            reason=str(status.get("status", "")),
+            reason=reason,
         )
+
+    def _withdrawal_topic(self, status: Mapping[str, Any]) -> str:
+        """The referral topic of a withdrawal's recipient (its first jurisdiction's lane)."""
+        org = str(status["destination_org"])
+        topics = (
+            self.network.subscriptions(org, self.names)
+            if self.network.has_organisation(org)
+            else []
+        )
+        if not topics:
+            raise RoutingError("withdrawal for an organisation that receives no referrals")
+        return topics[0]
 
 
 class _AssignmentLog(ConsumerRebalanceListener):  # type: ignore[misc]
