@@ -7,18 +7,19 @@ that refreshes the live parts (no inline script or style: the CSP is
 page but the static files is ``Cache-Control: no-store``. The handlers live per
 page group in :mod:`console.pages`, their shared plumbing in :mod:`console.web`.
 
-=========================  ======================================================
-path                        what
-=========================  ======================================================
-``/login`` ``/logout``      the token form; a session cookie (HttpOnly, Strict)
-``/inbox``                  the organisation's inbox (``rows``: the live table)
-``/inbox.csv``              the inbox as CSV (as ``referral inbox --csv``)
-``/referral/{id}``          envelope, items, history, status actions, reveal
-``/operator``               flows: heat map, handover times, overdue receipts
-``/operator/trace``         one case's swim lanes (``?id=`` an id or prefix)
-``/operator/deadletters``   dead letters, replay with confirmation
-``/operator/ledger``        ledger verification, topic counts and group lag
-=========================  ======================================================
+============================  ======================================================
+path                          what
+============================  ======================================================
+``/login`` ``/logout``        the token form; a session cookie (HttpOnly, Strict)
+``/inbox``                    the organisation's inbox (``rows``: the live table)
+``/inbox.csv``                the inbox as CSV (as ``referral inbox --csv``)
+``/referral/{origin}/{id}`` envelope, items, history, status actions, reveal
+``/referral/{id}``            to its origin's page (the origins, if several used the id)
+``/operator``                 flows: heat map, handover times, overdue receipts
+``/operator/trace``           one case's swim lanes (``?id=`` an id or prefix)
+``/operator/deadletters``     dead letters, replay with confirmation
+``/operator/ledger``          ledger verification, topic counts and group lag
+============================  ======================================================
 """
 
 from __future__ import annotations

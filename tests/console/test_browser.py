@@ -199,14 +199,14 @@ def test_liaison_and_operator_in_a_real_browser(
 
         # A form without the CSRF token is refused (and nothing is sent).
         forged = page.request.post(
-            f"{base}/referral/{rid}/status",
+            f"{base}/referral/hl-a/{rid}/status",
             form={"status": "ACCEPTED"},
         )
         assert forged.status == 403
 
         # Open it; accept it, send a takedown notice, mark one item REMOVED.
         first.locator("a").click()
-        page.wait_for_url(re.compile(rf".*/referral/{rid}$"))
+        page.wait_for_url(re.compile(rf".*/referral/hl-a/{rid}$"))
         assert page.inner_text("#current-status") == "RECEIVED"
         for step in ("ACCEPTED", "NTD_SENT"):
             page.click(f'button.status-action[data-status="{step}"]')
@@ -256,7 +256,7 @@ def test_liaison_and_operator_in_a_real_browser(
         # The origin re-referred the moved item: the referral page names the child (no reload
         # of content: the page shows ids, versions and links only).
         def child_linked() -> bool:
-            page.goto(f"{base}/referral/{rid}")
+            page.goto(f"{base}/referral/hl-a/{rid}")
             return page.locator("#children").count() == 1
 
         wait_for(child_linked, 30, "the re-referral on the referral page", step=1)
