@@ -257,7 +257,7 @@ def test_liaison_and_operator_in_a_real_browser(
         # of content: the page shows ids, versions and links only).
         def child_linked() -> bool:
             page.goto(f"{base}/referral/hl-a/{rid}")
-            return page.locator("#children").count() == 1
+            return bool(page.locator("#children").count() == 1)
 
         wait_for(child_linked, 30, "the re-referral on the referral page", step=1)
         assert "moved to DE" in page.inner_text("#children")
@@ -298,7 +298,7 @@ def test_liaison_and_operator_in_a_real_browser(
         # A dead letter is replayed after a confirmation naming who replays.
         def dead_letter_listed() -> bool:
             page.goto(f"{base}/operator/deadletters")
-            return page.locator("#deadletters a.button").count() > 0
+            return bool(page.locator("#deadletters a.button").count() > 0)
 
         wait_for(dead_letter_listed, 30, "the broken record among the dead letters", step=1)
         page.click("#deadletters a.button")
