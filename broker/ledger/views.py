@@ -31,7 +31,7 @@ What the components record (``handover_event`` callers):
   referral <parent id> (item <id>)`` (:mod:`broker.outcomes`).
 
 A verified status with item outcomes has the reason ``<STATUS>; <summary>``
-(``NTD_SENT; 3 items: 1 moved to FR, 1 removed, 1 still online``).
+(``NTD_SENT; 3 items: 1 removed, 1 moved, 1 still online``: counts, not where items moved).
 
 Output names ids, organisations, jurisdictions and topics only.
 """

@@ -5,8 +5,10 @@ For each intake record it decodes only the envelope, decides the destinations
 unchanged to each, keyed by referral id, with the original headers (trace
 context, origin) plus the routing reason and the organisations meant to receive
 it. Status updates are forwarded unchanged to the status topic of the
-referral's origin. What cannot be decoded or routed goes to the dead-letter
-topic with its original bytes; the partition keeps flowing.
+referral's origin (named in clear; what an update says is sealed for that
+origin, :mod:`broker.security.status_seal`). What cannot be decoded or routed
+goes to the dead-letter topic with its original bytes; the partition keeps
+flowing.
 
 The router is a :class:`~broker.kafka.loop.Handler`: the one consume loop
 (:mod:`broker.kafka.loop`) decides every record's fate — committed only once
