@@ -166,3 +166,28 @@ def test_a_stranger_with_the_stock_assignors_cannot_join(
         assert took < 60
     finally:
         stranger.close()
+
+
+def test_a_stranger_leading_the_group_is_an_error_line_at_the_router(
+    keyed: tuple[Settings, Network], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stranger joined first and leads: the router it hands partitions to says so.
+
+    (What it swallows then waits for the origins' republish: not bounded here.)
+    """
+    settings, network = keyed
+    caplog.set_level(logging.ERROR, logger="referral.router.members")
+    stranger = Stranger(settings, partition_assignment_strategy=[Copycat])
+    try:
+        wait_for(
+            lambda: bool(stranger.consumer.assignment()), 60, "the stranger alone in the group"
+        )
+        router = start_router(settings, network, codec_for(settings))
+        try:
+            assignor = router.router.assignor
+            wait_for(lambda: assignor.unvouched >= 1, 60, "the router to notice the leader")
+            assert any("a stranger leads the group" in r.getMessage() for r in caplog.records)
+        finally:
+            router.stop()
+    finally:
+        stranger.close()
