@@ -146,7 +146,8 @@ def test_the_console_keys_every_page_and_action_by_origin_and_referral_id(
         )
 
     wait_for(lambda: accepted("hl-a"), 60, "hl-a to hear of the ACCEPTED")
-    assert runtimes["hl-a"].status_log.status_state(rid, "police-nl") == "ACCEPTED"
+    log = runtimes["hl-a"].status_log  # settled when the feed's batch commits
+    wait_for(lambda: log.status_state(rid, "police-nl") == "ACCEPTED", 30, "hl-a's status log")
     # The one ACCEPTED the console sent went to hl-a: the ledger's STATUS_SENT says so, and
     # hl-b's status folder has no ACCEPTED (a status names one origin; it was hl-a).
     assert not accepted("hl-b")
