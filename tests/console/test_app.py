@@ -535,7 +535,7 @@ def test_the_referral_page_shows_versions_parent_and_children_without_content(
         "r1", ITEMS_RID, "case-items", "REROUTED", "hl-nl", NOW, from_party="hl-nl",
         to_party="police-fr", reason=f"item {ITEM_B} moved to FR: referral {CHILD}",
     )  # fmt: skip
-    monkeypatch.setattr(liaison_mod.ledger, "records", lambda *a, **k: [rerouted])
+    monkeypatch.setattr("console.ledger.records", lambda *a, **k: [rerouted])
 
     view = desk.referral(ITEMS_RID)
     assert fetched == [(0, 7)]  # the current version's position
