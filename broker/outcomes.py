@@ -162,27 +162,32 @@ def _apply_default(
     open_[0].update(given)
 
 
-def counts(outcomes: Iterable[ItemOutcome]) -> dict[str, int]:
+def counts(outcomes: Iterable[ItemOutcome], *, countries: bool = True) -> dict[str, int]:
     """``{"removed": n, "moved to FR": n, "still online": n, ...}``, in that order.
 
-    Removed first, then moved (by country), still online, not found, not illegal.
+    Removed first, then moved (by country; without ``countries`` just "moved"), still
+    online, not found, not illegal.
     """
     out: dict[tuple[int, str], int] = {}
     for o in outcomes:
         if o.outcome is ItemOutcomeKind.STILL_ONLINE and o.hosting is not None:
-            key = (1, f"moved to {o.hosting.country}" if o.hosting.country else "moved")
+            where = o.hosting.country if countries else None
+            key = (1, f"moved to {where}" if where else "moved")
         else:
             key = (_RANK[o.outcome], o.outcome.value.lower().replace("_", " "))
         out[key] = out.get(key, 0) + 1
     return {label: n for (_, label), n in sorted(out.items())}
 
 
-def summarise(outcomes: Sequence[ItemOutcome], total: int | None = None) -> str:
-    """``3 items: 1 removed, 1 moved to FR, 1 still online`` (``total``: items of the referral)."""
+def summarise(
+    outcomes: Sequence[ItemOutcome], total: int | None = None, *, countries: bool = True
+) -> str:
+    """``3 items: 1 removed, 1 moved to FR, 1 still online`` (``total``: items of the referral;
+    without ``countries``, "1 moved": the form the ledger carries, where anyone reads it)."""
     if not outcomes:
         return ""
     n = total if total is not None else len(outcomes)
-    parts = ", ".join(f"{v} {k}" for k, v in counts(outcomes).items())
+    parts = ", ".join(f"{v} {k}" for k, v in counts(outcomes, countries=countries).items())
     reported = "" if n == len(outcomes) else f" ({len(outcomes)} reported)"
     return f"{n} item{'s' if n != 1 else ''}{reported}: {parts}"
 

@@ -110,6 +110,8 @@ class Linked:
 
     referral_id: str
     here: bool
+    #: Whose referral it is (the same origin as the page's).
+    origin_org: str = ""
 
 
 @dataclass(frozen=True)
@@ -224,13 +226,36 @@ class LiaisonDesk:
             box.close()
             status_log.close()
 
-    def _lookup(self, given: str) -> tuple[InboxRecord, ReferralStatus | None]:
+    def origins(self, given: str) -> tuple[str, list[str]]:
+        """The referral id ``given`` names (id or prefix) and the origins it came from here
+        (oldest first; several when another member published under the same id)."""
         inbox = self._inbox()
         try:
             rid = resolve_id(given, inbox.referral_ids())
-            record = inbox.lookup(rid)
+            return rid, inbox.origins_of(rid)
+        finally:
+            inbox.close()
+
+    def _lookup(
+        self, given: str, origin: str | None = None
+    ) -> tuple[InboxRecord, ReferralStatus | None]:
+        """The delivery of ``origin``'s referral ``given``: a referral is (origin, id), and
+        without ``origin`` an id several origins used is refused (ConfigError naming them)."""
+        if origin is not None:
+            self.network.organisation(origin)  # UnknownName for an organisation not in it
+        inbox = self._inbox()
+        try:
+            rid = resolve_id(given, inbox.referral_ids())
+            origins = inbox.origins_of(rid)
+            if origin is None and len(origins) > 1:
+                raise ConfigError(
+                    f"referral id {rid} came from {len(origins)} origins "
+                    f"({', '.join(origins)}); open it from the inbox"
+                )
+            record = inbox.lookup(rid, origin)
             if record is None:
-                raise ConfigError(f"{self.org} has not received referral {rid}")
+                came = f" from {origin}" if origin is not None else ""
+                raise ConfigError(f"{self.org} has not received referral {rid}{came}")
             return record, current_status(inbox, record.origin_org, record.referral_id)
         finally:
             inbox.close()
@@ -278,18 +303,24 @@ class LiaisonDesk:
             for item_id, o in sent.items()
         }
 
-    def history(self, referral_id: str) -> list[HandoverRecord]:
-        """The ledger's handover events of one referral this organisation took part in."""
-        return self._history(ledger.records(self.settings, self.codec, referral_id))
+    def history(self, referral_id: str, origin: str) -> list[HandoverRecord]:
+        """The ledger's handover events of ``origin``'s referral this organisation took part in."""
+        return self._history(ledger.records(self.settings, self.codec, referral_id), origin)
 
-    def _history(self, records: Sequence[HandoverRecord]) -> list[HandoverRecord]:
-        # Only the hops this organisation took part in (and the origin's publication to it).
-        return [r for r in records if self.org in (r.actor, r.from_party) or self.org in r.to_orgs]
+    def _history(self, records: Sequence[HandoverRecord], origin: str) -> list[HandoverRecord]:
+        # Only the hops this organisation took part in (and the origin's publication to it),
+        # of this origin's referral: another member's events under the same id are not its.
+        return [
+            r
+            for r in records
+            if (self.org in (r.actor, r.from_party) or self.org in r.to_orgs)
+            and (origin in (r.actor, r.from_party) or origin in r.to_orgs)
+        ]
 
-    def _received(self) -> set[str]:
+    def _received(self) -> set[tuple[str, str]]:
         inbox = self._inbox()
         try:
-            return set(inbox.referral_ids())
+            return {(e.origin_org, e.referral_id) for e in inbox.received()}
         finally:
             inbox.close()
 
@@ -298,16 +329,22 @@ class LiaisonDesk:
     ) -> tuple[Linked | None, tuple[Child, ...]]:
         """The parent (``parent_referral_id``) and the children (the ledger's REROUTED)."""
         here = self._received()
+        origin = record.origin_org
         parent_id = envelope.get("parent_referral_id")
-        parent = Linked(str(parent_id), str(parent_id) in here) if parent_id else None
+        parent = (
+            Linked(str(parent_id), (origin, str(parent_id)) in here, origin) if parent_id else None
+        )
         children: dict[str, Child] = {}
         for r in records:
             if r.event != HandoverEventType.REROUTED or r.referral_id != record.referral_id:
                 continue
+            if r.actor != origin:  # only the origin re-refers its referral's items
+                continue
             moved = parse_reroute(r.referral_id, r.reason)
             if moved is not None and moved.parent_referral_id == record.referral_id:
                 cid = moved.child_referral_id
-                children[cid] = Child(cid, cid in here, moved.item_id, moved.country)
+                here_too = (origin, cid) in here
+                children[cid] = Child(cid, here_too, origin, moved.item_id, moved.country)
         return parent, tuple(children.values())
 
     def _earlier(self, record: InboxRecord, version: int) -> tuple[KeptVersion, ...]:
@@ -319,12 +356,21 @@ class LiaisonDesk:
         )
         return tuple(v for v in kept if v.version < version)
 
-    def referral(self, given: str, *, reveal: bool = False) -> ReferralView:
-        """The referral ``given`` names (id or prefix); its content only with ``reveal``."""
-        record, current = self._lookup(given)
+    def referral(
+        self, given: str, *, origin: str | None = None, reveal: bool = False
+    ) -> ReferralView:
+        """``origin``'s referral ``given`` names (id or prefix); its content only with ``reveal``.
+
+        Without ``origin``, an id several origins used is refused (ConfigError).
+        """
+        record, current = self._lookup(given, origin)
         rec = self._fetch(record)
         datum = self._open(rec)
         envelope = datum["envelope"]
+        if envelope.get("origin_org") != record.origin_org:
+            raise ConfigError(
+                f"the record of referral {record.referral_id} is not {record.origin_org}'s"
+            )
         body = datum["body"]
         reported = self._reported(record)
         default = body.get("classification") or {}
@@ -366,7 +412,7 @@ class LiaisonDesk:
             current=current,
             allowed=tuple(s for s in allowed_next(current) if s is not ReferralStatus.RECEIVED),
             items_reportable=items_reportable(current),
-            history=tuple(self._history(records)),
+            history=tuple(self._history(records, record.origin_org)),
             restricted=tlp in RESTRICTED_TLP,
             summary=str(body.get("summary") or "") if reveal else None,
             revealed=reveal,
@@ -376,10 +422,10 @@ class LiaisonDesk:
             children=children,
         )
 
-    def reveal(self, given: str, reason: str) -> ReferralView:
-        """The referral with its content; a restricted one needs ``reason`` and is recorded."""
+    def reveal(self, given: str, reason: str, *, origin: str | None = None) -> ReferralView:
+        """``origin``'s referral with its content; a restricted one needs ``reason`` (recorded)."""
         reason = " ".join(reason.split())
-        view = self.referral(given)
+        view = self.referral(given, origin=origin)
         if view.restricted and not reason:
             raise ValidationFailed(
                 "a reason is required to show TLP RED / AMBER+STRICT content",
@@ -387,7 +433,7 @@ class LiaisonDesk:
             )
         if view.restricted:
             self._accessed(view, reason)
-        return self.referral(view.record.referral_id, reveal=True)
+        return self.referral(view.record.referral_id, origin=view.record.origin_org, reveal=True)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -426,13 +472,15 @@ class LiaisonDesk:
         item_id: str | None = None,
         outcome: ItemOutcomeKind | None = None,
         moved_to: str | None = None,
+        origin: str | None = None,
     ) -> StatusUpdate:
-        """Send a signed status update, as ``referral status`` does; with ``item_id`` and
-        ``outcome``, one item's outcome (the referral-level status then follows the items).
+        """Send a signed status update to ``origin``, as ``referral status`` does; with
+        ``item_id`` and ``outcome``, one item's outcome (the referral-level status then
+        follows the items).
 
         ``moved_to`` (STILL_ONLINE only): where the item is hosted now, a country code or an IP.
         """
-        record, current = self._lookup(given)
+        record, current = self._lookup(given, origin)
         inbox = self._inbox()
         try:
             outcomes: list[ItemOutcome] = []

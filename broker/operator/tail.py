@@ -109,7 +109,9 @@ def decoded(
             keys = ("referral_id", "case_id", "emitted_by", "status", "reason_code")
             out.update({k: datum.get(k) for k in keys})
             out.update(destination_org=datum.get("destination_org"), origin_org=datum["origin_org"])
-            if body:
+            if datum.get("sealed") is not None:
+                out["sealed"] = True  # what it says is for its origin only
+            elif body:
                 out["note"] = datum.get("note")
         elif name in (HANDOVER_EVENT, HANDOVER_BATCH):
             out["events"] = [_event_fields(e) for e in decode_events(codec, data)]

@@ -234,7 +234,8 @@ class StatusFeed(LoopService[StatusSink]):
         summary = ""
         if outcomes:
             count = len(entry.items) if entry is not None and entry.items else None
-            summary = summarise(outcomes, count)
+            # The ledger is read by every member: counts only, not where items moved.
+            summary = summarise(outcomes, count, countries=False)
             self._queue_reroutes(entry, referral_id, outcomes)
         reached = state.value if state is not None else None
         self._settled.append(

@@ -35,7 +35,8 @@ class StatusSender:
 
     Records are keyed by referral id; the signature headers come from
     ``security`` (the emitting organisation's keys; without them, plain, only
-    where the network allows plain referrals — else SecurityError).
+    where the network allows plain referrals — else SecurityError), which also
+    seals what an update says (note, reason, item outcomes) for its origin.
     """
 
     def __init__(
@@ -53,8 +54,13 @@ class StatusSender:
         self.security = security
 
     def send(self, update: StatusUpdate, parent: Context | None = None) -> FutureRecordMetadata:
-        """Publish one (validated) status update asynchronously, in the referral's trace."""
+        """Publish one (validated) status update asynchronously, in the referral's trace.
+
+        With ``security``, what the update says is sealed for its origin before it is signed.
+        """
         datum = update.to_avro()
+        if self.security is not None:
+            datum = self.security.seal_status(self.codec, datum)
         value = self.codec.encode(STATUS_UPDATE, datum)
         headers = [
             (Headers.REFERRAL_ID, update.referral_id.encode()),

@@ -22,7 +22,8 @@ from broker.metrics import Metrics
 from broker.network import Network
 from broker.origin.withdrawal import WITHDRAWAL_KIND, is_withdrawal, withdrawal_reason
 from broker.routing.decide import DecisionCache, Destination, status_destination
-from broker.security.keys import ROUTER, LiveKeys, key_dir
+from broker.routing.members import RouterAssignor
+from broker.security.keys import ROUTER, LiveKeys, LiveTrust, key_dir
 from broker.security.signing import has_signature, ledger_signer
 from broker.tracing import Tracing
 from broker.wire.codec import Codec
@@ -73,6 +74,13 @@ class Router(LoopService[Durable]):
         self._decisions = DecisionCache(network, names)
         #: The router's own signing key (ledger batches, checkpoints); re-read on rotation.
         self.keys = keys or LiveKeys(key_dir(settings, ACTOR), ACTOR)
+        #: Partitions only for members a router's key vouches for (:mod:`.members`).
+        self.assignor = RouterAssignor(
+            settings.topic_prefix + group_id,
+            self.keys,
+            LiveTrust(network, settings.network_file).current,
+            on_stranger=_stranger_counter(metrics),
+        )
         tracing = tracing or Tracing(None, ACTOR)
         super().__init__(
             settings,
@@ -108,7 +116,9 @@ class Router(LoopService[Durable]):
             group_id=self.group_id,
             role=self.role,
             max_poll_records=self._max_records,
+            partition_assignment_strategy=[self.assignor],
         )
+        self.assignor.member_id = _member_id_of(consumer)
         consumer.subscribe(self.topics, listener=_AssignmentLog())
         return consumer
 
@@ -293,6 +303,28 @@ class Router(LoopService[Durable]):
         if not topics:
             raise RoutingError("withdrawal for an organisation that receives no referrals")
         return topics[0]
+
+
+def _member_id_of(consumer: Any) -> Callable[[], str]:
+    """This consumer's member id in its group, as kafka-python's coordinator holds it."""
+    coordinator = getattr(consumer, "_coordinator", None)
+
+    def member_id() -> str:
+        generation = getattr(coordinator, "_generation", None)
+        return str(getattr(generation, "member_id", "") or "")
+
+    return member_id
+
+
+def _stranger_counter(metrics: Metrics | None) -> Callable[[int], None] | None:
+    """Counts the members refused partitions on ``referral.router.strangers`` (metrics on)."""
+    meter = metrics.meter(ACTOR) if metrics is not None else None
+    if meter is None:
+        return None
+    counter = meter.create_counter(
+        "referral.router.strangers", "{member}", "Group members refused partitions (no router key)."
+    )
+    return lambda n: counter.add(n)
 
 
 class _AssignmentLog(ConsumerRebalanceListener):  # type: ignore[misc]

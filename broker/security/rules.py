@@ -38,6 +38,7 @@ from broker.security.signing import (
     verify,
     verify_signed,
 )
+from broker.security.status_seal import has_content, open_status, seal_status
 from broker.security.window import SignatureWindow
 from broker.sqlite import Database
 from broker.wire.codec import Codec
@@ -253,6 +254,22 @@ class _OrgSecurity:
             return []
         return sign(keys.signing, keys.signing_id, StatusContext.of(status), value)
 
+    def seal_status(self, codec: Codec, status: dict[str, Any]) -> dict[str, Any]:
+        """The status datum with what it says sealed for its origin (:mod:`.status_seal`).
+
+        As it is when it says nothing to seal, or when this organisation has no keys; plain
+        also where the network allows plain referrals and the origin has no encryption key.
+        """
+        if self.keys is None or not has_content(status):
+            return status
+        try:
+            key = self.trust.encryption_key(str(status["origin_org"]))
+        except SealError:
+            if self.network.network.allow_plain:
+                return status
+            raise
+        return seal_status(codec, status, key)
+
     def ledger_signer(self) -> LedgerSigner:
         """Signs this organisation's ledger records with its current key (unsigned without)."""
         return ledger_signer(self.live_keys, self.org_id)
@@ -327,7 +344,8 @@ class OriginSecurity(_OrgSecurity):
 
         The signature is checked before a byte is decoded; then its window, that the
         decoded update says what was signed, and that it is addressed to this
-        organisation. Unsigned updates pass only where the network allows plain
+        organisation; a sealed content is opened (SealError if it does not open or
+        differs from the update in clear). Unsigned updates pass only where the network allows plain
         referrals and the emitter has no signing key on record. Codec errors pass through.
         """
         context = None
@@ -344,6 +362,11 @@ class OriginSecurity(_OrgSecurity):
             raise NotARecipient(
                 f"status update for the referrals of {datum.get('origin_org')}, not {self.org_id}"
             )
+        if datum.get("sealed") is not None:
+            keys = self.keys
+            if keys is None:
+                raise SealError(f"sealed status update, but {self.org_id} has no private keys")
+            datum = open_status(codec, datum, self.org_id, keys.encryption)
         return datum, context
 
     def check_status_sender(

@@ -14,7 +14,15 @@ from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 
 from broker.errors import SealError
 
-__all__ = ["SUITE", "is_sealed", "open_sealed", "seal", "seal_context", "sealed_for"]
+__all__ = [
+    "SUITE",
+    "is_sealed",
+    "open_sealed",
+    "seal",
+    "seal_context",
+    "sealed_for",
+    "status_domain",
+]
 
 SUITE = "HPKE-X25519-SHA256-AES256GCM/AES256GCM/v1"
 _HPKE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
@@ -26,9 +34,16 @@ def _lp(text: str) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-def seal_context(referral_id: str, origin: str, recipients: Iterable[str]) -> bytes:
+def status_domain(emitter: str) -> bytes:
+    """The context prefix of a status update's sealed content, bound to its emitter."""
+    return b"referral-broker/v1/seal-status\n" + _lp(emitter)
+
+
+def seal_context(
+    referral_id: str, origin: str, recipients: Iterable[str], domain: bytes = _DOMAIN
+) -> bytes:
     """The associated data of a sealed body (and the prefix of each HPKE ``info``)."""
-    return _DOMAIN + _lp(referral_id) + _lp(origin) + _lp(",".join(sorted(set(recipients))))
+    return domain + _lp(referral_id) + _lp(origin) + _lp(",".join(sorted(set(recipients))))
 
 
 def _info(context: bytes, org: str, kid: str) -> bytes:
@@ -51,11 +66,12 @@ def seal(
     referral_id: str,
     origin: str,
     recipients: Mapping[str, tuple[str, X25519PublicKey]],
+    domain: bytes = _DOMAIN,
 ) -> dict[str, Any]:
     """A SealedBody datum for ``recipients`` (org id → (key id, public key))."""
     if not recipients:
         raise SealError("a sealed body needs at least one recipient")
-    context = seal_context(referral_id, origin, recipients)
+    context = seal_context(referral_id, origin, recipients, domain)
     key = AESGCM.generate_key(bit_length=256)
     nonce = os.urandom(12)
     ciphertext = AESGCM(key).encrypt(nonce, plaintext, context)
@@ -77,6 +93,7 @@ def open_sealed(
     origin: str,
     org_id: str,
     private_keys: Mapping[str, X25519PrivateKey],
+    domain: bytes = _DOMAIN,
 ) -> bytes:
     """The plaintext of a sealed body for ``org_id``; SealError saying why it cannot be opened."""
     if body.get("suite") != SUITE:
@@ -93,7 +110,7 @@ def open_sealed(
     private = private_keys.get(kid)
     if private is None:
         raise SealError(f"sealed for key {kid} of {org_id}, which {org_id} does not hold")
-    context = seal_context(referral_id, origin, orgs)
+    context = seal_context(referral_id, origin, orgs, domain)
     try:
         key = _HPKE.decrypt(bytes(entry["wrapped_key"]), private, info=_info(context, org_id, kid))
         return AESGCM(key).decrypt(bytes(body["nonce"]), bytes(body["ciphertext"]), context)

@@ -774,9 +774,14 @@ class StatusUpdate(_AvroModel):
     item_outcomes: tuple[ItemOutcome, ...] = ()
     #: The version of the referral this update is about (None: version 1).
     referral_version: Annotated[int, Field(ge=1, le=2_147_483_647)] | None = None
+    #: What the update says, sealed for its origin (:mod:`broker.security.status_seal`).
+    sealed: SealedBody | None = None
 
     @model_validator(mode="after")
     def _status_rules(self) -> Self:
+        # Sealed, the content (destination, reason) is inside: only its origin checks it.
+        if self.sealed is not None:
+            return self
         if self.status is ReferralStatus.REROUTED and self.destination_org is None:
             raise ValueError("REROUTED needs destination_org")
         if self.status is ReferralStatus.DELAYED and self.reason_code is None:

@@ -1,4 +1,9 @@
-"""The liaison's referral page: envelope, items, history; reveal and status actions."""
+"""The liaison's referral page: envelope, items, history; reveal and status actions.
+
+A referral is (origin, referral id): another member may publish under the same
+id, so every page and action names the origin (``/referral/{origin}/{id}``);
+``/referral/{id}`` leads to it, or lists the origins when several used the id.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,31 @@ from broker.wire.models import ItemOutcomeKind, ReferralStatus
 from console.liaison import ITEM_OUTCOMES
 from console.web import form, guarded, need_org, page
 
-__all__ = ["ROUTES", "referral", "reveal", "status"]
+__all__ = ["ROUTES", "choose", "referral", "reveal", "status"]
+
+
+def _path(origin: str, rid: str) -> str:
+    q = urllib.parse.quote
+    return f"/referral/{q(origin, safe='')}/{q(rid, safe='')}"
+
+
+async def choose(request: Request) -> Response:
+    """A referral named by id (or prefix) alone: to its page, or the origins that used it."""
+    desk = need_org(request)
+    rid, origins = await run_in_threadpool(desk.origins, request.path_params["rid"])
+    if len(origins) == 1:
+        return RedirectResponse(_path(origins[0], rid), status_code=303)
+    if not origins:
+        raise ConfigError(f"{desk.org} has not received referral {rid}")
+    links = [(o, _path(o, rid)) for o in origins]
+    return page(request, "referral_origins.html", 300, rid=rid, links=links)
 
 
 async def referral(request: Request) -> Response:
-    """One referral without its content."""
+    """One referral of one origin, without its content."""
     desk = need_org(request)
-    view = await run_in_threadpool(desk.referral, request.path_params["rid"])
+    p = request.path_params
+    view = await run_in_threadpool(lambda: desk.referral(p["rid"], origin=p["origin"]))
     return page(
         request,
         "referral.html",
@@ -34,17 +57,18 @@ async def reveal(request: Request) -> Response:
     """The referral with its content (a restricted one needs a reason, recorded)."""
     desk = need_org(request)
     fields = await form(request)
+    p = request.path_params
     view = await run_in_threadpool(
-        desk.reveal, request.path_params["rid"], fields.get("reason", "")
+        lambda: desk.reveal(p["rid"], fields.get("reason", ""), origin=p["origin"])
     )
     return page(request, "referral.html", view=view, outcomes=ITEM_OUTCOMES, sent=None)
 
 
 async def status(request: Request) -> Response:
-    """Send a status update (or one item's outcome), then back to the referral."""
+    """Send a status update (or one item's outcome) to the referral's origin, then back."""
     desk = need_org(request)
     fields = await form(request)
-    rid = request.path_params["rid"]
+    p = request.path_params
     item_id = fields.get("item_id") or None
     try:
         new = ReferralStatus(fields["status"]) if fields.get("status") else None
@@ -53,7 +77,7 @@ async def status(request: Request) -> Response:
         raise ConfigError("unknown status or outcome") from None
     update = await run_in_threadpool(
         lambda: desk.send_status(
-            rid,
+            p["rid"],
             new,
             note=fields.get("note"),
             reason_code=fields.get("reason_code"),
@@ -61,17 +85,19 @@ async def status(request: Request) -> Response:
             item_id=item_id,
             outcome=outcome,
             moved_to=fields.get("moved_to", "").strip() or None,
+            origin=p["origin"],
         )
     )
     sent = update.status.value if item_id is None else f"{outcome} for one item"
     return RedirectResponse(
-        f"/referral/{update.referral_id}?" + urllib.parse.urlencode({"sent": sent}),
+        _path(update.origin_org, update.referral_id) + "?" + urllib.parse.urlencode({"sent": sent}),
         status_code=303,
     )
 
 
 ROUTES = [
-    Route("/referral/{rid}", guarded(referral)),
-    Route("/referral/{rid}/reveal", guarded(reveal), methods=["POST"]),
-    Route("/referral/{rid}/status", guarded(status), methods=["POST"]),
+    Route("/referral/{rid}", guarded(choose)),
+    Route("/referral/{origin}/{rid}", guarded(referral)),
+    Route("/referral/{origin}/{rid}/reveal", guarded(reveal), methods=["POST"]),
+    Route("/referral/{origin}/{rid}/status", guarded(status), methods=["POST"]),
 ]

@@ -188,11 +188,11 @@ def test_forms_without_the_csrf_token_are_refused(client: TestClient) -> None:
     assert client.post("/login", data={"token": LIAISON}).status_code == 403
     assert client.post("/login", data={"token": LIAISON, "csrf": "0" * 64}).status_code == 403
     csrf = _login(client, LIAISON)
-    r = client.post(f"/referral/{URGENT}/status", data={"status": "ACCEPTED"})
+    r = client.post(f"/referral/hl-nl/{URGENT}/status", data={"status": "ACCEPTED"})
     assert r.status_code == 403
     assert "CSRF" in r.text
     assert SENT == []
-    r = client.post(f"/referral/{URGENT}/status", data={"status": "ACCEPTED", "csrf": csrf})
+    r = client.post(f"/referral/hl-nl/{URGENT}/status", data={"status": "ACCEPTED", "csrf": csrf})
     assert r.status_code == 409  # reached the desk (which refuses here)
     assert SENT == [(URGENT, ReferralStatus.ACCEPTED)]
     assert client.post("/logout", data={}).status_code == 403
@@ -538,13 +538,13 @@ def test_the_referral_page_shows_versions_parent_and_children_without_content(
         "r1", ITEMS_RID, "case-items", "REROUTED", "hl-nl", NOW, from_party="hl-nl",
         to_party="police-fr", reason=f"item {ITEM_B} moved to FR: referral {CHILD}",
     )  # fmt: skip
-    monkeypatch.setattr(liaison_mod.ledger, "records", lambda *a, **k: [rerouted])
+    monkeypatch.setattr("console.ledger.records", lambda *a, **k: [rerouted])
 
     view = desk.referral(ITEMS_RID)
     assert fetched == [(0, 7)]  # the current version's position
     assert view.version == 2
     assert [(v.version, v.sinks) for v in view.earlier] == [(1, ("inbox_folder",))]
-    assert view.parent == liaison_mod.Linked(PARENT, True)
+    assert view.parent == liaison_mod.Linked(PARENT, True, "hl-nl")
     assert [(c.referral_id, c.item_id, c.country, c.here) for c in view.children] == [
         (CHILD, ITEM_B, "FR", False)
     ]
@@ -564,10 +564,13 @@ def test_the_referral_page_shows_versions_parent_and_children_without_content(
         follow_redirects=False,
     )
     _login(client, LIAISON)
-    html = client.get(f"/referral/{ITEMS_RID}").text
+    assert client.get(f"/referral/{ITEMS_RID}").headers["location"] == (
+        f"/referral/hl-nl/{ITEMS_RID}"
+    )
+    html = client.get(f"/referral/hl-nl/{ITEMS_RID}").text
     assert 'id="version">v2' in html
     assert 'data-version="1"' in html
-    assert f'<a class="mono" href="/referral/{PARENT}">' in html
+    assert f'<a class="mono" href="/referral/hl-nl/{PARENT}">' in html
     assert f'moved to FR: <span class="mono">{CHILD}</span>' in html
     assert secret not in html
     assert "secret-item.example.org" not in html

@@ -199,14 +199,14 @@ def test_liaison_and_operator_in_a_real_browser(
 
         # A form without the CSRF token is refused (and nothing is sent).
         forged = page.request.post(
-            f"{base}/referral/{rid}/status",
+            f"{base}/referral/hl-a/{rid}/status",
             form={"status": "ACCEPTED"},
         )
         assert forged.status == 403
 
         # Open it; accept it, send a takedown notice, mark one item REMOVED.
         first.locator("a").click()
-        page.wait_for_url(re.compile(rf".*/referral/{rid}$"))
+        page.wait_for_url(re.compile(rf".*/referral/hl-a/{rid}$"))
         assert page.inner_text("#current-status") == "RECEIVED"
         for step in ("ACCEPTED", "NTD_SENT"):
             page.click(f'button.status-action[data-status="{step}"]')
@@ -256,8 +256,8 @@ def test_liaison_and_operator_in_a_real_browser(
         # The origin re-referred the moved item: the referral page names the child (no reload
         # of content: the page shows ids, versions and links only).
         def child_linked() -> bool:
-            page.goto(f"{base}/referral/{rid}")
-            return page.locator("#children").count() == 1
+            page.goto(f"{base}/referral/hl-a/{rid}")
+            return bool(page.locator("#children").count() == 1)
 
         wait_for(child_linked, 30, "the re-referral on the referral page", step=1)
         assert "moved to DE" in page.inner_text("#children")
@@ -298,7 +298,7 @@ def test_liaison_and_operator_in_a_real_browser(
         # A dead letter is replayed after a confirmation naming who replays.
         def dead_letter_listed() -> bool:
             page.goto(f"{base}/operator/deadletters")
-            return page.locator("#deadletters a.button").count() > 0
+            return bool(page.locator("#deadletters a.button").count() > 0)
 
         wait_for(dead_letter_listed, 30, "the broken record among the dead letters", step=1)
         page.click("#deadletters a.button")

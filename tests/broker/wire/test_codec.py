@@ -168,9 +168,19 @@ def fixed_status() -> m.StatusUpdate:
     )
 
 
-#: The wire bytes of fixed_status() with schema id 11 (StatusUpdate version 3: item outcomes,
-#: then the referral version, null = ``00``).
+#: The wire bytes of fixed_status() with schema id 15 (StatusUpdate version 4: item outcomes,
+#: the referral version, then the sealed content, both null = ``00``).
 FIXED_STATUS_HEX = (
+    "000000000f4830303030303030302d303030302d343030302d383030302d30303030303030303030303112"
+    "636173652d3030303112706f6c6963652d6465a691f39fbf630a0000000014686f746c696e652d6e6c0648"
+    "30303030303030302d303030302d353030302d383030302d30303030303030303030306100a691f39fbf63"
+    "00004830303030303030302d303030302d353030302d383030302d30303030303030303030306202a691f3"
+    "9fbf630202123139322e302e322e39000002044652004830303030303030302d303030302d353030302d38"
+    "3030302d30303030303030303030306306a691f39fbf630002044445000000"
+)
+#: fixed_status() as StatusUpdate version 3 wrote it (schema id 11: item outcomes, then the
+#: referral version, null = ``00``; no sealed content).
+FIXED_STATUS_V3_HEX = (
     "000000000b4830303030303030302d303030302d343030302d383030302d30303030303030303030303112"
     "636173652d3030303112706f6c6963652d6465a691f39fbf630a0000000014686f746c696e652d6e6c0648"
     "30303030303030302d303030302d353030302d383030302d30303030303030303030306100a691f39fbf63"
@@ -275,6 +285,14 @@ def test_status_version_2_bytes_decode_about_version_1() -> None:
     assert m.StatusUpdate.from_avro(datum) == fixed_status()
 
 
+def test_status_version_3_bytes_decode_unsealed() -> None:
+    v3 = bytes.fromhex(FIXED_STATUS_V3_HEX)
+    assert CODEC.schema_id_of(v3) == 11
+    _, datum = CODEC.decode(v3, expected=STATUS_UPDATE)
+    assert datum["sealed"] is None
+    assert m.StatusUpdate.from_avro(datum) == fixed_status()
+
+
 def test_fixed_status_encodes_to_the_checked_in_bytes() -> None:
     data = CODEC.encode(STATUS_UPDATE, fixed_status().to_avro())
     assert data.hex() == FIXED_STATUS_HEX
@@ -315,6 +333,7 @@ def test_apache_avro_decodes_project_bytes_from_the_avsc_alone() -> None:
     data = CODEC.encode(REFERRAL, referral.to_avro())
     reader = avro.io.DatumReader(schema)
     datum = reader.read(avro.io.BinaryDecoder(io.BytesIO(data[5:])))
+    assert isinstance(datum, dict)
     assert datum["envelope"]["referral_id"] == referral.envelope.referral_id
     assert datum["envelope"]["handling"]["recipients"] == ["police-de"]
     assert datum["body"]["items"][0]["url"] == "https://host-1.example.org/a"
