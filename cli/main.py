@@ -16,6 +16,7 @@ from cli import (
     inbox_cmd,
     keys_cmd,
     receipt_cmd,
+    request_cmd,
     router_cmd,
     schema_cmd,
     topics_cmd,
@@ -46,6 +47,7 @@ app.command("receipt")(receipt_cmd.receipt_cmd)
 app.command("flows")(operator_cmd.flows_cmd)
 app.command("tail")(operator_cmd.tail)
 app.command("console")(console_cmd.console_cmd)
+app.add_typer(request_cmd.app, name="request")
 
 
 @app.callback()

@@ -243,16 +243,19 @@ class Desk:
             self._consumer = consumer
         return self._consumer
 
-    def receive(self, expect: int = 0, timeout: float = 10.0) -> int:
-        """Read and apply what arrived; stops at an empty poll once ``expect`` are in."""
+    def receive(self, expect: int = 0, timeout: float = 10.0, idle: float = 0.5) -> int:
+        """Read and apply what arrived; stops once ``expect`` are in and ``idle`` s bring none."""
         reader, done = self._reader(), 0
         deadline = time.monotonic() + timeout
+        last = time.monotonic()
         while time.monotonic() < deadline:
-            batch = reader.poll(timeout_ms=200)
+            batch = reader.poll(timeout_ms=100)
             for records in batch.values():
                 for record in records:
                     done += self._take(record)
-            if not batch and done >= expect:
+            if batch:
+                last = time.monotonic()
+            elif done >= expect and time.monotonic() - last >= idle:
                 break
         self.producer.flush()
         return done

@@ -38,10 +38,12 @@ class SimClock:
 
 
 def keyed_example(settings: Settings, tmp: Path) -> Network:
-    """The example network with keys for every SPOC and the router; plain records refused."""
+    """The example network (also written to ``tmp/network.toml``) with keys for every SPOC and
+    the router, plain records refused; its topics and the request topics provisioned."""
     trust = tmp / "trust.toml"
     text = (ROOT / "examples" / "network.toml").read_text()
     text = text.replace("allow_plain = true", f'allow_plain = false\ntrust_file = "{trust}"')
+    (tmp / "network.toml").write_text(text)
     network = parse_network(text, "keyed-example.toml")
     give_keys(settings, trust, *NORDIC, "police-nl", "police-de", "police-fr", "router")
     provision_network(settings, network)
