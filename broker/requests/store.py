@@ -186,12 +186,14 @@ class RequestStore:
 
     def flag_overdue(self, now: int) -> list[RequestRow]:
         """Mark the requests owed by this SPOC that are past their limit at ``now``; those."""
+        sql = (
+            "SELECT * FROM requests WHERE side = 'of_me' AND state = 'OPEN'"
+            " AND alarm_at < ? AND overdue_at IS NULL"
+        )
+        if not self.db.query(sql + " LIMIT 1", (now,)):
+            return []  # the usual case: one indexed read, no write
         with self.db.transaction() as conn:
-            found = conn.execute(
-                "SELECT * FROM requests WHERE side = 'of_me' AND state = 'OPEN'"
-                " AND alarm_at < ? AND overdue_at IS NULL",
-                (now,),
-            ).fetchall()
+            found = conn.execute(sql, (now,)).fetchall()
             conn.executemany(
                 "UPDATE requests SET overdue_at = ? WHERE request_id = ?",
                 [(now, r["request_id"]) for r in found],
