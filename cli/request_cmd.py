@@ -19,6 +19,7 @@ import typer
 from broker.errors import ConfigError
 from broker.kafka import clients
 from broker.ledger.store import LedgerStore
+from broker.metrics import setup_metrics
 from broker.network import Network
 from broker.requests.clock import OverdueWatcher
 from broker.requests.codes import DelayReason, RefusalGround
@@ -283,17 +284,28 @@ def route_cmd(ctx: typer.Context, network_file: Path | None = NETWORK_OPTION) ->
 
 @app.command("watch")
 def watch_cmd(
-    ctx: typer.Context, org: str = ORG, network_file: Path | None = NETWORK_OPTION
+    ctx: typer.Context,
+    org: str = ORG,
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", min=0, max=65535, help="Serve Prometheus /metrics on 127.0.0.1."
+    ),
+    network_file: Path | None = NETWORK_OPTION,
 ) -> None:
     """Receive ORG's police messages and flag overdue requests until stopped."""
     stop = service_stop_event()
-    with _desk(ctx, org, network_file) as desk:
-        watcher = OverdueWatcher(desk).start()
-        try:
-            while not stop.is_set():
-                desk.receive(timeout=1.0)
-        finally:
-            watcher.stop()
+    metrics = setup_metrics(metrics_port, f"requests-{org}")
+    try:
+        with _desk(ctx, org, network_file) as desk:
+            watcher = OverdueWatcher(desk, metrics=metrics).start()
+            if metrics.port is not None:
+                console.print(f"metrics on http://127.0.0.1:{metrics.port}/metrics")
+            try:
+                while not stop.is_set():
+                    desk.receive(timeout=1.0)
+            finally:
+                watcher.stop()
+    finally:
+        metrics.shutdown()
 
 
 @app.command("stats")

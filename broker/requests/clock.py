@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from broker.metrics import Metrics
 from broker.requests.desk import Desk
 
 __all__ = ["WATCH_INTERVAL_S", "OverdueWatcher"]
@@ -25,10 +26,21 @@ WATCH_INTERVAL_S = 30.0
 class OverdueWatcher:
     """Runs :meth:`Desk.flag_overdue` every ``interval`` seconds in a thread until stopped."""
 
-    def __init__(self, desk: Desk, interval: float = WATCH_INTERVAL_S) -> None:
+    def __init__(
+        self, desk: Desk, interval: float = WATCH_INTERVAL_S, metrics: Metrics | None = None
+    ) -> None:
         self.desk = desk
         self.interval = interval
         self.flagged = 0
+        meter = metrics.meter("requests") if metrics is not None else None
+        #: ``referral.requests.overdue``: requests flagged overdue, by SPOC (no ids, no content).
+        self._counter = (
+            meter.create_counter(
+                "referral.requests.overdue", "{request}", "Requests flagged overdue, by SPOC."
+            )
+            if meter is not None
+            else None
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -39,6 +51,8 @@ class OverdueWatcher:
             self.desk.flush()
             log.info("%d request(s) owed by %s are overdue", len(found), self.desk.me)
         self.flagged += len(found)
+        if self._counter is not None and found:
+            self._counter.add(len(found), {"organisation": self.desk.me})
         return len(found)
 
     def _run(self) -> None:

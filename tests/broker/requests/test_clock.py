@@ -10,10 +10,12 @@ import pytest
 
 from broker.config import Settings
 from broker.ledger.events import decode_events
+from broker.metrics import setup_metrics
 from broker.requests.clock import OverdueWatcher
 from broker.requests.codes import DAY_MS, HOUR_MS, MessageKind
 from broker.requests.store import RequestStore
 from broker.wire.codec import Codec
+from tests.broker.test_metrics import scrape, value
 from tests.support.connectors import wait_for
 from tests.support.kafka import read_topic
 from tests.support.requests import SimClock, keyed_example, request_network
@@ -104,12 +106,17 @@ def test_the_watcher_flags_on_its_own_and_records_it(settings: Settings, tmp_pat
         )
         se.flush()
         assert no.receive(expect=1) == 1
-        watcher = OverdueWatcher(no, interval=0.05).start()
+        metrics = setup_metrics(0, "requests-test")
+        watcher = OverdueWatcher(no, interval=0.05, metrics=metrics).start()
         try:
             clock.now = T0 + 8 * HOUR_MS + 30_000
             wait_for(lambda: watcher.flagged == 1, 10, "the overdue flag")
+            assert metrics.port is not None
+            samples = scrape(metrics.port)
+            assert value(samples, "referral_requests_overdue_total", organisation="police-no") == 1
         finally:
             watcher.stop()
+            metrics.shutdown()
         assert no.store.get(rid).overdue_at == T0 + 8 * HOUR_MS + 30_000
     events = [
         e
