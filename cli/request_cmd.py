@@ -8,6 +8,7 @@ receiver and overdue watcher, ``stats`` the Art. 18 tables from the ledger.
 
 from __future__ import annotations
 
+import json
 import sys
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from typing import Any
 
 import typer
 
-from broker.errors import ConfigError
+from broker.errors import ConfigError, LedgerError, ValidationFailed
 from broker.kafka import clients
 from broker.ledger.store import LedgerStore
 from broker.metrics import setup_metrics
@@ -313,33 +314,79 @@ def stats_cmd(
     ctx: typer.Context,
     year: int | None = typer.Option(None, "--year", help="The reporting year (default: this)."),
     country: str | None = typer.Option(None, "--state", help="Only this member state (SE)."),
+    check: Path | None = typer.Option(
+        None, "--check", help="Recompute and compare with tables saved earlier with --json."
+    ),
     as_json: bool = JSON,
     as_csv: bool = typer.Option(False, "--csv", help="CSV export."),
     network_file: Path | None = NETWORK_OPTION,
 ) -> None:
-    """The Art. 18 tables (sent, received, answered in time by urgency, refusals, deviations)."""
+    """The Art. 18 tables (sent, received, answered in time by urgency, refusals, deviations).
+
+    Counted from the ledger after checking it (chain and signatures), never from a desk.
+    """
     st = state(ctx)
     network = st.network(network_file)
     settings = st.settings
+    saved = _saved_tables(check) if check is not None else None
+    codec = Codec.from_settings(settings)
     with LedgerStore.for_settings(settings) as store:
-        store.sync(settings, Codec.from_settings(settings))
+        store.sync(settings, codec)
+        trust = load_trust(network, settings.network_file)
+        verdict = store.verify(trust, codec=codec, allow_plain=network.network.allow_plain)
+        if not verdict.intact:
+            first = str(verdict).splitlines()[0]
+            raise LedgerError(f"the ledger does not verify, no statistics from it: {first}")
         tables = art18(store.records(), network, year or datetime.now(UTC).year)
     if country:
         tables = [t for t in tables if t.state == country.upper()]
-    if as_csv:
+    data = [t.to_json() for t in tables]
+    if saved is not None:
+        _compare(check, saved, data)
+    elif as_csv:
         sys.stdout.write(to_csv(tables))
     elif as_json:
-        print_json([t.to_json() for t in tables])
+        print_json(data)
     else:
-        for t in tables:
-            data = t.to_json()
-            console.print(
-                f"[bold]{t.state}[/] ({t.spoc}) {t.year}: sent {sum(t.sent.values())}, "
-                f"received {sum(t.received.values())}, answered in time "
-                f"{sum(t.within.values())}, late {sum(t.late.values())}, refused "
-                f"{sum(t.refusals.values())}, delayed {sum(t.delayed.values())}, "
-                f"overdue {t.overdue}"
-            )
-            for name in ("refusals",):
-                for key, n in data[name].items():
-                    console.print(f"  refused {key}: {n}")
+        _print_tables(data)
+
+
+def _saved_tables(path: Path) -> list[dict[str, Any]]:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a saved --json output ({type(exc).__name__})") from None
+    if not isinstance(saved, list):
+        raise ConfigError(f"{path}: not a saved --json output")
+    return saved
+
+
+def _compare(path: Path | None, saved: list[dict[str, Any]], data: list[dict[str, Any]]) -> None:
+    by_state = {str(t.get("state")): t for t in saved if isinstance(t, dict)}
+    for table in data:
+        old = by_state.pop(table["state"], None)
+        if old is None:
+            raise ValidationFailed(f"{path}: has no tables of {table['state']}")
+        for key, value in table.items():
+            if old.get(key) != value:
+                raise ValidationFailed(f"{path}: {table['state']} {key} differs from the ledger")
+    if by_state:
+        raise ValidationFailed(f"{path}: has tables of {', '.join(sorted(by_state))} too")
+    console.print(f"{path}: every table equals the count from the verified ledger")
+
+
+def _print_tables(data: list[dict[str, Any]]) -> None:
+    for t in data:
+        total = {
+            k: sum(t[k].values())
+            for k in ("sent", "received", "answered_within_limit", "answered_late", "refusals")
+        }
+        console.print(
+            f"[bold]{t['state']}[/] ({t['spoc']}) {t['year']}: sent {total['sent']}, "
+            f"received {total['received']}, answered in time {total['answered_within_limit']}, "
+            f"late {total['answered_late']}, refused {total['refusals']}, "
+            f"delayed {sum(t['deviations']['delayed'].values())}, "
+            f"overdue {t['deviations']['overdue']}"
+        )
+        for key, n in t["refusals"].items():
+            console.print(f"  refused {key}: {n}")

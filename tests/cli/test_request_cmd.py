@@ -14,12 +14,13 @@ from typer.testing import CliRunner
 from broker.config import Settings
 from broker.network import load_network
 from broker.requests.router import RequestRouter
-from broker.security.keys import load_trust
+from broker.security.keys import LiveKeys, load_trust
+from broker.security.signing import ledger_signer
 from broker.wire.codec import Codec
 from cli.main import app
 from tests.support.connectors import wait_for
 from tests.support.kafka import cli_env
-from tests.support.requests import GROUP_TIMINGS, keyed_example
+from tests.support.requests import GROUP_TIMINGS, keyed_example, org_keys
 
 runner = CliRunner()
 
@@ -38,9 +39,10 @@ def cli_settings(settings: Settings, tmp_path: Path) -> Settings:
 def test_request_answer_refuse_and_art18_through_the_cli(cli_settings: Settings) -> None:
     s = cli_settings
     net = load_network(s.network_file)
-    router = RequestRouter(
-        s, net, Codec.from_settings(s), load_trust(net, s.network_file), **GROUP_TIMINGS
-    )
+    keys = org_keys(s, "router")
+    signer = ledger_signer(LiveKeys.fixed(keys, "router"), "router")
+    trust = load_trust(net, s.network_file)
+    router = RequestRouter(s, net, Codec.from_settings(s), trust, signer=signer, **GROUP_TIMINGS)
     stop = threading.Event()
     thread = threading.Thread(target=router.run, args=(stop,), daemon=True)
     thread.start()
@@ -110,3 +112,11 @@ def test_request_answer_refuse_and_art18_through_the_cli(cli_settings: Settings)
     assert tables["SE"]["sent"] == {"urgent-direct/FI": 1, "non-urgent/NO": 1}
     assert tables["FI"]["answered_within_limit"] == {"urgent-direct/SE": 1}
     assert tables["NO"]["refusals"] == {"MINOR_OFFENCE": 1}
+    saved = s.state_dir / "art18.json"
+    saved.write_text(out)
+    code, out = _run(s, "request", "stats", "--check", str(saved))
+    assert (code, "every table equals the count" in out) == (0, True), out
+    tables["NO"]["refusals"] = {"MINOR_OFFENCE": 2}
+    saved.write_text(json.dumps(list(tables.values())))
+    code, out = _run(s, "request", "stats", "--check", str(saved))
+    assert (code, out.strip()) == (1, f"error: {saved}: NO refusals differs from the ledger")
