@@ -162,11 +162,13 @@ class RequestStore:
                 "SELECT 1 FROM messages WHERE message_id = ?", (str(envelope["message_id"]),)
             ).fetchone():
                 return None
+            row = conn.execute("SELECT * FROM requests WHERE request_id = ?", (request_id,))
+            known = row.fetchone()
             if kind is MessageKind.REQUEST:
+                if known is not None or request_id != str(envelope["message_id"]):
+                    return None
                 _insert_request(conn, envelope, content, outgoing=outgoing, at=at)
-            elif not conn.execute(
-                "SELECT 1 FROM requests WHERE request_id = ?", (request_id,)
-            ).fetchone():
+            elif known is None or not _may(kind, envelope, RequestRow.of(known), me):
                 return None
             else:
                 _apply(conn, kind, request_id, content, at)
@@ -206,6 +208,20 @@ class RequestStore:
             "SELECT * FROM messages WHERE request_id = ? ORDER BY at, message_id", (request_id,)
         )
         return [{**dict(r), "content": json.loads(r["content"])} for r in rows]
+
+
+def _may(kind: MessageKind, envelope: Mapping[str, Any], row: RequestRow, me: str) -> bool:
+    """True if this step of an open request comes from the party it must and goes to the other."""
+    if row.state not in OPEN_STATES:
+        return False
+    requested = me if row.side == "of_me" else row.counterpart
+    requester = row.counterpart if row.side == "of_me" else me
+    sender, receiver = (
+        (requester, requested)
+        if kind is MessageKind.CLARIFICATION_GIVEN
+        else (requested, requester)
+    )
+    return bool(envelope["from_org"] == sender and envelope["to_org"] == receiver)
 
 
 def _insert_request(

@@ -14,6 +14,7 @@ from broker.requests.router import REASON_HEADER
 from broker.requests.routes import REQUESTS_DEADLETTER, REQUESTS_INTAKE, to_topic
 from broker.requests.wire import RequestError, build_message, verify_message
 from broker.wire.codec import Codec
+from tests.support.connectors import wait_for
 from tests.support.kafka import header, publish, read_topic
 from tests.support.requests import SimClock, keyed_example, org_keys, request_network
 
@@ -123,3 +124,61 @@ def test_router_refuses_a_message_to_a_hotline_and_an_altered_one(
         assert verify_message(codec, net.trust, msg.headers, msg.value)["to_org"] == "police-fi"
         with pytest.raises(ValidationFailed):
             net.desks["police-se"].request("police-se", "c-2", _request("q"))
+
+
+def test_a_third_spoc_cannot_answer_or_hijack_a_request(settings: Settings, tmp_path: Path) -> None:
+    network = keyed_example(settings, tmp_path)
+    codec = Codec.from_settings(settings)
+    orgs = ("police-se", "police-no", "police-dk")
+    with request_network(settings, network, codec, SimClock(T0), orgs=orgs) as net:
+        se, no, dk = (net.desks[o] for o in orgs)
+        rid = se.request("police-no", "case-5", _request("q", urgent=False))
+        se.flush()
+        assert no.receive(expect=1) == 1
+        for kind, content in (
+            (MessageKind.ANSWER, {"text": "forged"}),
+            (MessageKind.REFUSAL, {"ground": "NOT_AVAILABLE"}),
+        ):
+            forged = build_message(
+                codec,
+                org_keys(settings, "police-dk"),
+                net.trust,
+                kind=kind,
+                request_id=rid,
+                case_id="case-5",
+                referral_id=None,
+                to_org="police-se",
+                sent_at_ms=T0,
+                signed_at_ms=T0,
+                content=content,
+            )
+            dk.producer.send(
+                names_intake(settings), key=forged.key, value=forged.value, headers=forged.headers
+            )
+        reused = build_message(
+            codec,
+            org_keys(settings, "police-dk"),
+            net.trust,
+            kind=MessageKind.REQUEST,
+            request_id=rid,
+            case_id="case-5",
+            referral_id=None,
+            to_org="police-no",
+            sent_at_ms=T0,
+            signed_at_ms=T0,
+            content=_request("again"),
+        )
+        dk.producer.send(
+            names_intake(settings), key=reused.key, value=reused.value, headers=reused.headers
+        )
+        dk.flush()
+        wait_for(lambda: net.router.routed >= 4, 20, "the router")
+        assert se.receive(idle=1.0) == 0
+        assert no.receive(idle=1.0) == 0
+        assert se.store.get(rid).state == "OPEN"
+        assert no.store.get(rid).counterpart == "police-se"
+
+
+def names_intake(settings: Settings) -> str:
+    """The request intake topic of this test."""
+    return settings.topic_names().prefix + REQUESTS_INTAKE
