@@ -37,7 +37,7 @@ def _login(client: TestClient, token: str) -> None:
 
 def _envelope(kind: str, rid: str, frm: str, to: str) -> dict[str, object]:
     return {
-        "message_id": str(uuid.uuid4()),
+        "message_id": rid if kind == "REQUEST" else str(uuid.uuid4()),
         "request_id": rid,
         "case_id": "case-<b>x</b>",
         "referral_id": None,

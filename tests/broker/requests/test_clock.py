@@ -26,7 +26,7 @@ ME, THEM = "police-no", "police-se"
 
 def _msg(kind: MessageKind, request_id: str, *, outgoing: bool) -> dict[str, Any]:
     return {
-        "message_id": str(uuid.uuid4()),
+        "message_id": request_id if kind is MessageKind.REQUEST else str(uuid.uuid4()),
         "request_id": request_id,
         "case_id": "case-1",
         "referral_id": None,
