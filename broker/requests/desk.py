@@ -26,7 +26,13 @@ from broker.network import Network
 from broker.requests.codes import MessageKind
 from broker.requests.routes import REQUESTS_INTAKE, check_route, to_topic
 from broker.requests.store import OPEN_STATES, RequestRow, RequestStore
-from broker.requests.wire import RequestError, build_message, open_message, verify_message
+from broker.requests.wire import (
+    RequestError,
+    build_message,
+    open_message,
+    verify_message,
+    window_of,
+)
 from broker.security.keys import LiveKeys, OrgKeys, TrustStore
 from broker.security.signing import ledger_signer
 from broker.wire.codec import Codec
@@ -92,6 +98,7 @@ class Desk:
             self.producer, codec, self.names.ledger, actor=self.me, signer=signer
         )
         self._consumer: KafkaConsumer | None = None
+        self.window = window_of(network)
 
     def close(self) -> None:
         """Flush and close what the desk opened."""
@@ -262,7 +269,9 @@ class Desk:
 
     def _take(self, record: Any) -> int:
         try:
-            envelope = verify_message(self.codec, self.trust, record.headers, record.value)
+            envelope = verify_message(
+                self.codec, self.trust, record.headers, record.value, self.window
+            )
             if envelope["to_org"] != self.me:
                 raise RequestError("not addressed to this point of contact")
             content = open_message(envelope, self.keys)

@@ -20,7 +20,7 @@ from broker.kafka import clients
 from broker.ledger.events import LedgerEmitter, Signer, handover_event
 from broker.network import Network
 from broker.requests.routes import REQUESTS_DEADLETTER, REQUESTS_INTAKE, check_route, to_topic
-from broker.requests.wire import RequestError, verify_message
+from broker.requests.wire import RequestError, verify_message, window_of
 from broker.security.keys import TrustStore
 from broker.wire.codec import Codec
 
@@ -57,13 +57,14 @@ class RequestRouter:
             self.producer, codec, self.names.ledger, actor=actor, signer=signer
         )
         self.actor = actor
+        self.window = window_of(network)
         self.routed = 0
         self.refused = 0
 
     def route(self, record: Any) -> str:
         """Forward one intake record; the topic it went to."""
         try:
-            env = verify_message(self.codec, self.trust, record.headers, record.value)
+            env = verify_message(self.codec, self.trust, record.headers, record.value, self.window)
             check_route(self.network, str(env["from_org"]), str(env["to_org"]))
         except (SecurityError, CodecError, RequestError) as exc:
             topic = self.names.prefix + REQUESTS_DEADLETTER

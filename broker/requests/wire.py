@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from broker.errors import SealError, SignatureInvalid, ValidationFailed
+from broker.network import Network
 from broker.requests.codes import (
     Access,
     DelayReason,
@@ -31,6 +32,7 @@ from broker.requests.codes import (
 from broker.security.keys import OrgKeys, TrustStore
 from broker.security.sealing import open_sealed, seal
 from broker.security.signing import sign, verify_signed
+from broker.security.window import SignatureWindow
 from broker.wire.codec import Codec
 from broker.wire.registry import POLICE_MESSAGE
 
@@ -43,6 +45,7 @@ __all__ = [
     "check_content",
     "open_message",
     "verify_message",
+    "window_of",
 ]
 
 #: Domain separation of a police message's signature.
@@ -199,6 +202,12 @@ def build_message(
     return SignedMessage(message_id, request_id.encode(), value, headers)
 
 
+def window_of(network: Network) -> SignatureWindow:
+    """The network's signature window (``[network] signature_max_age_days`` and skew)."""
+    info = network.network
+    return SignatureWindow(info.signature_max_age_days, info.signature_clock_skew_seconds)
+
+
 def _ms(value: Any) -> int:
     return int(value.timestamp() * 1000) if isinstance(value, datetime) else int(value)
 
@@ -208,9 +217,15 @@ def verify_message(
     trust: TrustStore,
     headers: Sequence[tuple[str, bytes | None]] | None,
     value: bytes,
+    window: SignatureWindow | None = None,
 ) -> dict[str, Any]:
-    """The decoded envelope of a police message whose sender's signature holds; else an error."""
+    """The decoded envelope of a police message whose sender's signature holds; else an error.
+
+    ``window``: the signature must also have been made within it (an old message replayed fails).
+    """
     context = verify_signed(headers, value, trust, PoliceContext)
+    if window is not None:
+        window.check(context.signed_at_ms, what="police message signature")
     _, datum = codec.decode(value, expected=POLICE_MESSAGE)
     if (
         str(datum["message_id"]) != context.message_id

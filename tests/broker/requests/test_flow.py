@@ -13,6 +13,7 @@ from broker.requests.codes import HOUR_MS, MessageKind
 from broker.requests.router import REASON_HEADER
 from broker.requests.routes import REQUESTS_DEADLETTER, REQUESTS_INTAKE, to_topic
 from broker.requests.wire import RequestError, build_message, verify_message
+from broker.security.window import now_ms
 from broker.wire.codec import Codec
 from tests.support.connectors import wait_for
 from tests.support.kafka import header, publish, read_topic
@@ -113,14 +114,29 @@ def test_router_refuses_a_message_to_a_hotline_and_an_altered_one(
             referral_id=None,
             to_org="police-fi",
             sent_at_ms=T0,
-            signed_at_ms=T0,
+            signed_at_ms=now_ms(),
             content=_request("q"),
         )
         altered = bytearray(msg.value)
         altered[10] ^= 1
         publish(settings, names.prefix + REQUESTS_INTAKE, [(msg.key, bytes(altered))], msg.headers)
-        dead = read_topic(settings, names.prefix + REQUESTS_DEADLETTER, at_least=1)
-        assert [header(r, REASON_HEADER) for r in dead] == ["SignatureInvalid"]
+        old = build_message(
+            codec,
+            keys,
+            net.trust,
+            kind=MessageKind.REQUEST,
+            request_id=None,
+            case_id="c-1",
+            referral_id=None,
+            to_org="police-fi",
+            sent_at_ms=T0,
+            signed_at_ms=now_ms() - 31 * 86_400_000,
+            content=_request("q"),
+        )
+        publish(settings, names.prefix + REQUESTS_INTAKE, [(old.key, old.value)], old.headers)
+        dead = read_topic(settings, names.prefix + REQUESTS_DEADLETTER, at_least=2)
+        reasons = sorted(str(header(r, REASON_HEADER)) for r in dead)
+        assert reasons == ["SignatureInvalid", "SignatureOutOfWindow"]
         assert verify_message(codec, net.trust, msg.headers, msg.value)["to_org"] == "police-fi"
         with pytest.raises(ValidationFailed):
             net.desks["police-se"].request("police-se", "c-2", _request("q"))
@@ -149,7 +165,7 @@ def test_a_third_spoc_cannot_answer_or_hijack_a_request(settings: Settings, tmp_
                 referral_id=None,
                 to_org="police-se",
                 sent_at_ms=T0,
-                signed_at_ms=T0,
+                signed_at_ms=now_ms(),
                 content=content,
             )
             dk.producer.send(
@@ -165,7 +181,7 @@ def test_a_third_spoc_cannot_answer_or_hijack_a_request(settings: Settings, tmp_
             referral_id=None,
             to_org="police-no",
             sent_at_ms=T0,
-            signed_at_ms=T0,
+            signed_at_ms=now_ms(),
             content=_request("again"),
         )
         dk.producer.send(
