@@ -120,3 +120,9 @@ def test_request_answer_refuse_and_art18_through_the_cli(cli_settings: Settings)
     saved.write_text(json.dumps(list(tables.values())))
     code, out = _run(s, "request", "stats", "--check", str(saved))
     assert (code, out.strip()) == (1, f"error: {saved}: NO refusals differs from the ledger")
+    code, out = _run(s, "request", "stats", "--state", "se", "--csv")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0] == "state,year,table,key,count"
+    assert f"SE,{datetime.now(UTC).year},sent,urgent-direct/FI,1" in lines
+    assert all(line.startswith("SE,") for line in lines[1:])
