@@ -53,6 +53,8 @@ class Organisation(_Frozen):
     country: str
     connectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     keys: dict[str, Any] = Field(default_factory=dict)
+    #: The country's single point of contact for police requests (:mod:`broker.requests`).
+    spoc: bool = False
 
 
 class RoutingRule(_Frozen):

@@ -16,6 +16,7 @@ from cli import (
     inbox_cmd,
     keys_cmd,
     receipt_cmd,
+    request_cmd,
     retention_cmd,
     router_cmd,
     schema_cmd,
@@ -48,6 +49,7 @@ app.command("receipt")(receipt_cmd.receipt_cmd)
 app.command("flows")(operator_cmd.flows_cmd)
 app.command("tail")(operator_cmd.tail)
 app.command("console")(console_cmd.console_cmd)
+app.add_typer(request_cmd.app, name="request")
 
 
 @app.callback()

@@ -235,6 +235,17 @@ class HandoverEventType(StrEnum):
     AMENDED = "AMENDED"
     #: a moved item was referred on in a child referral (recorded on the parent and the child)
     REROUTED = "REROUTED"
+    #: police-to-police requests for information (:mod:`broker.requests`); ``referral_id``
+    #: holds the request id, ``reason`` codes only (urgency, ground, delay), never content
+    REQUEST_SENT = "REQUEST_SENT"
+    REQUEST_ROUTED = "REQUEST_ROUTED"
+    REQUEST_RECEIVED = "REQUEST_RECEIVED"
+    REQUEST_ANSWERED = "REQUEST_ANSWERED"
+    REQUEST_REFUSED = "REQUEST_REFUSED"
+    REQUEST_CLARIFICATION_ASKED = "REQUEST_CLARIFICATION_ASKED"
+    REQUEST_CLARIFICATION_GIVEN = "REQUEST_CLARIFICATION_GIVEN"
+    REQUEST_DELAYED = "REQUEST_DELAYED"
+    REQUEST_OVERDUE = "REQUEST_OVERDUE"
 
 
 # -- constrained scalar types ----------------------------------------------------------------

@@ -27,6 +27,7 @@ __all__ = [
     "HANDOVER_BATCH",
     "HANDOVER_EVENT",
     "NAMESPACE",
+    "POLICE_MESSAGE",
     "RECORD_NAMES",
     "REFERRAL",
     "STATUS_UPDATE",
@@ -50,8 +51,16 @@ REFERRAL = f"{NAMESPACE}.Referral"
 STATUS_UPDATE = f"{NAMESPACE}.StatusUpdate"
 HANDOVER_EVENT = f"{NAMESPACE}.HandoverEvent"
 HANDOVER_BATCH = f"{NAMESPACE}.HandoverBatch"
+#: Police-to-police requests (:mod:`broker.requests`).
+POLICE_MESSAGE = f"{NAMESPACE}.PoliceMessage"
 #: The top-level records that are registered and put on the wire.
-RECORD_NAMES: tuple[str, ...] = (REFERRAL, STATUS_UPDATE, HANDOVER_EVENT, HANDOVER_BATCH)
+RECORD_NAMES: tuple[str, ...] = (
+    REFERRAL,
+    STATUS_UPDATE,
+    HANDOVER_EVENT,
+    HANDOVER_BATCH,
+    POLICE_MESSAGE,
+)
 
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAMED = frozenset({"record", "error", "enum", "fixed"})
