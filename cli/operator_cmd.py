@@ -43,7 +43,7 @@ from broker.security.keys import ROUTER, LiveKeys, key_dir
 from broker.security.signing import ledger_signer
 from broker.wire.codec import Codec
 from cli.app import App, cell, console, err_console, escape, print_json, state
-from cli.tables import WIDE_OPTION, compact_time, is_narrow, new_table
+from cli.tables import WIDE_OPTION, compact_time, is_narrow, new_table, print_table
 
 __all__ = [
     "flows_cmd",
@@ -186,7 +186,7 @@ def ledger_verify(
         )
     else:
         for line in str(result).splitlines():
-            console.print(escape(line), markup=False)
+            console.print(escape(line), markup=False, soft_wrap=True)
         for line in result.ignored_heads:
             console.print(escape(f"ignored checkpoint: {line}"), markup=False)
     if not result.intact:
@@ -274,7 +274,7 @@ def ledger_show(
             cell(r.reason),
             cell(r.referral_id),
         )
-    console.print(table)
+    print_table(table, whole=not narrow)
     if narrow:
         console.print("times UTC, short ids; --wide adds parties, reasons and whole ids")
 
@@ -313,7 +313,7 @@ def print_trace(t: Trace, now: datetime, *, wide: bool = False) -> None:
     if not narrow:  # narrow: the whole id on a line of its own
         heads = ["  ".join(heads)]
     for line in heads:
-        console.print(escape(line), markup=False)
+        console.print(escape(line), markup=False, soft_wrap=True)
     if len(t.origins) > 1:
         console.print(
             escape(
@@ -322,7 +322,7 @@ def print_trace(t: Trace, now: datetime, *, wide: bool = False) -> None:
             ),
             markup=False,
         )
-    console.print(_hop_table(t, now, narrow))
+    print_table(_hop_table(t, now, narrow), whole=not narrow)
     if narrow:
         console.print("times UTC; --wide adds positions, senders, intervals and reasons")
     _print_trace_notes(t, now)
