@@ -14,10 +14,12 @@ import getpass
 import json
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import typer
+from kafka import TopicPartition
 from kafka.errors import KafkaError
 from rich.markup import escape as rich_escape
 from rich.table import Table
@@ -38,6 +40,7 @@ from broker.ledger.views import (
 from broker.operator.access import AccessRecorder
 from broker.operator.since import parse_since
 from broker.operator.tail import decoded, record_view
+from broker.operator.tail_start import Start, parse_start, positions
 from broker.operator.views import flows_view, role_routes_since, trace_view, verify_ledger
 from broker.security.keys import ROUTER, LiveKeys, key_dir
 from broker.security.signing import ledger_signer
@@ -594,7 +597,22 @@ def tail(
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest."),
-    max_records: int | None = typer.Option(None, "--max", min=1, help="Stop after N records."),
+    offset: str | None = typer.Option(
+        None,
+        "--offset",
+        "-o",
+        help="Start at: beginning, end, OFFSET, -N (the last N of each partition) or"
+        " s@TIMESTAMP (ms or ISO 8601), as kcat.",
+    ),
+    partitions: list[int] = typer.Option(
+        [], "--partition", "-p", min=0, help="Only this partition (repeatable)."
+    ),
+    max_records: int | None = typer.Option(
+        None, "--max", "-c", "--count", min=1, help="Stop after N records."
+    ),
+    exit_at_end: bool = typer.Option(
+        False, "--exit", "-e", help="Stop at the end of the topic (from the beginning unless -o)."
+    ),
     idle_exit: float | None = typer.Option(
         None, "--idle-exit", help="Stop after this many seconds without records."
     ),
@@ -610,6 +628,9 @@ def tail(
     name = topic if not prefix or topic.startswith(prefix) else prefix + topic
     access = _AccessLog(settings, reason or "", as_org) if reveal else None
     codec = Codec.from_settings(settings) if decode or body else None
+    start = parse_start(offset) if offset is not None else None
+    if exit_at_end and start is None and not from_beginning:
+        start = Start("beginning")  # kcat -e: the whole topic, then stop
     consumer = clients.consumer(settings, group_id=None, role="tail")
     seen = 0
     started_ms = int(time.time() * 1000)
@@ -619,14 +640,16 @@ def tail(
             on = f" on {clients.resolve_bootstrap(settings)}"
             ours = [t for t in consumer.topics() if t.startswith(prefix)]  # this deployment's
             raise UnknownName("topic", name, ours, on)
-        batches = TopicReader(consumer, name, poll_ms=200).follow(
-            from_beginning=from_beginning, idle_exit=idle_exit
+        if from_beginning and start is None:
+            start = Start("beginning")
+        batches = _tail_batches(
+            consumer, name, sorted(parts), partitions, start, exit_at_end, idle_exit
         )
         for batch in batches:
             records = sorted(batch, key=lambda r: (r.timestamp, r.partition))
             for record in records:
                 # The embedded broker's end offset may lie inside the last batch: skip older ones.
-                if not from_beginning and record.timestamp < started_ms:
+                if start is None and record.timestamp < started_ms:
                     continue
                 _show(record, codec, access, body=body, reveal=reveal, as_json=as_json)
                 seen += 1
@@ -642,6 +665,32 @@ def tail(
         consumer.close()
         if access is not None:
             access.close()
+
+
+def _tail_batches(
+    consumer: Any,
+    name: str,
+    parts: list[int],
+    wanted: list[int],
+    start: Start | None,
+    exit_at_end: bool,
+    idle_exit: float | None,
+) -> Iterator[list[Any]]:
+    """The record batches ``tail`` shows: the partitions asked for, from ``start``."""
+    missing = sorted(set(wanted) - set(parts))
+    if missing:
+        raise ConfigError(
+            f"{name} has no partition {', '.join(map(str, missing))}"
+            f" (it has {', '.join(map(str, parts))})"
+        )
+    tps = [TopicPartition(name, p) for p in parts if not wanted or p in wanted]
+    reader = TopicReader(consumer, name, poll_ms=200, timeout=3600.0)
+    if exit_at_end:
+        return reader.batches(positions(consumer, tps, start or Start("beginning")), partitions=tps)
+    if start is None and not wanted:
+        return reader.follow(idle_exit=idle_exit)
+    begin = positions(consumer, tps, start or Start("end"))
+    return reader.follow(idle_exit=idle_exit, start=begin)
 
 
 def _show(
