@@ -161,7 +161,7 @@ def print_referral(view: ReferralView, org: str, now: datetime) -> None:
     print_table(items, whole=True)
     history = new_table(f"history ({len(view.history)} hop(s))", narrow=True)
     for col in ("time", "event", "actor", "to", "topic"):
-        history.add_column(col, no_wrap=True)
+        history.add_column(col, no_wrap=col != "to")  # several recipients wrap, ids stay whole
     for r in sorted(view.history, key=lambda h: h.at):
         history.add_row(
             compact_time(r.at, now),
@@ -170,5 +170,5 @@ def print_referral(view: ReferralView, org: str, now: datetime) -> None:
             cell(", ".join(r.to_orgs)),
             cell(r.topic or ""),
         )
-    print_table(history, whole=True)
+    console.print(history)
     _line("item ids are what `referral status ORG ID STATUS --item ITEM_ID=OUTCOME` takes")
