@@ -579,6 +579,23 @@ def _human(line: dict[str, Any]) -> str:
     return text
 
 
+#: kcat's habits on ``tail``: ``-o`` where to start, ``-p`` partitions, ``-c`` count, ``-e`` exit.
+_OFFSET: Any = typer.Option(
+    None,
+    "--offset",
+    "-o",
+    help="Start at: beginning, end, OFFSET, -N (the last N of each partition) or"
+    " s@TIMESTAMP (ms or ISO 8601), as kcat.",
+)
+_PARTITIONS: Any = typer.Option(
+    [], "--partition", "-p", min=0, help="Only this partition (repeatable)."
+)
+_COUNT: Any = typer.Option(None, "--max", "-c", "--count", min=1, help="Stop after N records.")
+_EXIT: Any = typer.Option(
+    False, "--exit", "-e", help="Stop at the end of the topic (from the beginning unless -o)."
+)
+
+
 def tail(
     ctx: typer.Context,
     topic: str = typer.Argument(..., help="Topic (the deployment's prefix is added if missing)."),
@@ -597,22 +614,10 @@ def tail(
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest."),
-    offset: str | None = typer.Option(
-        None,
-        "--offset",
-        "-o",
-        help="Start at: beginning, end, OFFSET, -N (the last N of each partition) or"
-        " s@TIMESTAMP (ms or ISO 8601), as kcat.",
-    ),
-    partitions: list[int] = typer.Option(
-        [], "--partition", "-p", min=0, help="Only this partition (repeatable)."
-    ),
-    max_records: int | None = typer.Option(
-        None, "--max", "-c", "--count", min=1, help="Stop after N records."
-    ),
-    exit_at_end: bool = typer.Option(
-        False, "--exit", "-e", help="Stop at the end of the topic (from the beginning unless -o)."
-    ),
+    offset: str | None = _OFFSET,
+    partitions: list[int] = _PARTITIONS,
+    max_records: int | None = _COUNT,
+    exit_at_end: bool = _EXIT,
     idle_exit: float | None = typer.Option(
         None, "--idle-exit", help="Stop after this many seconds without records."
     ),
