@@ -39,7 +39,7 @@ from cli.app import (
     service_stop_event,
     state,
 )
-from cli.tables import WIDE_OPTION, is_narrow, new_table
+from cli.tables import WIDE_OPTION, is_narrow, new_table, print_table
 from connectors.formats import name_fields, read_referral_file
 from connectors.runtime import ConnectorRuntime
 
@@ -338,7 +338,7 @@ def outbox(
         )
     for r in rows:
         table.add_row(*(cell(r[i]) for i in keep))
-    console.print(table)
+    print_table(table, whole=not narrow)
     _print_outbox_notes(listed, items)
 
 
@@ -372,13 +372,22 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+#: The statuses ``referral status`` takes, for its help (words, so never cut mid-name).
+_STATUSES = ", ".join(member.value for member in ReferralStatus)
+
+
 def status(
     ctx: typer.Context,
     org: str = typer.Argument(..., help="The organisation reporting the status."),
     referral_id: str = typer.Argument(
         ..., help="The referral the status is about (or an unambiguous prefix)."
     ),
-    new_status: ReferralStatus = typer.Argument(..., help="ACCEPTED, NTD_SENT, REMOVED, CLOSED, …"),
+    new_status: ReferralStatus = typer.Argument(
+        ...,
+        metavar="STATUS",
+        show_choices=False,
+        help=f"One of {_STATUSES}.",
+    ),
     note: str | None = typer.Option(None, "--note", help="Free-text note (no personal data)."),
     reason_code: str | None = typer.Option(None, "--reason", help="Machine-readable reason code."),
     destination: str | None = typer.Option(
@@ -390,8 +399,10 @@ def status(
     items: list[str] = typer.Option(
         [],
         "--item",
-        help="An item's outcome: ITEM_ID=REMOVED|STILL_ONLINE|NOT_FOUND|NOT_ILLEGAL"
-        "[:ip=..,country=..,provider=..,under=..]; repeatable; id prefixes work.",
+        metavar="ITEM=OUTCOME",
+        help="An item's outcome, ITEM_ID=OUTCOME[:KEY=VALUE,...]: OUTCOME one of REMOVED,"
+        " STILL_ONLINE, NOT_FOUND, NOT_ILLEGAL; keys ip, country, provider, under;"
+        " repeatable; id prefixes work.",
     ),
     new_ip: str | None = typer.Option(
         None, "--new-ip", help="Where the one STILL_ONLINE item is hosted now (IP)."

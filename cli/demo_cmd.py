@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import threading
 import time
 from collections import Counter
@@ -510,8 +511,17 @@ def _print_intake(
 
 
 def _wait_for_interrupt() -> None:
+    """Wait for Ctrl-C, SIGTERM (``timeout``, a service manager) or SIGHUP (the terminal
+    closed): each stops everything, the detached broker included, instead of orphaning it."""
+    stop = threading.Event()
+    caught = (signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in caught}
     try:
-        while True:
-            time.sleep(1)
+        while not stop.wait(1):
+            pass
     except KeyboardInterrupt:
-        console.print("stopping")
+        pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    console.print("stopping")

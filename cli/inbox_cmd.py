@@ -20,7 +20,7 @@ from broker.operator.since import parse_since
 from broker.receiver.inbox import Inbox
 from broker.receiver.inbox_view import InboxEntry, entries, select, to_csv
 from cli.app import NETWORK_OPTION, cell, console, escape, print_json, state
-from cli.tables import WIDE_OPTION, is_narrow, new_table
+from cli.tables import WIDE_OPTION, is_narrow, new_table, print_table
 
 __all__ = ["inbox_cmd", "print_inbox"]
 
@@ -32,7 +32,10 @@ def inbox_cmd(
         "all", "--since", help="Received this long ago (24h, 7d), since an ISO date, or 'all'."
     ),
     search: str | None = typer.Option(
-        None, "--search", "-s", help="A case id, an external reference (ICCAM:123) or an id prefix."
+        None,
+        "--search",
+        "-s",
+        help="Part of a case id or an external reference (ICCAM:123), or an id prefix.",
     ),
     unacknowledged: bool = typer.Option(
         False, "--unacknowledged", "-u", help="Only referrals not answered beyond RECEIVED."
@@ -43,7 +46,7 @@ def inbox_cmd(
     wide: bool = WIDE_OPTION,
     network_file: Path | None = NETWORK_OPTION,
 ) -> None:
-    """What ORG received: urgent first, overdue, not yet acknowledged; searchable and exportable."""
+    """What ORG received: urgent, then high priority, first; searchable and exportable."""
     if as_json and as_csv:
         raise ConfigError("--json and --csv: choose one")
     st = state(ctx)
@@ -110,7 +113,7 @@ def print_inbox(items: list[InboxEntry], org: str, now: datetime, *, wide: bool 
     for c in cols:
         table.add_column(c, no_wrap=c != "case", overflow="fold")
     for e in items:
-        flag = ("U" if e.urgent else "") + ("!" if e.overdue else "")
+        flag = ("U" if e.urgent else "H" if e.high else "") + ("!" if e.overdue else "")
         row = [
             cell(e.referral_id if wide else short_id(e.referral_id)),
             cell(flag),
@@ -127,8 +130,8 @@ def print_inbox(items: list[InboxEntry], org: str, now: datetime, *, wide: bool 
         if not narrow:
             row += [cell(", ".join(e.external_refs)), cell(", ".join(e.sinks))]
         table.add_row(*row)
-    console.print(table)
+    print_table(table, whole=not narrow)
     console.print(
-        "U = urgent, ! = overdue, (vN) = amended by its origin;"
+        "U = urgent, H = high priority, ! = overdue, (vN) = amended by its origin;"
         " --wide shows whole ids, times and every column"
     )

@@ -8,6 +8,7 @@ import typer
 
 import cli.connector_cmd as connector_cmd
 import cli.operator_cmd as operator_cmd
+import cli.show_cmd as show_cmd
 from cli import (
     broker_cmd,
     config_cmd,
@@ -43,6 +44,7 @@ app.command("outbox")(connector_cmd.outbox)
 app.command("status")(connector_cmd.status)
 app.command("inbox")(inbox_cmd.inbox_cmd)
 app.command("retention")(retention_cmd.retention_cmd)
+app.command("show")(show_cmd.show_cmd)
 app.add_typer(operator_cmd.ledger_app, name="ledger")
 app.command("trace")(operator_cmd.trace_cmd)
 app.command("receipt")(receipt_cmd.receipt_cmd)

@@ -8,10 +8,12 @@ import getpass
 import json
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import typer
+from kafka import TopicPartition
 from kafka.errors import KafkaError
 from rich.markup import escape as rich_escape
 from rich.table import Table
@@ -32,12 +34,13 @@ from broker.ledger.views import (
 from broker.operator.access import AccessRecorder
 from broker.operator.since import parse_since
 from broker.operator.tail import decoded, record_view
+from broker.operator.tail_start import Start, parse_start, positions
 from broker.operator.views import flows_view, role_routes_since, trace_view, verify_ledger
 from broker.security.keys import ROUTER, LiveKeys, key_dir
 from broker.security.signing import ledger_signer
 from broker.wire.codec import Codec
 from cli.app import App, cell, console, err_console, escape, print_json, state
-from cli.tables import WIDE_OPTION, compact_time, is_narrow, new_table
+from cli.tables import WIDE_OPTION, compact_time, is_narrow, new_table, print_table
 
 __all__ = [
     "flows_cmd",
@@ -180,7 +183,7 @@ def ledger_verify(
         )
     else:
         for line in str(result).splitlines():
-            console.print(escape(line), markup=False)
+            console.print(escape(line), markup=False, soft_wrap=True)
         for line in result.ignored_heads:
             console.print(escape(f"ignored checkpoint: {line}"), markup=False)
     if not result.intact:
@@ -268,7 +271,7 @@ def ledger_show(
             cell(r.reason),
             cell(r.referral_id),
         )
-    console.print(table)
+    print_table(table, whole=not narrow)
     if narrow:
         console.print("times UTC, short ids; --wide adds parties, reasons and whole ids")
 
@@ -307,7 +310,7 @@ def print_trace(t: Trace, now: datetime, *, wide: bool = False) -> None:
     if not narrow:  # narrow: the whole id on a line of its own
         heads = ["  ".join(heads)]
     for line in heads:
-        console.print(escape(line), markup=False)
+        console.print(escape(line), markup=False, soft_wrap=True)
     if len(t.origins) > 1:
         console.print(
             escape(
@@ -316,7 +319,7 @@ def print_trace(t: Trace, now: datetime, *, wide: bool = False) -> None:
             ),
             markup=False,
         )
-    console.print(_hop_table(t, now, narrow))
+    print_table(_hop_table(t, now, narrow), whole=not narrow)
     if narrow:
         console.print("times UTC; --wide adds positions, senders, intervals and reasons")
     _print_trace_notes(t, now)
@@ -570,6 +573,23 @@ def _human(line: dict[str, Any]) -> str:
     return text
 
 
+#: kcat's habits on ``tail``: ``-o`` where to start, ``-p`` partitions, ``-c`` count, ``-e`` exit.
+_OFFSET: Any = typer.Option(
+    None,
+    "--offset",
+    "-o",
+    help="Start at: beginning, end, OFFSET, -N (the last N of each partition) or"
+    " s@TIMESTAMP (ms or ISO 8601), as kcat.",
+)
+_PARTITIONS: Any = typer.Option(
+    [], "--partition", "-p", min=0, help="Only this partition (repeatable)."
+)
+_COUNT: Any = typer.Option(None, "--max", "-c", "--count", min=1, help="Stop after N records.")
+_EXIT: Any = typer.Option(
+    False, "--exit", "-e", help="Stop at the end of the topic (from the beginning unless -o)."
+)
+
+
 def tail(
     ctx: typer.Context,
     topic: str = typer.Argument(..., help="Topic (the deployment's prefix is added if missing)."),
@@ -588,7 +608,10 @@ def tail(
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest."),
-    max_records: int | None = typer.Option(None, "--max", min=1, help="Stop after N records."),
+    offset: str | None = _OFFSET,
+    partitions: list[int] = _PARTITIONS,
+    max_records: int | None = _COUNT,
+    exit_at_end: bool = _EXIT,
     idle_exit: float | None = typer.Option(
         None, "--idle-exit", help="Stop after this many seconds without records."
     ),
@@ -604,6 +627,9 @@ def tail(
     name = topic if not prefix or topic.startswith(prefix) else prefix + topic
     access = _AccessLog(settings, reason or "", as_org) if reveal else None
     codec = Codec.from_settings(settings) if decode or body else None
+    start = parse_start(offset) if offset is not None else None
+    if exit_at_end and start is None and not from_beginning:
+        start = Start("beginning")  # kcat -e: the whole topic, then stop
     consumer = clients.consumer(settings, group_id=None, role="tail")
     seen = 0
     started_ms = int(time.time() * 1000)
@@ -613,14 +639,16 @@ def tail(
             on = f" on {clients.resolve_bootstrap(settings)}"
             ours = [t for t in consumer.topics() if t.startswith(prefix)]  # this deployment's
             raise UnknownName("topic", name, ours, on)
-        batches = TopicReader(consumer, name, poll_ms=200).follow(
-            from_beginning=from_beginning, idle_exit=idle_exit
+        if from_beginning and start is None:
+            start = Start("beginning")
+        batches = _tail_batches(
+            consumer, name, sorted(parts), partitions, start, exit_at_end, idle_exit
         )
         for batch in batches:
             records = sorted(batch, key=lambda r: (r.timestamp, r.partition))
             for record in records:
                 # The embedded broker's end offset may lie inside the last batch: skip older ones.
-                if not from_beginning and record.timestamp < started_ms:
+                if start is None and record.timestamp < started_ms:
                     continue
                 _show(record, codec, access, body=body, reveal=reveal, as_json=as_json)
                 seen += 1
@@ -636,6 +664,32 @@ def tail(
         consumer.close()
         if access is not None:
             access.close()
+
+
+def _tail_batches(
+    consumer: Any,
+    name: str,
+    parts: list[int],
+    wanted: list[int],
+    start: Start | None,
+    exit_at_end: bool,
+    idle_exit: float | None,
+) -> Iterator[list[Any]]:
+    """The record batches ``tail`` shows: the partitions asked for, from ``start``."""
+    missing = sorted(set(wanted) - set(parts))
+    if missing:
+        raise ConfigError(
+            f"{name} has no partition {', '.join(map(str, missing))}"
+            f" (it has {', '.join(map(str, parts))})"
+        )
+    tps = [TopicPartition(name, p) for p in parts if not wanted or p in wanted]
+    reader = TopicReader(consumer, name, poll_ms=200, timeout=3600.0)
+    if exit_at_end:
+        return reader.batches(positions(consumer, tps, start or Start("beginning")), partitions=tps)
+    if start is None and not wanted:
+        return reader.follow(idle_exit=idle_exit)
+    begin = positions(consumer, tps, start or Start("end"))
+    return reader.follow(idle_exit=idle_exit, start=begin)
 
 
 def _show(

@@ -28,7 +28,7 @@ from cli.app import (
     service_stop_event,
     state,
 )
-from cli.tables import WIDE_OPTION, is_narrow, new_table
+from cli.tables import WIDE_OPTION, is_narrow, new_table, print_table
 
 __all__ = ["dlq_app", "dlq_list", "dlq_replay", "route"]
 
@@ -146,7 +146,7 @@ def dlq_list(
             cell(d.referral_id),
             "yes" if d.id in resolved else "",
         )
-    console.print(table)
+    print_table(table, whole=True)
 
 
 @dlq_app.command("replay")

@@ -11,7 +11,7 @@ from broker.kafka.clients import admin_client, resolve_bootstrap
 from broker.kafka.provision import provision
 from broker.operator.topics import deployment_topics, topic_stats
 from cli.app import NETWORK_OPTION, App, cell, console, print_json, state
-from cli.tables import WIDE_OPTION, is_narrow, new_table
+from cli.tables import WIDE_OPTION, is_narrow, new_table, print_table
 
 __all__ = ["app", "list_cmd", "provision_cmd"]
 
@@ -120,7 +120,7 @@ def list_cmd(
             table.add_row(cell(shown(name)), str(s.partitions), str(s.messages), cell(lag))
         else:
             table.add_row(cell(name), str(s.partitions), str(s.messages), s.source_label, cell(lag))
-    console.print(table)
+    print_table(table, whole=not narrow)
     console.print(
         f"counts from {where}: 'read' = records a consumer read from the start; "
         "'ListOffsets' = the broker's reported offsets (the embedded broker's may omit "

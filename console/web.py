@@ -110,12 +110,16 @@ def _finalize(value: Any) -> Any:
     return visible(value)
 
 
-def _when(at: datetime | float | None) -> str:
+def _when(at: datetime | float | None) -> Markup:
+    """The date and the time (UTC), each kept whole: at most two lines in a narrow column."""
     if at is None:
-        return ""
+        return Markup("")
     if not isinstance(at, datetime):
         at = datetime.fromtimestamp(float(at), UTC)
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    at = at.astimezone(UTC)
+    return Markup('<span class="when"><span>{}</span> <span>{}</span></span>').format(
+        at.strftime("%Y-%m-%d"), at.strftime("%H:%M:%S UTC")
+    )
 
 
 def _seconds(value: float | None) -> str:

@@ -59,6 +59,23 @@ class _ClosedSocketFilter(logging.Filter):
         return not (closed and str(record.msg).startswith("Unhandled exception in task"))
 
 
+class _ClosedTransportFilter(logging.Filter):
+    """Drops kafka-python's traceback for a read on a transport whose socket is already gone.
+
+    A client closed while its IO loop still reads (the kept demo's short-lived
+    consumers) leaves the transport's socket ``None``; the read raises
+    ``AttributeError`` and is logged with a traceback, then the connection is
+    closed, as it already was. Every other receive error is kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        args = record.args if isinstance(record.args, tuple) else ()
+        gone = bool(args) and getattr(args[0], "_sock", True) is None
+        noise = isinstance(exc, AttributeError) and gone
+        return not (noise and "Error receiving network data" in str(record.msg))
+
+
 def _cap_kafka_logging() -> None:
     kafka_logger = logging.getLogger("kafka")
     if kafka_logger.level == logging.NOTSET or kafka_logger.level < _KAFKA_LOG_FLOOR:
@@ -68,6 +85,9 @@ def _cap_kafka_logging() -> None:
         selector.addFilter(_SlowTaskFilter())
     if not any(isinstance(f, _ClosedSocketFilter) for f in selector.filters):
         selector.addFilter(_ClosedSocketFilter())
+    transport = logging.getLogger("kafka.net.transport")
+    if not any(isinstance(f, _ClosedTransportFilter) for f in transport.filters):
+        transport.addFilter(_ClosedTransportFilter())
 
 
 _cap_kafka_logging()

@@ -89,16 +89,24 @@ class TopicReader:
             ) from exc
 
     def follow(
-        self, *, from_beginning: bool = False, idle_exit: float | None = None
+        self,
+        *,
+        from_beginning: bool = False,
+        idle_exit: float | None = None,
+        start: Mapping[TopicPartition, int] | None = None,
     ) -> Iterator[list[Any]]:
-        """Record batches as they come (from the beginning or the end) until the caller
-        stops, or nothing came for ``idle_exit`` s; an idle poll yields nothing."""
-        tps = self._all()
+        """Record batches as they come (from ``start``'s partitions and offsets, else from
+        the beginning or the end) until the caller stops, or nothing came for ``idle_exit``
+        s; an idle poll yields nothing."""
+        tps = list(start) if start is not None else self._all()
         if not tps:
             return
         try:
             self.consumer.assign(tps)
-            if from_beginning:
+            if start is not None:
+                for tp, offset in start.items():
+                    self.consumer.seek(tp, offset)
+            elif from_beginning:
                 self.consumer.seek_to_beginning(*tps)
             else:
                 self.consumer.seek_to_end(*tps)

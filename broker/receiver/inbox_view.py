@@ -63,6 +63,11 @@ class InboxEntry:
     #: Its origin withdrew it from this organisation (an amendment dropped it): status WITHDRAWN.
     withdrawn: bool = False
 
+    @property
+    def high(self) -> bool:
+        """True if the origin marked it HIGH priority (sorted after URGENT, before the rest)."""
+        return not self.urgent and self.priority == "HIGH"
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (times as ISO 8601 UTC)."""
         return {
@@ -84,15 +89,13 @@ class InboxEntry:
         }
 
     def matches(self, term: str) -> bool:
-        """True if ``term`` is the case id, an external reference or a referral id prefix."""
+        """True if ``term`` is part of the case id or of an external reference, or an id prefix."""
         t = term.strip().lower()
         if not t:
             return True
-        if self.case_id.lower() == t or matches(t, self.referral_id):
+        if t in self.case_id.lower() or matches(t, self.referral_id):
             return True
-        return any(
-            t == ref.lower() or t == ref.split(":", 1)[-1].lower() for ref in self.external_refs
-        )
+        return any(t in ref.lower() for ref in self.external_refs)
 
 
 def _iso(at: datetime) -> str:
@@ -110,7 +113,7 @@ def _status(sent: Sequence[str]) -> str:
 
 
 def entries(received: Iterable[Received], deadlines: Deadlines, now: datetime) -> list[InboxEntry]:
-    """The inbox entries of ``received``, ordered urgent, overdue, then newest first."""
+    """The inbox entries of ``received``: urgent, high, then overdue first, then newest first."""
     out: list[InboxEntry] = []
     for r in received:
         urgent = r.priority == "URGENT" or (not r.priority and r.topic.endswith(".urgent"))
@@ -139,7 +142,7 @@ def entries(received: Iterable[Received], deadlines: Deadlines, now: datetime) -
                 withdrawn=withdrawn,
             )
         )
-    out.sort(key=lambda e: (not e.urgent, not e.overdue, -e.received_at.timestamp()))
+    out.sort(key=lambda e: (not e.urgent, not e.high, not e.overdue, -e.received_at.timestamp()))
     return out
 
 

@@ -108,3 +108,41 @@ def test_kept_demo_prints_a_reachable_intake_and_console_and_stops_without_noise
     err = (tmp_path / "stderr.log").read_text(encoding="utf-8")
     assert "Traceback" not in err + rest
     assert "Invalid file descriptor" not in err
+
+
+def test_kept_demo_stopped_by_sigterm_stops_its_broker_too(tmp_path: Path) -> None:
+    """``timeout``, a service manager: SIGTERM stops the kept demo as Ctrl-C does, broker too."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFERRAL_")}
+    env["COLUMNS"] = "300"
+    args = ["--state-dir", str(tmp_path), "demo", "--keep", "--count", "10"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("still running"):
+                break
+        run = next(tmp_path.glob("demo-*"))
+        broker_pid = json.loads((run / "broker.json").read_text(encoding="utf-8"))["pid"]
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    try:
+        os.kill(broker_pid, 0)
+    except ProcessLookupError:
+        orphaned = False
+    else:
+        orphaned = True
+        os.kill(broker_pid, signal.SIGKILL)  # left behind: cleaned up, then reported
+    assert not orphaned, "the embedded broker outlived the demo"
+    assert proc.returncode == 0
+    assert "stopping" in rest

@@ -165,6 +165,9 @@ def test_liaison_and_operator_in_a_real_browser(
         stack.callback(browser.close)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(20_000)
+        # What the browser's own console reports (a missing favicon is a 404 there).
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
 
         # A wrong token sees nothing.
         page.goto(f"{base}/login")
@@ -269,6 +272,9 @@ def test_liaison_and_operator_in_a_real_browser(
         assert urgent["body"]["items"][0]["url"] in page.inner_text("#items")
         page.screenshot(path=str(shots / "referral.png"), full_page=True)
         _narrow_shot(page, shots / "referral-800.png")
+
+        assert page.request.get(f"{base}/static/favicon.svg").status == 200
+        assert not [e for e in errors if "404" in e], errors
 
         # The operator: flows, the trace's swim lanes with the hop, no case content anywhere.
         page.click("header .logout button")
