@@ -256,6 +256,8 @@ class HandoverEventType(StrEnum):
     AMENDED = "AMENDED"
     #: a moved item was referred on in a child referral (recorded on the parent and the child)
     REROUTED = "REROUTED"
+    #: one step of an item's takedown trail (``reason``: the step and ids, :mod:`broker.takedown`)
+    TAKEDOWN = "TAKEDOWN"
 
 
 # -- constrained scalar types ----------------------------------------------------------------
