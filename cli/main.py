@@ -18,6 +18,7 @@ from cli import (
     receipt_cmd,
     router_cmd,
     schema_cmd,
+    stats_cmd,
     topics_cmd,
 )
 from cli.app import App, CliState, configure_logging, fit_consoles
@@ -46,6 +47,7 @@ app.command("receipt")(receipt_cmd.receipt_cmd)
 app.command("flows")(operator_cmd.flows_cmd)
 app.command("tail")(operator_cmd.tail)
 app.command("console")(console_cmd.console_cmd)
+app.command("stats")(stats_cmd.stats_cmd)
 
 
 @app.callback()

@@ -1,6 +1,8 @@
 """The removal figures, computed from trail facts alone (so anyone holding the ledger can).
 
-Per item: time to removal = its first ``REMOVED`` − its ``OPENED`` (clipped at 0);
+Per item: time to removal = its first ``REMOVED`` at or after its last
+``STILL_ONLINE`` (a re-check that found it back undoes earlier removals) − its
+``OPENED`` (clipped at 0); an item whose last outcome is ``STILL_ONLINE`` is not removed;
 reported to police within 3 days = a ``POLICE_INFORMED`` at most 72 h after
 ``OPENED``. Per group of items (all; by provider, hosting country, route and
 hotline — the attributes of the item's ``OPENED``): ``items``; ``removed``;
@@ -15,7 +17,6 @@ outcome is ``not_illegal``, ``moved`` or ``still_online``. Items without an
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,7 +24,15 @@ from typing import Any
 
 from broker.takedown.trail import OUTCOMES, TakedownStep, TrailFact
 
-__all__ = ["GROUPS", "ItemTimes", "art22_report", "group_figures", "item_times", "summarise"]
+__all__ = [
+    "GROUPS",
+    "ItemTimes",
+    "art22_report",
+    "group_figures",
+    "item_times",
+    "removed_at",
+    "summarise",
+]
 
 _HOUR = 3_600_000
 _DAY = 24 * _HOUR
@@ -42,7 +51,8 @@ class ItemTimes:
     route: str = ""
     hotline: str = ""
     police_ms: int | None = None
-    removed_ms: int | None = None
+    removals: list[int] = field(default_factory=list)
+    still_online_ms: int = -1
     first_notice_ms: int | None = None
     action_ms: int | None = None
     notices: int = 0
@@ -72,11 +82,19 @@ def _apply(t: ItemTimes, f: TrailFact) -> None:
         t.notice_kinds[step.value] = t.notice_kinds.get(step.value, 0) + 1
     if step in OUTCOMES:
         if step is TakedownStep.REMOVED:
-            t.removed_ms = _earliest(t.removed_ms, f.at_ms)
+            t.removals.append(f.at_ms)
+        elif step is TakedownStep.STILL_ONLINE:
+            t.still_online_ms = max(t.still_online_ms, f.at_ms)
         if f.to_party is not None and step is not TakedownStep.STILL_ONLINE:
             t.action_ms = _earliest(t.action_ms, f.at_ms)
         if f.at_ms >= t.outcome_ms:
             t.outcome, t.outcome_ms = step.value, f.at_ms
+
+
+def removed_at(t: ItemTimes) -> int | None:
+    """When the item was removed for good (see the module's definition; None: it was not)."""
+    after = [at for at in t.removals if at >= t.still_online_ms]
+    return min(after) if after else None
 
 
 def item_times(facts: Iterable[TrailFact], since_ms: int | None = None) -> list[ItemTimes]:
@@ -106,9 +124,9 @@ def _hours(ms: float | None) -> float | None:
 def group_figures(items: list[ItemTimes]) -> dict[str, Any]:
     """The figures of one group of items (see the module's definitions)."""
     times = sorted(
-        max(0, t.removed_ms - t.opened_ms)
+        max(0, removed - t.opened_ms)
         for t in items
-        if t.removed_ms is not None and t.opened_ms is not None
+        if (removed := removed_at(t)) is not None and t.opened_ms is not None
     )
     n = len(items)
     police = sum(
@@ -122,7 +140,7 @@ def group_figures(items: list[ItemTimes]) -> dict[str, Any]:
         "items": n,
         "removed": len(times),
         "median_hours": _hours(statistics.median(times)) if times else None,
-        "p90_hours": _hours(times[math.ceil(0.9 * len(times)) - 1]) if times else None,
+        "p90_hours": _hours(times[-(-9 * len(times) // 10) - 1]) if times else None,
         "removed_within_2_5d": _pct(sum(1 for x in times if x <= 2.5 * _DAY), n),
         "removed_within_3d": _pct(sum(1 for x in times if x <= 3 * _DAY), n),
         "removed_within_7d": _pct(sum(1 for x in times if x <= 7 * _DAY), n),
