@@ -108,6 +108,7 @@ def _verify(ctx: typer.Context, as_json: bool) -> None:
                 ],
                 "changed": [{"figure": n, "store": s, "signed": g} for n, s, g in result.changed],
                 "other_breaches": result.other_breaches,
+                "figures": result.figures,
             }
         )
     else:

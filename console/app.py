@@ -18,6 +18,7 @@ path                        what
 ``/operator/trace``         one case's swim lanes (``?id=`` an id or prefix)
 ``/operator/deadletters``   dead letters, replay with confirmation
 ``/operator/ledger``        ledger verification, topic counts and group lag
+``/operator/stats``         takedown figures: time to removal, charts (``?since=``)
 =========================  ======================================================
 """
 
@@ -31,7 +32,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from console.pages import inbox, login, operator, referral
+from console.pages import inbox, login, operator, referral, stats
 from console.web import CONTENT_SECURITY_POLICY, Console, Guard, Web, environment
 
 __all__ = ["CONTENT_SECURITY_POLICY", "Console", "build_app"]
@@ -48,6 +49,7 @@ def build_app(console: Console, allowed_hosts: Sequence[str] | None = None) -> S
         *inbox.ROUTES,
         *referral.ROUTES,
         *operator.ROUTES,
+        *stats.ROUTES,
         Mount("/static", StaticFiles(packages=[("console", "static")]), name="static"),
     ]
     middleware = [Middleware(Guard, sessions=console.sessions)]

@@ -8,6 +8,7 @@ A TOML file (``<state dir>/providers.toml`` unless named), one table per provide
     abuse_email = "abuse@host-a.example.org"
     escalate_to = "police-nl"                        # optional: whom a silent one is escalated to
     escalate_email = "upstream@transit.example.org"  # optional: where that escalation goes
+    abuse_webhook = "https://abuse-api.host-a.example.org/notices"  # optional: notices by API
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ DEFAULT_FILE = "providers.toml"
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 _CC = re.compile(r"^[A-Z]{2}$")
-_KEYS = {"name", "country", "abuse_email", "escalate_to", "escalate_email"}
+_KEYS = {"name", "country", "abuse_email", "escalate_to", "escalate_email", "abuse_webhook"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class Provider:
     abuse_email: str
     escalate_to: str | None = None
     escalate_email: str | None = None
+    #: where notices are POSTed instead of mailed (an abuse API)
+    abuse_webhook: str | None = None
 
 
 class ProviderDirectory:
@@ -84,6 +87,11 @@ def _provider(pid: str, table: Any, where: str) -> tuple[Provider | None, list[s
         value = table.get(key)
         if isinstance(value, str) and not _EMAIL.match(value):
             problems.append(f"{where}.{pid}.{key}: not an e-mail address")
+    hook = table.get("abuse_webhook")
+    if hook is not None and (
+        not isinstance(hook, str) or not hook.startswith(("https://", "http://"))
+    ):
+        problems.append(f"{where}.{pid}.abuse_webhook: not an http(s) address")
     if problems:
         return None, problems
     return Provider(
@@ -93,6 +101,7 @@ def _provider(pid: str, table: Any, where: str) -> tuple[Provider | None, list[s
         table["abuse_email"],
         table.get("escalate_to"),
         table.get("escalate_email"),
+        hook,
     ), []
 
 

@@ -20,7 +20,7 @@ from broker.ledger.events import decode_events
 from broker.ledger.store import LedgerStore
 from broker.security.keys import TrustStore
 from broker.takedown.figures import summarise
-from broker.takedown.trail import TrailFact, fact_of
+from broker.takedown.trail import REASON, STEPS, TrailFact, fact_of
 from broker.wire.codec import Codec
 
 __all__ = [
@@ -38,7 +38,7 @@ _QUERY = (
 )
 
 
-def _rows(path: Path) -> Iterator[tuple[Any, ...]]:
+def _rows(path: Path, query: str = _QUERY) -> Iterator[tuple[Any, ...]]:
     if not Path(path).exists():
         raise LedgerStoreError(f"no ledger store at {path} (run `referral ledger sync`)")
     try:
@@ -46,19 +46,43 @@ def _rows(path: Path) -> Iterator[tuple[Any, ...]]:
     except sqlite3.Error as exc:
         raise LedgerStoreError(f"cannot open the ledger store {path}: {exc}") from None
     try:
-        yield from conn.execute(_QUERY)
+        yield from conn.execute(query)
     except sqlite3.Error as exc:
         raise LedgerStoreError(f"cannot read the ledger store {path}: {exc}") from None
     finally:
         conn.close()
 
 
+_LIGHT = (
+    "SELECT referral_id, actor, to_party, reason, at_ms FROM entries WHERE event = 'TAKEDOWN'"
+    " ORDER BY idx"
+)
+
+
 def read_facts(path: Path) -> Iterator[TrailFact]:
-    """Every trail fact the store at ``path`` holds, in chain order."""
-    for _, event_id, referral_id, actor, to_party, reason, at_ms, _ in _rows(path):
-        fact = fact_of(event_id, referral_id, actor, to_party, reason, at_ms)
-        if fact is not None:
-            yield fact
+    """Every trail fact the store at ``path`` holds, in chain order (without event ids: the
+    figures need none; :func:`verify_figures` reads those)."""
+    match, steps = REASON.fullmatch, STEPS
+    for referral_id, actor, to_party, reason, at_ms in _rows(path, _LIGHT):
+        m = match(reason or "")
+        if m is None:
+            continue
+        name, item_id, provider, country, route, n = m.groups()
+        step = steps.get(name)
+        if step is not None:
+            yield TrailFact(
+                "",
+                referral_id,
+                actor,
+                step,
+                item_id,
+                provider,
+                country,
+                route,
+                int(n),
+                at_ms,
+                to_party,
+            )
 
 
 def store_figures(path: Path, since_ms: int | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from broker.errors import ConfigError
 from broker.ledger.events import handover_event
@@ -25,11 +25,14 @@ from broker.wire.models import HandoverEventType
 
 __all__ = [
     "OUTCOMES",
+    "REASON",
     "ROUTES",
+    "STEPS",
     "TakedownStep",
     "TrailFact",
     "TrailItem",
     "TrailWriter",
+    "fact_of",
     "parse_reason",
     "trail_reason",
 ]
@@ -96,8 +99,7 @@ def trail_reason(step: TakedownStep, item: TrailItem, n: int = 0) -> str:
     )
 
 
-@dataclass(frozen=True)
-class TrailFact:
+class TrailFact(NamedTuple):
     """One trail step as read back from the ledger."""
 
     event_id: str
@@ -111,6 +113,24 @@ class TrailFact:
     n: int
     at_ms: int
     to_party: str | None = None
+
+
+#: The steps by name.
+STEPS: dict[str, TakedownStep] = dict(TakedownStep.__members__)
+#: The shape of a trail ``reason`` (groups: step, item, provider, country, route, n).
+REASON = re.compile(r"([A-Z_]+) item=(\S+) provider=(\S+) cc=(\S+) route=(\S+) n=(\d+)")
+
+
+def _split(reason: str) -> tuple[TakedownStep, str, str, str, str, int] | None:
+    """The step, item, provider, country, route and n of a trail reason (None: not one)."""
+    m = REASON.fullmatch(reason)
+    if m is None:
+        return None
+    name, item_id, provider, country, route, n = m.groups()
+    step = STEPS.get(name)
+    if step is None:
+        return None
+    return step, item_id, provider, country, route, int(n)
 
 
 def parse_reason(reason: str | None) -> dict[str, str] | None:
@@ -176,19 +196,10 @@ def fact_of(
     at_ms: int,
 ) -> TrailFact | None:
     """The trail fact of one ``TAKEDOWN`` event's fields (None: its reason is not a trail's)."""
-    parsed = parse_reason(reason)
-    if parsed is None or not parsed["n"].isdigit():
+    split = _split(reason) if reason else None
+    if split is None:
         return None
+    step, item_id, provider, country, route, n = split
     return TrailFact(
-        event_id=event_id,
-        referral_id=referral_id,
-        actor=actor,
-        step=TakedownStep(parsed["step"]),
-        item_id=parsed["item"],
-        provider=parsed["provider"],
-        country=parsed["cc"],
-        route=parsed["route"],
-        n=int(parsed["n"]),
-        at_ms=int(at_ms),
-        to_party=to_party,
+        event_id, referral_id, actor, step, item_id, provider, country, route, n, at_ms, to_party
     )

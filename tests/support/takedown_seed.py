@@ -10,7 +10,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from broker.takedown.trail import TakedownStep, TrailItem
+from broker.config import Settings
+from broker.kafka import clients
+from broker.ledger.events import LedgerEmitter
+from broker.security.keys import LiveKeys, key_dir
+from broker.security.signing import ledger_signer
+from broker.takedown.trail import TakedownStep, TrailItem, TrailWriter
+from broker.wire.codec import Codec
 from tests.support.takedown import DAY, HOUR, MINUTE, T0, synthetic_id
 
 S = TakedownStep
@@ -105,3 +111,37 @@ def seed_items(count: int, seed: int = 25) -> list[SeedItem]:
         _fate(rng, it, notice, provider)
         out.append(it)
     return out
+
+
+def write_trail(settings: Settings, items: list[SeedItem]) -> None:
+    """Write the items' steps to the ledger topic, each hotline's signed with its keys,
+    a thousand events per record."""
+    codec = Codec.from_settings(settings)
+    producer = clients.producer(settings, role="test")
+    topic = settings.topic_names().ledger
+    try:
+        for hotline in HOTLINES:
+            keys = LiveKeys(key_dir(settings, hotline), hotline)
+            emitter = LedgerEmitter(
+                producer,
+                codec,
+                topic,
+                batch=True,
+                actor=hotline,
+                signer=ledger_signer(keys, hotline),
+            )
+            writer = TrailWriter(emitter.emit, hotline, lambda: 0)
+            held = 0
+            for it in items:
+                if it.hotline != hotline:
+                    continue
+                for step, n, to_party, at in it.steps:
+                    writer.record(step, it.item, n=n, to_party=to_party, at_ms=at)
+                    held += 1
+                if held >= 1000:
+                    emitter.flush_batch()
+                    held = 0
+            emitter.flush_batch()
+        producer.flush(60)
+    finally:
+        producer.close(5)
