@@ -84,6 +84,7 @@ def _run(port: int, inbox: Inbox) -> dict[str, Any]:
         plan.append((police_at[item_id], item_id, "police"))
     heapq.heapify(plan)
     mails: list[tuple[int, Any]] = []
+    raws: list[bytes] = []
     expected_removed: dict[str, int] = {}
     end = max(police_at.values()) + 80 * HOUR
     while clock.now <= end:
@@ -99,6 +100,7 @@ def _run(port: int, inbox: Inbox) -> dict[str, Any]:
                 desk.answer(item_id, Answer.REMOVED, at_ms=int(what[4:]))
         desk.tick()
         for raw in inbox.take():
+            raws.append(raw)
             notice = parse_notice(raw)
             mails.append((clock.now, notice))
             script = scripts[notice.provider_id]
@@ -118,6 +120,7 @@ def _run(port: int, inbox: Inbox) -> dict[str, Any]:
     return {
         "events": events,
         "mails": mails,
+        "raws": raws,
         "items": items,
         "police_at": police_at,
         "opened_at": opened_at,
@@ -222,6 +225,19 @@ def test_median_time_to_removal_per_provider_matches_the_script(run: dict[str, A
         # the script's own arithmetic: cleared at police time, removed `removes_after` later
         times = [run["police_at"][i] + script.removes_after_ms - run["opened_at"][i] for i in mine]
         assert row["median_hours"] == round(statistics.median(times) / HOUR, 2), provider
+
+
+def test_a_notice_carries_no_more_than_the_provider_must_see(run: dict[str, Any]) -> None:
+    # locations and item ids, never the case, the referral, the police or another provider
+    for raw, (_, notice) in zip(run["raws"], run["mails"], strict=True):
+        text = raw.decode()
+        assert "case-" not in text
+        assert "police" not in text
+        assert not any(item.referral_id in text for item in run["items"].values())
+        others = {i.provider for i in run["items"].values()} - {notice.provider_id}
+        assert not any(f"{p}." in text or f"{p}\n" in text for p in others)
+        assert "Art. 16" in text
+        assert "good faith" in text
 
 
 def test_the_trail_names_ids_only(run: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import io
 import json
 import re
 import sqlite3
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory, bootstrap: str) -> dict[str
         bootstrap_servers=bootstrap,
         state_dir=tmp / "state",
         network_file=network_file,
-        topic_prefix="takedown-stats-25",
+        topic_prefix=f"t-takedown-stats-{uuid.uuid4().hex[:8]}.",
     )
     network = parse_network(text, str(network_file))
     provision_network(settings, network)
