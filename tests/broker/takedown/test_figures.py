@@ -8,12 +8,14 @@ import pytest
 from typer.testing import CliRunner
 
 from broker.errors import ConfigError
+from broker.takedown.desk import DAY_MS, Cadence, TakedownDesk
 from broker.takedown.figures import art22_report, summarise
-from broker.takedown.providers import parse_directory
+from broker.takedown.notices import Answer
+from broker.takedown.providers import Provider, ProviderDirectory, parse_directory
 from broker.takedown.stats import AlteredEvent, StatsVerification
 from broker.takedown.trail import TakedownStep, TrailFact, TrailItem, TrailWriter, fact_of
 from cli.main import app
-from tests.support.takedown import HOUR, T0, synthetic_id
+from tests.support.takedown import HOUR, T0, SimClock, synthetic_id
 
 S = TakedownStep
 
@@ -146,3 +148,66 @@ def test_bad_stats_arguments_get_one_line(args: list[str], words: str, tmp_path:
     assert words in result.output
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+class _Kept:
+    """A notice sender that keeps what it is given (the SMTP path is tested in test_desk)."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send(self, notice: Any) -> None:
+        self.sent.append(notice)
+
+
+def test_a_recheck_finding_it_back_online_resumes_the_cadence() -> None:
+    clock = SimClock()
+    events: list[dict[str, Any]] = []
+    kept = _Kept()
+    desk = TakedownDesk(
+        TrailWriter(events.append, "hl-a", clock),
+        ProviderDirectory([Provider("p", "P", "NL", "abuse@p.invalid")]),
+        kept,
+        secret=b"s",
+        sender_address="d@hl-a.invalid",
+        notifier="hl-a",
+        cadence=Cadence(clearance_required=True),
+    )
+    item = TrailItem(synthetic_id("r"), "c", synthetic_id("i"), "p", "NL")
+    desk.open(item, "https://a.example.org/x")
+    desk.police_informed(item.item_id, "police-nl")
+    desk.tick()
+    assert kept.sent == []  # clearance required: informing police is not enough
+    desk.clear(item.item_id, "police-nl")
+    desk.tick()
+    assert len(kept.sent) == 1
+    clock.now += 2 * HOUR
+    desk.answer(item.item_id, Answer.REMOVED, at_ms=clock.now - HOUR)
+    clock.now += DAY_MS
+    desk.tick()
+    assert len(kept.sent) == 1  # answered: no repeat
+    desk.recheck(item.item_id, online=True)
+    desk.tick()  # the cadence resumes from the first notice: step 1 is due
+    assert [n.repeat for n in kept.sent] == [0, 1]
+    steps = [e["reason"].split(" ")[0] for e in events]
+    assert steps == [
+        "OPENED",
+        "POLICE_INFORMED",
+        "LEA_CLEARED",
+        "NOTICE_SENT",
+        "PROVIDER_ANSWERED",
+        "REMOVED",
+        "RECHECKED",
+        "STILL_ONLINE",
+        "NOTICE_REPEATED",
+    ]
+    facts = [
+        f
+        for e in events
+        if (
+            f := fact_of(
+                e["event_id"], e["referral_id"], e["actor"], e["to_party"], e["reason"], e["at"]
+            )
+        )
+    ]
+    assert summarise(facts)["overall"]["removed"] == 0
