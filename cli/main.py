@@ -21,6 +21,7 @@ from cli import (
     retention_cmd,
     router_cmd,
     schema_cmd,
+    stats_cmd,
     topics_cmd,
 )
 from cli.app import App, CliState, configure_logging, fit_consoles
@@ -52,6 +53,7 @@ app.command("flows")(operator_cmd.flows_cmd)
 app.command("tail")(operator_cmd.tail)
 app.command("console")(console_cmd.console_cmd)
 app.add_typer(request_cmd.app, name="request")
+app.command("stats")(stats_cmd.stats_cmd)
 
 
 @app.callback()

@@ -10,7 +10,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from console.pages import inbox, login, operator, referral, requests
+from console.pages import inbox, login, operator, referral, requests, stats
 from console.web import CONTENT_SECURITY_POLICY, Console, Guard, Web, environment
 
 __all__ = ["CONTENT_SECURITY_POLICY", "Console", "build_app"]
@@ -28,6 +28,7 @@ def build_app(console: Console, allowed_hosts: Sequence[str] | None = None) -> S
         *requests.ROUTES,
         *referral.ROUTES,
         *operator.ROUTES,
+        *stats.ROUTES,
         Mount("/static", StaticFiles(packages=[("console", "static")]), name="static"),
     ]
     middleware = [Middleware(Guard, sessions=console.sessions)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import suppress
+from pathlib import Path
 
 from broker.config import Settings
 from broker.errors import ReferralError
@@ -17,7 +18,7 @@ from broker.ledger.store import LedgerStore
 from broker.ledger.views import HandoverRecord
 from broker.wire.codec import Codec
 
-__all__ = ["SYNC_EVERY", "records", "referral_ids"]
+__all__ = ["SYNC_EVERY", "records", "referral_ids", "synced_path"]
 
 #: The ledger is synced from its topic at most this often (seconds).
 SYNC_EVERY = 1.0
@@ -49,3 +50,10 @@ def referral_ids(settings: Settings, codec: Codec) -> list[str]:
     with _LOCK, LedgerStore.for_settings(settings) as store:
         _sync(settings, codec, store)
         return store.referral_ids()
+
+
+def synced_path(settings: Settings, codec: Codec) -> Path:
+    """The ledger store's file, after a sync that is due (for readers of its SQLite)."""
+    with _LOCK, LedgerStore.for_settings(settings) as store:
+        _sync(settings, codec, store)
+        return store.path

@@ -43,6 +43,7 @@ PROCESS_SUITES = frozenset(
         "test_broker_restart.py",
         "test_demo_cmd.py",
         "test_browser.py",
+        "test_stats_browser.py",
         "test_connector_cmd.py",
     }
 )

@@ -246,6 +246,8 @@ class HandoverEventType(StrEnum):
     REQUEST_CLARIFICATION_GIVEN = "REQUEST_CLARIFICATION_GIVEN"
     REQUEST_DELAYED = "REQUEST_DELAYED"
     REQUEST_OVERDUE = "REQUEST_OVERDUE"
+    #: one step of an item's takedown trail (``reason``: the step and ids, :mod:`broker.takedown`)
+    TAKEDOWN = "TAKEDOWN"
 
 
 # -- constrained scalar types ----------------------------------------------------------------
