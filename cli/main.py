@@ -15,6 +15,7 @@ from cli import (
     demo_cmd,
     inbox_cmd,
     keys_cmd,
+    known_cmd,
     receipt_cmd,
     router_cmd,
     schema_cmd,
@@ -29,6 +30,7 @@ app.add_typer(broker_cmd.app, name="broker")
 app.add_typer(topics_cmd.app, name="topics")
 app.add_typer(schema_cmd.app, name="schema")
 app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(known_cmd.app, name="known")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(config_cmd.network_app, name="network")
 app.command("demo")(demo_cmd.demo)

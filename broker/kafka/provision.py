@@ -59,7 +59,16 @@ def provision(
         raise KafkaBrokerError(f"cannot list topics: {type(exc).__name__}") from exc
     missing = {name: n for name, n in required.items() if name not in present}
     if missing:
-        new = [NewTopic(name, n, network.topics.replication_factor) for name, n in missing.items()]
+        names = names or TopicNames()
+        new = [
+            NewTopic(
+                name,
+                n,
+                network.topics.replication_factor,
+                topic_configs=network.topic_config(names.strip(name) or name),
+            )
+            for name, n in missing.items()
+        ]
         try:
             admin.create_topics(new)
         except TopicAlreadyExistsError:

@@ -256,6 +256,10 @@ class HandoverEventType(StrEnum):
     AMENDED = "AMENDED"
     #: a moved item was referred on in a child referral (recorded on the parent and the child)
     REROUTED = "REROUTED"
+    #: the match-token evaluator evaluated a batch of blinded elements (``reason``: the count)
+    EVALUATED = "EVALUATED"
+    #: the evaluator refused an organisation's batch (over its rate, unknown key, bad element)
+    EVALUATION_REFUSED = "EVALUATION_REFUSED"
 
 
 # -- constrained scalar types ----------------------------------------------------------------

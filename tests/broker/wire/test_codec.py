@@ -589,7 +589,8 @@ def test_handover_event_version_1_bytes_still_decode_and_version_2_writes_resolv
     assert CODEC.schema_id_of(v1) == 3
     _, datum = CODEC.decode(v1, expected=HANDOVER_EVENT)
     assert (datum["event"], datum["actor"], datum["offset"]) == ("DELIVERED", "police-de", 7)
-    for kind in ("RESOLVED", "AMENDED", "REROUTED"):  # version 2 added the first, 3 the others
+    # version 2 added RESOLVED, 3 AMENDED and REROUTED, 4 the evaluator's two (issue 24)
+    for kind in ("RESOLVED", "AMENDED", "REROUTED", "EVALUATED", "EVALUATION_REFUSED"):
         data = CODEC.encode(HANDOVER_EVENT, {**datum, "event": kind})
-        assert CODEC.schema_id_of(data) == EmbeddedRegistry().latest(HANDOVER_EVENT).id == 12
+        assert CODEC.schema_id_of(data) == EmbeddedRegistry().latest(HANDOVER_EVENT).id == 15
         assert CODEC.decode(data, expected=HANDOVER_EVENT)[1]["event"] == kind

@@ -1,0 +1,65 @@
+"""``referral known evaluate|sync|show``: known content (blind match tokens, issue 24)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from broker.kafka import clients
+from broker.known.index import MatchIndex
+from broker.known.service import EvaluationService, known_settings
+from broker.security.keys import load_trust
+from broker.wire.codec import Codec
+from cli.app import NETWORK_OPTION, App, console, service_stop_event, state
+
+__all__ = ["app"]
+
+app = App(help="Known content: the match-token evaluator and each member's match index.")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    ctx: typer.Context,
+    network_file: Path | None = NETWORK_OPTION,
+    idle_exit: float | None = typer.Option(
+        None, "--idle-exit", help="Exit after this many seconds without requests."
+    ),
+) -> None:
+    """Run the evaluator (the [known] organisation): answer blinded batches until stopped."""
+    st = state(ctx)
+    network = st.network(network_file)
+    settings = st.settings
+    known = known_settings(network)
+    service = EvaluationService(settings, network, Codec.from_settings(settings))
+    console.print(
+        f"evaluator {known.evaluator}: key {service.ring.current.key_id}, at most"
+        f" {known.rate_items} elements per organisation per {known.rate_seconds:g} s"
+    )
+    service.run(service_stop_event(), idle_exit_s=idle_exit)
+    console.print(f"evaluator stopped: {service.evaluated} elements, {service.refused} refusals")
+
+
+@app.command("sync")
+def sync_cmd(
+    ctx: typer.Context,
+    org: str = typer.Argument(..., help="Organisation id from the network file."),
+    network_file: Path | None = NETWORK_OPTION,
+) -> None:
+    """Read match.tokens into ORG's local match index."""
+    st = state(ctx)
+    network = st.network(network_file)
+    network.organisation(org)
+    settings = st.settings
+    known_settings(network)
+    trust = load_trust(network, settings.network_file)
+    index = MatchIndex.for_org(settings, org)
+    consumer = clients.consumer(settings, group_id=None, role=f"known-sync-{org}")
+    try:
+        taken = index.sync(
+            consumer, settings.topic_names().match_tokens, trust, network.network.allow_plain
+        )
+        console.print(f"{taken} match-token entries taken; {len(index)} in the index of {org}")
+    finally:
+        consumer.close()
+        index.close()
