@@ -1,4 +1,4 @@
-"""``referral known evaluate|sync|show``: known content (blind match tokens, issue 24)."""
+"""``referral known evaluate|sync|rederive``: known content (blind match tokens, issue 24)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from pathlib import Path
 import typer
 
 from broker.kafka import clients
+from broker.known.client import EvaluationClient
 from broker.known.index import MatchIndex
+from broker.known.publish import KnownPublisher
 from broker.known.service import EvaluationService, known_settings
-from broker.security.keys import load_trust
+from broker.origin.outbox import Outbox
+from broker.security.keys import LiveKeys, key_dir, load_trust
 from broker.wire.codec import Codec
 from cli.app import NETWORK_OPTION, App, console, service_stop_event, state
 
@@ -26,7 +29,7 @@ def evaluate_cmd(
         None, "--idle-exit", help="Exit after this many seconds without requests."
     ),
 ) -> None:
-    """Run the evaluator (the [known] organisation): answer blinded batches until stopped."""
+    """Run the evaluator (known.evaluator of the network file): answer blinded batches until stopped."""
     st = state(ctx)
     network = st.network(network_file)
     settings = st.settings
@@ -63,3 +66,30 @@ def sync_cmd(
     finally:
         consumer.close()
         index.close()
+
+
+@app.command("rederive")
+def rederive_cmd(
+    ctx: typer.Context,
+    org: str = typer.Argument(..., help="The origin organisation."),
+    network_file: Path | None = NETWORK_OPTION,
+) -> None:
+    """After the evaluator's key rotated: re-derive ORG's tokens of everything it published."""
+    st = state(ctx)
+    network = st.network(network_file)
+    network.organisation(org)
+    settings = st.settings
+    known_settings(network)
+    producer = clients.producer(settings, role=f"known-{org}")
+    client = EvaluationClient(settings, network, org, producer)
+    index = MatchIndex.for_org(settings, org)
+    outbox = Outbox.for_org(settings, org)
+    try:
+        publisher = KnownPublisher(client, index, producer, LiveKeys(key_dir(settings, org), org))
+        done = publisher.rederive(outbox)
+        console.print(f"{org}: tokens of {done} referral(s) re-derived and published")
+    finally:
+        client.close()
+        index.close()
+        outbox.close()
+        producer.close()

@@ -211,6 +211,32 @@ class MatchIndex:
                 [(t.referral_id, t.item_id, t.kind, t.key_id, t.token, t.at_ms) for t in tokens],
             )
 
+    def own_tokens(self, referral_ids: Sequence[str]) -> list[OwnToken]:
+        """The tokens held of the items of ``referral_ids`` (under every key id)."""
+        out: list[OwnToken] = []
+        for rid in referral_ids:
+            for r in self._db.query("SELECT * FROM own WHERE referral_id = ?", (rid,)):
+                out.append(
+                    OwnToken(
+                        rid,
+                        str(r["item_id"]),
+                        str(r["kind"]),
+                        str(r["key_id"]),
+                        bytes(r["token"]),
+                        int(r["at_ms"]),
+                    )
+                )
+        return out
+
+    def drop_own(self, tokens: Sequence[OwnToken], entry_keys: Sequence[str]) -> None:
+        """Forget own tokens (of a retired key) and the entries they made."""
+        with self._db.transaction() as conn:
+            conn.executemany(
+                "DELETE FROM own WHERE referral_id = ? AND item_id = ? AND kind = ? AND key_id = ?",
+                [(t.referral_id, t.item_id, t.kind, t.key_id) for t in tokens],
+            )
+            conn.executemany("DELETE FROM tokens WHERE rkey = ?", [(k,) for k in entry_keys])
+
     def has_own(self, referral_id: str) -> bool:
         """True if the items of ``referral_id`` were tokenised here."""
         rows = self._db.query("SELECT 1 FROM own WHERE referral_id = ? LIMIT 1", (referral_id,))

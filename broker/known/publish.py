@@ -27,6 +27,7 @@ from broker.known.client import EvaluationClient
 from broker.known.index import MatchIndex, OwnToken, PreviouslyAssessed
 from broker.known.normalise import hash_input, url_input
 from broker.known.wire import MatchRecord, encode_match, reference, sign_known
+from broker.origin.outbox import Outbox
 from broker.security.keys import LiveKeys
 
 __all__ = ["ItemInput", "KnownPublisher", "KnownSink", "item_inputs"]
@@ -177,6 +178,35 @@ class KnownPublisher(_Tokeniser):
         self.producer.flush(self.client.timeout)
         self.index.add(records)
         return known
+
+    def rederive(self, outbox: Outbox) -> int:
+        """After a key rotation: tokens of every referral the outbox keeps, under the current
+        key, published; the entries of older keys removed (tombstones). Referrals redone."""
+        docs: list[tuple[str, Mapping[str, Any]]] = []
+        for pending in outbox.all():
+            entry = outbox.get(pending.referral_id)
+            if entry is not None and entry.document is not None:
+                docs.append((entry.referral_id, entry.document))
+        if not docs:
+            return 0
+        before = self.index.own_tokens([rid for rid, _ in docs])
+        self.publish(docs)
+        current = {t.key_id for t in self.index.own_tokens([docs[0][0]])} - {
+            t.key_id for t in before
+        }
+        if not current:
+            return len(docs)  # no new key: the same tokens again
+        stale = [t for t in before if t.key_id not in current]
+        keys = [
+            f"{t.key_id}:{t.token.hex()}:{self.holder}:"
+            + reference(t.token, t.referral_id, t.item_id)
+            for t in stale
+        ]
+        for key in keys:
+            self.producer.send(self.topic, key=key.encode("ascii"), value=None)
+        self.producer.flush(self.client.timeout)
+        self.index.drop_own(stale, keys)
+        return len(docs)
 
 
 class KnownSink(Sink):
