@@ -320,6 +320,7 @@ def _publish_all(net: _Net, planned: list[Item], out: Outcome) -> dict[str, tupl
         if phase == "repeats":
             for org in HOTLINES:
                 _sync(net, org)
+            out.seconds["sync hotline indexes"] = time.perf_counter() - started
         for org in HOTLINES:
             mine = [(i, it) for i, it in rows if it.org == org]
             batch = []
@@ -572,9 +573,8 @@ def lookup_figures(
             known.append(token)
         rows.append(
             (
-                f"k:{n}",
-                "k",
                 token,
+                "k",
                 HOTLINES[n % 3],
                 f"{n:032x}",
                 "sha256",
@@ -585,10 +585,10 @@ def lookup_figures(
             )
         )
         if len(rows) == 50_000:
-            conn.executemany("INSERT INTO tokens VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            conn.executemany("INSERT INTO tokens VALUES (?,?,?,?,?,?,?,?,?)", rows)
             conn.commit()
             rows = []
-    conn.executemany("INSERT INTO tokens VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+    conn.executemany("INSERT INTO tokens VALUES (?,?,?,?,?,?,?,?,?)", rows)
     conn.commit()
     conn.close()
     build_s = time.perf_counter() - started
@@ -693,7 +693,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=6_300)
     parser.add_argument("--tokens", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--lookups-only", action="store_true", help="Only the index lookups.")
     args = parser.parse_args(argv)
+    if args.lookups_only:
+        import tempfile as tf
+
+        with tf.TemporaryDirectory(prefix="known-lookups-") as tmp:
+            print(json.dumps(lookup_figures(Path(tmp), args.tokens, 100.0, args.seconds)))
+        return
     with tempfile.TemporaryDirectory(prefix="known-bench-") as tmp:
         run_dir = Path(tmp)
         with EmbeddedBroker(log_path=run_dir / "broker.log").start() as broker:

@@ -31,18 +31,17 @@ log = logging.getLogger("referral.known.index")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
-    rkey            TEXT PRIMARY KEY,
-    key_id          TEXT NOT NULL,
     token           BLOB NOT NULL,
+    key_id          TEXT NOT NULL,
     holder          TEXT NOT NULL,
     ref             TEXT NOT NULL,
     kind            TEXT NOT NULL,
     tlp             TEXT NOT NULL,
     assessed_at_ms  INTEGER NOT NULL,
     classification  TEXT,
-    case_status     TEXT
+    case_status     TEXT,
+    PRIMARY KEY (token, key_id, holder, ref)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS tokens_by_token ON tokens (token);
 CREATE TABLE IF NOT EXISTS own (
     referral_id TEXT NOT NULL,
     item_id     TEXT NOT NULL,
@@ -130,17 +129,31 @@ class MatchIndex:
         return int(self._db.query("SELECT COUNT(*) AS n FROM tokens")[0]["n"])
 
     # -- the topic's entries --------------------------------------------------------------------
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, rkeys: Sequence[str]) -> None:
+        """Drop entries by their topic keys (``key id:token:holder:ref``)."""
+        rows = []
+        for rkey in rkeys:
+            parts = rkey.split(":")
+            if len(parts) == 4:
+                try:
+                    rows.append((bytes.fromhex(parts[1]), parts[0], parts[2], parts[3]))
+                except ValueError:
+                    continue
+        conn.executemany(
+            "DELETE FROM tokens WHERE token = ? AND key_id = ? AND holder = ? AND ref = ?", rows
+        )
+
     def put(self, conn: sqlite3.Connection, rkey: str, record: MatchRecord | None) -> None:
         """Store (or, for a tombstone, drop) one entry, in the caller's transaction."""
         if record is None:
-            conn.execute("DELETE FROM tokens WHERE rkey = ?", (rkey,))
+            self._delete(conn, [rkey])
             return
         conn.execute(
-            "INSERT OR REPLACE INTO tokens VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO tokens VALUES (?,?,?,?,?,?,?,?,?)",
             (
-                rkey,
-                record.key,
                 bytes.fromhex(record.token),
+                record.key,
                 record.holder,
                 record.ref,
                 record.kind,
@@ -235,7 +248,7 @@ class MatchIndex:
                 "DELETE FROM own WHERE referral_id = ? AND item_id = ? AND kind = ? AND key_id = ?",
                 [(t.referral_id, t.item_id, t.kind, t.key_id) for t in tokens],
             )
-            conn.executemany("DELETE FROM tokens WHERE rkey = ?", [(k,) for k in entry_keys])
+            self._delete(conn, entry_keys)
 
     def has_own(self, referral_id: str) -> bool:
         """True if the items of ``referral_id`` were tokenised here."""
@@ -266,19 +279,25 @@ class MatchIndex:
     ) -> PreviouslyAssessed | None:
         """The earliest entry before ``before_ms`` of any ``(kind, key id, token)``, not of
         this very item."""
+        if not tokens:
+            return None
+        wanted = {(token, key_id): kind for kind, key_id, token in tokens}
+        mine = {token: reference(token, referral_id, item_id) for _, _, token in tokens}
+        marks = ",".join("?" * len(tokens))
         best: sqlite3.Row | None = None
         kinds: list[str] = []
-        for kind, key_id, token in tokens:
-            mine = reference(token, referral_id, item_id)
-            rows = self._db.query(
-                "SELECT * FROM tokens WHERE token = ? AND key_id = ? AND ref != ?"
-                " AND assessed_at_ms < ? ORDER BY assessed_at_ms LIMIT 1",
-                (token, key_id, mine, before_ms),
-            )
-            if rows:
+        for row in self._db.query(
+            f"SELECT * FROM tokens WHERE token IN ({marks}) AND assessed_at_ms < ?",
+            (*(t for _, _, t in tokens), before_ms),
+        ):
+            token = bytes(row["token"])
+            kind = wanted.get((token, str(row["key_id"])))
+            if kind is None or row["ref"] == mine[token]:
+                continue
+            if kind not in kinds:
                 kinds.append(kind)
-                if best is None or rows[0]["assessed_at_ms"] < best["assessed_at_ms"]:
-                    best = rows[0]
+            if best is None or row["assessed_at_ms"] < best["assessed_at_ms"]:
+                best = row
         if best is None:
             return None
         return PreviouslyAssessed(
