@@ -121,12 +121,24 @@ FR = ["police-fr"]
 """
 
 
-def known_network(settings: Settings, *, rate: int = 100_000) -> tuple[Settings, Network]:
-    """Write the network into the state directory (keys for all, an OPRF key), provision it."""
+def known_network(
+    settings: Settings, *, rate: int = 100_000, connectors: bool = False
+) -> tuple[Settings, Network]:
+    """Write the network into the state directory (keys for all, an OPRF key), provision it.
+
+    ``connectors``: the hotlines and police-fr get the ``known`` connector kind.
+    """
     state = Path(settings.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     trust = state / "trust.toml"
     text = NETWORK.format(trust=trust, rate=rate)
+    if connectors:
+        for org, country in (*COUNTRIES.items(), (RECEIVER, "FR")):
+            block = f'id = "{org}"\n'
+            at = text.index(block)
+            end = text.index(f'country = "{country}"\n', at) + len(f'country = "{country}"\n')
+            known = "[organisations.connectors.known]\ntimeout_s = 30\n"
+            text = text[:end] + known + text[end:]
     path = state / "network.toml"
     path.write_text(text, encoding="utf-8")
     network = parse_network(text, str(path))
