@@ -8,19 +8,30 @@ hash or URL is in any topic or in the evaluator's stores, and guesses confirm no
 from __future__ import annotations
 
 import json
+import logging
+from random import Random
 
 import pytest
 from typer.testing import CliRunner
 
-from bench.known_net import RECEIVER, run
+from bench.known_net import RECEIVER, Outcome, plan, run, scan
 from broker.config import Settings
 from cli.main import app
 
 pytestmark = pytest.mark.slow
 
 
-def test_repeats_across_hotlines_are_marked_and_nothing_leaks(settings: Settings) -> None:
+def test_repeats_across_hotlines_are_marked_and_nothing_leaks(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     out = run(settings, items=300, repeats=189, receive_timeout=120)
+    # No canary in any log line either (every logger, DEBUG and up).
+    lines = Outcome()
+    scan(iter(r.getMessage().encode() for r in caplog.records), plan(300, 189, Random(24)), lines)
+    assert lines.canaries == out.canaries
+    assert lines.canaries_found == 0
+    assert len(caplog.records) > 100
     assert out.marked_repeats == out.repeats == 189
     assert out.right_holder_and_class == 189
     assert out.red_marks > 0
