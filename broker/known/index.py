@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,6 @@ class PreviouslyAssessed:
         """``previously assessed by hl-de as BASELINE on 2026-11-02 (case status REMOVED)``."""
         if self.restricted:
             return f"known to {self.holder} (TLP:RED): ask {self.holder}"
-        import time
-
         day = time.strftime("%Y-%m-%d", time.gmtime(self.assessed_at_ms / 1000))
         status = f" (case status {self.case_status})" if self.case_status else ""
         return f"previously assessed by {self.holder} as {self.classification} on {day}{status}"

@@ -16,6 +16,8 @@ from broker.known.keystore import OprfKeys, oprf_dir
 from broker.known.normalise import hash_input
 from broker.known.wire import Request, encode_request
 from broker.ledger.events import decode_events
+from broker.ledger.store import LedgerStore
+from broker.security.keys import load_trust
 from broker.wire.codec import Codec
 from tests.support.kafka import publish, read_topic
 from tests.support.known import known_network, running_evaluator
@@ -56,6 +58,12 @@ def test_tokens_through_the_evaluator_equal_the_key_holders_prf(settings: Settin
     refused = [s for s in said if s[0] == "EVALUATION_REFUSED"]
     assert [s[1] for s in refused] == ["hl-b"]
     assert "60 items over its rate of 50 per 3600 s" in str(refused[0][2])
+    # The evaluator's ledger records verify like everyone's: signed by the secretariat's key.
+    codec = Codec.from_settings(settings)
+    with LedgerStore.for_settings(settings) as store:
+        store.sync(settings, codec)
+        trust = load_trust(network, settings.network_file)
+        assert store.verify(trust, codec=codec, allow_plain=False).intact
 
 
 def test_an_unsigned_or_forged_request_is_refused_and_recorded(settings: Settings) -> None:
