@@ -29,7 +29,7 @@ def evaluate_cmd(
         None, "--idle-exit", help="Exit after this many seconds without requests."
     ),
 ) -> None:
-    """Run the evaluator (known.evaluator of the network file): answer blinded batches until stopped."""
+    """Run the evaluator (known.evaluator of the network file): answer blinded batches."""
     st = state(ctx)
     network = st.network(network_file)
     settings = st.settings

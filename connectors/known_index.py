@@ -13,6 +13,7 @@ table and a running evaluator (``referral known evaluate``); without an answer i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -21,16 +22,24 @@ from pydantic import BaseModel, Field
 from broker.config import Settings
 from broker.contracts import Source
 from broker.errors import ConfigError
+from broker.ids import short_id
 from broker.kafka import clients
 from broker.known.client import EvaluationClient
 from broker.known.index import MatchIndex
 from broker.known.publish import KnownPublisher, KnownSink
 from broker.network import Network
-from broker.origin.publisher import KnownHook
+from broker.origin.publisher import BatchResult, KnownHook
 from broker.security.keys import LiveKeys, key_dir, load_trust
 from connectors.base import ConnectorConfig
 
-__all__ = ["KnownConfig", "KnownParts", "KnownSync", "known_parts"]
+__all__ = [
+    "KnownConfig",
+    "KnownParts",
+    "KnownSync",
+    "known_for_publish",
+    "known_lines",
+    "known_parts",
+]
 
 
 class KnownConfig(ConnectorConfig):
@@ -51,13 +60,14 @@ class KnownSync(Source):
         self.index = index
         self._consumer: KafkaConsumer | None = None
 
-    def poll(self) -> int:
+    def poll(self, idle: float = 0.5) -> int:
         """Take what came on ``match.tokens`` since the last poll; the entries taken."""
         if self._consumer is None:
             self._consumer = clients.consumer(self.settings, group_id=None, role="known-sync")
         trust = load_trust(self.network, self.settings.network_file)
         topic = self.settings.topic_names().match_tokens
-        self.index.sync(self._consumer, topic, trust, self.network.network.allow_plain)
+        allow_plain = self.network.network.allow_plain
+        self.index.sync(self._consumer, topic, trust, allow_plain, idle=idle)
         return 0
 
     def close(self) -> None:
@@ -106,3 +116,27 @@ def known_parts(
         own = EvaluationClient(settings, network, org_id, producer, timeout=timeout)
         sink = KnownSink(own, index)
     return KnownParts(publisher.publish, sink, client, index, KnownSync(settings, network, index))
+
+
+def known_for_publish(
+    settings: Settings, network: Network, org_id: str, producer: KafkaProducer
+) -> KnownParts | None:
+    """A one-off publish's known-content parts, its index synced first (None: not opted in)."""
+    raw = network.organisation(org_id).connectors.get("known")
+    if raw is None or network.known is None:
+        return None
+    parts = known_parts(settings, network, org_id, producer, KnownConfig.model_validate(raw), False)
+    try:
+        parts.syncer.poll(idle=2.0)  # once, before publishing: wait out a late end offset
+    finally:
+        parts.syncer.close()
+    return parts
+
+
+def known_lines(results: Iterable[BatchResult]) -> list[str]:
+    """``<referral> item <item>: previously assessed by hl-de as BASELINE on ...`` lines."""
+    return [
+        f"{short_id(rid)} item {short_id(item)}: {hit.line()}"
+        for result in results
+        for (rid, item), hit in result.known.items()
+    ]

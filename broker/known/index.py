@@ -170,10 +170,19 @@ class MatchIndex:
                 self.put(conn, r.record_key().decode(), r)
 
     def sync(
-        self, consumer: KafkaConsumer, topic: str, trust: TrustStore, allow_plain: bool
+        self,
+        consumer: KafkaConsumer,
+        topic: str,
+        trust: TrustStore,
+        allow_plain: bool,
+        *,
+        idle: float = 0.5,
     ) -> int:
-        """Read ``topic`` on from the stored positions; the entries taken (bad ones skipped)."""
-        reader = TopicReader(consumer, topic, timeout=120.0, idle=0.3, wait_for_topic=5.0)
+        """Read ``topic`` on from the stored positions; the entries taken (bad ones skipped).
+
+        The end is an ``idle`` s quiet poll past the listed end offsets (Tansu lists late).
+        """
+        reader = TopicReader(consumer, topic, timeout=120.0, idle=idle, wait_for_topic=5.0)
         start = {
             TopicPartition(topic, int(r["partition"])): int(r["next"])
             for r in self._db.query(
@@ -276,7 +285,7 @@ class MatchIndex:
         item_id: str,
         before_ms: int,
     ) -> PreviouslyAssessed | None:
-        """The earliest entry before ``before_ms`` of any ``(kind, key id, token)``, not of
+        """The earliest entry not after ``before_ms`` of any ``(kind, key id, token)``, not of
         this very item."""
         if not tokens:
             return None
@@ -286,15 +295,14 @@ class MatchIndex:
         best: sqlite3.Row | None = None
         kinds: list[str] = []
         for row in self._db.query(
-            f"SELECT * FROM tokens WHERE token IN ({marks}) AND assessed_at_ms < ?",
+            f"SELECT * FROM tokens WHERE token IN ({marks}) AND assessed_at_ms <= ?",
             (*(t for _, _, t in tokens), before_ms),
         ):
             token = bytes(row["token"])
             kind = wanted.get((token, str(row["key_id"])))
             if kind is None or row["ref"] == mine[token]:
                 continue
-            if kind not in kinds:
-                kinds.append(kind)
+            kinds.append(kind)
             if best is None or row["assessed_at_ms"] < best["assessed_at_ms"]:
                 best = row
         if best is None:
@@ -303,7 +311,7 @@ class MatchIndex:
             str(best["holder"]),
             str(best["tlp"]),
             int(best["assessed_at_ms"]),
-            tuple(kinds),
+            tuple(k for k, _, _ in tokens if k in kinds),  # in the order asked
             best["classification"],
             best["case_status"],
         )
