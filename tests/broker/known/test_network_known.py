@@ -22,7 +22,7 @@ def test_the_demo_network_names_the_secretariat_as_evaluator_and_its_topics() ->
 
 def test_an_evaluator_that_is_not_a_member_is_named() -> None:
     text = EXAMPLE_NETWORK.read_text().replace('evaluator = "secretariat"', 'evaluator = "nobody"')
-    with pytest.raises(NetworkFileError, match="known.evaluator: unknown organisation 'nobody'"):
+    with pytest.raises(NetworkFileError, match=r"known\.evaluator: unknown organisation 'nobody'"):
         parse_network(text, "net.toml")
 
 
