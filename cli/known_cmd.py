@@ -12,6 +12,7 @@ from broker.known.index import MatchIndex
 from broker.known.publish import KnownPublisher
 from broker.known.service import EvaluationService, known_settings
 from broker.origin.outbox import Outbox
+from broker.origin.status_log import StatusLog
 from broker.security.keys import LiveKeys, key_dir, load_trust
 from broker.wire.codec import Codec
 from cli.app import NETWORK_OPTION, App, console, service_stop_event, state
@@ -74,7 +75,8 @@ def rederive_cmd(
     org: str = typer.Argument(..., help="The origin organisation."),
     network_file: Path | None = NETWORK_OPTION,
 ) -> None:
-    """After the evaluator's key rotated: re-derive ORG's tokens of everything it published."""
+    """Re-derive ORG's tokens of everything it published (after a key rotation), each with
+    its current case status (the latest outcome reported for the item)."""
     st = state(ctx)
     network = st.network(network_file)
     network.organisation(org)
@@ -84,12 +86,16 @@ def rederive_cmd(
     client = EvaluationClient(settings, network, org, producer)
     index = MatchIndex.for_org(settings, org)
     outbox = Outbox.for_org(settings, org)
+    status_log = StatusLog.for_org(settings, org)
     try:
         publisher = KnownPublisher(client, index, producer, LiveKeys(key_dir(settings, org), org))
-        done = publisher.rederive(outbox)
-        console.print(f"{org}: tokens of {done} referral(s) re-derived and published")
+        done = publisher.rederive(outbox, status_log)
+        console.print(
+            f"{org}: tokens of {done} referral(s) re-derived and published with their case status"
+        )
     finally:
         client.close()
         index.close()
         outbox.close()
+        status_log.close()
         producer.close()

@@ -28,6 +28,7 @@ from broker.known.index import MatchIndex, OwnToken, PreviouslyAssessed
 from broker.known.normalise import hash_input, url_input
 from broker.known.wire import MatchRecord, encode_match, reference, sign_known
 from broker.origin.outbox import Outbox
+from broker.origin.status_log import StatusLog
 from broker.security.keys import LiveKeys
 
 __all__ = ["ItemInput", "KnownPublisher", "KnownSink", "item_inputs"]
@@ -140,9 +141,15 @@ class KnownPublisher(_Tokeniser):
         self.case_status = case_status
 
     def publish(
-        self, referrals: Sequence[tuple[str, Mapping[str, Any]]]
+        self,
+        referrals: Sequence[tuple[str, Mapping[str, Any]]],
+        statuses: Mapping[tuple[str, str], str] | None = None,
     ) -> dict[tuple[str, str], PreviouslyAssessed]:
-        """Tokenise and publish; what was known before, by (referral id, item id)."""
+        """Tokenise and publish; what was known before, by (referral id, item id).
+
+        ``statuses``: each item's case status (its latest outcome), by (referral id, item id).
+        """
+        statuses = statuses or {}
         known: dict[tuple[str, str], PreviouslyAssessed] = {}
         records: list[MatchRecord] = []
         for rid, doc, _, own in self.tokenise(referrals):
@@ -159,7 +166,7 @@ class KnownPublisher(_Tokeniser):
                         tlp,
                         at_ms,
                         None if red else classes.get(t.item_id),
-                        None if red else self.case_status,
+                        None if red else statuses.get((rid, t.item_id), self.case_status),
                     )
                 )
             for item_id in dict.fromkeys(t.item_id for t in own):
@@ -179,9 +186,10 @@ class KnownPublisher(_Tokeniser):
         self.index.add(records)
         return known
 
-    def rederive(self, outbox: Outbox) -> int:
+    def rederive(self, outbox: Outbox, status_log: StatusLog | None = None) -> int:
         """After a key rotation: tokens of every referral the outbox keeps, under the current
-        key, published; the entries of older keys removed (tombstones). Referrals redone."""
+        key, published (with each item's latest outcome from ``status_log`` as its case
+        status); the entries of older keys removed (tombstones). Referrals redone."""
         docs: list[tuple[str, Mapping[str, Any]]] = []
         for pending in outbox.all():
             entry = outbox.get(pending.referral_id)
@@ -190,7 +198,11 @@ class KnownPublisher(_Tokeniser):
         if not docs:
             return 0
         before = self.index.own_tokens([rid for rid, _ in docs])
-        self.publish(docs)
+        statuses = {}
+        if status_log is not None:  # item_states is oldest first: the latest wins
+            for state in status_log.item_states():
+                statuses[(state.referral_id, state.item_id)] = state.outcome.outcome.value
+        self.publish(docs, statuses)
         current = {t.key_id for t in self.index.own_tokens([docs[0][0]])} - {
             t.key_id for t in before
         }

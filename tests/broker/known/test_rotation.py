@@ -11,8 +11,10 @@ from broker.known.keystore import OprfKeys, oprf_dir
 from broker.known.publish import KnownPublisher, item_inputs
 from broker.origin.outbox import Outbox
 from broker.origin.publisher import Publisher
+from broker.origin.status_log import StatusLog
 from broker.security.keys import LiveKeys, key_dir, load_trust
 from broker.wire.codec import Codec
+from broker.wire.models import ItemOutcome, utc_now_ms
 from tests.support.known import known_network, running_evaluator
 
 
@@ -47,23 +49,29 @@ def test_tokens_are_rederived_under_the_new_key_and_the_old_entries_go(
         old_key = service.ring.current.key_id
         assert {t.key_id for t in index.own_tokens([outbox.all()[0].referral_id])} == {old_key}
         new_key = OprfKeys(oprf_dir(settings, "secretariat")).create()  # keys init --rotate
-        assert known.rederive(outbox) == 1
-        assert service.ring.current.key_id == new_key
         rid = outbox.all()[0].referral_id
-        assert {t.key_id for t in index.own_tokens([rid])} == {new_key}
-        # Another member's index, synced from the compacted topic: only the new key's entries.
-        other = MatchIndex.for_org(settings, "police-fr")
-        _sync(settings, other, network)
         stored = outbox.get(rid)
         assert stored is not None
         assert stored.document is not None
         inputs = item_inputs(stored.document)
+        removed = ItemOutcome.model_validate(
+            {"item_id": inputs[0].item_id, "outcome": "REMOVED", "observed_at": utc_now_ms()}
+        )
+        status_log = StatusLog.for_org(settings, "hl-a")
+        status_log.record_outcomes(rid, "police-fr", [removed], 1)
+        assert known.rederive(outbox, status_log) == 1
+        status_log.close()
+        assert service.ring.current.key_id == new_key
+        assert {t.key_id for t in index.own_tokens([rid])} == {new_key}
+        # Another member's index, synced from the compacted topic: only the new key's entries.
+        other = MatchIndex.for_org(settings, "police-fr")
+        _sync(settings, other, network)
         assert len(other) == len(inputs) == 30  # ten items: SHA-256, MD5, URL
         first = inputs[0]
         token = service.ring.current.token(first.data)
         hit = other.match([(first.kind, new_key, token.value)], "another", "item", 2**62)
         assert hit is not None
-        assert (hit.holder, hit.classification) == ("hl-a", "BASELINE")
+        assert (hit.holder, hit.classification, hit.case_status) == ("hl-a", "BASELINE", "REMOVED")
         stale = service.ring.get(old_key).token(first.data)
         assert other.match([(first.kind, old_key, stale.value)], "another", "item", 2**62) is None
         client.close()
