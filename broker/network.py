@@ -19,6 +19,7 @@ from broker.wire.topics import TopicNames
 
 __all__ = [
     "ROLES",
+    "KnownContent",
     "Network",
     "Organisation",
     "Role",
@@ -146,6 +147,18 @@ class NetworkInfo(_Frozen):
     signature_clock_skew_seconds: float = Field(default=300.0, ge=0)
 
 
+class KnownContent(_Frozen):
+    """The ``[known]`` table: who evaluates match tokens (:mod:`broker.known`), and how often."""
+
+    #: The organisation holding the OPRF key (e.g. the secretariat).
+    evaluator: str
+    #: A new OPRF key every so many days (tokens are re-derived under it).
+    rotate_days: float = Field(default=90.0, gt=0)
+    #: At most ``rate_items`` evaluated elements per organisation per ``rate_seconds``.
+    rate_items: int = Field(default=40_000, ge=1)
+    rate_seconds: float = Field(default=3600.0, gt=0)
+
+
 class Network(_Frozen):
     """A validated network: who is in it and where referrals go."""
 
@@ -156,6 +169,8 @@ class Network(_Frozen):
     retention: Retention = Field(default_factory=Retention)
     organisations: list[Organisation]
     routing: Routing
+    #: Known-content matching (None: off).
+    known: KnownContent | None = None
 
     def organisation(self, org_id: str) -> Organisation:
         """The organisation with id ``org_id`` (UnknownName, a KeyError, if there is none)."""
@@ -202,6 +217,10 @@ class Network(_Frozen):
             return list(entry)
         return [org for org in entry if self.role_of(org) == role]
 
+    def topic_config(self, name: str) -> dict[str, str]:
+        """Topic-level settings of a bare topic name: ``match.tokens`` is compacted."""
+        return {"cleanup.policy": "compact"} if name == topics.MATCH_TOKENS else {}
+
     def subscriptions(self, org_id: str, names: TopicNames | None = None) -> list[str]:
         """The referral topics an organisation's sink consumes."""
         names = names or TopicNames()
@@ -229,6 +248,8 @@ class Network(_Frozen):
         for cc in self.served():
             bare += [topics.jurisdiction_topic(cc), topics.urgent_topic(cc)]
         bare += [topics.status_topic(org.id) for org in self.organisations]
+        if self.known is not None:
+            bare += [topics.EVALUATE, topics.EVALUATED, topics.MATCH_TOKENS]
         return {names.prefix + name: self.topics.partitions_for(name) for name in bare}
 
 
@@ -344,6 +365,10 @@ def _problems(data: dict[str, Any]) -> list[str]:
         out.append("routing.fallback: no fallback organisation for unserved jurisdictions")
     elif isinstance(fallback, str) and fallback not in org_ids:
         out.append(f"routing.fallback: unknown organisation {fallback!r}")
+    known = data.get("known")
+    evaluator = known.get("evaluator") if isinstance(known, dict) else None
+    if isinstance(evaluator, str) and evaluator not in org_ids:
+        out.append(f"known.evaluator: unknown organisation {evaluator!r}")
     roles = _roles(orgs)
     juris = routing.get("jurisdictions", {})
     if isinstance(juris, dict):

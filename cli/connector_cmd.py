@@ -41,6 +41,7 @@ from cli.app import (
 )
 from cli.tables import WIDE_OPTION, is_narrow, new_table, print_table
 from connectors.formats import name_fields, read_referral_file
+from connectors.known_index import known_for_publish, known_lines
 from connectors.runtime import ConnectorRuntime
 
 __all__ = ["app", "outbox", "publish", "status"]
@@ -113,6 +114,7 @@ def publish(
     outbox = Outbox.for_org(settings, as_org)
     results: dict[str, BatchResult] = {}
     publisher: Publisher | None = None
+    known = known_for_publish(settings, network, as_org, producer)  # issue 24; None if off
     try:
         publisher = Publisher(
             settings,
@@ -122,6 +124,7 @@ def publish(
             producer,
             outbox,
             tracing=tracing,
+            known=known.hook if known is not None else None,
         )
         rows_by_file = {f: read_referral_file(f) for f in files}
         total = sum(len(r) for r in rows_by_file.values())
@@ -147,10 +150,15 @@ def publish(
         finally:
             if publisher is not None:
                 publisher.close()
+            if known is not None:
+                known.close()
             outbox.close()
             # The root spans of the published referrals' traces: exported before exiting.
             tracing.shutdown()
     _report_publish(results, as_json)
+    if not as_json:
+        for line in known_lines(results.values()):
+            console.print(escape(line), markup=False, soft_wrap=False)
 
 
 def _report_publish(results: dict[str, BatchResult], as_json: bool) -> None:

@@ -16,6 +16,7 @@ import typer
 
 from broker.errors import ConfigError
 from broker.ids import short_id
+from broker.known.views import inbox_marks, mark_lines
 from broker.operator.since import parse_since
 from broker.receiver.inbox import Inbox
 from broker.receiver.inbox_view import InboxEntry, entries, select, to_csv
@@ -55,12 +56,14 @@ def inbox_cmd(
     path = st.settings.org_dir(org) / "inbox.sqlite3"
     now = datetime.now(UTC)
     start = parse_since(since, now)
+    marks: dict[str, list[dict[str, object]]] = {}
     if not path.exists():
         received = []
     else:
         store = Inbox(path)
         try:
             received = store.received()
+            marks = inbox_marks(st.settings, org, store, received)  # known content (issue 24)
         finally:
             store.close()
     all_entries = entries(received, network.deadlines, now)
@@ -69,12 +72,16 @@ def inbox_cmd(
         all_entries, since=start, search=search, unacknowledged=unacknowledged, overdue=overdue
     )
     if as_json:
-        print_json([e.to_json() for e in shown])
+        print_json(
+            [{**e.to_json(), "previously_assessed": marks.get(e.referral_id, [])} for e in shown]
+        )
         return
     if as_csv:
         sys.stdout.write(to_csv(shown))
         return
     print_inbox(shown, org, now, wide=wide)
+    for line in mark_lines(marks, [e.referral_id for e in shown]):
+        console.print(escape(line), markup=False, soft_wrap=False)
 
 
 def _iso(at: datetime) -> str:

@@ -73,6 +73,22 @@ def init_cmd(
     else:
         console.print("the network file names no trust_file; add this to the organisation's table:")
         console.print(_table_snippet(keys), markup=False)
+    _oprf_key(network, settings, org, rotate)
+
+
+def _oprf_key(network: Network, settings: Any, org: str, rotate: bool) -> None:
+    """The evaluator of ``[known]`` also gets an OPRF key (a new current one on --rotate)."""
+    if network.known is None or network.known.evaluator != org:
+        return
+    from broker.known.keystore import OprfKeys, oprf_dir
+
+    store = OprfKeys(oprf_dir(settings, org))
+    if store.exists() and not rotate:
+        return
+    kid = store.create()
+    console.print(
+        f"  oprf {kid} (match-token key; a running evaluator takes it on its next request)"
+    )
 
 
 @app.command("show")

@@ -16,6 +16,7 @@ from cli import (
     demo_cmd,
     inbox_cmd,
     keys_cmd,
+    known_cmd,
     receipt_cmd,
     request_cmd,
     retention_cmd,
@@ -33,6 +34,7 @@ app.add_typer(broker_cmd.app, name="broker")
 app.add_typer(topics_cmd.app, name="topics")
 app.add_typer(schema_cmd.app, name="schema")
 app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(known_cmd.app, name="known")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(config_cmd.network_app, name="network")
 app.command("demo")(demo_cmd.demo)

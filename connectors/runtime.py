@@ -39,6 +39,7 @@ from connectors.base import ConnectorConfig, resolve_path, secret_from_env
 from connectors.drop_folder import DropFolderConfig, DropFolderSource
 from connectors.http_intake import HttpIntakeConfig, HttpIntakeSource
 from connectors.inbox_folder import InboxFolderConfig, InboxFolderSink
+from connectors.known_index import KnownConfig, known_parts
 from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
 from connectors.status_sink import StatusFolderConfig, StatusFolderSink, StatusWebhookSink
 from connectors.webhook import WebhookConfig, WebhookSink
@@ -137,6 +138,7 @@ KINDS: dict[str, Kind] = {
         "status", WebhookConfig, lambda rt, c: StatusWebhookSink(c, rt.settings, rt.env)
     ),
     "outbox": Kind("outbox", OutboxConfig),
+    "known": Kind("known", KnownConfig),
 }
 
 
@@ -239,8 +241,27 @@ class ConnectorRuntime:
         #: Spans of this organisation's connectors (exporter from the settings by default).
         self._own_tracing = tracing is None
         self.tracing = tracing or setup_tracing(settings, f"connectors-{org_id}")
+        #: Known content (the ``known`` kind, issue 24): tokens of what is sent and received.
+        self.known = (
+            known_parts(
+                settings, network, org_id, self.producer, parsed["known"], bool(self.topics)
+            )
+            if "known" in parsed
+            else None
+        )
+        if self.known is not None:
+            self.built.sources.append(self.known.syncer)
+            if self.known.sink is not None:
+                self.built.sinks.append(self.known.sink)
         self.publisher = Publisher(
-            settings, network, org_id, codec, self.producer, self.outbox, tracing=self.tracing
+            settings,
+            network,
+            org_id,
+            codec,
+            self.producer,
+            self.outbox,
+            tracing=self.tracing,
+            known=self.known.hook if self.known is not None else None,
         )
         for kind, config in parsed.items():
             build = KINDS[kind].build
@@ -446,6 +467,9 @@ class ConnectorRuntime:
         if self._own_producer:
             clients.close_producer(self.producer, self.org.id, log)
         self.publisher.close()
+        if self.known is not None:
+            self.known.close()
+            self.known = None
         self.outbox.close()
         self.inbox.close()
         self.status_log.close()

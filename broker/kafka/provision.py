@@ -61,6 +61,12 @@ def retention_configs(
     return {} if longest is None else {"retention.ms": str(int(longest * 86_400_000))}
 
 
+def _configs(network: Network, name: str, names: TopicNames) -> dict[str, str]:
+    """A topic's own configs (compaction) or else the retention the rules want."""
+    own = dict(network.topic_config(names.strip(name) or name))
+    return own if "cleanup.policy" in own else {**own, **retention_configs(network, name, names)}
+
+
 def provision(
     admin: KafkaAdminClient, network: Network, names: TopicNames | None = None
 ) -> ProvisionReport:
@@ -74,7 +80,8 @@ def provision(
     missing = {name: n for name, n in required.items() if name not in present}
     if missing:
         rf = network.topics.replication_factor
-        report.configs = {name: retention_configs(network, name, names) for name in missing}
+        names = names or TopicNames()
+        report.configs = {name: _configs(network, name, names) for name in missing}
         new = [
             NewTopic(name, n, rf, topic_configs=report.configs[name]) for name, n in missing.items()
         ]

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -21,7 +21,14 @@ from kafka.producer.future import FutureRecordMetadata
 
 from broker.config import Settings
 from broker.contracts import jsonable
-from broker.errors import CodecError, ConfigError, RoutingError, SecurityError, ValidationFailed
+from broker.errors import (
+    CodecError,
+    ConfigError,
+    ReferralError,
+    RoutingError,
+    SecurityError,
+    ValidationFailed,
+)
 from broker.ledger.events import HandoverEventType, LedgerEmitter, handover_event
 from broker.network import Network, Organisation
 from broker.origin.outbox import Outbox, OutboxEntry, ReferralFacts, RepublishSchedule
@@ -50,6 +57,9 @@ __all__ = [
 log = logging.getLogger("referral.connectors.publisher")
 
 #: Namespace of the referral ids derived from (origin organisation, case id).
+#: ``(referral id, plain document)`` of each new referral -> what was known of its items.
+KnownHook = Callable[[list[tuple[str, dict[str, Any]]]], Mapping[tuple[str, str], Any]]
+
 REFERRAL_ID_NAMESPACE = uuid.UUID("0b9d6c84-5e4a-5c1f-9f3e-2a7d1c6e8b40")
 #: Where a refused amendment points the sender.
 AMENDMENTS_HINT = (
@@ -145,6 +155,8 @@ class BatchResult:
 
     published: list[Published] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    #: What was known before (``broker.known``): ``(referral id, item id)`` -> the earlier holder.
+    known: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -155,6 +167,7 @@ class BatchResult:
         """Append another batch's results."""
         self.published.extend(other.published)
         self.rejected.extend(other.rejected)
+        self.known.update(other.known)
 
 
 class Publisher:
@@ -172,7 +185,10 @@ class Publisher:
         ack_timeout: float = 30.0,
         tracing: Tracing | None = None,
         security: OriginSecurity | None = None,
+        known: KnownHook | None = None,
     ) -> None:
+        #: Tokenises what was published onto ``match.tokens`` (``broker.known.publish``).
+        self.known = known
         try:
             self.org: Organisation = network.organisation(org_id)
         except KeyError:
@@ -391,6 +407,7 @@ class Publisher:
         content is the same, a refused amendment (in ``rejected``) if not.
         """
         result = BatchResult()
+        ready = list(ready)
         sends: list[tuple[Published, FutureRecordMetadata | None]] = []
         sent_at_ms: list[int] = []  # PUBLISHED is when each went out, not when the batch was acked
         for label, prepared in ready:
@@ -402,7 +419,25 @@ class Publisher:
                 sends.append(outcome)
                 sent_at_ms.append(at_ms)
         self._await(sends, result, sent_at_ms)
+        if self.known is not None:
+            self._tell_known(ready, result)
         return result
+
+    def _tell_known(self, ready: Sequence[tuple[str, Prepared]], result: BatchResult) -> None:
+        """Hand the new referrals' documents to the known-content hook; its failure is logged."""
+        sent = {p.referral_id for p in result.published if p.sent and not p.repeat}
+        docs = [
+            (p.referral_id, p.facts.document)
+            for _, p in ready
+            if p.referral_id in sent and p.facts.document is not None
+        ]
+        if not docs or self.known is None:
+            return
+        try:
+            result.known.update(self.known(docs))
+        except (ReferralError, KafkaError) as exc:
+            what = type(exc).__name__
+            log.warning("known content: %d referrals not tokenised: %s", len(docs), what)
 
     def _known(self, label: str, prepared: Prepared) -> Published | Rejected | None:
         """A repeat or an amendment if the outbox holds the referral id; None if it is new."""

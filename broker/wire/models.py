@@ -248,6 +248,10 @@ class HandoverEventType(StrEnum):
     REQUEST_OVERDUE = "REQUEST_OVERDUE"
     #: one step of an item's takedown trail (``reason``: the step and ids, :mod:`broker.takedown`)
     TAKEDOWN = "TAKEDOWN"
+    #: the match-token evaluator evaluated a batch of blinded elements (``reason``: the count)
+    EVALUATED = "EVALUATED"
+    #: the evaluator refused an organisation's batch (over its rate, unknown key, bad element)
+    EVALUATION_REFUSED = "EVALUATION_REFUSED"
 
 
 # -- constrained scalar types ----------------------------------------------------------------

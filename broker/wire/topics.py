@@ -13,9 +13,12 @@ from dataclasses import dataclass
 __all__ = [
     "CHECKPOINTS",
     "DEADLETTER",
+    "EVALUATE",
+    "EVALUATED",
     "HEADER_DLQ_PREFIX",
     "INTAKE",
     "LEDGER",
+    "MATCH_TOKENS",
     "STATUS_INTAKE",
     "UNASSIGNED",
     "Headers",
@@ -39,6 +42,12 @@ STATUS_INTAKE = "status.intake"
 LEDGER = "handover.ledger"
 #: Signed checkpoints (entry count + chain head) of the ledger, published by the router.
 CHECKPOINTS = "handover.checkpoints"
+#: Blinded elements for the match-token evaluator (``broker.known``), signed by the requester.
+EVALUATE = "known.evaluate"
+#: The evaluator's signed answers (evaluated elements or a refusal), keyed by the requester.
+EVALUATED = "known.evaluated"
+#: Match tokens with holder, classification, case status and handling label (compacted).
+MATCH_TOKENS = "match.tokens"
 
 _PREFIX_TO = "referrals.to."
 _SUFFIX_URGENT = ".urgent"
@@ -125,6 +134,21 @@ class TopicNames:
     def checkpoints(self) -> str:
         """Signed checkpoints of the ledger."""
         return self.prefix + CHECKPOINTS
+
+    @property
+    def evaluate(self) -> str:
+        """Blinded elements for the match-token evaluator."""
+        return self.prefix + EVALUATE
+
+    @property
+    def evaluated(self) -> str:
+        """The evaluator's signed answers."""
+        return self.prefix + EVALUATED
+
+    @property
+    def match_tokens(self) -> str:
+        """The compacted topic of match tokens every member indexes."""
+        return self.prefix + MATCH_TOKENS
 
     def jurisdiction(self, country: str) -> str:
         """A jurisdiction's ordinary lane."""

@@ -72,8 +72,9 @@ def test_cli_detached_lifecycle(tmp_path: Path) -> None:
             "topics", "provision", "--network", str(EXAMPLE_NETWORK), state_dir=state_dir
         )
         assert code == 0, out
-        # 6 shared topics, 7 served jurisdictions x 2 lanes, one status topic per organisation.
-        assert "31 topic(s) created" in out
+        # 6 shared topics, 7 served jurisdictions x 2 lanes, one status topic per organisation,
+        # the evaluator's two and match.tokens (issue 24).
+        assert "34 topic(s) created" in out
         code, out = invoke(
             "topics", "provision", "--network", str(EXAMPLE_NETWORK), state_dir=state_dir
         )

@@ -64,7 +64,7 @@ def test_writer_packs_for_the_registered_schema() -> None:
     writer = BatchWriter(CODEC, "router")
     assert writer.packed
     value = writer.encode([EventFacts("ROUTED", "", "c", "a", "b", "t", 0, 1, "r", None, 1)])
-    assert CODEC.schema_id_of(value) == EmbeddedRegistry().latest(HANDOVER_BATCH).id == 20
+    assert CODEC.schema_id_of(value) == EmbeddedRegistry().latest(HANDOVER_BATCH).id == 22
     assert CODEC.decode(value)[1]["events"] == []
 
 

@@ -608,8 +608,9 @@ def test_handover_event_version_1_bytes_still_decode_and_version_2_writes_resolv
     assert CODEC.schema_id_of(v1) == 3
     _, datum = CODEC.decode(v1, expected=HANDOVER_EVENT)
     assert (datum["event"], datum["actor"], datum["offset"]) == ("DELIVERED", "police-de", 7)
-    # version 2 added RESOLVED, 3 AMENDED and REROUTED, 4 the REQUEST_* events, 5 TAKEDOWN
-    for kind in ("RESOLVED", "AMENDED", "REROUTED", "REQUEST_OVERDUE", "TAKEDOWN"):
+    # version 2 added RESOLVED, 3 AMENDED and REROUTED, 4 the REQUEST_* events, 5 TAKEDOWN,
+    # 6 the evaluator's two (known content)
+    for kind in ("RESOLVED", "AMENDED", "REROUTED", "REQUEST_OVERDUE", "TAKEDOWN", "EVALUATED"):
         data = CODEC.encode(HANDOVER_EVENT, {**datum, "event": kind})
-        assert CODEC.schema_id_of(data) == EmbeddedRegistry().latest(HANDOVER_EVENT).id == 19
+        assert CODEC.schema_id_of(data) == EmbeddedRegistry().latest(HANDOVER_EVENT).id == 21
         assert CODEC.decode(data, expected=HANDOVER_EVENT)[1]["event"] == kind

@@ -1,0 +1,251 @@
+"""Known content at the origin and at the receiver: items → tokens → index and ``match.tokens``.
+
+:class:`KnownPublisher` (the origin) tokenises the exact hashes (MD5, SHA-1,
+SHA-256) and the normalised URL of each item of the referrals it published, looks
+them up in its index (what ``referral check`` reports), remembers them and publishes
+one signed :class:`~broker.known.wire.MatchRecord` per token to ``match.tokens``.
+Under TLP RED the record names only the holder (whom to ask).
+
+:class:`KnownSink` (the receiver) is a sink: each referral delivered is tokenised
+once, when the batch is made durable, so its inbox can show what was known.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from broker.contracts import Delivery, Sink
+from broker.errors import ReferralError, ValidationFailed
+from broker.known.client import EvaluationClient
+from broker.known.index import MatchIndex, OwnToken, PreviouslyAssessed
+from broker.known.normalise import hash_input, url_input
+from broker.known.wire import MatchRecord, encode_match, reference, sign_known
+from broker.origin.outbox import Outbox
+from broker.origin.status_log import StatusLog
+from broker.security.keys import LiveKeys
+
+__all__ = ["ItemInput", "KnownPublisher", "KnownSink", "item_inputs"]
+
+log = logging.getLogger("referral.known")
+
+_EXACT = {"MD5": "md5", "SHA1": "sha1", "SHA256": "sha256"}
+
+
+@dataclass(frozen=True)
+class ItemInput:
+    """One OPRF input of one item: which item, which kind (md5, sha1, sha256, url), the bytes."""
+
+    item_id: str
+    kind: str
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"ItemInput({self.item_id}, {self.kind})"
+
+
+def _ms(value: Any) -> int:
+    if isinstance(value, (int, float)):
+        return int(value)
+    try:
+        return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return 0
+
+
+def item_inputs(document: Mapping[str, Any]) -> list[ItemInput]:
+    """The exact hashes and the URL of every item of a plain referral document."""
+    out: list[ItemInput] = []
+    for item in (document.get("body") or {}).get("items") or ():
+        item_id = str(item.get("item_id") or "")
+        if not item_id:
+            continue
+        for h in item.get("hashes") or ():
+            kind = _EXACT.get(str(h.get("algorithm", "")))
+            if kind is None:
+                continue
+            try:
+                out.append(ItemInput(item_id, kind, hash_input(kind, str(h.get("value", "")))))
+            except ValidationFailed:
+                continue
+        try:
+            out.append(ItemInput(item_id, "url", url_input(str(item.get("url", "")))))
+        except ValidationFailed:
+            continue
+    return out
+
+
+def _labels(document: Mapping[str, Any]) -> tuple[str, int, dict[str, str | None]]:
+    envelope = document.get("envelope") or {}
+    body = document.get("body") or {}
+    tlp = str((envelope.get("handling") or {}).get("tlp") or "CLEAR")
+    at_ms = _ms(envelope.get("created_at", 0))
+    default = (body.get("classification") or {}).get("legal_status")
+    per_item: dict[str, str | None] = {}
+    for item in body.get("items") or ():
+        own = (item.get("classification") or {}).get("legal_status")
+        per_item[str(item.get("item_id") or "")] = str(own or default) if own or default else None
+    return tlp, at_ms, per_item
+
+
+class _Tokeniser:
+    """Tokenises referral documents through the evaluator and remembers the tokens."""
+
+    def __init__(self, client: EvaluationClient, index: MatchIndex) -> None:
+        self.client = client
+        self.index = index
+
+    def tokenise(
+        self, referrals: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[tuple[str, Mapping[str, Any], list[ItemInput], list[OwnToken]]]:
+        jobs = [(rid, doc, item_inputs(doc)) for rid, doc in referrals]
+        flat = [i.data for _, _, inputs in jobs for i in inputs]
+        tokens = iter(self.client.tokens(flat))
+        out = []
+        own: list[OwnToken] = []
+        for rid, doc, inputs in jobs:
+            at_ms = _labels(doc)[1]
+            mine = []
+            for inp in inputs:
+                token = next(tokens)
+                mine.append(OwnToken(rid, inp.item_id, inp.kind, token.key_id, token.value, at_ms))
+            own += mine
+            out.append((rid, doc, inputs, mine))
+        self.index.add_own(own)
+        return out
+
+
+class KnownPublisher(_Tokeniser):
+    """The origin's side: tokenise what it published and put the tokens on ``match.tokens``."""
+
+    def __init__(
+        self,
+        client: EvaluationClient,
+        index: MatchIndex,
+        producer: KafkaProducer,
+        keys: LiveKeys,
+        *,
+        case_status: str | None = None,
+    ) -> None:
+        super().__init__(client, index)
+        self.producer = producer
+        self.keys = keys
+        self.topic = client.names.match_tokens
+        self.holder = client.org_id
+        self.case_status = case_status
+
+    def publish(
+        self,
+        referrals: Sequence[tuple[str, Mapping[str, Any]]],
+        statuses: Mapping[tuple[str, str], str] | None = None,
+    ) -> dict[tuple[str, str], PreviouslyAssessed]:
+        """Tokenise and publish; what was known before, by (referral id, item id).
+
+        ``statuses``: each item's case status (its latest outcome), by (referral id, item id).
+        """
+        statuses = statuses or {}
+        known: dict[tuple[str, str], PreviouslyAssessed] = {}
+        records: list[MatchRecord] = []
+        for rid, doc, _, own in self.tokenise(referrals):
+            tlp, at_ms, classes = _labels(doc)
+            for t in own:
+                red = tlp == "RED"
+                records.append(
+                    MatchRecord(
+                        t.key_id,
+                        t.token.hex(),
+                        self.holder,
+                        reference(t.token, rid, t.item_id),
+                        t.kind,
+                        tlp,
+                        at_ms,
+                        None if red else classes.get(t.item_id),
+                        None if red else statuses.get((rid, t.item_id), self.case_status),
+                    )
+                )
+            for item_id in dict.fromkeys(t.item_id for t in own):
+                hit = self.index.lookup(rid, item_id)
+                if hit is not None:
+                    known[(rid, item_id)] = hit
+        keys = self.keys.current()
+        for record in records:
+            value = encode_match(record)
+            self.producer.send(
+                self.topic,
+                key=record.record_key(),
+                value=value,
+                headers=sign_known(keys, "token", value),
+            )
+        self.producer.flush(self.client.timeout)
+        self.index.add(records)
+        return known
+
+    def rederive(self, outbox: Outbox, status_log: StatusLog | None = None) -> int:
+        """After a key rotation: tokens of every referral the outbox keeps, under the current
+        key, published (with each item's latest outcome from ``status_log`` as its case
+        status); the entries of older keys removed (tombstones). Referrals redone."""
+        docs: list[tuple[str, Mapping[str, Any]]] = []
+        for pending in outbox.all():
+            entry = outbox.get(pending.referral_id)
+            if entry is not None and entry.document is not None:
+                docs.append((entry.referral_id, entry.document))
+        if not docs:
+            return 0
+        before = self.index.own_tokens([rid for rid, _ in docs])
+        statuses = {}
+        if status_log is not None:  # item_states is oldest first: the latest wins
+            for state in status_log.item_states():
+                statuses[(state.referral_id, state.item_id)] = state.outcome.outcome.value
+        self.publish(docs, statuses)
+        current = {t.key_id for t in self.index.own_tokens([docs[0][0]])} - {
+            t.key_id for t in before
+        }
+        if not current:
+            return len(docs)  # no new key: the same tokens again
+        stale = [t for t in before if t.key_id not in current]
+        keys = [
+            f"{t.key_id}:{t.token.hex()}:{self.holder}:"
+            + reference(t.token, t.referral_id, t.item_id)
+            for t in stale
+        ]
+        for key in keys:
+            self.producer.send(self.topic, key=key.encode("ascii"), value=None)
+        self.producer.flush(self.client.timeout)
+        self.index.drop_own(stale, keys)
+        return len(docs)
+
+
+class KnownSink(Sink):
+    """A receiver's sink that tokenises each delivered referral (once, at flush)."""
+
+    kind = "known"
+
+    def __init__(self, client: EvaluationClient, index: MatchIndex) -> None:
+        self._tokeniser = _Tokeniser(client, index)
+        self._pending: list[tuple[str, Mapping[str, Any]]] = []
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Hold the referral's items for the batch's one evaluation."""
+        self._pending.append((delivery.referral_id, delivery.document))
+
+    def flush(self) -> None:
+        """Tokenise what was delivered; an unreachable evaluator is logged, never fatal."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            self._tokeniser.tokenise(pending)
+        except (ReferralError, KafkaError) as exc:
+            log.warning(
+                "known content: %d referrals not tokenised: %s", len(pending), type(exc).__name__
+            )
+
+    def close(self) -> None:
+        """Close the evaluation client."""
+        self._tokeniser.client.close()
