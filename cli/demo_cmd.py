@@ -23,19 +23,28 @@ from broker.kafka import clients
 from broker.kafka.embedded import EmbeddedBroker
 from broker.kafka.provision import provision
 from broker.kafka.reader import TopicReader
-from broker.ledger.checkpoint import read_checkpoints
+from broker.ledger.checkpoint import NOTE_KINDS, read_checkpoints
 from broker.ledger.events import HandoverEventType
 from broker.ledger.store import LedgerStore
 from broker.ledger.views import flows, role_routes, trace
+from broker.ledger.witness import HeadReport, witnessing
 from broker.network import Network, load_network
 from broker.operator.heads import held_heads, topic_heads
 from broker.private import exposure, private_dir
 from broker.routing.router import Router
-from broker.security.keys import ROUTER, add_to_trust_file, init_keys, key_dir, load_trust
+from broker.security.keys import (
+    ROUTER,
+    TrustStore,
+    add_to_trust_file,
+    init_keys,
+    key_dir,
+    load_trust,
+)
 from broker.synthetic import synthetic_batch
 from broker.tracing import setup_tracing
 from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL
+from broker.wire.topics import Headers, header
 from cli.app import NETWORK_OPTION, console, err_console, escape, state
 from cli.operator_cmd import print_flows, print_role_routes, print_trace
 from connectors.runtime import ConnectorRuntime
@@ -120,7 +129,7 @@ def demo(
         )
         sent = _publish(settings, codec, runtimes, batch, env[TOKEN_ENV])
         _await_receipts(runtimes, network, sent, timeout)
-        _checkpoint(settings, router, runtimes, plain)
+        _checkpoint(settings, router, runtimes, plain, network)
         _report(settings, network, codec, batch, sent, runtimes)
         if not plain:
             _check_raw_topics(settings, network, batch)
@@ -367,7 +376,11 @@ def _await_receipts(
 
 
 def _checkpoint(
-    settings: Settings, router: Router, runtimes: dict[str, ConnectorRuntime], plain: bool
+    settings: Settings,
+    router: Router,
+    runtimes: dict[str, ConnectorRuntime],
+    plain: bool,
+    network: Network,
 ) -> None:
     """The router publishes a signed head now; wait until every connector holds it."""
     if plain:
@@ -380,12 +393,31 @@ def _checkpoint(
     while len(holding) < len(runtimes) and time.monotonic() < deadline:
         time.sleep(0.5)
         holding = [org for org, rt in runtimes.items() if _holds(rt, checkpoint.count)]
-    published = sum(1 for _ in read_checkpoints(settings, timeout=10))
+    records = [(v, h) for _, v, h in read_checkpoints(settings, timeout=10)]
+    published = sum(1 for _, h in records if header(h, Headers.RECORD_KIND) not in NOTE_KINDS)
     console.print(
         f"checkpoints: {published} signed by the router on the topic, the latest "
         f"({checkpoint.count} entries) held by {len(holding)} of {len(runtimes)} organisations",
         markup=False,
     )
+    trust = load_trust(network, settings.network_file)
+    latest = _witnessed(settings, trust, checkpoint.count)
+    while (latest is None or len(latest.cosigners) < len(runtimes)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        latest = _witnessed(settings, trust, checkpoint.count)
+    cosigners = len(latest.cosigners) if latest is not None else 0
+    console.print(
+        f"tree head of {checkpoint.count} entries cosigned by {cosigners} of {len(runtimes)}"
+        " organisations (each checked it against its own copy of the ledger)",
+        markup=False,
+    )
+
+
+def _witnessed(settings: Settings, trust: TrustStore, size: int) -> HeadReport | None:
+    """The router's tree head of ``size`` entries on the topic, with who cosigned it."""
+    records = [(v, h) for _, v, h in read_checkpoints(settings, timeout=5, idle=0.2)]
+    heads = [h for h in witnessing(records, trust).heads if h.size == size]
+    return max(heads, key=lambda h: len(h.cosigners)) if heads else None
 
 
 def _holds(runtime: ConnectorRuntime, count: int) -> bool:

@@ -35,7 +35,13 @@ from broker.operator.access import AccessRecorder
 from broker.operator.since import parse_since
 from broker.operator.tail import decoded, record_view
 from broker.operator.tail_start import Start, parse_start, positions
-from broker.operator.views import flows_view, role_routes_since, trace_view, verify_ledger
+from broker.operator.views import (
+    flows_view,
+    role_routes_since,
+    trace_view,
+    verify_ledger,
+    witness_report,
+)
 from broker.security.keys import ROUTER, LiveKeys, key_dir
 from broker.security.signing import ledger_signer
 from broker.wire.codec import Codec
@@ -163,6 +169,7 @@ def ledger_verify(
     st = state(ctx)
     settings = st.settings
     result = verify_ledger(settings, st.network(), Codec.from_settings(settings), offline=offline)
+    witnessed = witness_report(settings, st.network())
     if as_json:
         breach = result.breach
         print_json(
@@ -179,6 +186,16 @@ def ledger_verify(
                 "breaches": [
                     {"index": b.index, "kind": b.kind, "detail": b.detail} for b in result.breaches
                 ],
+                "tree_heads": [
+                    {
+                        "size": h.size,
+                        "root": h.root.hex(),
+                        "cosigners": sorted(h.cosigners),
+                        "refused_by": sorted(h.refused_by),
+                    }
+                    for h in witnessed.heads
+                ],
+                "split_views": sorted(witnessed.splits),
             }
         )
     else:
@@ -186,7 +203,9 @@ def ledger_verify(
             console.print(escape(line), markup=False, soft_wrap=True)
         for line in result.ignored_heads:
             console.print(escape(f"ignored checkpoint: {line}"), markup=False)
-    if not result.intact:
+        for line in str(witnessed).splitlines() if result.intact or witnessed.splits else ():
+            console.print(escape(line), markup=False, soft_wrap=True)
+    if not result.intact or witnessed.splits:
         raise typer.Exit(1)
 
 

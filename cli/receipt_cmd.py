@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from broker.errors import ConfigError
+from broker.errors import ConfigError, KafkaBrokerError
 from broker.ids import resolve_id
 from broker.ledger.receipt import canonical, ledger_origin, receipt
 from broker.ledger.store import LedgerStore
-from broker.security.keys import ROUTER, LiveKeys, key_dir, load_trust
+from broker.ledger.treehead import NoteError, SignedNote, verify_cosignature, verify_tree_head
+from broker.ledger.witness import cosigned_note, member_key, router_keys, witnessing
+from broker.security.keys import ROUTER, LiveKeys, TrustStore, key_dir, load_trust
+from broker.wire.codec import Codec
 from cli.app import console, escape, state
 
 __all__ = ["receipt_cmd"]
+
+#: A receipt's tree head is cosigned by at least this many other members.
+MIN_COSIGNERS = 2
 
 
 def receipt_cmd(
@@ -36,6 +45,8 @@ def receipt_cmd(
         raise ConfigError(f"--out {out}: no such directory {out.parent}")
     kind = event.strip().upper()
     with LedgerStore.for_settings(settings) as store:
+        with contextlib.suppress(KafkaBrokerError):  # no broker: what the local store holds
+            store.sync(settings, Codec.from_settings(settings), timeout=15)
         rid = resolve_id(referral_id, store.referral_ids())
         found = [e for e in store.entries(rid) if e.record.event == kind]
         if not found:
@@ -44,14 +55,16 @@ def receipt_cmd(
         if keys is None:
             where = key_dir(settings, ROUTER)
             raise ConfigError(f"no router key in {where}: the log signs its heads")
+        index = found[-1].index
         doc = receipt(
             store,
-            found[-1].index,
+            index,
             origin=ledger_origin(settings.topic_names().ledger),
             log_name=ROUTER,
             log_key=keys.signing,
             trust=trust,
             with_record=record,
+            published=_cosigned_head(store, index, trust, found[-1].record.actor),
         )
     data = canonical(doc) + b"\n"
     if out is None:
@@ -64,3 +77,38 @@ def receipt_cmd(
     console.print(
         escape(f"receipt of entry {doc['index']} of {doc['size']} written to {out}"), markup=False
     )
+
+
+def _cosigned_head(
+    store: LedgerStore, index: int, trust: TrustStore, actor: str
+) -> tuple[SignedNote, int, dict[str, bytes]] | None:
+    """The smallest published tree head covering ``index`` that two members other than
+    ``actor`` cosigned (only those two kept: the receipt stays small), with the raw keys of
+    its signers; None if there is none yet."""
+    witnessed = witnessing(store.notes(), trust)
+    for head in witnessed.heads:  # smallest first: the shortest proof
+        others = sorted(head.cosigners - {actor})[:MIN_COSIGNERS]
+        if head.size <= index or len(others) < MIN_COSIGNERS or head.size in witnessed.splits:
+            continue
+        full = cosigned_note(head, store.notes(), trust)
+        note = SignedNote(
+            full.body, tuple(s for s in full.signatures if s.name == ROUTER or s.name in others)
+        )
+        signers = {ROUTER: _raw(router_keys(trust), note, ROUTER)}
+        for name in others:
+            signers[name] = _raw(member_key(trust, name), note, name)
+        return note, head.size, signers
+    return None
+
+
+def _raw(candidates: list[Ed25519PublicKey], note: SignedNote, name: str) -> bytes:
+    """The raw public key among ``candidates`` that signed ``name``'s line of ``note``."""
+    for key in candidates:
+        try:
+            verify_cosignature(note, name, key) if name != ROUTER else verify_tree_head(
+                note, name, key
+            )
+        except NoteError:
+            continue
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raise ConfigError(f"no trusted key of {name} signed the tree head")

@@ -22,6 +22,7 @@ from broker.contracts import Sink, Source, StatusSink
 from broker.errors import ConfigError, ReferralError
 from broker.kafka import clients
 from broker.ledger.checkpoint import HeadWatcher
+from broker.ledger.witness import WitnessBook, WitnessParts
 from broker.network import Network, Organisation
 from broker.origin.outbox import Outbox, RepublishSchedule
 from broker.origin.publisher import Publisher
@@ -369,8 +370,12 @@ class ConnectorRuntime:
                 network=self.network,
             )
             self.status_feed.open()
+            book = WitnessBook(self.settings.org_dir(self.org.id) / "heads.sqlite3", self.org.id)
+            witness = WitnessParts(
+                self.settings, self.publisher.security.live_keys, self.producer, self.codec, book
+            )
             self.heads = HeadWatcher(
-                self.settings, self.org.id, self.publisher.security.live_trust
+                self.settings, self.org.id, self.publisher.security.live_trust, witness=witness
             ).start()
         except BaseException:
             self.stop()

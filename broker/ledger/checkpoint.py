@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
@@ -37,7 +37,10 @@ from broker.security.signing import (
 )
 from broker.security.window import now_ms
 from broker.wire.codec import Codec
-from broker.wire.topics import Headers
+
+if TYPE_CHECKING:
+    from broker.ledger.witness import WitnessParts
+from broker.wire.topics import Headers, header
 
 __all__ = [
     "CHECKPOINT_KIND",
@@ -279,11 +282,15 @@ class Checkpointer:
         self._last: Checkpoint | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        #: Checkpoints published by this checkpointer.
+        #: Checkpoints published by this checkpointer (and the signed tree head of each).
         self.published: list[Checkpoint] = []
+        self.tree_heads: list[Any] = []
 
     def publish_now(self, *, force: bool = False) -> Checkpoint | None:
-        """Sync the store and publish a signed head (if it grew, or ``force``); it, or None."""
+        """Sync the store and publish a signed head and tree head (if it grew, or ``force``)."""
+        from broker.ledger.receipt import LedgerTree
+        from broker.ledger.witness import TREEHEAD_KIND, send_note, tree_head_note
+
         keys = self.keys.current()
         if keys is None:
             return None
@@ -293,12 +300,17 @@ class Checkpointer:
                 store.sync(self.settings, self.codec, timeout=30, idle=0.3, checkpoints=False)
                 count, head = store.head()
                 offset = store.next_offset
+                grew = force or self._last is None or self._last.count != count
+                tree = LedgerTree.of(store) if grew else None
             finally:
                 store.close()
-            if not force and self._last is not None and self._last.count == count:
+            if tree is None:
                 return None
             checkpoint = Checkpoint(count, head, offset, ROUTER, now_ms())
             future = publish_checkpoint(self.producer, self.topic, checkpoint, keys)
+            note = tree_head_note(tree, self.settings.topic_names().ledger, keys)
+            self.tree_heads.append(note)
+            send_note(self.producer, self.topic, TREEHEAD_KIND, ROUTER, note)
             self.producer.flush(30)
             if future.failed():
                 raise KafkaBrokerError(
@@ -336,6 +348,11 @@ class Checkpointer:
                     log.warning("final checkpoint failed: %s", type(exc).__name__)
 
 
+#: ``referral.kind`` of the router's signed tree heads and the members' cosignatures of them.
+TREEHEAD = "treehead"
+NOTE_KINDS = (TREEHEAD, "cosignature")
+
+
 class HeadWatcher:
     """An organisation's connector keeps every valid checkpoint it sees (:class:`HeadStore`).
 
@@ -350,6 +367,7 @@ class HeadWatcher:
         trust: LiveTrust,
         *,
         interval: float = 2.0,
+        witness: WitnessParts | None = None,
     ) -> None:
         self.settings = settings
         self.org_id = org_id
@@ -357,6 +375,9 @@ class HeadWatcher:
         self.interval = interval
         self.store = HeadStore.for_org(settings, org_id)
         self.refused = 0
+        #: With ``witness``, the organisation cosigns the router's tree heads it can check.
+        self.witness = witness
+        self._waiting: list[bytes] = []
         self._consumer: KafkaConsumer | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -374,6 +395,11 @@ class HeadWatcher:
             self.settings, start=position, consumer=self._consumer, timeout=5, idle=0.2
         ):
             position = offset + 1
+            kind = header(headers, Headers.RECORD_KIND)
+            if kind in NOTE_KINDS:
+                if kind == TREEHEAD and self.witness is not None and len(self._waiting) < 100:
+                    self._waiting.append(value)
+                continue
             try:
                 checkpoint = Checkpoint.verified(value, headers, self.trust.current())
             except (SecurityError, CodecError) as exc:
@@ -382,6 +408,8 @@ class HeadWatcher:
                 continue
             kept += self.store.add(checkpoint, value, headers)
         self.store.set_next_offset(position)
+        if self._waiting and self.witness is not None:
+            self._waiting = self.witness.witness(self.org_id, self._waiting, self.trust.current())
         if refused:
             # One line per poll, however many forgeries a writer to the topic sent.
             self.refused += refused
@@ -420,3 +448,5 @@ class HeadWatcher:
             self._consumer.close()
             self._consumer = None
         self.store.close()
+        if self.witness is not None:
+            self.witness.book.close()

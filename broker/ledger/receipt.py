@@ -89,16 +89,25 @@ def receipt(
     trust: TrustStore,
     cosignatures: tuple[tuple[str, bytes, NoteSignature], ...] = (),
     with_record: bool = True,
+    published: tuple[SignedNote, int, dict[str, bytes]] | None = None,
 ) -> dict[str, Any]:
     """The receipt of entry ``index``: the tree head over the whole store, signed by ``log_key``.
 
-    ``cosignatures`` are witnesses' cosignatures of that very head (none until witnesses run).
-    Without ``with_record`` the record is left out (``null``): the entry still names its hash.
+    ``cosignatures`` are witnesses' cosignatures of that very head. ``published`` is instead
+    a head the router published and members cosigned: (the note, its size, raw public keys of
+    its signers). Without ``with_record`` the record is left out (``null``).
     """
     built = LedgerTree.of(store)
     tree, entry = built.tree, built.entries[index]
-    note: SignedNote = sign_tree_head(TreeHead(origin, len(tree), tree.root()), log_name, log_key)
-    keys = {log_name: _raw(log_key)}
+    size = len(tree)
+    if published is not None:
+        note, size, signers = published
+        keys = {name: base64.b64encode(raw).decode() for name, raw in signers.items()}
+        if tree.root(size) != TreeHead.parse(note.body).root:
+            raise LedgerStoreError(f"the published head of {size} entries is not this store's")
+    else:
+        note = sign_tree_head(TreeHead(origin, size, tree.root()), log_name, log_key)
+        keys = {log_name: _raw(log_key)}
     for name, raw, line in cosignatures:  # (witness, its raw public key, its cosignature)
         note = note.with_signature(line)
         keys[name] = base64.b64encode(raw).decode()
@@ -118,14 +127,14 @@ def receipt(
         for k in trust.keys_of(actor):
             if k.id == record["key"] and k.use == "sign":
                 keys[actor] = base64.b64encode(k.raw).decode()
-    proof = b"".join(tree.inclusion_proof(index))
+    proof = b"".join(tree.inclusion_proof(index, size))
     if not with_record:
         keys = {k: v for k, v in keys.items() if k != entry.record.actor or k == log_name}
     return {
         "format": RECEIPT_FORMAT,
         "entry": built.leaves[index],
         "index": index,
-        "size": len(tree),
+        "size": size,
         "proof": base64.b64encode(proof).decode(),
         "log": log_name,
         "checkpoint": note.encode().decode(),

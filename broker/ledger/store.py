@@ -20,7 +20,7 @@ from broker.errors import CodecError, ConfigError, KafkaBrokerError, LedgerStore
 from broker.kafka import clients
 from broker.kafka.reader import TopicReader
 from broker.ledger.batchwriter import event_id
-from broker.ledger.checkpoint import Checkpoint, HeldHead, read_checkpoints
+from broker.ledger.checkpoint import NOTE_KINDS, Checkpoint, HeldHead, read_checkpoints
 from broker.ledger.events import decode_events
 from broker.ledger.views import HandoverRecord
 from broker.security.keys import TrustStore
@@ -33,6 +33,7 @@ from broker.security.signing import (
 )
 from broker.sqlite import Database
 from broker.wire.codec import Codec
+from broker.wire.topics import Headers, header
 
 __all__ = [
     "DEFAULT_FILE",
@@ -99,6 +100,7 @@ CREATE TABLE IF NOT EXISTS records (
     headers TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS heads (value BLOB PRIMARY KEY, headers TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS notes (value BLOB PRIMARY KEY, kind TEXT NOT NULL);
 """
 
 _COLUMNS = ", ".join(f'"{c}"' for c in (*_FIELDS, "ledger_offset", "prev_hash", "entry_hash"))
@@ -472,13 +474,22 @@ class LedgerStore:
             settings, start=start, consumer=reader, timeout=10, idle=0.2
         ):
             position = offset + 1
+            kind = header(headers, Headers.RECORD_KIND)
             with self._db.transaction() as conn:
+                if kind in NOTE_KINDS:  # tree heads and cosignatures: kept for the witnessing
+                    conn.execute("INSERT OR IGNORE INTO notes VALUES (?, ?)", (value, kind))
+                    continue
                 conn.execute(
                     "INSERT OR IGNORE INTO heads VALUES (?, ?)", (value, _dump_signature(headers))
                 )
         if position != start:
             with self._db.transaction() as conn:
                 self._set_meta(conn, "heads_offset", position)
+
+    def notes(self) -> list[tuple[bytes, tuple[tuple[str, bytes], ...]]]:
+        """The tree heads and cosignatures read from the checkpoints topic, as records."""
+        rows = self._db.query("SELECT value, kind FROM notes ORDER BY rowid")
+        return [(bytes(v), ((Headers.RECORD_KIND, str(k).encode()),)) for v, k in rows]
 
     def held_heads(self) -> list[HeldHead]:
         """The checkpoint records this store has read (its own stored heads)."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from broker.config import Settings
-from broker.ledger.checkpoint import HeadStore, HeldHead, read_checkpoints
+from broker.ledger.checkpoint import NOTE_KINDS, HeadStore, HeldHead, read_checkpoints
+from broker.wire.topics import Headers, header
 
 __all__ = ["held_heads", "topic_heads"]
 
@@ -30,4 +31,5 @@ def topic_heads(settings: Settings) -> list[HeldHead]:
     return [
         HeldHead(value, headers, "the topic")
         for _, value, headers in read_checkpoints(settings, timeout=15)
+        if header(headers, Headers.RECORD_KIND) not in NOTE_KINDS  # tree heads, cosignatures
     ]

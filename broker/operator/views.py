@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 from broker.config import Settings
 from broker.ledger.store import LedgerStore, Verification
 from broker.ledger.views import Flows, HandoverRecord, RoleRoute, Trace, flows, role_routes, trace
+from broker.ledger.witness import WitnessBook, Witnessing, witnessing
 from broker.network import Network
 from broker.operator.heads import held_heads, topic_heads
 from broker.security.keys import load_trust
@@ -68,3 +70,18 @@ def verify_ledger(
             heads=heads,
             reference=reference,
         )
+
+
+def witness_report(settings: Settings, network: Network) -> Witnessing:
+    """The router's tree heads in the local store, who cosigned each, and any split view
+    (two roots for one size), with the heads each member refused as evidence."""
+    trust = load_trust(network, settings.network_file)
+    evidence: list[tuple[str, bytes, str]] = []
+    for path in sorted((Path(settings.state_dir) / "orgs").glob("*/heads.sqlite3")):
+        book = WitnessBook(path, path.parent.name)
+        try:
+            evidence += [(book.org, note, why) for note, why in book.evidence()]
+        finally:
+            book.close()
+    with LedgerStore.for_settings(settings) as store:
+        return witnessing(store.notes(), trust, evidence)

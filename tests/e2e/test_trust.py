@@ -576,7 +576,9 @@ def test_an_intact_signed_ledger_verifies_against_every_head(
     assert (code, out) == (
         0,
         "ledger intact: 8 entries, 8 signed, consistent with 2 signed checkpoint(s) held by "
-        "police-de, the topic, this store",
+        "police-de, the topic, this store\n"
+        # police-de's head watcher here witnesses nothing (tests/broker/ledger/test_witness.py)
+        "2 tree head(s); the latest (8 entries) cosigned by 0",
     )
     # On demand, with the router's key: a third head of the same 8 entries.
     code, out = _cli(env, "ledger", "checkpoint")
