@@ -25,6 +25,7 @@ def test_repeats_across_hotlines_are_marked_and_nothing_leaks(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="kafka")  # an earlier CLI test may have quietened it
     out = run(settings, items=300, repeats=189, receive_timeout=120)
     # No canary in any log line either (every logger, DEBUG and up).
     lines = Outcome()
