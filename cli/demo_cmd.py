@@ -138,11 +138,10 @@ def demo(
             broker.write_state(run_dir)
             _serve_console(settings, network, codec, stack)
             _print_intake(network, runtimes, env)
-            console.print(
+            _wait_for_interrupt(
                 f"still running: try `referral --state-dir {run_dir} flows` or "
                 f"`referral --state-dir {run_dir} trace ID`; Ctrl-C stops everything"
             )
-            _wait_for_interrupt()
 
 
 def _sealed_network(run: Settings, source: Path, network: Network) -> Path:
@@ -542,12 +541,16 @@ def _print_intake(
             )
 
 
-def _wait_for_interrupt() -> None:
-    """Wait for Ctrl-C, SIGTERM (``timeout``, a service manager) or SIGHUP (the terminal
-    closed): each stops everything, the detached broker included, instead of orphaning it."""
+def _wait_for_interrupt(hint: str) -> None:
+    """Print ``hint``, then wait for Ctrl-C, SIGTERM (``timeout``, a service manager) or SIGHUP
+    (the terminal closed): each stops everything, the broker included, instead of orphaning it.
+
+    The handlers are in place before the hint is printed: whoever acts on it may signal at once.
+    """
     stop = threading.Event()
     caught = (signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in caught}
+    console.print(hint)
     try:
         while not stop.wait(1):
             pass
