@@ -31,6 +31,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaProducer
@@ -42,6 +43,7 @@ from broker.contracts import Sink, Source, StatusSink
 from broker.errors import ConfigError, ReferralError
 from broker.kafka import clients
 from broker.ledger.checkpoint import HeadWatcher
+from broker.metrics import Metrics
 from broker.network import Network, Organisation
 from broker.origin.outbox import Outbox, RepublishSchedule
 from broker.origin.publisher import Publisher
@@ -49,6 +51,7 @@ from broker.origin.status_feed import StatusFeed
 from broker.origin.status_log import StatusLog
 from broker.private import exposure, private_dir
 from broker.receiver.inbox import Inbox
+from broker.receiver.inbox_view import missed_deadlines
 from broker.receiver.sink_driver import SinkDriver
 from broker.security.rules import ReceiverSecurity
 from broker.tracing import Tracing, setup_tracing
@@ -151,6 +154,7 @@ class ConnectorRuntime:
         producer: KafkaProducer | None = None,
         republish_after: float | None = None,
         tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         try:
             self.org = network.organisation(org_id)
@@ -183,6 +187,9 @@ class ConnectorRuntime:
         #: Spans of this organisation's connectors (exporter from the settings by default).
         self._own_tracing = tracing is None
         self.tracing = tracing or setup_tracing(settings, f"connectors-{org_id}")
+        #: The process's metrics (the caller serves and shuts them down); None: off.
+        self.metrics = metrics
+        self._watch_stores()
         self.publisher = Publisher(
             settings, network, org_id, codec, self.producer, self.outbox, tracing=self.tracing
         )
@@ -200,6 +207,20 @@ class ConnectorRuntime:
         #: Child referrals published for moved items (``Publisher.reroute_due``).
         self.rerouted: list[str] = []
         self.errors: list[str] = []
+
+    def _watch_stores(self) -> None:
+        """Export the outbox (pending, overdue receipts) and the inbox's missed deadlines."""
+        if self.metrics is None:
+            return
+        deadlines, org = self.network.deadlines, self.org.id
+        self.metrics.watch_outbox(
+            org, self.outbox, deadlines.receipt_hours * 3600, deadlines.urgent_receipt_hours * 3600
+        )
+        if self.topics:  # it receives: its inbox has answers due
+            self.metrics.watch_deadlines(
+                org,
+                lambda: missed_deadlines(self.inbox.received(), deadlines, datetime.now(UTC)),
+            )
 
     def _build(self, parsed: dict[str, BaseModel]) -> _Built:
         built = _Built()
@@ -287,6 +308,7 @@ class ConnectorRuntime:
                     self.inbox,
                     producer=self.producer,
                     tracing=self.tracing,
+                    metrics=self.metrics,
                     security=ReceiverSecurity.load(self.settings, self.network, self.org.id),
                 )
                 self.sink_driver.open()
@@ -299,6 +321,7 @@ class ConnectorRuntime:
                 self.status_log,
                 producer=self.producer,
                 tracing=self.tracing,
+                metrics=self.metrics,
                 security=self.publisher.security,
                 network=self.network,
             )
@@ -362,7 +385,10 @@ class ConnectorRuntime:
         while not self._stop.wait(cfg.check_interval):
 
             def step() -> None:
-                self.republished.extend(self.publisher.republish_due(schedule))
+                again = self.publisher.republish_due(schedule)
+                if again and self.metrics is not None:
+                    self.metrics.record_republished(self.org.id, self.outbox.waiting_for(again))
+                self.republished.extend(again)
                 self.rerouted.extend(self.publisher.reroute_due())
 
             self._guarded("outbox republish", step)

@@ -484,6 +484,13 @@ class ConsumeLoop:
         self.tracing = tracing
         #: Counters and histograms of this loop (None: metrics off, no cost).
         self.metrics = metrics
+        #: Per partition: the offset after the last record read, the first offset read
+        #: (where the loop started) and the last acknowledged offset (what :meth:`lag` counts).
+        self._read_end: dict[TopicPartition, int] = {}
+        self._read_start: dict[TopicPartition, int] = {}
+        self._acked: dict[TopicPartition, int] = {}
+        #: Rejoins of the consumers this loop closed (a closed one takes its count along).
+        self._past_rejoins = 0
         self.stats = stats or LoopStats()
         self.poll_timeout_ms = poll_timeout_ms
         self.flush_timeout_s = flush_timeout_s
@@ -501,6 +508,8 @@ class ConsumeLoop:
         #: Wait for a batch's ledger record's ack during the next poll (see :meth:`poll_once`).
         self.pipeline_ledger = pipeline_ledger
         self._pending: _Pending | None = None
+        if metrics is not None:
+            metrics.watch(self)
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> None:
@@ -521,8 +530,10 @@ class ConsumeLoop:
                 self._commit_last()
             from broker.kafka.clients import close_consumer
 
+            self._past_rejoins += int(getattr(self.consumer, "rejoins", 0))
             close_consumer(self.consumer, self.actor, log)
             self.consumer = None
+            self._read_end, self._read_start, self._acked = {}, {}, {}
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> LoopStats:
         """Consume until ``stop`` is set (or, with ``idle_exit_s``, after that long idle)."""
@@ -595,6 +606,8 @@ class ConsumeLoop:
         """Handle a polled batch, make it durable, wait for its acks and commit (or rewind)."""
         stats = self.stats
         metrics = self.metrics
+        if metrics is not None:
+            self._note_read(polled)
         for records in polled.values():
             for record in records:
                 stats.records += 1
@@ -644,7 +657,58 @@ class ConsumeLoop:
         stats.ack_wait_s += t4 - t3
         stats.commit_s += t5 - t4
         if metrics is not None:
-            metrics.record_batch(t2 - t1, t5 - t4)
+            metrics.record_batch(t2 - t1, t4 - t3, t5 - t4)
+
+    # -- lag (metrics) -----------------------------------------------------------------
+    def _note_read(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        """Remember where each polled partition's reading started and has got to."""
+        read_end, read_start = dict(self._read_end), self._read_start
+        for tp, records in polled.items():
+            if records:
+                read_start.setdefault(tp, records[0].offset)
+                read_end[tp] = max(read_end.get(tp, 0), records[-1].offset + 1)
+        self._read_end = read_end  # replaced whole: the scrape thread reads it
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records read or readable but not yet committed, by (topic, partition).
+
+        Counted from what this loop read and acknowledged (an acknowledged offset's
+        commit is on its way, see :meth:`_commit`): a partition's end is the
+        larger of its reported high watermark and the offset after the last record
+        read (the embedded broker reports ends behind what can be read). Only
+        partitions assigned now and read from since (caught up: lag 0) are counted.
+        """
+        consumer = self.consumer
+        if consumer is None:
+            return {}
+        try:
+            assigned = consumer.assignment()
+        except (RuntimeError, KafkaError):  # changing under a rebalance: next scrape
+            return {}
+        read_end, read_start, acked = self._read_end, dict(self._read_start), dict(self._acked)
+        out: dict[tuple[str, int], int] = {}
+        for tp in assigned:
+            read = read_end.get(tp)
+            try:
+                high = consumer.highwater(tp)
+            except (KafkaError, AssertionError):
+                high = None
+            if read is None:
+                if high is not None:
+                    out[(tp.topic, tp.partition)] = 0  # fetched, nothing to read
+                continue
+            end = max(read, high or 0)
+            base = acked.get(tp)
+            if base is None:
+                base = read_start.get(tp, read)
+            out[(tp.topic, tp.partition)] = max(end - base, 0)
+        return out
+
+    @property
+    def rejoins(self) -> int:
+        """Times this loop's consumers were made to rejoin their group."""
+        consumer = self.consumer
+        return self._past_rejoins + int(getattr(consumer, "rejoins", 0) if consumer else 0)
 
     def _pending_acked(
         self, pending: _Pending, polled: dict[TopicPartition, list[Any]] | None
@@ -813,6 +877,10 @@ class ConsumeLoop:
         """
         assert self.consumer is not None
         self.stats.batches += 1
+        if offsets and self.metrics is not None:
+            acked = dict(self._acked)
+            acked.update((tp, o.offset) for tp, o in offsets.items())
+            self._acked = acked  # replaced whole: the scrape thread reads it
         if offsets:
             if self.async_commit:
                 self._last_offsets.update(offsets)

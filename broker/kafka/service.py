@@ -121,7 +121,7 @@ class LoopService(Generic[PartT]):
             ),
             # ``trace_records`` False: no tracing middleware, trace headers forwarded untouched.
             tracing=self.tracing if trace_records else None,
-            metrics=metrics.loop(org_id, settings.topic_prefix + group_id) if metrics else None,
+            metrics=metrics.loop(self.role, settings.topic_prefix + group_id) if metrics else None,
             poll_timeout_ms=poll_timeout_ms,
         )
         self.stats: LoopStats = self.loop.stats
