@@ -121,6 +121,7 @@ class Metrics:
         self._outboxes: list[tuple[str, OutboxCounts, float, float]] = []
         self._missed: list[tuple[str, Callable[[], dict[str, int]]]] = []
         self._republished: Counter | None = None
+        self._destinations: dict[str, set[str]] = {}
         if provider is not None:
             self._observe(provider)
 
@@ -263,9 +264,12 @@ class Metrics:
         with self._lock:
             outboxes = list(self._outboxes)
         for organisation, outbox, receipt_s, urgent_s in outboxes:
-            for destination, (pending, overdue) in outbox.waiting_by_destination(
-                receipt_s, urgent_s
-            ).items():
+            counts = outbox.waiting_by_destination(receipt_s, urgent_s)
+            # A destination that has answered everything stays a series, at 0.
+            seen = self._destinations.setdefault(organisation, set())
+            seen.update(counts)
+            for destination in sorted(seen):
+                pending, overdue = counts.get(destination, (0, 0))
                 yield organisation, destination, pending, overdue
 
     def _pending(self, _options: CallbackOptions) -> Iterator[Observation]:

@@ -44,6 +44,7 @@ PROCESS_SUITES = frozenset(
         "test_demo_cmd.py",
         "test_browser.py",
         "test_connector_cmd.py",
+        "test_prometheus.py",
     }
 )
 
