@@ -214,3 +214,25 @@ def test_outbox_pending_and_overdue_receipts_per_destination(tmp_path: Path) -> 
     }
     assert sorted(box.waiting_for(["r-1", "r-2", "r-3"])) == ["police-de", "police-nl", "police-nl"]
     box.close()
+
+
+def test_signature_failures_by_kind_and_republishes_per_destination() -> None:
+    metrics = setup_metrics(0, "unit")
+    try:
+        loop = metrics.loop("sink-police-nl", "sink-police-nl")
+        assert loop is not None
+        loop.record_dead_lettered("to.NL", "VERIFY", "SignatureInvalid")
+        loop.record_dead_lettered("to.NL", "UNSEAL", "SealError")
+        loop.record_dead_lettered("to.NL", "SINK_DECODE", "CodecError")  # not a security failure
+        metrics.record_republished("hl-a", ["police-nl", "police-de", "police-nl"])
+        samples = scrape(metrics.port or 0)
+    finally:
+        metrics.shutdown()
+    failures = "referral_security_failures_total"
+    assert value(samples, failures) == 2
+    assert value(samples, failures, kind="VERIFY") == 1
+    assert value(samples, failures, kind="UNSEAL") == 1
+    assert value(samples, "referral_dead_lettered_total") == 3
+    republished = "referral_outbox_republished_total"
+    assert value(samples, republished, organisation="hl-a", destination="police-nl") == 2
+    assert value(samples, republished, destination="police-de") == 1

@@ -5,8 +5,10 @@ The router, hl-a's connectors (drop folder, status feed, outbox) and police-nl's
 Prometheus scrapes them every half second. The test asks Prometheus's HTTP API,
 as an operator's dashboard would: the counters move while referrals flow, the
 receiving sink's consumer lag rises while its backlog is read and comes back to
-0, the outbox empties. The graph page of the lag and dead-letter series is shot
-in headless Chromium (``artifacts/screenshots/prometheus-graph.png``).
+0, the outbox empties. Prometheus evaluates docs/monitoring's alerting rules
+(the dead letter raises its alert) and answers every query of the Grafana
+dashboard. The graph page of the lag and dead-letter series is shot in headless
+Chromium (``artifacts/screenshots/prometheus-graph.png``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from broker.kafka.embedded import free_port
 from tests.console.test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS
 from tests.support.connectors import network_text, referral_json, wait_for
 from tests.support.kafka import publish, spawn_cli
+from tests.test_monitoring import METRIC, RULES, dashboard_queries
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +50,7 @@ class Prom:
         self.port = free_port()
         jobs = [
             {
-                "job_name": name,
+                "job_name": f"referral-{name}",
                 "scrape_interval": "500ms",
                 "scrape_timeout": "400ms",
                 "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
@@ -56,7 +59,10 @@ class Prom:
         ]
         config = directory / "prometheus.yml"
         # JSON is YAML: the configuration written as JSON.
-        config.write_text(json.dumps({"global": {}, "scrape_configs": jobs}))
+        settings = {"evaluation_interval": "500ms"}
+        config.write_text(
+            json.dumps({"global": settings, "rule_files": [str(RULES)], "scrape_configs": jobs})
+        )
         self.log = directory / "prometheus.log"
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
@@ -111,6 +117,39 @@ def _drop(settings: Settings, n: int, name: str) -> None:
     tmp.rename(drop / f"{name}.jsonl")
 
 
+def _firing(prom: Prom) -> set[str]:
+    """The alerts of docs/monitoring's rules firing now (after one more evaluation)."""
+    firing: set[str] = set()
+
+    def evaluated() -> bool:
+        alerts = prom.api("alerts")["alerts"]
+        firing.clear()
+        firing.update(a["labels"]["alertname"] for a in alerts if a["state"] == "firing")
+        return bool(firing)
+
+    wait_for(evaluated, 30, "the dead-letter alert firing")
+    return firing
+
+
+#: Dashboard metrics no run here produces (no republish, no bad signature): their names
+#: are checked in tests/broker/test_metrics.py.
+_NOT_IN_THIS_RUN = {"referral_outbox_republished_total", "referral_security_failures_total"}
+
+
+def _dashboard_gaps(prom: Prom) -> set[str]:
+    """Dashboard queries Prometheus refuses, and dashboard metrics it has never scraped."""
+    scraped = set(prom.api("label/__name__/values"))
+    gaps: set[str] = set()
+    for expr in dashboard_queries():
+        query = expr.replace("$__rate_interval", "1m").replace("$job", "referral-.*")
+        try:
+            prom.api("query", query=query)
+        except (AssertionError, OSError):
+            gaps.add(expr)
+        gaps.update(m for m in METRIC.findall(expr) if m not in scraped | _NOT_IN_THIS_RUN)
+    return gaps
+
+
 def _shoot(prom: Prom, lag: str, dead: str) -> Path:
     """The graph page of ``lag`` and ``dead`` over the run, shot in headless Chromium."""
     from playwright.sync_api import sync_playwright
@@ -156,11 +195,10 @@ def test_prometheus_sees_the_counters_move_and_the_lag_come_back_to_0(
         for name in ("router", "hl-a"):
             start(name)
         wait_for(prom.ready, 30, "prometheus ready")
-        up = 'sum(up{job=~"router|hl-a"})'
+        up = 'sum(up{job=~"referral-router|referral-hl-a"})'
         wait_for(lambda: prom.value(up) == 2, 60, "router and hl-a scraped")
-        sent = (
-            f'sum(messaging_client_consumed_messages_total{{job="router",topic="{names.intake}"}})'
-        )
+        router = f'job="referral-router",topic="{names.intake}"'
+        sent = f"sum(messaging_client_consumed_messages_total{{{router}}})"
         assert prom.value(sent) in (None, 0.0)
         # hl-a publishes; the router routes to police-nl's topic while police-nl is away.
         _drop(settings, N, "wave-1")
@@ -168,23 +206,25 @@ def test_prometheus_sees_the_counters_move_and_the_lag_come_back_to_0(
         publish(settings, names.intake, [(b"legacy", b"\x07not avro")])
         dead = "sum(referral_dead_lettered_total)"
         wait_for(lambda: prom.value(dead) == 1, 60, "the broken record dead-lettered")
-        pending = 'sum(referral_outbox_pending{job="hl-a",destination="police-nl"})'
+        pending = 'sum(referral_outbox_pending{job="referral-hl-a",destination="police-nl"})'
         wait_for(lambda: prom.value(pending) == N, 30, f"hl-a's {N} referrals pending")
         # police-nl starts with N referrals waiting: its lag rises, then comes back to 0.
         start("police-nl")
         group = f"{prefix}sink-police-nl"
-        lag = f'sum(referral_consumer_lag{{job="police-nl",group="{group}"}})'
+        lag = f'sum(referral_consumer_lag{{job="referral-police-nl",group="{group}"}})'
         wait_for(lambda: prom.value(lag) is not None, 90, "police-nl's lag scraped")
         consumed = f'sum(messaging_client_consumed_messages_total{{group="{group}"}})'
         wait_for(lambda: prom.value(consumed) == N, 120, "police-nl's deliveries counted")
         wait_for(lambda: prom.value(lag) == 0, 60, "police-nl's lag back to 0")
         wait_for(lambda: prom.value(pending) == 0, 90, "hl-a's outbox empty (every RECEIVED)")
         peak = prom.value(f"max_over_time({lag}[5m:250ms])")
-        router_lag = prom.value('sum(referral_consumer_lag{job="router"})')
-        overdue = prom.value('sum(referral_receipts_overdue{job="hl-a"})')
+        router_lag = prom.value('sum(referral_consumer_lag{job="referral-router"})')
+        overdue = prom.value('sum(referral_receipts_overdue{job="referral-hl-a"})')
         commits = prom.value(
-            f'sum(referral_commit_duration_seconds_count{{job="police-nl",group="{group}"}})'
+            f'sum(referral_commit_duration_seconds_count{{job="referral-police-nl",group="{group}"}})'
         )
+        alerts = _firing(prom)
+        unanswered = _dashboard_gaps(prom)
         shot = _shoot(prom, "referral_consumer_lag", "referral_dead_lettered_total")
     finally:
         for proc in procs.values():
@@ -198,5 +238,8 @@ def test_prometheus_sees_the_counters_move_and_the_lag_come_back_to_0(
     assert overdue == 0
     assert commits is not None
     assert commits > 0
+    # The broken record raised its alert; nothing else fired on this healthy run.
+    assert alerts == {"ReferralDeadLetters"}, alerts
+    assert unanswered == set(), unanswered
     assert shot.stat().st_size > 20_000
     print(f"lag peak {peak:.0f}; screenshot {shot}")
