@@ -75,13 +75,20 @@ class LoopMetrics:
     #: Registers the loop with the process's lag and healing gauges.
     watch: Callable[[WatchedLoop], None]
 
-    def record_consumed(self, topic: str) -> None:
-        """One record read from ``topic``."""
-        self.consumed.add(1, {"topic": topic, "group": self.group})
+    def record_consumed(self, topic: str, n: int = 1) -> None:
+        """``n`` records read from ``topic``."""
+        self.consumed.add(n, {"topic": topic, "group": self.group})
 
-    def record_produced(self, topic: str) -> None:
-        """One record sent to ``topic`` because of a consumed one."""
-        self.produced.add(1, {"topic": topic, "group": self.group})
+    def record_produced(self, topic: str, n: int = 1) -> None:
+        """``n`` records sent to ``topic`` because of consumed ones."""
+        self.produced.add(n, {"topic": topic, "group": self.group})
+
+    def record_counts(self, consumed: dict[str, int], produced: dict[str, int]) -> None:
+        """One batch's records read and sent, by topic (one add per topic, not per record)."""
+        for topic, n in consumed.items():
+            self.record_consumed(topic, n)
+        for topic, n in produced.items():
+            self.record_produced(topic, n)
 
     def record_dead_lettered(self, topic: str, stage: str, reason: str) -> None:
         """One record of ``topic`` dead-lettered at ``stage`` (``reason``: the error's type)."""

@@ -266,9 +266,9 @@ class RecordContext:
             return
         if future is not None:
             self.futures.append(future)
-        metrics = self.loop.metrics
-        if metrics is not None:
-            metrics.record_produced(topic)
+        produced = self.loop._produced
+        if produced is not None:  # metrics on: counted per topic, added once per batch
+            produced[topic] = produced.get(topic, 0) + 1
 
     def event(
         self,
@@ -491,6 +491,8 @@ class ConsumeLoop:
         self._acked: dict[TopicPartition, int] = {}
         #: Rejoins of the consumers this loop closed (a closed one takes its count along).
         self._past_rejoins = 0
+        #: Records sent in the batch by topic (metrics on; counted once per batch).
+        self._produced: dict[str, int] | None = {} if metrics is not None else None
         self.stats = stats or LoopStats()
         self.poll_timeout_ms = poll_timeout_ms
         self.flush_timeout_s = flush_timeout_s
@@ -611,8 +613,6 @@ class ConsumeLoop:
         for records in polled.values():
             for record in records:
                 stats.records += 1
-                if metrics is not None:
-                    metrics.record_consumed(record.topic)
                 ctx = RecordContext(self, batch, record)
                 try:
                     self._call(record, ctx)
@@ -622,6 +622,8 @@ class ConsumeLoop:
                     ctx.dead_letter(DeadLetterStage.HANDLER, exc)
                 batch.records.append(ctx)
         t2 = time.perf_counter()
+        if metrics is not None:
+            self._count_batch(metrics, polled)
         durable = self._make_durable(batch)
         t3 = time.perf_counter()
         self._flush()
@@ -659,7 +661,15 @@ class ConsumeLoop:
         if metrics is not None:
             metrics.record_batch(t2 - t1, t4 - t3, t5 - t4)
 
-    # -- lag (metrics) -----------------------------------------------------------------
+    # -- metrics -----------------------------------------------------------------------
+    def _count_batch(self, metrics: LoopMetrics, polled: dict[TopicPartition, list[Any]]) -> None:
+        """Add the batch's records read and sent, once per topic."""
+        consumed: dict[str, int] = {}
+        for tp, records in polled.items():
+            consumed[tp.topic] = consumed.get(tp.topic, 0) + len(records)
+        produced, self._produced = self._produced or {}, {}
+        metrics.record_counts(consumed, produced)
+
     def _note_read(self, polled: dict[TopicPartition, list[Any]]) -> None:
         """Remember where each polled partition's reading started and has got to."""
         read_end, read_start = dict(self._read_end), self._read_start
