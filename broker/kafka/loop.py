@@ -491,6 +491,10 @@ class ConsumeLoop:
         self._acked: dict[TopicPartition, int] = {}
         #: Rejoins of the consumers this loop closed (a closed one takes its count along).
         self._past_rejoins = 0
+        #: Partition ends as fetches answer them, for :meth:`lag` (None: the consumer's own).
+        self.end_probe: Callable[[dict[TopicPartition, int]], dict[TopicPartition, int]] | None = (
+            None
+        )
         #: Records sent in the batch by topic (metrics on; counted once per batch).
         self._produced: dict[str, int] | None = {} if metrics is not None else None
         self.stats = stats or LoopStats()
@@ -680,13 +684,14 @@ class ConsumeLoop:
         self._read_end = read_end  # replaced whole: the scrape thread reads it
 
     def lag(self) -> dict[tuple[str, int], int]:
-        """Records read or readable but not yet committed, by (topic, partition).
+        """Records readable but not yet committed, by (topic, partition) assigned now.
 
         Counted from what this loop read and acknowledged (an acknowledged offset's
-        commit is on its way, see :meth:`_commit`): a partition's end is the
-        larger of its reported high watermark and the offset after the last record
-        read (the embedded broker reports ends behind what can be read). Only
-        partitions assigned now and read from since (caught up: lag 0) are counted.
+        commit is on its way, see :meth:`_commit`): a partition's end is the largest
+        of the high watermark fetches answer (the loop's own, and ``end_probe``'s
+        now) and the offset after the last record read — ListOffsets of the
+        embedded broker runs behind them; its start is the last acknowledged offset,
+        else where this loop started reading it.
         """
         consumer = self.consumer
         if consumer is None:
@@ -696,22 +701,22 @@ class ConsumeLoop:
         except (RuntimeError, KafkaError):  # changing under a rebalance: next scrape
             return {}
         read_end, read_start, acked = self._read_end, dict(self._read_start), dict(self._acked)
-        out: dict[tuple[str, int], int] = {}
+        known: dict[TopicPartition, tuple[int, int]] = {}  # (end as known here, start)
         for tp in assigned:
+            high = _highwater(consumer, tp)
             read = read_end.get(tp)
-            try:
-                high = consumer.highwater(tp)
-            except (KafkaError, AssertionError):
-                high = None
-            if read is None:
-                if high is not None:
-                    out[(tp.topic, tp.partition)] = 0  # fetched, nothing to read
-                continue
-            end = max(read, high or 0)
             base = acked.get(tp)
             if base is None:
-                base = read_start.get(tp, read)
-            out[(tp.topic, tp.partition)] = max(end - base, 0)
+                base = read_start.get(tp)
+            if base is None:
+                base = _position(consumer, tp)
+            if base is not None:
+                known[tp] = (max(read or 0, high or 0, base), base)
+        probe = self.end_probe
+        probed = probe({tp: end for tp, (end, _) in known.items()}) if probe else {}
+        out: dict[tuple[str, int], int] = {}
+        for tp, (end, base) in known.items():
+            out[(tp.topic, tp.partition)] = max(probed.get(tp, end), end) - base
         return out
 
     @property
@@ -977,6 +982,30 @@ def _bind(
         middleware(record, ctx, call_next)
 
     return call
+
+
+def _highwater(consumer: KafkaConsumer, tp: TopicPartition) -> int | None:
+    """The high watermark the partition's last fetch answered (None: not fetched)."""
+    try:
+        high = consumer.highwater(tp)
+    except (KafkaError, AssertionError):
+        return None
+    return None if high is None else int(high)
+
+
+def _position(consumer: KafkaConsumer, tp: TopicPartition) -> int | None:
+    """The consumer's position in ``tp`` as it stands, without asking the broker.
+
+    (:meth:`KafkaConsumer.position` may fetch the committed offset first: not from a
+    scrape's thread.) None when not known yet.
+    """
+    try:
+        state = consumer._subscription.assignment.get(tp)
+        position = getattr(state, "position", None)
+        offset = getattr(position, "offset", position)
+        return None if offset is None else int(offset)
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return None
 
 
 def _key_id(key: bytes | None) -> str:

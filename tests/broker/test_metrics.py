@@ -12,9 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker.config import Settings
 from broker.errors import ConfigError
+from broker.kafka import clients
 from broker.metrics import setup_metrics
 from broker.network import Network
+from broker.operator import topics
+from broker.operator.topics import topic_stats
 from broker.origin.outbox import Outbox, ReferralFacts
+from broker.routing.router import Router
 from broker.wire.codec import Codec
 from broker.wire.registry import EmbeddedRegistry
 from connectors.runtime import ConnectorRuntime
@@ -236,3 +240,50 @@ def test_signature_failures_by_kind_and_republishes_per_destination() -> None:
     republished = "referral_outbox_republished_total"
     assert value(samples, republished, organisation="hl-a", destination="police-nl") == 2
     assert value(samples, republished, destination="police-de") == 1
+
+
+def test_topics_list_counts_the_lag_the_router_reports(
+    provisioned: Settings, network: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = provisioned.topic_names()
+    group = provisioned.topic_prefix + "router"
+    codec = Codec(EmbeddedRegistry())
+    metrics = setup_metrics(0, "router")
+    router = Router(provisioned, network, codec, metrics=metrics, max_records=4)
+    # Each poll commits its own batch before returning: the broker's committed offsets
+    # are the loop's acknowledged ones whenever the test looks.
+    router.loop.async_commit = False
+    router.loop.pipeline_ledger = False
+    intake = {names.intake: 3}
+
+    def both() -> tuple[float, int, int]:
+        """The router's lag metric, and ``referral topics list``'s (read; ListOffsets)."""
+        scraped = value(scrape(metrics.port or 0), "referral_consumer_lag", topic=names.intake)
+        admin = clients.admin_client(provisioned)
+        consumer = clients.consumer(provisioned, group_id=None, role="topics-count")
+        try:
+            read = topic_stats(admin, consumer, intake, group_prefix=provisioned.topic_prefix)
+            with monkeypatch.context() as m:
+                m.setattr(topics, "SMALL_TOPIC", 0)  # counted as a big topic would be
+                listed = topic_stats(admin, consumer, intake, group_prefix=provisioned.topic_prefix)
+        finally:
+            consumer.close()
+            admin.close()
+        return scraped, read[names.intake].lag[group], listed[names.intake].lag[group]
+
+    try:
+        # A first 15, all routed: every partition has a committed offset, no lag.
+        publish(provisioned, names.intake, batch(codec, 15)[0])
+        wait_for(lambda: router.poll_once() == 0 and router.stats.records == 15, 60, "15")
+        assert both() == (0, 0, 0)
+        # 15 more, and one batch of at most 4 routed and committed: 11 or more behind.
+        publish(provisioned, names.intake, batch(codec, 15)[0])
+        wait_for(lambda: router.poll_once() > 0, 60, "a batch of the second 15")
+        behind = 30 - router.stats.records
+        assert 11 <= behind < 15
+        assert both() == (behind, behind, behind)
+        wait_for(lambda: router.poll_once() == 0 and router.stats.records == 30, 60, "30")
+        assert both() == (0, 0, 0)
+    finally:
+        router.close()
+        metrics.shutdown()
