@@ -287,3 +287,23 @@ def test_topics_list_counts_the_lag_the_router_reports(
     finally:
         router.close()
         metrics.shutdown()
+
+
+def test_a_replaced_producer_is_counted(provisioned: Settings, network: Network) -> None:
+    names = provisioned.topic_names()
+    codec = Codec(EmbeddedRegistry())
+    metrics = setup_metrics(0, "router")
+    router = Router(provisioned, network, codec, metrics=metrics)
+    replaced = "referral_producer_replacements_total"
+    try:
+        publish(provisioned, names.intake, batch(codec, 3)[0])
+        wait_for(lambda: router.poll_once() == 0 and router.stats.referrals == 3, 60, "3 routed")
+        assert value(scrape(metrics.port or 0), replaced) == 0
+        # The producer under the router closed (as a fatal state would leave it): replaced.
+        router.producer.current().close(5)
+        publish(provisioned, names.intake, batch(codec, 3)[0])
+        wait_for(lambda: router.poll_once() == 0 and router.stats.referrals == 6, 60, "6 routed")
+        assert value(scrape(metrics.port or 0), replaced) == 1
+    finally:
+        router.close()
+        metrics.shutdown()
