@@ -27,6 +27,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 
 from broker.errors import ConfigError
+from broker.kafka.reader import EndProbe
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -50,8 +51,8 @@ class WatchedLoop(Protocol):
     group: str
     producer: Any
 
-    def lag(self) -> dict[tuple[str, int], int]:
-        """Records read or readable but not yet committed, by (topic, partition)."""
+    def lag_positions(self) -> dict[Any, tuple[int, int]]:
+        """Per partition assigned: (its end as the loop knows it, its committed start)."""
         ...
 
     @property
@@ -129,6 +130,7 @@ class Metrics:
         self._missed: list[tuple[str, Callable[[], dict[str, int]]]] = []
         self._republished: Counter | None = None
         self._destinations: dict[str, set[str]] = {}
+        self._probe: EndProbe | None = None
         if provider is not None:
             self._observe(provider)
 
@@ -177,6 +179,12 @@ class Metrics:
     def _watch(self, loop: WatchedLoop) -> None:
         with self._lock:
             self._loops.append(loop)
+
+    def probe_ends_with(self, factory: Callable[[], Any]) -> None:
+        """Ask partition ends of a fetch at each scrape, with a consumer ``factory`` makes
+        (group-less; the first factory given is kept)."""
+        if self.enabled and self._probe is None:
+            self._probe = EndProbe(factory, timeout=0.5)
 
     def watch_outbox(
         self, organisation: str, outbox: OutboxCounts, receipt_s: float, urgent_receipt_s: float
@@ -251,11 +259,18 @@ class Metrics:
             return list(self._loops)
 
     def _lag(self, _options: CallbackOptions) -> Iterator[Observation]:
-        for loop in self._watched():
-            for (topic, partition), lag in sorted(loop.lag().items()):
-                yield Observation(
-                    lag, {"group": loop.group, "topic": topic, "partition": str(partition)}
-                )
+        loops = [(loop, loop.lag_positions()) for loop in self._watched()]
+        near: dict[Any, int] = {}
+        for _, known in loops:
+            for tp, (end, _start) in known.items():
+                near[tp] = max(near.get(tp, 0), end)
+        # One fetch for every partition of every loop of the process.
+        ends = self._probe(near) if self._probe is not None and near else {}
+        for loop, known in loops:
+            for tp, (end, start) in sorted(known.items()):
+                lag = max(ends.get(tp, end), end) - start
+                labels = {"group": loop.group, "topic": tp.topic, "partition": str(tp.partition)}
+                yield Observation(lag, labels)
 
     def _replacements(self, _options: CallbackOptions) -> Iterator[Observation]:
         # Loops of one process may share a producer: each producer is counted once.
@@ -295,7 +310,9 @@ class Metrics:
                 yield Observation(n, {"organisation": organisation, "deadline": deadline})
 
     def shutdown(self) -> None:
-        """Stop serving and release the provider."""
+        """Stop serving and release the provider (and the lag's consumer)."""
+        if self._probe is not None:
+            self._probe.close()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

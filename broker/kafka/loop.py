@@ -62,7 +62,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
@@ -683,15 +683,14 @@ class ConsumeLoop:
                 read_end[tp] = max(read_end.get(tp, 0), records[-1].offset + 1)
         self._read_end = read_end  # replaced whole: the scrape thread reads it
 
-    def lag(self) -> dict[tuple[str, int], int]:
-        """Records readable but not yet committed, by (topic, partition) assigned now.
+    def lag_positions(self) -> dict[TopicPartition, tuple[int, int]]:
+        """Per partition assigned now: (its end as this loop knows it, its start).
 
-        Counted from what this loop read and acknowledged (an acknowledged offset's
-        commit is on its way, see :meth:`_commit`): a partition's end is the largest
-        of the high watermark fetches answer (the loop's own, and ``end_probe``'s
-        now) and the offset after the last record read — ListOffsets of the
-        embedded broker runs behind them; its start is the last acknowledged offset,
-        else where this loop started reading it.
+        The end is the larger of the high watermark the loop's fetches answered (as of
+        the last one it drained) and the offset after the last record read; the start
+        is the last acknowledged offset (its commit is on its way, see :meth:`_commit`),
+        else where the loop started reading, else the consumer's position. A
+        partition not fetched yet is left out (unknown, not 0).
         """
         consumer = self.consumer
         if consumer is None:
@@ -701,23 +700,29 @@ class ConsumeLoop:
         except (RuntimeError, KafkaError):  # changing under a rebalance: next scrape
             return {}
         read_end, read_start, acked = self._read_end, dict(self._read_start), dict(self._acked)
-        known: dict[TopicPartition, tuple[int, int]] = {}  # (end as known here, start)
+        known: dict[TopicPartition, tuple[int, int]] = {}
         for tp in assigned:
-            high = _highwater(consumer, tp)
-            read = read_end.get(tp)
             base = acked.get(tp)
             if base is None:
                 base = read_start.get(tp)
             if base is None:
                 base = _position(consumer, tp)
             if base is not None:
-                known[tp] = (max(read or 0, high or 0, base), base)
-        probe = self.end_probe
-        probed = probe({tp: end for tp, (end, _) in known.items()}) if probe else {}
-        out: dict[tuple[str, int], int] = {}
-        for tp, (end, base) in known.items():
-            out[(tp.topic, tp.partition)] = max(probed.get(tp, end), end) - base
-        return out
+                known[tp] = (max(read_end.get(tp, 0), _highwater(consumer, tp) or 0, base), base)
+        return known
+
+    def lag(self, ends: Mapping[TopicPartition, int] | None = None) -> dict[tuple[str, int], int]:
+        """Records readable but not yet committed, by (topic, partition) assigned now.
+
+        ``ends``: partition ends as a fetch answered them just now (the embedded
+        broker's ListOffsets runs behind; the loop's own high watermarks are as of
+        its last fetch drained): counted where larger than the loop's own.
+        """
+        ends = ends or {}
+        return {
+            (tp.topic, tp.partition): max(ends.get(tp, end), end) - base
+            for tp, (end, base) in self.lag_positions().items()
+        }
 
     @property
     def rejoins(self) -> int:

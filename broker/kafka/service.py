@@ -15,7 +15,6 @@ from kafka import KafkaConsumer, KafkaProducer
 from broker.config import Settings
 from broker.kafka import clients
 from broker.kafka.loop import BatchContext, ConsumeLoop, LoopStats, RecordContext
-from broker.kafka.reader import EndProbe
 from broker.ledger.events import LedgerEmitter, Signer
 from broker.metrics import Metrics
 from broker.tracing import Tracing
@@ -126,15 +125,14 @@ class LoopService(Generic[PartT]):
             poll_timeout_ms=poll_timeout_ms,
         )
         self.stats: LoopStats = self.loop.stats
-        self._probe: EndProbe | None = None
         if metrics is not None and metrics.enabled:
-            # The lag's partition ends, asked at each scrape by a group-less consumer.
-            self._probe = EndProbe(
+            # The lag's partition ends, asked at each scrape by one group-less consumer
+            # of the process (the first service's factory makes it).
+            metrics.probe_ends_with(
                 lambda: self._consumer_factory(
-                    self.settings, group_id=None, role=f"{self.role}-lag"
+                    self.settings, group_id=None, role="metrics-lag", max_partition_fetch_bytes=1
                 )
             )
-            self.loop.end_probe = self._probe
 
     @property
     def role(self) -> str:
@@ -155,8 +153,6 @@ class LoopService(Generic[PartT]):
     def close(self) -> None:
         """Leave the group and flush what is in flight, then flush and close every sink."""
         try:
-            if self._probe is not None:
-                self._probe.close()
             self.loop.close()
             if self._own_producer:
                 clients.close_producer(self.producer, self.name, log)
