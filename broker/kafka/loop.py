@@ -491,10 +491,6 @@ class ConsumeLoop:
         self._acked: dict[TopicPartition, int] = {}
         #: Rejoins of the consumers this loop closed (a closed one takes its count along).
         self._past_rejoins = 0
-        #: Partition ends as fetches answer them, for :meth:`lag` (None: the consumer's own).
-        self.end_probe: Callable[[dict[TopicPartition, int]], dict[TopicPartition, int]] | None = (
-            None
-        )
         #: Records sent in the batch by topic (metrics on; counted once per batch).
         self._produced: dict[str, int] | None = {} if metrics is not None else None
         self.stats = stats or LoopStats()
