@@ -238,8 +238,10 @@ def test_prometheus_sees_the_counters_move_and_the_lag_come_back_to_0(
     assert overdue == 0
     assert commits is not None
     assert commits > 0
-    # The broken record raised its alert; nothing else fired on this healthy run.
-    assert alerts == {"ReferralDeadLetters"}, alerts
+    # The broken record raised its alert; nothing else fired on this healthy run (but a
+    # group's rejoins, the healing of Tansu's group joins, which a loaded machine can make).
+    assert "ReferralDeadLetters" in alerts
+    assert alerts - {"ReferralDeadLetters", "ReferralConsumerRejoined"} == set(), alerts
     assert unanswered == set(), unanswered
     assert shot.stat().st_size > 20_000
     print(f"lag peak {peak:.0f}; screenshot {shot}")
