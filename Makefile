@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-memory faults install clean browser sodium
+.PHONY: demo test lint typecheck unit bench bench-memory faults install clean browser sodium prometheus
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ browser:
 	@test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium)
 
+# The metrics test scrapes the processes with Debian's prometheus (promtool checks the rules).
+prometheus:
+	@test -x /usr/bin/prometheus -a -x /usr/bin/promtool || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus)
+
 # The OPRF of broker/known calls ristretto255 in Debian's libsodium23 (through pysodium).
 SODIUM_OK = dpkg-query -W -f='$${Status}' libsodium23 2>/dev/null | grep -q 'install ok installed'
 sodium:
@@ -44,7 +49,7 @@ sodium:
 # the suites that run whole networks of processes share one worker (xdist group
 # "processes", tests/conftest.py).
 TEST_WORKERS ?= 3
-test: $(STAMP) sodium lint typecheck browser
+test: $(STAMP) sodium lint typecheck browser prometheus
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 unit: $(STAMP) sodium

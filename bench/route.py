@@ -14,7 +14,11 @@
    (the floor a router's latency is compared with), split into publish → forwarded
    and forwarded → arrival, with the CPU share of the broker, the router (or pipe),
    the publisher and the reader (a process of its own, :func:`worker_reader`);
-5. prints referrals/s for both, the ratio router/baseline, CPU per referral (every
+5. with ``--metrics``, the router once more with its metrics on (served on loopback and
+   scraped every second, far more often than Prometheus would), run twice around a
+   second metrics-off run (off, on, …, on, off) so drift cancels; the on/off ratio
+   of referrals/s and of CPU per referral;
+6. prints referrals/s for both, the ratio router/baseline, CPU per referral (every
    thread, and the consume loop's thread alone), latency and peak RSS of each
    worker process, as a table and as JSON (``--json``).
 
@@ -47,6 +51,7 @@ from broker.config import Settings
 from broker.kafka import clients
 from broker.kafka.embedded import EmbeddedBroker
 from broker.kafka.provision import provision
+from broker.metrics import Metrics, setup_metrics
 from broker.network import load_network
 from broker.routing.router import Router
 from broker.wire.codec import Codec
@@ -195,18 +200,48 @@ def worker_pipe(bootstrap: str, prefix: str) -> None:
     producer.close()
 
 
-def worker_router(bootstrap: str, prefix: str, n: int, *, ledger: bool = True) -> dict[str, Any]:
-    """The real router until it has routed ``n`` referrals (``ledger=False``: no events)."""
+def _scrape_every(metrics: Metrics, stop: threading.Event, every_s: float = 1.0) -> list[int]:
+    """Scrape ``/metrics`` every ``every_s`` until ``stop``, in a thread; the scrape count."""
+    import urllib.request
+
+    count = [0]
+
+    def scrape() -> None:
+        while not stop.wait(every_s):
+            url = f"http://127.0.0.1:{metrics.port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                answer.read()
+            count[0] += 1
+
+    threading.Thread(target=scrape, daemon=True).start()
+    return count
+
+
+def worker_router(
+    bootstrap: str,
+    prefix: str,
+    n: int,
+    *,
+    ledger: bool = True,
+    metrics: bool = False,
+    run: str = "",
+) -> dict[str, Any]:
+    """The real router until it has routed ``n`` referrals (``ledger=False``: no events;
+    ``metrics``: its metrics served and scraped every second)."""
     settings = _settings(bootstrap, prefix)
+    served = setup_metrics(0, "router") if metrics else None
+    group = "router" if ledger else "router-noledger"
     router = Router(
         settings,
         load_network(NETWORK),
         Codec(EmbeddedRegistry()),
         max_records=MAX_POLL,
         emit_ledger=ledger,
-        group_id="router" if ledger else "router-noledger",
+        group_id=group + ("-metrics" if metrics else "") + run,
+        metrics=served,
     )
     stop = threading.Event()
+    scrapes = _scrape_every(served, stop) if served is not None else [0]
     cpu0 = [0.0, 0.0]
     main_clock = time.pthread_getcpuclockid(threading.get_ident())
 
@@ -223,6 +258,8 @@ def worker_router(bootstrap: str, prefix: str, n: int, *, ledger: bool = True) -
     stats = router.run(stop)
     cpu = time.process_time() - cpu0[0]
     main_cpu = time.thread_time() - cpu0[1]
+    if served is not None:
+        served.shutdown()
     assert stats.first_batch_at is not None
     assert stats.last_batch_at is not None
     return {
@@ -238,10 +275,12 @@ def worker_router(bootstrap: str, prefix: str, n: int, *, ledger: bool = True) -
             for k in ("poll_s", "handle_s", "durable_s", "ack_wait_s", "commit_s")
         },
         "batches": stats.batches,
+        "scrapes": scrapes[0],
     }
 
 
 def _run_worker(kind: str, bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
+    kind, _, run = kind.partition("#")  # "router#2": a second run, in a group of its own
     out = subprocess.run(
         [
             sys.executable,
@@ -255,6 +294,7 @@ def _run_worker(kind: str, bootstrap: str, prefix: str, n: int) -> dict[str, Any
             prefix,
             "--n",
             str(n),
+            *(["--run", f"-{run}"] if run else []),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -417,9 +457,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--worker",
-        choices=["baseline", "baseline-gc", "router", "router-noledger", "pipe", "reader"],
+        choices=[
+            "baseline",
+            "baseline-gc",
+            "router",
+            "router-metrics",
+            "router-noledger",
+            "pipe",
+            "reader",
+        ],
         help=argparse.SUPPRESS,
     )
+    ap.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also run the router with its metrics on (served, scraped every second); the ratio",
+    )
+    ap.add_argument("--run", default="", help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--prefix", default="", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -439,7 +493,14 @@ def _run_as_worker(args: argparse.Namespace) -> bool:
                 args.bootstrap, args.prefix, args.n, gc_tuned=args.worker == "baseline-gc"
             )
         else:
-            out = worker_router(args.bootstrap, args.prefix, args.n, ledger=args.worker == "router")
+            out = worker_router(
+                args.bootstrap,
+                args.prefix,
+                args.n,
+                ledger=args.worker != "router-noledger",
+                metrics=args.worker == "router-metrics",
+                run=args.run,
+            )
         print(json.dumps(out))
         return True
 
@@ -494,6 +555,11 @@ def _measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[s
         order = ["baseline", "router", "router-noledger", "baseline-gc"]
         if args.router_first:
             order.reverse()
+        if args.metrics:
+            # off, on … on, off: a drift over the run weighs on both alike
+            at = order.index("router")
+            order[at + 1 : at + 1] = ["router-metrics"]
+            order += ["router-metrics#2", "router#2"]
         side = {kind: _run_worker(kind, broker.bootstrap, prefix, args.n) for kind in order}
         baseline, router, bare = side["baseline"], side["router"], side["router-noledger"]
         tuned = side["baseline-gc"]
@@ -536,7 +602,33 @@ def _measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[s
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "latency": lat,
         "baseline_latency": pipe_lat,
+        **(_metrics_cost(side) if args.metrics else {}),
     }, side
+
+
+def _metrics_cost(side: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The router with metrics on against off (two runs each): rates, CPU, their ratios."""
+    off = [side["router"], side["router#2"]]
+    on = [side["router-metrics"], side["router-metrics#2"]]
+
+    def rate(runs: list[dict[str, Any]]) -> float:
+        return sum(r["count"] for r in runs) / sum(r["seconds"] for r in runs)
+
+    def cpu_us(runs: list[dict[str, Any]], key: str = "cpu_s") -> float:
+        return sum(r[key] for r in runs) / sum(r["count"] for r in runs) * 1e6
+
+    return {
+        "metrics_off_per_s": [round(r["count"] / r["seconds"]) for r in off],
+        "metrics_on_per_s": [round(r["count"] / r["seconds"]) for r in on],
+        "metrics_ratio": round(rate(on) / rate(off), 3),
+        "metrics_off_cpu_us": round(cpu_us(off), 1),
+        "metrics_on_cpu_us": round(cpu_us(on), 1),
+        "metrics_cpu_ratio": round(cpu_us(on) / cpu_us(off), 3),
+        # the consume loop's own thread (the scrapes' and kafka-python's threads excluded)
+        "metrics_off_loop_cpu_us": round(cpu_us(off, "main_cpu_s"), 1),
+        "metrics_on_loop_cpu_us": round(cpu_us(on, "main_cpu_s"), 1),
+        "metrics_scrapes": [r["scrapes"] for r in on],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -575,6 +667,14 @@ def main(argv: list[str] | None = None) -> None:
         f"alone: baseline {result['baseline_loop_cpu_us']} µs, "
         f"router {result['router_loop_cpu_us']} µs"
     )
+    if args.metrics:
+        print(
+            f"metrics on/off: {result['metrics_ratio']:.3f} in referrals/s "
+            f"(off {result['metrics_off_per_s']}, on {result['metrics_on_per_s']}), "
+            f"{result['metrics_cpu_ratio']:.3f} in CPU per referral "
+            f"({result['metrics_off_cpu_us']} / {result['metrics_on_cpu_us']} µs; the loop's "
+            f"thread {result['metrics_off_loop_cpu_us']} / {result['metrics_on_loop_cpu_us']} µs)"
+        )
     for label, figures in (("baseline pipe latency", pipe_lat), ("latency", lat)):
         if figures:
             _print_latency(label, figures)

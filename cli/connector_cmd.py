@@ -17,6 +17,7 @@ from broker.config import Settings
 from broker.errors import ConfigError, UnknownName, ValidationFailed
 from broker.ids import resolve_id, short_id
 from broker.kafka import clients
+from broker.metrics import setup_metrics
 from broker.network import Network
 from broker.origin.outbox import Outbox, PendingReferral
 from broker.origin.publisher import BatchResult, Publisher, Rejected
@@ -60,6 +61,13 @@ def run(
     republish_after: float | None = typer.Option(
         None, "--republish-after", help="Seconds before a pending referral is sent again."
     ),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve Prometheus /metrics on 127.0.0.1 at this port (REFERRAL_METRICS_PORT).",
+    ),
 ) -> None:
     """Run every connector configured for ORG until SIGTERM or Ctrl-C."""
     st = state(ctx)
@@ -67,19 +75,36 @@ def run(
     network.organisation(org)  # UnknownName before anything starts
     settings = st.settings
     stop = service_stop_event()
-    runtime = ConnectorRuntime(
-        settings, network, org, Codec.from_settings(settings), republish_after=republish_after
+    metrics = setup_metrics(
+        metrics_port if metrics_port is not None else settings.metrics_port, f"connectors-{org}"
     )
-    runtime.start()
+    try:
+        runtime = ConnectorRuntime(
+            settings,
+            network,
+            org,
+            Codec.from_settings(settings),
+            republish_after=republish_after,
+            metrics=metrics,
+        )
+        runtime.start()
+    except BaseException:
+        metrics.shutdown()
+        raise
     kinds = ", ".join(network.organisation(org).connectors) or "none configured"
     console.print(f"connectors of {org} running ({kinds})")
     if runtime.http_port is not None:
         console.print(f"http intake listening on port {runtime.http_port}")
+    if metrics.port is not None:
+        console.print(f"metrics on http://127.0.0.1:{metrics.port}/metrics")
     try:
         while not stop.wait(0.5):
             pass
     finally:
-        runtime.stop()
+        try:
+            runtime.stop()
+        finally:
+            metrics.shutdown()
     console.print(f"connectors of {org} stopped")
 
 

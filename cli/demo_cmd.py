@@ -28,6 +28,7 @@ from broker.ledger.events import HandoverEventType
 from broker.ledger.store import LedgerStore
 from broker.ledger.views import flows, role_routes, trace
 from broker.ledger.witness import HeadReport, witnessing
+from broker.metrics import setup_metrics
 from broker.network import Network, load_network
 from broker.operator.heads import held_heads, topic_heads
 from broker.private import exposure, private_dir
@@ -74,6 +75,13 @@ def demo(
     ),
     seed: int = typer.Option(7, "--seed", help="Seed of the synthetic batch."),
     timeout: float = typer.Option(100.0, "--timeout", help="Seconds to wait for every receipt."),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve Prometheus /metrics on 127.0.0.1 at this port (REFERRAL_METRICS_PORT).",
+    ),
 ) -> None:
     """Run the whole referral network on a fresh embedded broker, end to end."""
     st = state(ctx)
@@ -93,22 +101,7 @@ def demo(
     with ExitStack() as stack:
         broker = EmbeddedBroker(log_path=run_dir / "broker.log").start(detach=keep)
         stack.callback(broker.stop)
-        settings = Settings(
-            **{
-                **base.model_dump(),
-                "bootstrap_servers": broker.bootstrap,
-                "state_dir": run_dir,
-                "network_file": network_path,
-                "trace_exporter": "jsonl",
-                "trace_file": run_dir / "traces.jsonl",
-                # Twelve components share this one process: short fetch waits while busy
-                # would make its ~25 consumers fetch hundreds of times a second (the demo
-                # took 160 s instead of 114 s). Deployed, each runs in its own process.
-                "fetch_wait_busy_ms": (
-                    base.fetch_wait_busy_ms if "fetch_wait_busy_ms" in base.model_fields_set else 0
-                ),
-            }
-        )
+        settings = _run_settings(base, broker.bootstrap, run_dir, network_path, metrics_port)
         console.print(f"embedded broker at {broker.bootstrap}; state in {run_dir}")
         admin = clients.admin_client(settings)
         try:
@@ -213,12 +206,42 @@ def _red_recipient(network: Network) -> tuple[str, str] | None:
     return None
 
 
+def _run_settings(
+    base: Settings, bootstrap: str, run_dir: Path, network_path: Path, metrics_port: int | None
+) -> Settings:
+    """The demo run's settings: its broker, state directory, network file and exporters."""
+    return Settings(
+        **{
+            **base.model_dump(),
+            "bootstrap_servers": bootstrap,
+            "state_dir": run_dir,
+            "network_file": network_path,
+            "trace_exporter": "jsonl",
+            "trace_file": run_dir / "traces.jsonl",
+            "metrics_port": base.metrics_port if metrics_port is None else metrics_port,
+            # Twelve components share this one process: short fetch waits while busy
+            # would make its ~25 consumers fetch hundreds of times a second (the demo
+            # took 160 s instead of 114 s). Deployed, each runs in its own process.
+            "fetch_wait_busy_ms": (
+                base.fetch_wait_busy_ms if "fetch_wait_busy_ms" in base.model_fields_set else 0
+            ),
+        }
+    )
+
+
 def _start_everything(
     settings: Settings, network: Network, codec: Codec, env: dict[str, str], stack: ExitStack
 ) -> tuple[Router, dict[str, ConnectorRuntime]]:
+    # One process, one scrape endpoint: every component's meter is served on it.
+    metrics = setup_metrics(settings.metrics_port, "demo")
+    stack.callback(metrics.shutdown)
+    if metrics.port is not None:
+        console.print(f"metrics on http://127.0.0.1:{metrics.port}/metrics")
     tracing = setup_tracing(settings, "router")
     stack.callback(tracing.shutdown)
-    router = Router(settings, network, codec, tracing=tracing, checkpoint_every=5.0)
+    router = Router(
+        settings, network, codec, tracing=tracing, metrics=metrics, checkpoint_every=5.0
+    )
     stop = threading.Event()
     thread = threading.Thread(target=router.run, args=(stop,), name="router", daemon=True)
     thread.start()
@@ -228,7 +251,7 @@ def _start_everything(
     for org in network.organisations:
         if not org.connectors:
             continue
-        runtime = ConnectorRuntime(settings, network, org.id, codec, env=env)
+        runtime = ConnectorRuntime(settings, network, org.id, codec, env=env, metrics=metrics)
         stack.callback(runtime.stop)
         runtimes[org.id] = runtime.start()
     console.print(f"router and {len(runtimes)} organisations' connectors running")

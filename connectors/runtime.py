@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kafka import KafkaProducer
@@ -23,6 +24,7 @@ from broker.errors import ConfigError, ReferralError
 from broker.kafka import clients
 from broker.ledger.checkpoint import HeadWatcher
 from broker.ledger.witness import WitnessBook, WitnessParts
+from broker.metrics import Metrics
 from broker.network import Network, Organisation
 from broker.origin.outbox import Outbox, RepublishSchedule
 from broker.origin.publisher import Publisher
@@ -31,6 +33,7 @@ from broker.origin.status_log import StatusLog
 from broker.private import exposure, private_dir
 from broker.receiver.erasure import Erased, ReceiverEraser, RetentionSweep
 from broker.receiver.inbox import Inbox
+from broker.receiver.inbox_view import missed_deadlines
 from broker.receiver.sink_driver import SinkDriver
 from broker.security.rules import ReceiverSecurity
 from broker.tracing import Tracing, setup_tracing
@@ -210,6 +213,7 @@ class ConnectorRuntime:
         producer: KafkaProducer | None = None,
         republish_after: float | None = None,
         tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         try:
             self.org = network.organisation(org_id)
@@ -254,6 +258,9 @@ class ConnectorRuntime:
             self.built.sources.append(self.known.syncer)
             if self.known.sink is not None:
                 self.built.sinks.append(self.known.sink)
+        #: The process's metrics (the caller serves and shuts them down); None: off.
+        self.metrics = metrics
+        self._watch_stores()
         self.publisher = Publisher(
             settings,
             network,
@@ -282,6 +289,20 @@ class ConnectorRuntime:
         #: Child referrals published for moved items (``Publisher.reroute_due``).
         self.rerouted: list[str] = []
         self.errors: list[str] = []
+
+    def _watch_stores(self) -> None:
+        """Export the outbox (pending, overdue receipts) and the inbox's missed deadlines."""
+        if self.metrics is None:
+            return
+        deadlines, org = self.network.deadlines, self.org.id
+        self.metrics.watch_outbox(
+            org, self.outbox, deadlines.receipt_hours * 3600, deadlines.urgent_receipt_hours * 3600
+        )
+        if self.topics:  # it receives: its inbox has answers due
+            self.metrics.watch_deadlines(
+                org,
+                lambda: missed_deadlines(self.inbox.received(), deadlines, datetime.now(UTC)),
+            )
 
     def _build(self, parsed: dict[str, BaseModel]) -> _Built:
         built = _Built()
@@ -354,6 +375,7 @@ class ConnectorRuntime:
                     self.inbox,
                     producer=self.producer,
                     tracing=self.tracing,
+                    metrics=self.metrics,
                     security=ReceiverSecurity.load(self.settings, self.network, self.org.id),
                 )
                 self.sink_driver.open()
@@ -366,6 +388,7 @@ class ConnectorRuntime:
                 self.status_log,
                 producer=self.producer,
                 tracing=self.tracing,
+                metrics=self.metrics,
                 security=self.publisher.security,
                 network=self.network,
             )
@@ -437,7 +460,10 @@ class ConnectorRuntime:
         while not self._stop.wait(cfg.check_interval):
 
             def step() -> None:
-                self.republished.extend(self.publisher.republish_due(schedule))
+                again = self.publisher.republish_due(schedule)
+                if again and self.metrics is not None:
+                    self.metrics.record_republished(self.org.id, self.outbox.waiting_for(again))
+                self.republished.extend(again)
                 self.rerouted.extend(self.publisher.reroute_due())
 
             self._guarded("outbox republish", step)

@@ -45,6 +45,7 @@ PROCESS_SUITES = frozenset(
         "test_browser.py",
         "test_stats_browser.py",
         "test_connector_cmd.py",
+        "test_prometheus.py",
     }
 )
 

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
@@ -219,9 +219,9 @@ class RecordContext:
             return
         if future is not None:
             self.futures.append(future)
-        metrics = self.loop.metrics
-        if metrics is not None:
-            metrics.record_produced(topic)
+        produced = self.loop._produced
+        if produced is not None:  # metrics on: counted per topic, added once per batch
+            produced[topic] = produced.get(topic, 0) + 1
 
     def event(
         self,
@@ -452,6 +452,15 @@ class ConsumeLoop:
         self.tracing = tracing
         #: Counters and histograms of this loop (None: metrics off, no cost).
         self.metrics = metrics
+        #: Per partition: the offset after the last record read, the first offset read
+        #: (where the loop started) and the last acknowledged offset (what :meth:`lag` counts).
+        self._read_end: dict[TopicPartition, int] = {}
+        self._read_start: dict[TopicPartition, int] = {}
+        self._acked: dict[TopicPartition, int] = {}
+        #: Rejoins of the consumers this loop closed (a closed one takes its count along).
+        self._past_rejoins = 0
+        #: Records sent in the batch by topic (metrics on; counted once per batch).
+        self._produced: dict[str, int] | None = {} if metrics is not None else None
         self.stats = stats or LoopStats()
         self.poll_timeout_ms = poll_timeout_ms
         self.flush_timeout_s = flush_timeout_s
@@ -469,6 +478,8 @@ class ConsumeLoop:
         #: Wait for a batch's ledger record's ack during the next poll (see :meth:`poll_once`).
         self.pipeline_ledger = pipeline_ledger
         self._pending: _Pending | None = None
+        if metrics is not None:
+            metrics.watch(self)
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> None:
@@ -489,8 +500,10 @@ class ConsumeLoop:
                 self._commit_last()
             from broker.kafka.clients import close_consumer
 
+            self._past_rejoins += int(getattr(self.consumer, "rejoins", 0))
             close_consumer(self.consumer, self.actor, log)
             self.consumer = None
+            self._read_end, self._read_start, self._acked = {}, {}, {}
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> LoopStats:
         """Consume until ``stop`` is set (or, with ``idle_exit_s``, after that long idle)."""
@@ -563,11 +576,11 @@ class ConsumeLoop:
         """Handle a polled batch, make it durable, wait for its acks and commit (or rewind)."""
         stats = self.stats
         metrics = self.metrics
+        if metrics is not None:
+            self._note_read(polled)
         for records in polled.values():
             for record in records:
                 stats.records += 1
-                if metrics is not None:
-                    metrics.record_consumed(record.topic)
                 ctx = RecordContext(self, batch, record)
                 try:
                     self._call(record, ctx)
@@ -577,6 +590,8 @@ class ConsumeLoop:
                     ctx.dead_letter(DeadLetterStage.HANDLER, exc)
                 batch.records.append(ctx)
         t2 = time.perf_counter()
+        if metrics is not None:
+            self._count_batch(metrics, polled)
         durable = self._make_durable(batch)
         t3 = time.perf_counter()
         self._flush()
@@ -612,7 +627,72 @@ class ConsumeLoop:
         stats.ack_wait_s += t4 - t3
         stats.commit_s += t5 - t4
         if metrics is not None:
-            metrics.record_batch(t2 - t1, t5 - t4)
+            metrics.record_batch(t2 - t1, t4 - t3, t5 - t4)
+
+    # -- metrics -----------------------------------------------------------------------
+    def _count_batch(self, metrics: LoopMetrics, polled: dict[TopicPartition, list[Any]]) -> None:
+        """Add the batch's records read and sent, once per topic."""
+        consumed: dict[str, int] = {}
+        for tp, records in polled.items():
+            consumed[tp.topic] = consumed.get(tp.topic, 0) + len(records)
+        produced, self._produced = self._produced or {}, {}
+        metrics.record_counts(consumed, produced)
+
+    def _note_read(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        """Remember where each polled partition's reading started and has got to."""
+        read_end, read_start = dict(self._read_end), self._read_start
+        for tp, records in polled.items():
+            if records:
+                read_start.setdefault(tp, records[0].offset)
+                read_end[tp] = max(read_end.get(tp, 0), records[-1].offset + 1)
+        self._read_end = read_end  # replaced whole: the scrape thread reads it
+
+    def lag_positions(self) -> dict[TopicPartition, tuple[int, int]]:
+        """Per partition assigned now: (its end as this loop knows it, its start).
+
+        The end is the larger of the high watermark the loop's fetches answered (as of
+        the last one it drained) and the offset after the last record read; the start
+        is the last acknowledged offset (its commit is on its way, see :meth:`_commit`),
+        else where the loop started reading, else the consumer's position. A
+        partition not fetched yet is left out (unknown, not 0).
+        """
+        consumer = self.consumer
+        if consumer is None:
+            return {}
+        try:
+            assigned = consumer.assignment()
+        except (RuntimeError, KafkaError):  # changing under a rebalance: next scrape
+            return {}
+        read_end, read_start, acked = self._read_end, dict(self._read_start), dict(self._acked)
+        known: dict[TopicPartition, tuple[int, int]] = {}
+        for tp in assigned:
+            base = acked.get(tp)
+            if base is None:
+                base = read_start.get(tp)
+            if base is None:
+                base = _position(consumer, tp)
+            if base is not None:
+                known[tp] = (max(read_end.get(tp, 0), _highwater(consumer, tp) or 0, base), base)
+        return known
+
+    def lag(self, ends: Mapping[TopicPartition, int] | None = None) -> dict[tuple[str, int], int]:
+        """Records readable but not yet committed, by (topic, partition) assigned now.
+
+        ``ends``: partition ends as a fetch answered them just now (the embedded
+        broker's ListOffsets runs behind; the loop's own high watermarks are as of
+        its last fetch drained): counted where larger than the loop's own.
+        """
+        ends = ends or {}
+        return {
+            (tp.topic, tp.partition): max(ends.get(tp, end), end) - base
+            for tp, (end, base) in self.lag_positions().items()
+        }
+
+    @property
+    def rejoins(self) -> int:
+        """Times this loop's consumers were made to rejoin their group."""
+        consumer = self.consumer
+        return self._past_rejoins + int(getattr(consumer, "rejoins", 0) if consumer else 0)
 
     def _pending_acked(
         self, pending: _Pending, polled: dict[TopicPartition, list[Any]] | None
@@ -788,6 +868,10 @@ class ConsumeLoop:
         """
         assert self.consumer is not None
         self.stats.batches += 1
+        if offsets and self.metrics is not None:
+            acked = dict(self._acked)
+            acked.update((tp, o.offset) for tp, o in offsets.items())
+            self._acked = acked  # replaced whole: the scrape thread reads it
         if offsets:
             if self.async_commit:
                 self._last_offsets.update(offsets)
@@ -874,6 +958,30 @@ def _bind(
         middleware(record, ctx, call_next)
 
     return call
+
+
+def _highwater(consumer: KafkaConsumer, tp: TopicPartition) -> int | None:
+    """The high watermark the partition's last fetch answered (None: not fetched)."""
+    try:
+        high = consumer.highwater(tp)
+    except (KafkaError, AssertionError):
+        return None
+    return None if high is None else int(high)
+
+
+def _position(consumer: KafkaConsumer, tp: TopicPartition) -> int | None:
+    """The consumer's position in ``tp`` as it stands, without asking the broker.
+
+    (:meth:`KafkaConsumer.position` may fetch the committed offset first: not from a
+    scrape's thread.) None when not known yet.
+    """
+    try:
+        state = consumer._subscription.assignment.get(tp)
+        position = getattr(state, "position", None)
+        offset = getattr(position, "offset", position)
+        return None if offset is None else int(offset)
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return None
 
 
 def _key_id(key: bytes | None) -> str:

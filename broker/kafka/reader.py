@@ -5,8 +5,10 @@ Ends are judged by an idle poll as well as by the listed end offsets (Tansu list
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -14,7 +16,7 @@ from kafka.errors import KafkaError
 
 from broker.errors import KafkaBrokerError
 
-__all__ = ["TopicReader"]
+__all__ = ["EndProbe", "TopicReader", "fetched_ends"]
 
 
 class TopicReader:
@@ -148,3 +150,71 @@ class TopicReader:
 
     def _all(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t in self.topics for p in self.partitions(t)]
+
+
+def fetched_ends(
+    consumer: KafkaConsumer, near: Mapping[TopicPartition, int], timeout: float = 5.0
+) -> dict[TopicPartition, int]:
+    """Each partition's end as a fetch answers it (its high watermark), not as ListOffsets
+    lists it (Tansu lists ends behind what can be read): one fetch from just before
+    ``near`` (the end as far as the caller knows), not a read of the partition.
+
+    ``consumer`` has no group; it is assigned here and left unassigned. A partition
+    whose fetch did not answer within ``timeout`` keeps ``near``.
+    """
+    ends = {tp: int(end) for tp, end in near.items()}
+    if not ends:
+        return ends
+    consumer.assign(list(ends))
+    try:
+        for tp, end in ends.items():
+            consumer.seek(tp, max(end - 1, 0))
+        answered: set[TopicPartition] = set()
+        deadline = time.monotonic() + timeout
+        while len(answered) < len(ends) and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=100, max_records=len(ends))
+            for tp in ends:
+                high = consumer.highwater(tp)
+                if high is not None:
+                    answered.add(tp)
+                    ends[tp] = max(int(high), ends[tp])
+    finally:
+        consumer.assign([])
+    return ends
+
+
+class EndProbe:
+    """Partition ends as fetches answer them, for a consume loop's lag (a scrape's thread).
+
+    The loop's own consumer knows a partition's high watermark only as of the last
+    fetch it drained; the probe asks with a group-less consumer of its own (made by
+    ``factory`` on first use, closed by :meth:`close`).
+    """
+
+    def __init__(self, factory: Callable[[], KafkaConsumer], timeout: float = 2.0) -> None:
+        self._factory = factory
+        self._consumer: KafkaConsumer | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.timeout = timeout
+
+    def __call__(self, near: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """The ends of the partitions of ``near`` (empty if the broker did not answer)."""
+        with self._lock:
+            if self._closed or not near:
+                return {}
+            try:
+                if self._consumer is None:
+                    self._consumer = self._factory()
+                return fetched_ends(self._consumer, near, self.timeout)
+            except (KafkaError, KafkaBrokerError, AssertionError, ValueError, KeyError):
+                return {}
+
+    def close(self) -> None:
+        """Close the probe's consumer; later calls answer nothing."""
+        with self._lock:
+            self._closed = True
+            consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(KafkaError):
+                consumer.close(autocommit=False)

@@ -121,10 +121,18 @@ class LoopService(Generic[PartT]):
             ),
             # ``trace_records`` False: no tracing middleware, trace headers forwarded untouched.
             tracing=self.tracing if trace_records else None,
-            metrics=metrics.loop(org_id, settings.topic_prefix + group_id) if metrics else None,
+            metrics=metrics.loop(self.role, settings.topic_prefix + group_id) if metrics else None,
             poll_timeout_ms=poll_timeout_ms,
         )
         self.stats: LoopStats = self.loop.stats
+        if metrics is not None and metrics.enabled:
+            # The lag's partition ends, asked at each scrape by one group-less consumer
+            # of the process (the first service's factory makes it).
+            metrics.probe_ends_with(
+                lambda: self._consumer_factory(
+                    self.settings, group_id=None, role="metrics-lag", max_partition_fetch_bytes=1
+                )
+            )
 
     @property
     def role(self) -> str:

@@ -1,5 +1,9 @@
 """Topic statistics: message counts (read, or ListOffsets for big topics) and group lag.
 
+A group's lag is a partition's true end (read, or the high watermark a fetch answers:
+the embedded broker's ListOffsets runs behind both) less the group's committed offset,
+as the consumers' own ``referral_consumer_lag`` metric counts it.
+
 One computation for ``referral topics list`` and the console's ledger page; the
 caller hands in the Kafka clients (an admin client and a group-less consumer).
 """
@@ -14,7 +18,7 @@ from kafka.errors import KafkaError
 
 from broker.errors import KafkaBrokerError
 from broker.kafka.provision import describe_topics
-from broker.kafka.reader import TopicReader
+from broker.kafka.reader import TopicReader, fetched_ends
 
 __all__ = ["SMALL_TOPIC", "TopicStats", "deployment_topics", "topic_stats"]
 
@@ -92,6 +96,9 @@ def _counts(
             listed[tp.topic] += int(end.get(tp, 0)) - int(begin.get(tp, 0))
         to_read = [tp for tp in tps if exact or listed[tp.topic] <= SMALL_TOPIC]
         counts, true_end = _read_ends(consumer, to_read, end) if to_read else ({}, {})
+        # The others' ends as a fetch answers them (ListOffsets lists them behind).
+        near = {tp: int(end[tp]) for tp in tps if tp not in true_end and end.get(tp, 0)}
+        true_end.update(fetched_ends(consumer, near) if near else {})
     except KafkaError as exc:
         raise KafkaBrokerError(f"cannot count topic messages: {type(exc).__name__}") from exc
     stats: dict[str, TopicStats] = {}

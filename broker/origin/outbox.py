@@ -665,6 +665,32 @@ class Outbox:
         )
         return bool(rows) and rows[0]["completed_at"] is not None
 
+    def waiting_by_destination(
+        self, receipt_s: float, urgent_receipt_s: float, now: float | None = None
+    ) -> dict[str, tuple[int, int]]:
+        """Destination → (referrals it has not answered, those published longer ago than
+        its receipt deadline: ``urgent_receipt_s`` for an URGENT one, else ``receipt_s``)."""
+        now = time.time() if now is None else now
+        rows = self._db.query(
+            "SELECT e.org_id, COUNT(*) AS pending, SUM(r.published_at <= ? - CASE"
+            " WHEN json_extract(r.document, '$.envelope.priority') = 'URGENT' THEN ? ELSE ?"
+            " END) AS overdue FROM referrals r JOIN expected e USING (referral_id)"
+            f" WHERE r.completed_at IS NULL AND {_WAITING} GROUP BY e.org_id",
+            (now, urgent_receipt_s, receipt_s),
+        )
+        return {r["org_id"]: (int(r["pending"]), int(r["overdue"] or 0)) for r in rows}
+
+    def waiting_for(self, referral_ids: Sequence[str]) -> list[str]:
+        """The destinations still waiting, one per (referral, destination) of ``referral_ids``."""
+        out: list[str] = []
+        for referral_id in referral_ids:
+            rows = self._db.query(
+                f"SELECT e.org_id FROM expected e WHERE e.referral_id = ? AND {_WAITING}",
+                (referral_id,),
+            )
+            out.extend(r["org_id"] for r in rows)
+        return out
+
     def count(self) -> int:
         """How many referrals the outbox holds (complete or not)."""
         return int(self._db.query("SELECT COUNT(*) AS n FROM referrals")[0]["n"])

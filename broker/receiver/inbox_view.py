@@ -20,7 +20,7 @@ from broker.receiver.inbox import Received
 from broker.wire.models import ReferralStatus
 from connectors.formats import spreadsheet_safe
 
-__all__ = ["CSV_COLUMNS", "InboxEntry", "entries", "select", "to_csv"]
+__all__ = ["CSV_COLUMNS", "InboxEntry", "entries", "missed_deadlines", "select", "to_csv"]
 
 #: Columns of ``referral inbox --csv`` (and keys of each ``--json`` entry).
 CSV_COLUMNS = (
@@ -144,6 +144,13 @@ def entries(received: Iterable[Received], deadlines: Deadlines, now: datetime) -
         )
     out.sort(key=lambda e: (not e.urgent, not e.high, not e.overdue, -e.received_at.timestamp()))
     return out
+
+
+def missed_deadlines(
+    received: Iterable[Received], deadlines: Deadlines, now: datetime
+) -> dict[str, int]:
+    """Deadline name → referrals past it without their answer (``answer``: the inbox's overdue)."""
+    return {"answer": sum(e.overdue for e in entries(received, deadlines, now))}
 
 
 def select(
