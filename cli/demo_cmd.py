@@ -117,6 +117,7 @@ def demo(
             [c for c in UNSERVED if c not in network.served()],
             seed=seed,
             red_recipient=_red_recipient(network),
+            hosted=_hosted(network),
         )
         sent = _publish(settings, codec, runtimes, batch, env[TOKEN_ENV])
         _await_receipts(runtimes, network, sent, timeout)
@@ -195,6 +196,19 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         console=console,
     )
+
+
+def _hosted(network: Network) -> list[str]:
+    """Where the demo's material is hosted: countries with a hotline, when routing is by role.
+
+    A hotline passes material hosted abroad to that country's hotline; a country served by
+    its police alone is named as a victim's location instead (few real referrals would go
+    to the fallback). The unassigned kind still names a country nobody serves.
+    """
+    served = network.served()
+    if not network.by_role:
+        return served
+    return [cc for cc in served if network.receivers(cc, "hotline")] or served
 
 
 def _red_recipient(network: Network) -> tuple[str, str] | None:
