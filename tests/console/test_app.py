@@ -223,6 +223,19 @@ def test_a_final_status_asks_first_and_sends_on_the_second_step(
     assert SENT[-1] == (URGENT, ReferralStatus.ACCEPTED)
 
 
+@pytest.mark.parametrize("path", ["/inbox", "/inbox/rows"])
+def test_a_bad_since_names_the_field_and_shows_the_value_escaped(
+    client: TestClient, path: str
+) -> None:
+    _login(client, LIAISON)
+    r = client.get(path, params={"since": "<b>yesterday</b>"})
+    assert r.status_code == 400
+    assert "since: expected a duration" in r.text
+    assert "--since" not in r.text
+    assert "<b>yesterday" not in r.text
+    assert "&lt;b&gt;yesterday" in r.text
+
+
 def test_login_rotates_the_session(client: TestClient) -> None:
     client.get("/login")
     before = client.cookies[SESSION_COOKIE]
