@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -498,13 +499,24 @@ def _serve_console(settings: Settings, network: Network, codec: Codec, stack: Ex
     }
     web = make_console(settings, network, org, env=env, codec=codec)
     try:
-        server = ConsoleServer(web, port=CONSOLE_PORT).start()
+        # The usual port only if free: uvicorn would log a bind error before the fallback.
+        server = ConsoleServer(web, port=CONSOLE_PORT if _free(CONSOLE_PORT) else 0).start()
     except ConfigError:  # the usual port is taken: any free one
         server = ConsoleServer(web, port=0).start()
     stack.callback(server.stop)
     console.print(f"web console at {server.url}", markup=False)
     for who in ([org] if org else []) + [OPERATOR]:
         console.print(f"  token of {who}: {env[token_env(who)]}", markup=False)
+
+
+def _free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` on ``host`` can be bound now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _print_intake(
