@@ -105,27 +105,32 @@ def synthetic_batch(
     seed: int = 7,
     mix: DemoMix | None = None,
     red_recipient: tuple[str, str] | None = None,
+    hosted: list[str] | None = None,
 ) -> list[tuple[str, dict[str, Any], str]]:
     """``n`` referrals as ``(origin, referral JSON, kind)``; kind names what it shows.
+
+    Material is hosted in ``hosted`` (default: ``served``), the countries whose hosted
+    material has a receiver; the other served countries are named as a victim's location.
 
     Kinds: ``normal``, ``urgent``, ``multi``, ``unassigned``, ``derived`` (hosting
     country only from an IP), ``red`` (TLP RED to ``red_recipient`` = (org, country),
     the police of the victim's country), ``invalid`` (fails validation at the source).
     """
     mix = mix or DemoMix()
+    hosts = hosted or served
     rng = random.Random(seed)
     out = []
     for i in range(n):
         origin = origins[i % len(origins)]
         r = rng.random()
-        cc = rng.choice(served)
+        cc = rng.choice(hosts)
         if r < mix.invalid:
             ref = synthetic_referral(rng, origin, [(cc, "HOSTING")])
             ref["body"]["items"][0]["url"] = "not a url"
             kind = "invalid"
         elif r < mix.invalid + mix.red and red_recipient is not None:
             org, country = red_recipient
-            other = rng.choice([c for c in served if c != country])
+            other = rng.choice([c for c in hosts if c != country] or hosts)
             # The victim's country's police is named; the hosting country is left out.
             ref = synthetic_referral(
                 rng,
@@ -139,8 +144,9 @@ def synthetic_batch(
             ref = synthetic_referral(rng, origin, [(rng.choice(unserved), "HOSTING")])
             kind = "unassigned"
         elif r < mix.invalid + mix.red + mix.unassigned + mix.derived:
+            victim = rng.choice(served)
             ref = synthetic_referral(
-                rng, origin, [(cc, "VICTIM_LOCATION"), ("US", "HOSTING")], hosting_ip="8.8.8.8"
+                rng, origin, [(victim, "VICTIM_LOCATION"), ("US", "HOSTING")], hosting_ip="8.8.8.8"
             )
             kind = "derived"
         elif r < mix.invalid + mix.red + mix.unassigned + mix.derived + mix.multi:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -119,6 +120,7 @@ def demo(
             [c for c in UNSERVED if c not in network.served()],
             seed=seed,
             red_recipient=_red_recipient(network),
+            hosted=_hosted(network),
         )
         sent = _publish(settings, codec, runtimes, batch, env[TOKEN_ENV])
         _await_receipts(runtimes, network, sent, timeout)
@@ -196,6 +198,19 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         console=console,
     )
+
+
+def _hosted(network: Network) -> list[str]:
+    """Where the demo's material is hosted: countries with a hotline, when routing is by role.
+
+    A hotline passes material hosted abroad to that country's hotline; a country served by
+    its police alone is named as a victim's location instead (few real referrals would go
+    to the fallback). The unassigned kind still names a country nobody serves.
+    """
+    served = network.served()
+    if not network.by_role:
+        return served
+    return [cc for cc in served if network.receivers(cc, "hotline")] or served
 
 
 def _red_recipient(network: Network) -> tuple[str, str] | None:
@@ -538,13 +553,24 @@ def _serve_console(settings: Settings, network: Network, codec: Codec, stack: Ex
     }
     web = make_console(settings, network, org, env=env, codec=codec)
     try:
-        server = ConsoleServer(web, port=CONSOLE_PORT).start()
+        # The usual port only if free: uvicorn would log a bind error before the fallback.
+        server = ConsoleServer(web, port=CONSOLE_PORT if _free(CONSOLE_PORT) else 0).start()
     except ConfigError:  # the usual port is taken: any free one
         server = ConsoleServer(web, port=0).start()
     stack.callback(server.stop)
     console.print(f"web console at {server.url}", markup=False)
     for who in ([org] if org else []) + [OPERATOR]:
         console.print(f"  token of {who}: {env[token_env(who)]}", markup=False)
+
+
+def _free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` on ``host`` can be bound now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _print_intake(

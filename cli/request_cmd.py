@@ -23,12 +23,13 @@ from broker.ledger.store import LedgerStore
 from broker.metrics import setup_metrics
 from broker.network import Network
 from broker.requests.clock import OverdueWatcher
-from broker.requests.codes import DelayReason, RefusalGround
+from broker.requests.codes import DelayReason, MessageKind, RefusalGround
 from broker.requests.desk import Desk
 from broker.requests.router import RequestRouter
 from broker.requests.routes import provision_requests
 from broker.requests.stats import art18, to_csv
 from broker.requests.store import RequestRow
+from broker.requests.wire import RequestError, check_content
 from broker.security.keys import LiveKeys, OrgKeys, key_dir, load_trust
 from broker.security.signing import ledger_signer
 from broker.wire.codec import Codec
@@ -87,6 +88,29 @@ def _codes(handling: str, reliability: str, assessment: str, language: str) -> d
     }
 
 
+#: How the content checks name the codes, and the flag that sets each.
+_CODE_FLAGS = {
+    "the handling code": "--handling",
+    "the source reliability": "--reliability",
+    "the information assessment": "--assessment",
+    "the language": "--language",
+}
+
+
+def _checked(kind: MessageKind, content: dict[str, Any], **flags: str) -> dict[str, Any]:
+    """``content`` if a ``kind`` message may carry it, before anything connects; else the
+    refusal naming the flag (``flags``: content key → the flag that sets it)."""
+    try:
+        check_content(kind, content)
+    except RequestError as exc:
+        message = str(exc)
+        for subject, flag in {**_CODE_FLAGS, **flags}.items():
+            if message.startswith(subject + " "):
+                raise RequestError(flag + message.removeprefix(subject)) from None
+        raise
+    return content
+
+
 @app.command("provision")
 def provision_cmd(ctx: typer.Context, network_file: Path | None = NETWORK_OPTION) -> None:
     """Create the request topics (intake, dead letters, one per point of contact)."""
@@ -127,6 +151,7 @@ def send_cmd(
         "items": list(item),
         **_codes(handling, reliability, assessment, language),
     }
+    _checked(MessageKind.REQUEST, content, purpose="--purpose")
     with _desk(ctx, org, network_file) as desk:
         rid = desk.request(to, case, content, referral_id=referral)
         desk.flush()
@@ -201,6 +226,7 @@ def answer_cmd(
         "attachments": files,
         **_codes(handling, reliability, assessment, language),
     }
+    _checked(MessageKind.ANSWER, content, text="--text")
     with _desk(ctx, org, network_file) as desk:
         desk.answer(request_id, content)
     console.print("answered")
@@ -219,6 +245,7 @@ def refuse_cmd(
     content: dict[str, Any] = {"ground": ground.value}
     if note:
         content["note"] = note
+    _checked(MessageKind.REFUSAL, content, note="--note")
     with _desk(ctx, org, network_file) as desk:
         desk.refuse(request_id, content)
     console.print(f"refused ({ground.value})")
@@ -237,6 +264,10 @@ def clarify_cmd(
     _network(ctx, org, network_file)
     if (ask is None) == (give is None):
         raise ConfigError("give either --ask or --give")
+    if ask is not None:
+        _checked(MessageKind.CLARIFICATION_ASKED, {"question": ask}, question="--ask")
+    else:
+        _checked(MessageKind.CLARIFICATION_GIVEN, {"text": give}, text="--give")
     with _desk(ctx, org, network_file) as desk:
         if ask is not None:
             desk.ask_clarification(request_id, {"question": ask})

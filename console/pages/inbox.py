@@ -24,7 +24,7 @@ def _inbox_query(request: Request) -> dict[str, Any]:
     return {
         "search": q.get("q", "").strip() or None,
         "since_text": since,
-        "since": parse_since(since, datetime.now(UTC)),
+        "since": parse_since(since, datetime.now(UTC), name="since"),
         "unacknowledged": q.get("unack") == "1",
         "overdue": q.get("overdue") == "1",
     }

@@ -28,7 +28,7 @@ __all__ = [
 
 def _since(request: Request) -> tuple[str, datetime | None]:
     text = request.query_params.get("since", "24h") or "24h"
-    return text, parse_since(text, datetime.now(UTC))
+    return text, parse_since(text, datetime.now(UTC), name="since")
 
 
 async def flows_page(request: Request) -> Response:

@@ -15,6 +15,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from broker.errors import ConfigError
+from broker.lifecycle import FINAL
 from broker.wire.models import ItemOutcomeKind, ReferralStatus
 from console.liaison import ITEM_OUTCOMES
 from console.web import form, guarded, need_org, page
@@ -75,6 +76,8 @@ async def status(request: Request) -> Response:
         outcome = ItemOutcomeKind(fields["outcome"]) if fields.get("outcome") else None
     except ValueError:
         raise ConfigError("unknown status or outcome") from None
+    if new in FINAL and item_id is None and fields.get("confirm") != "yes":
+        return await _confirm(request, new, fields)
     update = await run_in_threadpool(
         lambda: desk.send_status(
             p["rid"],
@@ -92,6 +95,24 @@ async def status(request: Request) -> Response:
     return RedirectResponse(
         _path(update.origin_org, update.referral_id) + "?" + urllib.parse.urlencode({"sent": sent}),
         status_code=303,
+    )
+
+
+#: The fields of a status form a confirmation carries over to its second step.
+_CARRIED = ("status", "destination", "reason_code", "note")
+
+
+async def _confirm(request: Request, new: ReferralStatus, fields: dict[str, str]) -> Response:
+    """A final status asks first: a page whose form sends it (confirm=yes), or goes back."""
+    p = request.path_params
+    carried = {k: fields[k] for k in _CARRIED if fields.get(k)}
+    return page(
+        request,
+        "confirm_status.html",
+        here=_path(p["origin"], p["rid"]),
+        rid=p["rid"],
+        final=new.value,
+        fields=carried,
     )
 
 

@@ -29,7 +29,7 @@ async def stats_page(request: Request) -> Response:
     """Time to removal and reporting to police, by provider, country, route and hotline."""
     desk = need_operator(request)
     text = request.query_params.get("since", "all") or "all"
-    start = parse_since(text, datetime.now(UTC))
+    start = parse_since(text, datetime.now(UTC), name="since")
     since_ms = None if start is None else int(start.timestamp() * 1000)
     figures = await run_in_threadpool(_figures, desk, since_ms)
     return page(

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from console.server import DEFAULT_PORT as CONSOLE_PORT
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -61,10 +63,17 @@ def test_demo_accounts_for_every_published_referral(tmp_path: Path) -> None:
 def test_kept_demo_prints_a_reachable_intake_and_console_and_stops_without_noise(
     tmp_path: Path,
 ) -> None:
-    """``--keep``: the printed HTTP intake address and token work; Ctrl-C stops it quietly."""
+    """``--keep``: the printed HTTP intake address and token work; Ctrl-C stops it quietly,
+    and a console port already taken (here by the test) is passed over without a bind error."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFERRAL_")}
     env["COLUMNS"] = "300"
     args = ["--state-dir", str(tmp_path), "demo", "--keep", "--count", "20"]
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        taken.bind(("127.0.0.1", CONSOLE_PORT))
+        taken.listen()
+    except OSError:
+        pass  # taken by someone else already: the same case
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", *args],
         cwd=ROOT,
@@ -102,12 +111,15 @@ def test_kept_demo_prints_a_reachable_intake_and_console_and_stops_without_noise
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
     finally:
+        taken.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, rest[-3000:]
     err = (tmp_path / "stderr.log").read_text(encoding="utf-8")
     assert "Traceback" not in err + rest
+    assert f":{CONSOLE_PORT}/" not in console_url.group(1)
+    assert "address already in use" not in err + out + rest
     assert "Invalid file descriptor" not in err
 
 

@@ -152,3 +152,29 @@ def test_a_mistyped_referral_id_gets_the_nearest_one_of_the_inbox(
     code, line = one_line(["status", ORG, typo, "ACCEPTED"], env)
     assert code == 2
     assert line == f"error: unknown referral '{typo}' in the inbox of {ORG}; did you mean {rid}?"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--handling", "H9"], "error: --handling must be one of H0, H1, H2, H3"),
+        (["--reliability", "Q"], "error: --reliability must be one of A, B, C, X"),
+        (["--assessment", "9"], "error: --assessment must be one of 1, 2, 3, 4"),
+        (["--language", "english"], "error: --language must be a two-letter ISO 639-1 code"),
+        (["--purpose", " "], "error: --purpose must be a non-empty text"),
+    ],
+)
+def test_request_send_names_the_flag_before_anything_connects(
+    received: tuple[dict[str, str | None], str], extra: list[str], expected: str
+) -> None:
+    env, _ = received
+    args = ["request", "send", ORG, "--to", "police-de", "--case", "c-1", "--purpose", "p"]
+    code, line = one_line([*args, "--item", "x", *extra], env)
+    assert code == 1  # refused input, as `status` refuses it (2 is for unknown names)
+    assert line.startswith(expected)
+
+
+def test_request_clarify_names_the_flag(received: tuple[dict[str, str | None], str]) -> None:
+    env, _ = received
+    code, line = one_line(["request", "clarify", ORG, "0" * 8, "--give", " "], env)
+    assert (code, line.split(" must ")[0]) == (1, "error: --give")

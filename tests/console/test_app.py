@@ -199,6 +199,43 @@ def test_forms_without_the_csrf_token_are_refused(client: TestClient) -> None:
     assert client.post("/logout", data={"csrf": csrf}).status_code == 303
 
 
+@pytest.mark.parametrize(
+    "fields", [{"status": "CLOSED"}, {"status": "REROUTED", "destination": "police-de"}]
+)
+def test_a_final_status_asks_first_and_sends_on_the_second_step(
+    client: TestClient, fields: dict[str, str]
+) -> None:
+    csrf = _login(client, LIAISON)
+    path = f"/referral/hl-nl/{URGENT}/status"
+    asked = client.post(path, data={**fields, "csrf": csrf})
+    assert asked.status_code == 200
+    assert SENT == []  # nothing sent on the first click
+    assert 'id="confirm"' in asked.text
+    assert f"{fields['status']} is final" in asked.text
+    for name, value in fields.items():
+        assert f'name="{name}" value="{value}"' in asked.text
+    assert 'name="confirm" value="yes"' in asked.text
+    sent = client.post(path, data={**fields, "csrf": csrf, "confirm": "yes"})
+    assert sent.status_code == 409  # reached the desk (which refuses here)
+    assert [(URGENT, ReferralStatus(fields["status"]))] == SENT
+    # Not final: sent at once.
+    client.post(path, data={"status": "ACCEPTED", "csrf": csrf})
+    assert SENT[-1] == (URGENT, ReferralStatus.ACCEPTED)
+
+
+@pytest.mark.parametrize("path", ["/inbox", "/inbox/rows"])
+def test_a_bad_since_names_the_field_and_shows_the_value_escaped(
+    client: TestClient, path: str
+) -> None:
+    _login(client, LIAISON)
+    r = client.get(path, params={"since": "<b>yesterday</b>"})
+    assert r.status_code == 400
+    assert "since: expected a duration" in r.text
+    assert "--since" not in r.text
+    assert "<b>yesterday" not in r.text
+    assert "&lt;b&gt;yesterday" in r.text
+
+
 def test_login_rotates_the_session(client: TestClient) -> None:
     client.get("/login")
     before = client.cookies[SESSION_COOKIE]
@@ -575,6 +612,17 @@ def test_the_referral_page_shows_versions_parent_and_children_without_content(
     assert secret not in html
     assert "secret-item.example.org" not in html
     assert json.dumps(secret) not in html
+
+    # The moved item went to police-nl too: the history's REROUTED row links the child's page.
+    history = html.split('id="history"', 1)[1]
+    assert CHILD not in history  # police-nl took no part in that re-referral
+    inbox = Inbox.for_org(settings, ORG)
+    inbox.record(_delivery(CHILD, "case-items", "NORMAL"), "inbox_folder", NOW.timestamp())
+    inbox.close()
+    to_us = dataclasses.replace(rerouted, to_party="police-nl")
+    monkeypatch.setattr("console.ledger.records", lambda *a, **k: [to_us])
+    history = client.get(f"/referral/hl-nl/{ITEMS_RID}").text.split('id="history"', 1)[1]
+    assert f'moved to FR: referral <a class="mono kin" href="/referral/hl-nl/{CHILD}">' in history
 
 
 def test_the_sent_page_shows_the_outcomes_the_origin_verified(

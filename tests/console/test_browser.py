@@ -273,6 +273,21 @@ def test_liaison_and_operator_in_a_real_browser(
         page.screenshot(path=str(shots / "referral.png"), full_page=True)
         _narrow_shot(page, shots / "referral-800.png")
 
+        # CLOSED is final: the first click asks (nothing sent), the second sends.
+        page.click('button.status-action[data-status="CLOSED"]')
+        page.wait_for_selector("#confirm")
+        assert "CLOSED is final" in page.inner_text("#confirm")
+        assert origin.status_log.status_state(rid, "police-nl") == "STILL_ONLINE"
+        page.click("#confirm-final")
+        page.wait_for_selector("#notice")
+        assert page.inner_text("#current-status") == "CLOSED"
+        assert page.locator("button.status-action").count() == 0
+        wait_for(
+            lambda: origin.status_log.status_state(rid, "police-nl") == "CLOSED",
+            30,
+            "the origin to hear CLOSED",
+        )
+
         assert page.request.get(f"{base}/static/favicon.svg").status == 200
         assert not [e for e in errors if "404" in e], errors
 

@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -301,3 +302,48 @@ def test_the_first_hour_typed_into_an_80_column_tmux(demo: Demo, tmp_path: Path)
     assert "no broker answered at 127.0.0.1:1" in text
     assert steps["tail"][1] == 0
     assert re.search(r"^referrals\.intake\[\d+\]@\d+ ", steps["tail"][0], re.M)
+
+
+def _tour() -> list[list[str]]:
+    """The guided tour's commands as README.md prints them (``r`` = referral --state-dir RUN)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## A guided tour", 1)[1].split("\n## ", 1)[0]
+    return [shlex.split(c)[1:] for c in re.findall(r"`(r [^`]+)`", section)]
+
+
+def _arrived(run: str, rid: str) -> bool:
+    return any(e["referral_id"] == rid for e in _received(run))
+
+
+def _accepted(run: str, trace: list[str]) -> bool:
+    return "police-nl ACCEPTED" in referral(*trace, state=run).stdout
+
+
+def test_the_readmes_guided_tour_as_printed(demo: Demo) -> None:
+    """Every ``r …`` of the tour, in its order, against the kept demo: each answers, none
+    with a traceback; the published referral arrives, is acknowledged and traced."""
+    run = demo.run_dir
+    tour = _tour()
+    assert [c[0] for c in tour][:5] == ["publish", "inbox", "show", "status", "trace"], tour
+    rid = ""
+    for command in tour:
+        if command[0] == "show":
+            wait_for(partial(_arrived, run, rid), 60, "the tour's referral at police-nl", step=1)
+        if command[0] == "trace":
+            wait_for(partial(_accepted, run, command), 60, "hl-nl to verify ACCEPTED", step=1)
+        done = referral(*command, state=run)
+        assert done.returncode == 0, (command, done.stdout + done.stderr)
+        assert "Traceback" not in done.stdout + done.stderr, command
+        if command[0] == "publish":
+            m = re.search(r"referral ([0-9a-f-]{36})", done.stdout)
+            assert m, done.stdout
+            rid = m.group(1)
+            # The README names the id by its prefix, as the id is derived from origin and case.
+            assert rid.startswith(tour[2][1]), (rid, tour[2])
+        if command[0] == "show":
+            assert rid in done.stdout
+            assert "example-case-0002" in done.stdout
+        if command[0] == "status":
+            assert f"ACCEPTED for {rid} sent to hl-nl" in " ".join(done.stdout.split())
+        if command[:2] == ["ledger", "verify"]:
+            assert "ledger intact" in done.stdout

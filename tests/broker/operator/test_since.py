@@ -37,3 +37,13 @@ def test_a_bad_value_is_named_once_with_its_control_characters_escaped() -> None
     assert "\x1b" not in message
     assert "yesterday" in message
     assert "\n" not in message
+
+
+def test_the_message_names_what_the_user_typed_it_in_and_cuts_a_long_value() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_since("x" * 500, NOW, name="since")
+    message = str(err.value)
+    assert message.startswith("since: expected")
+    assert "--since" not in message
+    assert "x" * 39 + "…" in message
+    assert "x" * 41 not in message
