@@ -13,7 +13,8 @@ once, when the batch is made durable, so its inbox can show what was known.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,7 @@ from broker.errors import ReferralError, ValidationFailed
 from broker.known.client import EvaluationClient
 from broker.known.index import MatchIndex, OwnToken, PreviouslyAssessed
 from broker.known.normalise import hash_input, url_input
+from broker.known.pending import Untokenised
 from broker.known.wire import MatchRecord, encode_match, reference, sign_known
 from broker.origin.outbox import Outbox
 from broker.origin.status_log import StatusLog
@@ -94,12 +96,54 @@ def _labels(document: Mapping[str, Any]) -> tuple[str, int, dict[str, str | None
     return tlp, at_ms, per_item
 
 
+#: Referrals tried at once when retrying (the evaluator's rate is per organisation).
+RETRY_BATCH = 200
+
+
 class _Tokeniser:
     """Tokenises referral documents through the evaluator and remembers the tokens."""
 
-    def __init__(self, client: EvaluationClient, index: MatchIndex) -> None:
+    side = "received"
+
+    def __init__(
+        self,
+        client: EvaluationClient,
+        index: MatchIndex,
+        queue: Untokenised | None = None,
+        *,
+        retry_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.index = index
+        #: Where referrals wait that could not be tokenised (None: they are only logged).
+        self.queue = queue
+        self.retry_s = retry_s
+        self.clock = clock
+        self._retry_at = 0.0
+
+    def _work(self, referrals: Sequence[tuple[str, Mapping[str, Any]]]) -> object:
+        return self.tokenise(referrals)
+
+    def retry(self, *, force: bool = False) -> int:
+        """Tokenise queued referrals (at most every ``retry_s`` unless ``force``); how many."""
+        if self.queue is None or (not force and self.clock() < self._retry_at):
+            return 0
+        waiting = self.queue.waiting(self.side)[:RETRY_BATCH]
+        if not waiting:
+            return 0
+        try:
+            self._work(waiting)
+        except (ReferralError, KafkaError) as exc:
+            self._retry_at = self.clock() + self.retry_s
+            log.warning(
+                "known content: %d referrals still not tokenised: %s",
+                self.queue.count(self.side),
+                type(exc).__name__,
+            )
+            return 0
+        self.queue.done(self.side, [rid for rid, _ in waiting])
+        return len(waiting)
 
     def tokenise(
         self, referrals: Sequence[tuple[str, Mapping[str, Any]]]
@@ -124,6 +168,8 @@ class _Tokeniser:
 class KnownPublisher(_Tokeniser):
     """The origin's side: tokenise what it published and put the tokens on ``match.tokens``."""
 
+    side = "sent"
+
     def __init__(
         self,
         client: EvaluationClient,
@@ -132,8 +178,9 @@ class KnownPublisher(_Tokeniser):
         keys: LiveKeys,
         *,
         case_status: str | None = None,
+        queue: Untokenised | None = None,
     ) -> None:
-        super().__init__(client, index)
+        super().__init__(client, index, queue)
         self.producer = producer
         self.keys = keys
         self.topic = client.names.match_tokens
@@ -186,6 +233,20 @@ class KnownPublisher(_Tokeniser):
         self.index.add(records)
         return known
 
+    def _work(self, referrals: Sequence[tuple[str, Mapping[str, Any]]]) -> object:
+        return self.publish(referrals)
+
+    def publish_or_keep(
+        self, referrals: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> dict[tuple[str, str], PreviouslyAssessed]:
+        """:meth:`publish`; on failure the referrals are queued for :meth:`retry` (raises)."""
+        try:
+            return self.publish(referrals)
+        except (ReferralError, KafkaError):
+            if self.queue is not None:
+                self.queue.keep(self.side, referrals)
+            raise
+
     def rederive(self, outbox: Outbox, status_log: StatusLog | None = None) -> int:
         """After a key rotation: tokens of every referral the outbox keeps, under the current
         key, published (with each item's latest outcome from ``status_log`` as its case
@@ -226,8 +287,16 @@ class KnownSink(Sink):
 
     kind = "known"
 
-    def __init__(self, client: EvaluationClient, index: MatchIndex) -> None:
-        self._tokeniser = _Tokeniser(client, index)
+    def __init__(
+        self,
+        client: EvaluationClient,
+        index: MatchIndex,
+        queue: Untokenised | None = None,
+        *,
+        retry_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._tokeniser = _Tokeniser(client, index, queue, retry_s=retry_s, clock=clock)
         self._pending: list[tuple[str, Mapping[str, Any]]] = []
 
     def deliver(self, delivery: Delivery) -> None:
@@ -235,9 +304,15 @@ class KnownSink(Sink):
         self._pending.append((delivery.referral_id, delivery.document))
 
     def flush(self) -> None:
-        """Tokenise what was delivered; an unreachable evaluator is logged, never fatal."""
+        """Tokenise what was delivered; an unreachable evaluator is logged, never fatal (with
+        a queue, what was not tokenised waits there for :meth:`retry`)."""
         pending, self._pending = self._pending, []
         if not pending:
+            return
+        queue = self._tokeniser.queue
+        if queue is not None:
+            queue.keep(self._tokeniser.side, pending)  # kept first: a crash retries too
+            self._tokeniser.retry(force=True)
             return
         try:
             self._tokeniser.tokenise(pending)
@@ -245,6 +320,10 @@ class KnownSink(Sink):
             log.warning(
                 "known content: %d referrals not tokenised: %s", len(pending), type(exc).__name__
             )
+
+    def retry(self, *, force: bool = False) -> int:
+        """Tokenise the referrals queued earlier (see :meth:`_Tokeniser.retry`); how many."""
+        return self._tokeniser.retry(force=force)
 
     def close(self) -> None:
         """Close the evaluation client."""
