@@ -24,12 +24,15 @@ from broker.contracts import Source
 from broker.errors import ConfigError
 from broker.ids import short_id
 from broker.kafka import clients
+from broker.known.casestatus import CaseStatusSink
 from broker.known.client import EvaluationClient
 from broker.known.index import MatchIndex
 from broker.known.pending import Untokenised
 from broker.known.publish import KnownPublisher, KnownSink
 from broker.network import Network
+from broker.origin.outbox import Outbox
 from broker.origin.publisher import BatchResult, KnownHook
+from broker.origin.status_log import StatusLog
 from broker.security.keys import LiveKeys, key_dir, load_trust
 from connectors.base import ConnectorConfig
 
@@ -98,6 +101,13 @@ class KnownParts:
     index: MatchIndex
     syncer: KnownSync
     queue: Untokenised | None = field(default=None)
+    publisher: KnownPublisher | None = field(default=None)
+
+    def status_sink(self, outbox: Outbox, status_log: StatusLog) -> CaseStatusSink | None:
+        """The status sink that keeps the case status of this origin's entries current."""
+        if self.publisher is None:
+            return None
+        return CaseStatusSink(self.publisher, outbox, status_log)
 
     def close(self) -> None:
         """Close the publisher's evaluation client, the index and the retry queue (the sink
@@ -134,7 +144,7 @@ def known_parts(
         sink = KnownSink(own, index, queue)
         retries.append(sink.retry)
     syncer = KnownSync(settings, network, index, retries)
-    return KnownParts(publisher.publish_or_keep, sink, client, index, syncer, queue)
+    return KnownParts(publisher.publish_or_keep, sink, client, index, syncer, queue, publisher)
 
 
 def known_for_publish(

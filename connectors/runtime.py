@@ -253,6 +253,9 @@ class ConnectorRuntime:
             self.built.sources.append(self.known.syncer)
             if self.known.sink is not None:
                 self.built.sinks.append(self.known.sink)
+            case_status = self.known.status_sink(self.outbox, self.status_log)
+            if case_status is not None:
+                self.built.status_sinks.append(case_status)
         self.publisher = Publisher(
             settings,
             network,

@@ -200,26 +200,54 @@ class KnownPublisher(_Tokeniser):
         known: dict[tuple[str, str], PreviouslyAssessed] = {}
         records: list[MatchRecord] = []
         for rid, doc, _, own in self.tokenise(referrals):
-            tlp, at_ms, classes = _labels(doc)
-            for t in own:
-                red = tlp == "RED"
-                records.append(
-                    MatchRecord(
-                        t.key_id,
-                        t.token.hex(),
-                        self.holder,
-                        reference(t.token, rid, t.item_id),
-                        t.kind,
-                        tlp,
-                        at_ms,
-                        None if red else classes.get(t.item_id),
-                        None if red else statuses.get((rid, t.item_id), self.case_status),
-                    )
-                )
+            records += self._records(rid, doc, own, statuses)
             for item_id in dict.fromkeys(t.item_id for t in own):
                 hit = self.index.lookup(rid, item_id)
                 if hit is not None:
                     known[(rid, item_id)] = hit
+        self._send(records)
+        return known
+
+    def restatus(
+        self,
+        referrals: Sequence[tuple[str, Mapping[str, Any]]],
+        statuses: Mapping[tuple[str, str], str],
+    ) -> int:
+        """Publish the entries of referrals tokenised before again, with each item's case
+        status from ``statuses`` (no new evaluation); the entries sent."""
+        records: list[MatchRecord] = []
+        for rid, doc in referrals:
+            records += self._records(rid, doc, self.index.own_tokens([rid]), statuses)
+        self._send(records)
+        return len(records)
+
+    def _records(
+        self,
+        rid: str,
+        doc: Mapping[str, Any],
+        own: Sequence[OwnToken],
+        statuses: Mapping[tuple[str, str], str],
+    ) -> list[MatchRecord]:
+        tlp, at_ms, classes = _labels(doc)
+        red = tlp == "RED"
+        return [
+            MatchRecord(
+                t.key_id,
+                t.token.hex(),
+                self.holder,
+                reference(t.token, rid, t.item_id),
+                t.kind,
+                tlp,
+                at_ms,
+                None if red else classes.get(t.item_id),
+                None if red else statuses.get((rid, t.item_id), self.case_status),
+            )
+            for t in own
+        ]
+
+    def _send(self, records: Sequence[MatchRecord]) -> None:
+        if not records:
+            return
         keys = self.keys.current()
         for record in records:
             value = encode_match(record)
@@ -231,7 +259,6 @@ class KnownPublisher(_Tokeniser):
             )
         self.producer.flush(self.client.timeout)
         self.index.add(records)
-        return known
 
     def _work(self, referrals: Sequence[tuple[str, Mapping[str, Any]]]) -> object:
         return self.publish(referrals)
