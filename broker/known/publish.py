@@ -125,6 +125,10 @@ class _Tokeniser:
     def _work(self, referrals: Sequence[tuple[str, Mapping[str, Any]]]) -> object:
         return self.tokenise(referrals)
 
+    def back_off(self) -> None:
+        """The evaluator just failed: the next retry waits ``retry_s``."""
+        self._retry_at = self.clock() + self.retry_s
+
     def retry(self, *, force: bool = False) -> int:
         """Tokenise queued referrals (at most every ``retry_s`` unless ``force``); how many."""
         if self.queue is None or (not force and self.clock() < self._retry_at):
@@ -135,7 +139,7 @@ class _Tokeniser:
         try:
             self._work(waiting)
         except (ReferralError, KafkaError) as exc:
-            self._retry_at = self.clock() + self.retry_s
+            self.back_off()
             log.warning(
                 "known content: %d referrals still not tokenised: %s",
                 self.queue.count(self.side),
@@ -272,6 +276,7 @@ class KnownPublisher(_Tokeniser):
         except (ReferralError, KafkaError):
             if self.queue is not None:
                 self.queue.keep(self.side, referrals)
+                self.back_off()
             raise
 
     def rederive(self, outbox: Outbox, status_log: StatusLog | None = None) -> int:
@@ -337,16 +342,18 @@ class KnownSink(Sink):
         if not pending:
             return
         queue = self._tokeniser.queue
-        if queue is not None:
-            queue.keep(self._tokeniser.side, pending)  # kept first: a crash retries too
-            self._tokeniser.retry(force=True)
-            return
         try:
             self._tokeniser.tokenise(pending)
         except (ReferralError, KafkaError) as exc:
             log.warning(
                 "known content: %d referrals not tokenised: %s", len(pending), type(exc).__name__
             )
+            if queue is not None:  # only what failed is kept (the content stays in one place)
+                queue.keep(self._tokeniser.side, pending)
+                self._tokeniser.back_off()
+            return
+        if queue is not None and queue.count(self._tokeniser.side):
+            self._tokeniser.retry()  # the evaluator answers again: what waits, on its cadence
 
     def retry(self, *, force: bool = False) -> int:
         """Tokenise the referrals queued earlier (see :meth:`_Tokeniser.retry`); how many."""
