@@ -268,6 +268,12 @@ class MatchIndex:
             )
             self._delete(conn, entry_keys)
 
+    def forget_own(self, referral_id: str) -> int:
+        """Forget the tokens of one referral's items (it was erased); how many."""
+        with self._db.transaction() as conn:
+            cur = conn.execute("DELETE FROM own WHERE referral_id = ?", (referral_id,))
+            return int(cur.rowcount)
+
     def has_own(self, referral_id: str) -> bool:
         """True if the items of ``referral_id`` were tokenised here."""
         rows = self._db.query("SELECT 1 FROM own WHERE referral_id = ? LIMIT 1", (referral_id,))

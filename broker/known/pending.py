@@ -67,13 +67,16 @@ class Untokenised:
         )
         return [(str(r["referral_id"]), json.loads(r["document"])) for r in rows]
 
-    def done(self, side: str, referral_ids: Sequence[str]) -> None:
-        """Forget referrals now tokenised."""
+    def done(self, side: str, referral_ids: Sequence[str]) -> int:
+        """Forget referrals (tokenised now, or erased); how many were queued."""
         with self._db.transaction() as conn:
-            conn.executemany(
-                "DELETE FROM pending WHERE side = ? AND referral_id = ?",
-                [(side, rid) for rid in referral_ids],
-            )
+            gone = 0
+            for rid in referral_ids:
+                cur = conn.execute(
+                    "DELETE FROM pending WHERE side = ? AND referral_id = ?", (side, rid)
+                )
+                gone += cur.rowcount
+        return gone
 
     def count(self, side: str | None = None) -> int:
         """How many referrals wait (of ``side``, or of both)."""

@@ -359,6 +359,14 @@ class KnownSink(Sink):
         """Tokenise the referrals queued earlier (see :meth:`_Tokeniser.retry`); how many."""
         return self._tokeniser.retry(force=force)
 
+    def erase(self, origin_org: str, referral_id: str) -> int:
+        """Drop the referral's queued document (if its tokenising failed) and its own tokens;
+        1 if a document was queued, else 0."""
+        self._pending = [(rid, doc) for rid, doc in self._pending if rid != referral_id]
+        self._tokeniser.index.forget_own(referral_id)
+        queue = self._tokeniser.queue
+        return queue.done(self._tokeniser.side, [referral_id]) if queue is not None else 0
+
     def close(self) -> None:
         """Close the evaluation client."""
         self._tokeniser.client.close()

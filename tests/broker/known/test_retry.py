@@ -132,3 +132,23 @@ def test_a_publish_the_evaluator_missed_is_published_on_retry(settings: Settings
     producer.close()
     index.close()
     queue.close()
+
+
+def test_erasing_a_queued_referral_removes_its_document(settings: Settings) -> None:
+    settings, network = known_network(settings)
+    sink, queue, client = _sink(settings, network, SimClock())
+    client.timeout = 2
+    doc = _doc("hl-a", 2)
+    delivery = _delivery(doc)
+    sink.deliver(delivery)
+    sink.flush()  # no evaluator: kept
+    assert queue.count("received") == 1
+    assert sink.erase("hl-a", delivery.referral_id) == 1
+    assert queue.count() == 0
+    assert sink.erase("hl-a", delivery.referral_id) == 0
+    sink.close()
+    queue.close()
+    path = settings.org_dir("police-fr") / "known-pending.sqlite3"
+    stored = b"".join(p.read_bytes() for p in path.parent.glob("known-pending.sqlite3*"))
+    item = doc["body"]["items"][0]
+    assert item["hashes"][0]["value"].encode() not in stored  # secure delete; the WAL is checkpointed on close
