@@ -151,4 +151,5 @@ def test_erasing_a_queued_referral_removes_its_document(settings: Settings) -> N
     path = settings.org_dir("police-fr") / "known-pending.sqlite3"
     stored = b"".join(p.read_bytes() for p in path.parent.glob("known-pending.sqlite3*"))
     item = doc["body"]["items"][0]
-    assert item["hashes"][0]["value"].encode() not in stored  # secure delete; the WAL is checkpointed on close
+    # Secure delete; the WAL is checkpointed on close.
+    assert item["hashes"][0]["value"].encode() not in stored
