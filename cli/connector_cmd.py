@@ -17,6 +17,7 @@ from broker.config import Settings
 from broker.errors import ConfigError, UnknownName, ValidationFailed
 from broker.ids import resolve_id, short_id
 from broker.kafka import clients
+from broker.known.check import KnownUnreachable, check_known, checks_known
 from broker.metrics import setup_metrics
 from broker.network import Network
 from broker.origin.outbox import Outbox, PendingReferral
@@ -249,6 +250,8 @@ def check(
 
     Prints one line per valid row (its referral id) and one line per problem on
     stderr (file, row, column or field, message); exits 1 if there is any problem.
+    With the ``known`` kind, the valid rows' items are also looked up (through the
+    evaluator, blinded): one line per item another member assessed before.
     """
     st = state(ctx)
     network = st.network(network_file)
@@ -258,6 +261,7 @@ def check(
     if missing:
         raise ConfigError("\n".join(f"{m}: no such file" for m in missing))
     bad = 0
+    valid: list[tuple[str, str, dict[str, Any]]] = []  # for known content (issue 24)
     with tempfile.TemporaryDirectory(prefix="referral-check-") as scratch:
         outbox = Outbox(Path(scratch) / "outbox.sqlite3")
         publisher = Publisher(
@@ -285,6 +289,9 @@ def check(
                         markup=False,
                         soft_wrap=True,
                     )
+                    if prepared.facts.document is not None:
+                        doc = prepared.facts.document
+                        valid.append((f"{path} {label}", prepared.referral_id, doc))
                 for rej in name_fields(result, path.suffix).rejected:
                     for problem in rej.problems:
                         bad += 1
@@ -294,8 +301,27 @@ def check(
         finally:
             publisher.close()
             outbox.close()
+    _check_known(settings, network, as_org, valid)
     if bad:
         raise typer.Exit(1)
+
+
+def _check_known(
+    settings: Any, network: Network, org: str, rows: list[tuple[str, str, dict[str, Any]]]
+) -> None:
+    """Which valid rows hold known content, or on stderr why that was not checked."""
+    if not rows or not checks_known(network, org):
+        return
+    try:
+        found = check_known(settings, network, org, rows)
+    except KnownUnreachable as exc:
+        err_console.print(escape(f"known content not checked: {exc}"), markup=False)
+        return
+    for k in found:
+        line = f"{k.label}: item {short_id(k.item_id)} holds known content: {k.hit.line()}"
+        console.print(escape(line), markup=False, soft_wrap=True)
+    if not found:
+        console.print(f"known content: none of {len(rows)} row(s) matched", markup=False)
 
 
 def outbox(

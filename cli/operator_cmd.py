@@ -32,6 +32,7 @@ from broker.ledger.views import (
     Trace,
 )
 from broker.operator.access import AccessRecorder
+from broker.operator.known_share import KnownShare, known_shares
 from broker.operator.since import parse_since
 from broker.operator.tail import decoded, record_view
 from broker.operator.tail_start import Start, parse_start, positions
@@ -52,6 +53,7 @@ __all__ = [
     "flows_cmd",
     "ledger_app",
     "print_flows",
+    "print_known_shares",
     "print_trace",
     "tail",
     "trace_cmd",
@@ -472,11 +474,30 @@ def flows_cmd(
     local_note(why)
     f = flows_view(settings, network, records, now, start)
     by_role = role_routes_since(network, records, start)
+    shares: list[KnownShare] = []
+    if network.known is not None:  # known content (issue 24): counts only
+        shares, why_not = known_shares(settings, network, sync=sync and why is None)
+        if why_not is not None:
+            err_console.print(escape(f"note: known content from the local copy ({why_not})"))
     if as_json:
-        print_json({**f.to_json(), "role_routes": [r.to_json() for r in by_role]})
+        extra = {"known_content": [s.to_json() for s in shares]} if network.known else {}
+        print_json({**f.to_json(), "role_routes": [r.to_json() for r in by_role], **extra})
         return
     print_flows(f, now, since)
     print_role_routes(by_role)
+    print_known_shares(shares)
+
+
+def print_known_shares(shares: list[KnownShare]) -> None:
+    """Print the share of known content per origin (all time, counts only)."""
+    if not shares:
+        return
+    table = Table(title="known content per origin (match entries: one per hash or URL)")
+    for col in ("origin", "entries", "known before", "share"):
+        table.add_column(col, justify="left" if col == "origin" else "right")
+    for s in shares:
+        table.add_row(cell(s.origin), str(s.entries), str(s.known), f"{s.share:.0%}")
+    console.print(table)
 
 
 def print_role_routes(routes: list[RoleRoute]) -> None:

@@ -8,6 +8,7 @@ for the terminal. URLs and hashes are never printed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from typing import Any
 import typer
 
 from broker.errors import ConfigError
-from broker.ids import resolve_id
+from broker.ids import resolve_id, short_id
+from broker.known.index import PreviouslyAssessed
+from broker.known.views import item_marks
 from broker.network import Network
 from broker.receiver.inbox import Inbox
 from broker.wire.codec import Codec
@@ -74,13 +77,16 @@ def show_cmd(
         view = desk.referral(rid)
     finally:
         desk.close()
+    known = item_marks(settings, org, rid)  # known content (issue 24)
     if as_json:
-        print_json(_to_json(view, org))
+        print_json(_to_json(view, org, known))
         return
-    print_referral(view, org, datetime.now(UTC))
+    print_referral(view, org, datetime.now(UTC), known)
 
 
-def _to_json(view: ReferralView, org: str) -> dict[str, Any]:
+def _to_json(
+    view: ReferralView, org: str, known: Mapping[str, PreviouslyAssessed]
+) -> dict[str, Any]:
     env = view.envelope
     return {
         "referral_id": env.get("referral_id"),
@@ -97,6 +103,7 @@ def _to_json(view: ReferralView, org: str) -> dict[str, Any]:
                 "hosting_country": i.hosting_country,
                 "outcome": i.outcome,
                 "moved_to": i.moved_to,
+                "previously_assessed": (known[i.item_id].to_json() if i.item_id in known else None),
             }
             for i in view.items
         ],
@@ -139,8 +146,13 @@ def _facts(view: ReferralView, org: str) -> list[tuple[str, str]]:
     return facts
 
 
-def print_referral(view: ReferralView, org: str, now: datetime) -> None:
-    """Print a referral for people: facts, items (whole ids) and its history."""
+def print_referral(
+    view: ReferralView,
+    org: str,
+    now: datetime,
+    known: Mapping[str, PreviouslyAssessed] | None = None,
+) -> None:
+    """Print a referral for people: facts, items (whole ids), what was known, its history."""
     _line(f"referral {view.envelope.get('referral_id')}")
     facts = _facts(view, org)
     pad = max(len(k) for k, _ in facts)
@@ -159,6 +171,10 @@ def print_referral(view: ReferralView, org: str, now: datetime) -> None:
             cell(outcome),
         )
     print_table(items, whole=True)
+    for i in view.items:
+        hit = (known or {}).get(i.item_id)
+        if hit is not None:
+            _line(f"item {short_id(i.item_id)}: {hit.line()}")
     history = new_table(f"history ({len(view.history)} hop(s))", narrow=True)
     for col in ("time", "event", "actor", "to", "topic"):
         history.add_column(col, no_wrap=col != "to")  # several recipients wrap, ids stay whole

@@ -13,8 +13,8 @@ table and a running evaluator (``referral known evaluate``); without an answer i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, KafkaProducer
 from pydantic import BaseModel, Field
@@ -24,11 +24,15 @@ from broker.contracts import Source
 from broker.errors import ConfigError
 from broker.ids import short_id
 from broker.kafka import clients
+from broker.known.casestatus import CaseStatusSink
 from broker.known.client import EvaluationClient
 from broker.known.index import MatchIndex
+from broker.known.pending import Untokenised
 from broker.known.publish import KnownPublisher, KnownSink
 from broker.network import Network
+from broker.origin.outbox import Outbox
 from broker.origin.publisher import BatchResult, KnownHook
+from broker.origin.status_log import StatusLog
 from broker.security.keys import LiveKeys, key_dir, load_trust
 from connectors.base import ConnectorConfig
 
@@ -54,10 +58,18 @@ class KnownSync(Source):
     kind = "known"
     poll_interval = 5.0
 
-    def __init__(self, settings: Settings, network: Network, index: MatchIndex) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        network: Network,
+        index: MatchIndex,
+        retries: Sequence[Callable[[], int]] = (),
+    ) -> None:
         self.settings = settings
         self.network = network
         self.index = index
+        #: Called after each sync: tokenise what waits (the evaluator was unreachable).
+        self.retries = tuple(retries)
         self._consumer: KafkaConsumer | None = None
 
     def poll(self, idle: float = 0.5) -> int:
@@ -68,6 +80,8 @@ class KnownSync(Source):
         topic = self.settings.topic_names().match_tokens
         allow_plain = self.network.network.allow_plain
         self.index.sync(self._consumer, topic, trust, allow_plain, idle=idle)
+        for retry in self.retries:
+            retry()
         return 0
 
     def close(self) -> None:
@@ -86,11 +100,22 @@ class KnownParts:
     client: EvaluationClient
     index: MatchIndex
     syncer: KnownSync
+    queue: Untokenised | None = field(default=None)
+    publisher: KnownPublisher | None = field(default=None)
+
+    def status_sink(self, outbox: Outbox, status_log: StatusLog) -> CaseStatusSink | None:
+        """The status sink that keeps the case status of this origin's entries current."""
+        if self.publisher is None:
+            return None
+        return CaseStatusSink(self.publisher, outbox, status_log)
 
     def close(self) -> None:
-        """Close the publisher's evaluation client and the index (the sink closes its own)."""
+        """Close the publisher's evaluation client, the index and the retry queue (the sink
+        closes its own client)."""
         self.client.close()
         self.index.close()
+        if self.queue is not None:
+            self.queue.close()
 
 
 def known_parts(
@@ -110,12 +135,16 @@ def known_parts(
     client = EvaluationClient(settings, network, org_id, producer, timeout=timeout)
     index = MatchIndex.for_org(settings, org_id)
     keys = LiveKeys(key_dir(settings, org_id), org_id)
-    publisher = KnownPublisher(client, index, producer, keys)
+    queue = Untokenised.for_org(settings, org_id)
+    publisher = KnownPublisher(client, index, producer, keys, queue=queue)
+    retries: list[Callable[[], int]] = [publisher.retry]
     sink = None
     if receives:
         own = EvaluationClient(settings, network, org_id, producer, timeout=timeout)
-        sink = KnownSink(own, index)
-    return KnownParts(publisher.publish, sink, client, index, KnownSync(settings, network, index))
+        sink = KnownSink(own, index, queue)
+        retries.append(sink.retry)
+    syncer = KnownSync(settings, network, index, retries)
+    return KnownParts(publisher.publish_or_keep, sink, client, index, syncer, queue, publisher)
 
 
 def known_for_publish(

@@ -258,6 +258,9 @@ class ConnectorRuntime:
             self.built.sources.append(self.known.syncer)
             if self.known.sink is not None:
                 self.built.sinks.append(self.known.sink)
+            case_status = self.known.status_sink(self.outbox, self.status_log)
+            if case_status is not None:
+                self.built.status_sinks.append(case_status)
         #: The process's metrics (the caller serves and shuts them down); None: off.
         self.metrics = metrics
         self._watch_stores()

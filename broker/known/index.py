@@ -223,6 +223,16 @@ class MatchIndex:
         self.put(conn, rkey, record)
         return 1
 
+    def shares(self) -> list[tuple[str, int, int]]:
+        """Per holder: its entries, and how many of them another holder had (not later)."""
+        rows = self._db.query(
+            "SELECT t.holder AS holder, COUNT(*) AS entries, SUM(EXISTS(SELECT 1 FROM tokens o"
+            " WHERE o.token = t.token AND o.key_id = t.key_id AND o.holder <> t.holder"
+            " AND o.assessed_at_ms <= t.assessed_at_ms)) AS known"
+            " FROM tokens t GROUP BY t.holder ORDER BY t.holder"
+        )
+        return [(str(r["holder"]), int(r["entries"]), int(r["known"] or 0)) for r in rows]
+
     # -- this organisation's items ---------------------------------------------------------------
     def add_own(self, tokens: Sequence[OwnToken]) -> None:
         """Remember the tokens of items this organisation holds."""
@@ -257,6 +267,12 @@ class MatchIndex:
                 [(t.referral_id, t.item_id, t.kind, t.key_id) for t in tokens],
             )
             self._delete(conn, entry_keys)
+
+    def forget_own(self, referral_id: str) -> int:
+        """Forget the tokens of one referral's items (it was erased); how many."""
+        with self._db.transaction() as conn:
+            cur = conn.execute("DELETE FROM own WHERE referral_id = ?", (referral_id,))
+            return int(cur.rowcount)
 
     def has_own(self, referral_id: str) -> bool:
         """True if the items of ``referral_id`` were tokenised here."""

@@ -13,7 +13,8 @@ once, when the batch is made durable, so its inbox can show what was known.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,7 @@ from broker.errors import ReferralError, ValidationFailed
 from broker.known.client import EvaluationClient
 from broker.known.index import MatchIndex, OwnToken, PreviouslyAssessed
 from broker.known.normalise import hash_input, url_input
+from broker.known.pending import Untokenised
 from broker.known.wire import MatchRecord, encode_match, reference, sign_known
 from broker.origin.outbox import Outbox
 from broker.origin.status_log import StatusLog
@@ -94,12 +96,58 @@ def _labels(document: Mapping[str, Any]) -> tuple[str, int, dict[str, str | None
     return tlp, at_ms, per_item
 
 
+#: Referrals tried at once when retrying (the evaluator's rate is per organisation).
+RETRY_BATCH = 200
+
+
 class _Tokeniser:
     """Tokenises referral documents through the evaluator and remembers the tokens."""
 
-    def __init__(self, client: EvaluationClient, index: MatchIndex) -> None:
+    side = "received"
+
+    def __init__(
+        self,
+        client: EvaluationClient,
+        index: MatchIndex,
+        queue: Untokenised | None = None,
+        *,
+        retry_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.index = index
+        #: Where referrals wait that could not be tokenised (None: they are only logged).
+        self.queue = queue
+        self.retry_s = retry_s
+        self.clock = clock
+        self._retry_at = 0.0
+
+    def _work(self, referrals: Sequence[tuple[str, Mapping[str, Any]]]) -> object:
+        return self.tokenise(referrals)
+
+    def back_off(self) -> None:
+        """The evaluator just failed: the next retry waits ``retry_s``."""
+        self._retry_at = self.clock() + self.retry_s
+
+    def retry(self, *, force: bool = False) -> int:
+        """Tokenise queued referrals (at most every ``retry_s`` unless ``force``); how many."""
+        if self.queue is None or (not force and self.clock() < self._retry_at):
+            return 0
+        waiting = self.queue.waiting(self.side)[:RETRY_BATCH]
+        if not waiting:
+            return 0
+        try:
+            self._work(waiting)
+        except (ReferralError, KafkaError) as exc:
+            self.back_off()
+            log.warning(
+                "known content: %d referrals still not tokenised: %s",
+                self.queue.count(self.side),
+                type(exc).__name__,
+            )
+            return 0
+        self.queue.done(self.side, [rid for rid, _ in waiting])
+        return len(waiting)
 
     def tokenise(
         self, referrals: Sequence[tuple[str, Mapping[str, Any]]]
@@ -124,6 +172,8 @@ class _Tokeniser:
 class KnownPublisher(_Tokeniser):
     """The origin's side: tokenise what it published and put the tokens on ``match.tokens``."""
 
+    side = "sent"
+
     def __init__(
         self,
         client: EvaluationClient,
@@ -132,8 +182,9 @@ class KnownPublisher(_Tokeniser):
         keys: LiveKeys,
         *,
         case_status: str | None = None,
+        queue: Untokenised | None = None,
     ) -> None:
-        super().__init__(client, index)
+        super().__init__(client, index, queue)
         self.producer = producer
         self.keys = keys
         self.topic = client.names.match_tokens
@@ -153,26 +204,54 @@ class KnownPublisher(_Tokeniser):
         known: dict[tuple[str, str], PreviouslyAssessed] = {}
         records: list[MatchRecord] = []
         for rid, doc, _, own in self.tokenise(referrals):
-            tlp, at_ms, classes = _labels(doc)
-            for t in own:
-                red = tlp == "RED"
-                records.append(
-                    MatchRecord(
-                        t.key_id,
-                        t.token.hex(),
-                        self.holder,
-                        reference(t.token, rid, t.item_id),
-                        t.kind,
-                        tlp,
-                        at_ms,
-                        None if red else classes.get(t.item_id),
-                        None if red else statuses.get((rid, t.item_id), self.case_status),
-                    )
-                )
+            records += self._records(rid, doc, own, statuses)
             for item_id in dict.fromkeys(t.item_id for t in own):
                 hit = self.index.lookup(rid, item_id)
                 if hit is not None:
                     known[(rid, item_id)] = hit
+        self._send(records)
+        return known
+
+    def restatus(
+        self,
+        referrals: Sequence[tuple[str, Mapping[str, Any]]],
+        statuses: Mapping[tuple[str, str], str],
+    ) -> int:
+        """Publish the entries of referrals tokenised before again, with each item's case
+        status from ``statuses`` (no new evaluation); the entries sent."""
+        records: list[MatchRecord] = []
+        for rid, doc in referrals:
+            records += self._records(rid, doc, self.index.own_tokens([rid]), statuses)
+        self._send(records)
+        return len(records)
+
+    def _records(
+        self,
+        rid: str,
+        doc: Mapping[str, Any],
+        own: Sequence[OwnToken],
+        statuses: Mapping[tuple[str, str], str],
+    ) -> list[MatchRecord]:
+        tlp, at_ms, classes = _labels(doc)
+        red = tlp == "RED"
+        return [
+            MatchRecord(
+                t.key_id,
+                t.token.hex(),
+                self.holder,
+                reference(t.token, rid, t.item_id),
+                t.kind,
+                tlp,
+                at_ms,
+                None if red else classes.get(t.item_id),
+                None if red else statuses.get((rid, t.item_id), self.case_status),
+            )
+            for t in own
+        ]
+
+    def _send(self, records: Sequence[MatchRecord]) -> None:
+        if not records:
+            return
         keys = self.keys.current()
         for record in records:
             value = encode_match(record)
@@ -184,7 +263,21 @@ class KnownPublisher(_Tokeniser):
             )
         self.producer.flush(self.client.timeout)
         self.index.add(records)
-        return known
+
+    def _work(self, referrals: Sequence[tuple[str, Mapping[str, Any]]]) -> object:
+        return self.publish(referrals)
+
+    def publish_or_keep(
+        self, referrals: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> dict[tuple[str, str], PreviouslyAssessed]:
+        """:meth:`publish`; on failure the referrals are queued for :meth:`retry` (raises)."""
+        try:
+            return self.publish(referrals)
+        except (ReferralError, KafkaError):
+            if self.queue is not None:
+                self.queue.keep(self.side, referrals)
+                self.back_off()
+            raise
 
     def rederive(self, outbox: Outbox, status_log: StatusLog | None = None) -> int:
         """After a key rotation: tokens of every referral the outbox keeps, under the current
@@ -226,8 +319,16 @@ class KnownSink(Sink):
 
     kind = "known"
 
-    def __init__(self, client: EvaluationClient, index: MatchIndex) -> None:
-        self._tokeniser = _Tokeniser(client, index)
+    def __init__(
+        self,
+        client: EvaluationClient,
+        index: MatchIndex,
+        queue: Untokenised | None = None,
+        *,
+        retry_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._tokeniser = _Tokeniser(client, index, queue, retry_s=retry_s, clock=clock)
         self._pending: list[tuple[str, Mapping[str, Any]]] = []
 
     def deliver(self, delivery: Delivery) -> None:
@@ -235,16 +336,36 @@ class KnownSink(Sink):
         self._pending.append((delivery.referral_id, delivery.document))
 
     def flush(self) -> None:
-        """Tokenise what was delivered; an unreachable evaluator is logged, never fatal."""
+        """Tokenise what was delivered; an unreachable evaluator is logged, never fatal (with
+        a queue, what was not tokenised waits there for :meth:`retry`)."""
         pending, self._pending = self._pending, []
         if not pending:
             return
+        queue = self._tokeniser.queue
         try:
             self._tokeniser.tokenise(pending)
         except (ReferralError, KafkaError) as exc:
             log.warning(
                 "known content: %d referrals not tokenised: %s", len(pending), type(exc).__name__
             )
+            if queue is not None:  # only what failed is kept (the content stays in one place)
+                queue.keep(self._tokeniser.side, pending)
+                self._tokeniser.back_off()
+            return
+        if queue is not None and queue.count(self._tokeniser.side):
+            self._tokeniser.retry()  # the evaluator answers again: what waits, on its cadence
+
+    def retry(self, *, force: bool = False) -> int:
+        """Tokenise the referrals queued earlier (see :meth:`_Tokeniser.retry`); how many."""
+        return self._tokeniser.retry(force=force)
+
+    def erase(self, origin_org: str, referral_id: str) -> int:
+        """Drop the referral's queued document (if its tokenising failed) and its own tokens;
+        1 if a document was queued, else 0."""
+        self._pending = [(rid, doc) for rid, doc in self._pending if rid != referral_id]
+        self._tokeniser.index.forget_own(referral_id)
+        queue = self._tokeniser.queue
+        return queue.done(self._tokeniser.side, [referral_id]) if queue is not None else 0
 
     def close(self) -> None:
         """Close the evaluation client."""

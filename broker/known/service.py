@@ -26,6 +26,7 @@ from broker.kafka.loop import RecordContext
 from broker.kafka.service import ConsumerFactory, Durable, LoopService
 from broker.known.errors import EvaluationRefused, OprfError
 from broker.known.keystore import OprfKeys, oprf_dir
+from broker.known.ratestore import RateStore, rate_path
 from broker.known.tokens import EvaluationRequest, Evaluator, RateLimit
 from broker.known.wire import Answer, decode_request, encode_answer, sign_known, verify_known
 from broker.ledger.events import HandoverEventType
@@ -79,7 +80,8 @@ class EvaluationService(LoopService[Durable]):
         self.oprf = OprfKeys(oprf_dir(settings, evaluator))
         self.ring = self.oprf.ring()
         limit = RateLimit(self.known.rate_items, self.known.rate_seconds)
-        self.evaluator = Evaluator(self.ring, limit, clock)
+        self.windows = RateStore(rate_path(settings, evaluator))
+        self.evaluator = Evaluator(self.ring, limit, clock, windows=self.windows)
         self.keys = LiveKeys(key_dir(settings, evaluator), evaluator)
         self.trust = trust or LiveTrust(network, settings.network_file)
         self.evaluated = self.refused = 0
@@ -97,6 +99,13 @@ class EvaluationService(LoopService[Durable]):
             trace_records=False,
         )
         self.rotate_if_due()
+
+    def close(self) -> None:
+        """Stop consuming, then close the rate windows' file."""
+        try:
+            super().close()
+        finally:
+            self.windows.close()
 
     def rotate_if_due(self) -> str | None:
         """Rotate the OPRF key if it is older than ``rotate_days``; the new key id."""

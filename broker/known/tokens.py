@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from broker.known import oprf
 from broker.known.errors import EvaluationRefused, OprfError
@@ -22,6 +23,7 @@ __all__ = [
     "KeyRing",
     "PendingBatch",
     "RateLimit",
+    "RateWindows",
     "Token",
     "blind_batch",
     "unblind",
@@ -163,6 +165,18 @@ class RateLimit:
     per_seconds: float
 
 
+class RateWindows(Protocol):
+    """Where an evaluator keeps its per-organisation buckets across restarts."""
+
+    def load(self) -> dict[str, tuple[float, float]]:
+        """Every organisation's (allowance, at) as last saved."""
+        ...
+
+    def save(self, organisation: str, allowance: float, at: float) -> None:
+        """Record one organisation's bucket after a charge."""
+        ...
+
+
 class Evaluator:
     """The key holder's side: evaluates blinded batches, rate-limited per organisation."""
 
@@ -172,12 +186,15 @@ class Evaluator:
         limit: RateLimit,
         clock: Callable[[], float],
         record: Callable[[EvaluationRecord], None] | None = None,
+        windows: RateWindows | None = None,
     ) -> None:
         self._keys = keys
         self._limit = limit
         self._clock = clock
         self._record = record  # e.g. a ledger emitter; told of every evaluation and refusal
-        self._buckets: dict[str, tuple[float, float]] = {}  # org -> (allowance, at)
+        self._windows = windows  # persisted buckets: a restart does not refill them
+        # org -> (allowance, at)
+        self._buckets: dict[str, tuple[float, float]] = windows.load() if windows else {}
 
     def allowance(self, organisation: str) -> float:
         """How many items ``organisation`` may have evaluated right now."""
@@ -204,6 +221,8 @@ class Evaluator:
             self._tell(request, request.key_id, now, str(exc))
             raise
         self._buckets[request.organisation] = (available - len(elements), now)
+        if self._windows is not None:
+            self._windows.save(request.organisation, available - len(elements), now)
         evaluated = tuple(oprf.blind_evaluate(key.secret, e) for e in elements)
         self._tell(request, key.key_id, now, None)
         return EvaluationResponse(key.key_id, evaluated)

@@ -7,10 +7,10 @@ from typing import Any
 
 from broker.config import Settings
 from broker.ids import short_id
-from broker.known.index import MatchIndex
+from broker.known.index import MatchIndex, PreviouslyAssessed
 from broker.receiver.inbox import Inbox, Received
 
-__all__ = ["inbox_marks", "mark_lines"]
+__all__ = ["inbox_marks", "item_marks", "mark_lines", "referral_marks"]
 
 
 def inbox_marks(
@@ -42,3 +42,30 @@ def mark_lines(marks: dict[str, list[dict[str, Any]]], referral_ids: Iterable[st
         for rid in referral_ids
         for m in marks.get(rid, ())
     ]
+
+
+def referral_marks(
+    settings: Settings, org: str, referral_ids: Iterable[str]
+) -> dict[str, list[tuple[str, PreviouslyAssessed]]]:
+    """Referral id → ``(item id, earlier holder)`` of each of its items known before, in the
+    order tokenised; empty when ``org`` has no match index."""
+    path = settings.org_dir(org) / "known.sqlite3"
+    if not path.exists():
+        return {}
+    index = MatchIndex(path)
+    out: dict[str, list[tuple[str, PreviouslyAssessed]]] = {}
+    try:
+        for rid in dict.fromkeys(referral_ids):
+            items = dict.fromkeys(t.item_id for t in index.own_tokens([rid]))
+            for item_id in items:
+                hit = index.lookup(rid, item_id)
+                if hit is not None:
+                    out.setdefault(rid, []).append((item_id, hit))
+    finally:
+        index.close()
+    return out
+
+
+def item_marks(settings: Settings, org: str, referral_id: str) -> dict[str, PreviouslyAssessed]:
+    """Item id → its earlier holder, for the items of one referral known before."""
+    return dict(referral_marks(settings, org, [referral_id]).get(referral_id, ()))

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from broker.known.views import referral_marks
 from broker.operator.since import parse_since
 from broker.receiver.inbox_view import to_csv
 from console.liaison import LiaisonDesk
@@ -44,13 +45,20 @@ async def _inbox_items(request: Request) -> tuple[LiaisonDesk, dict[str, Any], l
     return desk, query, items
 
 
+async def _marks(desk: LiaisonDesk, items: list[Any]) -> dict[str, list[Any]]:
+    """Known content (issue 24): per referral listed, its items another member assessed."""
+    rids = [e.referral_id for e in items]
+    return await run_in_threadpool(referral_marks, desk.settings, desk.org, rids)
+
+
 async def inbox(request: Request) -> Response:
     """The organisation's inbox, filtered by the query."""
-    _, query, items = await _inbox_items(request)
+    desk, query, items = await _inbox_items(request)
     return page(
         request,
         "inbox.html",
         items=items,
+        marks=await _marks(desk, items),
         query=query,
         live="/inbox/rows?" + request.url.query if request.url.query else "/inbox/rows",
         csv="/inbox.csv?" + request.url.query if request.url.query else "/inbox.csv",
@@ -60,8 +68,8 @@ async def inbox(request: Request) -> Response:
 
 async def inbox_rows(request: Request) -> Response:
     """The inbox's live table."""
-    _, _, items = await _inbox_items(request)
-    return page(request, "inbox_rows.html", items=items)
+    desk, _, items = await _inbox_items(request)
+    return page(request, "inbox_rows.html", items=items, marks=await _marks(desk, items))
 
 
 async def inbox_csv(request: Request) -> Response:

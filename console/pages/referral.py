@@ -15,6 +15,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from broker.errors import ConfigError
+from broker.known.views import item_marks
 from broker.lifecycle import FINAL
 from broker.wire.models import ItemOutcomeKind, ReferralStatus
 from console.liaison import ITEM_OUTCOMES
@@ -45,12 +46,14 @@ async def referral(request: Request) -> Response:
     desk = need_org(request)
     p = request.path_params
     view = await run_in_threadpool(lambda: desk.referral(p["rid"], origin=p["origin"]))
+    known = await run_in_threadpool(item_marks, desk.settings, desk.org, p["rid"])
     return page(
         request,
         "referral.html",
         view=view,
         outcomes=ITEM_OUTCOMES,
         sent=request.query_params.get("sent"),
+        known=known,
     )
 
 
@@ -62,7 +65,8 @@ async def reveal(request: Request) -> Response:
     view = await run_in_threadpool(
         lambda: desk.reveal(p["rid"], fields.get("reason", ""), origin=p["origin"])
     )
-    return page(request, "referral.html", view=view, outcomes=ITEM_OUTCOMES, sent=None)
+    known = await run_in_threadpool(item_marks, desk.settings, desk.org, p["rid"])
+    return page(request, "referral.html", view=view, outcomes=ITEM_OUTCOMES, sent=None, known=known)
 
 
 async def status(request: Request) -> Response:
