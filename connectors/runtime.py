@@ -43,7 +43,7 @@ from connectors.base import ConnectorConfig, resolve_path, secret_from_env
 from connectors.drop_folder import DropFolderConfig, DropFolderSource
 from connectors.http_intake import HttpIntakeConfig, HttpIntakeSource
 from connectors.inbox_folder import InboxFolderConfig, InboxFolderSink
-from connectors.known_index import KnownConfig, known_parts
+from connectors.known_index import KnownConfig, KnownParts, known_parts
 from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
 from connectors.status_sink import StatusFolderConfig, StatusFolderSink, StatusWebhookSink
 from connectors.webhook import WebhookConfig, WebhookSink
@@ -227,16 +227,8 @@ class ConnectorRuntime:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = False
-        parsed, problems = parse_connector_settings(self.org)
         self.topics = network.subscriptions(self.org.id, self.names)
-        sink_kinds = [k for k in parsed if KINDS[k].role == "sink"]
-        if sink_kinds and not self.topics:
-            problems.append(
-                f"{self.org.id}: connectors.{sink_kinds[0]}: the organisation receives no "
-                "jurisdiction in [routing], so its sinks would never deliver"
-            )
-        if problems:
-            raise ConfigError("\n".join(problems))
+        parsed = self._parsed()
         self.built = self._build(parsed)
         self._own_producer = producer is None
         self.producer = producer or clients.producer(settings, role=f"connectors-{org_id}")
@@ -247,20 +239,7 @@ class ConnectorRuntime:
         self._own_tracing = tracing is None
         self.tracing = tracing or setup_tracing(settings, f"connectors-{org_id}")
         #: Known content (the ``known`` kind, issue 24): tokens of what is sent and received.
-        self.known = (
-            known_parts(
-                settings, network, org_id, self.producer, parsed["known"], bool(self.topics)
-            )
-            if "known" in parsed
-            else None
-        )
-        if self.known is not None:
-            self.built.sources.append(self.known.syncer)
-            if self.known.sink is not None:
-                self.built.sinks.append(self.known.sink)
-            case_status = self.known.status_sink(self.outbox, self.status_log)
-            if case_status is not None:
-                self.built.status_sinks.append(case_status)
+        self.known = self._known(parsed)
         #: The process's metrics (the caller serves and shuts them down); None: off.
         self.metrics = metrics
         self._watch_stores()
@@ -292,6 +271,35 @@ class ConnectorRuntime:
         #: Child referrals published for moved items (``Publisher.reroute_due``).
         self.rerouted: list[str] = []
         self.errors: list[str] = []
+
+    def _parsed(self) -> dict[str, BaseModel]:
+        """The validated connector settings; one ConfigError listing every problem."""
+        parsed, problems = parse_connector_settings(self.org)
+        sink_kinds = [k for k in parsed if KINDS[k].role == "sink"]
+        if sink_kinds and not self.topics:
+            problems.append(
+                f"{self.org.id}: connectors.{sink_kinds[0]}: the organisation receives no "
+                "jurisdiction in [routing], so its sinks would never deliver"
+            )
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return parsed
+
+    def _known(self, parsed: dict[str, BaseModel]) -> KnownParts | None:
+        """The known-content parts (index syncer, sink, case-status sink) if the kind is on."""
+        if "known" not in parsed:
+            return None
+        known = known_parts(
+            self.settings, self.network, self.org.id, self.producer, parsed["known"],
+            bool(self.topics),
+        )  # fmt: skip
+        self.built.sources.append(known.syncer)
+        if known.sink is not None:
+            self.built.sinks.append(known.sink)
+        case_status = known.status_sink(self.outbox, self.status_log)
+        if case_status is not None:
+            self.built.status_sinks.append(case_status)
+        return known
 
     def _watch_stores(self) -> None:
         """Export the outbox (pending, overdue receipts) and the inbox's missed deadlines."""
