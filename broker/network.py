@@ -250,7 +250,11 @@ class Network(_Frozen):
         bare += [topics.status_topic(org.id) for org in self.organisations]
         if self.known is not None:
             bare += [topics.EVALUATE, topics.EVALUATED, topics.MATCH_TOKENS]
-        return {names.prefix + name: self.topics.partitions_for(name) for name in bare}
+        out = {names.prefix + name: self.topics.partitions_for(name) for name in bare}
+        # Police requests (issue 26) once two countries have a point of contact.
+        from broker.requests.routes import request_topics  # (it imports this module)
+
+        return {**out, **request_topics(self, names)}
 
 
 def broker_section(path: Path) -> dict[str, Any]:

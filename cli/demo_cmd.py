@@ -48,6 +48,7 @@ from broker.wire.codec import Codec
 from broker.wire.registry import REFERRAL
 from broker.wire.topics import Headers, header
 from cli.app import NETWORK_OPTION, console, err_console, escape, state
+from cli.demo_requests import run_requests, start_request_router
 from cli.operator_cmd import print_flows, print_role_routes, print_trace
 from connectors.runtime import ConnectorRuntime
 from console.auth import OPERATOR, token_env
@@ -113,6 +114,7 @@ def demo(
         codec = Codec.from_settings(settings)
         env = {**os.environ, TOKEN_ENV: os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(24)}
         router, runtimes = _start_everything(settings, network, codec, env, stack)
+        requests = None if plain else start_request_router(settings, network, codec, stack)
         batch = synthetic_batch(
             count,
             [o.id for o in network.organisations if o.role == "hotline"],
@@ -126,6 +128,8 @@ def demo(
         _await_receipts(runtimes, network, sent, timeout)
         _checkpoint(settings, router, runtimes, plain, network)
         _report(settings, network, codec, batch, sent, runtimes)
+        if requests is not None:
+            run_requests(settings, network, codec)  # police to police (issue 26)
         if not plain:
             _check_raw_topics(settings, network, batch)
         console.print(f"demo finished in {time.monotonic() - started:.0f}s")

@@ -20,10 +20,11 @@ from broker.known.views import inbox_marks, mark_lines
 from broker.operator.since import parse_since
 from broker.receiver.inbox import Inbox
 from broker.receiver.inbox_view import InboxEntry, entries, select, to_csv
+from broker.requests.store import RequestRow, overdue_owed
 from cli.app import NETWORK_OPTION, cell, console, escape, print_json, state
 from cli.tables import WIDE_OPTION, is_narrow, new_table, print_table
 
-__all__ = ["inbox_cmd", "print_inbox"]
+__all__ = ["inbox_cmd", "print_inbox", "print_owed_requests"]
 
 
 def inbox_cmd(
@@ -82,6 +83,35 @@ def inbox_cmd(
     print_inbox(shown, org, now, wide=wide)
     for line in mark_lines(marks, [e.referral_id for e in shown]):
         console.print(escape(line), markup=False, soft_wrap=False)
+    owed = overdue_owed(st.settings.org_dir(org) / "requests.sqlite3", int(now.timestamp() * 1000))
+    print_owed_requests(owed, org, now, listed=overdue, wide=wide)
+
+
+def print_owed_requests(
+    rows: list[RequestRow], org: str, now: datetime, *, listed: bool, wide: bool = False
+) -> None:
+    """Police requests ``org`` owes past their limit (issue 26): listed, or else one line."""
+    if not rows:
+        return
+    head = f"{org}: {len(rows)} police request(s) owed past their limit"
+    if not listed:
+        console.print(escape(head + f" (referral inbox {org} --overdue lists them)"), markup=False)
+        return
+    console.print(escape(head), markup=False)
+    table = new_table(None, is_narrow(wide))
+    for c in ("request", "asked by", "case", "urgency", "due", "delay"):
+        table.add_column(c, no_wrap=c != "case", overflow="fold")
+    for r in rows:
+        due = datetime.fromtimestamp(r.due_at / 1000, UTC)
+        table.add_row(
+            cell(r.request_id if wide else short_id(r.request_id)),
+            cell(r.counterpart),
+            cell(r.case_id),
+            cell(("urgent " if r.urgent else "") + r.access.lower()),
+            cell(_iso(due) if wide else _compact(due, now)),
+            cell(r.delay_reason or "-"),
+        )
+    print_table(table, whole=not is_narrow(wide))
 
 
 def _iso(at: datetime) -> str:

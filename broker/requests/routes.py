@@ -68,7 +68,10 @@ def to_topic(names: TopicNames, org: str) -> str:
 
 
 def request_topics(network: Network, names: TopicNames) -> dict[str, int]:
-    """Every topic police requests need, with its partition count."""
+    """Every topic police requests need, with its partition count (none unless two countries
+    have a point of contact)."""
+    if len(spocs(network)) < 2:
+        return {}
     n = network.topics.partitions
     out = {names.prefix + REQUESTS_INTAKE: n, names.prefix + REQUESTS_DEADLETTER: 1}
     out.update({to_topic(names, org): n for org in spocs(network)})

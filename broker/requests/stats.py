@@ -159,7 +159,9 @@ def _count(
         req.paused += at - req.asked_at
         req.asked_at = None
     elif event == "REQUEST_ANSWERED" and sender:
-        due = req.received_at + req.limit + req.paused
+        # Answered while a clarification is still pending: the open pause counts until now.
+        pending = at - req.asked_at if req.asked_at is not None else 0
+        due = req.received_at + req.limit + req.paused + pending
         (table.within if at <= due else table.late)[(req.urgency, req.requester)] += 1
     elif event == "REQUEST_REFUSED" and sender:
         table.refusals[codes.get("ground", "?")] += 1

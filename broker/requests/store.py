@@ -20,7 +20,7 @@ from broker.requests.codes import Access, MessageKind, limit_ms
 from broker.requests.wire import RequestError
 from broker.sqlite import Database
 
-__all__ = ["OPEN_STATES", "RequestRow", "RequestStore"]
+__all__ = ["OPEN_STATES", "RequestRow", "RequestStore", "overdue_owed"]
 
 OPEN_STATES = ("OPEN", "PAUSED")
 
@@ -129,6 +129,15 @@ class RequestStore:
         rows = self.db.query(sql + " ORDER BY alarm_at, request_id", tuple(params))
         return [RequestRow.of(r) for r in rows]
 
+    def owed_overdue(self, now: int) -> list[RequestRow]:
+        """Requests this SPOC owes that are past their alarm at ``now`` and not paused."""
+        rows = self.db.query(
+            "SELECT * FROM requests WHERE side = 'of_me' AND state = 'OPEN' AND alarm_at < ?"
+            " ORDER BY alarm_at, request_id",
+            (now,),
+        )
+        return [RequestRow.of(r) for r in rows]
+
     def has_message(self, message_id: str) -> bool:
         """True if this message was already sent or received."""
         return bool(self.db.query("SELECT 1 FROM messages WHERE message_id = ?", (message_id,)))
@@ -210,6 +219,17 @@ class RequestStore:
         return [{**dict(r), "content": json.loads(r["content"])} for r in rows]
 
 
+def overdue_owed(path: Path, now: int) -> list[RequestRow]:
+    """The requests a SPOC's store at ``path`` owes past their alarm at ``now`` (none: no store)."""
+    if not path.exists():
+        return []
+    store = RequestStore(path)
+    try:
+        return store.owed_overdue(now)
+    finally:
+        store.close()
+
+
 def _may(kind: MessageKind, envelope: Mapping[str, Any], row: RequestRow, me: str) -> bool:
     """True if this step of an open request comes from the party it must and goes to the other."""
     if row.state not in OPEN_STATES:
@@ -266,9 +286,12 @@ def _apply(
     where = " WHERE request_id = ?"
     if kind in (MessageKind.ANSWER, MessageKind.REFUSAL):
         state = "ANSWERED" if kind is MessageKind.ANSWER else "REFUSED"
+        # Closed while a clarification is pending: the open pause counts until now.
         conn.execute(
-            "UPDATE requests SET state = ?, closed_at = ?, ground = ?, paused_since = NULL" + where,
-            (state, at, content.get("ground"), request_id),
+            "UPDATE requests SET state = ?, closed_at = ?, ground = ?,"
+            " paused_total = paused_total + COALESCE(? - paused_since, 0),"
+            " due_at = due_at + COALESCE(? - paused_since, 0), paused_since = NULL" + where,
+            (state, at, content.get("ground"), at, at, request_id),
         )
     elif kind is MessageKind.CLARIFICATION_ASKED:
         conn.execute(

@@ -16,7 +16,8 @@ assignment protocol, :data:`PROTOCOL`, so:
 * every assignment the leader hands out carries its signature over the member
   id and partitions; a router given partitions by a leader that cannot sign
   (a stranger that got to lead the group) logs an ERROR line and counts it in
-  :attr:`RouterAssignor.unvouched`: its origins' republish then delivers.
+  :attr:`RouterAssignor.unvouched`, then moves to a fallback group only routers
+  can name (:mod:`.fallback`).
 
 All routers of a group must run this protocol (upgrade them together). A router
 without a key of its own (a plain development network), or with one the trust
@@ -177,6 +178,8 @@ class RouterAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         self.strangers = 0
         #: Assignments this router got from a leader that is not a router.
         self.unvouched = 0
+        #: Called once per such assignment (the router moves to its fallback group).
+        self.on_unvouched: Callable[[], None] | None = None
         self._warned_unkeyed = False
 
     def _now_ms(self) -> int:
@@ -217,6 +220,8 @@ class RouterAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
                 len(assigned),
                 exc,
             )
+            if self.on_unvouched is not None:
+                self.on_unvouched()
 
     # -- what the leader does ------------------------------------------------------------
     def _vouched(self, member: Any, now_ms: int) -> bool:

@@ -22,6 +22,7 @@ from broker.metrics import Metrics
 from broker.network import Network
 from broker.origin.withdrawal import WITHDRAWAL_KIND, is_withdrawal, withdrawal_reason
 from broker.routing.decide import DecisionCache, Destination, status_destination
+from broker.routing.fallback import committed_offsets, fallback_group, seed_offsets
 from broker.routing.members import RouterAssignor
 from broker.security.keys import ROUTER, LiveKeys, LiveTrust, key_dir
 from broker.security.signing import has_signature, ledger_signer
@@ -81,6 +82,11 @@ class Router(LoopService[Durable]):
             LiveTrust(network, settings.network_file).current,
             on_stranger=_stranger_counter(metrics),
         )
+        self.assignor.on_unvouched = self._led_by_stranger
+        #: Set while this router leaves a group a stranger leads: the group's offsets then.
+        self._moving: dict[Any, int] | None = None
+        #: Fallback groups this router moved to (:mod:`.fallback`).
+        self.fallbacks = 0
         tracing = tracing or Tracing(None, ACTOR)
         super().__init__(
             settings,
@@ -110,7 +116,37 @@ class Router(LoopService[Durable]):
         """The client role: ``router``."""
         return ACTOR
 
+    def _led_by_stranger(self) -> None:
+        """A stranger leads the group: note where it stands and leave (at the next idle poll)."""
+        if self._moving is not None:
+            return
+        group = self.settings.topic_prefix + self.group_id
+        self._moving = committed_offsets(self.settings, group, self.topics)
+        if self.loop.consumer is not None:
+            self.loop.consumer.starved = True  # the loop closes it and subscribes anew
+
+    def _move(self, offsets: dict[Any, int]) -> None:
+        """Join the fallback group, seeded with the offsets the stranger's group had."""
+        current = self.keys.current()
+        if current is None:
+            return
+        old = self.settings.topic_prefix + self.group_id
+        self.group_id = fallback_group(self.group_id, current.signing)
+        new = self.settings.topic_prefix + self.group_id
+        self.assignor.group = new
+        seeded = seed_offsets(self.settings, new, offsets)
+        self.fallbacks += 1
+        log.warning(
+            "router group %s is led by a stranger: this router moves to group %s (%s)",
+            old,
+            new,
+            f"from the {len(offsets)} offsets committed when noticed" if seeded else "as it stands",
+        )
+
     def _subscribe(self) -> KafkaConsumer:
+        moving, self._moving = self._moving, None
+        if moving is not None:
+            self._move(moving)
         consumer = self._consumer_factory(
             self.settings,
             group_id=self.group_id,
@@ -142,7 +178,10 @@ class Router(LoopService[Durable]):
 
     # -- the handler -----------------------------------------------------------------
     def handle(self, record: Any, ctx: RecordContext) -> None:
-        """Route one intake referral or status update."""
+        """Route one intake referral or status update (none under a stranger's lead: the
+        fallback group reads them again)."""
+        if self._moving is not None:
+            return
         if record.topic == self.names.intake:
             self._route_referral(record, ctx)
         elif record.topic == self.names.status_intake:

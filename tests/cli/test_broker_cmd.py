@@ -73,8 +73,9 @@ def test_cli_detached_lifecycle(tmp_path: Path) -> None:
         )
         assert code == 0, out
         # 6 shared topics, 7 served jurisdictions x 2 lanes, one status topic per organisation,
-        # the evaluator's two and match.tokens (issue 24).
-        assert "34 topic(s) created" in out
+        # the evaluator's two and match.tokens (issue 24), and the police requests' intake,
+        # dead letters and one per point of contact (7; issue 26).
+        assert "43 topic(s) created" in out
         code, out = invoke(
             "topics", "provision", "--network", str(EXAMPLE_NETWORK), state_dir=state_dir
         )

@@ -51,6 +51,11 @@ def test_demo_accounts_for_every_published_referral(tmp_path: Path) -> None:
     assert "ledger intact" in out
     assert re.search(r"raw topic bytes: none of \d+ URLs and hashes readable", out)
     assert "trace of multi-jurisdiction referral" in out
+    # Police requests between the Nordic points of contact, in the Art. 18 figures (issue 26).
+    assert re.search(r"police requests: 4 between the Nordic points of contact .* 1 refused", out)
+    for cc in ("DK", "FI", "NO", "SE"):
+        assert re.search(rf"  {cc}: sent 1, received 1, answered within the limit \d", out), cc
+    assert "answered within the limit 0, late 0, refused: " in out  # the refusal's state
     # The role rules at work: hosted material goes hotline → the hosting country's hotline.
     assert "routes by role" in out
     assert re.search(r"hotline\s*│\s*HOSTING\s*│\s*hotline\s*│\s*\d+", out), out[-3000:]

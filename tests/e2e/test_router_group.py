@@ -5,7 +5,9 @@ with the stock assignors is refused by the broker (its protocols are not the
 group's); one that names the routers' protocol is noticed by the leading router
 (one WARNING line, the strangers counter), assigned nothing, and the referrals
 published while it stays reach police-nl within 60 s — with the outbox's
-republish set to 10 minutes, so no re-send does it.
+republish set to 10 minutes, so no re-send does it. One that joined first and
+leads the group is left by the router for its fallback group: what it consumes
+then is routed there too, within 60 s.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -76,6 +79,7 @@ class Stranger:
             **config,
         )
         self.swallowed = 0
+        self.by_topic: Counter[str] = Counter()
         self.error: BaseException | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="stranger", daemon=True)
@@ -84,8 +88,9 @@ class Stranger:
     def _run(self) -> None:
         try:
             while not self.stop.is_set():
-                for records in self.consumer.poll(200).values():
+                for tp, records in self.consumer.poll(200).items():
                     self.swallowed += len(records)
+                    self.by_topic[tp.topic] += len(records)
         except BaseException as exc:  # the test looks at it
             self.error = exc
         finally:
@@ -168,26 +173,42 @@ def test_a_stranger_with_the_stock_assignors_cannot_join(
         stranger.close()
 
 
-def test_a_stranger_leading_the_group_is_an_error_line_at_the_router(
+def test_a_stranger_leading_the_group_swallows_nothing_it_is_not_routed_again(
     keyed: tuple[Settings, Network], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The stranger joined first and leads: the router it hands partitions to says so.
-
-    (What it swallows then waits for the origins' republish: not bounded here.)
-    """
+    """The stranger joined first and leads: the router it hands partitions to says so, moves
+    to its fallback group, and what the stranger consumes from then on reaches police-nl
+    within 60 s (republish after 10 minutes: no re-send does it)."""
     settings, network = keyed
-    caplog.set_level(logging.ERROR, logger="referral.router.members")
+    caplog.set_level(logging.WARNING, logger="referral.router.members")
+    codec = codec_for(settings)
     stranger = Stranger(settings, partition_assignment_strategy=[Copycat])
-    try:
+    with ExitStack() as stack:
+        stack.callback(stranger.close)
         wait_for(
             lambda: bool(stranger.consumer.assignment()), 60, "the stranger alone in the group"
         )
-        router = start_router(settings, network, codec_for(settings))
-        try:
-            assignor = router.router.assignor
-            wait_for(lambda: assignor.unvouched >= 1, 60, "the router to notice the leader")
-            assert any("a stranger leads the group" in r.getMessage() for r in caplog.records)
-        finally:
-            router.stop()
-    finally:
-        stranger.close()
+        joined = time.monotonic()
+        router = start_router(settings, network, codec)
+        stack.callback(router.stop)
+        rts: dict[str, Any] = {"router": router}
+        for org in ("hl-a", "police-nl"):
+            rt = ConnectorRuntime(settings, network, org, codec, env=ENV)
+            stack.callback(rt.stop)
+            rts[org] = rt.start()
+        assignor = router.router.assignor
+        wait_for(lambda: router.router.fallbacks >= 1, 60, "the router to leave the stranger")
+        moved_s = time.monotonic() - joined
+        messages = [r.getMessage() for r in caplog.records]
+        assert assignor.unvouched >= 1
+        assert any("a stranger leads the group" in m for m in messages)
+        assert any("moves to group" in m and ".fb-" in m for m in messages)
+        took = _publish_and_wait(rts, 6, "six referrals while the stranger leads its group")
+        assert took < 60
+        # The stranger still consumed and committed them in its group: swallowed, yet delivered.
+        intake = settings.topic_names().intake
+        wait_for(lambda: stranger.by_topic[intake] == 6, 30, "the stranger to consume the six")
+        wait_for(lambda: not rts["hl-a"].outbox.pending(), 60, "the RECEIVED statuses back")
+        assert stranger.error is None
+        assert rts["police-nl"].inbox.received()
+    print(f"router moved after {moved_s:.1f} s; 6 swallowed referrals delivered in {took:.1f} s")

@@ -125,3 +125,19 @@ def test_the_watcher_flags_on_its_own_and_records_it(settings: Settings, tmp_pat
         if e["event"] == "REQUEST_OVERDUE"
     ]
     assert [(e["referral_id"], e["actor"]) for e in events] == [(rid, "police-no")]
+
+
+def test_an_answer_while_a_clarification_is_pending_counts_the_open_pause(tmp_path: Path) -> None:
+    store = RequestStore(tmp_path / "r.sqlite3")
+    rid = _received(store, True, "DIRECT")
+    ask = _msg(MessageKind.CLARIFICATION_ASKED, rid, outgoing=True)
+    store.record(ask, {"question": "q"}, me=ME, at=T0 + HOUR_MS)
+    answer = _msg(MessageKind.ANSWER, rid, outgoing=True)
+    store.record(answer, {"text": "a"}, me=ME, at=T0 + 10 * HOUR_MS)
+    row = store.get(rid)
+    # 8 h + the 9 h paused until the answer: the 10th hour is within the limit.
+    assert (row.state, row.due_at, row.closed_at) == (
+        "ANSWERED",
+        T0 + 17 * HOUR_MS,
+        T0 + 10 * HOUR_MS,
+    )

@@ -48,6 +48,8 @@ FATES = (
     "clarified_never",
     "delayed",
     "delayed_never",
+    "answered_paused",  # answered while its clarification is pending: within, by the open pause
+    "late_paused",  # asked to clarify after its limit, answered while pending: late
 )
 COUNTRY = {"police-se": "SE", "police-no": "NO", "police-dk": "DK", "police-fi": "FI"}
 
@@ -75,7 +77,7 @@ class Plan:
     @property
     def alarm(self) -> int | None:
         """When it must be flagged (None: never)."""
-        if self.fate in ("late", "never", "clarified_never"):
+        if self.fate in ("late", "never", "clarified_never", "late_paused"):
             return self.due
         return self.expected if self.fate == "delayed_never" else None
 
@@ -121,6 +123,13 @@ def _fate(p: Plan, rng: random.Random) -> None:
         p.actions += [(ask, "ask"), (give, "give")]
         if p.fate == "clarified":
             p.actions.append((p.due - 30 * MINUTE, "answer"))
+    elif p.fate == "answered_paused":
+        # After the bare limit (late unless the pause still open counts), within with it.
+        ask, answer = p.received + HOUR_MS, p.received + limit + 2 * HOUR_MS
+        p.pause = answer - ask
+        p.actions += [(ask, "ask"), (answer, "answer")]
+    elif p.fate == "late_paused":
+        p.actions += [(p.due + HOUR_MS, "ask"), (p.due + 3 * HOUR_MS, "answer")]
     elif p.fate.startswith("delayed"):
         p.delay_reason = rng.choice(list(DelayReason)).value
         extra = rng.choice((2, 12, 24)) * HOUR_MS
@@ -213,10 +222,14 @@ def _expected_art18(plans: list[Plan]) -> dict[str, dict[str, Any]]:
         mine = [p for p in plans if p.receiver == org]
         received = Counter(f"{p.urgency}/{COUNTRY[p.sender]}" for p in mine)
         within = Counter(
-            f"{p.urgency}/{COUNTRY[p.sender]}" for p in mine if p.fate in ("on_time", "clarified")
+            f"{p.urgency}/{COUNTRY[p.sender]}"
+            for p in mine
+            if p.fate in ("on_time", "clarified", "answered_paused")
         )
         late = Counter(
-            f"{p.urgency}/{COUNTRY[p.sender]}" for p in mine if p.fate in ("late", "delayed")
+            f"{p.urgency}/{COUNTRY[p.sender]}"
+            for p in mine
+            if p.fate in ("late", "delayed", "late_paused")
         )
         out[cc] = {
             "sent": dict(sent),
@@ -285,7 +298,9 @@ def _run(n: int, settings: Settings, tmp_path: Path) -> None:
     for rid, at in flagged.items():
         assert 0 < at - expected[rid] <= MINUTE, rid  # within 60 s of the limit
     assert answered == sum(
-        1 for p in plans if p.fate in ("on_time", "late", "clarified", "delayed")
+        1
+        for p in plans
+        if p.fate in ("on_time", "late", "clarified", "delayed", "answered_paused", "late_paused")
     )
     with LedgerStore(tmp_path / "ledger.sqlite3") as store:
         store.sync(settings, codec)
