@@ -21,7 +21,7 @@ from broker.errors import ConfigError, DeliveryError
 from broker.takedown.desk_store import DeskItem, DeskStore
 from broker.takedown.notices import Answer, Notice, NoticeItem, NoticeSender, read_token
 from broker.takedown.providers import ProviderDirectory
-from broker.takedown.trail import TakedownStep, TrailItem, TrailWriter
+from broker.takedown.trail import OUTCOMES, TakedownStep, TrailItem, TrailWriter
 
 __all__ = ["DAY_MS", "Cadence", "TakedownDesk"]
 
@@ -103,21 +103,27 @@ class TakedownDesk:
     def police_informed(self, item_id: str, police: str, *, at_ms: int | None = None) -> None:
         """Record that ``police`` was informed; without required clearance the item is due."""
         state = self._get(item_id)
+        if state.police_ms is not None:
+            return
         event = self.trail.record(
             TakedownStep.POLICE_INFORMED, state.item, to_party=police, at_ms=at_ms
         )
+        state.police_ms = int(event["at"])
         if not self.cadence.clearance_required and state.due_ms is None:
-            state.due_ms = int(event["at"])
-            self._save([state])
+            state.due_ms = state.police_ms
+        self._save([state])
 
     def clear(self, item_id: str, police: str, *, at_ms: int | None = None) -> None:
         """Record law enforcement's clearance of the notice: the item is due."""
         state = self._get(item_id)
+        if state.cleared_ms is not None:
+            return
         step = TakedownStep.LEA_CLEARED
         event = self.trail.record(step, state.item, to_party=police, at_ms=at_ms)
+        state.cleared_ms = int(event["at"])
         if state.due_ms is None:
-            state.due_ms = int(event["at"])
-            self._save([state])
+            state.due_ms = state.cleared_ms
+        self._save([state])
 
     # -- the cadence ---------------------------------------------------------------------------
     def tick(self) -> list[Notice]:
@@ -243,6 +249,23 @@ class TakedownDesk:
             self.trail.record(TakedownStep.REMOVED, state.item, n=state.answers)
             state.answered = True
         self._save([state])
+
+    def observed(self, item_id: str, step: TakedownStep, *, by: str, at_ms: int) -> None:
+        """Record an outcome a recipient verified (REMOVED, STILL_ONLINE, MOVED, NOT_ILLEGAL).
+
+        STILL_ONLINE resumes the cadence; the others end it.
+        """
+        if step not in OUTCOMES:
+            raise ConfigError(f"{step.value} is not an item outcome")
+        state = self._get(item_id)
+        self.trail.record(step, state.item, n=state.answers, to_party=by, at_ms=at_ms)
+        state.answers += 1
+        state.answered = step is not TakedownStep.STILL_ONLINE
+        self._save([state])
+
+    def has(self, item_id: str) -> bool:
+        """True if the item is on the desk."""
+        return item_id in self._items
 
     def pending(self) -> int:
         """Items not yet answered."""

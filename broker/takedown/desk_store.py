@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS desk_items (
     url              TEXT NOT NULL,
     opened_ms        INTEGER,
     due_ms           INTEGER,
+    police_ms        INTEGER,
+    cleared_ms       INTEGER,
     first_notice_ms  INTEGER,
     last_notice_ms   INTEGER,
     step             INTEGER NOT NULL DEFAULT 0,
@@ -44,7 +46,8 @@ CREATE TABLE IF NOT EXISTS desk_items (
 
 _COLUMNS = (
     "item_id, referral_id, case_id, provider, country, route, url, opened_ms, due_ms,"
-    " first_notice_ms, last_notice_ms, step, answered, escalated, answers, rechecks"
+    " police_ms, cleared_ms, first_notice_ms, last_notice_ms, step, answered, escalated,"
+    " answers, rechecks"
 )
 
 
@@ -56,6 +59,8 @@ class DeskItem:
     url: str
     opened_ms: int | None = None
     due_ms: int | None = None
+    police_ms: int | None = None
+    cleared_ms: int | None = None
     first_notice_ms: int | None = None
     last_notice_ms: int | None = None
     step: int = 0
@@ -85,6 +90,8 @@ class DeskStore:
                 s.url,
                 s.opened_ms,
                 s.due_ms,
+                s.police_ms,
+                s.cleared_ms,
                 s.first_notice_ms,
                 s.last_notice_ms,
                 s.step,
@@ -98,7 +105,7 @@ class DeskStore:
         with self._db.transaction() as conn:
             conn.executemany(
                 f"INSERT OR REPLACE INTO desk_items ({_COLUMNS}) VALUES"
-                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         self._db.sync()
@@ -119,6 +126,8 @@ class DeskStore:
                 r["url"],
                 r["opened_ms"],
                 r["due_ms"],
+                r["police_ms"],
+                r["cleared_ms"],
                 r["first_notice_ms"],
                 r["last_notice_ms"],
                 int(r["step"]),
