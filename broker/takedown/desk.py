@@ -263,6 +263,10 @@ class TakedownDesk:
         state.answered = step is not TakedownStep.STILL_ONLINE
         self._save([state])
 
+    def get(self, item_id: str) -> DeskItem:
+        """The item's place on the desk (ConfigError if it is not on it)."""
+        return self._get(item_id)
+
     def has(self, item_id: str) -> bool:
         """True if the item is on the desk."""
         return item_id in self._items
