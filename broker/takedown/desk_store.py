@@ -16,7 +16,7 @@ from pathlib import Path
 from broker.sqlite import Database
 from broker.takedown.trail import TrailItem
 
-__all__ = ["DESK_FILE", "DeskItem", "DeskStore"]
+__all__ = ["DESK_FILE", "PLACES", "DeskItem", "DeskStore"]
 
 #: The desk's file in a hotline's state dir.
 DESK_FILE = "takedown.sqlite3"
@@ -68,6 +68,24 @@ class DeskItem:
     escalated: bool = False
     answers: int = 0
     rechecks: int = 0
+
+    @property
+    def where(self) -> str:
+        """Where the item is: opened, informed (awaiting clearance), due, notified, escalated,
+        answered."""
+        if self.answered:
+            return "answered"
+        if self.escalated:
+            return "escalated"
+        if self.first_notice_ms is not None:
+            return "notified"
+        if self.due_ms is not None:
+            return "due"
+        return "informed" if self.police_ms is not None else "opened"
+
+
+#: The places of :attr:`DeskItem.where`, in cadence order.
+PLACES = ("opened", "informed", "due", "notified", "escalated", "answered")
 
 
 class DeskStore:
