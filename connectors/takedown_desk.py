@@ -1,0 +1,94 @@
+"""The ``takedown`` connector kind: the hotline's takedown desk inside ``referral connector run``.
+
+In the network file::
+
+    [organisations.connectors.takedown]
+    smtp_host = "127.0.0.1"
+    smtp_port = 25
+    sender = "takedown@hotline.example.org"
+    answer_base = "https://takedown.hotline.example.org"   # the public face of the endpoint
+    answer_port = 8425                                      # loopback port of the endpoint
+    secret_env = "TAKEDOWN_LINK_SECRET"                     # signs the one-click links
+    providers = "providers.toml"                            # under the state dir unless absolute
+    clearance_required = true                               # wait for police clearance
+
+The desk's state is ``<state dir>/orgs/<org>/takedown.sqlite3`` (private); its
+trail goes to the ledger signed by the organisation.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import Field
+
+from broker.private import private_dir
+from broker.takedown.desk import DAY_MS, Cadence, TakedownDesk
+from broker.takedown.desk_store import DESK_FILE, DeskStore
+from broker.takedown.intake import TakedownIntake
+from broker.takedown.notices import SmtpSender
+from broker.takedown.providers import DEFAULT_FILE, load_directory
+from broker.takedown.service import TakedownService
+from broker.takedown.trail import TrailWriter
+from connectors.base import ConnectorConfig, resolve_path, secret_from_env
+
+__all__ = ["TakedownConfig", "build_takedown", "check_takedown"]
+
+
+class TakedownConfig(ConnectorConfig):
+    """Settings of the takedown desk."""
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    sender: str = Field(min_length=3)
+    answer_base: str = Field(pattern=r"^https?://")
+    answer_port: int = Field(0, ge=0, le=65535)
+    secret_env: str = "TAKEDOWN_LINK_SECRET"
+    providers: str = DEFAULT_FILE
+    clearance_required: bool = False
+    repeat_hours: float = Field(24.0, gt=0)
+    escalate_at_step: int = Field(3, ge=1)
+    tick_seconds: float = Field(60.0, gt=0, le=60)
+
+
+def check_takedown(rt: Any, kind: str, config: TakedownConfig) -> None:
+    """At start-up: the link secret is set and the provider directory reads."""
+    secret_from_env(rt.env, config.secret_env, f"{kind}.secret_env")
+    load_directory(resolve_path(rt.settings, config.providers))
+
+
+def build_takedown(rt: Any, config: TakedownConfig) -> TakedownService:
+    """The desk of the runtime's organisation, fed by its status feed."""
+    publisher = rt.publisher
+    org = publisher.org.id
+    secret = secret_from_env(rt.env, config.secret_env, "takedown.secret_env")
+    key = secret.get_secret_value().encode()
+    folder = rt.settings.org_dir(org)
+    private_dir(folder, "takedown")
+    trail = TrailWriter(publisher.ledger.emit, org, _now_ms)
+    desk = TakedownDesk(
+        trail,
+        load_directory(resolve_path(rt.settings, config.providers)),
+        SmtpSender(config.smtp_host, config.smtp_port, secret=key, answer_base=config.answer_base),
+        secret=key,
+        sender_address=config.sender,
+        notifier=org,
+        cadence=Cadence(
+            repeat_every_ms=int(config.repeat_hours * DAY_MS / 24),
+            escalate_at_step=config.escalate_at_step,
+            clearance_required=config.clearance_required,
+        ),
+        store=DeskStore(folder / DESK_FILE),
+    )
+    network = publisher.network
+    intake = TakedownIntake(
+        desk, publisher.outbox.get, network.role_of, fallback=network.routing.fallback
+    )
+    return TakedownService(
+        intake, key, answer_port=config.answer_port, tick_every_s=config.tick_seconds
+    )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
