@@ -138,3 +138,26 @@ def test_the_takedown_kind_is_a_status_sink_with_checked_settings() -> None:
     assert config.tick_seconds == 60.0
     with pytest.raises(ValueError, match="answer_base"):
         spec.config.model_validate({"sender": "desk@hl-nl.invalid", "answer_base": "ftp://x"})
+
+
+def test_start_up_check_names_a_missing_secret_and_an_unreadable_directory(
+    tmp_path: Path,
+) -> None:
+    """Before anything starts: the link secret's variable and the provider directory."""
+    from types import SimpleNamespace
+
+    from broker.config import Settings
+    from broker.errors import ConfigError
+    from connectors.takedown_desk import check_takedown
+
+    config = TakedownConfig(sender="desk@hl-nl.invalid", answer_base="https://desk.hl-nl.invalid")
+    rt = SimpleNamespace(settings=Settings(state_dir=tmp_path), env={})
+    with pytest.raises(ConfigError, match=r"takedown\.secret_env: environment variable"):
+        check_takedown(rt, "takedown", config)
+    rt.env = {"TAKEDOWN_LINK_SECRET": "x" * 32}
+    with pytest.raises(ConfigError, match="cannot read the provider directory"):
+        check_takedown(rt, "takedown", config)
+    (tmp_path / "providers.toml").write_text(
+        '[providers.host-a]\nname = "A"\ncountry = "NL"\nabuse_email = "abuse@a.example.org"\n'
+    )
+    check_takedown(rt, "takedown", config)
