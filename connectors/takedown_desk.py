@@ -23,6 +23,8 @@ from typing import Any
 
 from pydantic import Field
 
+from broker.contracts import StatusDelivery, StatusSink
+from broker.errors import DeliveryError
 from broker.private import private_dir
 from broker.takedown.desk import DAY_MS, Cadence, TakedownDesk
 from broker.takedown.desk_store import DESK_FILE, DeskStore
@@ -33,7 +35,7 @@ from broker.takedown.service import TakedownService
 from broker.takedown.trail import TrailWriter
 from connectors.base import ConnectorConfig, resolve_path, secret_from_env
 
-__all__ = ["TakedownConfig", "build_takedown", "check_takedown"]
+__all__ = ["TakedownConfig", "TakedownSink", "build_takedown", "check_takedown", "make_service"]
 
 
 class TakedownConfig(ConnectorConfig):
@@ -58,8 +60,40 @@ def check_takedown(rt: Any, kind: str, config: TakedownConfig) -> None:
     load_directory(resolve_path(rt.settings, config.providers))
 
 
-def build_takedown(rt: Any, config: TakedownConfig) -> TakedownService:
-    """The desk of the runtime's organisation, fed by its status feed."""
+class TakedownSink(StatusSink):
+    """The desk as a status sink, built when opened (the runtime's publisher exists by then)."""
+
+    kind = "takedown"
+
+    def __init__(self, rt: Any, config: TakedownConfig) -> None:
+        self._rt, self._config = rt, config
+        self.service: TakedownService | None = None
+
+    def open(self) -> None:
+        """Build the desk and start its ticker and answer endpoint."""
+        self.service = make_service(self._rt, self._config)
+        self.service.open()
+
+    def deliver_status(self, status: StatusDelivery) -> None:
+        """Hand one verified status to the desk."""
+        if self.service is None:
+            raise DeliveryError("the takedown desk is not open")
+        self.service.deliver_status(status)
+
+    def close(self) -> None:
+        """Stop the desk."""
+        if self.service is not None:
+            self.service.close()
+            self.service = None
+
+
+def build_takedown(rt: Any, config: TakedownConfig) -> TakedownSink:
+    """The desk of the runtime's organisation, fed by its status feed (built when opened)."""
+    return TakedownSink(rt, config)
+
+
+def make_service(rt: Any, config: TakedownConfig) -> TakedownService:
+    """The desk of ``rt``'s organisation: trail to its ledger, state in its folder."""
     publisher = rt.publisher
     org = publisher.org.id
     secret = secret_from_env(rt.env, config.secret_env, "takedown.secret_env")
