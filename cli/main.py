@@ -23,6 +23,7 @@ from cli import (
     router_cmd,
     schema_cmd,
     stats_cmd,
+    takedown_cmd,
     topics_cmd,
 )
 from cli.app import App, CliState, configure_logging, fit_consoles
@@ -56,6 +57,7 @@ app.command("tail")(operator_cmd.tail)
 app.command("console")(console_cmd.console_cmd)
 app.add_typer(request_cmd.app, name="request")
 app.command("stats")(stats_cmd.stats_cmd)
+app.add_typer(takedown_cmd.app, name="takedown")
 
 
 @app.callback()

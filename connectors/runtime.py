@@ -46,6 +46,7 @@ from connectors.inbox_folder import InboxFolderConfig, InboxFolderSink
 from connectors.known_index import KnownConfig, KnownParts, known_parts
 from connectors.sqlite_sink import SqliteCaseConfig, SqliteCaseSink
 from connectors.status_sink import StatusFolderConfig, StatusFolderSink, StatusWebhookSink
+from connectors.takedown_desk import TakedownConfig, build_takedown, check_takedown
 from connectors.webhook import WebhookConfig, WebhookSink
 
 __all__ = [
@@ -141,6 +142,7 @@ KINDS: dict[str, Kind] = {
     "status_webhook": Kind(
         "status", WebhookConfig, lambda rt, c: StatusWebhookSink(c, rt.settings, rt.env)
     ),
+    "takedown": Kind("status", TakedownConfig, build_takedown, check_takedown),
     "outbox": Kind("outbox", OutboxConfig),
     "known": Kind("known", KnownConfig),
 }

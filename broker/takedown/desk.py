@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from broker.errors import ConfigError, DeliveryError
+from broker.takedown.desk_store import DeskItem, DeskStore
 from broker.takedown.notices import Answer, Notice, NoticeItem, NoticeSender, read_token
 from broker.takedown.providers import ProviderDirectory
-from broker.takedown.trail import TakedownStep, TrailItem, TrailWriter
+from broker.takedown.trail import OUTCOMES, TakedownStep, TrailItem, TrailWriter
 
 __all__ = ["DAY_MS", "Cadence", "TakedownDesk"]
 
@@ -38,19 +40,6 @@ class Cadence:
     repeat_every_ms: int = DAY_MS
     escalate_at_step: int = 3
     clearance_required: bool = False
-
-
-@dataclass
-class _Item:
-    item: TrailItem
-    url: str
-    due_ms: int | None = None
-    first_notice_ms: int | None = None
-    step: int = 0
-    answered: bool = False
-    escalated: bool = False
-    answers: int = 0
-    rechecks: int = 0
 
 
 _OUTCOME = {
@@ -73,6 +62,7 @@ class TakedownDesk:
         sender_address: str,
         notifier: str,
         cadence: Cadence | None = None,
+        store: DeskStore | None = None,
     ) -> None:
         self.trail = trail
         self.directory = directory
@@ -81,9 +71,20 @@ class TakedownDesk:
         self._secret = secret
         self.sender_address = sender_address
         self.notifier = notifier
-        self._items: dict[str, _Item] = {}
+        self.store = store
+        self._items: dict[str, DeskItem] = {}
+        if store is not None:
+            self._items = {s.item.item_id: s for s in store.load()}
 
-    def _get(self, item_id: str) -> _Item:
+    def _save(self, states: Iterable[DeskItem]) -> None:
+        if self.store is not None:
+            self.store.save(states)
+
+    def items(self) -> list[DeskItem]:
+        """Every item on the desk, in the order opened."""
+        return list(self._items.values())
+
+    def _get(self, item_id: str) -> DeskItem:
         try:
             return self._items[item_id]
         except KeyError:
@@ -95,33 +96,42 @@ class TakedownDesk:
         if item.item_id in self._items:
             return
         self.directory.get(item.provider)  # ConfigError for an unknown provider
-        self._items[item.item_id] = _Item(item, url)
-        self.trail.record(TakedownStep.OPENED, item, at_ms=at_ms)
+        event = self.trail.record(TakedownStep.OPENED, item, at_ms=at_ms)
+        state = self._items[item.item_id] = DeskItem(item, url, opened_ms=int(event["at"]))
+        self._save([state])
 
     def police_informed(self, item_id: str, police: str, *, at_ms: int | None = None) -> None:
         """Record that ``police`` was informed; without required clearance the item is due."""
         state = self._get(item_id)
+        if state.police_ms is not None:
+            return
         event = self.trail.record(
             TakedownStep.POLICE_INFORMED, state.item, to_party=police, at_ms=at_ms
         )
+        state.police_ms = int(event["at"])
         if not self.cadence.clearance_required and state.due_ms is None:
-            state.due_ms = int(event["at"])
+            state.due_ms = state.police_ms
+        self._save([state])
 
     def clear(self, item_id: str, police: str, *, at_ms: int | None = None) -> None:
         """Record law enforcement's clearance of the notice: the item is due."""
         state = self._get(item_id)
+        if state.cleared_ms is not None:
+            return
         step = TakedownStep.LEA_CLEARED
         event = self.trail.record(step, state.item, to_party=police, at_ms=at_ms)
+        state.cleared_ms = int(event["at"])
         if state.due_ms is None:
-            state.due_ms = int(event["at"])
+            state.due_ms = state.cleared_ms
+        self._save([state])
 
     # -- the cadence ---------------------------------------------------------------------------
     def tick(self) -> list[Notice]:
         """Send what is due now: first notices, repeats and escalations; the notices sent."""
         now = self.trail.clock()
-        first: dict[str, list[_Item]] = defaultdict(list)
-        repeats: dict[tuple[str, int], list[_Item]] = defaultdict(list)
-        escalations: dict[str, list[_Item]] = defaultdict(list)
+        first: dict[str, list[DeskItem]] = defaultdict(list)
+        repeats: dict[tuple[str, int], list[DeskItem]] = defaultdict(list)
+        escalations: dict[str, list[DeskItem]] = defaultdict(list)
         for state in self._items.values():
             if state.answered:
                 continue
@@ -153,7 +163,9 @@ class TakedownDesk:
             return False
         return True
 
-    def _notify(self, provider_id: str, states: list[_Item], now: int, step: int) -> list[Notice]:
+    def _notify(
+        self, provider_id: str, states: list[DeskItem], now: int, step: int
+    ) -> list[Notice]:
         provider = self.directory.get(provider_id)
         notice = Notice(
             notice_id=str(uuid.uuid4()),
@@ -168,13 +180,15 @@ class TakedownDesk:
             return []
         kind = TakedownStep.NOTICE_REPEATED if step else TakedownStep.NOTICE_SENT
         for state in states:
-            self.trail.record(kind, state.item, n=step, to_party=provider_id, at_ms=now)
             if step == 0:
                 state.first_notice_ms = now
-            state.step = step
+            state.step, state.last_notice_ms = step, now
+        self._save(states)  # at once after the send: a restart does not send it again
+        for state in states:
+            self.trail.record(kind, state.item, n=step, to_party=provider_id, at_ms=now)
         return [notice]
 
-    def _escalate(self, provider_id: str, states: list[_Item], now: int) -> list[Notice]:
+    def _escalate(self, provider_id: str, states: list[DeskItem], now: int) -> list[Notice]:
         provider = self.directory.get(provider_id)
         target = provider.escalate_to or "fallback"
         notices: list[Notice] = []
@@ -194,8 +208,10 @@ class TakedownDesk:
         for state in states:
             assert state.first_notice_ms is not None
             step = (now - state.first_notice_ms) // self.cadence.repeat_every_ms
+            state.escalated, state.step, state.last_notice_ms = True, int(step), now
+        self._save(states)
+        for state in states:
             self.trail.record(TakedownStep.ESCALATED, state.item, to_party=target, at_ms=now)
-            state.escalated, state.step = True, int(step)
         return notices
 
     # -- answers and re-checks -----------------------------------------------------------------
@@ -213,6 +229,7 @@ class TakedownDesk:
         )
         state.answers += 1
         state.answered = True
+        self._save([state])
 
     def answer_link(self, token: str, *, at_ms: int | None = None) -> tuple[str, Answer]:
         """Record the answer of a signed one-click link; (item id, answer)."""
@@ -231,6 +248,28 @@ class TakedownDesk:
         elif not state.answered:
             self.trail.record(TakedownStep.REMOVED, state.item, n=state.answers)
             state.answered = True
+        self._save([state])
+
+    def observed(self, item_id: str, step: TakedownStep, *, by: str, at_ms: int) -> None:
+        """Record an outcome a recipient verified (REMOVED, STILL_ONLINE, MOVED, NOT_ILLEGAL).
+
+        STILL_ONLINE resumes the cadence; the others end it.
+        """
+        if step not in OUTCOMES:
+            raise ConfigError(f"{step.value} is not an item outcome")
+        state = self._get(item_id)
+        self.trail.record(step, state.item, n=state.answers, to_party=by, at_ms=at_ms)
+        state.answers += 1
+        state.answered = step is not TakedownStep.STILL_ONLINE
+        self._save([state])
+
+    def get(self, item_id: str) -> DeskItem:
+        """The item's place on the desk (ConfigError if it is not on it)."""
+        return self._get(item_id)
+
+    def has(self, item_id: str) -> bool:
+        """True if the item is on the desk."""
+        return item_id in self._items
 
     def pending(self) -> int:
         """Items not yet answered."""

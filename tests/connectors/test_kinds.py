@@ -280,7 +280,8 @@ def test_connector_settings_report_every_problem_on_its_own_line(tmp_path: Path)
         "police-fr: connectors.webhook.max_attempts: Input should be greater than or equal to 1",
         "police-fr: connectors.inbox_folder.path: Field required",
         "police-fr: connectors.telepathy: unknown connector kind (known: drop_folder, "
-        "http_intake, inbox_folder, known, outbox, sqlite, status_folder, status_webhook, webhook)",
+        "http_intake, inbox_folder, known, outbox, sqlite, status_folder, status_webhook, takedown,"
+        " webhook)",
     ]
 
 
