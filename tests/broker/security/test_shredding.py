@@ -17,6 +17,7 @@ from broker.security.sealing import open_sealed, sealed_key_id
 from broker.security.shredding import ContentKeyCache, Held, Shredder, rotate_period_key
 from broker.wire.registry import REFERRAL
 from connectors.runtime import ConnectorRuntime
+from console.liaison import LiaisonDesk
 from tests.support.connectors import ENV, codec_for, inbox_files, referral_json, wait_for
 from tests.support.kafka import provision_network, read_topic, start_router
 from tests.support.security import give_keys, keyed_network
@@ -112,6 +113,14 @@ def test_an_erased_or_expired_copy_on_the_topic_opens_with_nothing_the_recipient
     assert not _opens(settings, a), "the erased referral's copy on the topic still opens"
     assert _opens(settings, b)
     assert _opens(settings, c)
+    # The recipient's own reads (the console, `referral show`) open the others from the cache.
+    desk = LiaisonDesk(settings, keyed_network(trust), ORG, codec_for(settings))
+    try:
+        assert desk.reveal(b.referral_id, "shred check").summary == first[1]["body"]["summary"]
+        with pytest.raises(SealError):
+            desk.referral(a.referral_id)
+    finally:
+        desk.close()
 
     # The erasure rotated to a new period key; the next referral is sealed under it.
     later = [referral_json("hl-a", "NL")]
