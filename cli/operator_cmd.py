@@ -32,6 +32,7 @@ from broker.ledger.views import (
     Trace,
 )
 from broker.operator.access import AccessRecorder
+from broker.operator.consultation import TAIL_REVEAL, consultation_reason, consultations
 from broker.operator.known_share import KnownShare, known_shares
 from broker.operator.since import parse_since
 from broker.operator.tail import decoded, record_view
@@ -248,11 +249,20 @@ def ledger_show(
     referral: str | None = typer.Option(
         None, "--referral", help="Only this referral id (or an unambiguous prefix)."
     ),
+    consulted: str | None = typer.Option(
+        None,
+        "--consulted",
+        metavar="REFERRAL_ID",
+        help="The consultation log of this referral: who opened its body, when, why, how.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     wide: bool = WIDE_OPTION,
 ) -> None:
     """Show the stored ledger entries (run ``ledger sync`` first for the newest)."""
     settings = state(ctx).settings
+    if consulted is not None:
+        _show_consulted(settings, consulted, as_json)
+        return
     with LedgerStore.for_settings(settings) as store:
         if referral is not None:
             referral = known_referral(referral, store.referral_ids())
@@ -295,6 +305,23 @@ def ledger_show(
     print_table(table, whole=not narrow)
     if narrow:
         console.print("times UTC, short ids; --wide adds parties, reasons and whole ids")
+
+
+def _show_consulted(settings: Settings, given: str, as_json: bool) -> None:
+    """The consultation log of one referral (Art. 25 LED), from the stored ledger."""
+    with LedgerStore.for_settings(settings) as store:
+        rid = known_referral(given, store.referral_ids())
+        log = consultations(store.records(rid))
+    if as_json:
+        print_json([c.to_json() for c in log])
+        return
+    table = new_table(f"consultations of referral {rid} ({len(log)})", False)
+    for col in ("time", "who", "path", "why", "copy"):
+        table.add_column(col)
+    for c in log:
+        where = f"{c.topic}/{c.partition}@{c.offset}" if c.topic else "-"
+        table.add_row(_when(c.at), cell(c.who), cell(c.path), cell(c.why), cell(where))
+    print_table(table, whole=True)
 
 
 # -- trace ------------------------------------------------------------------------------------
@@ -790,7 +817,7 @@ class _AccessLog:
             referral_id=str(info["referral_id"]),
             case_id=str(info["case_id"]),
             at=(record.topic, record.partition, record.offset),
-            reason=f"tail --reveal by {self.user}: {self.reason}",
+            reason=consultation_reason(TAIL_REVEAL, f"by {self.user}: {self.reason}"),
         )
 
     def close(self) -> None:

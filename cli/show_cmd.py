@@ -1,5 +1,7 @@
 """``referral show ID``: one received referral in full, without its content.
 
+Its body is opened, so each run is on the consultation log (path ``show``).
+
 The envelope, every item with its whole id (what ``referral status --item``
 takes), the version and the earlier ones kept, and the handover history the
 organisation took part in: the console's referral page (``console.liaison``)
@@ -8,6 +10,7 @@ for the terminal. URLs and hashes are never printed.
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +23,7 @@ from broker.ids import resolve_id, short_id
 from broker.known.index import PreviouslyAssessed
 from broker.known.views import item_marks
 from broker.network import Network
+from broker.operator.consultation import SHOW
 from broker.receiver.inbox import Inbox
 from broker.wire.codec import Codec
 from cli.app import NETWORK_OPTION, cell, console, escape, print_json, state
@@ -74,7 +78,7 @@ def show_cmd(
         raise ConfigError(f"{org} has not received referral {rid} ({', '.join(holders)} did)")
     desk = LiaisonDesk(settings, network, org, Codec.from_settings(settings))
     try:
-        view = desk.referral(rid)
+        view = desk.referral(rid, path=SHOW, why=f"referral show by {getpass.getuser()}")
     finally:
         desk.close()
     known = item_marks(settings, org, rid)  # known content (issue 24)

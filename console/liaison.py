@@ -19,6 +19,7 @@ from broker.ledger.views import HandoverRecord
 from broker.lifecycle import LifecycleError, allowed_next
 from broker.network import Network
 from broker.operator.access import AccessRecorder
+from broker.operator.consultation import CONSOLE_PAGE, CONSOLE_REVEAL, consultation_reason
 from broker.operator.tail import RESTRICTED_TLP
 from broker.origin.outbox import Outbox, PendingReferral
 from broker.origin.sent_view import SentItems, item_report
@@ -357,20 +358,42 @@ class LiaisonDesk:
         return tuple(v for v in kept if v.version < version)
 
     def referral(
-        self, given: str, *, origin: str | None = None, reveal: bool = False
+        self,
+        given: str,
+        *,
+        origin: str | None = None,
+        path: str = CONSOLE_PAGE,
+        why: str = "referral page",
     ) -> ReferralView:
-        """``origin``'s referral ``given`` names (id or prefix); its content only with ``reveal``.
+        """``origin``'s referral ``given`` names (id or prefix), without its content.
 
-        Without ``origin``, an id several origins used is refused (ConfigError).
+        The body is opened, so the opening goes on the consultation log as ``path`` for
+        ``why``. Without ``origin``, an id several origins used is refused (ConfigError).
         """
         record, current = self._lookup(given, origin)
-        rec = self._fetch(record)
-        datum = self._open(rec)
-        envelope = datum["envelope"]
-        if envelope.get("origin_org") != record.origin_org:
+        datum = self._opened(record)
+        self._consulted(record, path, why)
+        return self._view(record, current, datum, reveal=False)
+
+    def _opened(self, record: InboxRecord) -> dict[str, Any]:
+        """The delivered record of ``record`` with its body opened (the origin checked)."""
+        datum = self._open(self._fetch(record))
+        if datum["envelope"].get("origin_org") != record.origin_org:
             raise ConfigError(
                 f"the record of referral {record.referral_id} is not {record.origin_org}'s"
             )
+        return datum
+
+    def _view(
+        self,
+        record: InboxRecord,
+        current: ReferralStatus | None,
+        datum: dict[str, Any],
+        *,
+        reveal: bool,
+    ) -> ReferralView:
+        """The page of an opened referral; its content only with ``reveal``."""
+        envelope = datum["envelope"]
         body = datum["body"]
         reported = self._reported(record)
         default = body.get("classification") or {}
@@ -425,15 +448,16 @@ class LiaisonDesk:
     def reveal(self, given: str, reason: str, *, origin: str | None = None) -> ReferralView:
         """``origin``'s referral with its content; a restricted one needs ``reason`` (recorded)."""
         reason = " ".join(reason.split())
-        view = self.referral(given, origin=origin)
-        if view.restricted and not reason:
+        record, current = self._lookup(given, origin)
+        datum = self._opened(record)
+        tlp = str((datum["envelope"].get("handling") or {}).get("tlp") or "")
+        if tlp in RESTRICTED_TLP and not reason:
             raise ValidationFailed(
                 "a reason is required to show TLP RED / AMBER+STRICT content",
                 ["reason: required (it is recorded in the ledger)"],
             )
-        if view.restricted:
-            self._accessed(view, reason)
-        return self.referral(view.record.referral_id, origin=view.record.origin_org, reveal=True)
+        self._consulted(record, CONSOLE_REVEAL, reason or "reveal")
+        return self._view(record, current, datum, reveal=True)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -443,8 +467,8 @@ class LiaisonDesk:
                 self._producer = self.kafka.producer()
             return self._producer
 
-    def _accessed(self, view: ReferralView, reason: str) -> None:
-        record = view.record
+    def _consulted(self, record: InboxRecord, path: str, why: str) -> None:
+        """Record one opening of ``record``'s body (acknowledged before it is shown)."""
         keys = LiveKeys(key_dir(self.settings, self.org), self.org)
         recorder = AccessRecorder(
             self.codec,
@@ -457,7 +481,7 @@ class LiaisonDesk:
             referral_id=record.referral_id,
             case_id=record.case_id,
             at=(record.topic, record.partition, record.offset),
-            reason=f"console reveal: {reason}",
+            reason=consultation_reason(path, why),
             wait=True,
         )
 

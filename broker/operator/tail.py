@@ -60,12 +60,13 @@ def _event_fields(e: dict[str, Any]) -> dict[str, Any]:
 
 
 def _body_view(datum_body: Any, tlp: Any, reveal: bool) -> tuple[Any, bool]:
-    """What ``tail --body`` shows of a referral body, and whether a restricted one was revealed."""
+    """What ``tail --body`` shows of a referral body, and whether it was shown under ``--reveal``
+    (every such body is recorded, restricted or not)."""
     if is_sealed(datum_body):
         return {"sealed_for": sealed_for(datum_body)}, False
     if tlp in RESTRICTED_TLP and not reveal:
         return f'(redacted: TLP {tlp}; --reveal --reason "..." shows it, on record)', False
-    return json.loads(json.dumps(datum_body, default=str)), tlp in RESTRICTED_TLP
+    return json.loads(json.dumps(datum_body, default=str)), reveal
 
 
 def _referral(datum: dict[str, Any], body: bool, reveal: bool) -> dict[str, Any]:
@@ -93,8 +94,8 @@ def decoded(
 ) -> dict[str, Any]:
     """What ``tail --decode`` shows of one record value; never raises on bad bytes.
 
-    A body marked TLP RED or AMBER_STRICT is redacted unless ``reveal``; a
-    revealed one is flagged ``revealed`` (the caller records the access).
+    A body marked TLP RED or AMBER_STRICT is redacted unless ``reveal``; any body
+    shown under ``reveal`` is flagged ``revealed`` (the caller records the access).
     """
     data = value or b""
     try:

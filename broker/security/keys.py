@@ -482,6 +482,8 @@ class LiveKeys(_Live):
         self, directory: Path, org_id: str, *, check_every: float = RELOAD_CHECK_SECONDS
     ) -> None:
         self.org_id = org_id
+        #: Where the keys live (None for fixed keys); content keys kept after a shred too.
+        self.directory: Path | None = directory
         super().__init__(
             lambda: OrgKeys.load(directory, org_id),
             [directory / _MANIFEST],
@@ -494,6 +496,7 @@ class LiveKeys(_Live):
         """Keys that never change."""
         live = cls.__new__(cls)
         live.org_id = keys.org_id if keys is not None else org_id
+        live.directory = None
         _Live.__init__(live, lambda: keys, [], float("inf"), "keys")
         return live
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from broker.routing.check import check_arrival, check_recipient
 from broker.routing.decide import DecisionCache
 from broker.security.keys import LiveKeys, LiveTrust, OrgKeys, TrustStore, key_dir
 from broker.security.sealing import is_sealed, open_sealed, seal, sealed_for
+from broker.security.shredding import CACHE_FILE, ContentKeyCache
 from broker.security.signing import (
     LedgerSigner,
     SignedContext,
@@ -463,6 +464,21 @@ class ReceiverSecurity(_OrgSecurity):
             raise Misrouted(f"misrouted: the envelope cannot be routed ({exc})") from exc
         check_arrival(decision, topic, self.org_id, self.names)
 
+    def _kept(self, origin: str, referral_id: str) -> Callable[[str], bytes | None]:
+        """The content key kept for a body whose period key was destroyed (opened lazily)."""
+
+        def get(kid: str) -> bytes | None:
+            directory = self.live_keys.directory
+            if directory is None or not (directory / CACHE_FILE).exists():
+                return None
+            cache = ContentKeyCache.in_key_dir(directory)
+            try:
+                return cache.lookup(origin, referral_id)(kid)
+            finally:
+                cache.close()
+
+        return get
+
     def _open(
         self,
         body: Mapping[str, Any],
@@ -481,6 +497,7 @@ class ReceiverSecurity(_OrgSecurity):
             origin=str(envelope["origin_org"]),
             org_id=self.org_id,
             private_keys=keys.encryption,
+            cached=self._kept(str(envelope["origin_org"]), str(envelope["referral_id"])),
         )
         if context is not None and tuple(sorted(sealed_for(body))) != context.recipients:
             raise SignatureInvalid("the sealed recipients differ from the signed recipients")

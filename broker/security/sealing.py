@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -16,11 +16,13 @@ from broker.errors import SealError
 
 __all__ = [
     "SUITE",
+    "content_key",
     "is_sealed",
     "open_sealed",
     "seal",
     "seal_context",
     "sealed_for",
+    "sealed_key_id",
     "status_domain",
 ]
 
@@ -94,8 +96,42 @@ def open_sealed(
     org_id: str,
     private_keys: Mapping[str, X25519PrivateKey],
     domain: bytes = _DOMAIN,
+    cached: Callable[[str], bytes | None] | None = None,
 ) -> bytes:
-    """The plaintext of a sealed body for ``org_id``; SealError saying why it cannot be opened."""
+    """The plaintext of a sealed body for ``org_id``; SealError saying why it cannot be opened.
+
+    ``cached`` (key id → this body's content key, or None) opens a body whose period key
+    was destroyed after its content key was kept (broker.security.shredding).
+    """
+    context = seal_context(referral_id, origin, sealed_for(body), domain)
+    key = content_key(
+        body,
+        referral_id=referral_id,
+        origin=origin,
+        org_id=org_id,
+        private_keys=private_keys,
+        domain=domain,
+        cached=cached,
+    )
+    try:
+        return AESGCM(key).decrypt(bytes(body["nonce"]), bytes(body["ciphertext"]), context)
+    except (InvalidTag, ValueError, KeyError, TypeError) as exc:
+        raise SealError(
+            f"sealed body does not open for {org_id}: altered or not for this key"
+        ) from exc
+
+
+def content_key(
+    body: Mapping[str, Any],
+    *,
+    referral_id: str,
+    origin: str,
+    org_id: str,
+    private_keys: Mapping[str, X25519PrivateKey],
+    domain: bytes = _DOMAIN,
+    cached: Callable[[str], bytes | None] | None = None,
+) -> bytes:
+    """The content key of a sealed body, unwrapped for ``org_id`` (or from ``cached``)."""
     if body.get("suite") != SUITE:
         raise SealError("sealed with an unknown suite")
     orgs = sealed_for(body)
@@ -109,12 +145,22 @@ def open_sealed(
     kid = str(entry.get("key_id"))
     private = private_keys.get(kid)
     if private is None:
+        kept = cached(kid) if cached is not None else None
+        if kept is not None:
+            return kept
         raise SealError(f"sealed for key {kid} of {org_id}, which {org_id} does not hold")
     context = seal_context(referral_id, origin, orgs, domain)
     try:
-        key = _HPKE.decrypt(bytes(entry["wrapped_key"]), private, info=_info(context, org_id, kid))
-        return AESGCM(key).decrypt(bytes(body["nonce"]), bytes(body["ciphertext"]), context)
+        return _HPKE.decrypt(bytes(entry["wrapped_key"]), private, info=_info(context, org_id, kid))
     except (InvalidTag, ValueError, KeyError, TypeError) as exc:
         raise SealError(
             f"sealed body does not open for {org_id} (key {kid}): altered or not for this key"
         ) from exc
+
+
+def sealed_key_id(body: Mapping[str, Any], org_id: str) -> str | None:
+    """The id of ``org_id``'s key a sealed body's content key is wrapped under (None if not)."""
+    for r in body.get("recipients") or ():
+        if r.get("org") == org_id:
+            return str(r.get("key_id"))
+    return None

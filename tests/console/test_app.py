@@ -571,6 +571,8 @@ def test_the_referral_page_shows_versions_parent_and_children_without_content(
 
     monkeypatch.setattr(desk, "_fetch", fetch)
     monkeypatch.setattr(desk, "_open", lambda rec: {"envelope": envelope, "body": body})
+    consulted: list[str] = []  # offline: the consultation log's events as (path) calls
+    monkeypatch.setattr(desk, "_consulted", lambda record, path, why: consulted.append(path))
     rerouted = HandoverRecord(
         "r1", ITEMS_RID, "case-items", "REROUTED", "hl-nl", NOW, from_party="hl-nl",
         to_party="police-fr", reason=f"item {ITEM_B} moved to FR: referral {CHILD}",
@@ -587,6 +589,7 @@ def test_the_referral_page_shows_versions_parent_and_children_without_content(
     ]
     assert view.items[0].url is None
     assert view.summary is None
+    assert consulted == ["console-page"], "the page opened the body: one consultation"
 
     client = TestClient(
         build_app(
@@ -612,6 +615,7 @@ def test_the_referral_page_shows_versions_parent_and_children_without_content(
     assert secret not in html
     assert "secret-item.example.org" not in html
     assert json.dumps(secret) not in html
+    assert consulted == ["console-page", "console-page"]
 
     # The moved item went to police-nl too: the history's REROUTED row links the child's page.
     history = html.split('id="history"', 1)[1]

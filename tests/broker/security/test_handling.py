@@ -77,12 +77,16 @@ def test_tail_redacts_red_and_amber_strict_bodies_unless_revealed_with_a_reason(
     assert url in out
     ledger = read_topic(provisioned, names.ledger, at_least=1)
     events = [e for r in ledger for e in decode_events(codec, r.value)]
-    assert [(e["event"], e["referral_id"]) for e in events] == [
-        ("ACCESSED", red["envelope"]["referral_id"])
-    ], "only the restricted body's access is recorded"
-    assert events[0]["actor"] == "operator"
-    assert events[0]["reason"].endswith(": case review 42")
-    assert events[0]["topic"] == names.jurisdiction("DE")
+    assert sorted((e["event"], e["referral_id"]) for e in events) == sorted(
+        [
+            ("ACCESSED", red["envelope"]["referral_id"]),
+            ("ACCESSED", amber["envelope"]["referral_id"]),
+        ]
+    ), "every body shown under --reveal is recorded, restricted or not"
+    assert {e["actor"] for e in events} == {"operator"}
+    assert all(e["reason"].startswith("tail-reveal: by ") for e in events)
+    assert all(e["reason"].endswith(": case review 42") for e in events)
+    assert {e["topic"] for e in events} == {names.jurisdiction("DE")}
 
 
 def test_no_secret_and_no_case_content_in_logs_spans_or_error_headers(
