@@ -8,7 +8,7 @@ from broker.errors import ConfigError
 from broker.ids import resolve_id, short_id
 from broker.kafka import clients
 from broker.origin.erase_request import EraseRequester, ErasureBook, erase_code, recipients_of
-from broker.origin.outbox import Outbox
+from broker.origin.outbox import Outbox, OutboxEntry
 from broker.origin.publisher import Publisher
 from broker.wire.codec import Codec
 from cli.app import console, print_json, state
@@ -42,21 +42,13 @@ def erase_cmd(
         raise ConfigError(f"--reason {reason!r}: a code in capitals, e.g. INCORRECT")
     outbox = Outbox.for_org(settings, as_org)
     book = ErasureBook.for_org(settings, as_org)
-    producer = clients.producer(settings, role=f"erase-{as_org}")
-    codec = Codec.from_settings(settings)
     publisher = None
+    producer = None
     rows = []
     try:
-        known = [p.referral_id for p in outbox.all()]
-        entries = []
-        for given in referral_ids:
-            rid = resolve_id(given, known)
-            entry = outbox.get(rid)
-            if entry is None:
-                raise ConfigError(
-                    f"{as_org} holds no referral {given} (never published, or erased)"
-                )
-            entries.append(entry)
+        entries = _entries(outbox, as_org, referral_ids)
+        producer = clients.producer(settings, role=f"erase-{as_org}")
+        codec = Codec.from_settings(settings)
         publisher = Publisher(settings, network, as_org, codec, producer, outbox)
         names = settings.topic_names()
         requester = EraseRequester(
@@ -68,17 +60,13 @@ def erase_cmd(
                 sent = publisher.withdrawer.withdraw(entry, to)
             else:
                 sent = requester.request(entry.referral_id, entry.case_id, to, reason)
-            rows.append(
-                {
-                    "referral_id": entry.referral_id,
-                    "asked": sent,
-                    "not_sent": [o for o in to if o not in sent],
-                }
-            )
+            not_sent = [o for o in to if o not in sent]
+            rows.append({"referral_id": entry.referral_id, "asked": sent, "not_sent": not_sent})
         producer.flush(30)
     finally:
         try:
-            producer.close(10)
+            if producer is not None:
+                producer.close(10)
         finally:
             if publisher is not None:
                 publisher.close()
@@ -94,3 +82,15 @@ def erase_cmd(
         if r["not_sent"]:
             line += f" (not sent to {', '.join(r['not_sent'])}: run again)"
         console.print(line, markup=False, soft_wrap=True)
+
+
+def _entries(outbox: Outbox, as_org: str, given: list[str]) -> list[OutboxEntry]:
+    """The outbox entries ``given`` names (ConfigError, one line, for one it does not hold)."""
+    known = [p.referral_id for p in outbox.all()]
+    entries = []
+    for name in given:
+        entry = outbox.get(resolve_id(name, known))
+        if entry is None:
+            raise ConfigError(f"{as_org} holds no referral {name} (never published, or erased)")
+        entries.append(entry)
+    return entries
