@@ -2,12 +2,12 @@
 
 A signed network on the embedded broker: hotline ``hl-a`` sends 100 canary
 referrals, each to six police recipients (inbox folders and SQLite case
-tables). police-es's connector is stopped; ``referral erase … --reason
-INCORRECT`` asks all six. The five online answer ERASED within 60 s, police-es
-on its return; then hl-a erases its own copies. A raw-byte scan of every state
-directory and of every topic finds none of the canaries' URLs, hashes or
-summaries; ``ledger verify`` is intact and the ledger holds each ERASE and
-ERASED hop.
+tables). A forged ERASE (another member's signature) is refused. police-es's
+connector is stopped; ``referral erase … --reason INCORRECT`` asks all six.
+The five online answer ERASED within 60 s, police-es on its return; then hl-a
+erases its own copies. A raw-byte scan of every state directory and of every
+topic finds none of the canaries' URLs, hashes or summaries; ``ledger
+verify`` is intact and the ledger holds each ERASE and ERASED hop.
 """
 
 from __future__ import annotations
@@ -24,13 +24,18 @@ from typer.testing import CliRunner
 
 from broker.config import Settings
 from broker.kafka import clients
+from broker.kafka.deadletter import H_STAGE
 from broker.network import parse_network
-from broker.origin.erase_request import ErasureBook
-from broker.security.keys import ROUTER
+from broker.origin.erase_request import ERASE_KIND, ErasureBook, erase_update
+from broker.security.keys import ROUTER, OrgKeys, key_dir
+from broker.security.signing import StatusContext, sign
+from broker.wire.codec import Codec
+from broker.wire.registry import STATUS_UPDATE
+from broker.wire.topics import Headers
 from cli.main import app
 from connectors.runtime import ConnectorRuntime
 from tests.support.connectors import codec_for, referral_json, wait_for
-from tests.support.kafka import cli_env, provision_network, read_topic, start_router
+from tests.support.kafka import cli_env, header, provision_network, read_topic, start_router
 from tests.support.security import give_keys
 
 pytestmark = pytest.mark.slow
@@ -123,6 +128,37 @@ def _answered(settings: Settings, rids: list[str]) -> dict[str, int]:
         book.close()
 
 
+def _state_leaks(settings: Settings, markers: list[str]) -> list[str]:
+    """The state files (of every organisation) holding any of ``markers`` in their raw bytes."""
+    found = []
+    for path in Path(settings.state_dir).rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            found += [str(path) for m in markers if m.encode() in blob]
+    return found
+
+
+def _forge(settings: Settings, codec: Codec, rid: str, case_id: str) -> bytes:
+    """police-fr writes an "ERASE by hl-a" straight onto police-nl's lane, signed with its
+    own key; the value sent."""
+    datum = erase_update(rid, case_id, "hl-a", "police-nl", "INCORRECT").to_avro()
+    value = codec.encode(STATUS_UPDATE, datum)
+    fr = OrgKeys.load(key_dir(settings, "police-fr"), "police-fr")
+    assert fr is not None
+    headers = [
+        (Headers.DESTINATION_ORGS, b"police-nl"),
+        (Headers.RECORD_KIND, ERASE_KIND),
+        *sign(fr.signing, fr.signing_id, StatusContext.of(datum), value),
+    ]
+    producer = clients.producer(settings, role="test-forger")
+    try:
+        topic = settings.topic_names().jurisdiction("NL")
+        producer.send(topic, key=rid.encode(), value=value, headers=headers).get(timeout=10)
+    finally:
+        producer.close(5)
+    return value
+
+
 def _topic_bytes(settings: Settings) -> dict[str, bytes]:
     """Every record's raw value and headers, per topic of this test's namespace."""
     admin = clients.admin_client(settings)
@@ -166,6 +202,21 @@ def test_an_erasure_reaches_six_recipients_one_offline_and_leaves_nothing_readab
         result = rts["hl-a"].publisher.publish([(f"row {n}", c[0]) for n, c in enumerate(canaries)])
         assert result.ok
         wait_for(lambda: all(outbox.is_complete(r) for r in rids), 90, "100 x 6 received")
+        # The scan below sees the canaries where they are: in the recipients' stores.
+        assert len(_state_leaks(settings, markers)) >= COUNT * len(POLICE)
+        # A forged ERASE (police-fr signing as if hl-a) is refused and erases nothing.
+        first = canaries[0][0]["envelope"]
+        forged = _forge(settings, codec, rids[0], str(first["case_id"]))
+        names = settings.topic_names()
+
+        def refused() -> list[Any]:
+            dead = read_topic(settings, names.deadletter, idle=0.3, timeout=5)
+            return [d for d in dead if d.value == forged]
+
+        wait_for(lambda: bool(refused()), 30, "the forged ERASE dead-lettered")
+        assert header(refused()[0], H_STAGE) == "VERIFY"
+        assert (Path(settings.state_dir) / "orgs/police-nl/inbox" / f"{rids[0]}.json").is_file()
+        assert not rts["police-nl"].inbox.state("hl-a", rids[0]).erased
         rts[OFFLINE].stop()
 
         started = time.monotonic()
@@ -224,11 +275,7 @@ def test_an_erasure_reaches_six_recipients_one_offline_and_leaves_nothing_readab
     delivered = [h for h in hops if h["event"] == "DELIVERED" and h["reason"] == "ERASED"]
     assert {h["from_party"] for h in delivered} == set(POLICE)
     # Raw bytes: every file of every organisation's state, and every topic's records.
-    leaks = []
-    for path in Path(settings.state_dir).rglob("*"):
-        if path.is_file():
-            blob = path.read_bytes()
-            leaks += [str(path) for m in markers if m.encode() in blob]
+    leaks = _state_leaks(settings, markers)
     for topic, blob in _topic_bytes(settings).items():
         leaks += [topic for m in markers if m.encode() in blob]
     assert leaks == [], sorted(set(leaks))[:10]
