@@ -20,6 +20,7 @@ from broker.kafka import clients
 from broker.known.check import KnownUnreachable, check_known, checks_known
 from broker.metrics import setup_metrics
 from broker.network import Network
+from broker.origin.erase_request import ErasureBook, erasure_rows
 from broker.origin.outbox import Outbox, PendingReferral
 from broker.origin.publisher import BatchResult, Publisher, Rejected
 from broker.origin.sent_view import item_report
@@ -347,18 +348,23 @@ def outbox(
     settings = st.settings
     box = Outbox.for_org(settings, org)
     status_log = StatusLog.for_org(settings, org)
+    book = ErasureBook.for_org(settings, org)
     try:
+        erasures = erasure_rows(book)
+        erasing = {str(e["referral_id"]) for e in erasures}
         pending, refused = box.pending(), box.refused()
         listed = box.all() if show_all else [*pending, *refused]
+        listed = [p for p in listed if p.referral_id not in erasing]
         items = {
             p.referral_id: item_report(box, status_log, p.referral_id).to_json() for p in listed
         }
     finally:
         box.close()
         status_log.close()
+        book.close()
     now = time.time()
     if as_json:
-        print_json([{**p.to_json(now), **items[p.referral_id]} for p in listed])
+        print_json([*({**p.to_json(now), **items[p.referral_id]} for p in listed), *erasures])
         return
     title = f"outbox of {org}: {len(pending)} pending, {len(refused)} refused"
     if show_all:
@@ -399,6 +405,28 @@ def outbox(
         table.add_row(*(cell(r[i]) for i in keep))
     print_table(table, whole=not narrow)
     _print_outbox_notes(listed, items)
+    if erasures:
+        print_erasures(org, erasures, narrow)
+
+
+def print_erasures(org: str, erasures: list[dict[str, Any]], narrow: bool) -> None:
+    """The erasures ORG asked for: who has erased, who has not yet."""
+    waiting = sum(1 for e in erasures if e["state"] == "erasing")
+    table = new_table(
+        f"erasures by {org}: {waiting} erasing, {len(erasures) - waiting} erased", narrow
+    )
+    for column in ("referral", "state", "reason", "erased by", "not yet"):
+        table.add_column(column, overflow="fold")
+    for e in erasures:
+        rid = str(e["referral_id"])
+        table.add_row(
+            cell(short_id(rid) if narrow else rid),
+            cell(str(e["state"])),
+            cell(str(e["reason"])),
+            cell(", ".join(e["erased_by"]) or "-"),
+            cell(", ".join(e["waiting_for_erasure"]) or "-"),
+        )
+    print_table(table, whole=not narrow)
 
 
 def _print_outbox_notes(listed: list[PendingReferral], items: dict[str, Any]) -> None:

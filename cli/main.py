@@ -14,6 +14,7 @@ from cli import (
     config_cmd,
     console_cmd,
     demo_cmd,
+    erase_cmd,
     inbox_cmd,
     keys_cmd,
     known_cmd,
@@ -48,6 +49,7 @@ app.command("outbox")(connector_cmd.outbox)
 app.command("status")(connector_cmd.status)
 app.command("inbox")(inbox_cmd.inbox_cmd)
 app.command("retention")(retention_cmd.retention_cmd)
+app.command("erase")(erase_cmd.erase_cmd)
 app.command("show")(show_cmd.show_cmd)
 app.add_typer(operator_cmd.ledger_app, name="ledger")
 app.command("trace")(operator_cmd.trace_cmd)

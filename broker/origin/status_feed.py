@@ -20,6 +20,7 @@ from broker.kafka.tally import attributable
 from broker.ledger.events import HandoverEventType
 from broker.lifecycle import LifecycleError, advance
 from broker.network import Network
+from broker.origin.erase_request import ERASED, ErasureBook, is_erased_answer
 from broker.origin.outbox import Outbox, OutboxEntry
 from broker.origin.status_log import Settled, StatusLog
 from broker.outcomes import reroutes, status_reason, summarise
@@ -115,6 +116,9 @@ class StatusFeed(LoopService[StatusSink]):
         super().__init__(settings, org_id, codec, [names.status(org_id)], group_id, sinks, **kwargs)
         self.outbox = outbox
         self.status_log = status_log
+        #: Who was asked to erase and who answered ERASED (:mod:`broker.origin.erase_request`).
+        self.erasures = ErasureBook.for_org(settings, org_id)
+        self._erased: list[tuple[str, str]] = []
         #: Refused status updates of this run, by dead-letter stage (persisted in the log too).
         self.refused: dict[str, int] = {}
         #: The batch's handed-on statuses and skipped repeats, written once its sinks are
@@ -130,10 +134,34 @@ class StatusFeed(LoopService[StatusSink]):
         repeats, self._repeats = self._repeats, 0
         self._batch_keys.clear()
         self._batch_states.clear()
+        erased, self._erased = self._erased, []
         super().before_commit(batch)
         if settled or repeats:
             self.status_log.settle(settled, repeats)
             self.status_log.flush()
+        for referral_id, recipient in erased:
+            self.erasures.answer(referral_id, recipient)
+        for referral_id in dict.fromkeys(rid for rid, _ in erased):
+            if self.erasures.all_answered(referral_id):
+                self._erase_here(referral_id)
+
+    def close(self) -> None:
+        """Leave the group and close the loop, then the erasure book."""
+        try:
+            super().close()
+        finally:
+            self.erasures.close()
+
+    def _erase_here(self, referral_id: str) -> None:
+        """Every recipient erased ``referral_id``: erase the origin's own copies too."""
+        if self.erasures.erased_here(referral_id):
+            return
+        for sink in self.sinks:
+            sink.erase_statuses(referral_id)
+        self.status_log.erase(referral_id)
+        self.outbox.erase(referral_id)
+        self.erasures.mark_erased_here(referral_id)
+        log.info("erased referral %s at its origin %s", referral_id, self.org_id)
 
     def _refuse(
         self, ctx: RecordContext, stage: str, exc: BaseException, referral_id: str | None
@@ -213,6 +241,20 @@ class StatusFeed(LoopService[StatusSink]):
             self.outbox.mark_refused(
                 referral_id, emitted_by, datum.get("reason_code"), version=version
             )
+        if is_erased_answer(datum):
+            # A recipient erased it (verified above): no life-cycle step, nothing for the
+            # status sinks (the origin erases their copies once every recipient answered).
+            self._erased.append((referral_id, emitted_by))
+            self.stats.delivered += 1
+            ctx.event(
+                HandoverEventType.DELIVERED,
+                referral_id,
+                str(datum.get("case_id", "")),
+                from_party=emitted_by,
+                to_party=self.org_id,
+                reason=ERASED,
+            )
+            return
         key = status_key(datum)
         if (
             superseded(entry, status, version)

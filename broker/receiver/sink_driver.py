@@ -22,6 +22,8 @@ from broker.kafka.service import LoopService
 from broker.kafka.tally import attributable
 from broker.ledger.events import HandoverEventType
 from broker.lifecycle import reason_code
+from broker.receiver.erase_requests import EraseRequests, is_erase_record
+from broker.receiver.erasure import ReceiverEraser
 from broker.receiver.inbox import DeliveryState, Inbox, SinkRefusal
 from broker.receiver.statuses import StatusSender
 from broker.receiver.withdrawals import Withdrawals, is_withdrawal_record
@@ -74,6 +76,15 @@ class SinkDriver(LoopService[Sink]):
         self._batch_repeats: list[tuple[str, str, str]] = []
         #: Withdrawals by the origins of referrals an amendment no longer sends here.
         self.withdrawals = Withdrawals(org_id, codec, self.security, sinks, inbox, self.stats)
+        #: Erase requests by the origins of referrals received here (answered ERASED).
+        self.erase_requests = EraseRequests(
+            org_id,
+            codec,
+            self.security,
+            ReceiverEraser(settings, org_id, sinks, inbox),
+            self.stats,
+            self._answer,
+        )
 
     def before_commit(self, batch: BatchContext) -> None:
         """Make every sink durable, then answer the batch's records, back to back.
@@ -118,6 +129,9 @@ class SinkDriver(LoopService[Sink]):
             return
         if is_withdrawal_record(record):
             self.withdrawals.handle(record, ctx)
+            return
+        if is_erase_record(record):
+            self.erase_requests.handle(record, ctx)
             return
         delivery = self._open(record, ctx)
         if delivery is None:
@@ -299,6 +313,10 @@ class SinkDriver(LoopService[Sink]):
             origin_org=refusal.origin_org,
             referral_version=refusal.version if refusal.version > 1 else None,
         )
+        self._answers.append((ctx, lambda: self.status.send(update, ctx.trace)))
+
+    def _answer(self, ctx: RecordContext, update: StatusUpdate) -> None:
+        """Send ``update`` once the batch is durable (by :meth:`before_commit`)."""
         self._answers.append((ctx, lambda: self.status.send(update, ctx.trace)))
 
     def _receipt(

@@ -20,6 +20,7 @@ from broker.ledger.checkpoint import Checkpoint, Checkpointer
 from broker.ledger.events import HandoverEventType
 from broker.metrics import Metrics
 from broker.network import Network
+from broker.origin.erase_request import ERASE_KIND, erase_reason, is_erase_request
 from broker.origin.withdrawal import WITHDRAWAL_KIND, is_withdrawal, withdrawal_reason
 from broker.routing.decide import DecisionCache, Destination, status_destination
 from broker.routing.fallback import committed_offsets, fallback_group, seed_offsets
@@ -39,6 +40,7 @@ ACTOR = ROUTER
 _ROUTE_HEADERS = frozenset({Headers.ROUTE_REASON, Headers.DESTINATION_ORGS, Headers.RECORD_KIND})
 _TRACE_HEADERS = frozenset({Headers.TRACEPARENT, Headers.TRACESTATE})
 _WITHDRAWAL = (Headers.RECORD_KIND, WITHDRAWAL_KIND)
+_ERASE = (Headers.RECORD_KIND, ERASE_KIND)
 
 
 def _kept_headers(headers: Sequence[tuple[str, bytes]] | None) -> list[tuple[str, bytes]]:
@@ -293,8 +295,9 @@ class Router(LoopService[Durable]):
             _, status = self.codec.decode(record.value or b"", expected=STATUS_UPDATE)
             if not self.network.network.allow_plain and not has_signature(record.headers):
                 raise SignatureInvalid("unsigned status update on a network that requires them")
+            erase = is_erase_request(status)
             withdrawal = is_withdrawal(status)
-            if withdrawal:
+            if withdrawal or erase:
                 topic, to_party = self._withdrawal_topic(status), str(status["destination_org"])
             else:
                 topic = status_destination(status, self.network, self.names)
@@ -309,6 +312,10 @@ class Router(LoopService[Durable]):
             # A withdrawal, on the dropped recipient's referral topic, for it alone.
             headers += [(Headers.DESTINATION_ORGS, to_party.encode()), _WITHDRAWAL]
             reason = withdrawal_reason(int(status.get("referral_version") or 1))
+        elif erase:
+            # An erase request, on the recipient's referral topic, for it alone.
+            headers += [(Headers.DESTINATION_ORGS, to_party.encode()), _ERASE]
+            reason = erase_reason(str(status.get("note") or ""))
         self._send(
             ctx,
             topic,
