@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from broker.config import Settings
 from broker.errors import ConfigError, UnknownName, ValidationFailed
@@ -370,6 +371,14 @@ def outbox(
     if show_all:
         title += f", {len(listed) - len(pending) - len(refused)} done"
     narrow = is_narrow(wide)
+    print_table(_outbox_table(title, listed, now, narrow), whole=not narrow)
+    _print_outbox_notes(listed, items)
+    if erasures:
+        print_erasures(org, erasures, narrow)
+
+
+def _outbox_table(title: str, listed: list[Any], now: float, narrow: bool) -> Table:
+    """The outbox table: narrow (80 columns) drops the age and columns that say nothing."""
     columns = ["referral", "case", "state", "waiting for", "received by", "refused by"]
     columns += ["last sent", "sends"] if narrow else ["age", "last sent", "sends"]
     rows = [
@@ -403,10 +412,7 @@ def outbox(
         )
     for r in rows:
         table.add_row(*(cell(r[i]) for i in keep))
-    print_table(table, whole=not narrow)
-    _print_outbox_notes(listed, items)
-    if erasures:
-        print_erasures(org, erasures, narrow)
+    return table
 
 
 def print_erasures(org: str, erasures: list[dict[str, Any]], narrow: bool) -> None:

@@ -225,14 +225,8 @@ class StatusFeed(LoopService[StatusSink]):
         except SecurityError as exc:
             self._refuse(ctx, DeadLetterStage.STATUS_VERIFY, exc, referral_id)
             return
-        raw_version = datum.get("referral_version")
-        version = raw_version if isinstance(raw_version, int) else 1
-        if entry is not None and not 1 <= version <= entry.version:
-            unpublished = SecurityError(
-                f"status of {emitted_by} names version {version} of referral {referral_id},"
-                f" which its origin never published (latest {entry.version})"
-            )
-            self._refuse(ctx, DeadLetterStage.STATUS_VERIFY, unpublished, referral_id)
+        version = self._published_version(ctx, datum, entry, referral_id, emitted_by)
+        if version is None:
             return
         if status == ReferralStatus.RECEIVED:
             self.outbox.mark_received(referral_id, emitted_by, version=version)
@@ -242,18 +236,7 @@ class StatusFeed(LoopService[StatusSink]):
                 referral_id, emitted_by, datum.get("reason_code"), version=version
             )
         if is_erased_answer(datum):
-            # A recipient erased it (verified above): no life-cycle step, nothing for the
-            # status sinks (the origin erases their copies once every recipient answered).
-            self._erased.append((referral_id, emitted_by))
-            self.stats.delivered += 1
-            ctx.event(
-                HandoverEventType.DELIVERED,
-                referral_id,
-                str(datum.get("case_id", "")),
-                from_party=emitted_by,
-                to_party=self.org_id,
-                reason=ERASED,
-            )
+            self._erased_answer(ctx, datum, referral_id, emitted_by)
             return
         key = status_key(datum)
         if (
@@ -295,6 +278,42 @@ class StatusFeed(LoopService[StatusSink]):
             from_party=emitted_by,
             to_party=self.org_id,
             reason=status_reason(status, summary),
+        )
+
+    def _published_version(
+        self,
+        ctx: RecordContext,
+        datum: Mapping[str, Any],
+        entry: Any,
+        referral_id: str,
+        emitted_by: str,
+    ) -> int | None:
+        """The version the status names, if its origin published it; else refused, None."""
+        raw_version = datum.get("referral_version")
+        version = raw_version if isinstance(raw_version, int) else 1
+        if entry is not None and not 1 <= version <= entry.version:
+            unpublished = SecurityError(
+                f"status of {emitted_by} names version {version} of referral {referral_id},"
+                f" which its origin never published (latest {entry.version})"
+            )
+            self._refuse(ctx, DeadLetterStage.STATUS_VERIFY, unpublished, referral_id)
+            return None
+        return version
+
+    def _erased_answer(
+        self, ctx: RecordContext, datum: Mapping[str, Any], referral_id: str, emitted_by: str
+    ) -> None:
+        """A recipient erased it (verified): no life-cycle step, nothing for the status sinks
+        (the origin erases their copies once every recipient answered)."""
+        self._erased.append((referral_id, emitted_by))
+        self.stats.delivered += 1
+        ctx.event(
+            HandoverEventType.DELIVERED,
+            referral_id,
+            str(datum.get("case_id", "")),
+            from_party=emitted_by,
+            to_party=self.org_id,
+            reason=ERASED,
         )
 
     def _hand_on(self, record: Any, ctx: RecordContext, datum: Mapping[str, Any]) -> bool:
