@@ -45,7 +45,7 @@ def receipt_cmd(
         raise ConfigError(f"--out {out}: no such directory {out.parent}")
     kind = event.strip().upper()
     with LedgerStore.for_settings(settings) as store:
-        with contextlib.suppress(KafkaBrokerError):  # no broker: what the local store holds
+        with contextlib.suppress(KafkaBrokerError, ConfigError):  # no broker: the local store
             store.sync(settings, Codec.from_settings(settings), timeout=15)
         rid = resolve_id(referral_id, store.referral_ids())
         found = [e for e in store.entries(rid) if e.record.event == kind]

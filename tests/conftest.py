@@ -56,7 +56,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "bootstrap" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
         if item.path.name in PROCESS_SUITES:
-            item.add_marker(pytest.mark.xdist_group("processes"))
+            # The fault matrix alone takes minutes: its own worker, beside the other suites.
+            group = "faults" if item.path.name == "test_faults.py" else "processes"
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
