@@ -50,6 +50,13 @@ PROCESS_SUITES = frozenset(
 )
 
 
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    """Whether ``item`` uses a module-scoped fixture (built once per worker that runs it)."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", {}) if info is not None else {}
+    return any(d and d[-1].scope == "module" for d in defs.values())
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that needs a broker as ``integration``; group the process suites."""
     for item in items:
@@ -59,6 +66,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             # The fault matrix alone takes minutes: its own worker, beside the other suites.
             group = "faults" if item.path.name == "test_faults.py" else "processes"
             item.add_marker(pytest.mark.xdist_group(group))
+        elif _uses_module_fixture(item):
+            # A module's costly fixture (a kept demo, a seeded ledger) is built once, not
+            # once on each worker its tests happen to land on.
+            item.add_marker(pytest.mark.xdist_group(f"module:{item.path}"))
 
 
 @pytest.fixture(scope="session")

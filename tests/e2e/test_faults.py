@@ -2,12 +2,14 @@
 
 Each scenario runs a fresh broker and a signed network whose router and
 connectors are their own processes, injects its fault (routers or connectors
-SIGKILLed, the broker restarted empty — its topics provisioned at once, 40 s or
-120 s later, or with three CPU burners beside it —, a webhook answering 500, a
+SIGKILLed, the broker restarted empty — its topics provisioned at once, 40 s later,
+or with three CPU burners beside it —, a webhook answering 500, a
 webhook refusing some referrals with 400) and must end with every expected delivery
 made exactly once, no outbox entry pending, refusals answered, and everything
 settled within 60 s of the last fault (30 s of the provisioning after a restart).
-``make faults`` runs the same with more referrals and writes ``bench/FAULTS.md``.
+``make faults`` runs the same with more referrals, and the topics provisioned 120 s
+after the restart too (two minutes of waiting the suite leaves to it), and writes
+``bench/FAULTS.md``.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ pytestmark = pytest.mark.slow
 #: Referrals per scenario in CI (``make faults`` runs more).
 N = 60
 
+#: The scenarios in CI: all but the 120-s wait (the same code path as the 40-s one).
+IN_SUITE = tuple(s for s in SCENARIOS if s != "broker-late-topics-120")
+
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", IN_SUITE)
 def test_no_referral_is_lost_or_duplicated_under_the_fault(scenario: str, tmp_path: Path) -> None:
     rows = run_scenario(scenario, N, tmp_path)
     table = markdown(rows, N)
