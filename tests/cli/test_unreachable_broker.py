@@ -3,7 +3,9 @@
 Real processes (the user's view, interpreter start included) against three kinds
 of nothing: a refused port, a port whose accept queue is full (the handshake is
 dropped), and a port that accepts and never answers. The bound is the issue's
-5 s, enforced by the subprocess timeout (kafka-python's own default was 30 s).
+5 s, enforced by the subprocess timeout (kafka-python's own default was 30 s); on a
+machine so loaded that starting the CLI alone (``config show``, measured just before)
+takes over the ~1.2 s it takes here when quiet, the excess is added to the bound.
 ``trace``, ``flows`` and ``ledger verify --offline`` answer from the local ledger.
 """
 
@@ -13,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_NETWORK = ROOT / "examples" / "network.toml"
 #: The issue's bound for an answer about an unreachable broker.
 ANSWER_WITHIN_S = 5.0
+#: What starting the CLI (interpreter and imports) takes on this machine when quiet.
+QUIET_START_S = 1.2
 
 
 def free_port() -> int:
@@ -69,7 +74,9 @@ def silent() -> Iterator[str]:
         server.close()
 
 
-def referral(tmp_path: Path, bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
+def referral(
+    tmp_path: Path, bootstrap: str, *args: str, timeout: float = ANSWER_WITHIN_S
+) -> subprocess.CompletedProcess[str]:
     """``referral -b BOOTSTRAP ARGS`` as a process on a fresh state dir; TimeoutExpired if slow."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFERRAL_")}
     env.update(
@@ -84,8 +91,16 @@ def referral(tmp_path: Path, bootstrap: str, *args: str) -> subprocess.Completed
         env=env,
         capture_output=True,
         text=True,
-        timeout=ANSWER_WITHIN_S,
+        timeout=timeout,
     )
+
+
+def answer_bound(tmp_path: Path) -> float:
+    """The 5 s, plus how much longer than when quiet the CLI takes to start right now."""
+    started = time.monotonic()
+    shown = referral(tmp_path, "127.0.0.1:9", "config", "show", timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    return ANSWER_WITHIN_S + max(0.0, time.monotonic() - started - QUIET_START_S)
 
 
 @pytest.mark.parametrize("kind", ["refused", "backlog_full", "silent"])
@@ -96,7 +111,7 @@ def test_an_unreachable_broker_is_one_line_within_5s(
     kind: str, args: tuple[str, ...], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     bootstrap: str = request.getfixturevalue(kind)
-    result = referral(tmp_path, bootstrap, *args)
+    result = referral(tmp_path, bootstrap, *args, timeout=answer_bound(tmp_path))
     assert result.returncode == 1, result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: no broker answered at {bootstrap} ("), line
