@@ -12,11 +12,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from broker.errors import ConfigError, KafkaBrokerError
 from broker.ids import resolve_id
 from broker.ledger.receipt import canonical, ledger_origin, receipt
-from broker.ledger.store import LedgerStore
+from broker.ledger.store import LedgerEntry, LedgerStore
 from broker.ledger.treehead import NoteError, SignedNote, verify_cosignature, verify_tree_head
 from broker.ledger.witness import cosigned_note, member_key, router_keys, witnessing
 from broker.security.keys import ROUTER, LiveKeys, TrustStore, key_dir, load_trust
 from broker.wire.codec import Codec
+from broker.wire.topics import TopicNames
 from cli.app import console, escape, state
 
 __all__ = ["receipt_cmd"]
@@ -29,7 +30,9 @@ def receipt_cmd(
     ctx: typer.Context,
     referral_id: str = typer.Argument(..., help="The referral (a unique prefix will do)."),
     event: str = typer.Option(
-        "DELIVERED", "--event", help="Which of its events (the last of that kind)."
+        "DELIVERED",
+        "--event",
+        help="Which of its events (the last of that kind; the referral's own first).",
     ),
     out: Path | None = typer.Option(None, "--out", help="Write it here (default: stdout)."),
     record: bool = typer.Option(
@@ -48,7 +51,7 @@ def receipt_cmd(
         with contextlib.suppress(KafkaBrokerError, ConfigError):  # no broker: the local store
             store.sync(settings, Codec.from_settings(settings), timeout=15)
         rid = resolve_id(referral_id, store.referral_ids())
-        found = [e for e in store.entries(rid) if e.record.event == kind]
+        found = _handovers(store, rid, kind, settings.topic_names())
         if not found:
             raise ConfigError(f"the local ledger holds no {kind} event of referral {referral_id}")
         keys = LiveKeys(key_dir(settings, ROUTER), ROUTER).current()
@@ -77,6 +80,14 @@ def receipt_cmd(
     console.print(
         escape(f"receipt of entry {doc['index']} of {doc['size']} written to {out}"), markup=False
     )
+
+
+def _handovers(store: LedgerStore, rid: str, kind: str, names: TopicNames) -> list[LedgerEntry]:
+    """The ``kind`` events of ``rid``, those of the referral itself (on a jurisdiction lane)
+    if it has any, else those of its statuses; oldest first."""
+    found = [e for e in store.entries(rid) if e.record.event == kind]
+    lanes = [e for e in found if names.jurisdiction_of(e.record.topic or "") is not None]
+    return lanes or found
 
 
 def _cosigned_head(

@@ -140,7 +140,16 @@ def test_the_receipt_carries_a_head_two_other_members_cosigned_and_verifies_alon
     emitter.emit(
         handover_event(
             "DELIVERED", referral_id=rid, case_id="case-r", actor="police-nl", from_party="hl-a",
-            to_party="police-nl", topic="referrals.to.NL", partition=0, offset=3,
+            to_party="police-nl", topic=names.jurisdiction("NL"), partition=0, offset=3,
+        )
+    )  # fmt: skip
+    # Its RECEIVED, delivered to the origin later: the receipt still proves the referral's
+    # own delivery, not its status's.
+    origin_keys = LiveKeys(key_dir(settings, "hl-a"), "hl-a")
+    LedgerEmitter(producer, codec, names.ledger, signer=ledger_signer(origin_keys, "hl-a")).emit(
+        handover_event(
+            "DELIVERED", referral_id=rid, case_id="case-r", actor="hl-a", from_party="police-nl",
+            to_party="hl-a", topic=names.status("hl-a"), partition=0, offset=1, reason="RECEIVED",
         )
     )  # fmt: skip
     producer.flush(10)
@@ -162,6 +171,7 @@ def test_the_receipt_carries_a_head_two_other_members_cosigned_and_verifies_alon
     made = CliRunner().invoke(app, ["receipt", rid, "--out", str(out)], env=env)
     assert made.exit_code == 0, made.output
     doc = json.loads(out.read_text())
+    assert (doc["entry"]["actor"], doc["entry"]["topic"]) == ("police-nl", names.jurisdiction("NL"))
     assert set(doc["keys"]) == {ROUTER, "hl-a", "hl-b", "police-nl"}  # the actor signed its record
     verifier = [sys.executable, "-I", str(ROOT / "schemas" / "verify_receipt.py"), str(out)]
     held = subprocess.run(verifier, capture_output=True, text=True, timeout=60)
