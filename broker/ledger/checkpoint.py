@@ -280,6 +280,7 @@ class Checkpointer:
         self._store_cls = LedgerStore
         self._lock = threading.Lock()
         self._last: Checkpoint | None = None
+        self._tree: Any = None  # the LedgerTree over the store, extended at each head
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         #: Checkpoints published by this checkpointer (and the signed tree head of each).
@@ -301,7 +302,11 @@ class Checkpointer:
                 count, head = store.head()
                 offset = store.next_offset
                 grew = force or self._last is None or self._last.count != count
-                tree = LedgerTree.of(store) if grew else None
+                if grew:
+                    self._tree = LedgerTree.of(store) if self._tree is None else self._tree
+                    tree = self._tree.extend(store)
+                else:
+                    tree = None
             finally:
                 store.close()
             if tree is None:

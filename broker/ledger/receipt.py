@@ -18,7 +18,15 @@ from broker.ledger.treehead import NoteSignature, SignedNote, TreeHead, sign_tre
 from broker.security.keys import TrustStore
 from broker.security.signing import CONTEXT_HEADER, KEY_HEADER, SIGNATURE_HEADER
 
-__all__ = ["RECEIPT_FORMAT", "LedgerTree", "canonical", "entry_leaf", "ledger_origin", "receipt"]
+__all__ = [
+    "RECEIPT_FORMAT",
+    "LedgerTree",
+    "canonical",
+    "entry_leaf",
+    "leaf_of",
+    "ledger_origin",
+    "receipt",
+]
 
 #: The ``format`` of a receipt document.
 RECEIPT_FORMAT = "referral-broker/receipt/v1"
@@ -51,27 +59,38 @@ def entry_leaf(entry: LedgerEntry, record_value: bytes) -> dict[str, Any]:
 
 @dataclass
 class LedgerTree:
-    """The Merkle tree over a store's entries, with each entry's leaf and record."""
+    """The Merkle tree over a store's entries, in index order; extended as the store grows."""
 
     tree: MerkleTree
-    entries: list[LedgerEntry]
-    leaves: list[dict[str, Any]]
 
     @classmethod
     def of(cls, store: LedgerStore) -> LedgerTree:
-        """The tree over every entry of ``store``, in index order."""
-        tree, entries, leaves = MerkleTree(), store.entries(), []
+        """The tree over every entry of ``store``."""
+        return cls(MerkleTree()).extend(store)
+
+    def extend(self, store: LedgerStore) -> LedgerTree:
+        """Append the entries ``store`` holds past this tree (rebuilt if the store is shorter)."""
+        if len(store) < len(self.tree):
+            self.tree = MerkleTree()
         records: dict[int, bytes] = {}
-        for position, entry in enumerate(entries):
-            if entry.index != position:
-                raise LedgerStoreError(f"the ledger store has no entry {position}")
+        for entry in store.entries(since=len(self.tree)):
+            if entry.index != len(self.tree):
+                raise LedgerStoreError(f"the ledger store has no entry {len(self.tree)}")
             if entry.ledger_offset not in records:
+                records.clear()  # entries of one record are adjacent: keep only its value
                 record = store.record(entry.ledger_offset)
                 records[entry.ledger_offset] = record[0] if record else b""
-            leaf = entry_leaf(entry, records[entry.ledger_offset])
-            tree.append(canonical(leaf))
-            leaves.append(leaf)
-        return cls(tree, entries, leaves)
+            self.tree.append(canonical(entry_leaf(entry, records[entry.ledger_offset])))
+        return self
+
+
+def leaf_of(store: LedgerStore, index: int) -> tuple[LedgerEntry, dict[str, Any]]:
+    """Entry ``index`` of ``store`` and its leaf object."""
+    entry = store.entry(index)
+    if entry is None:
+        raise LedgerStoreError(f"the ledger store has no entry {index}")
+    record = store.record(entry.ledger_offset)
+    return entry, entry_leaf(entry, record[0] if record else b"")
 
 
 def _raw(key: Ed25519PrivateKey) -> str:
@@ -97,8 +116,8 @@ def receipt(
     a head the router published and members cosigned: (the note, its size, raw public keys of
     its signers). Without ``with_record`` the record is left out (``null``).
     """
-    built = LedgerTree.of(store)
-    tree, entry = built.tree, built.entries[index]
+    tree = LedgerTree.of(store).tree
+    entry, leaf = leaf_of(store, index)
     size = len(tree)
     if published is not None:
         note, size, signers = published
@@ -132,7 +151,7 @@ def receipt(
         keys = {k: v for k, v in keys.items() if k != entry.record.actor or k == log_name}
     return {
         "format": RECEIPT_FORMAT,
-        "entry": built.leaves[index],
+        "entry": leaf,
         "index": index,
         "size": size,
         "proof": base64.b64encode(proof).decode(),

@@ -252,6 +252,16 @@ def _record_of(row: sqlite3.Row) -> HandoverRecord:
     )
 
 
+def _entry_of(row: sqlite3.Row) -> LedgerEntry:
+    return LedgerEntry(
+        index=row["idx"],
+        ledger_offset=row["ledger_offset"],
+        record=_record_of(row),
+        prev_hash=row["prev_hash"],
+        entry_hash=row["entry_hash"],
+    )
+
+
 def _dump_signature(headers: Sequence[tuple[str, bytes | None]] | None) -> str:
     kept = [[k, (v or b"").decode("latin-1")] for k, v in headers or () if k in SIGNATURE_HEADERS]
     return json.dumps(kept)
@@ -511,25 +521,21 @@ class LedgerStore:
                 fresh.close()
 
     # -- reading -------------------------------------------------------------------------------
-    def _rows(self, referral_id: str | None = None) -> list[sqlite3.Row]:
+    def _rows(self, referral_id: str | None = None, since: int = 0) -> list[sqlite3.Row]:
         if referral_id is None:
-            return self._db.query("SELECT * FROM entries ORDER BY idx")
+            return self._db.query("SELECT * FROM entries WHERE idx >= ? ORDER BY idx", (since,))
         return self._db.query(
             "SELECT * FROM entries WHERE referral_id = ? ORDER BY idx", (referral_id,)
         )
 
-    def entries(self, referral_id: str | None = None) -> list[LedgerEntry]:
-        """Every entry (of one referral, if given), in chain order."""
-        return [
-            LedgerEntry(
-                index=row["idx"],
-                ledger_offset=row["ledger_offset"],
-                record=_record_of(row),
-                prev_hash=row["prev_hash"],
-                entry_hash=row["entry_hash"],
-            )
-            for row in self._rows(referral_id)
-        ]
+    def entries(self, referral_id: str | None = None, *, since: int = 0) -> list[LedgerEntry]:
+        """Every entry (of one referral, if given; from index ``since`` on), in chain order."""
+        return [_entry_of(row) for row in self._rows(referral_id, since)]
+
+    def entry(self, index: int) -> LedgerEntry | None:
+        """The entry at ``index`` (None if the store has none there)."""
+        rows = self._db.query("SELECT * FROM entries WHERE idx = ?", (index,))
+        return _entry_of(rows[0]) if rows else None
 
     def referral_ids(self) -> list[str]:
         """Every referral id the ledger holds events about (the candidates for a short id)."""

@@ -325,6 +325,7 @@ class WitnessParts:
         self.codec = codec
         self.book = book
         self._witness = Witness(book.org, book, settings.topic_names().ledger)
+        self._tree: LedgerTree | None = None  # over the member's store, extended per poll
 
     @property
     def cosigned(self) -> int:
@@ -345,7 +346,8 @@ class WitnessParts:
             return []
         with LedgerStore(self.settings.org_dir(org) / "ledger.sqlite3") as store:
             store.sync(self.settings, self.codec, timeout=10, idle=0.3, checkpoints=False)
-            own = LedgerTree.of(store)
+            own = LedgerTree.of(store) if self._tree is None else self._tree.extend(store)
+            self._tree = own
         topic = self.settings.topic_names().checkpoints
         later = []
         for value in notes:

@@ -35,7 +35,9 @@ from broker.kafka.deadletter import (
 from broker.kafka.tally import UNATTRIBUTED_REFERRAL, summarised
 from broker.ledger.checkpoint import Checkpointer, HeadWatcher
 from broker.ledger.events import LedgerEmitter, handover_event
+from broker.ledger.receipt import LedgerTree, ledger_origin
 from broker.ledger.store import _FIELDS, GENESIS, LedgerStore, entry_hash
+from broker.ledger.treehead import TreeHead
 from broker.ledger.views import trace
 from broker.network import Network, parse_network
 from broker.origin.outbox import Outbox
@@ -538,6 +540,12 @@ def signed_ledger(keyed: tuple[Settings, Network]) -> tuple[Settings, dict[str, 
         second = checkpointer.publish_now(force=True)
         assert second is not None
         assert second.count == 8
+        # The second tree head, from the tree the checkpointer kept and extended, is the
+        # one a tree built afresh over the router's store gives.
+        with LedgerStore(Path(settings.state_dir) / "orgs" / ROUTER / "ledger.sqlite3") as own:
+            fresh = LedgerTree.of(own).tree
+        [*_, last] = checkpointer.tree_heads
+        assert TreeHead.parse(last.body) == TreeHead(ledger_origin(ledger), 8, fresh.root())
         assert heads.poll_once() == 2
     finally:
         heads.stop()
