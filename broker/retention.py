@@ -53,6 +53,9 @@ class Retention(BaseModel):
     review_months: int = Field(default=0, ge=0, le=120)
     #: How often a connector applies the rules to its own stores.
     check_hours: float = Field(default=24.0, gt=0, le=24 * 31)
+    #: A recipient's encryption key is a new *period key* this often (0: never rotated);
+    #: a period's key is destroyed once it ended ``longest_days`` ago.
+    key_period_days: float = Field(default=0, ge=0, le=3660)
 
     @property
     def longest_days(self) -> float | None:

@@ -6,7 +6,7 @@ The rules (skips, repeats, amendments, refusals, receipts) are in broker/receive
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -23,11 +23,12 @@ from broker.kafka.tally import attributable
 from broker.ledger.events import HandoverEventType
 from broker.lifecycle import reason_code
 from broker.receiver.erase_requests import EraseRequests, is_erase_record
-from broker.receiver.erasure import ReceiverEraser
+from broker.receiver.erasure import ReceiverEraser, shredder_for
 from broker.receiver.inbox import DeliveryState, Inbox, SinkRefusal
 from broker.receiver.statuses import StatusSender
 from broker.receiver.withdrawals import Withdrawals, is_withdrawal_record
 from broker.security.rules import ReceiverSecurity, stage_of
+from broker.security.shredding import Held
 from broker.shapes import check_ids
 from broker.wire.codec import Codec
 from broker.wire.models import ReferralStatus, StatusUpdate, utc_now_ms
@@ -76,15 +77,28 @@ class SinkDriver(LoopService[Sink]):
         self._batch_repeats: list[tuple[str, str, str]] = []
         #: Withdrawals by the origins of referrals an amendment no longer sends here.
         self.withdrawals = Withdrawals(org_id, codec, self.security, sinks, inbox, self.stats)
+        #: Shreds erased referrals' period keys (None: no keys); holds what arrives sealed.
+        self.shredder = (
+            shredder_for(settings, self.security.network, org_id)
+            if self.security is not None
+            else None
+        )
+        #: The sealed body of the record :meth:`_open` opened last.
+        self._sealed: Mapping[str, Any] | None = None
         #: Erase requests by the origins of referrals received here (answered ERASED).
         self.erase_requests = EraseRequests(
             org_id,
             codec,
             self.security,
-            ReceiverEraser(settings, org_id, sinks, inbox),
+            ReceiverEraser(settings, org_id, sinks, inbox, self.shredder, self.keys_changed),
             self.stats,
             self._answer,
         )
+
+    def keys_changed(self) -> None:
+        """Period keys were destroyed: drop them from the checks at once."""
+        if self.security is not None:
+            self.security.live_keys.refresh()
 
     def before_commit(self, batch: BatchContext) -> None:
         """Make every sink durable, then answer the batch's records, back to back.
@@ -118,6 +132,8 @@ class SinkDriver(LoopService[Sink]):
         try:
             super().close()
         finally:
+            if self.shredder is not None:
+                self.shredder.close()
             if self.security is not None:
                 self.security.close()
 
@@ -142,6 +158,9 @@ class SinkDriver(LoopService[Sink]):
             self.stats.duplicates += 1
             self._event(ctx, delivery, HandoverEventType.DUPLICATE_SKIPPED, "ERASED")
             return
+        if self.shredder is not None and self._sealed is not None:
+            held = Held(delivery.origin_org, delivery.referral_id, self._sealed)
+            self.shredder.hold(held, delivery.version)
         refused = state.refusal
         if refused is not None and refused.version >= delivery.version:
             # Refused for good before: the same answer again, nothing delivered or dead-lettered.
@@ -175,10 +194,11 @@ class SinkDriver(LoopService[Sink]):
 
     def _open(self, record: Any, ctx: RecordContext) -> Delivery | None:
         """The record as a delivery once every check passed; else dead-lettered and None."""
+        self._sealed = None
         try:
             if self.security is not None:
                 # Signature before decoding, then the sealed body and the handling rules.
-                datum = self.security.receive(
+                datum, self._sealed = self.security.receive_sealed(
                     self.codec, record.topic, record.value or b"", record.headers
                 )
             else:

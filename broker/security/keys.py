@@ -37,6 +37,7 @@ __all__ = [
     "OrgKeys",
     "PublicKey",
     "TrustStore",
+    "add_encryption_key",
     "add_to_trust_file",
     "init_keys",
     "key_dir",
@@ -194,6 +195,25 @@ def init_keys(directory: Path, org_id: str, *, rotate: bool = False) -> list[Pub
         PublicKey(org_id, sign_id, "sign", _raw(signing.public_key())),
         PublicKey(org_id, enc_id, "enc", _raw(encryption.public_key())),
     ]
+
+
+def add_encryption_key(directory: Path, org_id: str) -> PublicKey:
+    """Add a new encryption key to existing keys and make it current; its public key.
+
+    The signing key stays (a period key rotation must not make signatures unverifiable).
+    """
+    manifest = directory / _MANIFEST
+    if not manifest.is_file():
+        raise ConfigError(f"{org_id} has no keys in {directory}")
+    ids = json.loads(manifest.read_text(encoding="utf-8"))
+    encryption = X25519PrivateKey.generate()
+    enc_id = key_id(_raw(encryption.public_key()))
+    _write_private(directory / f"enc-{enc_id}.pem", encryption)
+    ids["enc"] = [*ids["enc"], enc_id]
+    tmp = directory / (_MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(ids, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(manifest)
+    return PublicKey(org_id, enc_id, "enc", _raw(encryption.public_key()))
 
 
 # -- the trust store ---------------------------------------------------------------------------
@@ -415,6 +435,11 @@ class _Live:
         self._checked = time.monotonic()
         #: How many times the files changed and were read again.
         self.reloads = 0
+
+    def refresh(self) -> None:
+        """Look at the files on the next use whatever the time (after a change made here)."""
+        with self._lock:
+            self._checked = float("-inf")
 
     def _current(self) -> Any:
         if time.monotonic() - self._checked < self.check_every:

@@ -421,6 +421,12 @@ class ReceiverSecurity(_OrgSecurity):
 
         Codec errors of the value pass through (the record is not a referral at all).
         """
+        return self.receive_sealed(codec, topic, value, headers)[0]
+
+    def receive_sealed(
+        self, codec: Codec, topic: str, value: bytes, headers: Any
+    ) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
+        """:meth:`receive`, and the sealed body as it arrived (None: a plain body)."""
         trust = self.trust
         context = verify(headers, value, trust) if has_signature(headers) else None
         if context is not None:
@@ -436,6 +442,7 @@ class ReceiverSecurity(_OrgSecurity):
             if is_sealed(body) or not plain_ok:
                 raise SignatureInvalid(f"missing signature on a referral from {origin}")
         self.check_route(envelope, topic)
+        sealed = body if is_sealed(body) else None
         if is_sealed(body):
             plaintext = self._open(body, envelope, context)
             datum["body"] = self._body_codec(codec).decode(schema_id, plaintext)
@@ -454,7 +461,7 @@ class ReceiverSecurity(_OrgSecurity):
             )
         if self.handling is not None:
             self.handling.record(envelope)
-        return datum
+        return datum, sealed
 
     def check_route(self, envelope: Mapping[str, Any], topic: str) -> None:
         """Misrouted unless the decision for ``envelope`` puts this organisation on ``topic``."""
