@@ -158,6 +158,14 @@ class ContentKeyCache:
         retired = rows[0]["retired_at"]
         return float(rows[0]["started_at"]), None if retired is None else float(retired)
 
+    def retired(self) -> list[tuple[str, float]]:
+        """(key id, when its period ended) of every ended period not yet expired."""
+        rows = self.db.query(
+            "SELECT key_id, retired_at FROM periods WHERE retired_at IS NOT NULL"
+            " ORDER BY retired_at"
+        )
+        return [(str(r["key_id"]), float(r["retired_at"])) for r in rows]
+
     def mark_period(self, key_id: str, started: float, retired: float | None = None) -> None:
         """Record when a period started (kept if known) and when it ended."""
         with self.db.transaction() as conn:
@@ -315,6 +323,7 @@ class Shredder:
         with _KEY_LOCK:
             destroy_encryption_key(self.directory, kid)
             self.cache.forget_key(kid)
+            self.cache.db.erase([("DELETE FROM periods WHERE key_id = ?", (kid,))])
 
     def close(self) -> None:
         """Close the content-key cache."""
@@ -357,10 +366,9 @@ class PeriodKeys:
                 rotated = sh.rotate()
             expired = []
             if self.keep_days is not None:
-                for kid in list(sh.keys().encryption)[:-1]:
-                    period = sh.cache.period(kid)
-                    retired = period[1] if period else None
-                    if retired is not None and now >= retired + self.keep_days * day:
-                        sh.expire(kid)
+                current = list(sh.keys().encryption)[-1]
+                for kid, retired in sh.cache.retired():
+                    if kid != current and now >= retired + self.keep_days * day:
+                        sh.expire(kid)  # the key if still here, the content keys kept for it
                         expired.append(kid)
             return PeriodTick(rotated, tuple(expired))
