@@ -26,6 +26,7 @@ from broker.ledger.checkpoint import HeadWatcher
 from broker.ledger.witness import WitnessBook, WitnessParts
 from broker.metrics import Metrics
 from broker.network import Network, Organisation
+from broker.origin.erase_request import EraseRequester, ErasureBook
 from broker.origin.outbox import Outbox, RepublishSchedule
 from broker.origin.publisher import Publisher
 from broker.origin.status_feed import StatusFeed
@@ -79,6 +80,8 @@ class OutboxConfig(ConnectorConfig):
     backoff_max: float = Field(default=3600.0, gt=0)
     max_per_sweep: int = Field(default=500, ge=1)
     check_interval: float = Field(default=1.0, gt=0, le=3600)
+    #: An erase request not answered ERASED is sent again this often (seconds).
+    erase_resend_after: float = Field(default=3600.0, gt=0)
 
     def schedule(self) -> RepublishSchedule:
         """The outbox's republishing schedule."""
@@ -270,6 +273,15 @@ class ConnectorRuntime:
             self.built.outbox = OutboxConfig.model_validate(
                 {**self.built.outbox.model_dump(), "republish_after": republish_after}
             )
+        #: Sends the origin's erase requests again until answered (``erase_resend_after``).
+        self.erase_requester = EraseRequester(
+            self.producer,
+            codec,
+            settings.topic_names(),
+            self.publisher.security,
+            self.publisher.ledger,
+            ErasureBook.for_org(settings, org_id),
+        )
         self.sink_driver: SinkDriver | None = None
         self.status_feed: StatusFeed | None = None
         self.heads: HeadWatcher | None = None
@@ -518,6 +530,7 @@ class ConnectorRuntime:
                     self.metrics.record_republished(self.org.id, self.outbox.waiting_for(again))
                 self.republished.extend(again)
                 self.rerouted.extend(self.publisher.reroute_due())
+                self.erase_requester.resend_due(cfg.erase_resend_after)
 
             self._guarded("outbox republish", step)
 
@@ -557,6 +570,7 @@ class ConnectorRuntime:
         if self._own_producer:
             clients.close_producer(self.producer, self.org.id, log)
         self.publisher.close()
+        self.erase_requester.book.close()
         if self.known is not None:
             self.known.close()
             self.known = None
