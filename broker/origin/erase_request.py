@@ -379,6 +379,7 @@ def erasure_rows(book: ErasureBook) -> list[dict[str, Any]]:
                 "asked_at": min(s.asked_at for s in states),
                 "erased_by": done,
                 "waiting_for_erasure": waiting,
+                "sends": {s.recipient: s.sends for s in states},
                 "erased_at_origin": here,
             }
         )
