@@ -15,7 +15,7 @@ from kafka.producer.future import FutureRecordMetadata
 
 from broker.config import Settings
 from broker.contracts import Delivery, Sink, jsonable
-from broker.errors import CodecError, DeliveryError, SecurityError
+from broker.errors import CodecError, DeliveryError, SealError, SecurityError
 from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import BatchContext, RecordContext
 from broker.kafka.service import LoopService
@@ -217,12 +217,36 @@ class SinkDriver(LoopService[Sink]):
                 route_reason=header(record.headers, Headers.ROUTE_REASON) or "",
                 version=int(envelope.get("version") or 1),
             )
+        except SealError as exc:
+            if not self._shredded(record, ctx):
+                ctx.dead_letter(stage_of(exc), exc, recorded=self._attributable(record, exc))
         except SecurityError as exc:
             ctx.dead_letter(stage_of(exc), exc, recorded=self._attributable(record, exc))
         except (CodecError, KeyError, TypeError) as exc:
             recorded = self._attributable(record, exc)
             ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc, recorded=recorded)
         return None
+
+    def _shredded(self, record: Any, ctx: RecordContext) -> bool:
+        """True (a repeat, skipped) if a sealed copy that no longer opens is of a referral
+        erased here: its key was shredded. (A SealError comes after the signature check.)"""
+        try:
+            envelope = self.codec.decode_envelope(record.value or b"")
+            origin, rid = str(envelope["origin_org"]), str(envelope["referral_id"])
+        except (CodecError, KeyError, TypeError):
+            return False
+        if not self.inbox.state(origin, rid).erased:
+            return False
+        self.stats.duplicates += 1
+        ctx.event(
+            HandoverEventType.DUPLICATE_SKIPPED,
+            rid,
+            str(envelope.get("case_id") or ""),
+            from_party=origin,
+            to_party=self.org_id,
+            reason="ERASED",
+        )
+        return True
 
     def _attributable(self, record: Any, exc: BaseException) -> bool:
         """Whether the refused record gets a ledger event of its own (see broker.kafka.tally)."""

@@ -253,6 +253,11 @@ def test_an_erased_referral_copy_on_the_topic_no_longer_opens_its_period_fellows
                  30, "b's copy delivered again as a repeat")  # fmt: skip
         dead = read_topic(settings, settings.topic_names().deadletter, idle=0.3, timeout=3)
         assert [x for x in dead if x.value == rec[b].value] == []
+        # A copy of the erased a arriving again is a skipped repeat, not an UNSEAL dead letter.
+        repeats = nl.sink_driver.stats.duplicates
+        _redeliver(settings, rec[a])
+        wait_for(lambda: nl.sink_driver is not None and nl.sink_driver.stats.duplicates > repeats,
+                 30, "a's copy skipped as erased")  # fmt: skip
 
         # ERASE of the current period's referral: rotate first, then destroy p2.
         _erase(env, settings, d)
