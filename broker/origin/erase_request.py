@@ -233,6 +233,14 @@ class ErasureBook:
         rows = self._db.query(sql + " ORDER BY referral_id, recipient", params)
         return [_state(r) for r in rows]
 
+    def was_asked(self, referral_id: str, recipient: str) -> bool:
+        """True if ``recipient`` was asked to erase ``referral_id``."""
+        rows = self._db.query(
+            "SELECT 1 FROM erasures WHERE referral_id = ? AND recipient = ?",
+            (referral_id, recipient),
+        )
+        return bool(rows)
+
     def all_answered(self, referral_id: str) -> bool:
         """True once every recipient asked has answered ERASED."""
         states = self.states(referral_id)
@@ -351,13 +359,21 @@ class EraseRequester:
 
 
 def recipients_of(
-    entry: OutboxEntry, codec: Codec, network: Network, names: TopicNames
+    entry: OutboxEntry,
+    codec: Codec,
+    network: Network,
+    names: TopicNames,
+    earlier: Sequence[bytes] = (),
 ) -> list[str]:
-    """The organisations ``entry``'s current version routes to (who holds a copy)."""
-    try:
-        return list(decide(codec.decode_envelope(entry.value), network, names).orgs)
-    except ReferralError:
-        return []
+    """The organisations ``entry``'s current version routes to, then those only an
+    ``earlier`` version went to (an amendment dropped them; they still hold a copy)."""
+    out: dict[str, None] = {}
+    for value in (entry.value, *reversed(earlier)):
+        try:
+            out.update(dict.fromkeys(decide(codec.decode_envelope(value), network, names).orgs))
+        except ReferralError:
+            continue
+    return list(out)
 
 
 def erasure_rows(book: ErasureBook) -> list[dict[str, Any]]:
