@@ -117,6 +117,8 @@ class SinkDriver(LoopService[Sink]):
         withdrawn = self.withdrawals.take()
         self._batch_versions.clear()
         super().before_commit(batch)
+        if self.shredder is not None:
+            self.shredder.flush()  # before the inbox says delivered: erasable from then on
         self.withdrawals.record(withdrawn)
         if recorded:
             # Only now: the inbox never says delivered what a sink could still lose.

@@ -127,20 +127,31 @@ class ContentKeyCache:
     def hold(self, held: Held, kid: str, version: int = 1) -> None:
         """Remember the wrapped keys of a sealed body received, wrapped under ``kid`` (no
         ciphertext)."""
-        recipients = [
-            {
-                "org": str(r.get("org")),
-                "key_id": str(r.get("key_id")),
-                "wrapped_key": base64.b64encode(bytes(r.get("wrapped_key") or b"")).decode(),
-            }
-            for r in held.body.get("recipients") or ()
-        ]
-        wrapping = {"suite": held.body.get("suite"), "recipients": recipients}
+        self.hold_many([(held, kid, version)])
+
+    def hold_many(self, items: Iterable[tuple[Held, str, int]]) -> None:
+        """:meth:`hold` for ``(held, kid, version)`` each, in one transaction."""
+        rows = []
+        for held, kid, version in items:
+            recipients = [
+                {
+                    "org": str(r.get("org")),
+                    "key_id": str(r.get("key_id")),
+                    "wrapped_key": base64.b64encode(bytes(r.get("wrapped_key") or b"")).decode(),
+                }
+                for r in held.body.get("recipients") or ()
+            ]
+            wrapping = {"suite": held.body.get("suite"), "recipients": recipients}
+            rows.append((held.origin_org, held.referral_id, version, kid, json.dumps(wrapping)))
+        if not rows:
+            return
         with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?, ?)",
-                (held.origin_org, held.referral_id, version, kid, json.dumps(wrapping)),
-            )
+            conn.executemany("INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?, ?)", rows)
+
+    def held_under(self, key_id: str) -> list[Held]:
+        """The wrapped keys held of every body sealed under period key ``key_id``."""
+        rows = self.db.query("SELECT * FROM held WHERE key_id = ?", (key_id,))
+        return [_held(r) for r in rows]
 
     def held(self, origin_org: str | None = None, referral_id: str | None = None) -> list[Held]:
         """The wrapped keys held (of one referral, or every one)."""
@@ -249,6 +260,7 @@ class Shredder:
         self.trust_file = trust_file
         self.clock = clock
         self.cache = ContentKeyCache.in_key_dir(directory)
+        self._pending: list[tuple[Held, str, int]] = []
 
     def keys(self) -> OrgKeys:
         """The organisation's private keys as they are on disk now."""
@@ -258,10 +270,18 @@ class Shredder:
         return keys
 
     def hold(self, held: Held, version: int = 1) -> None:
-        """Remember a received body's wrapped keys (what :meth:`erase_referral` works from)."""
+        """Remember a received body's wrapped keys (what :meth:`erase_referral` works from);
+        written by :meth:`flush`, or before any erasure."""
         kid = sealed_key_id(held.body, self.org_id)
         if kid is not None:
-            self.cache.hold(held, kid, version)
+            with _KEY_LOCK:
+                self._pending.append((held, kid, version))
+
+    def flush(self) -> None:
+        """Write the wrapped keys :meth:`hold` was given (one transaction)."""
+        with _KEY_LOCK:
+            pending, self._pending = self._pending, []
+            self.cache.hold_many(pending)
 
     def rotate(self) -> str:
         """Start a new period now: the new key is current and published; its id."""
@@ -279,10 +299,13 @@ class Shredder:
     def erase_referral(self, origin_org: str, referral_id: str) -> list[str]:
         """Shred every version of one referral held here; the period keys destroyed."""
         with _KEY_LOCK:
-            mine = self.cache.held(origin_org, referral_id)
-            others = [h for h in self.cache.held() if (h.origin_org, h.referral_id) != (
-                origin_org, referral_id)]  # fmt: skip
-            destroyed = [kid for h in mine if (kid := self.erase(h, others)) is not None]
+            self.flush()
+            destroyed = []
+            for h in self.cache.held(origin_org, referral_id):
+                kid = sealed_key_id(h.body, self.org_id)
+                others = self.cache.held_under(kid) if kid is not None else []
+                if (gone := self.erase(h, others)) is not None:
+                    destroyed.append(gone)
             self.cache.erase(origin_org, referral_id)
             return destroyed
 
@@ -326,8 +349,11 @@ class Shredder:
             self.cache.db.erase([("DELETE FROM periods WHERE key_id = ?", (kid,))])
 
     def close(self) -> None:
-        """Close the content-key cache."""
-        self.cache.close()
+        """Write what is held, close the content-key cache."""
+        try:
+            self.flush()
+        finally:
+            self.cache.close()
 
 
 @dataclass(frozen=True)
