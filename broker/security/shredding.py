@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import threading
 import time
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from broker.errors import ConfigError
+from broker.errors import ConfigError, SealError
 from broker.security.keys import OrgKeys, PublicKey, add_encryption_key, add_to_trust_file
 from broker.security.sealing import content_key, sealed_key_id
 from broker.sqlite import Database
@@ -41,6 +42,8 @@ __all__ = [
     "destroy_encryption_key",
     "rotate_period_key",
 ]
+
+log = logging.getLogger("referral.security.shredding")
 
 CACHE_FILE = "content-keys.sqlite3"
 _MANIFEST = "keys.json"
@@ -86,11 +89,12 @@ class ContentKeyCache:
 
     def put(self, origin_org: str, referral_id: str, key_id: str, key: bytes) -> None:
         """Keep one body's content key."""
+        self.put_many([(origin_org, referral_id, key_id, key)])
+
+    def put_many(self, rows: Iterable[tuple[str, str, str, bytes]]) -> None:
+        """Keep ``(origin, referral id, key id, content key)`` each, in one transaction."""
         with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO content_keys VALUES (?, ?, ?, ?)",
-                (origin_org, referral_id, key_id, key),
-            )
+            conn.executemany("INSERT OR REPLACE INTO content_keys VALUES (?, ?, ?, ?)", rows)
 
     def lookup(self, origin_org: str, referral_id: str) -> Callable[[str], bytes | None]:
         """What ``open_sealed(cached=...)`` takes for this referral."""
@@ -303,7 +307,8 @@ class Shredder:
             destroyed = []
             for h in self.cache.held(origin_org, referral_id):
                 kid = sealed_key_id(h.body, self.org_id)
-                others = self.cache.held_under(kid) if kid is not None else []
+                live = kid is not None and kid in self.keys().encryption
+                others = self.cache.held_under(kid) if live and kid is not None else []
                 if (gone := self.erase(h, others)) is not None:
                     destroyed.append(gone)
             self.cache.erase(origin_org, referral_id)
@@ -324,19 +329,25 @@ class Shredder:
                         f"key {kid} is current: erasing needs the trust file to rotate"
                     )
                 self.rotate()
+            kept = []
             for h in others:
                 if h.referral_id == erased.referral_id and h.origin_org == erased.origin_org:
                     continue
                 if sealed_key_id(h.body, self.org_id) != kid:
                     continue
-                key = content_key(
-                    h.body,
-                    referral_id=h.referral_id,
-                    origin=h.origin_org,
-                    org_id=self.org_id,
-                    private_keys=keys.encryption,
-                )
-                self.cache.put(h.origin_org, h.referral_id, kid, key)
+                try:
+                    key = content_key(
+                        h.body,
+                        referral_id=h.referral_id,
+                        origin=h.origin_org,
+                        org_id=self.org_id,
+                        private_keys=keys.encryption,
+                    )
+                except SealError:  # never opened here either: nothing to keep
+                    log.warning("a held key of %s does not unwrap; not kept", h.referral_id)
+                    continue
+                kept.append((h.origin_org, h.referral_id, kid, key))
+            self.cache.put_many(kept)  # all kept before the key goes
             destroy_encryption_key(self.directory, kid)
             return kid
 
