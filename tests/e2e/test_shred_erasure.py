@@ -4,7 +4,8 @@ A signed network on the embedded broker: hl-a sends police-nl referrals over thr
 period keys. The rotation runs on a simulated clock (``[retention] key_period_days =
 30``). An ERASE (``referral erase``) of a past period's referral destroys that period
 key: its record fetched from the topic opens with nothing police-nl still holds, while
-the period's other referrals open (the console, a sink re-delivery); an ERASE of the
+the period's other referrals open (the console, ``referral show``, a sink
+re-delivery); an ERASE of the
 current period's forces a rotation first. A 60-day GREEN rule on the simulated clock
 erases and shreds the GREEN referral alone; a period ended 60 days ago has its key
 destroyed outright.
@@ -245,6 +246,8 @@ def test_an_erased_referral_copy_on_the_topic_no_longer_opens_its_period_fellows
             assert shown.summary
         finally:
             desk.close()
+        shown_cli = runner.invoke(app, ["show", b, "--as", ORG], env=env)  # referral show
+        assert shown_cli.exit_code == 0, shown_cli.output
         # A sink re-delivery of b (a republished copy) still opens: a repeat, not a dead letter.
         assert nl.sink_driver is not None
         repeats = nl.sink_driver.stats.duplicates
