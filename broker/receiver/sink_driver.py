@@ -161,8 +161,8 @@ class SinkDriver(LoopService[Sink]):
             self._event(ctx, delivery, HandoverEventType.DUPLICATE_SKIPPED, "ERASED")
             return
         if self.shredder is not None and self._sealed is not None:
-            held = Held(delivery.origin_org, delivery.referral_id, self._sealed)
-            self.shredder.hold(held, delivery.version)
+            held = Held(delivery.origin_org, delivery.referral_id, self._sealed, delivery.version)
+            self.shredder.hold(held)
         refused = state.refusal
         if refused is not None and refused.version >= delivery.version:
             # Refused for good before: the same answer again, nothing delivered or dead-lettered.

@@ -471,7 +471,7 @@ class ReceiverSecurity(_OrgSecurity):
             raise Misrouted(f"misrouted: the envelope cannot be routed ({exc})") from exc
         check_arrival(decision, topic, self.org_id, self.names)
 
-    def _kept(self, origin: str, referral_id: str) -> Callable[[str], bytes | None]:
+    def _kept(self, origin: str, referral_id: str, version: int) -> Callable[[str], bytes | None]:
         """The content key kept for a body whose period key was destroyed (opened lazily)."""
 
         def get(kid: str) -> bytes | None:
@@ -480,7 +480,7 @@ class ReceiverSecurity(_OrgSecurity):
                 return None
             cache = ContentKeyCache.in_key_dir(directory)
             try:
-                return cache.lookup(origin, referral_id)(kid)
+                return cache.lookup(origin, referral_id, version)(kid)
             finally:
                 cache.close()
 
@@ -504,7 +504,11 @@ class ReceiverSecurity(_OrgSecurity):
             origin=str(envelope["origin_org"]),
             org_id=self.org_id,
             private_keys=keys.encryption,
-            cached=self._kept(str(envelope["origin_org"]), str(envelope["referral_id"])),
+            cached=self._kept(
+                str(envelope["origin_org"]),
+                str(envelope["referral_id"]),
+                int(envelope.get("version") or 1),
+            ),
         )
         if context is not None and tuple(sorted(sealed_for(body))) != context.recipients:
             raise SignatureInvalid("the sealed recipients differ from the signed recipients")

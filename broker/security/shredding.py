@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS content_keys (
     referral_id TEXT NOT NULL,
     key_id TEXT NOT NULL,
     content_key BLOB NOT NULL,
-    PRIMARY KEY (origin_org, referral_id, key_id)
+    version INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (origin_org, referral_id, key_id, version)
 );
 CREATE TABLE IF NOT EXISTS held (
     origin_org TEXT NOT NULL,
@@ -81,30 +82,43 @@ class ContentKeyCache:
 
     def __init__(self, path: Path) -> None:
         self.db = Database(path, _SCHEMA)
+        self.db.add_columns("content_keys", {"version": "INTEGER NOT NULL DEFAULT 1"})
 
     @classmethod
     def in_key_dir(cls, directory: Path) -> ContentKeyCache:
         """The cache beside an organisation's private keys."""
         return cls(directory / CACHE_FILE)
 
-    def put(self, origin_org: str, referral_id: str, key_id: str, key: bytes) -> None:
-        """Keep one body's content key."""
-        self.put_many([(origin_org, referral_id, key_id, key)])
+    def put(
+        self, origin_org: str, referral_id: str, key_id: str, key: bytes, version: int = 1
+    ) -> None:
+        """Keep one body's content key (of one version of the referral)."""
+        self.put_many([(origin_org, referral_id, key_id, key, version)])
 
-    def put_many(self, rows: Iterable[tuple[str, str, str, bytes]]) -> None:
-        """Keep ``(origin, referral id, key id, content key)`` each, in one transaction."""
+    def put_many(self, rows: Iterable[tuple[str, str, str, bytes, int]]) -> None:
+        """Keep ``(origin, referral id, key id, content key, version)`` each, at once."""
         with self.db.transaction() as conn:
-            conn.executemany("INSERT OR REPLACE INTO content_keys VALUES (?, ?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT OR REPLACE INTO content_keys (origin_org, referral_id, key_id,"
+                " content_key, version) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
 
-    def lookup(self, origin_org: str, referral_id: str) -> Callable[[str], bytes | None]:
-        """What ``open_sealed(cached=...)`` takes for this referral."""
+    def lookup(
+        self, origin_org: str, referral_id: str, version: int | None = None
+    ) -> Callable[[str], bytes | None]:
+        """What ``open_sealed(cached=...)`` takes for this referral (this version; None: the
+        latest kept)."""
 
         def get(key_id: str) -> bytes | None:
-            rows = self.db.query(
+            sql = (
                 "SELECT content_key FROM content_keys"
-                " WHERE origin_org = ? AND referral_id = ? AND key_id = ?",
-                (origin_org, referral_id, key_id),
+                " WHERE origin_org = ? AND referral_id = ? AND key_id = ?"
             )
+            params: tuple[object, ...] = (origin_org, referral_id, key_id)
+            if version is not None:
+                sql, params = sql + " AND version = ?", (*params, version)
+            rows = self.db.query(sql + " ORDER BY version DESC LIMIT 1", params)
             return bytes(rows[0]["content_key"]) if rows else None
 
         return get
@@ -128,15 +142,15 @@ class ContentKeyCache:
             ]
         )
 
-    def hold(self, held: Held, kid: str, version: int = 1) -> None:
+    def hold(self, held: Held, kid: str) -> None:
         """Remember the wrapped keys of a sealed body received, wrapped under ``kid`` (no
         ciphertext)."""
-        self.hold_many([(held, kid, version)])
+        self.hold_many([(held, kid)])
 
-    def hold_many(self, items: Iterable[tuple[Held, str, int]]) -> None:
-        """:meth:`hold` for ``(held, kid, version)`` each, in one transaction."""
+    def hold_many(self, items: Iterable[tuple[Held, str]]) -> None:
+        """:meth:`hold` for ``(held, kid)`` each, in one transaction."""
         rows = []
-        for held, kid, version in items:
+        for held, kid in items:
             recipients = [
                 {
                     "org": str(r.get("org")),
@@ -146,7 +160,9 @@ class ContentKeyCache:
                 for r in held.body.get("recipients") or ()
             ]
             wrapping = {"suite": held.body.get("suite"), "recipients": recipients}
-            rows.append((held.origin_org, held.referral_id, version, kid, json.dumps(wrapping)))
+            rows.append(
+                (held.origin_org, held.referral_id, held.version, kid, json.dumps(wrapping))
+            )
         if not rows:
             return
         with self.db.transaction() as conn:
@@ -203,7 +219,7 @@ def _held(row: Any) -> Held:
     wrapping = json.loads(row["wrapping"])
     for r in wrapping["recipients"]:
         r["wrapped_key"] = base64.b64decode(r["wrapped_key"])
-    return Held(str(row["origin_org"]), str(row["referral_id"]), wrapping)
+    return Held(str(row["origin_org"]), str(row["referral_id"]), wrapping, int(row["version"]))
 
 
 def rotate_period_key(directory: Path, org_id: str) -> list[PublicKey]:
@@ -246,6 +262,8 @@ class Held:
     origin_org: str
     referral_id: str
     body: Mapping[str, Any]
+    #: The referral's version the body is of (an amendment is sealed again).
+    version: int = 1
 
 
 class Shredder:
@@ -264,7 +282,7 @@ class Shredder:
         self.trust_file = trust_file
         self.clock = clock
         self.cache = ContentKeyCache.in_key_dir(directory)
-        self._pending: list[tuple[Held, str, int]] = []
+        self._pending: list[tuple[Held, str]] = []
 
     def keys(self) -> OrgKeys:
         """The organisation's private keys as they are on disk now."""
@@ -273,13 +291,13 @@ class Shredder:
             raise ConfigError(f"{self.org_id} has no keys in {self.directory}")
         return keys
 
-    def hold(self, held: Held, version: int = 1) -> None:
+    def hold(self, held: Held) -> None:
         """Remember a received body's wrapped keys (what :meth:`erase_referral` works from);
         written by :meth:`flush`, or before any erasure."""
         kid = sealed_key_id(held.body, self.org_id)
         if kid is not None:
             with _KEY_LOCK:
-                self._pending.append((held, kid, version))
+                self._pending.append((held, kid))
 
     def flush(self) -> None:
         """Write the wrapped keys :meth:`hold` was given (one transaction)."""
@@ -346,7 +364,7 @@ class Shredder:
                 except SealError:  # never opened here either: nothing to keep
                     log.warning("a held key of %s does not unwrap; not kept", h.referral_id)
                     continue
-                kept.append((h.origin_org, h.referral_id, kid, key))
+                kept.append((h.origin_org, h.referral_id, kid, key, h.version))
             self.cache.put_many(kept)  # all kept before the key goes
             destroy_encryption_key(self.directory, kid)
             return kid

@@ -167,6 +167,45 @@ def _send(rt: ConnectorRuntime, settings: Settings, n: int, tlp: str = "AMBER") 
     return rids
 
 
+def _send_amended(rt: ConnectorRuntime, settings: Settings) -> tuple[str, str]:
+    """Publish a referral and then an amendment of it (in one period); its id and the
+    amended summary, once version 2 is received."""
+    data = referral_json("hl-a", "NL")
+    rid = str(data["envelope"]["referral_id"])
+    assert rt.publisher.publish([("first", data)]).ok
+    wait_for(lambda: rt.outbox.is_complete(rid), 60, "version 1 received")
+    data["body"]["summary"] = "amended summary of the case"
+    assert rt.publisher.publish([("amended", data)], amend=True).ok
+
+    def received() -> bool:
+        now = rt.outbox.get(rid)
+        return now is not None and now.version == 2 and rt.outbox.is_complete(rid)
+
+    wait_for(received, 60, "version 2 received")
+    return rid, str(data["body"]["summary"])
+
+
+def _repeated(settings: Settings, rt: ConnectorRuntime, record: Any, what: str) -> None:
+    """Publish ``record`` again and wait until the sink driver counted it as a repeat."""
+    driver = rt.sink_driver
+    assert driver is not None
+    before = driver.stats.duplicates
+    _redeliver(settings, record)
+    wait_for(lambda: driver.stats.duplicates > before, 30, what)
+
+
+def _copies(settings: Settings, rid: str) -> list[Any]:
+    """Every copy of ``rid`` on the NL topic, in order (version 1 first)."""
+    codec = codec_for(settings)
+    out = []
+    for r in read_topic(settings, settings.topic_names().jurisdiction("NL"), idle=0.3, timeout=5):
+        if header(r, "referral.kind") is None:
+            _, datum = codec.decode(r.value, expected=REFERRAL)
+            if datum["envelope"]["referral_id"] == rid:
+                out.append(r)
+    return out
+
+
 def _erase(env: dict[str, str], settings: Settings, rid: str) -> None:
     asked = runner.invoke(app, ["erase", rid, "--as", "hl-a", "--reason", "INCORRECT"], env=env)
     assert asked.exit_code == 0, asked.output
@@ -219,6 +258,7 @@ def test_an_erased_referral_copy_on_the_topic_no_longer_opens_its_period_fellows
         assert periods.tick().rotated is None  # day 0: the first period starts
         a, b = _send(hl, settings, 2)
         (g,) = _send(hl, settings, 1, tlp="GREEN")
+        m, m_summary = _send_amended(hl, settings)  # two versions sealed under p1
         clock.now += 29 * DAY
         assert periods.tick().rotated is None
         clock.now += 2 * DAY  # day 31: the next period
@@ -256,6 +296,19 @@ def test_an_erased_referral_copy_on_the_topic_no_longer_opens_its_period_fellows
                  30, "b's copy delivered again as a repeat")  # fmt: skip
         dead = read_topic(settings, settings.topic_names().deadletter, idle=0.3, timeout=3)
         assert [x for x in dead if x.value == rec[b].value] == []
+        # Both versions of the amended m open from their own kept keys: the console shows
+        # version 2, and a late copy of either version is a repeat, not a dead letter.
+        desk = LiaisonDesk(settings, network, ORG, codec)
+        try:
+            assert desk.reveal(m, "shred check").summary == m_summary
+        finally:
+            desk.close()
+        versions = _copies(settings, m)
+        assert len(versions) == 2
+        for copy in versions:
+            _repeated(settings, nl, copy, "m's copy delivered again as a repeat")
+        dead = read_topic(settings, settings.topic_names().deadletter, idle=0.3, timeout=3)
+        assert [x for x in dead if x.value in {c.value for c in versions}] == []
         # A copy of the erased a arriving again is a skipped repeat, not an UNSEAL dead letter.
         repeats = nl.sink_driver.stats.duplicates
         _redeliver(settings, rec[a])
