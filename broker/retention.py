@@ -56,6 +56,9 @@ class Retention(BaseModel):
     #: A recipient's encryption key is a new *period key* this often (0: never rotated);
     #: a period's key is destroyed once it ended ``longest_days`` ago.
     key_period_days: float = Field(default=0, ge=0, le=3660)
+    #: An erasure destroys a period key no sooner than this long after the period ended
+    #: (senders seal to the next key once they re-read the trust file).
+    key_destroy_grace_seconds: float = Field(default=60.0, ge=0, le=86400)
 
     @property
     def longest_days(self) -> float | None:

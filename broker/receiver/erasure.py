@@ -8,6 +8,7 @@ longer open for anyone, the recipient included.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,9 +47,8 @@ def shredder_for(
     if not (directory / "keys.json").is_file():
         return None
     trust = trust_file_path(network, settings.network_file)
-    if clock is None:
-        return Shredder(directory, org_id, trust)
-    return Shredder(directory, org_id, trust, clock)
+    grace = network.retention.key_destroy_grace_seconds
+    return Shredder(directory, org_id, trust, clock or time.time, grace)
 
 
 def period_keys(

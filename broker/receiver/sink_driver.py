@@ -6,6 +6,8 @@ The rules (skips, repeats, amendments, refusals, receipts) are in broker/receive
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -83,6 +85,7 @@ class SinkDriver(LoopService[Sink]):
             if self.security is not None
             else None
         )
+        self._next_destroy_check = 0.0
         #: The sealed body of the record :meth:`_open` opened last.
         self._sealed: Mapping[str, Any] | None = None
         #: Erase requests by the origins of referrals received here (answered ERASED).
@@ -94,6 +97,16 @@ class SinkDriver(LoopService[Sink]):
             self.stats,
             self._answer,
         )
+
+    def step(self, stop: threading.Event) -> int:
+        """One consume cycle, then the period keys an erasure scheduled for destruction
+        (looked at once a second)."""
+        n = super().step(stop)
+        if self.shredder is not None and time.monotonic() >= self._next_destroy_check:
+            self._next_destroy_check = time.monotonic() + 1.0
+            if self.shredder.destroy_due():
+                self.keys_changed()
+        return n
 
     def keys_changed(self) -> None:
         """Period keys were destroyed: drop them from the checks at once."""

@@ -83,6 +83,7 @@ class ContentKeyCache:
     def __init__(self, path: Path) -> None:
         self.db = Database(path, _SCHEMA)
         self.db.add_columns("content_keys", {"version": "INTEGER NOT NULL DEFAULT 1"})
+        self.db.add_columns("periods", {"destroy_at": "REAL"})
 
     @classmethod
     def in_key_dir(cls, directory: Path) -> ContentKeyCache:
@@ -197,6 +198,26 @@ class ContentKeyCache:
         )
         return [(str(r["key_id"]), float(r["retired_at"])) for r in rows]
 
+    def schedule_destroy(self, key_id: str, at: float) -> None:
+        """Destroy period key ``key_id`` at ``at`` (the earliest time asked for wins)."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO periods (key_id, started_at) VALUES (?, ?)", (key_id, at)
+            )
+            conn.execute(
+                "UPDATE periods SET destroy_at = MIN(COALESCE(destroy_at, ?), ?) WHERE key_id = ?",
+                (at, at, key_id),
+            )
+
+    def destroy_due(self, now: float) -> list[str]:
+        """The period keys whose scheduled destruction is due at ``now``."""
+        rows = self.db.query(
+            "SELECT key_id FROM periods WHERE destroy_at IS NOT NULL AND destroy_at <= ?"
+            " ORDER BY destroy_at",
+            (now,),
+        )
+        return [str(r["key_id"]) for r in rows]
+
     def mark_period(self, key_id: str, started: float, retired: float | None = None) -> None:
         """Record when a period started (kept if known) and when it ended."""
         with self.db.transaction() as conn:
@@ -275,8 +296,12 @@ class Shredder:
         org_id: str,
         trust_file: Path | None = None,
         clock: Callable[[], float] = time.time,
+        grace: float = 0.0,
     ) -> None:
         self.directory = directory
+        #: A period key is destroyed no sooner than this long after its period ended:
+        #: senders seal to the new key only once they re-read the trust file.
+        self.grace = grace
         self.org_id = org_id
         #: Where a new period key is published when erasure forces a rotation.
         self.trust_file = trust_file
@@ -334,7 +359,8 @@ class Shredder:
 
     def erase(self, erased: Held, others: Iterable[Held]) -> str | None:
         """Shred ``erased``: keep the content keys of ``others`` of its period, destroy the
-        period key; the key id destroyed (None if it was gone already)."""
+        period key (or schedule it, :attr:`grace` after the period ended); the key id
+        (None if it was gone already)."""
         with _KEY_LOCK:
             self.cache.erase(erased.origin_org, erased.referral_id)
             kid = sealed_key_id(erased.body, self.org_id)
@@ -347,9 +373,37 @@ class Shredder:
                         f"key {kid} is current: erasing needs the trust file to rotate"
                     )
                 self.rotate()
+            now = self.clock()
+            ended = (self.cache.period(kid) or (now, now))[1]
+            at = min(now if ended is None else ended, now) + self.grace
+            if at > now:  # what senders sealed before re-reading the trust file still opens
+                self.cache.schedule_destroy(kid, at)
+                return kid
+            self._destroy(kid, others, [(erased.origin_org, erased.referral_id)])
+            return kid
+
+    def destroy_due(self) -> list[str]:
+        """Destroy the period keys whose scheduled time has come (keeping the content keys of
+        what is still held under them); their ids."""
+        with _KEY_LOCK:
+            self.flush()
+            done = []
+            for kid in self.cache.destroy_due(self.clock()):
+                if kid in self.keys().encryption:
+                    self._destroy(kid, self.cache.held_under(kid), [])
+                    done.append(kid)
+                with self.cache.db.transaction() as conn:
+                    conn.execute("UPDATE periods SET destroy_at = NULL WHERE key_id = ?", (kid,))
+            return done
+
+    def _destroy(self, kid: str, others: Iterable[Held], skip: list[tuple[str, str]]) -> None:
+        """Keep the content keys of ``others`` sealed under ``kid`` (not those of ``skip``),
+        then destroy ``kid``."""
+        with _KEY_LOCK:
+            keys = self.keys()
             kept = []
             for h in others:
-                if h.referral_id == erased.referral_id and h.origin_org == erased.origin_org:
+                if (h.origin_org, h.referral_id) in skip:
                     continue
                 if sealed_key_id(h.body, self.org_id) != kid:
                     continue
@@ -367,7 +421,6 @@ class Shredder:
                 kept.append((h.origin_org, h.referral_id, kid, key, h.version))
             self.cache.put_many(kept)  # all kept before the key goes
             destroy_encryption_key(self.directory, kid)
-            return kid
 
     def expire(self, kid: str) -> None:
         """The period of ``kid`` is over (past the longest retention rule): destroy its key
@@ -409,6 +462,7 @@ class PeriodKeys:
         """Rotate if the current period is over, expire what is past ``keep_days``."""
         sh = self.shredder
         with _KEY_LOCK:
+            sh.destroy_due()
             now = sh.clock()
             enc = list(sh.keys().encryption)
             for kid in enc[:-1]:  # earlier keys seen first here: their period ends now

@@ -5,10 +5,11 @@ period keys. The rotation runs on a simulated clock (``[retention] key_period_da
 30``). An ERASE (``referral erase``) of a past period's referral destroys that period
 key: its record fetched from the topic opens with nothing police-nl still holds, while
 the period's other referrals open (the console, ``referral show``, a sink
-re-delivery); an ERASE of the
-current period's forces a rotation first. A 60-day GREEN rule on the simulated clock
-erases and shreds the GREEN referral alone; a period ended 60 days ago has its key
-destroyed outright.
+re-delivery, both versions of an amended one); an ERASE of the current period's
+forces a rotation first. A period key goes a grace second after its period ended
+(what senders sealed before re-reading the trust file still opens). A 60-day GREEN
+rule on the simulated clock erases and shreds the GREEN referral alone; a period
+ended 60 days ago has its key destroyed outright.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ partitions = 1
 
 [retention]
 key_period_days = 30
+key_destroy_grace_seconds = 1
 check_hours = 744
 [[retention.rules]]
 tlp = ["GREEN"]
@@ -273,7 +275,8 @@ def test_an_erased_referral_copy_on_the_topic_no_longer_opens_its_period_fellows
 
         # ERASE of a past period's referral: that period key goes, its fellows are kept.
         _erase(env, settings, a)
-        assert not (key_dir(settings, ORG) / f"enc-{p1}.pem").exists()
+        gone = key_dir(settings, ORG) / f"enc-{p1}.pem"
+        wait_for(lambda: not gone.exists(), 15, "p1 destroyed (1 s after the ERASE)")
         assert not _opens(settings, a, rec[a]), "the erased referral's copy still opens"
         assert _opens(settings, b, rec[b])
         assert _opens(settings, g, rec[g])
@@ -319,6 +322,8 @@ def test_an_erased_referral_copy_on_the_topic_no_longer_opens_its_period_fellows
         _erase(env, settings, d)
         p3 = _current_key(settings)
         assert p3 not in (p1, p2)
+        gone = key_dir(settings, ORG) / f"enc-{p2}.pem"
+        wait_for(lambda: not gone.exists(), 15, "p2 destroyed (1 s after the rotation)")
         assert not _opens(settings, d, rec[d])
         assert _opens(settings, e, rec[e])
         assert _opens(settings, b, rec[b])
