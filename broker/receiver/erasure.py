@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from broker.config import Settings
 from broker.contracts import Sink
+from broker.errors import ConfigError
 from broker.network import Network
 from broker.receiver.inbox import Inbox
 from broker.retention import Due, Retention, due
@@ -98,12 +99,28 @@ class ReceiverEraser:
         finally:
             handling.close()
         if self.shredder is not None:
-            removed["period_keys"] = len(self.shredder.erase_referral(origin_org, referral_id))
-            if self.keys_changed is not None:
-                self.keys_changed()
+            removed["period_keys"] = self._shred(origin_org, referral_id)
         removed["inbox"] = self.inbox.erase(origin_org, referral_id, why)
         log.info("erased referral %s of %s at %s (%s)", referral_id, origin_org, self.org_id, why)
         return Erased(origin_org, referral_id, removed)
+
+    def _shred(self, origin_org: str, referral_id: str) -> int:
+        """Shred the referral's period keys; how many. A key that cannot be (no trust file
+        to rotate the current one to) is left and said in the log: the stores are erased."""
+        assert self.shredder is not None
+        try:
+            shredded = len(self.shredder.erase_referral(origin_org, referral_id))
+        except ConfigError as exc:
+            log.warning(
+                "%s: referral %s erased, its period key not shredded: %s",
+                self.org_id,
+                referral_id,
+                str(exc).splitlines()[0],
+            )
+            return 0
+        if self.keys_changed is not None:
+            self.keys_changed()
+        return shredded
 
 
 class RetentionSweep:

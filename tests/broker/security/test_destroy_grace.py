@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from broker.config import Settings
 from broker.errors import SealError
-from broker.security.keys import OrgKeys, add_to_trust_file, init_keys
+from broker.receiver.erasure import ReceiverEraser
+from broker.receiver.inbox import Inbox
+from broker.security.keys import OrgKeys, add_to_trust_file, init_keys, key_dir
 from broker.security.sealing import open_sealed, seal
 from broker.security.shredding import Held, Shredder
 
@@ -113,4 +116,25 @@ def test_without_a_grace_the_key_goes_at_once(tmp_path: Path) -> None:
                 private_keys=shredder.keys().encryption,
             )  # fmt: skip
     finally:
+        shredder.close()
+
+
+def test_an_erasure_that_cannot_rotate_the_current_key_still_erases_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    directory = key_dir(settings, ORG)
+    init_keys(directory, ORG)
+    shredder = Shredder(directory, ORG, trust_file=None)  # keys in the network file, no trust file
+    inbox = Inbox.for_org(settings, ORG)
+    try:
+        shredder.hold(_sealed(directory, "x"))
+        eraser = ReceiverEraser(settings, ORG, [], inbox, shredder)
+        with caplog.at_level("WARNING", logger="referral.receiver.erasure"):
+            erased = eraser.erase("hl-a", "x", "request:INCORRECT")
+        assert erased.removed["period_keys"] == 0
+        assert inbox.state("hl-a", "x").erased
+        assert "its period key not shredded" in caplog.text
+    finally:
+        inbox.close()
         shredder.close()
