@@ -256,6 +256,8 @@ def test_an_erased_referral_copy_on_the_topic_no_longer_opens_its_period_fellows
             stack.callback(rt.stop)
             rts[org] = rt.start()
         hl, nl = rts["hl-a"], rts[ORG]
+        assert nl.period_keys is not None  # the connector rotates on its own (real clock)
+        assert nl.period_keys.period_days == 30
         p1 = _current_key(settings)
         assert periods.tick().rotated is None  # day 0: the first period starts
         a, b = _send(hl, settings, 2)
