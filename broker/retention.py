@@ -53,6 +53,12 @@ class Retention(BaseModel):
     review_months: int = Field(default=0, ge=0, le=120)
     #: How often a connector applies the rules to its own stores.
     check_hours: float = Field(default=24.0, gt=0, le=24 * 31)
+    #: A recipient's encryption key is a new *period key* this often (0: never rotated);
+    #: a period's key is destroyed once it ended ``longest_days`` ago.
+    key_period_days: float = Field(default=0, ge=0, le=3660)
+    #: An erasure destroys a period key no sooner than this long after the period ended
+    #: (senders seal to the next key once they re-read the trust file).
+    key_destroy_grace_seconds: float = Field(default=60.0, ge=0, le=86400)
 
     @property
     def longest_days(self) -> float | None:

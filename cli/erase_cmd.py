@@ -55,7 +55,8 @@ def erase_cmd(
             producer, codec, names, publisher.security, publisher.ledger, book
         )
         for entry in entries:
-            to = recipients_of(entry, codec, network, names)
+            earlier = outbox.earlier_values(entry.referral_id)
+            to = recipients_of(entry, codec, network, names, earlier)
             if withdraw:
                 sent = publisher.withdrawer.withdraw(entry, to)
             else:

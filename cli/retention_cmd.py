@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from broker.ids import short_id
-from broker.receiver.erasure import ReceiverEraser, RetentionSweep
+from broker.receiver.erasure import ReceiverEraser, RetentionSweep, shredder_for
 from broker.receiver.inbox import Inbox
 from cli.app import NETWORK_OPTION, cell, console, print_json, state
 from cli.tables import is_narrow, new_table
@@ -29,10 +29,12 @@ def retention_cmd(
     network.organisation(org)
     sinks = build_sinks(st.settings, network, org)
     inbox = Inbox.for_org(st.settings, org)
+    shredder = shredder_for(st.settings, network, org)
     for s in sinks:
         s.open()
     try:
-        sweep = RetentionSweep(ReceiverEraser(st.settings, org, sinks, inbox), network.retention)
+        eraser = ReceiverEraser(st.settings, org, sinks, inbox, shredder)
+        sweep = RetentionSweep(eraser, network.retention)
         due = sweep.due()
         if not dry_run:
             sweep.sweep()
@@ -40,6 +42,8 @@ def retention_cmd(
         for s in sinks:
             s.close()
         inbox.close()
+        if shredder is not None:
+            shredder.close()
     rows = [
         {
             "origin_org": d.candidate.origin_org,

@@ -93,11 +93,11 @@ class InboxFolderSink(Sink):
     def erase(self, origin_org: str, referral_id: str) -> int:
         """Delete the referral's file of ``origin_org`` and the versions kept in the history."""
         stems = [f"{referral_id}.{origin_org}"]
-        if _origin_of(self.path / f"{referral_id}.json") == origin_org:
+        history = self.history_dir()
+        if origin_org in self._owners(referral_id):
             stems.append(referral_id)
         doomed = [self.path / f"{stem}.json" for stem in stems]
         doomed += [self.path / "withdrawn" / f"{stem}.json" for stem in stems]
-        history = self.history_dir()
         if history.is_dir():
             doomed += [p for stem in stems for p in history.glob(f"{glob.escape(stem)}.v*.json")]
         gone = 0
@@ -114,6 +114,14 @@ class InboxFolderSink(Sink):
             gone += 1
         self.flush()
         return gone
+
+    def _owners(self, referral_id: str) -> set[str | None]:
+        """The origins the bare ``<referral_id>`` files name: the current file, the
+        withdrawal note and the history (a withdrawn referral has no current file)."""
+        history = self.history_dir()
+        kept = history.glob(f"{glob.escape(referral_id)}.v*.json") if history.is_dir() else []
+        note = _origin_of(self.path / "withdrawn" / f"{referral_id}.json", "withdrawal")
+        return {_origin_of(self.path / f"{referral_id}.json"), note, *map(_origin_of, kept)}
 
     def withdraw(self, withdrawal: Withdrawal) -> None:
         """Move the withdrawn referral's file to the history; leave a withdrawal note."""
@@ -146,10 +154,10 @@ def _version_of(data: bytes) -> int | None:
         return None
 
 
-def _origin_of(path: Path) -> str | None:
+def _origin_of(path: Path, part: str = "delivery") -> str | None:
     """The origin of the referral in an inbox file (None if there is no readable file)."""
     try:
         doc = json.loads(path.read_bytes())
-        return str(doc["delivery"]["origin_org"])
+        return str(doc[part]["origin_org"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

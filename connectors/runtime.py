@@ -26,16 +26,24 @@ from broker.ledger.checkpoint import HeadWatcher
 from broker.ledger.witness import WitnessBook, WitnessParts
 from broker.metrics import Metrics
 from broker.network import Network, Organisation
+from broker.origin.erase_request import EraseRequester, ErasureBook
 from broker.origin.outbox import Outbox, RepublishSchedule
 from broker.origin.publisher import Publisher
 from broker.origin.status_feed import StatusFeed
 from broker.origin.status_log import StatusLog
 from broker.private import exposure, private_dir
-from broker.receiver.erasure import Erased, ReceiverEraser, RetentionSweep
+from broker.receiver.erasure import (
+    Erased,
+    ReceiverEraser,
+    RetentionSweep,
+    period_keys,
+    shredder_for,
+)
 from broker.receiver.inbox import Inbox
 from broker.receiver.inbox_view import missed_deadlines
 from broker.receiver.sink_driver import SinkDriver
 from broker.security.rules import ReceiverSecurity
+from broker.security.shredding import PeriodKeys
 from broker.tracing import Tracing, setup_tracing
 from broker.validation import validation_problems
 from broker.wire.codec import Codec
@@ -72,6 +80,8 @@ class OutboxConfig(ConnectorConfig):
     backoff_max: float = Field(default=3600.0, gt=0)
     max_per_sweep: int = Field(default=500, ge=1)
     check_interval: float = Field(default=1.0, gt=0, le=3600)
+    #: An erase request not answered ERASED is sent again this often (seconds).
+    erase_resend_after: float = Field(default=3600.0, gt=0)
 
     def schedule(self) -> RepublishSchedule:
         """The outbox's republishing schedule."""
@@ -263,12 +273,23 @@ class ConnectorRuntime:
             self.built.outbox = OutboxConfig.model_validate(
                 {**self.built.outbox.model_dump(), "republish_after": republish_after}
             )
+        #: Sends the origin's erase requests again until answered (``erase_resend_after``).
+        self.erase_requester = EraseRequester(
+            self.producer,
+            codec,
+            settings.topic_names(),
+            self.publisher.security,
+            self.publisher.ledger,
+            ErasureBook.for_org(settings, org_id),
+        )
         self.sink_driver: SinkDriver | None = None
         self.status_feed: StatusFeed | None = None
         self.heads: HeadWatcher | None = None
         self.republished: list[str] = []
         #: The retention rules applied to what this organisation received (if it has rules).
         self.retention: RetentionSweep | None = None
+        #: The period-key rotation of a receiving organisation with keys (key_period_days).
+        self.period_keys: PeriodKeys | None = None
         self.erased: list[Erased] = []
         #: Child referrals published for moved items (``Publisher.reroute_due``).
         self.rerouted: list[str] = []
@@ -422,10 +443,7 @@ class ConnectorRuntime:
             self._spawn("sink-driver", self._driver_loop(self.sink_driver.step))
         self._spawn("status-driver", self._driver_loop(self.status_feed.step))
         self._spawn("republisher", self._republish_loop)
-        if self.network.retention.rules and self.built.sinks:
-            eraser = ReceiverEraser(self.settings, self.org.id, self.built.sinks, self.inbox)
-            self.retention = RetentionSweep(eraser, self.network.retention)
-            self._spawn("retention", self._retention_loop)
+        self._start_retention()
         log.info(
             "%s: %d source(s), %d sink(s), %d status sink(s) running",
             self.org.id,
@@ -434,6 +452,40 @@ class ConnectorRuntime:
             len(self.built.status_sinks),
         )
         return self
+
+    def _start_retention(self) -> None:
+        """The retention sweep (with rules) and the period-key rotation (with keys) of a
+        receiving organisation."""
+        if not self.built.sinks or self.sink_driver is None:
+            return
+        driver = self.sink_driver
+        if self.network.retention.rules:
+            shredder = shredder_for(self.settings, self.network, self.org.id)
+            eraser = ReceiverEraser(
+                self.settings, self.org.id, self.built.sinks, self.inbox, shredder,
+                driver.keys_changed,
+            )  # fmt: skip
+            self.retention = RetentionSweep(eraser, self.network.retention)
+            self._spawn("retention", self._retention_loop)
+        if self.network.retention.key_period_days > 0:
+            self.period_keys = period_keys(self.settings, self.network, self.org.id)
+            if self.period_keys is not None:
+                self._spawn("period-keys", self._period_loop)
+
+    def _period_loop(self) -> None:
+        every = self.network.retention.check_hours * 3600
+        periods = self.period_keys
+        assert periods is not None
+        driver = self.sink_driver
+
+        def tick() -> None:
+            if periods.tick().expired and driver is not None:
+                driver.keys_changed()
+
+        while True:
+            self._guarded("period keys", tick)
+            if self._stop.wait(every):
+                return
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=f"{self.org.id}-{name}", daemon=True)
@@ -478,6 +530,7 @@ class ConnectorRuntime:
                     self.metrics.record_republished(self.org.id, self.outbox.waiting_for(again))
                 self.republished.extend(again)
                 self.rerouted.extend(self.publisher.reroute_due())
+                self.erase_requester.resend_due(cfg.erase_resend_after)
 
             self._guarded("outbox republish", step)
 
@@ -496,6 +549,12 @@ class ConnectorRuntime:
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
+        for shredder in (
+            self.period_keys.shredder if self.period_keys is not None else None,
+            self.retention.eraser.shredder if self.retention is not None else None,
+        ):
+            if shredder is not None:
+                shredder.close()
         for src in self.built.sources:
             try:
                 src.flush()
@@ -511,6 +570,7 @@ class ConnectorRuntime:
         if self._own_producer:
             clients.close_producer(self.producer, self.org.id, log)
         self.publisher.close()
+        self.erase_requester.book.close()
         if self.known is not None:
             self.known.close()
             self.known = None

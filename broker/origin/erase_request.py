@@ -13,6 +13,8 @@ answered, the origin erases its own outbox entry, status log and status sinks'
 copies. The ledger records ``STATUS_SENT`` (reason ``ERASE <code>``) per
 recipient here, ``DELIVERED`` (``ERASE <code>``) at the recipient and the
 origin's ``DELIVERED`` (``ERASED``) of the answer: ids, parties and codes only.
+A request not answered is sent again (:meth:`EraseRequester.resend_due`, every
+``[organisations.connectors.outbox] erase_resend_after`` seconds) until it is.
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ CREATE TABLE IF NOT EXISTS erased_here (
     erased_at REAL NOT NULL
 );
 """
+
+#: Columns later versions added to ``erasures``: when last sent, how many times.
+_SEND_COLUMNS = {"sent_at": "REAL", "sends": "INTEGER NOT NULL DEFAULT 1"}
 
 
 def is_erase_request(status: Mapping[str, Any]) -> bool:
@@ -155,6 +160,8 @@ class ErasureState:
     reason: str
     asked_at: float
     answered_at: float | None
+    #: How many times it was sent (re-sent until answered).
+    sends: int = 1
 
     def to_json(self) -> dict[str, Any]:
         """The state as JSON (ids, parties, code and times only)."""
@@ -165,6 +172,7 @@ class ErasureState:
             "asked_at": self.asked_at,
             "erased": self.answered_at is not None,
             "answered_at": self.answered_at,
+            "sends": self.sends,
         }
 
 
@@ -174,20 +182,37 @@ class ErasureBook:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._db = Database(self.path, _SCHEMA)
+        self._db.add_columns("erasures", _SEND_COLUMNS)
 
     @classmethod
     def for_org(cls, settings: Settings, org_id: str) -> ErasureBook:
         """The book at ``<state_dir>/orgs/<org>/erasures.sqlite3``."""
         return cls(settings.org_dir(org_id) / "erasures.sqlite3")
 
-    def ask(self, referral_id: str, case_id: str, recipient: str, reason: str) -> None:
-        """Record that ``recipient`` was asked (a repeat keeps the first time and answer)."""
+    def ask(
+        self, referral_id: str, case_id: str, recipient: str, reason: str, now: float | None = None
+    ) -> None:
+        """Record that ``recipient`` was asked (a repeat keeps the first time and answer, and
+        counts the send)."""
+        at = time.time() if now is None else now
         with self._db.transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO erasures (referral_id, recipient, case_id, reason,"
-                " asked_at) VALUES (?, ?, ?, ?, ?)",
-                (referral_id, recipient, case_id, reason, time.time()),
+                "INSERT INTO erasures (referral_id, recipient, case_id, reason, asked_at,"
+                " sent_at, sends) VALUES (?, ?, ?, ?, ?, ?, 1)"
+                " ON CONFLICT (referral_id, recipient) DO UPDATE SET sent_at = excluded.sent_at,"
+                " sends = sends + 1",
+                (referral_id, recipient, case_id, reason, at, at),
             )
+
+    def due(self, every: float, now: float | None = None) -> list[ErasureState]:
+        """The requests unanswered ``every`` seconds after they were last sent."""
+        at = time.time() if now is None else now
+        rows = self._db.query(
+            "SELECT * FROM erasures WHERE answered_at IS NULL"
+            " AND COALESCE(sent_at, asked_at) + ? <= ? ORDER BY referral_id, recipient",
+            (every, at),
+        )
+        return [_state(r) for r in rows]
 
     def answer(self, referral_id: str, recipient: str) -> bool:
         """Record ``recipient``'s ERASED; False if it was never asked (or answered before)."""
@@ -206,17 +231,15 @@ class ErasureBook:
         if referral_id is not None:
             sql, params = sql + " WHERE referral_id = ?", (referral_id,)
         rows = self._db.query(sql + " ORDER BY referral_id, recipient", params)
-        return [
-            ErasureState(
-                str(r["referral_id"]),
-                str(r["recipient"]),
-                str(r["case_id"]),
-                str(r["reason"]),
-                float(r["asked_at"]),
-                None if r["answered_at"] is None else float(r["answered_at"]),
-            )
-            for r in rows
-        ]
+        return [_state(r) for r in rows]
+
+    def was_asked(self, referral_id: str, recipient: str) -> bool:
+        """True if ``recipient`` was asked to erase ``referral_id``."""
+        rows = self._db.query(
+            "SELECT 1 FROM erasures WHERE referral_id = ? AND recipient = ?",
+            (referral_id, recipient),
+        )
+        return bool(rows)
 
     def all_answered(self, referral_id: str) -> bool:
         """True once every recipient asked has answered ERASED."""
@@ -241,6 +264,18 @@ class ErasureBook:
         self._db.close()
 
 
+def _state(r: Any) -> ErasureState:
+    return ErasureState(
+        str(r["referral_id"]),
+        str(r["recipient"]),
+        str(r["case_id"]),
+        str(r["reason"]),
+        float(r["asked_at"]),
+        None if r["answered_at"] is None else float(r["answered_at"]),
+        int(r["sends"] or 1),
+    )
+
+
 class EraseRequester:
     """Signs and sends an origin's erase requests and records each in the ledger and book."""
 
@@ -263,8 +298,24 @@ class EraseRequester:
         self.book = book
         self.ack_timeout = ack_timeout
 
+    def resend_due(self, every: float, now: float | None = None) -> list[tuple[str, str]]:
+        """Send again each request unanswered ``every`` seconds after its last send;
+        (referral id, recipient) of those sent."""
+        out = []
+        for s in self.book.due(every, now):
+            if self.request(s.referral_id, s.case_id, [s.recipient], s.reason, now):
+                out.append((s.referral_id, s.recipient))
+        if out:
+            log.info("%d erase request(s) sent again", len(out))
+        return out
+
     def request(
-        self, referral_id: str, case_id: str, recipients: Sequence[str], code: str
+        self,
+        referral_id: str,
+        case_id: str,
+        recipients: Sequence[str],
+        code: str,
+        now: float | None = None,
     ) -> list[str]:
         """Ask each of ``recipients`` to erase ``referral_id``; those the request reached."""
         sent = []
@@ -288,7 +339,7 @@ class EraseRequester:
                     "erase request of %s to %s not sent: %s", referral_id, org, type(exc).__name__
                 )
                 continue
-            self.book.ask(referral_id, case_id, org, code)
+            self.book.ask(referral_id, case_id, org, code, now)
             self.ledger.emit(
                 handover_event(
                     HandoverEventType.STATUS_SENT,
@@ -308,13 +359,21 @@ class EraseRequester:
 
 
 def recipients_of(
-    entry: OutboxEntry, codec: Codec, network: Network, names: TopicNames
+    entry: OutboxEntry,
+    codec: Codec,
+    network: Network,
+    names: TopicNames,
+    earlier: Sequence[bytes] = (),
 ) -> list[str]:
-    """The organisations ``entry``'s current version routes to (who holds a copy)."""
-    try:
-        return list(decide(codec.decode_envelope(entry.value), network, names).orgs)
-    except ReferralError:
-        return []
+    """The organisations ``entry``'s current version routes to, then those only an
+    ``earlier`` version went to (an amendment dropped them; they still hold a copy)."""
+    out: dict[str, None] = {}
+    for value in (entry.value, *reversed(earlier)):
+        try:
+            out.update(dict.fromkeys(decide(codec.decode_envelope(value), network, names).orgs))
+        except ReferralError:
+            continue
+    return list(out)
 
 
 def erasure_rows(book: ErasureBook) -> list[dict[str, Any]]:
@@ -336,6 +395,7 @@ def erasure_rows(book: ErasureBook) -> list[dict[str, Any]]:
                 "asked_at": min(s.asked_at for s in states),
                 "erased_by": done,
                 "waiting_for_erasure": waiting,
+                "sends": {s.recipient: s.sends for s in states},
                 "erased_at_origin": here,
             }
         )

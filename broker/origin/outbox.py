@@ -406,6 +406,13 @@ class Outbox:
             )
         return True
 
+    def earlier_values(self, referral_id: str) -> list[bytes]:
+        """The framed bytes of every version before the current one, oldest first."""
+        rows = self._db.query(
+            "SELECT value FROM versions WHERE referral_id = ? ORDER BY version", (referral_id,)
+        )
+        return [bytes(r["value"]) for r in rows]
+
     def versions(self, referral_id: str) -> list[int]:
         """Every version of a referral the origin published, oldest first."""
         rows = self._db.query(

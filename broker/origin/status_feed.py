@@ -191,7 +191,8 @@ class StatusFeed(LoopService[StatusSink]):
             rid = str(datum["referral_id"])
             entry = self.outbox.get(rid)
             envelope = self.codec.decode_envelope(entry.value) if entry is not None else None
-            self.security.check_status_sender(datum, envelope)
+            if not self._asked_to_erase(datum):
+                self.security.check_status_sender(datum, envelope)
         except SignatureOutOfWindow as exc:
             self._refuse(ctx, DeadLetterStage.SIGNATURE_WINDOW, exc, rid)
             return None
@@ -203,6 +204,13 @@ class StatusFeed(LoopService[StatusSink]):
             ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc, recorded=recorded)
             return None
         return datum, entry
+
+    def _asked_to_erase(self, datum: Mapping[str, Any]) -> bool:
+        """True for a (signed) ERASED from an organisation this origin asked to erase: a
+        recipient of an earlier version too, whom the current one no longer routes to."""
+        return is_erased_answer(datum) and self.erasures.was_asked(
+            str(datum.get("referral_id")), str(datum.get("emitted_by"))
+        )
 
     def handle(self, record: Any, ctx: RecordContext) -> None:
         """Act on a verified status: clear the outbox on RECEIVED, feed the status sinks once."""

@@ -711,5 +711,5 @@ def _erase_statements(origin_org: str, referral_id: str) -> list[tuple[str, tupl
     key = (origin_org, referral_id)
     return [
         (f"DELETE FROM {table} WHERE origin_org = ? AND referral_id = ?", key)
-        for table in ("deliveries", "refusals", "failures", "sent_statuses")
+        for table in ("deliveries", "refusals", "failures", "sent_statuses", "withdrawals")
     ]

@@ -6,7 +6,9 @@ The rules (skips, repeats, amendments, refusals, receipts) are in broker/receive
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +17,7 @@ from kafka.producer.future import FutureRecordMetadata
 
 from broker.config import Settings
 from broker.contracts import Delivery, Sink, jsonable
-from broker.errors import CodecError, DeliveryError, SecurityError
+from broker.errors import CodecError, DeliveryError, SealError, SecurityError
 from broker.kafka.deadletter import DeadLetterStage
 from broker.kafka.loop import BatchContext, RecordContext
 from broker.kafka.service import LoopService
@@ -23,11 +25,12 @@ from broker.kafka.tally import attributable
 from broker.ledger.events import HandoverEventType
 from broker.lifecycle import reason_code
 from broker.receiver.erase_requests import EraseRequests, is_erase_record
-from broker.receiver.erasure import ReceiverEraser
+from broker.receiver.erasure import ReceiverEraser, shredder_for
 from broker.receiver.inbox import DeliveryState, Inbox, SinkRefusal
 from broker.receiver.statuses import StatusSender
 from broker.receiver.withdrawals import Withdrawals, is_withdrawal_record
 from broker.security.rules import ReceiverSecurity, stage_of
+from broker.security.shredding import Held
 from broker.shapes import check_ids
 from broker.wire.codec import Codec
 from broker.wire.models import ReferralStatus, StatusUpdate, utc_now_ms
@@ -76,15 +79,39 @@ class SinkDriver(LoopService[Sink]):
         self._batch_repeats: list[tuple[str, str, str]] = []
         #: Withdrawals by the origins of referrals an amendment no longer sends here.
         self.withdrawals = Withdrawals(org_id, codec, self.security, sinks, inbox, self.stats)
+        #: Shreds erased referrals' period keys (None: no keys); holds what arrives sealed.
+        self.shredder = (
+            shredder_for(settings, self.security.network, org_id)
+            if self.security is not None
+            else None
+        )
+        self._next_destroy_check = 0.0
+        #: The sealed body of the record :meth:`_open` opened last.
+        self._sealed: Mapping[str, Any] | None = None
         #: Erase requests by the origins of referrals received here (answered ERASED).
         self.erase_requests = EraseRequests(
             org_id,
             codec,
             self.security,
-            ReceiverEraser(settings, org_id, sinks, inbox),
+            ReceiverEraser(settings, org_id, sinks, inbox, self.shredder, self.keys_changed),
             self.stats,
             self._answer,
         )
+
+    def step(self, stop: threading.Event) -> int:
+        """One consume cycle, then the period keys an erasure scheduled for destruction
+        (looked at once a second)."""
+        n = super().step(stop)
+        if self.shredder is not None and time.monotonic() >= self._next_destroy_check:
+            self._next_destroy_check = time.monotonic() + 1.0
+            if self.shredder.destroy_due():
+                self.keys_changed()
+        return n
+
+    def keys_changed(self) -> None:
+        """Period keys were destroyed: drop them from the checks at once."""
+        if self.security is not None:
+            self.security.live_keys.refresh()
 
     def before_commit(self, batch: BatchContext) -> None:
         """Make every sink durable, then answer the batch's records, back to back.
@@ -103,6 +130,8 @@ class SinkDriver(LoopService[Sink]):
         withdrawn = self.withdrawals.take()
         self._batch_versions.clear()
         super().before_commit(batch)
+        if self.shredder is not None:
+            self.shredder.flush()  # before the inbox says delivered: erasable from then on
         self.withdrawals.record(withdrawn)
         if recorded:
             # Only now: the inbox never says delivered what a sink could still lose.
@@ -118,6 +147,8 @@ class SinkDriver(LoopService[Sink]):
         try:
             super().close()
         finally:
+            if self.shredder is not None:
+                self.shredder.close()
             if self.security is not None:
                 self.security.close()
 
@@ -142,6 +173,9 @@ class SinkDriver(LoopService[Sink]):
             self.stats.duplicates += 1
             self._event(ctx, delivery, HandoverEventType.DUPLICATE_SKIPPED, "ERASED")
             return
+        if self.shredder is not None and self._sealed is not None:
+            held = Held(delivery.origin_org, delivery.referral_id, self._sealed, delivery.version)
+            self.shredder.hold(held)
         refused = state.refusal
         if refused is not None and refused.version >= delivery.version:
             # Refused for good before: the same answer again, nothing delivered or dead-lettered.
@@ -175,10 +209,11 @@ class SinkDriver(LoopService[Sink]):
 
     def _open(self, record: Any, ctx: RecordContext) -> Delivery | None:
         """The record as a delivery once every check passed; else dead-lettered and None."""
+        self._sealed = None
         try:
             if self.security is not None:
                 # Signature before decoding, then the sealed body and the handling rules.
-                datum = self.security.receive(
+                datum, self._sealed = self.security.receive_sealed(
                     self.codec, record.topic, record.value or b"", record.headers
                 )
             else:
@@ -197,12 +232,36 @@ class SinkDriver(LoopService[Sink]):
                 route_reason=header(record.headers, Headers.ROUTE_REASON) or "",
                 version=int(envelope.get("version") or 1),
             )
+        except SealError as exc:
+            if not self._shredded(record, ctx):
+                ctx.dead_letter(stage_of(exc), exc, recorded=self._attributable(record, exc))
         except SecurityError as exc:
             ctx.dead_letter(stage_of(exc), exc, recorded=self._attributable(record, exc))
         except (CodecError, KeyError, TypeError) as exc:
             recorded = self._attributable(record, exc)
             ctx.dead_letter(DeadLetterStage.SINK_DECODE, exc, recorded=recorded)
         return None
+
+    def _shredded(self, record: Any, ctx: RecordContext) -> bool:
+        """True (a repeat, skipped) if a sealed copy that no longer opens is of a referral
+        erased here: its key was shredded. (A SealError comes after the signature check.)"""
+        try:
+            envelope = self.codec.decode_envelope(record.value or b"")
+            origin, rid = str(envelope["origin_org"]), str(envelope["referral_id"])
+        except (CodecError, KeyError, TypeError):
+            return False
+        if not self.inbox.state(origin, rid).erased:
+            return False
+        self.stats.duplicates += 1
+        ctx.event(
+            HandoverEventType.DUPLICATE_SKIPPED,
+            rid,
+            str(envelope.get("case_id") or ""),
+            from_party=origin,
+            to_party=self.org_id,
+            reason="ERASED",
+        )
+        return True
 
     def _attributable(self, record: Any, exc: BaseException) -> bool:
         """Whether the refused record gets a ledger event of its own (see broker.kafka.tally)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import hashlib
 import json
 import logging
@@ -12,7 +13,8 @@ import stat
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,6 +39,7 @@ __all__ = [
     "OrgKeys",
     "PublicKey",
     "TrustStore",
+    "add_encryption_key",
     "add_to_trust_file",
     "init_keys",
     "key_dir",
@@ -194,6 +197,25 @@ def init_keys(directory: Path, org_id: str, *, rotate: bool = False) -> list[Pub
         PublicKey(org_id, sign_id, "sign", _raw(signing.public_key())),
         PublicKey(org_id, enc_id, "enc", _raw(encryption.public_key())),
     ]
+
+
+def add_encryption_key(directory: Path, org_id: str) -> PublicKey:
+    """Add a new encryption key to existing keys and make it current; its public key.
+
+    The signing key stays (a period key rotation must not make signatures unverifiable).
+    """
+    manifest = directory / _MANIFEST
+    if not manifest.is_file():
+        raise ConfigError(f"{org_id} has no keys in {directory}")
+    ids = json.loads(manifest.read_text(encoding="utf-8"))
+    encryption = X25519PrivateKey.generate()
+    enc_id = key_id(_raw(encryption.public_key()))
+    _write_private(directory / f"enc-{enc_id}.pem", encryption)
+    ids["enc"] = [*ids["enc"], enc_id]
+    tmp = directory / (_MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(ids, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(manifest)
+    return PublicKey(org_id, enc_id, "enc", _raw(encryption.public_key()))
 
 
 # -- the trust store ---------------------------------------------------------------------------
@@ -356,27 +378,45 @@ def _write_trust_file(path: Path, orgs: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
+_TRUST_LOCK = threading.Lock()
+
+
+@contextmanager
+def _trust_file_lock(path: Path) -> Iterator[None]:
+    """One writer of the trust file at a time: threads here, processes by ``flock``
+    (connectors rotating their period keys at once must not lose each other's keys)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _TRUST_LOCK, path.with_name(path.name + ".lock").open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
 def add_to_trust_file(path: Path, keys: Iterable[PublicKey]) -> None:
     """Add public keys to the trust file (created if missing); known ids are not repeated."""
-    orgs = {k: dict(v) for k, v in _read_trust_file(path).items()}
-    for key in keys:
-        table = orgs.setdefault(key.org, {"revoked": [], "public": []})
-        public = list(table.get("public") or [])
-        if all(e.get("id") != key.id for e in public):
-            public.append(key.to_table())
-        table["public"] = public
-    _write_trust_file(path, orgs)
+    with _trust_file_lock(path):
+        orgs = {k: dict(v) for k, v in _read_trust_file(path).items()}
+        for key in keys:
+            table = orgs.setdefault(key.org, {"revoked": [], "public": []})
+            public = list(table.get("public") or [])
+            if all(e.get("id") != key.id for e in public):
+                public.append(key.to_table())
+            table["public"] = public
+        _write_trust_file(path, orgs)
 
 
 def revoke_in_trust_file(path: Path, org_id: str, kid: str) -> None:
     """Mark key ``kid`` of ``org_id`` revoked in the trust file."""
-    orgs = {k: dict(v) for k, v in _read_trust_file(path).items()}
-    table = orgs.setdefault(org_id, {"revoked": [], "public": []})
-    revoked = list(table.get("revoked") or [])
-    if kid not in revoked:
-        revoked.append(kid)
-    table["revoked"] = revoked
-    _write_trust_file(path, orgs)
+    with _trust_file_lock(path):
+        orgs = {k: dict(v) for k, v in _read_trust_file(path).items()}
+        table = orgs.setdefault(org_id, {"revoked": [], "public": []})
+        revoked = list(table.get("revoked") or [])
+        if kid not in revoked:
+            revoked.append(kid)
+        table["revoked"] = revoked
+        _write_trust_file(path, orgs)
 
 
 # -- keys that follow their files while running --------------------------------------------------
@@ -415,6 +455,11 @@ class _Live:
         self._checked = time.monotonic()
         #: How many times the files changed and were read again.
         self.reloads = 0
+
+    def refresh(self) -> None:
+        """Look at the files on the next use whatever the time (after a change made here)."""
+        with self._lock:
+            self._checked = float("-inf")
 
     def _current(self) -> Any:
         if time.monotonic() - self._checked < self.check_every:

@@ -421,6 +421,12 @@ class ReceiverSecurity(_OrgSecurity):
 
         Codec errors of the value pass through (the record is not a referral at all).
         """
+        return self.receive_sealed(codec, topic, value, headers)[0]
+
+    def receive_sealed(
+        self, codec: Codec, topic: str, value: bytes, headers: Any
+    ) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
+        """:meth:`receive`, and the sealed body as it arrived (None: a plain body)."""
         trust = self.trust
         context = verify(headers, value, trust) if has_signature(headers) else None
         if context is not None:
@@ -436,6 +442,7 @@ class ReceiverSecurity(_OrgSecurity):
             if is_sealed(body) or not plain_ok:
                 raise SignatureInvalid(f"missing signature on a referral from {origin}")
         self.check_route(envelope, topic)
+        sealed = body if is_sealed(body) else None
         if is_sealed(body):
             plaintext = self._open(body, envelope, context)
             datum["body"] = self._body_codec(codec).decode(schema_id, plaintext)
@@ -454,7 +461,7 @@ class ReceiverSecurity(_OrgSecurity):
             )
         if self.handling is not None:
             self.handling.record(envelope)
-        return datum
+        return datum, sealed
 
     def check_route(self, envelope: Mapping[str, Any], topic: str) -> None:
         """Misrouted unless the decision for ``envelope`` puts this organisation on ``topic``."""
@@ -464,7 +471,7 @@ class ReceiverSecurity(_OrgSecurity):
             raise Misrouted(f"misrouted: the envelope cannot be routed ({exc})") from exc
         check_arrival(decision, topic, self.org_id, self.names)
 
-    def _kept(self, origin: str, referral_id: str) -> Callable[[str], bytes | None]:
+    def _kept(self, origin: str, referral_id: str, version: int) -> Callable[[str], bytes | None]:
         """The content key kept for a body whose period key was destroyed (opened lazily)."""
 
         def get(kid: str) -> bytes | None:
@@ -473,7 +480,7 @@ class ReceiverSecurity(_OrgSecurity):
                 return None
             cache = ContentKeyCache.in_key_dir(directory)
             try:
-                return cache.lookup(origin, referral_id)(kid)
+                return cache.lookup(origin, referral_id, version)(kid)
             finally:
                 cache.close()
 
@@ -497,7 +504,11 @@ class ReceiverSecurity(_OrgSecurity):
             origin=str(envelope["origin_org"]),
             org_id=self.org_id,
             private_keys=keys.encryption,
-            cached=self._kept(str(envelope["origin_org"]), str(envelope["referral_id"])),
+            cached=self._kept(
+                str(envelope["origin_org"]),
+                str(envelope["referral_id"]),
+                int(envelope.get("version") or 1),
+            ),
         )
         if context is not None and tuple(sorted(sealed_for(body))) != context.recipients:
             raise SignatureInvalid("the sealed recipients differ from the signed recipients")

@@ -27,7 +27,24 @@ def keyed_network(
     republish_after: float = 300,
 ) -> Network:
     """The connector test network, naming ``trust_file`` and whether plain referrals pass."""
-    text = (
+    text = keyed_network_text(
+        trust_file,
+        allow_plain=allow_plain,
+        webhook_url=webhook_url,
+        republish_after=republish_after,
+    )
+    return parse_network(text, "security-test-network.toml")
+
+
+def keyed_network_text(
+    trust_file: Path,
+    *,
+    allow_plain: bool = False,
+    webhook_url: str = "http://127.0.0.1:9/hook",
+    republish_after: float = 300,
+) -> str:
+    """:func:`keyed_network` as TOML (for a network file the CLI reads)."""
+    return (
         NETWORK_TOML.replace("{webhook_url}", webhook_url)
         .replace("{republish_after}", str(republish_after))
         .replace(
@@ -36,7 +53,6 @@ def keyed_network(
             f'trust_file = "{trust_file}"',
         )
     )
-    return parse_network(text, "security-test-network.toml")
 
 
 def give_keys(settings: Settings, trust_file: Path, *orgs: str) -> None:
