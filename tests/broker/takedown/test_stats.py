@@ -113,7 +113,8 @@ def seeded(tmp_path_factory: pytest.TempPathFactory, bootstrap: str) -> dict[str
     items = seed_items(ITEMS)
     write_trail(settings, items)
     with LedgerStore.for_settings(settings) as store:
-        store.sync(settings, Codec.from_settings(settings))
+        # 100,000 events: on a loaded machine reading them takes longer than sync's 30 s.
+        store.sync(settings, Codec.from_settings(settings), timeout=600)
     env = {
         "REFERRAL_BOOTSTRAP_SERVERS": bootstrap,
         "REFERRAL_TOPIC_PREFIX": settings.topic_prefix,
