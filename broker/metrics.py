@@ -1,4 +1,4 @@
-"""OpenTelemetry metrics: one meter per component, scraped by Prometheus on loopback."""
+"""OpenTelemetry metrics: one meter per component, scraped on loopback or pushed over OTLP."""
 
 from __future__ import annotations
 
