@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
@@ -64,21 +64,30 @@ class LoopMetrics:
     group: str
     #: Registers the loop with the process's lag and healing gauges.
     watch: Callable[[WatchedLoop], None]
+    #: Label sets made once and reused (the SDK hashes them at each add, the loop makes none).
+    _labels: dict[str, dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
+    _group_labels: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def _of(self, topic: str) -> dict[str, str]:
+        labels = self._labels.get(topic)
+        if labels is None:
+            labels = self._labels[topic] = {"topic": topic, "group": self.group}
+        return labels
 
     def record_consumed(self, topic: str, n: int = 1) -> None:
         """``n`` records read from ``topic``."""
-        self.consumed.add(n, {"topic": topic, "group": self.group})
+        self.consumed.add(n, self._of(topic))
 
     def record_produced(self, topic: str, n: int = 1) -> None:
         """``n`` records sent to ``topic`` because of consumed ones."""
-        self.produced.add(n, {"topic": topic, "group": self.group})
+        self.produced.add(n, self._of(topic))
 
     def record_counts(self, consumed: dict[str, int], produced: dict[str, int]) -> None:
         """One batch's records read and sent, by topic (one add per topic, not per record)."""
         for topic, n in consumed.items():
-            self.record_consumed(topic, n)
+            self.consumed.add(n, self._of(topic))
         for topic, n in produced.items():
-            self.record_produced(topic, n)
+            self.produced.add(n, self._of(topic))
 
     def record_dead_lettered(self, topic: str, stage: str, reason: str) -> None:
         """One record of ``topic`` dead-lettered at ``stage`` (``reason``: the error's type)."""
@@ -90,7 +99,9 @@ class LoopMetrics:
 
     def record_batch(self, handle_s: float, ack_wait_s: float, commit_s: float) -> None:
         """The handle, ack-wait and commit durations of one batch."""
-        labels = {"group": self.group}
+        labels = self._group_labels
+        if not labels:
+            labels["group"] = self.group
         self.handle_duration.record(handle_s, labels)
         self.ack_wait_duration.record(ack_wait_s, labels)
         self.commit_duration.record(commit_s, labels)
