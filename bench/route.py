@@ -15,8 +15,8 @@
    and forwarded → arrival, with the CPU share of the broker, the router (or pipe),
    the publisher and the reader (a process of its own, :func:`worker_reader`);
 5. with ``--metrics``, the router once more with its metrics on (served on loopback and
-   scraped every second, far more often than Prometheus would), run twice around a
-   second metrics-off run (off, on, …, on, off) so drift cancels; the on/off ratio
+   scraped every second, far more often than Prometheus would; ``--scrape-every``), run
+   twice around a second metrics-off run (off, on, …, on, off) so drift cancels; the ratio
    of referrals/s and of CPU per referral;
 6. prints referrals/s for both, the ratio router/baseline, CPU per referral (every
    thread, and the consume loop's thread alone), latency and peak RSS of each
@@ -225,9 +225,10 @@ def worker_router(
     ledger: bool = True,
     metrics: bool = False,
     run: str = "",
+    scrape_every: float = 1.0,
 ) -> dict[str, Any]:
     """The real router until it has routed ``n`` referrals (``ledger=False``: no events;
-    ``metrics``: its metrics served and scraped every second)."""
+    ``metrics``: its metrics served and scraped every ``scrape_every`` seconds, 0: never)."""
     settings = _settings(bootstrap, prefix)
     served = setup_metrics(0, "router") if metrics else None
     group = "router" if ledger else "router-noledger"
@@ -241,7 +242,8 @@ def worker_router(
         metrics=served,
     )
     stop = threading.Event()
-    scrapes = _scrape_every(served, stop) if served is not None else [0]
+    scraped = served is not None and scrape_every > 0
+    scrapes = _scrape_every(served, stop, scrape_every) if scraped else [0]  # type: ignore[arg-type]
     cpu0 = [0.0, 0.0]
     main_clock = time.pthread_getcpuclockid(threading.get_ident())
 
@@ -279,7 +281,9 @@ def worker_router(
     }
 
 
-def _run_worker(kind: str, bootstrap: str, prefix: str, n: int) -> dict[str, Any]:
+def _run_worker(
+    kind: str, bootstrap: str, prefix: str, n: int, scrape_every: float = 1.0
+) -> dict[str, Any]:
     kind, _, run = kind.partition("#")  # "router#2": a second run, in a group of its own
     out = subprocess.run(
         [
@@ -295,6 +299,8 @@ def _run_worker(kind: str, bootstrap: str, prefix: str, n: int) -> dict[str, Any
             "--n",
             str(n),
             *(["--run", f"-{run}"] if run else []),
+            "--scrape-every",
+            str(scrape_every),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -473,6 +479,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run the router with its metrics on (served, scraped every second); the ratio",
     )
+    ap.add_argument(
+        "--scrape-every",
+        type=float,
+        default=1.0,
+        help="with --metrics: seconds between scrapes (0: never; Prometheus's default is 15)",
+    )
     ap.add_argument("--run", default="", help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--prefix", default="", help=argparse.SUPPRESS)
@@ -500,6 +512,7 @@ def _run_as_worker(args: argparse.Namespace) -> bool:
                 ledger=args.worker != "router-noledger",
                 metrics=args.worker == "router-metrics",
                 run=args.run,
+                scrape_every=args.scrape_every,
             )
         print(json.dumps(out))
         return True
@@ -560,7 +573,10 @@ def _measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[s
             at = order.index("router")
             order[at + 1 : at + 1] = ["router-metrics"]
             order += ["router-metrics#2", "router#2"]
-        side = {kind: _run_worker(kind, broker.bootstrap, prefix, args.n) for kind in order}
+        side = {
+            kind: _run_worker(kind, broker.bootstrap, prefix, args.n, args.scrape_every)
+            for kind in order
+        }
         baseline, router, bare = side["baseline"], side["router"], side["router-noledger"]
         tuned = side["baseline-gc"]
         lat, pipe_lat = _latency_runs(args, network, broker)
@@ -603,6 +619,7 @@ def _measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[s
         "latency": lat,
         "baseline_latency": pipe_lat,
         **(_metrics_cost(side) if args.metrics else {}),
+        **({"scrape_every_s": args.scrape_every} if args.metrics else {}),
     }, side
 
 

@@ -96,8 +96,9 @@ class Settings(BaseSettings):
     otlp_endpoint: str | None = Field(
         default=None,
         description=(
-            "OTLP/HTTP base URL (``/v1/traces`` appended; a URL already ending so is kept): "
-            "the project's alias of OTEL_EXPORTER_OTLP_ENDPOINT, and it wins over every OTEL_* one."
+            "OTLP/HTTP base URL (``/v1/traces``, ``/v1/metrics`` appended; a URL ending in "
+            "``/v1/traces`` is taken as its base): the project's alias of "
+            "OTEL_EXPORTER_OTLP_ENDPOINT, and it wins over every OTEL_* one."
         ),
     )
     # The OpenTelemetry SDK's own variables (no REFERRAL_ prefix), as the specification names them.
@@ -110,6 +111,28 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices(
             "otel_exporter_otlp_traces_endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
         ),
+    )
+    otel_exporter_otlp_metrics_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "otel_exporter_otlp_metrics_endpoint", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+        ),
+    )
+    otel_metrics_exporter: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("otel_metrics_exporter", "OTEL_METRICS_EXPORTER"),
+    )
+    otel_metric_export_interval: int = Field(
+        default=60_000,
+        ge=1,
+        validation_alias=AliasChoices("otel_metric_export_interval", "OTEL_METRIC_EXPORT_INTERVAL"),
+        description="Milliseconds between two OTLP metric exports.",
+    )
+    otel_metric_export_timeout: int = Field(
+        default=30_000,
+        ge=1,
+        validation_alias=AliasChoices("otel_metric_export_timeout", "OTEL_METRIC_EXPORT_TIMEOUT"),
+        description="Milliseconds one OTLP metric export may take.",
     )
     otel_traces_exporter: str | None = Field(
         default=None, validation_alias=AliasChoices("otel_traces_exporter", "OTEL_TRACES_EXPORTER")

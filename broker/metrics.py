@@ -1,10 +1,10 @@
-"""OpenTelemetry metrics: one meter per component, scraped by Prometheus on loopback."""
+"""OpenTelemetry metrics: one meter per component, scraped on loopback or pushed over OTLP."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
@@ -12,8 +12,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 
+from broker.config import Settings
 from broker.errors import ConfigError
 from broker.kafka.reader import EndProbe
+from broker.tracing import otlp_endpoint_set, otlp_url, resource_attributes
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -21,6 +23,7 @@ __all__ = [
     "LoopMetrics",
     "Metrics",
     "WatchedLoop",
+    "metric_exporters_of",
     "setup_metrics",
 ]
 
@@ -61,21 +64,30 @@ class LoopMetrics:
     group: str
     #: Registers the loop with the process's lag and healing gauges.
     watch: Callable[[WatchedLoop], None]
+    #: Label sets made once and reused (the SDK hashes them at each add, the loop makes none).
+    _labels: dict[str, dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
+    _group_labels: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def _of(self, topic: str) -> dict[str, str]:
+        labels = self._labels.get(topic)
+        if labels is None:
+            labels = self._labels[topic] = {"topic": topic, "group": self.group}
+        return labels
 
     def record_consumed(self, topic: str, n: int = 1) -> None:
         """``n`` records read from ``topic``."""
-        self.consumed.add(n, {"topic": topic, "group": self.group})
+        self.consumed.add(n, self._of(topic))
 
     def record_produced(self, topic: str, n: int = 1) -> None:
         """``n`` records sent to ``topic`` because of consumed ones."""
-        self.produced.add(n, {"topic": topic, "group": self.group})
+        self.produced.add(n, self._of(topic))
 
     def record_counts(self, consumed: dict[str, int], produced: dict[str, int]) -> None:
         """One batch's records read and sent, by topic (one add per topic, not per record)."""
         for topic, n in consumed.items():
-            self.record_consumed(topic, n)
+            self.consumed.add(n, self._of(topic))
         for topic, n in produced.items():
-            self.record_produced(topic, n)
+            self.produced.add(n, self._of(topic))
 
     def record_dead_lettered(self, topic: str, stage: str, reason: str) -> None:
         """One record of ``topic`` dead-lettered at ``stage`` (``reason``: the error's type)."""
@@ -87,7 +99,9 @@ class LoopMetrics:
 
     def record_batch(self, handle_s: float, ack_wait_s: float, commit_s: float) -> None:
         """The handle, ack-wait and commit durations of one batch."""
-        labels = {"group": self.group}
+        labels = self._group_labels
+        if not labels:
+            labels["group"] = self.group
         self.handle_duration.record(handle_s, labels)
         self.ack_wait_duration.record(ack_wait_s, labels)
         self.commit_duration.record(commit_s, labels)
@@ -308,20 +322,70 @@ class Metrics:
             self.provider = None
 
 
-def setup_metrics(port: int | None, service: str) -> Metrics:
-    """Metrics of process ``service``, served on 127.0.0.1:``port`` (None: off; 0: a free port)."""
-    if port is None:
-        return Metrics(None)
+#: The Prometheus exporter's port when ``OTEL_METRICS_EXPORTER`` names it and no port is given.
+DEFAULT_PROMETHEUS_PORT = 9464
+_METRIC_EXPORTERS = frozenset({"otlp", "prometheus", "none"})
+
+
+def metric_exporters_of(settings: Settings | None, port: int | None) -> tuple[bool, int | None]:
+    """(OTLP on, the scrape port or None) as the settings and the port given choose.
+
+    ``OTEL_METRICS_EXPORTER`` is a comma list of ``otlp``, ``prometheus`` and ``none``;
+    unset, OTLP is on when an OTLP endpoint is set. A port given (``--metrics-port``,
+    ``REFERRAL_METRICS_PORT``) always serves; ``prometheus`` alone serves on 9464.
+    """
+    if settings is None:
+        return False, port
+    listed = (settings.otel_metrics_exporter or "").lower().split(",")
+    chosen = {name.strip() for name in listed if name.strip()}
+    unknown = sorted(chosen - _METRIC_EXPORTERS)
+    if unknown:
+        raise ConfigError(
+            f"OTEL_METRICS_EXPORTER={unknown[0][:32]!r} is not supported (otlp, prometheus or none)"
+        )
+    if not chosen:
+        return otlp_endpoint_set(settings, "metrics"), port
+    if port is None and "prometheus" in chosen:
+        port = DEFAULT_PROMETHEUS_PORT
+    return "otlp" in chosen, port
+
+
+def _otlp_reader(settings: Settings) -> Any:
     try:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import CollectorRegistry, start_http_server
-    except ImportError as exc:  # pragma: no cover - both are dependencies
-        raise ConfigError("metrics need opentelemetry-exporter-prometheus") from exc
-    registry = CollectorRegistry()
-    reader = PrometheusMetricReader(registry=registry)
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise ConfigError("OTLP metrics need opentelemetry-exporter-otlp-proto-http") from exc
+    exporter = OTLPMetricExporter(endpoint=otlp_url(settings, "metrics"))
+    return PeriodicExportingMetricReader(
+        exporter,
+        export_interval_millis=settings.otel_metric_export_interval,
+        export_timeout_millis=settings.otel_metric_export_timeout,
+    )
+
+
+def setup_metrics(port: int | None, service: str, settings: Settings | None = None) -> Metrics:
+    """Metrics of process ``service``: served on 127.0.0.1:``port`` (0: a free port) and, as
+    ``settings`` choose (:func:`metric_exporters_of`), pushed over OTLP/HTTP; neither: off."""
+    otlp, port = metric_exporters_of(settings, port)
+    if port is None and not otlp:
+        return Metrics(None)
+    readers: list[Any] = [_otlp_reader(settings)] if otlp and settings is not None else []
+    registry = None
+    if port is not None:
+        try:
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from prometheus_client import CollectorRegistry
+        except ImportError as exc:  # pragma: no cover - both are dependencies
+            raise ConfigError("metrics need opentelemetry-exporter-prometheus") from exc
+        registry = CollectorRegistry()
+        readers.append(PrometheusMetricReader(registry=registry))
+    attributes = (
+        {"service.name": service} if settings is None else resource_attributes(settings, service)
+    )
     provider = MeterProvider(
-        metric_readers=[reader],
-        resource=Resource.create({"service.name": service}),
+        metric_readers=readers,
+        resource=Resource.create(attributes),
         views=[
             View(
                 instrument_name="*duration",
@@ -329,9 +393,17 @@ def setup_metrics(port: int | None, service: str) -> Metrics:
             )
         ],
     )
+    if registry is None:
+        return Metrics(provider)
+    return Metrics(provider, _serve(provider, port or 0, registry))
+
+
+def _serve(provider: MeterProvider, port: int, registry: Any) -> Any:
+    from prometheus_client import start_http_server
+
     try:
         server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     except OSError as exc:
         provider.shutdown()
         raise ConfigError(f"metrics port {port}: {exc.strerror or type(exc).__name__}") from None
-    return Metrics(provider, server)
+    return server

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
 from google.protobuf.json_format import MessageToDict
@@ -40,8 +40,10 @@ __all__ = [
     "Tracing",
     "extract",
     "inject",
+    "otlp_endpoint_set",
     "otlp_json",
     "otlp_traces_url",
+    "otlp_url",
     "resource_attributes",
     "safe_attributes",
     "setup_tracing",
@@ -50,6 +52,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("referral.tracing")
+
+#: The OTLP signals the project exports.
+Signal = Literal["traces", "metrics"]
 
 
 #: The only span attributes ever recorded: ids, organisations, jurisdictions, topics, positions.
@@ -269,30 +274,49 @@ class Tracing:
             self.provider.shutdown()
 
 
-#: Where spans go when OTLP is chosen and no endpoint is set (the specification's default).
+#: Where OTLP goes when it is chosen and no endpoint is set (the specification's default).
 DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
-_TRACES_PATH = "/v1/traces"
+#: The path the specification appends to a base URL, per signal.
+SIGNAL_PATHS: dict[Signal, str] = {"traces": "/v1/traces", "metrics": "/v1/metrics"}
 
 
-def _signal_url(base: str) -> str:
-    """``base`` with ``/v1/traces`` appended, as the specification says for a base URL."""
-    return base.rstrip("/") + _TRACES_PATH
+def _signal_specific(settings: Settings, signal: Signal) -> str | None:
+    if signal == "traces":
+        return settings.otel_exporter_otlp_traces_endpoint
+    return settings.otel_exporter_otlp_metrics_endpoint
+
+
+def otlp_url(settings: Settings, signal: Signal) -> str:
+    """The URL OTLP/HTTP ``signal`` (traces or metrics) is posted to.
+
+    The project's ``otlp_endpoint`` (``REFERRAL_OTLP_ENDPOINT``) wins when set: a base
+    URL gets the signal's path (``/v1/traces``, ``/v1/metrics``) appended; one already
+    ending in a signal's path (the earlier, traces-only form) has it replaced. Otherwise
+    the signal-specific ``OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`` is used as it is, then
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` as a base URL, then ``http://localhost:4318``.
+    """
+    path = SIGNAL_PATHS[signal]
+    own = settings.otlp_endpoint
+    if own:
+        base = own.rstrip("/")
+        for known in SIGNAL_PATHS.values():
+            base = base.removesuffix(known)
+        return base + path
+    specific = _signal_specific(settings, signal)
+    if specific:
+        return specific
+    return (settings.otel_exporter_otlp_endpoint or DEFAULT_OTLP_ENDPOINT).rstrip("/") + path
+
+
+def otlp_endpoint_set(settings: Settings, signal: Signal) -> bool:
+    """Whether any endpoint ``signal`` would be sent to is set (the project's or an OTEL_* one)."""
+    generic = (settings.otlp_endpoint, settings.otel_exporter_otlp_endpoint)
+    return any(generic) or bool(_signal_specific(settings, signal))
 
 
 def otlp_traces_url(settings: Settings) -> str:
-    """The URL OTLP/HTTP spans are posted to.
-
-    The project's ``otlp_endpoint`` (``REFERRAL_OTLP_ENDPOINT``) wins when set: a base
-    URL gets ``/v1/traces`` appended, one already ending in it (the earlier form) is
-    kept. Otherwise ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is used as it is, then
-    ``OTEL_EXPORTER_OTLP_ENDPOINT`` as a base URL, then ``http://localhost:4318``.
-    """
-    own = settings.otlp_endpoint
-    if own:
-        return own if own.rstrip("/").endswith(_TRACES_PATH) else _signal_url(own)
-    if settings.otel_exporter_otlp_traces_endpoint:
-        return settings.otel_exporter_otlp_traces_endpoint
-    return _signal_url(settings.otel_exporter_otlp_endpoint or DEFAULT_OTLP_ENDPOINT)
+    """The URL OTLP/HTTP spans are posted to (:func:`otlp_url` for traces)."""
+    return otlp_url(settings, "traces")
 
 
 def trace_exporter_of(settings: Settings) -> str:
@@ -307,12 +331,7 @@ def trace_exporter_of(settings: Settings) -> str:
                 f"OTEL_TRACES_EXPORTER={chosen[:32]!r} is not supported (otlp, console or none)"
             )
         return chosen
-    endpoints = (
-        settings.otlp_endpoint,
-        settings.otel_exporter_otlp_endpoint,
-        settings.otel_exporter_otlp_traces_endpoint,
-    )
-    return "otlp" if any(endpoints) else "none"
+    return "otlp" if otlp_endpoint_set(settings, "traces") else "none"
 
 
 def resource_attributes(settings: Settings, service: str) -> dict[str, str]:

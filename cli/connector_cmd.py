@@ -79,7 +79,9 @@ def run(
     settings = st.settings
     stop = service_stop_event()
     metrics = setup_metrics(
-        metrics_port if metrics_port is not None else settings.metrics_port, f"connectors-{org}"
+        metrics_port if metrics_port is not None else settings.metrics_port,
+        f"connectors-{org}",
+        settings,
     )
     try:
         runtime = ConnectorRuntime(

@@ -252,7 +252,7 @@ def _start_everything(
     settings: Settings, network: Network, codec: Codec, env: dict[str, str], stack: ExitStack
 ) -> tuple[Router, dict[str, ConnectorRuntime]]:
     # One process, one scrape endpoint: every component's meter is served on it.
-    metrics = setup_metrics(settings.metrics_port, "demo")
+    metrics = setup_metrics(settings.metrics_port, "demo", settings)
     stack.callback(metrics.shutdown)
     if metrics.port is not None:
         console.print(f"metrics on http://127.0.0.1:{metrics.port}/metrics")

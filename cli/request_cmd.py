@@ -325,7 +325,9 @@ def watch_cmd(
 ) -> None:
     """Receive ORG's police messages and flag overdue requests until stopped."""
     stop = service_stop_event()
-    metrics = setup_metrics(metrics_port, f"requests-{org}")
+    settings = state(ctx).settings
+    port = metrics_port if metrics_port is not None else settings.metrics_port
+    metrics = setup_metrics(port, f"requests-{org}", settings)
     try:
         with _desk(ctx, org, network_file) as desk:
             watcher = OverdueWatcher(desk, metrics=metrics).start()

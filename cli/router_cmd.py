@@ -64,7 +64,7 @@ def route(
     codec = Codec.from_settings(settings)
     tracing = setup_tracing(settings, "router")
     metrics = setup_metrics(
-        metrics_port if metrics_port is not None else settings.metrics_port, "router"
+        metrics_port if metrics_port is not None else settings.metrics_port, "router", settings
     )
     router = Router(
         settings,
