@@ -167,3 +167,42 @@ def test_pdq_copies_within_31_bits_are_marked_near_duplicates_and_40_plus_are_no
     near = [i["previously_assessed"] for i in items if i["previously_assessed"]]
     assert near
     assert all(n["kind"] == NEAR and isinstance(n["distance"], int) for n in near)
+
+    # Hidden from view, the liaison's choice: hl-b's first three referrals are near copies
+    # only (0-29 bits); the fourth mixes near and far copies and stays; hl-a's five stay.
+    hide = CliRunner().invoke(
+        app, ["--state-dir", state, "inbox", RECEIVER, "--json", "--hide-known"]
+    )
+    assert hide.exit_code == 0, hide.output
+    kept = json.loads(hide.stdout)
+    assert len(rows) == 10
+    assert len(kept) == 7
+    assert "3 referral(s) holding only content assessed before hidden" in hide.stderr
+    mixed = next(r for r in kept if r["previously_assessed"])  # 30, 31 near; 40+ far
+    assert sorted(m["distance"] for m in mixed["previously_assessed"]) == [30, 31]
+    hidden_show = CliRunner().invoke(
+        app,
+        ["show", mixed["referral_id"], "--as", RECEIVER, "--hide-known"],
+        env=cli_env(settings),
+    )
+    assert hidden_show.exit_code == 0, hidden_show.output
+    assert "2 item(s) assessed before hidden (--hide-known)" in hidden_show.output
+    whole = CliRunner().invoke(
+        app, ["show", mixed["referral_id"], "--as", RECEIVER, "--json"], env=cli_env(settings)
+    )
+    listed = json.loads(whole.output)
+    near_ids = {i["item_id"] for i in listed["items"] if i["previously_assessed"]}
+    assert len(near_ids) == 2
+    cut = CliRunner().invoke(
+        app,
+        ["show", mixed["referral_id"], "--as", RECEIVER, "--json", "--hide-known"],
+        env=cli_env(settings),
+    )
+    cut_json = json.loads(cut.stdout)
+    assert cut_json["known_items_hidden"] == 2
+    assert {i["item_id"] for i in cut_json["items"]} == (
+        {i["item_id"] for i in listed["items"]} - near_ids
+    )
+    assert all(
+        i["item_id"] not in hidden_show.output for i in listed["items"] if i["item_id"] in near_ids
+    )
