@@ -18,6 +18,7 @@ topic and of the evaluator's and operator's stores, and the attacker's guesses.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import random
 import re
@@ -562,41 +563,65 @@ def _chain(*its: Iterator[bytes]) -> Iterator[bytes]:
 # -- the benchmark: python -m bench.known_net ----------------------------------------------------
 
 
+def _pdq_rows(
+    rng: random.Random, items: int, chunk: Any, holds: int
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[bytes]]:
+    """Entries of ``items`` PDQ items (32 each), own_pdq rows of every ``holds``-th, hashes."""
+    from broker.known.pdq import chunk_inputs
+
+    rows: list[tuple[Any, ...]] = []
+    own: list[tuple[Any, ...]] = []
+    hashes: list[bytes] = []
+    for n in range(items):
+        pdq = rng.randbytes(32)
+        ref = f"p{n:031x}"
+        hashes.append(pdq)
+        for c in chunk_inputs(pdq):
+            rows.append((chunk(c), "k", HOTLINES[n % 3], ref, "pdq", "AMBER", n, "BASELINE", None))
+        if n % holds == 0:
+            own.append((f"r{n}", "i", "k", ref, pdq))
+    return rows, own, hashes
+
+
 def lookup_figures(
-    directory: Path, tokens: int = 1_000_000, rate: float = 100.0, seconds: float = 20.0
+    directory: Path,
+    tokens: int = 1_000_000,
+    rate: float = 100.0,
+    seconds: float = 20.0,
+    pdq_share: float = 0.0,
 ) -> dict[str, float]:
     """Lookups of one item (three tokens) at ``rate``/s in a MatchIndex of ``tokens`` entries.
 
     Entries are random 32-byte values (an OPRF output is indistinguishable from them);
     half the looked-up items are known. Latency from each lookup's scheduled time.
+    ``pdq_share``: that share of the entries are PDQ chunks (32 per item, real chunk
+    tokens: only 8,192 exist), the index holds every tenth item's hash, and every lookup
+    is then also a PDQ one (``near``: half of them 10 bits from an indexed item).
     """
     import os
     import sqlite3 as sq
+
+    from broker.known.pdq import chunk_inputs, hamming
 
     index = MatchIndex(directory / "lookup.sqlite3")
     rng = random.Random(5)
     known: list[bytes] = []
     started = time.perf_counter()
     conn = sq.connect(directory / "lookup.sqlite3")
-    rows = []
-    for n in range(tokens):
+    key = EvaluatorKey.derive("k", bytes(32))
+    chunk = functools.cache(lambda c: key.token(c).value)
+    pdq_items = int(tokens * pdq_share) // 32
+    pdq_rows, own, hashes = _pdq_rows(rng, pdq_items, chunk, 10)
+    conn.executemany("INSERT INTO own_pdq VALUES (?,?,?,?,?)", own)
+    rows = pdq_rows
+    for n in range(tokens - len(pdq_rows)):
         token = rng.randbytes(TOKEN_BYTES)
         if n % 1000 == 0:
             known.append(token)
         rows.append(
-            (
-                token,
-                "k",
-                HOTLINES[n % 3],
-                f"{n:032x}",
-                "sha256",
-                "AMBER",
-                n,
-                "BASELINE",
-                None,
-            )
+            (token, "k", HOTLINES[n % 3], f"{n:032x}", "sha256", "AMBER", n, "BASELINE", None)
         )
-        if len(rows) == 50_000:
+        if len(rows) >= 50_000:
             conn.executemany("INSERT INTO tokens VALUES (?,?,?,?,?,?,?,?,?)", rows)
             conn.commit()
             rows = []
@@ -606,7 +631,7 @@ def lookup_figures(
     build_s = time.perf_counter() - started
     latencies: list[float] = []
     alone: list[float] = []
-    hits = 0
+    hits = near_hits = 0
     t0 = time.perf_counter()
     count = int(rate * seconds)
     for i in range(count):
@@ -617,8 +642,17 @@ def lookup_figures(
         first = known[i % len(known)] if i % 2 == 0 else os.urandom(TOKEN_BYTES)
         wanted = [("sha256", "k", first), ("md5", "k", os.urandom(TOKEN_BYTES))]
         wanted.append(("url", "k", os.urandom(TOKEN_BYTES)))
+        query = None
+        if hashes:
+            base = hashes[(i * 7) % len(hashes)] if i % 2 == 0 else os.urandom(32)
+            mask = sum(1 << p for p in rng.sample(range(256), 10))
+            query = (int.from_bytes(base, "big") ^ mask).to_bytes(32, "big")
+            assert hamming(query, base) == 10
         asked = time.perf_counter()
         hits += index.match(wanted, "r", "i", 2**62) is not None
+        if query is not None:
+            qtokens = [chunk(c) for c in chunk_inputs(query)]
+            near_hits += index.near("k", qtokens, query, "mine", 2**62) is not None
         done = time.perf_counter()
         latencies.append(done - due)
         alone.append(done - asked)
@@ -629,12 +663,15 @@ def lookup_figures(
         "query_alone_p50_ms": 1000 * alone[len(alone) // 2],
         "query_alone_p99_ms": 1000 * alone[int(len(alone) * 0.99)],
         "tokens": tokens,
+        "pdq_entries": len(pdq_rows) if hashes else 0,
         "build_s": build_s,
         "lookups": count,
         "hits": hits,
+        "near_hits": near_hits,
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
         "max_ms": 1000 * latencies[-1],
+        "load_1min": os.getloadavg()[0],
     }
 
 
@@ -713,12 +750,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--lookups-only", action="store_true", help="Only the index lookups.")
+    parser.add_argument(
+        "--pdq-share", type=float, default=0.0, help="Share of PDQ chunk entries (lookups)."
+    )
     args = parser.parse_args(argv)
     if args.lookups_only:
         import tempfile as tf
 
         with tf.TemporaryDirectory(prefix="known-lookups-") as tmp:
-            print(json.dumps(lookup_figures(Path(tmp), args.tokens, 100.0, args.seconds)))
+            lk = lookup_figures(Path(tmp), args.tokens, 100.0, args.seconds, args.pdq_share)
+            print(json.dumps(lk))
         return
     with tempfile.TemporaryDirectory(prefix="known-bench-") as tmp:
         run_dir = Path(tmp)

@@ -391,22 +391,22 @@ class MatchIndex:
         entries have reference ``mine`` aside): confirmed at distance ≤ 31 where this index
         holds its hash too, else possible when it shares :data:`POSSIBLE_SHARED` chunks."""
         marks = ",".join("?" * len(chunks))
+        # One query: the candidates held here (their hash joined) or sharing enough chunks.
         rows = self._db.query(
-            "SELECT holder, ref, MIN(tlp) AS tlp, MIN(assessed_at_ms) AS at,"
-            " MIN(classification) AS classification, MIN(case_status) AS case_status,"
-            " COUNT(*) AS shared FROM tokens"
-            f" WHERE token IN ({marks}) AND key_id = ? AND kind = 'pdq' AND assessed_at_ms <= ?"
-            " GROUP BY holder, ref",
-            (*chunks, key_id, before_ms),
+            "SELECT t.holder AS holder, t.ref AS ref, MIN(t.tlp) AS tlp,"
+            " MIN(t.assessed_at_ms) AS at, MIN(t.classification) AS classification,"
+            " MIN(t.case_status) AS case_status, COUNT(*) AS shared,"
+            " (SELECT o.pdq FROM own_pdq o WHERE o.ref = t.ref LIMIT 1) AS held"
+            f" FROM tokens t WHERE t.token IN ({marks}) AND t.key_id = ? AND t.kind = 'pdq'"
+            " AND t.assessed_at_ms <= ? AND t.ref <> ?"
+            " GROUP BY t.holder, t.ref HAVING shared >= ? OR held IS NOT NULL",
+            (*chunks, key_id, before_ms, mine, POSSIBLE_SHARED),
         )
         best: tuple[tuple[int, int, int], PreviouslyAssessed] | None = None
         for r in rows:
-            if r["ref"] == mine:
-                continue
-            held = self._db.query("SELECT pdq FROM own_pdq WHERE ref = ? LIMIT 1", (r["ref"],))
             shared, at = int(r["shared"]), int(r["at"])
-            if held:
-                distance = hamming(pdq, bytes(held[0]["pdq"]))
+            if r["held"] is not None:
+                distance = hamming(pdq, bytes(r["held"]))
                 if distance > MAX_DISTANCE:
                     continue  # confirmed not a near-duplicate
                 kind, rank = NEAR, (0, distance, at)
