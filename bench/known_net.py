@@ -583,6 +583,34 @@ def _pdq_rows(
     return rows, own, hashes
 
 
+def _fill(
+    path: Path, rng: random.Random, tokens: int, pdq_share: float, chunk: Any
+) -> tuple[list[bytes], list[bytes], int]:
+    """Write ``tokens`` entries into the index file; the known exact tokens, the PDQ hashes
+    and the PDQ entries written."""
+    import sqlite3 as sq
+
+    known: list[bytes] = []
+    conn = sq.connect(path)
+    rows, own, hashes = _pdq_rows(rng, int(tokens * pdq_share) // 32, chunk, 10)
+    pdq_entries = len(rows)
+    conn.executemany("INSERT INTO own_pdq VALUES (?,?,?,?,?)", own)
+    for n in range(tokens - pdq_entries):
+        token = rng.randbytes(TOKEN_BYTES)
+        if n % 1000 == 0:
+            known.append(token)
+        ref = f"{n:032x}"
+        rows.append((token, "k", HOTLINES[n % 3], ref, "sha256", "AMBER", n, "BASELINE", None))
+        if len(rows) >= 50_000:
+            conn.executemany("INSERT INTO tokens VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            conn.commit()
+            rows = []
+    conn.executemany("INSERT INTO tokens VALUES (?,?,?,?,?,?,?,?,?)", rows)
+    conn.commit()
+    conn.close()
+    return known, hashes, pdq_entries
+
+
 def lookup_figures(
     directory: Path,
     tokens: int = 1_000_000,
@@ -599,35 +627,15 @@ def lookup_figures(
     is then also a PDQ one (``near``: half of them 10 bits from an indexed item).
     """
     import os
-    import sqlite3 as sq
 
     from broker.known.pdq import chunk_inputs, hamming
 
     index = MatchIndex(directory / "lookup.sqlite3")
     rng = random.Random(5)
-    known: list[bytes] = []
-    started = time.perf_counter()
-    conn = sq.connect(directory / "lookup.sqlite3")
     key = EvaluatorKey.derive("k", bytes(32))
     chunk = functools.cache(lambda c: key.token(c).value)
-    pdq_items = int(tokens * pdq_share) // 32
-    pdq_rows, own, hashes = _pdq_rows(rng, pdq_items, chunk, 10)
-    conn.executemany("INSERT INTO own_pdq VALUES (?,?,?,?,?)", own)
-    rows = pdq_rows
-    for n in range(tokens - len(pdq_rows)):
-        token = rng.randbytes(TOKEN_BYTES)
-        if n % 1000 == 0:
-            known.append(token)
-        rows.append(
-            (token, "k", HOTLINES[n % 3], f"{n:032x}", "sha256", "AMBER", n, "BASELINE", None)
-        )
-        if len(rows) >= 50_000:
-            conn.executemany("INSERT INTO tokens VALUES (?,?,?,?,?,?,?,?,?)", rows)
-            conn.commit()
-            rows = []
-    conn.executemany("INSERT INTO tokens VALUES (?,?,?,?,?,?,?,?,?)", rows)
-    conn.commit()
-    conn.close()
+    started = time.perf_counter()
+    known, hashes, pdq_entries = _fill(directory / "lookup.sqlite3", rng, tokens, pdq_share, chunk)
     build_s = time.perf_counter() - started
     latencies: list[float] = []
     alone: list[float] = []
@@ -663,7 +671,7 @@ def lookup_figures(
         "query_alone_p50_ms": 1000 * alone[len(alone) // 2],
         "query_alone_p99_ms": 1000 * alone[int(len(alone) * 0.99)],
         "tokens": tokens,
-        "pdq_entries": len(pdq_rows) if hashes else 0,
+        "pdq_entries": pdq_entries,
         "build_s": build_s,
         "lookups": count,
         "hits": hits,
