@@ -683,8 +683,9 @@ def lookup_figures(
     }
 
 
-def publish_cost(settings: Settings, referrals: int = 100) -> dict[str, float]:
-    """Publishing the same kind of referrals (10 items) with and without the known hook."""
+def publish_cost(settings: Settings, referrals: int = 100, pdq: bool = False) -> dict[str, float]:
+    """Publishing the same kind of referrals (10 items) with and without the known hook
+    (``pdq``: every item carries a PDQ hash too, 32 more elements and entries)."""
     settings, network = known_network(settings, rate=10**7)
     codec = Codec.from_settings(settings)
     rng = random.Random(3)
@@ -704,6 +705,9 @@ def publish_cost(settings: Settings, referrals: int = 100) -> dict[str, float]:
                 )
                 for k in range(0, len(planned), PER_REFERRAL)
             ]
+            for _, doc in docs if pdq else ():
+                for item in doc["body"]["items"]:
+                    item["hashes"].append({"algorithm": "PDQ", "value": rng.randbytes(32).hex()})
             started = time.perf_counter()
             result = publisher.publish(docs)
             took = time.perf_counter() - started
@@ -744,6 +748,26 @@ def evaluation_cpu(items: int = 1000) -> dict[str, float]:
     }
 
 
+def _costs() -> dict[str, dict[str, float]]:
+    """The publishing cost on a fresh embedded broker: exact hashes and URLs, then with PDQ."""
+    import os
+    import tempfile
+
+    from broker.kafka.embedded import EmbeddedBroker
+
+    out: dict[str, dict[str, float]] = {}
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="known-cost-")))
+        broker = stack.enter_context(EmbeddedBroker(log_path=tmp / "broker.log").start())
+        for pdq in (False, True):
+            name = "pdq" if pdq else "exact"
+            base = Settings(bootstrap_servers=broker.bootstrap, state_dir=tmp / name)
+            load = os.getloadavg()[0]
+            cost = publish_cost(base.model_copy(update={"topic_prefix": f"{name}."}), pdq=pdq)
+            out[name] = {**cost, "load_1min": max(load, os.getloadavg()[0])}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the scenario, the publishing A/B and the lookups on a fresh embedded broker."""
     import argparse
@@ -759,6 +783,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--lookups-only", action="store_true", help="Only the index lookups.")
     parser.add_argument(
+        "--cost-only", action="store_true", help="Only the publishing cost, without and with PDQ."
+    )
+    parser.add_argument(
         "--pdq-share", type=float, default=0.0, help="Share of PDQ chunk entries (lookups)."
     )
     args = parser.parse_args(argv)
@@ -768,6 +795,9 @@ def main(argv: list[str] | None = None) -> None:
         with tf.TemporaryDirectory(prefix="known-lookups-") as tmp:
             lk = lookup_figures(Path(tmp), args.tokens, 100.0, args.seconds, args.pdq_share)
             print(json.dumps(lk))
+        return
+    if args.cost_only:
+        print(json.dumps(_costs(), indent=2))
         return
     with tempfile.TemporaryDirectory(prefix="known-bench-") as tmp:
         run_dir = Path(tmp)
