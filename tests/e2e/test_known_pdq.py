@@ -127,7 +127,9 @@ def test_pdq_copies_within_31_bits_are_marked_near_duplicates_and_40_plus_are_no
             app, ["check", str(checked), "--as", "hl-b"], env=cli_env(settings)
         )
         assert check.exit_code == 0, check.output
-        assert "possible near-duplicate held by hl-a \u2014 ask them" in check.output
+        assert "may hold known content: possible near-duplicate held by hl-a \u2014 ask them" in (
+            check.output
+        )
         assert "previously assessed" not in check.output
         second = net.publishers["hl-b"].publish([(str(n), d) for n, d in enumerate(b_docs)])
         assert second.ok
