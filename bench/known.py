@@ -7,7 +7,9 @@
    token for the origin (blind + finalize) and the evaluator (checks + BlindEvaluate);
 2. PDQ: 10,000 synthetic pairs (0–31 and 40–128 flipped bits) through ``PdqIndex``
    in indexes of 1,000 originals: recall, false-match rate, share of unconfirmed
-   candidates;
+   candidates; and the same through ``MatchIndex.near`` (what a member's lookup runs):
+   confirmed with both hashes held, and the share of possible near-duplicates where
+   only the earlier holder's entries are held (``--pdq-only``: just these);
 3. lookups: an index of ``--tokens`` tokens (random 32-byte values: an OPRF output is
    indistinguishable from them, and deriving a million real ones would take minutes of
    CPU) in a Python dict and in SQLite (a file, ``WITHOUT ROWID``, token primary key);
@@ -35,8 +37,9 @@ from typing import Any
 
 from bench.procstat import percentile
 from broker.known import oprf
+from broker.known.index import NEAR, POSSIBLE, MatchIndex, OwnPdq
 from broker.known.normalise import hash_input, url_input
-from broker.known.pdq import MAX_DISTANCE, PdqIndex, chunk_inputs
+from broker.known.pdq import MAX_DISTANCE, PdqIndex, chunk_inputs, group_reference
 from broker.known.tokens import (
     TOKEN_BYTES,
     Evaluator,
@@ -47,6 +50,7 @@ from broker.known.tokens import (
     blind_batch,
     unblind,
 )
+from broker.known.wire import MatchRecord
 
 TOKENS_PER_ITEM = 4
 CLASSIFICATIONS = ("BASELINE", "NATIONAL", "NOT_ILLEGAL")
@@ -146,6 +150,66 @@ def pdq_figures(pairs: int, group: int = 1000) -> dict[str, float]:
     }
 
 
+def pdq_index_figures(pairs: int, group: int = 1000) -> dict[str, float]:
+    """The same kind of pairs through the members' ``MatchIndex`` (SQLite), as ``lookup``
+    meets them: confirmed where the looker holds both hashes, possible where it holds only
+    its own (the earlier holder's entries alone)."""
+    key = EvaluatorKey.derive("bench-pdq", os.urandom(32))
+    chunk = cache(lambda c: key.token(c).value)
+    rng = random.Random(42)
+    near = far = confirmed = exact_distance = false = possible_near = possible_far = 0
+    latencies: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="pdq-index-") as tmp:
+        for start in range(0, pairs, group):
+            both = MatchIndex(Path(tmp) / f"both-{start}.sqlite3")  # e.g. the recipient of both
+            alone = MatchIndex(Path(tmp) / f"alone-{start}.sqlite3")  # e.g. the later origin
+            queries = []
+            for n in range(start, min(start + group, pairs)):
+                bits = n % (MAX_DISTANCE + 1) if n % 2 == 0 else rng.randint(40, 128)
+                original = rng.randbytes(32)
+                mask = sum(1 << p for p in rng.sample(range(256), bits))
+                variant = (int.from_bytes(original, "big") ^ mask).to_bytes(32, "big")
+                tokens = [chunk(c) for c in chunk_inputs(original)]
+                ref = group_reference(tokens, f"a{n}", "i")
+                entries = [
+                    MatchRecord(key.key_id, t.hex(), "hl-a", ref, "pdq", "AMBER", 1, "BASELINE")
+                    for t in tokens
+                ]
+                both.add(entries)
+                alone.add(entries)
+                both.add_own_pdq([OwnPdq(f"a{n}", "i", key.key_id, ref, original)])
+                queries.append((n, variant, bits))
+            for n, variant, bits in queries:
+                tokens = [chunk(c) for c in chunk_inputs(variant)]
+                mine = group_reference(tokens, f"b{n}", "i")
+                began = time.perf_counter()
+                hit = both.near(key.key_id, tokens, variant, mine, 2)
+                latencies.append((time.perf_counter() - began) * 1000)
+                maybe = alone.near(key.key_id, tokens, variant, mine, 2)
+                is_possible = maybe is not None and maybe.kind == POSSIBLE
+                if bits <= MAX_DISTANCE:
+                    near += 1
+                    confirmed += hit is not None and hit.kind == NEAR
+                    exact_distance += hit is not None and hit.distance == bits
+                    possible_near += is_possible
+                else:
+                    far += 1
+                    false += hit is not None
+                    possible_far += is_possible
+            both.close()
+            alone.close()
+    return {
+        "pairs": pairs,
+        "recall": confirmed / near,
+        "right_distance": exact_distance / near,
+        "false_match_rate": false / far,
+        "possible_near": possible_near / near,
+        "possible_far": possible_far / far,
+        "lookup_p50_ms": percentile(latencies, 50),
+        "lookup_p99_ms": percentile(latencies, 99),
+    }
+
+
 def _lookups(
     lookup: Callable[[Sequence[bytes]], list[Any]],
     known: list[bytes],
@@ -230,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=1_000_000, help="tokens in the index")
     parser.add_argument("--rate", type=float, default=100.0, help="lookups per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds of lookups")
+    parser.add_argument("--pdq-only", action="store_true", help="Only the PDQ figures.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result: dict[str, Any] = {
@@ -237,29 +302,47 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         ),
         "load_before": os.getloadavg()[0],
-        "evaluation": evaluation_cost(args.items, args.batch),
-        "pdq": pdq_figures(args.pairs),
-        "index": index_figures(args.tokens, args.rate, args.seconds),
-        "load_after": os.getloadavg()[0],
     }
+    if not args.pdq_only:
+        result["evaluation"] = evaluation_cost(args.items, args.batch)
+    result["pdq"] = pdq_figures(args.pairs)
+    result["pdq_index"] = pdq_index_figures(args.pairs)
+    if not args.pdq_only:
+        result["index"] = index_figures(args.tokens, args.rate, args.seconds)
+    result["load_after"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    ev, pdq, ix = result["evaluation"], result["pdq"], result["index"]
     print(
         f"machine {result['machine']}, load {result['load_before']:.2f}→{result['load_after']:.2f}"
     )
+    _print_pdq(result["pdq"], result["pdq_index"])
+    if not args.pdq_only:
+        _print_rest(result["evaluation"], result["index"])
+
+
+def _print_pdq(pdq: dict[str, Any], px: dict[str, Any]) -> None:
+    print(
+        f"PDQ {pdq['pairs']:,} pairs: recall {pdq['recall']:.4f}, false-match rate"
+        f" {pdq['false_match_rate']:.4f}, unrelated matches {pdq['unrelated_matches']},"
+        f" unconfirmed candidates {pdq['candidate_share']:.1%} of the index"
+    )
+    print(
+        f"PDQ through MatchIndex, {px['pairs']:,} pairs: recall {px['recall']:.4f} (right"
+        f" distance {px['right_distance']:.4f}), false-match rate {px['false_match_rate']:.4f};"
+        f" without the earlier hash: possible {px['possible_near']:.4f} of near,"
+        f" {px['possible_far']:.4f} of far pairs; near() p50 {px['lookup_p50_ms']:.2f} ms,"
+        f" p99 {px['lookup_p99_ms']:.2f} ms"
+    )
+
+
+def _print_rest(ev: dict[str, Any], ix: dict[str, Any]) -> None:
     print(
         f"OPRF per token (CPU µs, {ev['tokens']:,} tokens): blind {ev['blind_us']:.0f},"
         f" evaluate {ev['evaluate_us']:.0f}, finalize {ev['finalize_us']:.0f};"
         f" origin {ev['origin_us']:.0f}, total {ev['total_us']:.0f};"
         f" per item of {TOKENS_PER_ITEM} tokens {ev['per_item_us']:.0f};"
         f" key holder's Evaluate {ev['key_holder_evaluate_us']:.0f}"
-    )
-    print(
-        f"PDQ {pdq['pairs']:,} pairs: recall {pdq['recall']:.4f}, false-match rate"
-        f" {pdq['false_match_rate']:.4f}, unrelated matches {pdq['unrelated_matches']},"
-        f" unconfirmed candidates {pdq['candidate_share']:.1%} of the index"
     )
     for name in ("dict", "sqlite"):
         lk = ix[name]

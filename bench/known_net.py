@@ -18,6 +18,7 @@ topic and of the evaluator's and operator's stores, and the attacker's guesses.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import random
 import re
@@ -562,51 +563,83 @@ def _chain(*its: Iterator[bytes]) -> Iterator[bytes]:
 # -- the benchmark: python -m bench.known_net ----------------------------------------------------
 
 
-def lookup_figures(
-    directory: Path, tokens: int = 1_000_000, rate: float = 100.0, seconds: float = 20.0
-) -> dict[str, float]:
-    """Lookups of one item (three tokens) at ``rate``/s in a MatchIndex of ``tokens`` entries.
+def _pdq_rows(
+    rng: random.Random, items: int, chunk: Any, holds: int
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[bytes]]:
+    """Entries of ``items`` PDQ items (32 each), own_pdq rows of every ``holds``-th, hashes."""
+    from broker.known.pdq import chunk_inputs
 
-    Entries are random 32-byte values (an OPRF output is indistinguishable from them);
-    half the looked-up items are known. Latency from each lookup's scheduled time.
-    """
-    import os
+    rows: list[tuple[Any, ...]] = []
+    own: list[tuple[Any, ...]] = []
+    hashes: list[bytes] = []
+    for n in range(items):
+        pdq = rng.randbytes(32)
+        ref = f"p{n:031x}"
+        hashes.append(pdq)
+        for c in chunk_inputs(pdq):
+            rows.append((chunk(c), "k", HOTLINES[n % 3], ref, "pdq", "AMBER", n, "BASELINE", None))
+        if n % holds == 0:
+            own.append((f"r{n}", "i", "k", ref, pdq))
+    return rows, own, hashes
+
+
+def _fill(
+    path: Path, rng: random.Random, tokens: int, pdq_share: float, chunk: Any
+) -> tuple[list[bytes], list[bytes], int]:
+    """Write ``tokens`` entries into the index file; the known exact tokens, the PDQ hashes
+    and the PDQ entries written."""
     import sqlite3 as sq
 
-    index = MatchIndex(directory / "lookup.sqlite3")
-    rng = random.Random(5)
     known: list[bytes] = []
-    started = time.perf_counter()
-    conn = sq.connect(directory / "lookup.sqlite3")
-    rows = []
-    for n in range(tokens):
+    conn = sq.connect(path)
+    rows, own, hashes = _pdq_rows(rng, int(tokens * pdq_share) // 32, chunk, 10)
+    pdq_entries = len(rows)
+    conn.executemany("INSERT INTO own_pdq VALUES (?,?,?,?,?)", own)
+    for n in range(tokens - pdq_entries):
         token = rng.randbytes(TOKEN_BYTES)
         if n % 1000 == 0:
             known.append(token)
-        rows.append(
-            (
-                token,
-                "k",
-                HOTLINES[n % 3],
-                f"{n:032x}",
-                "sha256",
-                "AMBER",
-                n,
-                "BASELINE",
-                None,
-            )
-        )
-        if len(rows) == 50_000:
+        ref = f"{n:032x}"
+        rows.append((token, "k", HOTLINES[n % 3], ref, "sha256", "AMBER", n, "BASELINE", None))
+        if len(rows) >= 50_000:
             conn.executemany("INSERT INTO tokens VALUES (?,?,?,?,?,?,?,?,?)", rows)
             conn.commit()
             rows = []
     conn.executemany("INSERT INTO tokens VALUES (?,?,?,?,?,?,?,?,?)", rows)
     conn.commit()
     conn.close()
+    return known, hashes, pdq_entries
+
+
+def lookup_figures(
+    directory: Path,
+    tokens: int = 1_000_000,
+    rate: float = 100.0,
+    seconds: float = 20.0,
+    pdq_share: float = 0.0,
+) -> dict[str, float]:
+    """Lookups of one item (three tokens) at ``rate``/s in a MatchIndex of ``tokens`` entries.
+
+    Entries are random 32-byte values (an OPRF output is indistinguishable from them);
+    half the looked-up items are known. Latency from each lookup's scheduled time.
+    ``pdq_share``: that share of the entries are PDQ chunks (32 per item, real chunk
+    tokens: only 8,192 exist), the index holds every tenth item's hash, and every lookup
+    is then also a PDQ one (``near``: half of them 10 bits from an indexed item).
+    """
+    import os
+
+    from broker.known.pdq import chunk_inputs, hamming
+
+    index = MatchIndex(directory / "lookup.sqlite3")
+    rng = random.Random(5)
+    key = EvaluatorKey.derive("k", bytes(32))
+    chunk = functools.cache(lambda c: key.token(c).value)
+    started = time.perf_counter()
+    known, hashes, pdq_entries = _fill(directory / "lookup.sqlite3", rng, tokens, pdq_share, chunk)
     build_s = time.perf_counter() - started
     latencies: list[float] = []
     alone: list[float] = []
-    hits = 0
+    hits = near_hits = 0
     t0 = time.perf_counter()
     count = int(rate * seconds)
     for i in range(count):
@@ -617,8 +650,17 @@ def lookup_figures(
         first = known[i % len(known)] if i % 2 == 0 else os.urandom(TOKEN_BYTES)
         wanted = [("sha256", "k", first), ("md5", "k", os.urandom(TOKEN_BYTES))]
         wanted.append(("url", "k", os.urandom(TOKEN_BYTES)))
+        query = None
+        if hashes:
+            base = hashes[(i * 7) % len(hashes)] if i % 2 == 0 else os.urandom(32)
+            mask = sum(1 << p for p in rng.sample(range(256), 10))
+            query = (int.from_bytes(base, "big") ^ mask).to_bytes(32, "big")
+            assert hamming(query, base) == 10
         asked = time.perf_counter()
         hits += index.match(wanted, "r", "i", 2**62) is not None
+        if query is not None:
+            qtokens = [chunk(c) for c in chunk_inputs(query)]
+            near_hits += index.near("k", qtokens, query, "mine", 2**62) is not None
         done = time.perf_counter()
         latencies.append(done - due)
         alone.append(done - asked)
@@ -629,17 +671,21 @@ def lookup_figures(
         "query_alone_p50_ms": 1000 * alone[len(alone) // 2],
         "query_alone_p99_ms": 1000 * alone[int(len(alone) * 0.99)],
         "tokens": tokens,
+        "pdq_entries": pdq_entries,
         "build_s": build_s,
         "lookups": count,
         "hits": hits,
+        "near_hits": near_hits,
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
         "max_ms": 1000 * latencies[-1],
+        "load_1min": os.getloadavg()[0],
     }
 
 
-def publish_cost(settings: Settings, referrals: int = 100) -> dict[str, float]:
-    """Publishing the same kind of referrals (10 items) with and without the known hook."""
+def publish_cost(settings: Settings, referrals: int = 100, pdq: bool = False) -> dict[str, float]:
+    """Publishing the same kind of referrals (10 items) with and without the known hook
+    (``pdq``: every item carries a PDQ hash too, 32 more elements and entries)."""
     settings, network = known_network(settings, rate=10**7)
     codec = Codec.from_settings(settings)
     rng = random.Random(3)
@@ -659,6 +705,9 @@ def publish_cost(settings: Settings, referrals: int = 100) -> dict[str, float]:
                 )
                 for k in range(0, len(planned), PER_REFERRAL)
             ]
+            for _, doc in docs if pdq else ():
+                for item in doc["body"]["items"]:
+                    item["hashes"].append({"algorithm": "PDQ", "value": rng.randbytes(32).hex()})
             started = time.perf_counter()
             result = publisher.publish(docs)
             took = time.perf_counter() - started
@@ -699,6 +748,26 @@ def evaluation_cpu(items: int = 1000) -> dict[str, float]:
     }
 
 
+def _costs() -> dict[str, dict[str, float]]:
+    """The publishing cost on a fresh embedded broker: exact hashes and URLs, then with PDQ."""
+    import os
+    import tempfile
+
+    from broker.kafka.embedded import EmbeddedBroker
+
+    out: dict[str, dict[str, float]] = {}
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="known-cost-")))
+        broker = stack.enter_context(EmbeddedBroker(log_path=tmp / "broker.log").start())
+        for pdq in (False, True):
+            name = "pdq" if pdq else "exact"
+            base = Settings(bootstrap_servers=broker.bootstrap, state_dir=tmp / name)
+            load = os.getloadavg()[0]
+            cost = publish_cost(base.model_copy(update={"topic_prefix": f"{name}."}), pdq=pdq)
+            out[name] = {**cost, "load_1min": max(load, os.getloadavg()[0])}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the scenario, the publishing A/B and the lookups on a fresh embedded broker."""
     import argparse
@@ -713,12 +782,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--lookups-only", action="store_true", help="Only the index lookups.")
+    parser.add_argument(
+        "--cost-only", action="store_true", help="Only the publishing cost, without and with PDQ."
+    )
+    parser.add_argument(
+        "--pdq-share", type=float, default=0.0, help="Share of PDQ chunk entries (lookups)."
+    )
     args = parser.parse_args(argv)
     if args.lookups_only:
         import tempfile as tf
 
         with tf.TemporaryDirectory(prefix="known-lookups-") as tmp:
-            print(json.dumps(lookup_figures(Path(tmp), args.tokens, 100.0, args.seconds)))
+            lk = lookup_figures(Path(tmp), args.tokens, 100.0, args.seconds, args.pdq_share)
+            print(json.dumps(lk))
+        return
+    if args.cost_only:
+        print(json.dumps(_costs(), indent=2))
         return
     with tempfile.TemporaryDirectory(prefix="known-bench-") as tmp:
         run_dir = Path(tmp)

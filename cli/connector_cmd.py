@@ -322,7 +322,8 @@ def _check_known(
         err_console.print(escape(f"known content not checked: {exc}"), markup=False)
         return
     for k in found:
-        line = f"{k.label}: item {short_id(k.item_id)} holds known content: {k.hit.line()}"
+        holds = "holds" if k.hit.assessed else "may hold"  # a possible near-duplicate
+        line = f"{k.label}: item {short_id(k.item_id)} {holds} known content: {k.hit.line()}"
         console.print(escape(line), markup=False, soft_wrap=True)
     if not found:
         console.print(f"known content: none of {len(rows)} row(s) matched", markup=False)

@@ -16,12 +16,12 @@ import typer
 
 from broker.errors import ConfigError
 from broker.ids import short_id
-from broker.known.views import inbox_marks, mark_lines
+from broker.known.views import HIDE_HINT, inbox_marks, known_only, mark_lines
 from broker.operator.since import parse_since
 from broker.receiver.inbox import Inbox
 from broker.receiver.inbox_view import InboxEntry, entries, select, to_csv
 from broker.requests.store import RequestRow, overdue_owed
-from cli.app import NETWORK_OPTION, cell, console, escape, print_json, state
+from cli.app import NETWORK_OPTION, cell, console, err_console, escape, print_json, state
 from cli.tables import WIDE_OPTION, is_narrow, new_table, print_table
 
 __all__ = ["inbox_cmd", "print_inbox", "print_owed_requests"]
@@ -43,6 +43,12 @@ def inbox_cmd(
         False, "--unacknowledged", "-u", help="Only referrals not answered beyond RECEIVED."
     ),
     overdue: bool = typer.Option(False, "--overdue", help="Only overdue referrals."),
+    hide_known: bool = typer.Option(
+        False,
+        "--hide-known",
+        help="Leave out referrals every item of which was assessed before by a member"
+        " (exact or confirmed near-duplicate); a line says how many.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     as_csv: bool = typer.Option(False, "--csv", help="CSV export (header row first)."),
     wide: bool = WIDE_OPTION,
@@ -58,6 +64,7 @@ def inbox_cmd(
     now = datetime.now(UTC)
     start = parse_since(since, now)
     marks: dict[str, list[dict[str, object]]] = {}
+    hidden: set[str] = set()
     if not path.exists():
         received = []
     else:
@@ -65,6 +72,12 @@ def inbox_cmd(
         try:
             received = store.received()
             marks = inbox_marks(st.settings, org, store, received)  # known content (issue 24)
+            if hide_known:
+                counts = {
+                    r.referral_id: len(store.item_ids(r.origin_org, r.referral_id))
+                    for r in received
+                }
+                hidden = known_only(marks, counts)
         finally:
             store.close()
     all_entries = entries(received, network.deadlines, now)
@@ -72,6 +85,12 @@ def inbox_cmd(
     shown = select(
         all_entries, since=start, search=search, unacknowledged=unacknowledged, overdue=overdue
     )
+    if hide_known:
+        kept = [e for e in shown if e.referral_id not in hidden]
+        err_console.print(
+            f"{len(shown) - len(kept)} referral(s) {HIDE_HINT} hidden (--hide-known)", markup=False
+        )
+        shown = kept
     if as_json:
         print_json(
             [{**e.to_json(), "previously_assessed": marks.get(e.referral_id, [])} for e in shown]

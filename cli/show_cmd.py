@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import typer
 from broker.errors import ConfigError
 from broker.ids import resolve_id, short_id
 from broker.known.index import PreviouslyAssessed
-from broker.known.views import item_marks
+from broker.known.views import hidden_items, item_marks
 from broker.network import Network
 from broker.operator.consultation import SHOW
 from broker.receiver.inbox import Inbox
@@ -58,6 +59,11 @@ def show_cmd(
     org: str | None = typer.Option(
         None, "--as", help="The receiving organisation (if several here received it)."
     ),
+    hide_known: bool = typer.Option(
+        False,
+        "--hide-known",
+        help="Leave out the items a member assessed before (exact or confirmed near-duplicate).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     network_file: Path | None = NETWORK_OPTION,
 ) -> None:
@@ -82,14 +88,18 @@ def show_cmd(
     finally:
         desk.close()
     known = item_marks(settings, org, rid)  # known content (issue 24)
+    hidden = hidden_items(known) if hide_known else set()
     if as_json:
-        print_json(_to_json(view, org, known))
+        print_json(_to_json(view, org, known, hidden))
         return
-    print_referral(view, org, datetime.now(UTC), known)
+    print_referral(view, org, datetime.now(UTC), known, hidden=hidden)
 
 
 def _to_json(
-    view: ReferralView, org: str, known: Mapping[str, PreviouslyAssessed]
+    view: ReferralView,
+    org: str,
+    known: Mapping[str, PreviouslyAssessed],
+    hidden: AbstractSet[str] = frozenset(),
 ) -> dict[str, Any]:
     env = view.envelope
     return {
@@ -110,7 +120,9 @@ def _to_json(
                 "previously_assessed": (known[i.item_id].to_json() if i.item_id in known else None),
             }
             for i in view.items
+            if i.item_id not in hidden
         ],
+        "known_items_hidden": len(hidden),
         "earlier_versions": [v.version for v in view.earlier],
         "history": [r.to_json() for r in view.history],
     }
@@ -155,17 +167,21 @@ def print_referral(
     org: str,
     now: datetime,
     known: Mapping[str, PreviouslyAssessed] | None = None,
+    *,
+    hidden: AbstractSet[str] = frozenset(),
 ) -> None:
-    """Print a referral for people: facts, items (whole ids), what was known, its history."""
+    """Print a referral for people: facts, items (whole ids), what was known, its history;
+    the ``hidden`` items (known before) left out, with a line saying how many."""
     _line(f"referral {view.envelope.get('referral_id')}")
     facts = _facts(view, org)
     pad = max(len(k) for k, _ in facts)
     for key, value in facts:
         _line(f"  {key:<{pad}}  {value}")
+    listed = [i for i in view.items if i.item_id not in hidden]
     items = new_table(f"{len(view.items)} item(s)", narrow=True)
     for col in ("item", "media", "legal status", "host", "outcome"):
         items.add_column(col, no_wrap=True)
-    for i in view.items:
+    for i in listed:
         outcome = (i.outcome or "-") + (f" (moved to {i.moved_to})" if i.moved_to else "")
         items.add_row(
             cell(i.item_id),
@@ -175,7 +191,9 @@ def print_referral(
             cell(outcome),
         )
     print_table(items, whole=True)
-    for i in view.items:
+    if hidden:
+        _line(f"{len(hidden)} item(s) assessed before hidden (--hide-known)")
+    for i in listed:
         hit = (known or {}).get(i.item_id)
         if hit is not None:
             _line(f"item {short_id(i.item_id)}: {hit.line()}")

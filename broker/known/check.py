@@ -21,7 +21,8 @@ from broker.errors import ReferralError
 from broker.kafka import clients
 from broker.known.client import EvaluationClient
 from broker.known.index import MatchIndex, PreviouslyAssessed
-from broker.known.publish import item_inputs
+from broker.known.pdq import group_reference, is_chunk_kind
+from broker.known.publish import item_inputs, item_pdqs
 from broker.network import Network
 from broker.security.keys import load_trust
 
@@ -58,6 +59,7 @@ def check_known(
 ) -> list[KnownRow]:
     """The known items of ``(label, referral id, document)`` rows, in order."""
     jobs = [(label, rid, item_inputs(doc)) for label, rid, doc in rows]
+    pdqs = {rid: item_pdqs(doc) for _, rid, doc in rows}
     flat = [i.data for _, _, inputs in jobs for i in inputs]
     if not flat:
         return []
@@ -83,7 +85,7 @@ def check_known(
                 token = next(tokens)
                 by_item.setdefault(inp.item_id, []).append((inp.kind, token.key_id, token.value))
             for item_id, mine in by_item.items():
-                hit = index.match(mine, rid, item_id, now_ms)
+                hit = _lookup(index, mine, rid, item_id, pdqs.get(rid, {}).get(item_id), now_ms)
                 if hit is not None:
                     out.append(KnownRow(label, rid, item_id, hit))
         return out
@@ -96,3 +98,20 @@ def check_known(
         client.close()
         index.close()
         producer.close(5)
+
+
+def _lookup(
+    index: MatchIndex,
+    mine: list[tuple[str, str, bytes]],
+    rid: str,
+    item_id: str,
+    pdq: bytes | None,
+    now_ms: int,
+) -> PreviouslyAssessed | None:
+    """An exact match of the item's tokens, else its nearest PDQ near-duplicate."""
+    hit = index.match([m for m in mine if not is_chunk_kind(m[0])], rid, item_id, now_ms)
+    chunks = sorted((kind, key_id, t) for kind, key_id, t in mine if is_chunk_kind(kind))
+    if hit is not None or pdq is None or len(chunks) != 32:
+        return hit
+    tokens = [t for _, _, t in chunks]
+    return index.near(chunks[0][1], tokens, pdq, group_reference(tokens, rid, item_id), now_ms)

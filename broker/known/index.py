@@ -4,7 +4,10 @@
 reads it on from the stored positions, checking each holder's signature); ``own``
 holds the tokens of the items this organisation sent or received, so an item of
 its inbox or outbox can be looked up without evaluating it again. Neither holds a
-hash or a URL: a token cannot be computed without the evaluator's key.
+hash or a URL: a token cannot be computed without the evaluator's key. ``own_pdq``
+holds the PDQ hashes of this organisation's own items (it holds their documents
+anyway), with their chunk entries' reference, so a near-duplicate candidate is
+confirmed with the real Hamming distance where both hashes are held here.
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ from broker.config import Settings
 from broker.errors import SignatureInvalid
 from broker.kafka.reader import TopicReader
 from broker.known.errors import OprfError
+from broker.known.pdq import CHUNKS, MAX_DISTANCE, POSSIBLE_SHARED, hamming, is_chunk_kind
 from broker.known.wire import MatchRecord, decode_match, reference, verify_known
 from broker.security.keys import TrustStore
 from broker.sqlite import Database
 
-__all__ = ["MatchIndex", "OwnToken", "PreviouslyAssessed"]
+__all__ = ["EXACT", "NEAR", "POSSIBLE", "MatchIndex", "OwnPdq", "OwnToken", "PreviouslyAssessed"]
+
+#: What a mark says: the same hash or URL; a PDQ hash within 31 bits (confirmed with both
+#: hashes held here); a PDQ candidate only its holder can confirm.
+EXACT, NEAR, POSSIBLE = "exact", "near-duplicate", "possible-near-duplicate"
 
 log = logging.getLogger("referral.known.index")
 
@@ -52,6 +60,15 @@ CREATE TABLE IF NOT EXISTS own (
     at_ms       INTEGER NOT NULL,
     PRIMARY KEY (referral_id, item_id, kind, key_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS own_pdq (
+    referral_id TEXT NOT NULL,
+    item_id     TEXT NOT NULL,
+    key_id      TEXT NOT NULL,
+    ref         TEXT NOT NULL,
+    pdq         BLOB NOT NULL,
+    PRIMARY KEY (referral_id, item_id, key_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS own_pdq_ref ON own_pdq (ref);
 CREATE TABLE IF NOT EXISTS positions (
     topic     TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -75,8 +92,26 @@ class OwnToken:
 
 
 @dataclass(frozen=True)
+class OwnPdq:
+    """The PDQ hash of one item this organisation holds, and its chunk entries' reference."""
+
+    referral_id: str
+    item_id: str
+    key_id: str
+    ref: str
+    pdq: bytes
+
+    def __repr__(self) -> str:
+        return f"OwnPdq({self.referral_id}, {self.item_id}, {self.key_id})"
+
+
+@dataclass(frozen=True)
 class PreviouslyAssessed:
-    """The earliest other holder of an item: who, when, what they said (their TLP applied)."""
+    """The earliest other holder of an item: who, when, what they said (their TLP applied).
+
+    ``kind`` is :data:`EXACT`, :data:`NEAR` (``distance`` bits apart, confirmed) or
+    :data:`POSSIBLE` (``shared`` chunk tokens; only the holder can confirm: ask them).
+    """
 
     holder: str
     tlp: str
@@ -84,17 +119,31 @@ class PreviouslyAssessed:
     matched_on: tuple[str, ...]
     classification: str | None
     case_status: str | None
+    kind: str = EXACT
+    distance: int | None = None
+    shared: int | None = None
 
     @property
     def restricted(self) -> bool:
         """TLP RED: only that a match exists and whom to ask."""
         return self.tlp == "RED"
 
+    @property
+    def assessed(self) -> bool:
+        """True for a match that stands (exact or a confirmed near-duplicate); a possible
+        near-duplicate is not one until its holder confirms it."""
+        return self.kind != POSSIBLE
+
     def to_json(self) -> dict[str, object]:
         """The ``previously_assessed`` object of ``inbox --json``."""
         out: dict[str, object] = {"holder": self.holder, "ask": self.holder, "tlp": self.tlp}
+        out["kind"] = self.kind
         out["matched_on"] = list(self.matched_on)
-        if not self.restricted:
+        if self.kind == NEAR:
+            out["distance"] = self.distance
+        if self.kind == POSSIBLE:
+            out["shared_chunks"] = self.shared
+        elif not self.restricted:
             out["classification"] = self.classification
             out["case_status"] = self.case_status
             out["assessed_at_ms"] = self.assessed_at_ms
@@ -102,11 +151,19 @@ class PreviouslyAssessed:
 
     def line(self) -> str:
         """``previously assessed by hl-de as BASELINE on 2026-11-02 (case status REMOVED)``."""
+        if self.kind == POSSIBLE:
+            return f"possible near-duplicate held by {self.holder} \u2014 ask them"
+        near = (
+            f"near-duplicate (distance {self.distance} of 256) of an item "
+            if self.kind == NEAR
+            else ""
+        )
         if self.restricted:
-            return f"known to {self.holder} (TLP:RED): ask {self.holder}"
+            return f"{near}known to {self.holder} (TLP:RED): ask {self.holder}"
         day = time.strftime("%Y-%m-%d", time.gmtime(self.assessed_at_ms / 1000))
         status = f" (case status {self.case_status})" if self.case_status else ""
-        return f"previously assessed by {self.holder} as {self.classification} on {day}{status}"
+        said = f"previously assessed by {self.holder} as {self.classification} on {day}{status}"
+        return near + said
 
 
 class MatchIndex:
@@ -224,12 +281,13 @@ class MatchIndex:
         return 1
 
     def shares(self) -> list[tuple[str, int, int]]:
-        """Per holder: its entries, and how many of them another holder had (not later)."""
+        """Per holder: its exact entries (PDQ chunks aside), and how many of them another
+        holder had (not later)."""
         rows = self._db.query(
             "SELECT t.holder AS holder, COUNT(*) AS entries, SUM(EXISTS(SELECT 1 FROM tokens o"
             " WHERE o.token = t.token AND o.key_id = t.key_id AND o.holder <> t.holder"
             " AND o.assessed_at_ms <= t.assessed_at_ms)) AS known"
-            " FROM tokens t GROUP BY t.holder ORDER BY t.holder"
+            " FROM tokens t WHERE t.kind <> 'pdq' GROUP BY t.holder ORDER BY t.holder"
         )
         return [(str(r["holder"]), int(r["entries"]), int(r["known"] or 0)) for r in rows]
 
@@ -240,6 +298,14 @@ class MatchIndex:
             conn.executemany(
                 "INSERT OR REPLACE INTO own VALUES (?,?,?,?,?,?)",
                 [(t.referral_id, t.item_id, t.kind, t.key_id, t.token, t.at_ms) for t in tokens],
+            )
+
+    def add_own_pdq(self, hashes: Sequence[OwnPdq]) -> None:
+        """Remember the PDQ hashes of items this organisation holds (to confirm candidates)."""
+        with self._db.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO own_pdq VALUES (?,?,?,?,?)",
+                [(h.referral_id, h.item_id, h.key_id, h.ref, h.pdq) for h in hashes],
             )
 
     def own_tokens(self, referral_ids: Sequence[str]) -> list[OwnToken]:
@@ -266,11 +332,16 @@ class MatchIndex:
                 "DELETE FROM own WHERE referral_id = ? AND item_id = ? AND kind = ? AND key_id = ?",
                 [(t.referral_id, t.item_id, t.kind, t.key_id) for t in tokens],
             )
+            conn.executemany(
+                "DELETE FROM own_pdq WHERE referral_id = ? AND item_id = ? AND key_id = ?",
+                list({(t.referral_id, t.item_id, t.key_id) for t in tokens}),
+            )
             self._delete(conn, entry_keys)
 
     def forget_own(self, referral_id: str) -> int:
         """Forget the tokens of one referral's items (it was erased); how many."""
         with self._db.transaction() as conn:
+            conn.execute("DELETE FROM own_pdq WHERE referral_id = ?", (referral_id,))
             cur = conn.execute("DELETE FROM own WHERE referral_id = ?", (referral_id,))
             return int(cur.rowcount)
 
@@ -280,19 +351,102 @@ class MatchIndex:
         return bool(rows)
 
     def lookup(self, referral_id: str, item_id: str) -> PreviouslyAssessed | None:
-        """The earliest other holder of any of the item's tokens (None: not known)."""
+        """The earliest other holder of any of the item's exact tokens, else its nearest
+        near-duplicate by PDQ (None: not known)."""
         own = self._db.query(
             "SELECT kind, key_id, token, at_ms FROM own WHERE referral_id = ? AND item_id = ?",
             (referral_id, item_id),
         )
         if not own:
             return None
-        return self.match(
-            [(str(r["kind"]), str(r["key_id"]), bytes(r["token"])) for r in own],
-            referral_id,
-            item_id,
-            min(int(r["at_ms"]) for r in own),
+        before = min(int(r["at_ms"]) for r in own)
+        exact = [
+            (str(r["kind"]), str(r["key_id"]), bytes(r["token"]))
+            for r in own
+            if not is_chunk_kind(str(r["kind"]))
+        ]
+        hit = self.match(exact, referral_id, item_id, before)
+        if hit is not None:
+            return hit
+        for p in self._db.query(
+            "SELECT key_id, ref, pdq FROM own_pdq WHERE referral_id = ? AND item_id = ?",
+            (referral_id, item_id),
+        ):
+            chunks = sorted(
+                (str(r["kind"]), bytes(r["token"]))
+                for r in own
+                if is_chunk_kind(str(r["kind"])) and r["key_id"] == p["key_id"]
+            )
+            if len(chunks) == CHUNKS:
+                tokens = [t for _, t in chunks]
+                near = self.near(str(p["key_id"]), tokens, bytes(p["pdq"]), str(p["ref"]), before)
+                if near is not None:
+                    return near
+        return None
+
+    def near(
+        self, key_id: str, chunks: Sequence[bytes], pdq: bytes, mine: str, before_ms: int
+    ) -> PreviouslyAssessed | None:
+        """The nearest earlier PDQ entry sharing a chunk token with ``chunks`` (the item whose
+        entries have reference ``mine`` aside): confirmed at distance ≤ 31 where this index
+        holds its hash too, else possible when it shares :data:`POSSIBLE_SHARED` chunks."""
+        marks = ",".join("?" * len(chunks))
+        # Two queries (one with a subquery per group is 4x slower): the candidates held here,
+        # with their hash, then those sharing enough chunks.
+        where = (
+            f" WHERE t.token IN ({marks}) AND t.key_id = ? AND t.kind = 'pdq'"
+            " AND t.assessed_at_ms <= ? AND t.ref <> ?"
         )
+        fields = (
+            "SELECT t.holder AS holder, t.ref AS ref, MIN(t.tlp) AS tlp,"
+            " MIN(t.assessed_at_ms) AS at, MIN(t.classification) AS classification,"
+            " MIN(t.case_status) AS case_status, COUNT(*) AS shared"
+        )
+        args = (*chunks, key_id, before_ms, mine)
+        held = self._db.query(
+            f"{fields}, MIN(o.pdq) AS held FROM tokens t JOIN own_pdq o ON o.ref = t.ref{where}"
+            " GROUP BY t.holder, t.ref",
+            args,
+        )
+        seen = {str(r["ref"]) for r in held}
+        rows = list(held)
+        for r in self._db.query(  # counts only: the labels of the few that share enough next
+            f"SELECT t.ref AS ref, COUNT(*) AS shared FROM tokens t{where}"
+            " GROUP BY t.ref HAVING shared >= ?",
+            (*args, POSSIBLE_SHARED),
+        ):
+            if str(r["ref"]) not in seen:
+                rows += self._db.query(
+                    f"{fields}, NULL AS held FROM tokens t{where} AND t.ref = ?"
+                    " GROUP BY t.holder, t.ref",
+                    (*args, r["ref"]),
+                )
+        best: tuple[tuple[int, int, int], PreviouslyAssessed] | None = None
+        for r in rows:
+            shared, at = int(r["shared"]), int(r["at"])
+            if r["held"] is not None:
+                distance = hamming(pdq, bytes(r["held"]))
+                if distance > MAX_DISTANCE:
+                    continue  # confirmed not a near-duplicate
+                kind, rank = NEAR, (0, distance, at)
+            elif shared >= POSSIBLE_SHARED:
+                distance, kind, rank = -1, POSSIBLE, (1, -shared, at)
+            else:
+                continue
+            hit = PreviouslyAssessed(
+                str(r["holder"]),
+                str(r["tlp"]),
+                at,
+                ("pdq",),
+                None if kind == POSSIBLE else r["classification"],
+                None if kind == POSSIBLE else r["case_status"],
+                kind,
+                distance if kind == NEAR else None,
+                shared,
+            )
+            if best is None or rank < best[0]:
+                best = (rank, hit)
+        return None if best is None else best[1]
 
     def match(
         self,

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import string
 from collections.abc import Callable, Iterable, Sequence
 
 from broker.known.errors import BadMatchInput
 from broker.known.tokens import Token
+from broker.known.wire import reference
 
 __all__ = [
     "CHUNKS",
     "CHUNK_BITS",
     "MAX_DISTANCE",
     "PDQ_BYTES",
+    "POSSIBLE_SHARED",
     "PdqIndex",
     "chunk_inputs",
+    "chunk_kind",
     "confirm",
+    "group_reference",
     "hamming",
+    "is_chunk_kind",
     "parse_pdq",
 ]
 
@@ -24,7 +30,29 @@ PDQ_BYTES = 32
 CHUNK_BITS = 8
 CHUNKS = PDQ_BYTES * 8 // CHUNK_BITS
 MAX_DISTANCE = CHUNKS - 1  # the largest distance the pigeonhole guarantees a shared chunk for
+#: Chunk tokens an unconfirmed candidate must share to be shown as a possible near-duplicate
+#: (unrelated hashes share 6 of 32 one time in ~10^9; random flips at distance 31 leave ~11).
+POSSIBLE_SHARED = 6
 _HEX = frozenset(string.hexdigits)
+_KIND = "pdq:"
+
+
+def chunk_kind(index: int) -> str:
+    """The own-token kind of chunk ``index`` (``pdq:07``); its match entry's kind is ``pdq``."""
+    return f"{_KIND}{index:02d}"
+
+
+def is_chunk_kind(kind: str) -> bool:
+    """True for the own-token kind of a PDQ chunk."""
+    return kind.startswith(_KIND)
+
+
+def group_reference(tokens: Sequence[bytes], referral_id: str, item_id: str) -> str:
+    """The one reference of an item's 32 chunk entries: computable by whoever holds the same
+    item of the same referral (its tokens), and by nobody else."""
+    if len(tokens) != CHUNKS:
+        raise BadMatchInput(f"a PDQ item has {CHUNKS} chunk tokens")
+    return reference(hashlib.sha256(b"".join(tokens)).digest(), referral_id, item_id)
 
 
 def parse_pdq(value: str) -> bytes:

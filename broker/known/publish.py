@@ -25,15 +25,24 @@ from kafka.errors import KafkaError
 from broker.contracts import Delivery, Sink
 from broker.errors import ReferralError, ValidationFailed
 from broker.known.client import EvaluationClient
-from broker.known.index import MatchIndex, OwnToken, PreviouslyAssessed
+from broker.known.errors import BadMatchInput
+from broker.known.index import MatchIndex, OwnPdq, OwnToken, PreviouslyAssessed
 from broker.known.normalise import hash_input, url_input
+from broker.known.pdq import (
+    CHUNKS,
+    chunk_inputs,
+    chunk_kind,
+    group_reference,
+    is_chunk_kind,
+    parse_pdq,
+)
 from broker.known.pending import Untokenised
 from broker.known.wire import MatchRecord, encode_match, reference, sign_known
 from broker.origin.outbox import Outbox
 from broker.origin.status_log import StatusLog
 from broker.security.keys import LiveKeys
 
-__all__ = ["ItemInput", "KnownPublisher", "KnownSink", "item_inputs"]
+__all__ = ["ItemInput", "KnownPublisher", "KnownSink", "item_inputs", "item_pdqs"]
 
 log = logging.getLogger("referral.known")
 
@@ -61,13 +70,32 @@ def _ms(value: Any) -> int:
         return 0
 
 
+def item_pdqs(document: Mapping[str, Any]) -> dict[str, bytes]:
+    """Item id → its PDQ hash (the first well-formed one), for the items that carry one."""
+    out: dict[str, bytes] = {}
+    for item in (document.get("body") or {}).get("items") or ():
+        item_id = str(item.get("item_id") or "")
+        for h in item.get("hashes") or ():
+            if item_id and item_id not in out and str(h.get("algorithm", "")) == "PDQ":
+                try:
+                    out[item_id] = parse_pdq(str(h.get("value", "")))
+                except BadMatchInput:
+                    continue
+    return out
+
+
 def item_inputs(document: Mapping[str, Any]) -> list[ItemInput]:
-    """The exact hashes and the URL of every item of a plain referral document."""
+    """The exact hashes, the URL and the 32 PDQ chunks of every item of a plain referral
+    document (chunk kinds ``pdq:00`` … ``pdq:31``)."""
     out: list[ItemInput] = []
+    pdqs = item_pdqs(document)
     for item in (document.get("body") or {}).get("items") or ():
         item_id = str(item.get("item_id") or "")
         if not item_id:
             continue
+        if item_id in pdqs:
+            chunks = chunk_inputs(pdqs[item_id])
+            out += [ItemInput(item_id, chunk_kind(n), c) for n, c in enumerate(chunks)]
         for h in item.get("hashes") or ():
             kind = _EXACT.get(str(h.get("algorithm", "")))
             if kind is None:
@@ -94,6 +122,34 @@ def _labels(document: Mapping[str, Any]) -> tuple[str, int, dict[str, str | None
         own = (item.get("classification") or {}).get("legal_status")
         per_item[str(item.get("item_id") or "")] = str(own or default) if own or default else None
     return tlp, at_ms, per_item
+
+
+def _chunk_refs(own: Sequence[OwnToken]) -> dict[tuple[str, str, str], str]:
+    """(referral id, item id, key id) → the reference of the item's 32 chunk entries."""
+    chunks: dict[tuple[str, str, str], list[tuple[str, bytes]]] = {}
+    for t in own:
+        if is_chunk_kind(t.kind):
+            chunks.setdefault((t.referral_id, t.item_id, t.key_id), []).append((t.kind, t.token))
+    return {
+        key: group_reference([v for _, v in sorted(c)], key[0], key[1])
+        for key, c in chunks.items()
+        if len(c) == CHUNKS
+    }
+
+
+def _entry_ref(t: OwnToken, groups: Mapping[tuple[str, str, str], str]) -> str | None:
+    """The reference of an own token's match entry (None: a chunk of an incomplete PDQ)."""
+    if is_chunk_kind(t.kind):
+        return groups.get((t.referral_id, t.item_id, t.key_id))
+    return reference(t.token, t.referral_id, t.item_id)
+
+
+def _own_pdqs(rid: str, pdqs: Mapping[str, bytes], own: Sequence[OwnToken]) -> list[OwnPdq]:
+    return [
+        OwnPdq(rid, item_id, key_id, ref, pdqs[item_id])
+        for (_, item_id, key_id), ref in _chunk_refs(own).items()
+        if item_id in pdqs
+    ]
 
 
 #: Referrals tried at once when retrying (the evaluator's rate is per organisation).
@@ -157,6 +213,7 @@ class _Tokeniser:
         tokens = iter(self.client.tokens(flat))
         out = []
         own: list[OwnToken] = []
+        hashes: list[OwnPdq] = []
         for rid, doc, inputs in jobs:
             at_ms = _labels(doc)[1]
             mine = []
@@ -164,8 +221,10 @@ class _Tokeniser:
                 token = next(tokens)
                 mine.append(OwnToken(rid, inp.item_id, inp.kind, token.key_id, token.value, at_ms))
             own += mine
+            hashes += _own_pdqs(rid, item_pdqs(doc), mine)
             out.append((rid, doc, inputs, mine))
         self.index.add_own(own)
+        self.index.add_own_pdq(hashes)
         return out
 
 
@@ -234,19 +293,21 @@ class KnownPublisher(_Tokeniser):
     ) -> list[MatchRecord]:
         tlp, at_ms, classes = _labels(doc)
         red = tlp == "RED"
+        groups = _chunk_refs(own)
         return [
             MatchRecord(
                 t.key_id,
                 t.token.hex(),
                 self.holder,
-                reference(t.token, rid, t.item_id),
-                t.kind,
+                ref,
+                "pdq" if is_chunk_kind(t.kind) else t.kind,
                 tlp,
                 at_ms,
                 None if red else classes.get(t.item_id),
                 None if red else statuses.get((rid, t.item_id), self.case_status),
             )
             for t in own
+            if (ref := _entry_ref(t, groups)) is not None
         ]
 
     def _send(self, records: Sequence[MatchRecord]) -> None:
@@ -302,10 +363,11 @@ class KnownPublisher(_Tokeniser):
         if not current:
             return len(docs)  # no new key: the same tokens again
         stale = [t for t in before if t.key_id not in current]
+        groups = _chunk_refs(stale)
         keys = [
-            f"{t.key_id}:{t.token.hex()}:{self.holder}:"
-            + reference(t.token, t.referral_id, t.item_id)
+            f"{t.key_id}:{t.token.hex()}:{self.holder}:{ref}"
             for t in stale
+            if (ref := _entry_ref(t, groups)) is not None
         ]
         for key in keys:
             self.producer.send(self.topic, key=key.encode("ascii"), value=None)

@@ -2,15 +2,73 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from broker.config import Settings
 from broker.ids import short_id
-from broker.known.index import MatchIndex, PreviouslyAssessed
+from broker.known.index import POSSIBLE, MatchIndex, PreviouslyAssessed
 from broker.receiver.inbox import Inbox, Received
 
-__all__ = ["inbox_marks", "item_marks", "mark_lines", "referral_marks"]
+__all__ = [
+    "HIDE_HINT",
+    "hidden_items",
+    "inbox_marks",
+    "item_counts",
+    "item_marks",
+    "known_only",
+    "mark_lines",
+    "referral_marks",
+    "stands",
+]
+
+#: What a liaison who hid known content is told (the referrals are still there).
+HIDE_HINT = "holding only content assessed before"
+
+
+def stands(hit: PreviouslyAssessed | Mapping[str, Any]) -> bool:
+    """True for a mark that counts as assessed before (exact or a confirmed near-duplicate);
+    a possible near-duplicate does not: only its holder can confirm it."""
+    kind = hit.get("kind") if isinstance(hit, Mapping) else hit.kind
+    return kind != POSSIBLE
+
+
+def item_counts(
+    settings: Settings, org: str, referrals: Iterable[tuple[str, str]]
+) -> dict[str, int]:
+    """Referral id → the items of its current version, for ``(origin, referral id)`` pairs."""
+    path = settings.org_dir(org) / "inbox.sqlite3"
+    if not path.exists():
+        return {}
+    inbox = Inbox(path)
+    try:
+        return {rid: len(inbox.item_ids(origin, rid)) for origin, rid in referrals}
+    finally:
+        inbox.close()
+
+
+def known_only(marks: Mapping[str, Sequence[Any]], counts: Mapping[str, int]) -> set[str]:
+    """The referrals every item of which stands as assessed before: what hiding known content
+    hides (``marks``: :func:`inbox_marks` or :func:`referral_marks`)."""
+    hidden = set()
+    for rid, n in counts.items():
+        marked = {_item(m) for m in marks.get(rid, ()) if stands(_hit(m))}
+        if n and len(marked) >= n:
+            hidden.add(rid)
+    return hidden
+
+
+def hidden_items(known: Mapping[str, PreviouslyAssessed]) -> set[str]:
+    """The item ids of one referral that hiding known content leaves out."""
+    return {item_id for item_id, hit in known.items() if stands(hit)}
+
+
+def _item(mark: Any) -> str:
+    return str(mark["item_id"] if isinstance(mark, Mapping) else mark[0])
+
+
+def _hit(mark: Any) -> PreviouslyAssessed | Mapping[str, Any]:
+    return mark if isinstance(mark, Mapping) else mark[1]  # type: ignore[no-any-return]
 
 
 def inbox_marks(

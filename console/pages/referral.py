@@ -15,10 +15,11 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from broker.errors import ConfigError
-from broker.known.views import item_marks
+from broker.known.views import hidden_items, item_marks
 from broker.lifecycle import FINAL
 from broker.wire.models import ItemOutcomeKind, ReferralStatus
 from console.liaison import ITEM_OUTCOMES
+from console.pages.inbox import hides_known
 from console.web import form, guarded, need_org, page
 
 __all__ = ["ROUTES", "choose", "referral", "reveal", "status"]
@@ -54,6 +55,7 @@ async def referral(request: Request) -> Response:
         outcomes=ITEM_OUTCOMES,
         sent=request.query_params.get("sent"),
         known=known,
+        hidden=hidden_items(known) if hides_known(request) else set(),
     )
 
 
@@ -66,7 +68,16 @@ async def reveal(request: Request) -> Response:
         lambda: desk.reveal(p["rid"], fields.get("reason", ""), origin=p["origin"])
     )
     known = await run_in_threadpool(item_marks, desk.settings, desk.org, p["rid"])
-    return page(request, "referral.html", view=view, outcomes=ITEM_OUTCOMES, sent=None, known=known)
+    hidden = hidden_items(known) if hides_known(request) else set()
+    return page(
+        request,
+        "referral.html",
+        view=view,
+        outcomes=ITEM_OUTCOMES,
+        sent=None,
+        known=known,
+        hidden=hidden,
+    )
 
 
 async def status(request: Request) -> Response:
