@@ -218,7 +218,10 @@ def test_prometheus_sees_the_counters_move_and_the_lag_come_back_to_0(
         wait_for(lambda: prom.value(lag) == 0, 60, "police-nl's lag back to 0")
         wait_for(lambda: prom.value(pending) == 0, 90, "hl-a's outbox empty (every RECEIVED)")
         peak = prom.value(f"max_over_time({lag}[5m:250ms])")
-        router_lag = prom.value('sum(referral_consumer_lag{job="referral-router"})')
+        router_query = 'sum(referral_consumer_lag{job="referral-router"})'
+        # The router's series comes from its own scrapes: it may show 0 a scrape later.
+        wait_for(lambda: prom.value(router_query) == 0, 60, "the router's lag back to 0")
+        router_lag = prom.value(router_query)
         overdue = prom.value('sum(referral_receipts_overdue{job="referral-hl-a"})')
         commits = prom.value(
             f'sum(referral_commit_duration_seconds_count{{job="referral-police-nl",group="{group}"}})'
