@@ -144,12 +144,12 @@ def test_the_export_interval_is_honoured_without_a_scrape_port(
 
 
 def test_the_metrics_endpoint_follows_the_same_rules_as_the_traces_one() -> None:
-    base = "http://collector:4318"
+    base = "http://collector.example.org:4318"
     assert otlp_url(Settings(), "metrics") == "http://localhost:4318/v1/metrics"
     assert otlp_url(Settings(otel_exporter_otlp_endpoint=base + "/"), "metrics") == (
         base + "/v1/metrics"
     )
-    specific = "http://other:9999/custom"
+    specific = "http://other.example.org:9999/custom"
     both = Settings(otel_exporter_otlp_endpoint=base, otel_exporter_otlp_metrics_endpoint=specific)
     assert otlp_url(both, "metrics") == specific
     assert otlp_traces_url(both) == base + "/v1/traces"
@@ -160,17 +160,17 @@ def test_the_metrics_endpoint_follows_the_same_rules_as_the_traces_one() -> None
 
 
 def test_which_metric_exporters_run() -> None:
-    endpoint = Settings(otel_exporter_otlp_endpoint="http://c:4318")
+    endpoint = Settings(otel_exporter_otlp_endpoint="http://c.example.org:4318")
     assert metric_exporters_of(None, 0) == (False, 0)
     assert metric_exporters_of(Settings(), None) == (False, None)
     assert metric_exporters_of(endpoint, None) == (True, None)
-    assert metric_exporters_of(Settings(otlp_endpoint="http://c:4318"), 0) == (True, 0)
-    spec = Settings(otel_exporter_otlp_metrics_endpoint="http://c:4318/m")
+    assert metric_exporters_of(Settings(otlp_endpoint="http://c.example.org:4318"), 0) == (True, 0)
+    spec = Settings(otel_exporter_otlp_metrics_endpoint="http://c.example.org:4318/m")
     assert metric_exporters_of(spec, None) == (True, None)
     listed = Settings(otel_metrics_exporter="otlp, prometheus")
     assert metric_exporters_of(listed, None) == (True, DEFAULT_PROMETHEUS_PORT)
     assert metric_exporters_of(listed, 0) == (True, 0)
-    none = Settings(otel_metrics_exporter="none", otel_exporter_otlp_endpoint="http://c:4318")
+    none = Settings(otel_metrics_exporter="none", otel_exporter_otlp_endpoint="http://c.example.org:4318")
     assert metric_exporters_of(none, None) == (False, None)
     # The port asked for on the command line is served whatever the variable says.
     assert metric_exporters_of(none, 0) == (False, 0)
