@@ -170,7 +170,9 @@ def test_which_metric_exporters_run() -> None:
     listed = Settings(otel_metrics_exporter="otlp, prometheus")
     assert metric_exporters_of(listed, None) == (True, DEFAULT_PROMETHEUS_PORT)
     assert metric_exporters_of(listed, 0) == (True, 0)
-    none = Settings(otel_metrics_exporter="none", otel_exporter_otlp_endpoint="http://c.example.org:4318")
+    none = Settings(
+        otel_metrics_exporter="none", otel_exporter_otlp_endpoint="http://c.example.org:4318"
+    )
     assert metric_exporters_of(none, None) == (False, None)
     # The port asked for on the command line is served whatever the variable says.
     assert metric_exporters_of(none, 0) == (False, 0)

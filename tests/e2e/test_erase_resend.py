@@ -26,9 +26,8 @@ from broker.kafka.deadletter import H_STAGE
 from broker.origin.erase_request import ErasureBook
 from broker.security.keys import ROUTER
 from cli.main import app
-from connectors.runtime import ConnectorRuntime
 from tests.support.connectors import ENV, codec_for, hook_server, referral_json, wait_for
-from tests.support.kafka import cli_env, header, provision_network, read_topic, start_router
+from tests.support.kafka import cli_env, header, provision_network, read_topic, start_network
 from tests.support.security import give_keys, keyed_network, keyed_network_text
 
 pytestmark = pytest.mark.slow
@@ -67,12 +66,9 @@ def test_an_unanswered_erase_is_sent_again_hourly_until_erased_then_never(
     with hook_server() as hook, ExitStack() as stack:
         network = keyed_network(trust, webhook_url=hook.url)
         provision_network(settings, network)
-        stack.callback(start_router(settings, network, codec).stop)
-        rts = {}
-        for org in ("hl-a", ORG):
-            rt = ConnectorRuntime(settings, network, org, codec, env=ENV, republish_after=1)
-            stack.callback(rt.stop)
-            rts[org] = rt.start()
+        rts = start_network(
+            stack, settings, network, codec, ("hl-a", ORG), env=ENV, republish_after=1
+        )
         hl, fr = rts["hl-a"], rts[ORG]
         data = [referral_json("hl-a", "FR") for _ in range(2)]
         assert hl.publisher.publish([(f"row {i}", d) for i, d in enumerate(data)]).ok

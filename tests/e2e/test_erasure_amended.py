@@ -20,11 +20,10 @@ import pytest
 
 from broker.config import Settings
 from broker.origin.erase_request import ErasureBook
-from connectors.runtime import ConnectorRuntime
 from tests.e2e.test_outcomes import cli, env_for, signed_network
 from tests.e2e.test_withdrawals import ORGS, _fr_only, _nl_and_de
 from tests.support.connectors import ENV, HookServer, codec_for, hook_server, wait_for
-from tests.support.kafka import start_router
+from tests.support.kafka import start_network
 
 pytestmark = pytest.mark.slow
 
@@ -57,12 +56,7 @@ def test_erasing_an_amended_referral_reaches_the_recipients_the_amendment_droppe
     folder = state / "police-nl" / "inbox"
     db = state / "police-de" / "cases.sqlite3"
     with ExitStack() as stack:
-        stack.callback(start_router(settings, network, codec).stop)
-        rts = {}
-        for org in ORGS:
-            rt = ConnectorRuntime(settings, network, org, codec, env=ENV, republish_after=1)
-            stack.callback(rt.stop)
-            rts[org] = rt.start()
+        rts = start_network(stack, settings, network, codec, ORGS, env=ENV, republish_after=1)
         outbox = rts["hl-a"].outbox
         (tmp_path / "v1.json").write_text(json.dumps(raw))
         cli(env, "publish", str(tmp_path / "v1.json"), "--as", "hl-a")

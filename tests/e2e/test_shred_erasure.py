@@ -39,7 +39,7 @@ from cli.main import app
 from connectors.runtime import ConnectorRuntime
 from console.liaison import LiaisonDesk
 from tests.support.connectors import codec_for, referral_json, wait_for
-from tests.support.kafka import cli_env, header, provision_network, read_topic, start_router
+from tests.support.kafka import cli_env, header, provision_network, read_topic, start_network
 from tests.support.security import give_keys
 
 pytestmark = pytest.mark.slow
@@ -249,12 +249,7 @@ def test_an_erased_referral_copy_on_the_topic_no_longer_opens_its_period_fellows
     assert isinstance(periods, PeriodKeys)
     with ExitStack() as stack:
         stack.callback(periods.shredder.close)
-        stack.callback(start_router(settings, network, codec).stop)
-        rts = {}
-        for org in ("hl-a", ORG):
-            rt = ConnectorRuntime(settings, network, org, codec, republish_after=1)
-            stack.callback(rt.stop)
-            rts[org] = rt.start()
+        rts = start_network(stack, settings, network, codec, ("hl-a", ORG), republish_after=1)
         hl, nl = rts["hl-a"], rts[ORG]
         assert nl.period_keys is not None  # the connector rotates on its own (real clock)
         assert nl.period_keys.period_days == 30

@@ -32,7 +32,7 @@ from broker.wire.topics import Headers
 from connectors.runtime import ConnectorRuntime
 from tests.e2e.test_outcomes import cli, env_for, signed_network, three_items
 from tests.support.connectors import ENV, HookServer, codec_for, hook_server, wait_for
-from tests.support.kafka import header, read_topic, start_router
+from tests.support.kafka import header, read_topic, start_network
 
 pytestmark = pytest.mark.slow
 
@@ -108,12 +108,7 @@ def test_an_amendment_that_drops_recipients_withdraws_the_earlier_version_from_t
     folder = state / "police-nl" / "inbox"
     db = state / "police-de" / "cases.sqlite3"
     with ExitStack() as stack:
-        stack.callback(start_router(settings, network, codec).stop)
-        rts = {}
-        for org in ORGS:
-            rt = ConnectorRuntime(settings, network, org, codec, env=ENV, republish_after=1)
-            stack.callback(rt.stop)
-            rts[org] = rt.start()
+        rts = start_network(stack, settings, network, codec, ORGS, env=ENV, republish_after=1)
         outbox = rts["hl-a"].outbox
         (tmp_path / "v1.json").write_text(json.dumps(raw))
         cli(env, "publish", str(tmp_path / "v1.json"), "--as", "hl-a")

@@ -9,6 +9,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from broker.network import Network
 from broker.routing.router import Router
 from broker.wire.codec import Codec
 from broker.wire.topics import header as record_header
+from connectors.runtime import ConnectorRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,6 +133,24 @@ class RouterThread:
 def start_router(settings: Settings, network: Network, codec: Codec, **kw: Any) -> RouterThread:
     """Start a router thread on ``settings``' namespace."""
     return RouterThread(Router(settings, network, codec, **kw)).start()
+
+
+def start_network(
+    stack: ExitStack,
+    settings: Settings,
+    network: Network,
+    codec: Codec,
+    orgs: Iterable[str],
+    **runtime: Any,
+) -> dict[str, ConnectorRuntime]:
+    """A router and a started connector runtime per organisation, all stopped with ``stack``."""
+    stack.callback(start_router(settings, network, codec).stop)
+    started: dict[str, ConnectorRuntime] = {}
+    for org in orgs:
+        rt = ConnectorRuntime(settings, network, org, codec, **runtime)
+        stack.callback(rt.stop)
+        started[org] = rt.start()
+    return started
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
